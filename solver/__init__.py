@@ -1,0 +1,60 @@
+"""Semi-discrete optimal transport in latent space: pure computation, arrays in, arrays out.
+
+Data flow: :func:`make_problem` validates targets and weights; :class:`CellIndex` answers
+which cell of the power diagram holds a point; :func:`estimate` measures cells by Monte
+Carlo; :func:`fit` finds the heights; :func:`save_state` / :func:`load_state` make fits
+resumable.
+"""
+
+from solver.checkpoint import atomic_write_bytes, load_state, save_state
+from solver.config import (
+    AdamConfig,
+    FitConfig,
+    FitProgress,
+    FitRecord,
+    FitResult,
+    FitState,
+    NewtonConfig,
+)
+from solver.estimate import (
+    AccuracyReport,
+    MeasureEstimate,
+    accuracy,
+    brenier_potential,
+    dual_value,
+    estimate,
+    kantorovich_potential,
+    samples_for_noise_floor,
+)
+from solver.fit import fit
+from solver.index import CellIndex, available_backends, resolve_backend
+from solver.measures import SourceMeasure
+from solver.problem import OTProblem, make_problem
+
+__all__ = [
+    "AccuracyReport",
+    "AdamConfig",
+    "CellIndex",
+    "FitConfig",
+    "FitProgress",
+    "FitRecord",
+    "FitResult",
+    "FitState",
+    "MeasureEstimate",
+    "NewtonConfig",
+    "OTProblem",
+    "SourceMeasure",
+    "accuracy",
+    "atomic_write_bytes",
+    "available_backends",
+    "brenier_potential",
+    "dual_value",
+    "estimate",
+    "fit",
+    "kantorovich_potential",
+    "load_state",
+    "make_problem",
+    "resolve_backend",
+    "samples_for_noise_floor",
+    "save_state",
+]

@@ -1,0 +1,177 @@
+"""Settings and outputs of an OT fit: frozen, keyword-only dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from solver.estimate import AccuracyReport
+
+Method = Literal["newton", "adam"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewtonConfig:
+    """Damped Newton on the Monte Carlo energy with growing sample sets (the default method).
+
+    Attributes:
+        samples_per_cell: size of the first stage's sample set, per target cell.
+        growth: factor by which each stage's sample set grows until the check size is reached.
+        stage_tol: a stage stops when its own L1 is below this fraction of its noise floor.
+        max_stage_iters: Newton steps per stage at most.
+        armijo: sufficient-decrease constant of the backtracking line search.
+        max_backtracks: step halvings before a stage gives up and grows its sample set.
+        cg_rtol: relative tolerance of the conjugate-gradient Newton solve (inexact Newton).
+    """
+
+    samples_per_cell: int = 16
+    growth: float = 4.0
+    stage_tol: float = 0.3
+    max_stage_iters: int = 8
+    armijo: float = 1e-4
+    max_backtracks: int = 8
+    cg_rtol: float = 1e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdamConfig:
+    """The authors' baseline (pyOMT): Adam without bias correction on a fixed sample set.
+
+    Attributes:
+        lr: step size.
+        initial_samples: size of the fixed Sobol set; doubled after ``stall_steps`` steps
+            without a new best gradient norm.
+        stall_steps: steps without improvement before the sample set doubles.
+        grad_tol: the baseline's own stopping rule, ||w - v||_2 < grad_tol.
+        check_every: steps between independent accuracy checks (their time is excluded
+            from the reported elapsed time, in the baseline's favour).
+    """
+
+    lr: float = 0.05
+    initial_samples: int = 20000
+    stall_steps: int = 30
+    grad_tol: float = 2e-3
+    check_every: int = 50
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitConfig:
+    """How to fit the heights h.
+
+    Attributes:
+        method: ``"newton"`` (default, the project's best) or ``"adam"`` (the baseline).
+        target_l1: stop when L1 on an independent sample is at most this with no empty cell.
+        check_floor: noise floor of the independent check as a fraction of ``target_l1``
+            (0.5: a perfect fit measures about half the target).
+        max_iter: iterations at most (Newton steps or Adam steps).
+        time_budget: seconds of fitting at most, or ``None``.
+        seed: seeds every sample stream of the fit.
+        backend: cell index backend (``"auto"`` picks the best available).
+        batch_size: Monte Carlo batch size (bounds memory).
+        newton: settings of the Newton method.
+        adam: settings of the baseline.
+    """
+
+    method: Method = "newton"
+    target_l1: float = 0.05
+    check_floor: float = 0.5
+    max_iter: int = 1000
+    time_budget: float | None = None
+    seed: int = 0
+    backend: str = "auto"
+    batch_size: int = 65536
+    newton: NewtonConfig = field(default_factory=NewtonConfig)
+    adam: AdamConfig = field(default_factory=AdamConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("newton", "adam"):
+            raise ValueError(f"method must be 'newton' or 'adam', got {self.method!r}")
+        if not 0 < self.target_l1 < 2:
+            raise ValueError(f"target_l1 must be in (0, 2), got {self.target_l1}")
+        if not 0 < self.check_floor <= 1:
+            raise ValueError(f"check_floor must be in (0, 1], got {self.check_floor}")
+        if self.max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ValueError(f"time_budget must be > 0, got {self.time_budget}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitRecord:
+    """One iteration of a fit, as kept in the history.
+
+    Attributes:
+        iteration: 1-based iteration number.
+        elapsed: seconds of fitting so far (checks of the baseline excluded).
+        n_samples: size of the sample set that drove this iteration.
+        train_l1: L1 of w - v on that sample set (not independent).
+        check: independent accuracy check made at this iteration, if any.
+    """
+
+    iteration: int
+    elapsed: float
+    n_samples: int
+    train_l1: float
+    check: AccuracyReport | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitState:
+    """Everything needed to continue a fit exactly where it stopped.
+
+    Heights are in the fit's internal coordinates (targets centred and scaled, see
+    ``scale``); ``arrays`` holds the method's other arrays (Adam moments) and ``counters`` its
+    integer/float counters (stage, sample-set size, stall count, ...).
+    """
+
+    method: Method
+    heights: np.ndarray
+    iteration: int
+    elapsed: float
+    counters: dict[str, float]
+    arrays: dict[str, np.ndarray]
+    history: tuple[FitRecord, ...]
+    seed: int
+    n_targets: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitResult:
+    """Output of :func:`solver.fit.fit`.
+
+    Attributes:
+        heights: h in the caller's coordinates, shape ``(N,)``, float64, mean zero; with the
+            problem's (merged) targets, ``CellIndex(targets, heights)`` reproduces the cells.
+        converged: the target accuracy was reached (independent check).
+        reason: why the fit stopped: ``"target"``, ``"max_iter"``, ``"time_budget"``,
+            ``"baseline_rule"`` (the baseline's own ||g|| rule) or ``"callback"``.
+        accuracy: the last independent accuracy check, if any.
+        iterations: iterations run.
+        elapsed: seconds of fitting.
+        method: the method used.
+        backend: the cell index backend used.
+        history: one record per iteration.
+        state: the final state (resumable).
+    """
+
+    heights: np.ndarray
+    converged: bool
+    reason: str
+    accuracy: AccuracyReport | None
+    iterations: int
+    elapsed: float
+    method: Method
+    backend: str
+    history: tuple[FitRecord, ...]
+    state: FitState
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitProgress:
+    """What a progress callback receives after each iteration."""
+
+    record: FitRecord
+    state: FitState
+    target_l1: float

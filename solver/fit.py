@@ -1,0 +1,135 @@
+"""Fit the heights h of the Brenier potential: the driver shared by every method.
+
+The driver owns what all methods share: the coordinate frame, the cell index, stopping by
+target accuracy / iterations / time, the progress callback and resumable state. Methods
+(``solver.newton``, ``solver.adam``) supply ``step(ctx, state) -> (state, record, reason)``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from solver import adam, newton
+from solver.config import FitConfig, FitProgress, FitResult, FitState
+from solver.index import CellIndex
+from solver.problem import OTProblem
+
+ProgressCallback = Callable[[FitProgress], bool | None]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Internal coordinates y' = (y - centre) / scale; heights map back as h = scale * h'.
+
+    Cells are invariant under this change (the common term <x, centre> drops out of the
+    argmax), and the Voronoi start h'_i = -|y'_i|^2/2 then fits the cube whatever the latent
+    scale. The baseline runs in the caller's coordinates (identity frame), as the authors' did.
+    """
+
+    centre: np.ndarray
+    scale: float
+
+    @classmethod
+    def for_problem(cls, problem: OTProblem, method: str) -> Frame:
+        """Normalising frame for Newton, identity for the baseline."""
+        d = problem.dim
+        if method == "adam":
+            return cls(np.zeros(d), 1.0)
+        y = problem.targets.astype(np.float64)
+        centre = problem.weights @ y
+        spread = float(np.sqrt(problem.weights @ np.square(y - centre).sum(axis=1)))
+        cube_spread = float(np.sqrt(d / 12.0))  # rms radius of a unit-volume cube
+        scale = spread / cube_spread if spread > 0 else 1.0
+        return cls(centre, scale)
+
+    def to_internal(self, y: np.ndarray) -> np.ndarray:
+        """Targets in internal coordinates, float32."""
+        return ((y.astype(np.float64) - self.centre) / self.scale).astype(np.float32)
+
+    def heights_out(self, h: np.ndarray) -> np.ndarray:
+        """Internal heights to the caller's coordinates, mean zero."""
+        out = self.scale * np.asarray(h, dtype=np.float64)
+        return out - out.mean()
+
+
+def fit(
+    problem: OTProblem,
+    config: FitConfig | None = None,
+    *,
+    callback: ProgressCallback | None = None,
+    resume: FitState | None = None,
+) -> FitResult:
+    """Fit h so that the cells of ``[y_i, h_i]`` carry the target weights.
+
+    Args:
+        problem: targets, weights and source measure (see :func:`solver.make_problem`).
+        config: method and stopping rules; defaults to damped Newton with target L1 0.05.
+        callback: called after every iteration with a :class:`FitProgress`; returning
+            ``False`` stops the fit (reason ``"callback"``). Save ``progress.state`` with
+            :func:`solver.save_state` to make the fit resumable.
+        resume: a state from an earlier, interrupted fit with the same problem and config;
+            the fit then continues exactly as the uninterrupted one would.
+
+    Returns:
+        A :class:`FitResult` with heights in the caller's coordinates.
+    """
+    config = config or FitConfig()
+    frame = Frame.for_problem(problem, config.method)
+    targets = frame.to_internal(problem.targets)
+    index = CellIndex(targets, backend=config.backend)
+    if config.method == "newton":
+        ctx = newton.make_context(targets, problem.weights, problem.source, index, config)
+        state = resume or newton.initial_state(ctx)
+        step = newton.step
+    else:
+        ctx = adam.make_context(problem.weights, problem.source, index, config)
+        state = resume or adam.initial_state(problem.n_targets, config)
+        step = adam.step
+    _check_resume(state, problem, config)
+    reason = None
+    while reason is None:
+        if state.iteration >= config.max_iter:
+            reason = "max_iter"
+            break
+        if config.time_budget is not None and state.elapsed >= config.time_budget:
+            reason = "time_budget"
+            break
+        excluded = getattr(ctx, "excluded_seconds", 0.0)
+        start = time.perf_counter()
+        state, record, reason = step(ctx, state)
+        spent = time.perf_counter() - start - (getattr(ctx, "excluded_seconds", 0.0) - excluded)
+        record = replace(record, elapsed=state.elapsed + spent)
+        state = replace(state, elapsed=record.elapsed, history=(*state.history, record))
+        if callback is not None:
+            progress = FitProgress(record=record, state=state, target_l1=config.target_l1)
+            if callback(progress) is False and reason is None:
+                reason = "callback"
+    checks = [r.check for r in state.history if r.check is not None]
+    last = checks[-1] if checks else None
+    return FitResult(
+        heights=frame.heights_out(state.heights),
+        converged=reason == "target",
+        reason=reason,
+        accuracy=last,
+        iterations=state.iteration,
+        elapsed=state.elapsed,
+        method=config.method,
+        backend=index.backend,
+        history=state.history,
+        state=state,
+    )
+
+
+def _check_resume(state: FitState, problem: OTProblem, config: FitConfig) -> None:
+    if state.method != config.method:
+        raise ValueError(f"state is from method {state.method!r}, config asks {config.method!r}")
+    if state.n_targets != problem.n_targets or state.heights.shape != (problem.n_targets,):
+        raise ValueError(
+            f"state has {state.n_targets} targets, the problem has {problem.n_targets}"
+        )
+    if state.seed != config.seed:
+        raise ValueError(f"state was fitted with seed {state.seed}, config has {config.seed}")

@@ -1,0 +1,308 @@
+"""The cell index: which Laguerre cell holds a point, answered as maximum inner product search.
+
+With a_i = [y_i, h_i] and q(x) = [x, 1], the cell of x is argmax_i <q(x), a_i>: the Brenier
+potential u_h(x) = max_i <x, y_i> + h_i is attained there. This is the only module that imports
+FAISS. Backends share one small interface and are chosen once (``backend="auto"``):
+
+- ``faiss``: FAISS ``IndexFlatIP`` on the CPU; new heights are written in place into the
+  index's stored vectors (only the last column changes).
+- ``faiss-gpu``: FAISS ``GpuIndexFlatIP`` when FAISS sees a GPU; new heights are re-uploaded.
+- ``torch``: chunked ``x @ y.T + h`` and ``topk`` on any torch device (CPU or CUDA).
+
+All backends compute the same float32 scores, so they return the same cells up to ties (pairs
+whose scores differ by float32 rounding). Results come back as the caller's array type: numpy
+in, numpy out; a torch tensor in, tensors on the same device out.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Protocol
+
+import numpy as np
+import torch
+
+try:  # faiss-cpu or faiss-gpu; the torch backend works without either.
+    import faiss
+except ImportError:  # pragma: no cover - exercised only on hosts without faiss
+    faiss = None
+
+Array = np.ndarray | torch.Tensor
+
+# Score-matrix budget of the torch backend: 2^24 float32 = 64 MiB per chunk whatever M and N.
+_TORCH_CHUNK_ELEMENTS = 1 << 24
+
+
+class _Backend(Protocol):
+    """What every backend provides; ``CellIndex`` holds exactly one."""
+
+    name: str
+
+    def set_heights(self, heights: np.ndarray) -> None:
+        """Replace h (shape ``(N,)``, float32) without touching the targets."""
+
+    def search(self, x: Array, k: int) -> tuple[Array, Array]:
+        """Top-k scores (descending) and cells of queries x, shape ``(M, k)`` each."""
+
+
+def faiss_gpu_count() -> int:
+    """Number of GPUs FAISS can use (0 without faiss-gpu or without CUDA)."""
+    if faiss is None or not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    return int(faiss.get_num_gpus())
+
+
+def available_backends() -> list[str]:
+    """Backends usable on this host, best first."""
+    names: list[str] = []
+    if torch.cuda.is_available():
+        if _fused_available():
+            names.append("triton")
+        if faiss_gpu_count() > 0:
+            names.append("faiss-gpu")
+        names.append("torch-cuda")
+    if faiss is not None:
+        names.append("faiss")
+    names.append("torch")
+    return names
+
+
+def _fused_available() -> bool:
+    """Whether the fused Triton kernel module exists and can run here."""
+    if importlib.util.find_spec("solver.fused") is None:
+        return False
+    from solver import fused  # noqa: PLC0415 - optional, needs triton and CUDA
+
+    return bool(fused.available())
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """Turn ``"auto"`` into the best available backend, or check that a named one is usable."""
+    names = available_backends()
+    if backend == "auto":
+        return names[0]
+    if backend not in names:
+        raise ValueError(f"backend {backend!r} is not available here; available: {names}")
+    return backend
+
+
+class CellIndex:
+    """Maximum inner product index over augmented targets ``[y_i, h_i]``.
+
+    Args:
+        targets: y, shape ``(N, d)``; stored as float32.
+        heights: h, shape ``(N,)``; zeros when ``None``.
+        backend: ``"auto"`` or one of :func:`available_backends`.
+
+    Example:
+        >>> index = CellIndex(np.eye(2), np.zeros(2), backend="torch")
+        >>> index.search(np.array([[0.4, -0.1]]), k=1)[1]
+        array([[0]])
+    """
+
+    def __init__(
+        self, targets: np.ndarray, heights: np.ndarray | None = None, backend: str = "auto"
+    ) -> None:
+        y = np.ascontiguousarray(targets, dtype=np.float32)
+        if y.ndim != 2 or y.shape[0] == 0:
+            raise ValueError(f"targets must have shape (N, d) with N >= 1, got {y.shape}")
+        self._targets = y
+        self._heights = self._check_heights(heights)
+        self.backend = resolve_backend(backend)
+        self._impl = _make_backend(self.backend, y, self._heights)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """y, shape ``(N, d)``, float32 (read-only view)."""
+        view = self._targets.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def heights(self) -> np.ndarray:
+        """h, shape ``(N,)``, float32 (a copy)."""
+        return self._heights.copy()
+
+    @property
+    def n_targets(self) -> int:
+        """Number of cells N."""
+        return int(self._targets.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Dimension d of queries."""
+        return int(self._targets.shape[1])
+
+    def set_heights(self, heights: np.ndarray) -> None:
+        """Refresh the index for new heights h (shape ``(N,)``); the targets are not rebuilt."""
+        self._heights = self._check_heights(heights)
+        self._impl.set_heights(self._heights)
+
+    def search(self, x: Array, k: int = 1) -> tuple[Array, Array]:
+        """Top-k cells of each query point.
+
+        Args:
+            x: queries, shape ``(M, d)``, numpy or torch (any device).
+            k: number of cells per query, ``1 <= k <= N``.
+
+        Returns:
+            ``(scores, cells)``, each of shape ``(M, k)``, best first: scores
+            ``<x, y_i> + h_i`` (float32) and cell indices (int64), as numpy arrays for numpy
+            input and as tensors on the input's device for torch input.
+        """
+        if not 1 <= k <= self.n_targets:
+            raise ValueError(f"k must be in [1, {self.n_targets}], got {k}")
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (M, {self.dim}), got {tuple(x.shape)}")
+        return self._impl.search(x, k)
+
+    def assign(self, x: Array) -> Array:
+        """Cell index (top-1) of each query, shape ``(M,)``."""
+        return self.search(x, 1)[1][:, 0]
+
+    def _check_heights(self, heights: np.ndarray | None) -> np.ndarray:
+        n = self._targets.shape[0]
+        if heights is None:
+            return np.zeros(n, dtype=np.float32)
+        h = np.ascontiguousarray(heights, dtype=np.float32)
+        if h.shape != (n,):
+            raise ValueError(f"heights must have shape ({n},), got {h.shape}")
+        if not np.isfinite(h).all():
+            raise ValueError("heights contain NaN or inf")
+        return h
+
+
+def _make_backend(name: str, y: np.ndarray, h: np.ndarray) -> _Backend:
+    if name == "faiss":
+        return _FaissCPU(y, h)
+    if name == "faiss-gpu":
+        return _FaissGPU(y, h)
+    if name == "torch":
+        return _Torch(y, h, torch.device("cpu"))
+    if name == "torch-cuda":
+        return _Torch(y, h, torch.device("cuda"))
+    if name == "triton":
+        from solver import fused  # noqa: PLC0415
+
+        return fused.TritonBackend(y, h)
+    raise ValueError(f"unknown backend {name!r}")
+
+
+def _augmented(y: np.ndarray, h: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.hstack([y, h[:, None]]), dtype=np.float32)
+
+
+def _as_numpy_queries(x: Array) -> np.ndarray:
+    """[x, 1] as a contiguous float32 numpy array (the FAISS query form)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float32).numpy()
+    q = np.empty((x.shape[0], x.shape[1] + 1), dtype=np.float32)
+    q[:, :-1] = x
+    q[:, -1] = 1.0
+    return q
+
+
+def _like(x: Array, scores: np.ndarray, cells: np.ndarray) -> tuple[Array, Array]:
+    if isinstance(x, torch.Tensor):
+        return (
+            torch.from_numpy(scores).to(x.device),
+            torch.from_numpy(cells.astype(np.int64)).to(x.device),
+        )
+    return scores, cells.astype(np.int64, copy=False)
+
+
+class _FaissCPU:
+    name = "faiss"
+
+    def __init__(self, y: np.ndarray, h: np.ndarray) -> None:
+        if faiss is None:
+            raise ValueError("backend 'faiss' needs faiss-cpu (pip install 'aeot[cpu]')")
+        self._index = faiss.IndexFlatIP(y.shape[1] + 1)
+        self._index.add(_augmented(y, h))
+        n, width = y.shape[0], y.shape[1] + 1
+        # A writable view of the index's own storage: a refresh rewrites only the h column.
+        self._stored = faiss.rev_swig_ptr(self._index.get_xb(), n * width).reshape(n, width)
+
+    def set_heights(self, heights: np.ndarray) -> None:
+        self._stored[:, -1] = heights
+
+    def search(self, x: Array, k: int) -> tuple[Array, Array]:
+        scores, cells = self._index.search(_as_numpy_queries(x), k)
+        return _like(x, scores, cells)
+
+
+class _FaissGPU:  # pragma: no cover - needs faiss-gpu and CUDA
+    name = "faiss-gpu"
+
+    def __init__(self, y: np.ndarray, h: np.ndarray) -> None:
+        self._resources = faiss.StandardGpuResources()
+        self._index = faiss.GpuIndexFlatIP(self._resources, y.shape[1] + 1)
+        self._y = y
+        self._index.add(_augmented(y, h))
+
+    def set_heights(self, heights: np.ndarray) -> None:
+        # GpuIndexFlat has no in-place update; re-uploading N x (d+1) floats costs microseconds.
+        self._index.reset()
+        self._index.add(_augmented(self._y, heights))
+
+    def search(self, x: Array, k: int) -> tuple[Array, Array]:
+        scores, cells = self._index.search(_as_numpy_queries(x), k)
+        return _like(x, scores, cells)
+
+
+class _Torch:
+    name = "torch"
+
+    def __init__(self, y: np.ndarray, h: np.ndarray, device: torch.device) -> None:
+        self._device = device
+        self._yt = torch.from_numpy(y).to(device).T.contiguous()  # (d, N)
+        self._h = torch.from_numpy(h).to(device)
+
+    def set_heights(self, heights: np.ndarray) -> None:
+        self._h.copy_(torch.from_numpy(heights))
+
+    def search(self, x: Array, k: int) -> tuple[Array, Array]:
+        xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+        xt = xt.to(self._device, torch.float32)
+        n = self._h.shape[0]
+        chunk = max(1, _TORCH_CHUNK_ELEMENTS // n)
+        scores = torch.empty((xt.shape[0], k), dtype=torch.float32, device=self._device)
+        cells = torch.empty((xt.shape[0], k), dtype=torch.int64, device=self._device)
+        for lo in range(0, xt.shape[0], chunk):
+            block = torch.addmm(self._h, xt[lo : lo + chunk], self._yt)
+            if k == 1:
+                top = block.max(dim=1, keepdim=True)
+            else:
+                top = block.topk(k, dim=1, sorted=True)
+            scores[lo : lo + chunk], cells[lo : lo + chunk] = top.values, top.indices
+        if isinstance(x, torch.Tensor):
+            return scores.to(x.device), cells.to(x.device)
+        return scores.cpu().numpy(), cells.cpu().numpy()
+
+
+def kmeans(
+    points: np.ndarray, k: int, *, seed: int, weights: np.ndarray | None = None, niter: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted k-means with FAISS (on its GPU when it sees one).
+
+    Args:
+        points: shape ``(N, d)``.
+        k: number of clusters, ``1 <= k <= N``.
+        seed: FAISS k-means seed.
+        weights: optional point weights, shape ``(N,)``.
+        niter: Lloyd iterations.
+
+    Returns:
+        ``(centroids, assignment)`` of shapes ``(k, d)`` float32 and ``(N,)`` int64.
+    """
+    x = np.ascontiguousarray(points, dtype=np.float32)
+    if faiss is None:
+        raise ValueError("kmeans needs faiss (pip install 'aeot[cpu]')")
+    km = faiss.Kmeans(
+        x.shape[1], k, niter=niter, seed=int(seed), gpu=faiss_gpu_count() > 0,
+        max_points_per_centroid=1 << 20, verbose=False,
+    )
+    w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+    km.train(x, weights=w)
+    _, assignment = km.index.search(x, 1)
+    return km.centroids.copy(), assignment[:, 0].astype(np.int64)

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+
+from solver import CellIndex, available_backends, resolve_backend
+
+CPU_BACKENDS = [b for b in available_backends() if b in ("faiss", "torch")]
+
+
+def brute_force(x, y, h, k):
+    scores = x.astype(np.float64) @ y.astype(np.float64).T + h
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+def unambiguous(x, y, h, k):
+    """Queries whose k+1 best scores are separated by more than float32 rounding."""
+    s, _ = brute_force(x, y, h, k + 1)
+    return np.all(np.diff(-s, axis=1) > 1e-4, axis=1)
+
+
+@pytest.fixture(params=[(50, 2), (300, 16), (257, 65)])
+def problem(request, rng):
+    n, d = request.param
+    y = rng.standard_normal((n, d)).astype(np.float32)
+    h = rng.standard_normal(n).astype(np.float32)
+    x = (rng.random((2000, d)) - 0.5).astype(np.float32)
+    return x, y, h
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_backends_match_brute_force_argmax(backend, k, problem):
+    x, y, h = problem
+    index = CellIndex(y, h, backend=backend)
+    scores, cells = index.search(x, k)
+    ref_scores, ref_cells = brute_force(x, y, h, k)
+    ok = unambiguous(x, y, h, k)
+    assert ok.mean() > 0.9
+    np.testing.assert_array_equal(cells[ok], ref_cells[ok])
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-4)
+    assert cells.dtype == np.int64 and scores.dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_refresh_heights_changes_cells_like_a_rebuild(backend, problem, rng):
+    x, y, h = problem
+    index = CellIndex(y, h, backend=backend)
+    h2 = (h + rng.standard_normal(h.shape)).astype(np.float32)
+    index.set_heights(h2)
+    fresh = CellIndex(y, h2, backend=backend)
+    np.testing.assert_array_equal(index.search(x, 3)[1], fresh.search(x, 3)[1])
+    np.testing.assert_array_equal(index.heights, h2)
+    np.testing.assert_array_equal(index.targets, y)  # targets untouched by the refresh
+
+
+def test_all_backends_return_the_same_cells(problem):
+    x, y, h = problem
+    ok = unambiguous(x, y, h, 2)
+    results = {b: CellIndex(y, h, backend=b).search(x, 2)[1] for b in available_backends()}
+    first = next(iter(results.values()))
+    for name, cells in results.items():
+        np.testing.assert_array_equal(cells[ok], first[ok], err_msg=name)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_torch_queries_give_tensors_on_their_device(backend, problem):
+    x, y, h = problem
+    index = CellIndex(y, h, backend=backend)
+    scores, cells = index.search(torch.from_numpy(x), 2)
+    assert isinstance(cells, torch.Tensor) and cells.device.type == "cpu"
+    np.testing.assert_array_equal(cells.numpy(), index.search(x, 2)[1])
+
+
+def test_bad_queries_and_heights_are_refused():
+    index = CellIndex(np.eye(3), backend="torch")
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(np.zeros((1, 3), np.float32), 4)
+    with pytest.raises(ValueError, match="shape"):
+        index.search(np.zeros((1, 2), np.float32), 1)
+    with pytest.raises(ValueError, match="heights"):
+        index.set_heights(np.zeros(2))
+    with pytest.raises(ValueError, match="NaN"):
+        index.set_heights(np.array([0.0, np.nan, 0.0]))
+    with pytest.raises(ValueError, match="not available"):
+        resolve_backend("no-such-backend")
+
+
+@pytest.mark.gpu
+def test_cuda_backends_agree_with_cpu(problem):
+    x, y, h = problem
+    ok = unambiguous(x, y, h, 2)
+    cpu = CellIndex(y, h, backend="torch").search(x, 2)[1]
+    for name in available_backends():
+        cells = CellIndex(y, h, backend=name).search(torch.from_numpy(x).cuda(), 2)[1]
+        assert cells.device.type == "cuda"
+        np.testing.assert_array_equal(cells.cpu().numpy()[ok], cpu[ok], err_msg=name)
