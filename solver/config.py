@@ -14,23 +14,30 @@ Method = Literal["newton", "adam"]
 
 @dataclass(frozen=True, kw_only=True)
 class NewtonConfig:
-    """Damped Newton on the Monte Carlo energy with growing sample sets (the default method).
+    """Warm-up then damped Newton with growing sample sets (the default method).
 
     Attributes:
-        samples_per_cell: size of the first stage's sample set, per target cell.
+        warmup_samples_per_cell: fresh samples per warm-up step, per target cell.
+        warmup_lr: Adam step of the warm-up as a fraction of the median top-2 score gap.
+        warmup_exit: the warm-up ends when no cell is empty and L1 <= this times its noise
+            floor.
+        warmup_max_iters: warm-up steps at most.
+        samples_per_cell: size of the first Newton stage's sample set, per target cell.
         growth: factor by which each stage's sample set grows until the check size is reached.
         stage_tol: a stage stops when its own L1 is below this fraction of its noise floor.
         max_stage_iters: Newton steps per stage at most.
-        armijo: sufficient-decrease constant of the backtracking line search.
         max_backtracks: step halvings before a stage gives up and grows its sample set.
         cg_rtol: relative tolerance of the conjugate-gradient Newton solve (inexact Newton).
     """
 
-    samples_per_cell: int = 16
+    warmup_samples_per_cell: int = 8
+    warmup_lr: float = 0.25
+    warmup_exit: float = 1.5
+    warmup_max_iters: int = 300
+    samples_per_cell: int = 64
     growth: float = 4.0
     stage_tol: float = 0.3
     max_stage_iters: int = 8
-    armijo: float = 1e-4
     max_backtracks: int = 8
     cg_rtol: float = 1e-3
 

@@ -40,6 +40,7 @@ class MeasureEstimate:
         pair_counts: samples whose top-2 cells are {i, j}, shape ``(P,)``, int64.
         slab_counts: of those, samples with score gap < ``gap_width``, shape ``(P,)``, int64.
         gap_width: delta, the slab half-width in score units.
+        median_gap: median top-1 minus top-2 score gap (0 when k = 1), a score scale.
         mass_sums: per-cell sums of sample coordinates, shape ``(N, d)``, float64, or ``None``.
     """
 
@@ -51,6 +52,7 @@ class MeasureEstimate:
     pair_counts: np.ndarray
     slab_counts: np.ndarray
     gap_width: float
+    median_gap: float
     mass_sums: np.ndarray | None
 
     @property
@@ -140,6 +142,7 @@ def estimate(
     sums = np.zeros((n, d)) if centres else None
     energy = cost = 0.0
     pair_chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    medians: list[float] = []
     for x in source.batches(n_samples, seed, batch_size):
         scores, cells = index.search(x, k)
         top = cells[:, 0]
@@ -151,6 +154,7 @@ def estimate(
                 sums[:, j] += np.bincount(top, weights=x[:, j], minlength=n)
         if k >= 2:
             gaps = scores[:, 0] - scores[:, 1]
+            medians.append(float(np.median(gaps)))
             if gap_width is None:
                 gap_width = float(np.quantile(gaps, DEFAULT_SLAB_FRACTION))
             pair_chunks.append(_pair_counts(cells[:, 0], cells[:, 1], gaps < gap_width, n))
@@ -164,6 +168,7 @@ def estimate(
         pair_counts=pair_counts,
         slab_counts=slab_counts,
         gap_width=float(gap_width or 0.0),
+        median_gap=float(np.median(medians)) if medians else 0.0,
         mass_sums=sums,
     )
 

@@ -1,14 +1,18 @@
-"""Damped Newton on the Monte Carlo OT energy, with growing sample sets (the default method).
+"""The default fit: a first-order warm-up, then damped Newton on growing sample sets.
 
-On a fixed sample set S of size M the empirical energy
-F_S(h) = mean_{x in S} u_h(x) - <h, v> is exactly convex, with gradient w_S(h) - v. Each stage
-minimises F_S by Newton steps: the Hessian is the weighted graph Laplacian of adjacent cells
-(facet measure over edge length, estimated from the top-2 score gaps, DESIGN.md section 1),
-solved by conjugate gradients, and the step is damped by Armijo backtracking on F_S itself
-(common random numbers, so the comparison is exact). Stages use fresh samples, growing by
-``growth`` until the noise floor of a stage is the one the stopping check needs; the first
-estimate of every full-size stage is made on samples the heights have never seen, so it is
-the independent accuracy check.
+Phase 1 (warm-up) runs bias-corrected Adam on fresh samples (``warmup_samples_per_cell * N``
+per step) in the normalised frame until no cell is empty and the L1 error is near that sample
+size's noise floor. Newton needs this: far from the solution thin and empty cells make the
+Monte Carlo Hessian a poor model and full steps swallow cells.
+
+Phase 2 (Newton) works in stages. On a stage's fixed sample set S the cell measures w_S(h)
+are exact counts; each step solves H d = w_S - v, with H the weighted graph Laplacian of
+adjacent cells (facet measure over edge length, estimated from top-2 score gaps, DESIGN.md
+section 1) by conjugate gradients, and is damped as in Kitagawa, Merigot and Thibert (2019):
+t halves until ||w_S(h - t d) - v||_1 <= (1 - t/2) ||w_S(h) - v||_1 with no new empty cell.
+Stages use fresh samples growing by ``growth`` until a stage's noise floor is the one the
+stopping rule needs; the first estimate of every full-size stage is made on samples the
+heights have never seen, so it is the independent accuracy check.
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from solver.config import FitConfig, FitRecord, FitState
-from solver.estimate import MeasureEstimate, accuracy, estimate, samples_for_noise_floor
+from solver.estimate import (
+    AccuracyReport,
+    MeasureEstimate,
+    accuracy,
+    estimate,
+    samples_for_noise_floor,
+)
 from solver.index import CellIndex
 from solver.measures import SourceMeasure
 from solver.seeding import derive_seed
@@ -30,20 +40,13 @@ from solver.seeding import derive_seed
 _DIAG_FLOOR = 0.05
 # Tikhonov ridge relative to the median diagonal; removes the Laplacian's constant null space.
 _RIDGE = 1e-6
-_LEGENDRE_CHUNK = 256
-# Samples of the starting sets (8 per cell, at most this many).
-_INIT_SAMPLES = 1 << 18
-# Levenberg-Marquardt schedule: start as a scaled gradient step, relax towards pure Newton
-# after each accepted step, stiffen after each rejected trial.
-_DAMPING_START = 1.0
-_DAMPING_MIN = 1e-4
-_DAMPING_DOWN = 4.0
-_DAMPING_UP = 8.0
+_RESCUE_CHUNK = 256
+_WARMUP, _NEWTON = 0, 1
 
 
 @dataclass
 class NewtonContext:
-    """What the Newton steps share: the problem in internal coordinates and a cache."""
+    """What the steps share: the problem in internal coordinates and a one-entry cache."""
 
     targets: np.ndarray
     weights: np.ndarray
@@ -52,43 +55,6 @@ class NewtonContext:
     config: FitConfig
     check_samples: int
     cache: dict[tuple[int, bytes], MeasureEstimate]
-
-
-def initial_state(ctx: NewtonContext) -> FitState:
-    """Start where every cell holds a sample: h_i = min_x (|x|^2/2 - <x, y_i>) over samples x.
-
-    This is the Legendre transform of u(x) = |x|^2/2 restricted to a sample set: the cells of
-    targets inside the cube are their Voronoi cells, and a target outside keeps the cell
-    around its nearest sample instead of an empty one.
-    """
-    config = ctx.config
-    x = ctx.source.sample(min(_INIT_SAMPLES, 8 * len(ctx.weights)), derive_seed(config.seed, 0))
-    h = legendre_heights(ctx.targets, x, 0.5 * np.square(x.astype(np.float64)).sum(axis=1))
-    targets = ctx.targets
-    return FitState(
-        method="newton", heights=h - h.mean(), iteration=0, elapsed=0.0,
-        counters={"stage": 0, "stage_iter": 0, "damping": _DAMPING_START}, arrays={}, history=(), seed=config.seed,
-        n_targets=targets.shape[0],
-    )
-
-
-def legendre_heights(targets: np.ndarray, x: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """h_i = min over sample points x of u(x) - <x, y_i>, the discrete Legendre transform.
-
-    With these heights max_i <x, y_i> + h_i <= u(x) at every sample, with equality at each
-    target's minimiser, so every cell holds at least one sample (ties aside).
-
-    Args:
-        targets: y, shape ``(N, d)``.
-        x: sample points, shape ``(M, d)``.
-        u: a convex potential's values at x, shape ``(M,)``.
-    """
-    xs = x.astype(np.float64)
-    out = np.empty(targets.shape[0])
-    for lo in range(0, targets.shape[0], _LEGENDRE_CHUNK):
-        ys = targets[lo : lo + _LEGENDRE_CHUNK].astype(np.float64)
-        out[lo : lo + _LEGENDRE_CHUNK] = np.min(u[:, None] - xs @ ys.T, axis=0)
-    return out
 
 
 def make_context(
@@ -100,53 +66,98 @@ def make_context(
     return NewtonContext(targets, weights, source, index, config, m_check, {})
 
 
+def initial_state(ctx: NewtonContext) -> FitState:
+    """Start from the Voronoi diagram of the normalised targets: h_i = -|y_i|^2 / 2."""
+    h = -0.5 * np.square(ctx.targets.astype(np.float64)).sum(axis=1)
+    n = len(ctx.weights)
+    return FitState(
+        method="newton", heights=h - h.mean(), iteration=0, elapsed=0.0,
+        counters={"phase": _WARMUP, "stage": 0, "stage_iter": 0, "t": 1.0},
+        arrays={"m": np.zeros(n), "v": np.zeros(n)}, history=(), seed=ctx.config.seed,
+        n_targets=n,
+    )
+
+
 def stage_size(ctx: NewtonContext, stage: int) -> int:
-    """Samples of stage ``stage``: ``samples_per_cell * N * growth^stage``, capped at the check size."""
+    """Samples of Newton stage ``stage``: grows by ``growth``, capped at the check size."""
     cfg = ctx.config.newton
     first = cfg.samples_per_cell * len(ctx.weights)
     return int(min(first * cfg.growth**stage, ctx.check_samples))
 
 
 def step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitRecord, str | None]:
-    """One Newton iteration (or a stage change); returns the new state, its record, a stop reason."""
+    """One iteration: a warm-up step or a Newton step; returns state, record, stop reason."""
+    if state.counters["phase"] == _WARMUP:
+        return _warmup_step(ctx, state)
+    return _newton_step(ctx, state)
+
+
+def _warmup_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitRecord, None]:
+    cfg = ctx.config.newton
+    m = cfg.warmup_samples_per_cell * len(ctx.weights)
+    it = state.iteration + 1
+    ctx.index.set_heights(state.heights)
+    est = estimate(
+        ctx.index, ctx.source, m, derive_seed(state.seed, 4, it), k=2, gap_width=np.inf,
+        batch_size=ctx.config.batch_size,
+    )
+    g = est.cell_measures - ctx.weights
+    report = accuracy(est.counts, m, ctx.weights)
+    done = report.empty_cells == 0 and report.l1 <= cfg.warmup_exit * report.noise_floor
+    counters = dict(state.counters)
+    arrays = state.arrays
+    h = state.heights
+    if done or it >= cfg.warmup_max_iters:
+        counters["phase"] = _NEWTON
+    else:
+        mom = 0.9 * arrays["m"] + 0.1 * g
+        var = 0.999 * arrays["v"] + 0.001 * g * g
+        step_ = (mom / (1 - 0.9**it)) / (np.sqrt(var / (1 - 0.999**it)) + 1e-12)
+        # Adam moves every height by about lr; a fraction of the typical top-2 score gap
+        # moves facets by a fraction of a cell, whatever N, d and the latent scale.
+        h = h - cfg.warmup_lr * est.median_gap * step_
+        h = h - h.mean()
+        arrays = {"m": mom, "v": var}
+    new = replace(state, heights=h, iteration=it, counters=counters, arrays=arrays)
+    return new, _record(state, m, g, None), None
+
+
+def _newton_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitRecord, str | None]:
     stage, stage_iter = int(state.counters["stage"]), int(state.counters["stage_iter"])
-    damping = float(state.counters["damping"])
     m = stage_size(ctx, stage)
     seed = derive_seed(state.seed, 1, stage)
     h = state.heights
     est = _estimate(ctx, h, m, seed, stage)
     g = est.cell_measures - ctx.weights
-    check = None
+    check: AccuracyReport | None = None
     if stage_iter == 0 and m >= ctx.check_samples:
         # Fresh samples the current heights were not fitted on: an independent check.
         check = accuracy(est.counts, m, ctx.weights)
         if check.l1 <= ctx.config.target_l1 and check.empty_cells == 0:
-            done = _advance(state, h, stage, stage_iter, damping)
-            return done, _record(state, m, g, check), "target"
+            return _advance(state, h, stage, stage_iter), _record(state, m, g, check), "target"
+    cfg = ctx.config.newton
+    if stage_iter >= cfg.max_stage_iters:
+        return _advance(state, h, stage + 1, 0), _record(state, m, g, check), None
+    empty = np.flatnonzero(est.counts == 0)
+    if empty.size:
+        h = _rescue_empty(ctx, h, empty, m, seed)
+        return _advance(state, h, stage, stage_iter + 1), _record(state, m, g, check), None
     floor = accuracy(est.counts, m, ctx.weights).noise_floor
-    done_stage = np.abs(g).sum() <= ctx.config.newton.stage_tol * floor
-    if not done_stage and stage_iter < ctx.config.newton.max_stage_iters:
-        accepted, damping = _damped_step(ctx, h, est, g, damping, m, seed, stage)
+    if np.abs(g).sum() > cfg.stage_tol * floor:
+        accepted, t = _damped_step(ctx, h, est, g, float(state.counters["t"]), m, seed, stage)
         if accepted is not None:
-            new = _advance(state, accepted, stage, stage_iter + 1, damping)
+            new = _advance(state, accepted, stage, stage_iter + 1, t=t)
             return new, _record(state, m, g, check), None
-    return _advance(state, h, stage + 1, 0, damping), _record(state, m, g, check), None
+    return _advance(state, h, stage + 1, 0), _record(state, m, g, check), None
 
 
-def newton_direction(
-    est: MeasureEstimate, g: np.ndarray, rtol: float, damping: float = 0.0
-) -> np.ndarray:
-    """Solve (H + damping * median(diag H) * I) d = g for the Monte Carlo Hessian H by CG.
-
-    H is the weighted graph Laplacian of adjacent cells; the Levenberg-Marquardt damping
-    blends the Newton step into a scaled gradient step where the Hessian estimate is poor
-    (thin cells, few slab samples).
+def newton_direction(est: MeasureEstimate, g: np.ndarray, rtol: float) -> np.ndarray:
+    """Solve H d = g for the Monte Carlo Hessian H, a weighted graph Laplacian, by CG.
 
     Args:
         est: an estimate with top-2 statistics (``pairs``, ``facet_weights``).
         g: gradient w - v, shape ``(N,)``.
-        rtol: CG relative tolerance.
-        damping: Levenberg-Marquardt parameter (0 for the pure Newton step).
+        rtol: CG relative tolerance (inexact Newton).
 
     Returns:
         d, shape ``(N,)``, mean zero; the Newton step is h - d.
@@ -157,34 +168,32 @@ def newton_direction(
     i, j, w = est.pairs[keep, 0], est.pairs[keep, 1], w[keep]
     diag = np.bincount(i, weights=w, minlength=n) + np.bincount(j, weights=w, minlength=n)
     scale = float(np.median(diag[diag > 0])) if (diag > 0).any() else 1.0
-    diag = np.maximum(diag, _DIAG_FLOOR * scale) + (_RIDGE + damping) * scale
+    diag = np.maximum(diag, _DIAG_FLOOR * scale) + _RIDGE * scale
     off = sp.coo_matrix((-w, (i, j)), shape=(n, n))
     hess = (off + off.T + sp.diags(diag)).tocsr()
-    precond = sp.diags(1.0 / diag)
-    d, _ = spla.cg(hess, g - g.mean(), rtol=rtol, maxiter=500, M=precond)
+    d, _ = spla.cg(hess, g - g.mean(), rtol=rtol, maxiter=500, M=sp.diags(1.0 / diag))
     return d - d.mean()
 
 
 def _damped_step(
-    ctx: NewtonContext, h: np.ndarray, est: MeasureEstimate, g: np.ndarray, damping: float,
+    ctx: NewtonContext, h: np.ndarray, est: MeasureEstimate, g: np.ndarray, t_prev: float,
     m: int, seed: int, stage: int,
 ) -> tuple[np.ndarray | None, float]:
-    """Damped Newton step in the manner of Kitagawa, Merigot and Thibert.
+    """KMT damping: halve t until the L1 error drops by t/2 without emptying a cell.
 
-    Halve t until ||g(h - t d)||_1 <= (1 - t/2) ||g(h)||_1 on the stage's samples without
-    emptying a cell that had samples. Returns the accepted heights (or ``None``) and t.
+    Starts at twice the last accepted t (capped at 1), so a fit that needed damping far from
+    the solution returns to full Newton steps near it. Returns the heights (or ``None``) and t.
     """
     cfg = ctx.config.newton
     d = newton_direction(est, g, cfg.cg_rtol)
     l1 = float(np.abs(g).sum())
-    empty = int(np.count_nonzero(est.counts == 0))
-    t = min(1.0, 2.0 * damping)
+    t = min(1.0, 2.0 * t_prev)
     for _ in range(cfg.max_backtracks):
         trial = h - t * d
         trial -= trial.mean()
         est_t = _estimate(ctx, trial, m, seed, stage)
         l1_t = float(np.abs(est_t.cell_measures - ctx.weights).sum())
-        if l1_t <= (1.0 - t / 2.0) * l1 and np.count_nonzero(est_t.counts == 0) <= empty:
+        if l1_t <= (1.0 - t / 2.0) * l1 and not (est_t.counts == 0).any():
             return trial, t
         t *= 0.5
     return None, t
@@ -193,13 +202,14 @@ def _damped_step(
 def _estimate(
     ctx: NewtonContext, h: np.ndarray, m: int, seed: int, stage: int
 ) -> MeasureEstimate:
+    """Top-2 estimate on the stage's samples; the last one is reused by the next step."""
     key = (stage, h.tobytes())
     cached = ctx.cache.get(key)
     if cached is not None:
         return cached
     ctx.index.set_heights(h)
     est = estimate(ctx.index, ctx.source, m, seed, k=2, batch_size=ctx.config.batch_size)
-    ctx.cache.clear()  # the last estimate is all a step can reuse
+    ctx.cache.clear()
     ctx.cache[key] = est
     return est
 
@@ -211,26 +221,28 @@ def _rescue_empty(
     x = ctx.source.sample(min(m, ctx.config.batch_size), seed, 0)
     ctx.index.set_heights(h)
     best = ctx.index.search(x, 1)[0][:, 0].astype(np.float64)
+    xs = x.astype(np.float64)
     h = h.copy()
     for lo in range(0, empty.size, _RESCUE_CHUNK):
         cells = empty[lo : lo + _RESCUE_CHUNK]
-        reach = x.astype(np.float64) @ ctx.targets[cells].astype(np.float64).T  # (B, c)
+        reach = xs @ ctx.targets[cells].astype(np.float64).T  # (B, c)
         need = np.min(best[:, None] - reach, axis=0)  # height at which the cell ties
-        margin = 1e-3 * np.maximum(np.abs(need), 1e-3)
-        h[cells] = need + margin
+        h[cells] = need + 1e-3 * np.maximum(np.abs(need), 1e-3)
     return h - h.mean()
 
 
 def _advance(
-    state: FitState, h: np.ndarray, stage: int, stage_iter: int, damping: float
+    state: FitState, h: np.ndarray, stage: int, stage_iter: int, t: float | None = None
 ) -> FitState:
-    return replace(
-        state, heights=h, iteration=state.iteration + 1,
-        counters={"stage": stage, "stage_iter": stage_iter, "damping": damping},
-    )
+    counters = dict(state.counters, stage=stage, stage_iter=stage_iter)
+    if t is not None:
+        counters["t"] = t
+    return replace(state, heights=h, iteration=state.iteration + 1, counters=counters)
 
 
-def _record(state: FitState, m: int, g: np.ndarray, check) -> FitRecord:  # noqa: ANN001
+def _record(
+    state: FitState, m: int, g: np.ndarray, check: AccuracyReport | None
+) -> FitRecord:
     return FitRecord(
         iteration=state.iteration + 1, elapsed=state.elapsed, n_samples=m,
         train_l1=float(np.abs(g).sum()), check=check,

@@ -1,0 +1,114 @@
+"""Solver benchmarks: cell-query throughput per backend and OT fit time-to-accuracy.
+
+Prints one JSON object per line. Usage::
+
+    python bench/solver.py                 # the issue's CPU sizes (takes a while on 2 cores)
+    python bench/solver.py --quick         # small sizes, a minute or two
+    python bench/solver.py --only fit --sizes 10000x16
+
+Time-to-accuracy: wall time until L1 <= target with no empty cell on an independent sample.
+The default method checks itself on fresh samples as part of the algorithm, so its time
+includes the check; the baseline's periodic independent checks are excluded from its time
+(in its favour). The baseline runs under a time budget of ``--baseline-factor`` times the
+default method's time (at least ``--baseline-min`` seconds); if it has not reached the target
+then, the speed-up is reported as a lower bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import clustered_latents, emit, machine_info  # noqa: E402
+from solver import CellIndex, FitConfig, SourceMeasure, available_backends, fit, make_problem  # noqa: E402
+
+
+def throughput(backend: str, n: int, d: int, k: int, queries: int) -> float:
+    """Exact top-k cell queries per second for one backend (best of 3 repetitions)."""
+    y = clustered_latents(n, d)
+    index = CellIndex(y, np.random.default_rng(0).standard_normal(n), backend=backend)
+    x = SourceMeasure(dim=d).sample(queries, seed=0)
+    index.search(x[:1024], k)  # warm-up
+    best = np.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        index.search(x, k)
+        best = min(best, time.perf_counter() - start)
+    return queries / best
+
+
+def time_to_accuracy(n: int, d: int, target: float, args: argparse.Namespace) -> None:
+    """Default method vs the adam baseline on the same problem, same machine, same run."""
+    problem = make_problem(clustered_latents(n, d, seed=1))
+    base = {"bench": "solver", "kind": "time_to_accuracy", "n": n, "d": d, "target_l1": target}
+    default = fit(problem, FitConfig(target_l1=target, time_budget=args.budget, seed=0))
+    emit({**base, **_summary(default)})
+    budget = max(args.baseline_factor * default.elapsed, args.baseline_min)
+    adam = fit(
+        problem,
+        FitConfig(method="adam", target_l1=target, time_budget=budget, max_iter=10**9, seed=0),
+    )
+    emit({**base, **_summary(adam), "time_budget": budget})
+    reached = adam.converged
+    emit({
+        **base, "kind": "speedup",
+        "speedup": adam.elapsed / default.elapsed if default.converged else None,
+        "lower_bound": not reached,
+        "default_reached": default.converged, "baseline_reached": reached,
+    })
+
+
+def _summary(result) -> dict:  # noqa: ANN001
+    acc = result.accuracy
+    return {
+        "method": result.method,
+        "backend": result.backend,
+        "reached": result.converged,
+        "reason": result.reason,
+        "seconds": round(result.elapsed, 2),
+        "iterations": result.iterations,
+        "l1": acc.l1 if acc else None,
+        "max_rel_error": acc.max_rel_error if acc else None,
+        "empty_cells": acc.empty_cells if acc else None,
+        "noise_floor": acc.noise_floor if acc else None,
+        "check_samples": acc.n_samples if acc else None,
+        "best_l1": min((r.check.l1 for r in result.history if r.check), default=None),
+    }
+
+
+def main() -> None:
+    """Run the selected benchmarks."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes")
+    parser.add_argument("--only", choices=["throughput", "fit"], default=None)
+    parser.add_argument("--sizes", nargs="*", default=None, help="fit sizes as NxD")
+    parser.add_argument("--target", type=float, default=0.05)
+    parser.add_argument("--budget", type=float, default=1800.0, help="default method seconds")
+    parser.add_argument("--baseline-factor", type=float, default=5.0)
+    parser.add_argument("--baseline-min", type=float, default=60.0)
+    args = parser.parse_args()
+    emit({"bench": "solver", "kind": "machine", **machine_info()})
+    if args.only in (None, "throughput"):
+        shapes = [(2000, 2), (10000, 16)] if args.quick else [(2000, 2), (10000, 16), (10000, 64), (60000, 64)]
+        queries = 1 << (15 if args.quick else 18)
+        for n, d in shapes:
+            for backend in available_backends():
+                for k in (1, 2):
+                    qps = throughput(backend, n, d, k, queries)
+                    emit({"bench": "solver", "kind": "throughput", "backend": backend,
+                          "n": n, "d": d, "k": k, "queries": queries, "queries_per_s": round(qps)})
+    if args.only in (None, "fit"):
+        sizes = args.sizes or (["500x2", "2000x2"] if args.quick else ["2000x2", "10000x16", "10000x64"])
+        for size in sizes:
+            n, d = map(int, size.split("x"))
+            time_to_accuracy(n, d, args.target, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+import dataclasses
+
+import numpy as np
+import pytest
+from oracles import laguerre_areas
+
+from solver import (
+    CellIndex,
+    FitConfig,
+    SourceMeasure,
+    dual_value,
+    estimate,
+    fit,
+    kantorovich_potential,
+    load_state,
+    make_problem,
+    save_state,
+)
+from solver import adam as adam_method
+
+
+def clustered(rng, n, centres=4, spread=0.08):
+    c = rng.uniform(-0.3, 0.3, (centres, 2))
+    return c[rng.integers(0, centres, n)] + spread * rng.standard_normal((n, 2))
+
+
+def test_fit_matches_exact_cell_areas_in_2d(rng):
+    problem = make_problem(clustered(rng, 256))
+    result = fit(problem, FitConfig(target_l1=0.02, seed=1))
+    assert result.converged and result.reason == "target"
+    assert result.accuracy.l1 <= 0.02 and result.accuracy.empty_cells == 0
+    areas = laguerre_areas(problem.targets, result.heights)
+    assert np.isclose(areas.sum(), 1.0, atol=1e-9)
+    assert np.abs(areas - problem.weights).sum() <= 0.02
+
+
+def test_fit_with_non_uniform_weights_and_unit_cube(rng):
+    y = rng.uniform(0, 1, (40, 2))
+    v = rng.uniform(0.5, 2.0, 40)
+    problem = make_problem(y, v / v.sum(), domain="unit")
+    result = fit(problem, FitConfig(target_l1=0.02))
+    areas = laguerre_areas(problem.targets, result.heights, low=0.0)
+    assert result.converged
+    assert np.abs(areas - problem.weights).sum() <= 0.02
+
+
+def test_symmetric_targets_give_symmetric_heights():
+    a = 0.25
+    square = np.array([[a, a], [-a, a], [-a, -a], [a, -a], [0.0, 0.0]])
+    v = np.array([0.2, 0.2, 0.2, 0.2, 0.2])
+    result = fit(make_problem(square, v), FitConfig(target_l1=0.01))
+    h = result.heights
+    np.testing.assert_allclose(h[:4], h[:4].mean(), atol=2e-3)
+    areas = laguerre_areas(square, h)
+    np.testing.assert_allclose(areas, 0.2, atol=0.005)
+
+
+def test_same_seed_same_heights_other_seed_other_heights(rng):
+    problem = make_problem(clustered(rng, 64))
+    config = FitConfig(target_l1=0.03, seed=5)
+    first, second = fit(problem, config), fit(problem, config)
+    np.testing.assert_array_equal(first.heights, second.heights)
+    other = fit(problem, dataclasses.replace(config, seed=6))
+    assert not np.array_equal(first.heights, other.heights)
+
+
+@pytest.mark.parametrize("method", ["newton", "adam"])
+def test_resume_from_checkpoint_equals_uninterrupted(method, rng, tmp_path):
+    problem = make_problem(clustered(rng, 64))
+    config = FitConfig(method=method, target_l1=0.03, max_iter=25, seed=3)
+    whole = fit(problem, config)
+    part = fit(problem, dataclasses.replace(config, max_iter=11))
+    assert part.reason == "max_iter" and part.iterations == 11
+    save_state(tmp_path / "state.npz", part.state)
+    resumed = fit(problem, config, resume=load_state(tmp_path / "state.npz"))
+    np.testing.assert_array_equal(resumed.heights, whole.heights)
+    assert resumed.iterations == whole.iterations
+    assert [r.train_l1 for r in resumed.history] == [r.train_l1 for r in whole.history]
+    assert list(tmp_path.iterdir()) == [tmp_path / "state.npz"]  # no temp files left
+
+
+def test_resume_refuses_a_state_of_another_problem(rng):
+    part = fit(make_problem(clustered(rng, 32)), FitConfig(max_iter=2))
+    with pytest.raises(ValueError, match="targets"):
+        fit(make_problem(clustered(rng, 33)), FitConfig(max_iter=3), resume=part.state)
+    with pytest.raises(ValueError, match="seed"):
+        fit(make_problem(clustered(rng, 32)), FitConfig(max_iter=3, seed=9), resume=part.state)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable fit state"):
+        load_state(bad)
+
+
+def test_callback_sees_progress_and_can_stop(rng):
+    seen = []
+
+    def callback(progress):
+        seen.append(progress.record.iteration)
+        return len(seen) < 3
+
+    result = fit(make_problem(clustered(rng, 32)), FitConfig(), callback=callback)
+    assert result.reason == "callback" and seen == [1, 2, 3] and result.iterations == 3
+
+
+def test_time_budget_stops_the_fit(rng):
+    result = fit(make_problem(clustered(rng, 64)), FitConfig(target_l1=1e-4, time_budget=0.5))
+    assert result.reason == "time_budget" and not result.converged
+    assert result.elapsed >= 0.5
+
+
+def test_adam_step_is_the_authors_update(rng):
+    problem = make_problem(clustered(rng, 16))
+    config = FitConfig(method="adam")
+    index = CellIndex(problem.targets, backend="torch")
+    ctx = adam_method.make_context(problem.weights, problem.source, index, config)
+    state = adam_method.initial_state(16, config)
+    new, record, _ = adam_method.step(ctx, state)
+    est = estimate(index, problem.source, config.adam.initial_samples, adam_method.derive_seed(0, 2), k=1)
+    g = est.cell_measures - problem.weights
+    expected = -config.adam.lr * (0.1 * g) / (np.sqrt(0.001 * g * g) + 1e-8)
+    np.testing.assert_allclose(new.heights, expected - expected.mean(), rtol=1e-9, atol=1e-12)
+    assert record.train_l1 == pytest.approx(np.abs(g).sum())
+
+
+def test_duality_gap_closes_at_the_optimum(rng):
+    problem = make_problem(clustered(rng, 128))
+    result = fit(problem, FitConfig(target_l1=0.01))
+    index = CellIndex(problem.targets, result.heights)
+    est = estimate(index, problem.source, 1 << 20, seed=99, k=1)
+    dual = dual_value(est, problem.source, problem.targets, result.heights, problem.weights)
+    assert est.transport_cost == pytest.approx(dual, abs=2e-3)
+    x = SourceMeasure(dim=2).sample(1000, seed=1)
+    phi = kantorovich_potential(index, x)
+    psi = 0.5 * np.square(problem.targets.astype(np.float64)).sum(axis=1) + result.heights
+    cost = 0.5 * np.square(x[:, None, :] - problem.targets[None]).sum(axis=2)
+    assert np.all(phi[:, None] + psi[None] <= cost + 1e-5)  # admissible dual pair
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="method"):
+        FitConfig(method="sgd")
+    with pytest.raises(ValueError, match="target_l1"):
+        FitConfig(target_l1=0)
+    with pytest.raises(ValueError, match="time_budget"):
+        FitConfig(time_budget=-1)
