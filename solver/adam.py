@@ -85,7 +85,8 @@ def step(ctx: AdamContext, state: FitState) -> tuple[FitState, FitRecord, str | 
             reason = "target"
     record = FitRecord(
         iteration=iteration, elapsed=state.elapsed, n_samples=est.n_samples,
-        train_l1=float(np.abs(g).sum()), check=check,
+        train_l1=float(np.abs(g).sum()), empty_cells=int(np.count_nonzero(est.counts == 0)),
+        check=check,
     )
     return new, record, reason
 

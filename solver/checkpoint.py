@@ -101,5 +101,6 @@ def _record_from_json(data: dict) -> FitRecord:
         elapsed=float(data["elapsed"]),
         n_samples=int(data["n_samples"]),
         train_l1=float(data["train_l1"]),
+        empty_cells=int(data.get("empty_cells", 0)),
         check=AccuracyReport(**check) if check else None,
     )

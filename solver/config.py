@@ -19,8 +19,9 @@ class NewtonConfig:
     Attributes:
         warmup_samples_per_cell: fresh samples per warm-up step, per target cell.
         warmup_lr: Adam step of the warm-up as a fraction of the median top-2 score gap.
-        warmup_exit: the warm-up ends when no cell is empty and L1 <= this times its noise
-            floor.
+        warmup_exit: the warm-up ends when L1 <= this times its noise floor and at most
+            ``warmup_max_empty`` of the cells are empty (Newton's rescue step fills those).
+        warmup_max_empty: fraction of cells allowed to be empty when the warm-up ends.
         warmup_max_iters: warm-up steps at most.
         samples_per_cell: size of the first Newton stage's sample set, per target cell.
         growth: factor by which each stage's sample set grows until the check size is reached.
@@ -31,8 +32,9 @@ class NewtonConfig:
     """
 
     warmup_samples_per_cell: int = 8
-    warmup_lr: float = 0.25
+    warmup_lr: float = 1.0
     warmup_exit: float = 1.5
+    warmup_max_empty: float = 0.005
     warmup_max_iters: int = 300
     samples_per_cell: int = 64
     growth: float = 4.0
@@ -114,6 +116,7 @@ class FitRecord:
         elapsed: seconds of fitting so far (checks of the baseline excluded).
         n_samples: size of the sample set that drove this iteration.
         train_l1: L1 of w - v on that sample set (not independent).
+        empty_cells: cells without a sample in that set.
         check: independent accuracy check made at this iteration, if any.
     """
 
@@ -121,6 +124,7 @@ class FitRecord:
     elapsed: float
     n_samples: int
     train_l1: float
+    empty_cells: int = 0
     check: AccuracyReport | None = None
 
 

@@ -103,7 +103,10 @@ def _warmup_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitReco
     )
     g = est.cell_measures - ctx.weights
     report = accuracy(est.counts, m, ctx.weights)
-    done = report.empty_cells == 0 and report.l1 <= cfg.warmup_exit * report.noise_floor
+    done = (
+        report.empty_cells <= cfg.warmup_max_empty * len(ctx.weights)
+        and report.l1 <= cfg.warmup_exit * report.noise_floor
+    )
     counters = dict(state.counters)
     arrays = state.arrays
     h = state.heights
@@ -119,7 +122,7 @@ def _warmup_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitReco
         h = h - h.mean()
         arrays = {"m": mom, "v": var}
     new = replace(state, heights=h, iteration=it, counters=counters, arrays=arrays)
-    return new, _record(state, m, g, None), None
+    return new, _record(state, est, g, None), None
 
 
 def _newton_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitRecord, str | None]:
@@ -134,21 +137,21 @@ def _newton_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitReco
         # Fresh samples the current heights were not fitted on: an independent check.
         check = accuracy(est.counts, m, ctx.weights)
         if check.l1 <= ctx.config.target_l1 and check.empty_cells == 0:
-            return _advance(state, h, stage, stage_iter), _record(state, m, g, check), "target"
+            return _advance(state, h, stage, stage_iter), _record(state, est, g, check), "target"
     cfg = ctx.config.newton
     if stage_iter >= cfg.max_stage_iters:
-        return _advance(state, h, stage + 1, 0), _record(state, m, g, check), None
+        return _advance(state, h, stage + 1, 0), _record(state, est, g, check), None
     empty = np.flatnonzero(est.counts == 0)
     if empty.size:
         h = _rescue_empty(ctx, h, empty, m, seed)
-        return _advance(state, h, stage, stage_iter + 1), _record(state, m, g, check), None
+        return _advance(state, h, stage, stage_iter + 1), _record(state, est, g, check), None
     floor = accuracy(est.counts, m, ctx.weights).noise_floor
     if np.abs(g).sum() > cfg.stage_tol * floor:
         accepted, t = _damped_step(ctx, h, est, g, float(state.counters["t"]), m, seed, stage)
         if accepted is not None:
             new = _advance(state, accepted, stage, stage_iter + 1, t=t)
-            return new, _record(state, m, g, check), None
-    return _advance(state, h, stage + 1, 0), _record(state, m, g, check), None
+            return new, _record(state, est, g, check), None
+    return _advance(state, h, stage + 1, 0), _record(state, est, g, check), None
 
 
 def newton_direction(est: MeasureEstimate, g: np.ndarray, rtol: float) -> np.ndarray:
@@ -241,9 +244,10 @@ def _advance(
 
 
 def _record(
-    state: FitState, m: int, g: np.ndarray, check: AccuracyReport | None
+    state: FitState, est: MeasureEstimate, g: np.ndarray, check: AccuracyReport | None
 ) -> FitRecord:
     return FitRecord(
-        iteration=state.iteration + 1, elapsed=state.elapsed, n_samples=m,
-        train_l1=float(np.abs(g).sum()), check=check,
+        iteration=state.iteration + 1, elapsed=state.elapsed, n_samples=est.n_samples,
+        train_l1=float(np.abs(g).sum()), empty_cells=int(np.count_nonzero(est.counts == 0)),
+        check=check,
     )
