@@ -42,6 +42,10 @@ _DIAG_FLOOR = 0.05
 _RIDGE = 1e-6
 _RESCUE_CHUNK = 256
 _WARMUP, _NEWTON = 0, 1
+# First damped-Newton trial step after the warm-up. Measured on N = 10,000, d = 16 clusters:
+# t = 1, 1/2, 1/4, 1/8 all failed the KMT test and 1/16 passed (4 wasted passes); t then
+# doubles after each accepted step, reaching full steps within a stage.
+_FIRST_T = 1.0 / 16
 
 
 @dataclass
@@ -72,7 +76,7 @@ def initial_state(ctx: NewtonContext) -> FitState:
     n = len(ctx.weights)
     return FitState(
         method="newton", heights=h - h.mean(), iteration=0, elapsed=0.0,
-        counters={"phase": _WARMUP, "stage": 0, "stage_iter": 0, "t": 1.0},
+        counters={"phase": _WARMUP, "stage": 0, "stage_iter": 0, "t": _FIRST_T / 2},
         arrays={"m": np.zeros(n), "v": np.zeros(n)}, history=(), seed=ctx.config.seed,
         n_targets=n,
     )
