@@ -148,7 +148,9 @@ def topk_kernel(
         vmin = tl.min(vals, axis=1)
         flags = ((vmin > float("-inf")) & (vmin >= kth - 2.0 * eps)).to(tl.int32)
 
-    # Exact fp32 re-score of the candidates.
+    # Exact fp32 re-score of the candidates. The query is loaded again rather than kept live
+    # through the key loop, which would hold BLOCK_M x BLOCK_D more registers there.
+    x32 = tl.load(x_ptr + rm.to(tl.int64)[:, None] * stride_x + rd[None, :], mask=x_mask, other=0.0)
     exact = tl.full((BLOCK_M, KP), float("-inf"), tl.float32)
     for c in tl.static_range(KP):
         sel = kcol[None, :] == c

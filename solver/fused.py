@@ -85,15 +85,25 @@ GPU_TILES = TileConfig()
 INTERPRETER_TILES = TileConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
 
 
-def _kernels():  # noqa: ANN202 - module of triton kernels
+# tf32 and bf16 tensor-core dots need Ampere (compute capability 8.0) or newer.
+_MIN_CAPABILITY = (8, 0)
+
+
+def _kernels():  # noqa: ANN202 - the module of triton kernels
     from solver import _fused_kernels  # noqa: PLC0415 - needs triton
 
     return _fused_kernels
 
 
 def triton_installed() -> bool:
-    """Whether the triton package can be imported."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether the triton package and the kernels import (a broken install counts as absent)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        _kernels()
+    except (ImportError, RuntimeError):
+        return False
+    return True
 
 
 def interpreting() -> bool:
@@ -106,10 +116,12 @@ def interpreting() -> bool:
 
 
 def available() -> bool:
-    """Whether :class:`TritonBackend` can run here: triton plus CUDA, or the interpreter."""
+    """Whether :class:`TritonBackend` runs here: triton and an Ampere+ GPU, or the interpreter."""
     if not triton_installed():
         return False
-    return interpreting() or torch.cuda.is_available()
+    if interpreting():
+        return True
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= _MIN_CAPABILITY
 
 
 class TritonBackend:
@@ -143,7 +155,9 @@ class TritonBackend:
         tiles: TileConfig | None = None,
     ) -> None:
         if not available():
-            raise ValueError("backend 'triton' needs triton and CUDA (or TRITON_INTERPRET=1)")
+            raise ValueError(
+                "backend 'triton' needs triton and an Ampere+ CUDA GPU (or TRITON_INTERPRET=1)"
+            )
         if precision not in ("tf32", "bf16", "fp32"):
             raise ValueError(f"precision must be 'tf32', 'bf16' or 'fp32', got {precision!r}")
         margin = DEFAULT_MARGIN[precision] if margin is None else margin
@@ -246,7 +260,7 @@ class TritonBackend:
         if m == 0:
             return scores, cells, flags
         t = self.tiles
-        grid = (triton_cdiv(m, t.block_m),)
+        grid = (_cdiv(m, t.block_m),)
         kern.topk_kernel[grid](
             xt,
             self._keys,
@@ -292,8 +306,7 @@ class TritonBackend:
         return torch.cat(values), torch.cat(indices)
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    """Ceiling division (the launch grid)."""
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
