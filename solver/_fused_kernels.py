@@ -26,7 +26,7 @@ MODE_TF32 = 1
 MODE_BF16 = 2
 
 # Relative error of one fp32 rounding (truncating adders included): 2^-23.
-_FP32_U = 1.1920928955078125e-07
+_FP32_U = tl.constexpr(1.1920928955078125e-07)
 
 
 @triton.jit
