@@ -21,6 +21,7 @@ atomically after every epoch, and a run given the same checkpoint path continues
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import time
@@ -177,8 +178,9 @@ def _train(
     model = build_autoencoder(model_config, seed=config.seed).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
     state, latents = _State(), None
+    digest = _digest(data)
     if checkpoint is not None and Path(checkpoint).is_file():
-        state, latents = _load_checkpoint(Path(checkpoint), model, optimizer, model_config, config)
+        state, latents = _load_checkpoint(Path(checkpoint), model, optimizer, config, digest)
     if state.phase != "joint":
         _freeze(model.encoder)
     stopped = False
@@ -197,7 +199,7 @@ def _train(
         state, latents = _advance(state, record, model, images, latents, config)
         state = replace(state, seconds=state.seconds + time.perf_counter() - start)
         if checkpoint is not None:
-            _save_checkpoint(Path(checkpoint), model, optimizer, state, latents, config)
+            _save_checkpoint(Path(checkpoint), model, optimizer, state, latents, config, digest)
         stopped = callback is not None and callback(record) is False
     metrics = TrainMetrics(
         l2_before_freeze=state.l2_before,
@@ -323,6 +325,11 @@ def _l2(decoder: nn.Module, latents: torch.Tensor, images: torch.Tensor) -> floa
     return float(np.mean(np.square(recon - images.cpu().numpy()), dtype=np.float64))
 
 
+def _digest(data: ImageDataset) -> str:
+    """Fingerprint of the training images, so a checkpoint never resumes on other data."""
+    return hashlib.blake2b(np.ascontiguousarray(data.images).data, digest_size=16).hexdigest()
+
+
 def _save_checkpoint(
     path: Path,
     model: Autoencoder,
@@ -330,9 +337,11 @@ def _save_checkpoint(
     state: _State,
     latents: torch.Tensor | None,
     config: TrainConfig,
+    digest: str,
 ) -> None:
     payload = {
         "format": CHECKPOINT_FORMAT,
+        "data_digest": digest,
         "model_config": model.config.to_dict(),
         "train_config": asdict(config),
         "state": {**asdict(state), "history": [asdict(r) for r in state.history]},
@@ -349,8 +358,8 @@ def _load_checkpoint(
     path: Path,
     model: Autoencoder,
     optimizer: torch.optim.Optimizer,
-    model_config: AutoencoderConfig,
     config: TrainConfig,
+    digest: str,
 ) -> tuple[_State, torch.Tensor | None]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -358,14 +367,13 @@ def _load_checkpoint(
         raise ValueError(f"{path} is not a readable training checkpoint: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT!r}")
-    if payload["model_config"] != model_config.to_dict():
-        raise ValueError(f"{path} was written for {payload['model_config']}, not {model_config}")
-    ours = {k: v for k, v in asdict(config).items() if k != "progress"}
-    theirs = {k: v for k, v in payload["train_config"].items() if k != "progress"}
-    if {k: list(v) if isinstance(v, tuple) else v for k, v in ours.items()} != {
-        k: list(v) if isinstance(v, tuple) else v for k, v in theirs.items()
-    }:
+    if payload["model_config"] != model.config.to_dict():
+        raise ValueError(f"{path} was written for {payload['model_config']}, not {model.config}")
+    ours, theirs = _resumable(asdict(config)), _resumable(payload["train_config"])
+    if ours != theirs:
         raise ValueError(f"{path} was written with train config {theirs}, not {ours}")
+    if payload.get("data_digest") != digest:
+        raise ValueError(f"{path} was written for other training data (digest differs)")
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     saved = payload["state"]
@@ -373,6 +381,15 @@ def _load_checkpoint(
     device = next(model.parameters()).device
     latents = payload["latents"]
     return state, None if latents is None else latents.to(device)
+
+
+def _resumable(config: dict) -> dict:
+    """Keep the settings a resumed run must share (progress, threads, device may change)."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in config.items()
+        if k not in ("progress", "threads", "device")
+    }
 
 
 # ----------------------------------------------------------------------------- recipes

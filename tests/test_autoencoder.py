@@ -151,3 +151,13 @@ def test_resume_rejects_other_config(digits: ImageDataset, tmp_path: Path) -> No
 def test_shape_mismatch_raises(digits: ImageDataset) -> None:
     with pytest.raises(ValueError, match="the model expects"):
         train_autoencoder(digits, AutoencoderConfig(), TINY)
+
+
+def test_resume_rejects_other_data(digits: ImageDataset, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ae.pt"
+    train_autoencoder(digits, MLP, TINY, checkpoint=ckpt, callback=lambda r: False)
+    other = load_digits_dataset(split="all").subset(128, seed=1)
+    with pytest.raises(ValueError, match="other training data"):
+        train_autoencoder(other, MLP, TINY, checkpoint=ckpt)
+    resumed = train_autoencoder(digits, MLP, replace(TINY, threads=2), checkpoint=ckpt)
+    assert resumed.completed
