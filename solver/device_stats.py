@@ -125,6 +125,9 @@ class StatsAccumulator:
         self.totals = torch.zeros(2, dtype=torch.float64, device=device)
         self.sums = torch.zeros((n, d), dtype=torch.float64, device=device) if centres else None
         self.pairs = PairTable(n, device)
+        # Per-batch median top-2 gaps (host floats, one per batch); their median is the
+        # estimate's median_gap, as in the host estimate.
+        self.medians: list[float] = []
 
     def add(
         self, x: torch.Tensor, scores: torch.Tensor, cells: torch.Tensor, gap_width: float | None
@@ -142,6 +145,7 @@ class StatsAccumulator:
             self.sums.index_add_(0, top, x.to(torch.float64))
         if cells.shape[1] >= 2:
             gaps = scores[:, 0] - scores[:, 1]
+            self.medians.append(float(torch.quantile(gaps.to(torch.float64), 0.5)))
             self.pairs.add_samples(top, cells[:, 1], gaps < gap_width)
 
     def result(self, n_samples: int, gap_width: float | None) -> MeasureEstimate:
@@ -157,6 +161,7 @@ class StatsAccumulator:
             pair_counts=pair_counts,
             slab_counts=slab_counts,
             gap_width=float(gap_width or 0.0),
+            median_gap=float(np.median(self.medians)) if self.medians else 0.0,
             mass_sums=None if self.sums is None else self.sums.cpu().numpy(),
         )
 

@@ -211,6 +211,9 @@ def _reduce(
         dist.all_reduce(acc.sums, group=group)
     if pairs:
         acc.pairs = _gather_pairs(acc.pairs, acc.device, group)
+        medians: list[list[float]] = [[] for _ in range(dist.get_world_size(group))]
+        dist.all_gather_object(medians, acc.medians, group=group)
+        acc.medians = [m for part in medians for m in part]
     return acc.result(n_samples, gap_width)
 
 

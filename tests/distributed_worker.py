@@ -50,6 +50,7 @@ def main(out: Path) -> None:
             pair_counts=est.pair_counts,
             slab_counts=est.slab_counts,
             gap_width=est.gap_width,
+            median_gap=est.median_gap,
             mass_sums=np.zeros(0) if est.mass_sums is None else est.mass_sums,
         )
     dist.destroy_process_group()

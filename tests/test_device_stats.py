@@ -34,6 +34,7 @@ def test_fused_estimate_equals_estimate(backend, k, gap_width, centres, sampler,
         np.testing.assert_array_equal(getattr(got, field), getattr(ref, field), err_msg=field)
         assert getattr(got, field).dtype == np.int64
     np.testing.assert_allclose(got.energy, ref.energy, rtol=1e-12)
+    np.testing.assert_allclose(got.median_gap, ref.median_gap, rtol=1e-12)
     np.testing.assert_allclose(got.transport_cost, ref.transport_cost, rtol=1e-12)
     if centres:
         np.testing.assert_allclose(got.mass_sums, ref.mass_sums, rtol=1e-12, atol=1e-12)

@@ -74,6 +74,7 @@ def test_two_ranks_equal_the_single_process_estimate(rank_results, case):
         np.testing.assert_array_equal(got["pair_counts"], ref.pair_counts)
         np.testing.assert_array_equal(got["slab_counts"], ref.slab_counts)
         assert float(got["gap_width"]) == ref.gap_width
+        np.testing.assert_allclose(float(got["median_gap"]), ref.median_gap, rtol=1e-12)
         np.testing.assert_allclose(float(got["energy"]), ref.energy, rtol=1e-12)
         np.testing.assert_allclose(float(got["cost"]), ref.transport_cost, rtol=1e-12)
         if centres:
