@@ -158,7 +158,8 @@ def test_exact_power_cells_match_the_oracle(clusters, rng):
 
 def test_pictures_are_pngs(clusters):
     problem, _, ext, _ = clusters
-    for png in (power_diagram_png(ext, size_px=200), samples_png(problem.targets, ext.sample(50, 0))):
+    real, fake = problem.targets, ext.sample(50, 0)
+    for png in (power_diagram_png(ext, size_px=200), samples_png(real, fake)):
         image = Image.open(io.BytesIO(png))
         assert image.format == "PNG" and image.size[0] >= 200
     with pytest.raises(ValueError, match="2D"):
