@@ -251,9 +251,12 @@ def _rescue_empty(
     for lo in range(0, empty.size, _RESCUE_CHUNK):
         cells = empty[lo : lo + _RESCUE_CHUNK]
         need = np.sort(best[:, None] - xs @ ctx.targets[cells].astype(np.float64).T, axis=0)
-        rank = np.clip(np.round(ctx.weights[cells] * len(x)).astype(int) - 1, 0, len(x) - 1)
-        level = need[rank, np.arange(cells.size)]
-        h[cells] = level + 1e-3 * np.maximum(np.abs(level), 1e-3)
+        rank = np.clip(np.round(ctx.weights[cells] * len(x)).astype(int) - 1, 0, len(x) - 2)
+        cols = np.arange(cells.size)
+        # Midway between the heights at which the cell wins its r-th and (r+1)-th points: it
+        # wins r points whatever the score scale. A margin relative to |h| instead swallowed
+        # neighbours of near-duplicate targets, whose facets move by dh / |y_i - y_j|.
+        h[cells] = 0.5 * (need[rank, cols] + need[rank + 1, cols])
     return h - h.mean()
 
 
