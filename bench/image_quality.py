@@ -6,7 +6,7 @@ autoencoder on a training subset, fit semi-discrete OT to the latents, then comp
 - ``real-train``: the training-subset images themselves (the metrics' floor),
 - ``ae-reconstruction``: decoded training latents (what AE-OT can reach at best),
 - ``ae-reconstruction-test``: decoded latents of held-out images,
-- ``ae-ot-extended``: AE-OT with the extended map T~ (needs ``solver.generate``),
+- ``ae-ot-extended``: AE-OT with the extended map T~ (singular set by the gap rule),
 - ``ae-ot-pure``: AE-OT with the pure OT map T (reproduces training latents),
 - ``gaussian``: one Gaussian fitted to the latents,
 - ``gmm``: a Gaussian mixture (scikit-learn) fitted to the latents,
@@ -25,9 +25,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -52,46 +50,11 @@ from models import (  # noqa: E402
     train_and_save,
     train_classifier,
 )
-from solver import CellIndex, FitConfig, SourceMeasure, fit, make_problem  # noqa: E402
+from solver import ExtendedMap, FitConfig, build_extended_map, fit, make_problem  # noqa: E402
 
 NAME = "image_quality"
 GOALS = {"mnist": 1.2, "fashion-mnist": 1.5}  # AE-OT cFID at most this x reconstructions'
 KL_GOAL = 0.02
-
-
-# ----------------------------------------------------------------------------- AE-OT adapter
-
-
-class LatentSampler(Protocol):
-    """What the benchmark needs from an AE-OT generator (``solver.generate.ExtendedMap``)."""
-
-    def sample(self, n: int, seed: int, extended: bool = True) -> np.ndarray:
-        """Latents ``(n, d)``: T~(z) when ``extended``, else the pure map T(z), z ~ uniform."""
-
-
-@dataclass(frozen=True)
-class PureMap:
-    """Stand-in until ``solver.generate`` lands: T(z) = y_{argmax_i <z, y_i> + h_i}."""
-
-    targets: np.ndarray
-    heights: np.ndarray
-
-    def sample(self, n: int, seed: int, extended: bool = True) -> np.ndarray:
-        """Pure-map latents; the extended map is not available in the stand-in."""
-        if extended:
-            raise NotImplementedError("extended map needs solver.generate.build_extended_map")
-        source = SourceMeasure(dim=self.targets.shape[1], sampler="random")
-        z = source.sample(n, seed)
-        return self.targets[CellIndex(self.targets, self.heights).assign(z)]
-
-
-def make_ot_sampler(targets: np.ndarray, heights: np.ndarray, seed: int) -> LatentSampler:
-    """The team's extended map when ``solver.generate`` exists, else :class:`PureMap`."""
-    try:
-        from solver.generate import build_extended_map  # noqa: PLC0415
-    except ImportError:
-        return PureMap(targets, heights)
-    return build_extended_map(targets, heights, n_samples=32 * len(targets), seed=seed)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -111,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gmm-components", type=int, default=10)
     p.add_argument("--ot-target-l1", type=float, default=0.1)
     p.add_argument("--ot-time-budget", type=float, default=600.0)
+    p.add_argument("--map-samples-per-cell", type=int, default=32,
+                   help="Monte Carlo samples per cell of the extended map's pass")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/out")
@@ -153,7 +118,7 @@ def get_bundle(args, data, out: Path) -> Bundle:  # noqa: ANN001
     return train_and_save(data, arch, config, path, checkpoint=out / f"ae-{data.name}.pt")
 
 
-def fit_ot(args, latents: np.ndarray) -> tuple[LatentSampler, dict]:  # noqa: ANN001
+def fit_ot(args, latents: np.ndarray) -> tuple[ExtendedMap, dict]:  # noqa: ANN001
     problem = make_problem(latents)
     config = FitConfig(target_l1=args.ot_target_l1, time_budget=args.ot_time_budget, seed=args.seed)
     result = fit(problem, config)
@@ -172,10 +137,19 @@ def fit_ot(args, latents: np.ndarray) -> tuple[LatentSampler, dict]:  # noqa: AN
         "noise_floor": acc.noise_floor if acc else None,
         "backend": result.backend,
     }
-    return make_ot_sampler(problem.targets, result.heights, args.seed), info
+    ext = build_extended_map(
+        problem.targets, result.heights, n_samples=args.map_samples_per_cell * problem.n_targets,
+        seed=args.seed,
+    )
+    info["singular"] = {
+        "rule": ext.singular_set.rule, "threshold_rad": ext.singular_set.threshold,
+        "gap_ratio": ext.singular_set.gap_ratio, "pairs": ext.singular_set.n_pairs,
+        "singular_pairs": ext.singular_set.n_singular,
+    }
+    return ext, info
 
 
-def sampler_latents(args, bundle: Bundle, ot: LatentSampler, n: int) -> dict:  # noqa: ANN001
+def sampler_latents(args, bundle: Bundle, ot: ExtendedMap, n: int) -> dict:  # noqa: ANN001
     """Latents of every latent-space sampler (or the reason it is unavailable)."""
     from sklearn.mixture import GaussianMixture  # noqa: PLC0415
 
@@ -183,10 +157,7 @@ def sampler_latents(args, bundle: Bundle, ot: LatentSampler, n: int) -> dict:  #
     rng = np.random.default_rng(args.seed + 1)
     out: dict[str, np.ndarray | str] = {}
     for name, extended in (("ae-ot-extended", True), ("ae-ot-pure", False)):
-        try:
-            out[name] = np.asarray(ot.sample(n, seed=args.seed + 2, extended=extended))
-        except NotImplementedError as exc:
-            out[name] = f"skipped: {exc}"
+        out[name] = ot.sample(n, seed=args.seed + 2, extended=extended)
     out["gaussian"] = rng.multivariate_normal(z.mean(0), np.cov(z, rowvar=False), size=n)
     gmm = GaussianMixture(args.gmm_components, covariance_type="full", random_state=args.seed)
     samples = gmm.fit(z).sample(n)[0]

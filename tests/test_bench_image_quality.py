@@ -1,26 +1,13 @@
-"""The image-quality benchmark's pure-map stand-in and helpers (no training)."""
+"""The image-quality benchmark's helpers (no training)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from bench.image_quality import PureMap, markdown, save_grid
-
-
-def test_pure_map_returns_targets_with_their_cell_measures() -> None:
-    # Four targets on the diagonals, h = 0: the cells are the quadrants, 1/4 of the cube each.
-    targets = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], dtype=np.float32) * 0.25
-    latents = PureMap(targets, np.zeros(4)).sample(4000, seed=0, extended=False)
-    assert latents.shape == (4000, 2)
-    rows = (latents[:, None, :] == targets[None]).all(axis=2)
-    assert rows.sum(axis=1).tolist() == [1] * 4000
-    np.testing.assert_allclose(rows.mean(axis=0), 0.25, atol=0.03)
-    with pytest.raises(NotImplementedError, match="extended"):
-        PureMap(targets, np.zeros(4)).sample(10, seed=0, extended=True)
+from bench.image_quality import markdown, save_grid
 
 
 def test_save_grid_and_table(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -42,3 +29,14 @@ def test_save_grid_and_table(tmp_path: Path, rng: np.random.Generator) -> None:
     table = markdown(rows)
     assert "| d | s | 1.00 | 0.500 | 0.250 | 0.0100 | 3.00 (1.10) |" in table
     assert "skipped: x" in table
+
+
+def test_fit_ot_gives_an_extended_map_with_its_singular_set(rng: np.random.Generator) -> None:
+    from bench.image_quality import fit_ot, parse_args
+
+    args = parse_args(["--ot-target-l1", "0.1", "--ot-time-budget", "60"])
+    latents = rng.normal(size=(60, 4)).astype(np.float32)
+    ext, info = fit_ot(args, latents)
+    assert info["converged"] and info["singular"]["pairs"] > 0
+    out = ext.sample(100, seed=0)
+    assert out.shape == (100, 4) and np.isfinite(out).all()
