@@ -63,7 +63,9 @@ KL_GOAL = 0.02
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
-    p.add_argument("--data-root", default="/work/shared/data")
+    # The workplace keeps verified MNIST / Fashion-MNIST copies in ../shared/data beside the repo.
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    p.add_argument("--data-root", default=str(shared))
     p.add_argument("--subset", type=int, default=10000, help="AE/OT training images")
     p.add_argument("--epochs", type=int, default=8, help="joint epochs at most")
     p.add_argument("--decoder-epochs", type=int, default=4)
@@ -192,7 +194,7 @@ def run_dataset(args: argparse.Namespace, name: str, out: Path) -> list[dict]:
     sizes = {
         "ae_train": len(data),
         "classifier_train": min(args.classifier_subset, len(full_train)),
-        "reference_test": n,
+        "reference_test": min(n, len(test) // 2) if len(test) < 2 * n else n,
         "generated": n,
     }
 
@@ -213,13 +215,14 @@ def run_dataset(args: argparse.Namespace, name: str, out: Path) -> list[dict]:
         }
     )
 
-    reference = make_reference(clf.model, test.images[:n], data.images)
+    # The reference and the held-out reconstructions never share test images: when the test
+    # split cannot hold n of each, the reference takes its first half.
+    n_ref = sizes["reference_test"]
+    reference = make_reference(clf.model, test.images[:n_ref], data.images)
     images: dict[str, np.ndarray | str] = {
         "real-train": data.images[:n],
         "ae-reconstruction": bundle.decode(bundle.latents[:n]),
-        "ae-reconstruction-test": bundle.decode(bundle.encode(test.images[n : 2 * n]))
-        if len(test) >= 2 * n
-        else bundle.decode(bundle.encode(test.images[:n])),
+        "ae-reconstruction-test": bundle.decode(bundle.encode(test.images[n_ref : n_ref + n])),
     }
     for sampler, z in sampler_latents(args, bundle, ot, n).items():
         images[sampler] = z if isinstance(z, str) else bundle.decode(z.astype(np.float32))
