@@ -61,7 +61,14 @@ def mode_metrics(generated: np.ndarray, real: np.ndarray) -> dict[str, float]:
     p, q = gen_hist / max(gen_hist.sum(), 1.0), real_hist / real_hist.sum()
     support = p > 0
     kl = float(np.sum(p[support] * np.log(p[support] / q[support])))
+    real_dist = np.linalg.norm(real[:, None, :] - MEANS[None], axis=2).min(axis=1)
     return {
+        # rms distance to the nearest mean of high-quality samples, generated over real: below
+        # 1 means the generator contracts the modes, 1 reproduces their spread.
+        "spread_ratio": float(
+            np.sqrt(np.mean(dist.min(axis=1)[close] ** 2))
+            / np.sqrt(np.mean(real_dist[real_dist <= 3 * STD] ** 2))
+        ),
         "modes": int((gen_hist > 0).sum()),
         "high_quality_pct": 100.0 * float(close.mean()),
         "reverse_kl": kl,
@@ -79,6 +86,7 @@ def run_seed(seed: int, args: argparse.Namespace, pictures: Path | None) -> list
     records = []
     variants = {
         "extended (gap rule)": {"rule": "gap"},
+        "extended (gap rule, p = 2)": {"rule": "gap", "power": 2.0},
         "extended (0.9 quantile)": {"rule": "quantile", "quantile": 0.9},
         "pure map T": None,
     }
@@ -115,7 +123,7 @@ def summarise(records: list[dict]) -> list[dict]:
     for name in dict.fromkeys(r["variant"] for r in records):
         rows = [r for r in records if r["variant"] == name]
         summary = {"bench": "mode_collapse", "summary": name, "seeds": len(rows)}
-        for key in ("modes", "high_quality_pct", "reverse_kl", "seconds_total"):
+        for key in ("modes", "high_quality_pct", "reverse_kl", "spread_ratio", "seconds_total"):
             values = np.array([r[key] for r in rows], dtype=float)
             summary[key] = float(values.mean())
             summary[key + "_std"] = float(values.std())
@@ -125,14 +133,18 @@ def summarise(records: list[dict]) -> list[dict]:
 
 def markdown(summaries: list[dict]) -> str:
     """A table of the measured variants beside the paper's rows."""
-    lines = ["| method | modes | high quality % | reverse KL | s / seed |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {m} | {q} | {k} | |" for n, m, q, k in PAPER]
+    lines = [
+        "| method | modes | high quality % | reverse KL | spread ratio | s / seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {n} | {m} | {q} | {k} | | |" for n, m, q, k in PAPER]
     for s in summaries:
         lines.append(
             f"| {s['summary']} (measured, {s['seeds']} seeds) "
             f"| {s['modes']:.1f} +- {s['modes_std']:.1f} "
             f"| {s['high_quality_pct']:.2f} +- {s['high_quality_pct_std']:.2f} "
             f"| {s['reverse_kl']:.4f} +- {s['reverse_kl_std']:.4f} "
+            f"| {s['spread_ratio']:.2f} "
             f"| {s['seconds_total']:.1f} |"
         )
     return "\n".join(lines)
