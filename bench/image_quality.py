@@ -20,6 +20,8 @@ line and a markdown table; writes sample grids to ``--out``.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import os
 import platform
@@ -50,7 +52,14 @@ from models import (  # noqa: E402
     train_and_save,
     train_classifier,
 )
-from solver import ExtendedMap, FitConfig, build_extended_map, fit, make_problem  # noqa: E402
+from solver import (  # noqa: E402
+    ExtendedMap,
+    FitConfig,
+    atomic_write_bytes,
+    build_extended_map,
+    fit,
+    make_problem,
+)
 
 NAME = "image_quality"
 GOALS = {"mnist": 1.2, "fashion-mnist": 1.5}  # AE-OT cFID at most this x reconstructions'
@@ -120,8 +129,16 @@ def get_bundle(args, data, out: Path) -> Bundle:  # noqa: ANN001
     return train_and_save(data, arch, config, path, checkpoint=out / f"ae-{data.name}.pt")
 
 
-def fit_ot(args, latents: np.ndarray) -> tuple[ExtendedMap, dict]:  # noqa: ANN001
+def fit_ot(args, latents: np.ndarray, cache: Path | None = None) -> tuple[ExtendedMap, dict]:  # noqa: ANN001
+    """Fit OT to the latents (or reuse the heights cached for exactly these latents)."""
     problem = make_problem(latents)
+    digest = hashlib.sha256(np.ascontiguousarray(problem.targets).tobytes()).hexdigest()
+    if cache is not None and args.reuse and cache.is_file():
+        with np.load(cache, allow_pickle=False) as f:
+            if str(f["digest"]) == digest:
+                heights = f["heights"]
+                info = json.loads(str(f["info"]))
+                return _extended(args, problem, heights, {**info, "reused": True})
     config = FitConfig(target_l1=args.ot_target_l1, time_budget=args.ot_time_budget, seed=args.seed)
     result = fit(problem, config)
     acc = result.accuracy
@@ -139,14 +156,23 @@ def fit_ot(args, latents: np.ndarray) -> tuple[ExtendedMap, dict]:  # noqa: ANN0
         "noise_floor": acc.noise_floor if acc else None,
         "backend": result.backend,
     }
+    if cache is not None:
+        buf = io.BytesIO()
+        meta = {"digest": np.array(digest), "info": np.array(json.dumps(info))}
+        np.savez(buf, heights=result.heights, **meta)
+        atomic_write_bytes(cache, buf.getvalue())
+    return _extended(args, problem, result.heights, info)
+
+
+def _extended(args, problem, heights: np.ndarray, info: dict) -> tuple[ExtendedMap, dict]:  # noqa: ANN001
     ext = build_extended_map(
-        problem.targets, result.heights, n_samples=args.map_samples_per_cell * problem.n_targets,
+        problem.targets, heights, n_samples=args.map_samples_per_cell * problem.n_targets,
         seed=args.seed,
     )
     info["singular"] = {
         "rule": ext.singular_set.rule, "threshold_rad": ext.singular_set.threshold,
         "gap_ratio": ext.singular_set.gap_ratio, "pairs": ext.singular_set.n_pairs,
-        "singular_pairs": ext.singular_set.n_singular,
+        "singular_pairs": ext.singular_set.n_singular, "k": ext.k, "power": ext.power,
     }
     return ext, info
 
@@ -201,7 +227,7 @@ def run_dataset(args: argparse.Namespace, name: str, out: Path) -> list[dict]:
     start = time.perf_counter()
     clf = get_classifier(args, name, full_train, test, out)
     bundle = get_bundle(args, data, out)
-    ot, ot_info = fit_ot(args, bundle.latents)
+    ot, ot_info = fit_ot(args, bundle.latents, out / f"ot-{name}.npz")
     emit(
         {
             **base,

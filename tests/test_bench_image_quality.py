@@ -31,12 +31,19 @@ def test_save_grid_and_table(tmp_path: Path, rng: np.random.Generator) -> None:
     assert "skipped: x" in table
 
 
-def test_fit_ot_gives_an_extended_map_with_its_singular_set(rng: np.random.Generator) -> None:
+def test_fit_ot_gives_an_extended_map_and_reuses_its_heights(
+    rng: np.random.Generator, tmp_path: Path
+) -> None:
     from bench.image_quality import fit_ot, parse_args
 
-    args = parse_args(["--ot-target-l1", "0.1", "--ot-time-budget", "60"])
+    args = parse_args(["--ot-target-l1", "0.1", "--ot-time-budget", "60", "--reuse"])
     latents = rng.normal(size=(60, 4)).astype(np.float32)
-    ext, info = fit_ot(args, latents)
-    assert info["converged"] and info["singular"]["pairs"] > 0
+    ext, info = fit_ot(args, latents, tmp_path / "ot.npz")
+    assert info["converged"] and info["singular"]["pairs"] > 0 and "reused" not in info
     out = ext.sample(100, seed=0)
     assert out.shape == (100, 4) and np.isfinite(out).all()
+    again, info2 = fit_ot(args, latents, tmp_path / "ot.npz")
+    assert info2["reused"] and info2["l1"] == info["l1"]
+    np.testing.assert_array_equal(again.heights, ext.heights)
+    _, info3 = fit_ot(args, latents[::-1].copy() + 1, tmp_path / "ot.npz")  # other latents
+    assert "reused" not in info3
