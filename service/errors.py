@@ -37,10 +37,6 @@ class Conflict(Exception):
     """The request conflicts with the current state (an active job, ...): 409."""
 
 
-class PayloadTooLarge(Exception):
-    """The request body exceeds ``max_body_bytes`` (413)."""
-
-
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
@@ -69,10 +65,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _auth(_: Request, exc: AuthError) -> JSONResponse:
         headers = {"WWW-Authenticate": "X-API-Key"} if exc.status_code == 401 else None
         return _error(exc.status_code, str(exc), headers)
-
-    @app.exception_handler(PayloadTooLarge)
-    async def _too_large(_: Request, exc: PayloadTooLarge) -> JSONResponse:
-        return _error(413, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -8,16 +8,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge
 from service.metrics import Metrics
 
 
 class BodyLimit:
     """Answer 413 for bodies over ``max_bytes``: by Content-Length, or while streaming.
 
-    A declared length over the limit is refused before the body is read; a chunked or lying
-    body raises :class:`PayloadTooLarge` from ``receive`` once it passes the limit, which the
-    app's error handlers turn into a 413.
+    A declared length over the limit is refused before the body is read. Otherwise the body
+    is read here (bounded by the limit) and replayed to the app, so a chunked or lying body
+    is refused with a 413 as soon as it passes the limit, never half-parsed by a route.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -25,25 +24,38 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check the declared length, then count the streamed bytes."""
-        if scope["type"] != "http":
+        """Check the declared length, then read and count the body before the app sees it."""
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await _send_413(send, self.max_bytes)
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":  # client went away
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
             if seen > self.max_bytes:
-                raise PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
-            return message
+                await _send_413(send, self.max_bytes)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 async def _send_413(send: Send, limit: int) -> None:

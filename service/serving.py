@@ -91,6 +91,9 @@ class ServingIndex:
         """
         self.poll_if_due()
         served = self._served.get(name)  # one read of one reference: a consistent version
+        if served is None:  # maybe published but still loading in another thread: wait for it
+            self.refresh(blocking=True)
+            served = self._served.get(name)
         if served is not None:
             return served
         self.store.model(name)  # raises UnknownModel
