@@ -78,6 +78,7 @@ class _FitRun:
     checks: list[tuple[float, float]] = field(default_factory=list)
     published_iteration: int = -1
     checkpoint_iteration: int | None = None
+    last_check: AccuracyReport | None = None
     lost: bool = False
 
 
@@ -215,7 +216,7 @@ class Worker:
                 iteration=state.iteration,
                 elapsed=record.elapsed,
                 train_l1=record.train_l1,
-                accuracy=check,
+                accuracy=run.last_check,
                 eta=_eta(run.checks, progress.target_l1, record.elapsed),
                 checkpoint_iteration=run.checkpoint_iteration,
             )
@@ -232,6 +233,7 @@ class Worker:
         if check is None:
             check = self._own_check(run, heights, iteration)
             run.checks.append((state.elapsed, check.l1))
+        run.last_check = check
         if check.l1 >= _IMPROVEMENT * run.best_l1:
             return
         s = self.settings
