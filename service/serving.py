@@ -89,11 +89,7 @@ class ServingIndex:
             UnknownModel: no such model. NotReady: no potential published (or loaded) yet.
 
         """
-        self.poll_if_due()
-        served = self._served.get(name)  # one read of one reference: a consistent version
-        if served is None:  # maybe published but still loading in another thread: wait for it
-            self.refresh(blocking=True)
-            served = self._served.get(name)
+        served = self.current(name)
         if served is not None:
             return served
         self.store.model(name)  # raises UnknownModel
@@ -101,6 +97,19 @@ class ServingIndex:
             f"model {name!r} has no fitted potential yet; see /models/{name} for fit progress",
             retry_after=max(self.settings.poll_interval, 5.0),
         )
+
+    def current(self, name: str) -> Served | None:
+        """Return what model ``name`` serves now, or ``None`` (nothing published or unknown).
+
+        Polls when due; when nothing is loaded yet, waits for a refresh in progress elsewhere
+        (the poller may be loading the first version) instead of answering not ready.
+        """
+        self.poll_if_due()
+        served = self._served.get(name)  # one read of one reference: a consistent version
+        if served is None:
+            self.refresh(blocking=True)
+            served = self._served.get(name)
+        return served
 
     def poll_if_due(self) -> None:
         """Refresh when the last poll is older than ``poll_interval`` (never waits on one)."""

@@ -23,9 +23,9 @@ def healthz() -> HealthResponse:
 @router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
 def readyz(settings: SettingsDep, store: StoreDep, serving: ServingDep) -> JSONResponse:
     """Ready (200) once the default model serves a published potential, else 503."""
-    serving.poll_if_due()
     name = default_model(settings, store)
-    version = serving.versions().get(name) if name else None
+    served = serving.current(name) if name else None
+    version = served.version if served else None
     body = ReadyResponse(ready=version is not None, default_model=name, version=version)
     headers = None if body.ready else {"Retry-After": "5"}
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503, headers=headers)
