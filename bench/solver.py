@@ -95,7 +95,9 @@ def main() -> None:
     args = parser.parse_args()
     emit({"bench": "solver", "kind": "machine", **machine_info()})
     if args.only in (None, "throughput"):
-        shapes = [(2000, 2), (10000, 16)] if args.quick else [(2000, 2), (10000, 16), (10000, 64), (60000, 64)]
+        shapes = [(2000, 2), (10000, 16)]
+        if not args.quick:
+            shapes += [(10000, 64), (60000, 64)]
         queries = 1 << (15 if args.quick else 18)
         for n, d in shapes:
             for backend in available_backends():
@@ -104,7 +106,8 @@ def main() -> None:
                     emit({"bench": "solver", "kind": "throughput", "backend": backend,
                           "n": n, "d": d, "k": k, "queries": queries, "queries_per_s": round(qps)})
     if args.only in (None, "fit"):
-        sizes = args.sizes or (["500x2", "2000x2"] if args.quick else ["2000x2", "10000x16", "10000x64"])
+        full = ["2000x2", "10000x16", "10000x64"]
+        sizes = args.sizes or (["500x2", "2000x2"] if args.quick else full)
         for size in sizes:
             n, d = map(int, size.split("x"))
             time_to_accuracy(n, d, args.target, args)

@@ -3,7 +3,8 @@
 Data flow: :func:`make_problem` validates targets and weights; :class:`CellIndex` answers
 which cell of the power diagram holds a point; :func:`estimate` measures cells by Monte
 Carlo; :func:`fit` finds the heights; :func:`save_state` / :func:`load_state` make fits
-resumable.
+resumable; :func:`build_extended_map` finds the singular set and gives the pure map T, the
+extended map T~ and interpolation (pictures: :mod:`solver.plots`, imported on demand).
 """
 
 from solver.checkpoint import atomic_write_bytes, load_state, save_state
@@ -27,13 +28,30 @@ from solver.estimate import (
     samples_for_noise_floor,
 )
 from solver.fit import fit
+from solver.generate import Crossing, ExtendedMap, Interpolation, build_extended_map
 from solver.index import CellIndex, available_backends, resolve_backend
 from solver.measures import SourceMeasure
 from solver.problem import OTProblem, make_problem
+from solver.singular import (
+    Adjacency,
+    SingularSet,
+    adjacency_from_estimate,
+    dihedral_angles,
+    find_singular_set,
+)
 
 __all__ = [
     "AccuracyReport",
     "AdamConfig",
+    "Adjacency",
+    "Crossing",
+    "ExtendedMap",
+    "Interpolation",
+    "SingularSet",
+    "adjacency_from_estimate",
+    "build_extended_map",
+    "dihedral_angles",
+    "find_singular_set",
     "CellIndex",
     "FitConfig",
     "FitProgress",

@@ -34,7 +34,7 @@ class AdamContext:
 
 
 def initial_state(n: int, config: FitConfig) -> FitState:
-    """h = 0, zero moments, the configured initial sample set."""
+    """H = 0, zero moments, the configured initial sample set."""
     return FitState(
         method="adam", heights=np.zeros(n), iteration=0, elapsed=0.0,
         counters={"n_samples": config.adam.initial_samples, "stall": 0, "best_gnorm": np.inf},

@@ -77,7 +77,8 @@ def make_problem(
     bad = ~np.isfinite(y).all(axis=1)
     if bad.any():
         raise ValueError(
-            f"targets contain NaN or inf in {int(bad.sum())} rows (first: row {int(np.argmax(bad))})"
+            f"targets contain NaN or inf in {int(bad.sum())} rows "
+            f"(first: row {int(np.argmax(bad))})"
         )
     n, d = y.shape
     v = _validate_weights(weights, n)

@@ -118,7 +118,8 @@ def test_adam_step_is_the_authors_update(rng):
     ctx = adam_method.make_context(problem.weights, problem.source, index, config)
     state = adam_method.initial_state(16, config)
     new, record, _ = adam_method.step(ctx, state)
-    est = estimate(index, problem.source, config.adam.initial_samples, adam_method.derive_seed(0, 2), k=1)
+    seed = adam_method.derive_seed(0, 2)
+    est = estimate(index, problem.source, config.adam.initial_samples, seed, k=1)
     g = est.cell_measures - problem.weights
     expected = -config.adam.lr * (0.1 * g) / (np.sqrt(0.001 * g * g) + 1e-8)
     np.testing.assert_allclose(new.heights, expected - expected.mean(), rtol=1e-9, atol=1e-12)

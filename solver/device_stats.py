@@ -1,0 +1,226 @@
+"""Monte Carlo statistics accumulated on the search device (the GPU path of ``estimate``).
+
+:func:`fused_estimate` makes the same pass as :func:`solver.estimate.estimate` (same sample
+batches, same top-k queries, same slab rule) but keeps every per-sample result on the device
+that answered the query: counts by ``bincount``, mass-centre sums by ``index_add_`` in float64,
+energy and transport cost as float64 device scalars, and top-2 pair statistics as a sorted table
+of pair codes ``min(i, j) * N + max(i, j)`` merged with ``unique``. Only the samples travel to the
+device (they are drawn on the host: the Sobol stream is a CPU generator) and only the final
+N-sized results come back.
+
+Integer statistics (counts, pairs, pair and slab counts) equal the host estimate exactly; float
+sums agree to float64 rounding (the summation order differs). :class:`StatsAccumulator` is shared
+with :mod:`solver.distributed`, whose ranks each accumulate part of the stream.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from solver.estimate import DEFAULT_SLAB_FRACTION, MeasureEstimate
+from solver.index import CellIndex
+from solver.measures import DEFAULT_BATCH, SourceMeasure
+
+Array = np.ndarray | torch.Tensor
+
+# Pair chunks wait until they outnumber the merged table by this factor (and are at least
+# 2^20 codes long) before a merge, so sorting costs amortised O(P log P) per sample batch.
+_MERGE_FACTOR = 4
+_MERGE_MIN = 1 << 20
+# Index backends that answer on the host; every other backend answers on CUDA.
+_HOST_BACKENDS = ("torch", "faiss")
+
+
+class Searcher(Protocol):
+    """What the estimate needs from an index: :class:`CellIndex` or a bare backend."""
+
+    @property
+    def n_targets(self) -> int:
+        """N."""
+
+    @property
+    def dim(self) -> int:
+        """D."""
+
+    @property
+    def targets(self) -> np.ndarray:
+        """y, shape ``(N, d)``, float32."""
+
+    def search(self, x: Array, k: int) -> tuple[Array, Array]:
+        """Top-k scores and cells, tensors on x's device for tensor x."""
+
+
+def search_device(searcher: Searcher) -> torch.device:
+    """Where a searcher answers: its own device, the CPU for host backends, else CUDA."""
+    own = getattr(searcher, "device", None)
+    if isinstance(own, torch.device):
+        return own
+    if isinstance(searcher, CellIndex) and searcher.backend in _HOST_BACKENDS:
+        return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class PairTable:
+    """Counts of top-2 pairs {i, j} and of their slab samples, as sorted int64 code tables."""
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.n = n
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        self.codes, self.totals, self.slabs = empty, empty, empty
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._pending_len = 0
+
+    def add_samples(self, first: torch.Tensor, second: torch.Tensor, in_slab: torch.Tensor) -> None:
+        """Add one batch: top-1 and top-2 cells (shape ``(B,)``) and its slab mask."""
+        codes = torch.minimum(first, second) * self.n + torch.maximum(first, second)
+        self.add_counts(codes, torch.ones_like(codes), in_slab.to(torch.int64))
+
+    def add_counts(self, codes: torch.Tensor, totals: torch.Tensor, slabs: torch.Tensor) -> None:
+        """Add pre-counted codes (any order, repeats allowed)."""
+        self._pending.append((codes, totals, slabs))
+        self._pending_len += int(codes.numel())
+        if self._pending_len > max(_MERGE_MIN, _MERGE_FACTOR * self.codes.numel()):
+            self.compact()
+
+    def compact(self) -> None:
+        """Merge pending chunks into the sorted table."""
+        if not self._pending:
+            return
+        codes = torch.cat([self.codes, *(p[0] for p in self._pending)])
+        totals = torch.cat([self.totals, *(p[1] for p in self._pending)])
+        slabs = torch.cat([self.slabs, *(p[2] for p in self._pending)])
+        self._pending, self._pending_len = [], 0
+        self.codes, inverse = torch.unique(codes, sorted=True, return_inverse=True)
+        size = self.codes.numel()
+        self.totals = totals.new_zeros(size).index_add_(0, inverse, totals)
+        self.slabs = slabs.new_zeros(size).index_add_(0, inverse, slabs)
+
+    def to_numpy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(pairs (P, 2), pair_counts (P,), slab_counts (P,))``, int64, pairs i < j sorted."""
+        self.compact()
+        codes = self.codes.cpu().numpy()
+        pairs = np.stack([codes // self.n, codes % self.n], axis=1).astype(np.int64)
+        return pairs, self.totals.cpu().numpy(), self.slabs.cpu().numpy()
+
+
+class StatsAccumulator:
+    """Running sums of one Monte Carlo pass, held on ``device``.
+
+    Args:
+        targets: y, shape ``(N, d)``, float32 (copied to the device for the transport cost).
+        device: where the sums live (the device the searcher answers on).
+        centres: also keep per-cell coordinate sums, shape ``(N, d)``, float64.
+
+    """
+
+    def __init__(self, targets: np.ndarray, device: torch.device, *, centres: bool) -> None:
+        n, d = targets.shape
+        self.device = device
+        self._y = torch.from_numpy(np.array(targets, dtype=np.float32)).to(device)
+        self.counts = torch.zeros(n, dtype=torch.int64, device=device)
+        # energy and transport-cost sums share one float64 tensor so ranks reduce them together.
+        self.totals = torch.zeros(2, dtype=torch.float64, device=device)
+        self.sums = torch.zeros((n, d), dtype=torch.float64, device=device) if centres else None
+        self.pairs = PairTable(n, device)
+        # Per-batch median top-2 gaps (host floats, one per batch); their median is the
+        # estimate's median_gap, as in the host estimate.
+        self.medians: list[float] = []
+
+    def add(
+        self, x: torch.Tensor, scores: torch.Tensor, cells: torch.Tensor, gap_width: float | None
+    ) -> None:
+        """Add a batch: samples ``x`` (B, d) float32 and their top-k ``scores``/``cells`` (B, k).
+
+        ``gap_width`` is required when k >= 2 (slab statistics), ignored for k = 1.
+        """
+        top = cells[:, 0]
+        self.counts += torch.bincount(top, minlength=self.counts.numel())
+        self.totals[0] += scores[:, 0].to(torch.float64).sum()
+        # Same arithmetic as the host estimate: the difference in fp32, its square in float64.
+        self.totals[1] += 0.5 * (x - self._y[top]).to(torch.float64).square().sum()
+        if self.sums is not None:
+            self.sums.index_add_(0, top, x.to(torch.float64))
+        if cells.shape[1] >= 2:
+            gaps = scores[:, 0] - scores[:, 1]
+            self.medians.append(float(torch.quantile(gaps.to(torch.float64), 0.5)))
+            self.pairs.add_samples(top, cells[:, 1], gaps < gap_width)
+
+    def result(self, n_samples: int, gap_width: float | None) -> MeasureEstimate:
+        """Return the estimate of ``n_samples`` samples (host arrays)."""
+        pairs, pair_counts, slab_counts = self.pairs.to_numpy()
+        energy, cost = self.totals.cpu().numpy().tolist()
+        return MeasureEstimate(
+            n_samples=n_samples,
+            counts=self.counts.cpu().numpy(),
+            energy=energy / n_samples,
+            transport_cost=cost / n_samples,
+            pairs=pairs,
+            pair_counts=pair_counts,
+            slab_counts=slab_counts,
+            gap_width=float(gap_width or 0.0),
+            median_gap=float(np.median(self.medians)) if self.medians else 0.0,
+            mass_sums=None if self.sums is None else self.sums.cpu().numpy(),
+        )
+
+
+def slab_width(scores: torch.Tensor) -> float:
+    """Return the host estimate's data-driven slab width: a quantile of a batch's top-2 gaps."""
+    gaps = (scores[:, 0] - scores[:, 1]).cpu().numpy()
+    return float(np.quantile(gaps, DEFAULT_SLAB_FRACTION))
+
+
+def check_inputs(searcher: Searcher, source: SourceMeasure, n_samples: int, k: int) -> int:
+    """Validate an estimate's arguments; returns k clipped to N."""
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if source.dim != searcher.dim:
+        raise ValueError(f"source dim {source.dim} != index dim {searcher.dim}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return min(k, searcher.n_targets)
+
+
+def fused_estimate(
+    searcher: Searcher,
+    source: SourceMeasure,
+    n_samples: int,
+    seed: int,
+    *,
+    k: int = 2,
+    gap_width: float | None = None,
+    centres: bool = False,
+    batch_size: int = DEFAULT_BATCH,
+    device: str | torch.device | None = None,
+) -> MeasureEstimate:
+    """:func:`solver.estimate.estimate` with every per-sample result kept on the device.
+
+    Args:
+        searcher: a :class:`CellIndex` or a backend with ``targets`` (e.g.
+            :class:`solver.fused.TritonBackend`), at the current heights.
+        source: the source measure (its dim must equal the searcher's).
+        n_samples: M >= 1.
+        seed: sample stream seed.
+        k: 1 for cell measures only; 2 adds adjacency and slab statistics.
+        gap_width: slab half-width delta; ``None`` takes the quantile of the first batch's gaps.
+        centres: also accumulate per-cell coordinate sums.
+        batch_size: samples per batch (the batches, hence the data-driven gap width, are those
+            of the host estimate with the same ``batch_size``).
+        device: where to accumulate; by default where the searcher answers.
+
+    Returns:
+        The same :class:`MeasureEstimate` as the host estimate (see module docstring).
+
+    """
+    k = check_inputs(searcher, source, n_samples, k)
+    dev = torch.device(device) if device is not None else search_device(searcher)
+    acc = StatsAccumulator(searcher.targets, dev, centres=centres)
+    for batch in source.batches(n_samples, seed, batch_size):
+        x = torch.from_numpy(batch).to(dev)
+        scores, cells = searcher.search(x, k)
+        if k >= 2 and gap_width is None:
+            gap_width = slab_width(scores)
+        acc.add(x, scores, cells, gap_width)
+    return acc.result(n_samples, gap_width)

@@ -1,0 +1,238 @@
+"""Monte Carlo measure estimates across ranks (GPUs and machines) with ``torch.distributed``.
+
+Replicated targets (:func:`distributed_estimate` on a :class:`CellIndex` or backend): every rank
+holds all N targets and answers the sample batches ``b`` with ``b % world_size == rank`` of the
+one stream ``(seed, batch_size)``, so the ranks together see exactly the samples of the
+single-process :func:`solver.estimate.estimate`, in the same batches. Counts, energy, cost and
+mass sums are all-reduced; the sparse pair tables are all-gathered and merged. Integer
+statistics equal the single-process estimate exactly; float sums agree to float64 rounding.
+The data-driven slab width is the quantile of batch 0's gaps, computed on rank 0 and broadcast.
+
+Sharded targets (:class:`ShardedIndex`): each rank holds the contiguous slice ``N/W`` of the
+targets (keys on its GPU), every rank searches every batch against its slice, and the global
+top-k is the best k of the ranks' gathered top-k lists (all-gather of ``M x k`` scores and cells
+per batch). Statistics are then accumulated by batch owner as above. Use it when the keys of one
+rank would not fit (or to split N-bound work); replicated mode moves less data otherwise.
+
+The default process group must be initialised by the caller (``torchrun`` sets the
+environment; see ``docs/gpu.md``): NCCL with one GPU per rank, or gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from solver.device_stats import (
+    PairTable,
+    Searcher,
+    StatsAccumulator,
+    check_inputs,
+    search_device,
+    slab_width,
+)
+from solver.estimate import MeasureEstimate
+from solver.index import CellIndex
+from solver.measures import DEFAULT_BATCH, SourceMeasure
+
+Array = np.ndarray | torch.Tensor
+
+
+def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of N targets held by ``rank`` of ``world_size`` (sizes differ by <= 1)."""
+    if not 0 <= rank < world_size or n < world_size:
+        raise ValueError(
+            f"need 0 <= rank < world_size <= n, got rank={rank}, world_size={world_size}, n={n}"
+        )
+    return rank * n // world_size, (rank + 1) * n // world_size
+
+
+def comm_device(group: dist.ProcessGroup | None = None) -> torch.device:
+    """Return the device of ``group``'s collectives: this rank's GPU for NCCL, else the CPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class ShardedIndex:
+    """A cell index whose targets are split over the ranks of a process group.
+
+    :meth:`search` is collective: every rank must call it with the same queries.
+
+    Args:
+        targets: all N targets y, shape ``(N, d)``; this rank keeps its slice only on the
+            index device (the host copy serves the transport cost).
+        heights: all N heights, shape ``(N,)``; zeros when ``None``.
+        backend: index backend of the local slice (``"auto"`` or a name).
+        group: process group (default: the world).
+
+    """
+
+    def __init__(
+        self,
+        targets: np.ndarray,
+        heights: np.ndarray | None = None,
+        *,
+        backend: str = "auto",
+        group: dist.ProcessGroup | None = None,
+    ) -> None:
+        y = np.ascontiguousarray(targets, dtype=np.float32)
+        if y.ndim != 2:
+            raise ValueError(f"targets must have shape (N, d), got {y.shape}")
+        self._group = group
+        self._world = dist.get_world_size(group)
+        self._lo, self._hi = shard_bounds(y.shape[0], self._world, dist.get_rank(group))
+        self._targets = y
+        h = np.zeros(y.shape[0], np.float32) if heights is None else np.asarray(heights)
+        if h.shape != (y.shape[0],):
+            raise ValueError(f"heights must have shape ({y.shape[0]},), got {h.shape}")
+        self._local = CellIndex(y[self._lo : self._hi], h[self._lo : self._hi], backend=backend)
+        self.backend = self._local.backend
+        self.device = comm_device(group)
+
+    @property
+    def n_targets(self) -> int:
+        """Number of cells N (all shards)."""
+        return int(self._targets.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Dimension d of queries."""
+        return int(self._targets.shape[1])
+
+    @property
+    def targets(self) -> np.ndarray:
+        """All targets y, shape ``(N, d)``, float32 (read-only view)."""
+        view = self._targets.view()
+        view.flags.writeable = False
+        return view
+
+    def set_heights(self, heights: np.ndarray) -> None:
+        """Refresh this rank's slice for new heights h (all N, shape ``(N,)``)."""
+        h = np.asarray(heights, dtype=np.float32)
+        if h.shape != (self.n_targets,):
+            raise ValueError(f"heights must have shape ({self.n_targets},), got {h.shape}")
+        self._local.set_heights(h[self._lo : self._hi])
+
+    def search(self, x: Array, k: int) -> tuple[Array, Array]:
+        """Global top-k over all shards (collective); like :meth:`CellIndex.search`."""
+        if not 1 <= k <= self.n_targets:
+            raise ValueError(f"k must be in [1, {self.n_targets}], got {k}")
+        xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
+        xt = xt.to(self.device, torch.float32)
+        local_k = min(k, self._hi - self._lo)
+        scores, cells = self._local.search(xt, local_k)
+        part_s = torch.full((xt.shape[0], k), float("-inf"), device=self.device)
+        part_c = torch.zeros((xt.shape[0], k), dtype=torch.int64, device=self.device)
+        part_s[:, :local_k] = scores.to(self.device)
+        part_c[:, :local_k] = cells.to(self.device) + self._lo
+        all_s = [torch.empty_like(part_s) for _ in range(self._world)]
+        all_c = [torch.empty_like(part_c) for _ in range(self._world)]
+        dist.all_gather(all_s, part_s, group=self._group)
+        dist.all_gather(all_c, part_c, group=self._group)
+        top = torch.cat(all_s, dim=1).topk(k, dim=1, sorted=True)
+        best_c = torch.cat(all_c, dim=1).gather(1, top.indices)
+        if isinstance(x, torch.Tensor):
+            return top.values.to(x.device), best_c.to(x.device)
+        return top.values.cpu().numpy(), best_c.cpu().numpy()
+
+
+def distributed_estimate(
+    index: Searcher,
+    source: SourceMeasure,
+    n_samples: int,
+    seed: int,
+    *,
+    k: int = 2,
+    gap_width: float | None = None,
+    centres: bool = False,
+    group: dist.ProcessGroup | None = None,
+    batch_size: int = DEFAULT_BATCH,
+) -> MeasureEstimate:
+    """:func:`solver.estimate.estimate` split over the ranks of ``group``; same result on all.
+
+    Args:
+        index: this rank's index: a :class:`CellIndex` or backend over all targets
+            (replicated mode) or a :class:`ShardedIndex` (sharded mode).
+        source: the source measure (its dim must equal the index's).
+        n_samples: M >= 1 in total over all ranks.
+        seed: sample stream seed (the same on every rank).
+        k: 1 for cell measures only; 2 adds adjacency and slab statistics.
+        gap_width: slab half-width delta; ``None`` takes the quantile of batch 0's gaps.
+        centres: also accumulate per-cell coordinate sums.
+        group: process group (default: the world).
+        batch_size: samples per batch, the same on every rank.
+
+    Returns:
+        The estimate of all ``n_samples`` samples, identical on every rank.
+
+    """
+    if not dist.is_initialized():
+        raise ValueError("distributed_estimate needs an initialised torch.distributed group")
+    k = check_inputs(index, source, n_samples, k)
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    sharded = isinstance(index, ShardedIndex)
+    comm = comm_device(group)
+    acc = StatsAccumulator(index.targets, comm, centres=centres)
+    search_on = comm if sharded else search_device(index)
+    for b in range(-(-n_samples // batch_size)):
+        owner = b % world == rank
+        if sharded or owner:  # a sharded search is collective: every rank joins every batch
+            start = b * batch_size
+            x = torch.from_numpy(source.sample(min(batch_size, n_samples - start), seed, start))
+            x = x.to(search_on)
+            scores, cells = index.search(x, k)
+        if b == 0 and k >= 2 and gap_width is None:  # rank 0 owns batch 0
+            gap_width = _broadcast_width(slab_width(scores) if rank == 0 else 0.0, comm, group)
+        if owner:
+            acc.add(x.to(comm), scores.to(comm), cells.to(comm), gap_width)
+    return _reduce(acc, n_samples, gap_width, group, pairs=k >= 2)
+
+
+def _broadcast_width(width: float, device: torch.device, group: dist.ProcessGroup | None) -> float:
+    value = torch.tensor([width], dtype=torch.float64, device=device)
+    dist.broadcast(value, src=dist.get_global_rank(group or dist.group.WORLD, 0), group=group)
+    return float(value.item())
+
+
+def _reduce(
+    acc: StatsAccumulator,
+    n_samples: int,
+    gap_width: float | None,
+    group: dist.ProcessGroup | None,
+    *,
+    pairs: bool,
+) -> MeasureEstimate:
+    """Sum the ranks' accumulators into ``acc`` (all-reduce and pair-table all-gather)."""
+    dist.all_reduce(acc.counts, group=group)
+    dist.all_reduce(acc.totals, group=group)
+    if acc.sums is not None:
+        dist.all_reduce(acc.sums, group=group)
+    if pairs:
+        acc.pairs = _gather_pairs(acc.pairs, acc.device, group)
+        medians: list[list[float]] = [[] for _ in range(dist.get_world_size(group))]
+        dist.all_gather_object(medians, acc.medians, group=group)
+        acc.medians = [m for part in medians for m in part]
+    return acc.result(n_samples, gap_width)
+
+
+def _gather_pairs(
+    table: PairTable, device: torch.device, group: dist.ProcessGroup | None
+) -> PairTable:
+    """All ranks' pair tables merged into one (all-gather of zero-padded (3, P) code tables)."""
+    table.compact()
+    local = torch.stack([table.codes, table.totals, table.slabs])  # (3, P) int64
+    world = dist.get_world_size(group)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([local.shape[1]], device=device), group=group)
+    width = int(max(s.item() for s in sizes))
+    padded = local.new_zeros((3, width))
+    padded[:, : local.shape[1]] = local
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded, group=group)
+    merged = PairTable(table.n, device)
+    for part, size in zip(gathered, sizes, strict=True):
+        used = int(size.item())
+        merged.add_counts(part[0, :used], part[1, :used], part[2, :used])
+    return merged

@@ -1,0 +1,375 @@
+"""Adjacency of power cells, dihedral angles and the singular set (DESIGN.md section 2).
+
+The Brenier potential u_h(x) = max_i <x, y_i> + h_i is a convex polyhedron whose faces have
+normals n_i = (y_i, -1) / |(y_i, -1)|. Where two adjacent faces meet at a large dihedral angle
+theta_ij = arccos <n_i, n_j>, the gradient map T jumps between far-apart targets: the facet
+W_i cap W_j belongs to the singular set, and the extended map must not interpolate across it.
+
+Angles depend on the coordinates of the latents (a target far from the origin has a nearly
+horizontal normal), so :func:`find_singular_set` measures them by default in the
+``"standard"`` frame: targets centred on their mean and scaled to the rms radius of the unit
+cube, the frame in which :func:`solver.fit` works. The paper's raw convention is
+``frame="raw"``; its fixed 0.75 rad threshold refers to that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from solver.estimate import MeasureEstimate
+
+Rule = Literal["fixed", "quantile", "gap"]
+AngleFrame = Literal["raw", "standard"]
+
+# The paper's fixed threshold for MNIST, Fashion-MNIST and CelebA latents (radians, raw frame).
+PAPER_THRESHOLD = 0.75
+# Default quantile rule: the largest 10 % of observed adjacent-pair angles are singular.
+DEFAULT_QUANTILE = 0.9
+# The gap rule splits only where at least this share of observed pairs stays regular: singular
+# facets separate modes, so they are a minority, and log-gaps among the tiniest angles (which
+# are large ratios of small numbers) must not win.
+DEFAULT_MIN_REGULAR = 0.5
+# Angles are floored here before logarithms (radians); distinct targets never come closer.
+_ANGLE_FLOOR = 1e-12
+
+
+@dataclass(frozen=True, kw_only=True)
+class Adjacency:
+    """Adjacent cell pairs observed by one Monte Carlo pass.
+
+    Attributes:
+        pairs: cell pairs (i < j) seen as some sample's top-2 cells, shape ``(P, 2)``, int64.
+        counts: samples whose top-2 cells are {i, j}, shape ``(P,)``, int64.
+        facet_measures: estimates of mu_{d-1}(W_i cap W_j), the facet's (d-1)-volume, shape
+            ``(P,)``, float64 (source units^(d-1)).
+        n_samples: M, the samples of the pass.
+
+    """
+
+    pairs: np.ndarray
+    counts: np.ndarray
+    facet_measures: np.ndarray
+    n_samples: int
+
+    def __post_init__(self) -> None:
+        p = self.pairs.shape[0] if self.pairs.ndim == 2 else -1
+        if self.pairs.ndim != 2 or self.pairs.shape[1] != 2:
+            raise ValueError(f"pairs must have shape (P, 2), got {self.pairs.shape}")
+        if self.counts.shape != (p,) or self.facet_measures.shape != (p,):
+            raise ValueError(
+                f"counts {self.counts.shape} and facet_measures {self.facet_measures.shape} "
+                f"must have shape ({p},)"
+            )
+        if p and not (self.pairs[:, 0] < self.pairs[:, 1]).all():
+            raise ValueError("pairs must be ordered i < j")
+
+    @property
+    def n_pairs(self) -> int:
+        """Number P of adjacent pairs."""
+        return int(self.pairs.shape[0])
+
+
+def adjacency_from_estimate(est: MeasureEstimate, targets: np.ndarray) -> Adjacency:
+    """Adjacency with facet measures from an estimate made with ``k >= 2``.
+
+    Args:
+        est: a :func:`solver.estimate` result (its ``pairs`` are empty when made with k = 1).
+        targets: y, shape ``(N, d)``, the targets the estimate's index was built on.
+
+    Returns:
+        The pairs, their top-2 counts and facet measures ``facet_weights * |y_i - y_j|``.
+
+    """
+    y = _check_targets(targets)
+    if est.pairs.size and int(est.pairs.max()) >= y.shape[0]:
+        raise ValueError(
+            f"estimate has cell {int(est.pairs.max())} but targets have {y.shape[0]} rows"
+        )
+    pairs = np.asarray(est.pairs, dtype=np.int64).reshape(-1, 2)
+    edge = np.linalg.norm(y[pairs[:, 0]] - y[pairs[:, 1]], axis=1)
+    return Adjacency(
+        pairs=pairs,
+        counts=np.asarray(est.pair_counts, dtype=np.int64),
+        facet_measures=np.asarray(est.facet_weights, dtype=np.float64) * edge,
+        n_samples=int(est.n_samples),
+    )
+
+
+def dihedral_angles(targets: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Dihedral angles theta_ij = arccos <n_i, n_j> with n_i = (y_i, -1) / |(y_i, -1)|.
+
+    Args:
+        targets: y, shape ``(N, d)``, in the coordinates the angles are wanted in.
+        pairs: index pairs, shape ``(P, 2)``.
+
+    Returns:
+        Angles in radians, shape ``(P,)``, float64, in ``[0, pi)``.
+
+    """
+    y = _check_targets(targets)
+    pairs = _check_pairs(pairs, y.shape[0])
+    normals = np.hstack([y, -np.ones((y.shape[0], 1))])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    cos = np.einsum("pd,pd->p", normals[pairs[:, 0]], normals[pairs[:, 1]])
+    return np.arccos(np.clip(cos, -1.0, 1.0))
+
+
+def standardise_targets(targets: np.ndarray) -> np.ndarray:
+    """Targets centred on their mean and scaled so their rms radius is the unit cube's.
+
+    The unit cube's rms radius is sqrt(d / 12); this is the fit's internal frame (for uniform
+    weights), so angles measured here do not depend on where or how large the latents are.
+
+    Args:
+        targets: y, shape ``(N, d)``.
+
+    Returns:
+        Shape ``(N, d)``, float64.
+
+    """
+    y = _check_targets(targets)
+    centred = y - y.mean(axis=0)
+    spread = float(np.sqrt(np.square(centred).sum(axis=1).mean()))
+    cube = math.sqrt(y.shape[1] / 12.0)
+    return centred * (cube / spread) if spread > 0 else centred
+
+
+def frame_angles(targets: np.ndarray, pairs: np.ndarray, frame: AngleFrame) -> np.ndarray:
+    """Dihedral angles of ``pairs`` in the given frame (``"raw"`` or ``"standard"``), radians."""
+    if frame not in ("raw", "standard"):
+        raise ValueError(f"frame must be 'raw' or 'standard', got {frame!r}")
+    y = standardise_targets(targets) if frame == "standard" else targets
+    return dihedral_angles(y, pairs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SingularSet:
+    """Adjacent pairs classified as singular (dihedral angle above a threshold) or regular.
+
+    Attributes:
+        pairs: observed adjacent pairs (i < j), shape ``(P, 2)``, int64.
+        angles: their dihedral angles in ``frame``, shape ``(P,)``, radians.
+        singular: whether each pair's facet is singular (angle > threshold), shape ``(P,)``.
+        threshold: the angle threshold in radians (``inf`` when a data-driven rule had too
+            few pairs to choose one: then nothing is singular).
+        rule: how the threshold was chosen: ``"fixed"``, ``"quantile"`` or ``"gap"``.
+        frame: ``"raw"`` or ``"standard"`` coordinates of the angles.
+        quantile: the quantile of the quantile rule, the minimum regular share of the gap
+            rule, ``nan`` for the fixed rule.
+        gap_ratio: for the gap rule, the ratio of the angles on either side of the chosen gap
+            (how clearly the singular pairs stand apart); ``nan`` otherwise.
+
+    """
+
+    pairs: np.ndarray
+    angles: np.ndarray
+    singular: np.ndarray
+    threshold: float
+    rule: Rule
+    frame: AngleFrame
+    quantile: float = math.nan
+    gap_ratio: float = math.nan
+    _codes: np.ndarray = field(init=False, repr=False, compare=False)
+    _order: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pairs = _check_pairs(self.pairs, None)
+        if self.angles.shape != (pairs.shape[0],) or self.singular.shape != self.angles.shape:
+            raise ValueError(
+                f"angles {self.angles.shape} and singular {self.singular.shape} must have "
+                f"shape ({pairs.shape[0]},)"
+            )
+        codes = _pair_codes(pairs[:, 0], pairs[:, 1])
+        order = np.argsort(codes, kind="stable")
+        object.__setattr__(self, "_codes", codes[order])
+        object.__setattr__(self, "_order", order)
+
+    @property
+    def singular_pairs(self) -> np.ndarray:
+        """Pairs whose facet is singular, shape ``(S, 2)``, int64."""
+        return self.pairs[self.singular]
+
+    @property
+    def regular_pairs(self) -> np.ndarray:
+        """Adjacent pairs the extended map may interpolate across, shape ``(P - S, 2)``."""
+        return self.pairs[~self.singular]
+
+    @property
+    def n_pairs(self) -> int:
+        """Number P of observed adjacent pairs."""
+        return int(self.pairs.shape[0])
+
+    @property
+    def n_singular(self) -> int:
+        """Number of singular pairs."""
+        return int(np.count_nonzero(self.singular))
+
+    @property
+    def n_regular(self) -> int:
+        """Number of regular (admissible) pairs."""
+        return self.n_pairs - self.n_singular
+
+    def lookup(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Row of each pair {i, j} (either order) in ``pairs``, or -1 when not adjacent.
+
+        Args:
+            i: first cell indices, an int array broadcastable with ``j``.
+            j: second cell indices.
+
+        Returns:
+            int64 array of the broadcast shape.
+
+        """
+        i, j = np.broadcast_arrays(np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64))
+        if self._codes.size == 0:
+            return np.full(i.shape, -1, dtype=np.int64)
+        codes = _pair_codes(np.minimum(i, j), np.maximum(i, j))
+        pos = np.minimum(np.searchsorted(self._codes, codes), self._codes.size - 1)
+        found = (self._codes[pos] == codes) & (i != j)
+        return np.where(found, self._order[pos], -1)
+
+    def is_adjacent(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Whether {i, j} was observed as adjacent (elementwise, bool)."""
+        return self.lookup(i, j) >= 0
+
+    def is_singular(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Whether {i, j} is an observed adjacent pair with a singular facet (bool)."""
+        row = self.lookup(i, j)
+        return (row >= 0) & self._flag(row, True)
+
+    def is_admissible(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Whether {i, j} is observed adjacent and regular: the map may blend y_i and y_j."""
+        row = self.lookup(i, j)
+        return (row >= 0) & self._flag(row, False)
+
+    def _flag(self, row: np.ndarray, singular: bool) -> np.ndarray:
+        """``singular == self.singular[row]`` where row >= 0 (anything elsewhere)."""
+        if self.n_pairs == 0:
+            return np.zeros(row.shape, dtype=bool)
+        return self.singular[np.maximum(row, 0)] == singular
+
+
+def find_singular_set(
+    targets: np.ndarray,
+    adjacency: Adjacency,
+    threshold: float | None = None,
+    *,
+    rule: Rule | None = None,
+    quantile: float = DEFAULT_QUANTILE,
+    min_regular: float = DEFAULT_MIN_REGULAR,
+    frame: AngleFrame = "standard",
+) -> SingularSet:
+    """Classify the observed adjacent pairs by dihedral angle.
+
+    A pair is singular when its angle is strictly above the threshold, chosen by ``rule``:
+
+    - ``"fixed"``: ``threshold`` radians (the paper: 0.75 for MNIST in its raw latents).
+    - ``"quantile"``: the ``quantile`` of the observed angles (numpy's linear interpolation),
+      so about ``1 - quantile`` of the pairs are singular.
+    - ``"gap"``: sort the angles a_1 <= ... <= a_P and take the largest ratio
+      a_{k+1} / a_k (the largest gap of log-angles) over splits keeping k >= ceil(min_regular
+      * P) pairs regular; the threshold is the geometric midpoint sqrt(a_k a_{k+1}). Log-gaps
+      make the rule scale-free, so it finds the jump between within-mode and between-mode
+      pairs rather than the spacing of the few largest angles.
+
+    Data-driven rules with fewer than 2 pairs choose ``threshold = inf`` (nothing singular).
+
+    Args:
+        targets: y, shape ``(N, d)``, in the caller's coordinates.
+        adjacency: the observed adjacent pairs.
+        threshold: angle in radians in ``(0, pi)``, only with the fixed rule.
+        rule: ``None`` resolves to ``"fixed"`` when ``threshold`` is given, else ``"gap"``
+            (on the 25-Gaussian grid it separates every between-mode facet, gap ratio 7.4,
+            where the 0.9 quantile leaves a third of them regular).
+        quantile: in ``(0, 1)``, for the quantile rule.
+        min_regular: in ``[0, 1)``, for the gap rule.
+        frame: ``"standard"`` (default: centred, cube-scaled targets) or ``"raw"``.
+
+    Raises:
+        ValueError: bad rule, threshold, quantile, min_regular, frame or pair indices.
+
+    """
+    rule = _resolve_rule(threshold, rule)
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
+    if not 0.0 <= min_regular < 1.0:
+        raise ValueError(f"min_regular must be in [0, 1), got {min_regular!r}")
+    angles = frame_angles(targets, adjacency.pairs, frame)
+    gap_ratio, param = math.nan, math.nan
+    if rule == "fixed":
+        value = float(threshold)  # type: ignore[arg-type]  # checked by _resolve_rule
+    elif rule == "quantile":
+        value = float(np.quantile(angles, quantile)) if angles.size >= 2 else math.inf
+        param = quantile
+    else:
+        value, gap_ratio = gap_threshold(angles, min_regular)
+        param = min_regular
+    return SingularSet(
+        pairs=adjacency.pairs, angles=angles, singular=angles > value, threshold=value,
+        rule=rule, frame=frame, quantile=param, gap_ratio=gap_ratio,
+    )
+
+
+def gap_threshold(
+    angles: np.ndarray, min_regular: float = DEFAULT_MIN_REGULAR
+) -> tuple[float, float]:
+    """Threshold of the gap rule (see :func:`find_singular_set`) and the gap's ratio.
+
+    Args:
+        angles: shape ``(P,)``, radians.
+        min_regular: share of pairs that must stay at or below the threshold.
+
+    Returns:
+        ``(threshold, ratio)``; ``(inf, nan)`` with fewer than 2 angles.
+
+    """
+    a = np.sort(np.maximum(np.asarray(angles, dtype=np.float64), _ANGLE_FLOOR))
+    if a.size < 2:
+        return math.inf, math.nan
+    first = min(max(math.ceil(min_regular * a.size), 1), a.size - 1)  # k, 1-based
+    log_gaps = np.diff(np.log(a))[first - 1 :]
+    k = first - 1 + int(np.argmax(log_gaps))  # 0-based index of a_k
+    return float(np.sqrt(a[k] * a[k + 1])), float(a[k + 1] / a[k])
+
+
+def _resolve_rule(threshold: float | None, rule: Rule | None) -> Rule:
+    if rule is None:
+        rule = "fixed" if threshold is not None else "gap"
+    if rule not in ("fixed", "quantile", "gap"):
+        raise ValueError(f"rule must be 'fixed', 'quantile' or 'gap', got {rule!r}")
+    if rule == "fixed":
+        if threshold is None or not 0.0 < float(threshold) < math.pi:
+            raise ValueError(
+                f"rule 'fixed' needs a threshold in (0, pi) radians, got {threshold!r}"
+            )
+    elif threshold is not None:
+        raise ValueError(f"threshold={threshold!r} is only for rule 'fixed', got rule {rule!r}")
+    return rule
+
+
+def _pair_codes(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """One int64 per unordered pair (cell indices < 2^31)."""
+    return (lo.astype(np.int64) << 32) | hi.astype(np.int64)
+
+
+def _check_targets(targets: np.ndarray) -> np.ndarray:
+    y = np.asarray(targets, dtype=np.float64)
+    if y.ndim != 2 or y.shape[0] == 0 or y.shape[1] == 0:
+        raise ValueError(f"targets must have shape (N, d) with N, d >= 1, got {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("targets contain NaN or inf")
+    return y
+
+
+def _check_pairs(pairs: np.ndarray, n: int | None) -> np.ndarray:
+    p = np.asarray(pairs)
+    if p.ndim != 2 or p.shape[1] != 2 or (p.size and not np.issubdtype(p.dtype, np.integer)):
+        raise ValueError(f"pairs must be an integer array of shape (P, 2), got {p.shape} {p.dtype}")
+    p = p.astype(np.int64)
+    if p.size and (p.min() < 0 or (n is not None and p.max() >= n)):
+        raise ValueError(f"pair indices must be in [0, {n}), got range [{p.min()}, {p.max()}]")
+    return p

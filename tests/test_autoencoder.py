@@ -1,0 +1,163 @@
+"""Autoencoder modules and the training recipe on tiny data."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.autoencoder import AutoencoderConfig, build_autoencoder
+from models.datasets import ImageDataset, load_digits_dataset
+from models.train import TrainConfig, train_autoencoder
+
+MLP = AutoencoderConfig(arch="mlp", image_shape=(1, 8, 8), latent_dim=4, mlp_hidden=(32, 16))
+TINY = TrainConfig(
+    max_joint_epochs=2, decoder_epochs=1, batch_size=32, patience=5, progress=False, threads=1
+)
+
+
+@pytest.fixture(scope="module")
+def digits() -> ImageDataset:
+    return load_digits_dataset(split="all").subset(128, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("config", "shape"),
+    [
+        (AutoencoderConfig(latent_dim=7), (1, 28, 28)),
+        (
+            AutoencoderConfig(
+                image_shape=(3, 32, 32), latent_dim=5, fc_hidden=64, conv_channels=(8, 16)
+            ),
+            (3, 32, 32),
+        ),
+        (MLP, (1, 8, 8)),
+    ],
+)
+def test_shapes_and_output_range(config: AutoencoderConfig, shape: tuple[int, int, int]) -> None:
+    model = build_autoencoder(config, seed=0).eval()
+    x = torch.rand(3, *shape)
+    with torch.no_grad():
+        recon, z = model(x)
+    assert z.shape == (3, config.latent_dim)
+    assert recon.shape == (3, *shape)
+    assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+
+
+def test_conv_decoder_follows_the_infogan_layout() -> None:
+    model = build_autoencoder(AutoencoderConfig(latent_dim=32), seed=0)
+    linear = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)]
+    deconv = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(32, 1024), (1024, 7 * 7 * 128)]
+    assert [(m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in deconv] == [
+        (128, 64, (4, 4), (2, 2)),
+        (64, 1, (4, 4), (2, 2)),
+    ]
+
+
+def test_config_validation_and_roundtrip() -> None:
+    with pytest.raises(ValueError, match="divisible by 4"):
+        AutoencoderConfig(image_shape=(1, 30, 30))
+    with pytest.raises(ValueError, match="latent_dim"):
+        AutoencoderConfig(latent_dim=0)
+    with pytest.raises(ValueError, match="unknown autoencoder config keys"):
+        AutoencoderConfig.from_dict({"bogus": 1})
+    assert AutoencoderConfig.from_dict(MLP.to_dict()) == MLP
+
+
+def test_same_seed_same_weights() -> None:
+    a, b = (build_autoencoder(MLP, seed=3).state_dict() for _ in range(2))
+    c = build_autoencoder(MLP, seed=4).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_training_reduces_loss_and_freezes(digits: ImageDataset) -> None:
+    config = replace(TINY, max_joint_epochs=4, decoder_epochs=2)
+    result = train_autoencoder(digits, MLP, config)
+    losses = [r.loss for r in result.metrics.history]
+    assert result.completed
+    assert losses[-1] < 0.7 * losses[0]
+    assert [r.phase for r in result.metrics.history] == ["joint"] * 4 + ["decoder"] * 2
+    m = result.metrics
+    assert m.freeze_reason == "max_joint_epochs" and m.joint_epochs == 4 and m.decoder_epochs == 2
+    assert m.l2_after_freeze < m.l2_before_freeze
+    assert result.latents.shape == (128, 4) and result.latents.dtype == np.float32
+    with torch.no_grad():
+        encoded = result.model.encoder(torch.from_numpy(digits.images)).numpy()
+    np.testing.assert_allclose(result.latents, encoded, rtol=1e-5, atol=1e-6)
+    assert not any(p.requires_grad for p in result.model.encoder.parameters())
+    assert all(p.requires_grad for p in result.model.decoder.parameters())
+
+
+def test_plateau_freezes_early(digits: ImageDataset) -> None:
+    # A huge improvement threshold makes every epoch after the first a bad one.
+    config = replace(TINY, max_joint_epochs=10, patience=1, min_rel_improvement=0.99)
+    result = train_autoencoder(digits, MLP, config)
+    assert result.metrics.freeze_reason == "plateau"
+    assert result.metrics.joint_epochs == 2
+
+
+def test_decoder_phase_leaves_encoder_untouched(digits: ImageDataset) -> None:
+    stop_early = train_autoencoder(digits, MLP, replace(TINY, decoder_epochs=0))
+    frozen_at = {k: v.clone() for k, v in stop_early.model.encoder.state_dict().items()}
+    full = train_autoencoder(digits, MLP, replace(TINY, decoder_epochs=2))
+    after = full.model.encoder.state_dict()
+    assert all(torch.equal(frozen_at[k], after[k]) for k in after)
+    np.testing.assert_array_equal(stop_early.latents, full.latents)
+
+
+def test_same_seed_same_training(digits: ImageDataset) -> None:
+    a = train_autoencoder(digits, MLP, TINY)
+    b = train_autoencoder(digits, MLP, TINY)
+    assert [r.loss for r in a.metrics.history] == [r.loss for r in b.metrics.history]
+    np.testing.assert_array_equal(a.latents, b.latents)
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])
+def test_resume_continues_identically(
+    digits: ImageDataset, tmp_path: Path, stop_after: int
+) -> None:
+    reference = train_autoencoder(digits, MLP, TINY)
+    ckpt = tmp_path / "ae.pt"
+    partial = train_autoencoder(
+        digits, MLP, TINY, checkpoint=ckpt, callback=lambda r: r.epoch < stop_after
+    )
+    assert not partial.completed and len(partial.metrics.history) == stop_after
+    resumed = train_autoencoder(digits, MLP, TINY, checkpoint=ckpt)
+    assert resumed.completed
+    assert [r.loss for r in resumed.metrics.history] == [r.loss for r in reference.metrics.history]
+    np.testing.assert_array_equal(resumed.latents, reference.latents)
+    ref_state = reference.model.state_dict()
+    assert all(torch.equal(v, ref_state[k]) for k, v in resumed.model.state_dict().items())
+    assert resumed.metrics.l2_after_freeze == reference.metrics.l2_after_freeze
+
+
+def test_resume_rejects_other_config(digits: ImageDataset, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ae.pt"
+    train_autoencoder(digits, MLP, TINY, checkpoint=ckpt, callback=lambda r: False)
+    with pytest.raises(ValueError, match="train config"):
+        train_autoencoder(digits, MLP, replace(TINY, lr=1e-3), checkpoint=ckpt)
+    with pytest.raises(ValueError, match="written for"):
+        train_autoencoder(digits, replace(MLP, latent_dim=5), TINY, checkpoint=ckpt)
+    ckpt.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable"):
+        train_autoencoder(digits, MLP, TINY, checkpoint=ckpt)
+
+
+def test_shape_mismatch_raises(digits: ImageDataset) -> None:
+    with pytest.raises(ValueError, match="the model expects"):
+        train_autoencoder(digits, AutoencoderConfig(), TINY)
+
+
+def test_resume_rejects_other_data(digits: ImageDataset, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ae.pt"
+    train_autoencoder(digits, MLP, TINY, checkpoint=ckpt, callback=lambda r: False)
+    other = load_digits_dataset(split="all").subset(128, seed=1)
+    with pytest.raises(ValueError, match="other training data"):
+        train_autoencoder(other, MLP, TINY, checkpoint=ckpt)
+    resumed = train_autoencoder(digits, MLP, replace(TINY, threads=2), checkpoint=ckpt)
+    assert resumed.completed

@@ -1,0 +1,86 @@
+"""Monte Carlo statistics on the search device equal the host estimate."""
+
+import numpy as np
+import pytest
+import torch
+
+from solver import CellIndex, SourceMeasure, available_backends, estimate
+from solver.device_stats import PairTable, fused_estimate, search_device
+
+CPU_BACKENDS = [b for b in available_backends() if b in ("faiss", "torch")]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize(
+    ("k", "gap_width", "centres", "sampler"),
+    [
+        (1, None, False, "sobol"),
+        (2, None, True, "sobol"),
+        (2, 0.01, True, "random"),
+        (3, None, False, "random"),
+    ],
+)
+def test_fused_estimate_equals_estimate(backend, k, gap_width, centres, sampler, rng):
+    n, d = 80, 4
+    y = (0.3 * rng.standard_normal((n, d))).astype(np.float32)
+    h = (0.01 * rng.standard_normal(n)).astype(np.float32)
+    index = CellIndex(y, h, backend=backend)
+    source = SourceMeasure(dim=d, sampler=sampler)
+    args = dict(k=k, gap_width=gap_width, centres=centres, batch_size=1000)
+    ref = estimate(index, source, 4500, 3, **args)
+    got = fused_estimate(index, source, 4500, 3, **args)
+    assert got.n_samples == ref.n_samples and got.gap_width == ref.gap_width
+    for field in ("counts", "pairs", "pair_counts", "slab_counts"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(ref, field), err_msg=field)
+        assert getattr(got, field).dtype == np.int64
+    np.testing.assert_allclose(got.energy, ref.energy, rtol=1e-12)
+    np.testing.assert_allclose(got.median_gap, ref.median_gap, rtol=1e-12)
+    np.testing.assert_allclose(got.transport_cost, ref.transport_cost, rtol=1e-12)
+    if centres:
+        np.testing.assert_allclose(got.mass_sums, ref.mass_sums, rtol=1e-12, atol=1e-12)
+    else:
+        assert got.mass_sums is None
+    if k >= 2:
+        assert len(ref.pairs) > 0 and ref.slab_counts.sum() > 0
+
+
+def test_pair_table_merges_chunks_like_one_count():
+    table = PairTable(5, torch.device("cpu"))
+    first = torch.tensor([0, 4, 1, 0, 3])
+    second = torch.tensor([4, 0, 2, 1, 1])
+    table.add_samples(first[:2], second[:2], torch.tensor([True, False]))
+    table.add_samples(first[2:], second[2:], torch.tensor([True, True, False]))
+    pairs, totals, slabs = table.to_numpy()
+    np.testing.assert_array_equal(pairs, [[0, 1], [0, 4], [1, 2], [1, 3]])
+    np.testing.assert_array_equal(totals, [1, 2, 1, 1])
+    np.testing.assert_array_equal(slabs, [1, 1, 1, 0])
+
+
+def test_fused_estimate_refuses_bad_arguments():
+    index = CellIndex(np.eye(3, dtype=np.float32), backend="torch")
+    with pytest.raises(ValueError, match="n_samples"):
+        fused_estimate(index, SourceMeasure(dim=3), 0, 0)
+    with pytest.raises(ValueError, match="dim"):
+        fused_estimate(index, SourceMeasure(dim=2), 10, 0)
+    with pytest.raises(ValueError, match="k must"):
+        fused_estimate(index, SourceMeasure(dim=3), 10, 0, k=0)
+
+
+def test_host_backends_accumulate_on_the_cpu():
+    index = CellIndex(np.eye(2, dtype=np.float32), backend="torch")
+    assert search_device(index) == torch.device("cpu")
+
+
+@pytest.mark.gpu
+def test_cuda_estimate_equals_the_host_estimate_with_the_same_backend(rng):
+    n, d = 2000, 16
+    y = (0.5 * rng.standard_normal((n, d))).astype(np.float32)
+    index = CellIndex(y, backend="torch-cuda")
+    source = SourceMeasure(dim=d)
+    assert search_device(index).type == "cuda"
+    ref = estimate(index, source, 200_000, 1, centres=True)
+    got = fused_estimate(index, source, 200_000, 1, centres=True)
+    np.testing.assert_array_equal(got.counts, ref.counts)
+    np.testing.assert_array_equal(got.pairs, ref.pairs)
+    np.testing.assert_array_equal(got.slab_counts, ref.slab_counts)
+    np.testing.assert_allclose(got.mass_sums, ref.mass_sums, rtol=1e-9, atol=1e-9)

@@ -1,0 +1,167 @@
+"""The pure map T, the extended map T~, interpolation and the 2D pictures, on two clusters.
+
+Two clusters of targets far apart in 2D: the OT map must jump between them (singular facets
+exactly where cells of different clusters meet), T~ must blend only within a cluster, and a
+segment from one cluster's cell to the other's must cross exactly one singular facet.
+"""
+
+import io
+
+import numpy as np
+import pytest
+from oracles import laguerre_areas
+from PIL import Image
+from scipy.spatial import Delaunay
+
+from solver import ExtendedMap, FitConfig, build_extended_map, fit, make_problem
+from solver.diagram2d import BOUNDARY, power_cells
+from solver.plots import power_diagram_png, samples_png
+
+PER_CLUSTER = 40
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    rng = np.random.default_rng(7)
+    a = rng.normal((-3.0, 0.0), 0.3, (PER_CLUSTER, 2))
+    b = rng.normal((3.0, 0.5), 0.3, (PER_CLUSTER, 2))
+    problem = make_problem(np.vstack([a, b]))
+    result = fit(problem, FitConfig(target_l1=0.02, seed=0))
+    assert result.converged
+    ext = build_extended_map(problem.targets, result.heights, n_samples=100_000, seed=1)
+    # problem.inverse maps the original rows to the merged targets (a permutation here).
+    label = np.empty(len(problem.targets), dtype=int)
+    label[problem.inverse] = [0] * PER_CLUSTER + [1] * PER_CLUSTER
+    return problem, result, ext, label
+
+
+def test_singular_facets_exactly_between_the_clusters(clusters):
+    _, _, ext, label = clusters
+    s = ext.singular_set
+    across = label[s.pairs[:, 0]] != label[s.pairs[:, 1]]
+    assert across.any() and (~across).any()
+    np.testing.assert_array_equal(s.singular, across)
+    assert s.rule == "gap" and s.gap_ratio > 2
+
+
+def test_pure_map_returns_training_latents_only(clusters):
+    problem, _, ext, _ = clusters
+    z = ext.source.sample(5000, 3)
+    latents, cells = ext.pure(z)
+    np.testing.assert_array_equal(latents, problem.targets[cells])
+    np.testing.assert_array_equal(ext.sample(5000, 3, extended=False), latents)
+
+
+def test_extended_samples_stay_in_their_cluster_hulls_and_are_new(clusters):
+    problem, _, ext, label = clusters
+    x = ext.sample(20000, 11)
+    inside = np.zeros(len(x), dtype=bool)
+    for c in (0, 1):
+        # tol: blends of two hull vertices lie on the hull's edge, up to float32 rounding.
+        inside |= Delaunay(problem.targets[label == c]).find_simplex(x, tol=1e-5) >= 0
+    assert inside.all(), f"{(~inside).sum()} samples left the clusters' convex hulls"
+    assert not (np.abs(x[:, 0]) < 1.0).any()  # nothing in the gap between the clusters
+    dist = np.linalg.norm(x[:, None, :] - problem.targets[None], axis=2).min(axis=1)
+    assert (dist > 1e-3).mean() > 0.5  # mostly new codes, not copies of training latents
+
+
+def test_every_target_cell_receives_generated_mass(clusters):
+    problem, _, ext, _ = clusters
+    z = ext.source.sample(20000, 5)
+    cells, w = ext.blend_weights(z)
+    mass = np.zeros(problem.n_targets)
+    np.add.at(mass, cells.ravel(), w.ravel())
+    assert (mass > 0).all()
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+
+
+def test_sample_is_seeded_and_not_capped_by_n(clusters):
+    problem, _, ext, _ = clusters
+    n = 3 * problem.n_targets + 7
+    a, b = ext.sample(n, 4, batch_size=50), ext.sample(n, 4)
+    assert a.shape == (n, 2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, ext.sample(n, 5))
+
+
+def test_segment_between_clusters_crosses_one_singular_facet(clusters):
+    _, _, ext, label = clusters
+    i, j = int(np.flatnonzero(label == 0)[0]), int(np.flatnonzero(label == 1)[0])
+    path = ext.interpolate_indices(i, j, steps=33)
+    assert len(path.crossings) == 1
+    c = path.crossings[0]
+    assert label[c.from_cell] == 0 and label[c.to_cell] == 1 and 0 < c.t < 1
+    assert c.angle > ext.singular_set.threshold
+    # The cells along the path switch cluster once, between the frames either side of t.
+    switch = np.flatnonzero(np.diff(label[path.cells]))
+    assert len(switch) == 1 and path.t[switch[0]] <= c.t <= path.t[switch[0] + 1]
+    np.testing.assert_allclose(path.z[0], ext.mass_centres[i], atol=1e-6)
+    # Within one cluster: no crossing.
+    k = int(np.flatnonzero(label == 0)[-1])
+    assert ext.interpolate_indices(i, k, steps=5).crossings == ()
+
+
+def test_round_trip_through_arrays(clusters, tmp_path):
+    _, _, ext, _ = clusters
+    np.savez(tmp_path / "map.npz", **ext.to_arrays())
+    with np.load(tmp_path / "map.npz", allow_pickle=False) as f:
+        back = ExtendedMap.from_arrays(dict(f))
+    np.testing.assert_array_equal(back.sample(500, 2), ext.sample(500, 2))
+    assert back.singular_set.threshold == ext.singular_set.threshold
+    assert back.singular_set.rule == ext.singular_set.rule
+
+
+def test_cells_without_samples_map_to_their_own_target():
+    # Cell 1 is empty with h = 0 (its plane lies below the other two everywhere).
+    y = np.array([[-0.5, 0.0], [0.0, 0.0], [0.5, 0.0]])
+    ext = build_extended_map(y, np.zeros(3), n_samples=2000, seed=0, threshold=0.5)
+    assert not ext.has_centre[1] and ext.centre_counts[1] == 0
+    assert np.isfinite(ext.sample(100, 1)).all()
+    with pytest.raises(ValueError, match="no mass centre"):
+        ext.interpolate_indices(0, 1, steps=3)
+
+
+def test_bad_inputs(clusters):
+    _, _, ext, _ = clusters
+    with pytest.raises(ValueError, match="shape"):
+        ext.extended(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        ext.pure(np.full((1, 2), np.nan))
+    with pytest.raises(ValueError, match="source cube"):
+        ext.interpolate(np.zeros(2), np.array([0.7, 0.0]), 4)
+    with pytest.raises(ValueError, match="steps"):
+        ext.interpolate(np.zeros(2), np.zeros(2), 1)
+    with pytest.raises(ValueError, match="n must be"):
+        ext.sample(-1, 0)
+    with pytest.raises(ValueError, match="cell in"):
+        ext.interpolate_indices(0, 10_000, 3)
+    with pytest.raises(ValueError, match="n_samples"):
+        build_extended_map(np.eye(2), np.zeros(2), n_samples=0, seed=0)
+    with pytest.raises(ValueError, match="lack keys"):
+        ExtendedMap.from_arrays({"targets": np.eye(2)})
+
+
+def test_exact_power_cells_match_the_oracle(clusters, rng):
+    problem, result, ext, _ = clusters
+    cells = power_cells(problem.targets, result.heights, pairs=ext.adjacency.pairs)
+    np.testing.assert_allclose([c.area for c in cells],
+                               laguerre_areas(problem.targets, result.heights), atol=1e-12)
+    # Without the Monte Carlo pairs as hints the vertex check alone finds every neighbour.
+    y, h = rng.normal(size=(30, 2)), 0.1 * rng.normal(size=30)
+    got = [c.area for c in power_cells(y, h)]
+    np.testing.assert_allclose(got, laguerre_areas(y, h), atol=1e-12)
+    # Edge labels: every interior edge of i names a j whose edge names i back.
+    for c in power_cells(y, h):
+        for j in c.neighbours[c.neighbours != BOUNDARY]:
+            assert c.index in power_cells(y, h)[j].neighbours
+
+
+def test_pictures_are_pngs(clusters):
+    problem, _, ext, _ = clusters
+    real, fake = problem.targets, ext.sample(50, 0)
+    for png in (power_diagram_png(ext, size_px=200), samples_png(real, fake)):
+        image = Image.open(io.BytesIO(png))
+        assert image.format == "PNG" and image.size[0] >= 200
+    with pytest.raises(ValueError, match="2D"):
+        y = np.random.default_rng(0).normal(size=(10, 3))
+        power_diagram_png(build_extended_map(y, np.zeros(10), n_samples=500, seed=0))
