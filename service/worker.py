@@ -20,9 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from models import train_default_digits
-from solver.generate import build_extended_map
 
+from models import train_default_digits
 from service.catalog import JobConfig, JobRecord, JobStatus, ModelRecord, Progress, worker_id
 from service.device import index_backend
 from service.settings import Settings
@@ -40,6 +39,7 @@ from solver import (
     make_problem,
 )
 from solver.fit import Frame
+from solver.generate import build_extended_map
 from solver.seeding import derive_seed
 
 log = logging.getLogger("aeot.worker")
@@ -200,17 +200,21 @@ class Worker:
         """Fit callback: checkpoint, heartbeat, publish; False stops the fit."""
         record, state = progress.record, progress.state
         now = time.monotonic()
+        stopping = self.stop.is_set()
         checkpoint = state.iteration % self.settings.checkpoint_every == 0
-        if checkpoint or self.stop.is_set():
+        if checkpoint or stopping:
             self.store.save_checkpoint(run.job, state)
             run.checkpoint_iteration = state.iteration
         check = record.check
         if check is not None:
             run.checks.append((record.elapsed, check.l1))
+            run.last_check = check
+        # A stopping worker only checkpoints: a publication (a Monte Carlo pass) would eat into
+        # the grace period, and the job's next run publishes from the checkpoint anyway.
+        due = check is not None or now - run.last_publish >= self.settings.publish_interval
+        if due and not stopping:
             self._maybe_publish(run, state, check)
-        elif now - run.last_publish >= self.settings.publish_interval:
-            self._maybe_publish(run, state, None)
-        if checkpoint or check is not None or now - run.last_beat >= _HEARTBEAT_EVERY:
+        if checkpoint or stopping or check is not None or now - run.last_beat >= _HEARTBEAT_EVERY:
             run.last_beat = now
             beat = Progress(
                 iteration=state.iteration,
