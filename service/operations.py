@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from solver.generate import Interpolation
-from solver.plots import power_diagram_png
 
 from service.errors import InvalidRequest
 from service.images import to_png
 from service.schemas import InterpolateRequest, SampleRequest, SingularitiesRequest
 from service.serving import Served
 from service.settings import Settings
+from solver.generate import Interpolation
+from solver.plots import power_diagram_png
+from solver.singular import AngleFrame, Rule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,7 +28,11 @@ class SingularSummary:
     """The singular set of one version, summarised.
 
     Attributes:
-        threshold: dihedral angle threshold in radians; rule: how it was chosen.
+        threshold: dihedral angle threshold in radians, ``None`` when a data-driven rule had
+            too few adjacent pairs to choose one (then nothing is singular).
+        rule: how the threshold was chosen (``fixed``, ``quantile`` or ``gap``).
+        frame: coordinates the angles are measured in (``standard`` or ``raw``).
+        gap_ratio: for the gap rule, how clearly singular angles stand apart; else ``None``.
         n_pairs: adjacent pairs observed; n_singular: those above the threshold.
         quantiles: angle quantiles of the adjacent pairs (radians) by name.
         pairs: singular pairs ``(i, j)`` largest angle first, shape ``(k, 2)``; angles ``(k,)``.
@@ -34,8 +40,10 @@ class SingularSummary:
 
     """
 
-    threshold: float
-    rule: str
+    threshold: float | None
+    rule: Rule
+    frame: AngleFrame
+    gap_ratio: float | None
     n_pairs: int
     n_singular: int
     quantiles: dict[str, float]
@@ -95,23 +103,29 @@ def strip_base64(served: Served, latents: np.ndarray) -> str:
 def singularities(served: Served, req: SingularitiesRequest, settings: Settings) -> SingularSummary:
     """Threshold, counts, angle quantiles and the ``req.limit`` most singular pairs."""
     limit = min(req.limit, settings.max_pairs)
-    sing = served.ext_map.singular
-    angles = np.asarray(sing.angles, dtype=np.float64)
-    mask = np.asarray(sing.singular, dtype=bool)
-    pairs = np.asarray(sing.pairs, dtype=np.int64).reshape(-1, 2)
-    order = np.argsort(-angles[mask], kind="stable")
+    sing = served.ext_map.singular_set
+    angles = sing.angles
+    singular = sing.singular_pairs
+    order = np.argsort(-angles[sing.singular], kind="stable")
     qs = {"min": 0.0, "p10": 0.1, "median": 0.5, "p90": 0.9, "max": 1.0}
     quantiles = {k: float(np.quantile(angles, q)) for k, q in qs.items()} if angles.size else {}
     return SingularSummary(
-        threshold=float(sing.threshold),
-        rule=str(sing.rule),
-        n_pairs=int(angles.size),
-        n_singular=int(mask.sum()),
+        threshold=_finite_or_none(sing.threshold),
+        rule=sing.rule,
+        frame=sing.frame,
+        gap_ratio=_finite_or_none(sing.gap_ratio),
+        n_pairs=sing.n_pairs,
+        n_singular=sing.n_singular,
         quantiles=quantiles,
-        pairs=pairs[mask][order][:limit],
-        angles=angles[mask][order][:limit],
-        truncated=int(mask.sum()) > limit,
+        pairs=singular[order][:limit],
+        angles=angles[sing.singular][order][:limit],
+        truncated=sing.n_singular > limit,
     )
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no inf or nan: the solver's "no threshold" / "not applicable" become null."""
+    return float(value) if math.isfinite(value) else None
 
 
 def singularities_png(served: Served) -> bytes:

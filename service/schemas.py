@@ -117,8 +117,16 @@ class SingularitiesResponse(BaseModel):
 
     model: str
     version: int
-    threshold: float = Field(description="dihedral angle threshold used, radians")
-    rule: str
+    threshold: float | None = Field(
+        description="dihedral angle threshold used, radians (null: too few pairs, none singular)"
+    )
+    rule: Literal["fixed", "quantile", "gap"] = Field(description="how the threshold was chosen")
+    frame: Literal["standard", "raw"] = Field(
+        description="coordinates of the angles: standard (centred, cube-scaled) or raw latents"
+    )
+    gap_ratio: float | None = Field(
+        description="gap rule: ratio of the angles either side of the threshold, else null"
+    )
     n_pairs: int = Field(description="adjacent cell pairs observed")
     n_singular: int
     singular_fraction: float

@@ -16,15 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from models import Bundle
-from solver.generate import ExtendedMap
 
+from models import Bundle
 from service.catalog import ModelRecord
 from service.device import index_backend, torch_device
 from service.errors import NotReady
 from service.settings import Settings
 from service.store import ModelStore, UnknownModel
 from solver import AccuracyReport
+from solver.generate import ExtendedMap
 
 log = logging.getLogger("aeot.serving")
 

@@ -7,15 +7,17 @@ directly instead of touching the environment.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+SingularRule = Literal["fixed", "quantile", "gap"]
 
 
 class Settings(BaseSettings):
@@ -62,10 +64,14 @@ class Settings(BaseSettings):
     map_samples_per_cell: int = Field(
         default=64, ge=1, description="samples per cell to estimate adjacency and mass centres"
     )
-    singular_rule: str = Field(default="quantile", description="singular facet rule (see solver)")
+    # Unset rule: the solver's choice, "fixed" with a threshold, else "gap" (the largest jump of
+    # the adjacent-pair angles, which separates between-mode facets where a quantile does not).
+    singular_rule: SingularRule | None = Field(
+        default=None, description="singular facet rule: fixed, quantile or gap (see solver)"
+    )
     singular_quantile: float = Field(default=0.9, gt=0, lt=1)
     singular_threshold: float | None = Field(
-        default=None, gt=0, description="dihedral angle threshold in radians for rule=fixed"
+        default=None, gt=0, lt=math.pi, description="dihedral angle threshold (radians), rule=fixed"
     )
     poll_interval: float = Field(
         default=1.0, gt=0, description="seconds between catalogue polls (worker queue, index swap)"
@@ -76,6 +82,19 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "text"
+
+    @model_validator(mode="after")
+    def _rule_matches_threshold(self) -> Settings:
+        fixed = self.singular_rule == "fixed" or (
+            self.singular_rule is None and self.singular_threshold is not None
+        )
+        if fixed and self.singular_threshold is None:
+            raise ValueError("singular_rule 'fixed' needs singular_threshold (radians)")
+        if not fixed and self.singular_threshold is not None:
+            raise ValueError(
+                f"singular_threshold is only used by rule 'fixed', not {self.singular_rule!r}"
+            )
+        return self
 
     def mutations_enabled(self) -> bool:
         """Whether an API key is configured (without one, mutating endpoints answer 403)."""

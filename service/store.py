@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from models import Bundle, load_bundle
 
+from models import Bundle, load_bundle
 from service.catalog import (
     Catalog,
     JobConfig,

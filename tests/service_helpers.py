@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+
 from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.bundle import save_bundle
-
 from service.settings import Settings
 from service.store import ModelStore
 from service.worker import Worker

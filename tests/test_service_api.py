@@ -197,3 +197,39 @@ def test_empty_store_is_not_ready(tmp_path):
         r = c.get("/sample")
         assert r.status_code == 503 and "no model" in r.json()["detail"]
         assert c.get("/models").json() == {"default_model": None, "models": [], "jobs": []}
+
+
+@pytest.fixture(scope="module")
+def flat_client(tmp_path_factory):
+    """A 2D model (5 clusters of 60 latents), where /singularities can draw the power diagram."""
+    base = tmp_path_factory.getbasetemp()
+    store = copy_store(fitted_template(base, name="flat", n=60, d=2), base / "flat-store")
+    app = create_app(make_settings(store.root, default_model="flat"), store=store)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_singularities_png_draws_the_2d_power_diagram(flat_client):
+    r = flat_client.get("/singularities", params={"format": "png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.headers["X-Model"] == "flat"
+    assert Image.open(io.BytesIO(r.content)).size == (640, 640)
+    s = flat_client.get("/singularities").json()
+    assert s["rule"] == "gap" and s["frame"] == "standard" and s["n_pairs"] > 0
+    if s["threshold"] is None:  # fewer than 2 adjacent pairs: nothing can be singular
+        assert s["n_singular"] == 0
+    else:
+        assert s["n_singular"] == sum(1 for p in s["pairs"] if p["angle"] > s["threshold"])
+
+
+def test_interpolation_crossings_are_singular_facets_in_order(flat_client):
+    body = flat_client.get(
+        "/interpolate", params=[("start", -0.5), ("start", -0.5), ("end", 0.5), ("end", 0.5)]
+    ).json()
+    threshold = flat_client.get("/singularities").json()["threshold"]
+    ts = [c["t"] for c in body["crossings"]]
+    assert ts == sorted(ts) and all(0 <= t <= 1 for t in ts)
+    for c in body["crossings"]:
+        assert c["angle"] > threshold and c["from_cell"] != c["to_cell"]
+    cells = body["cells"]
+    assert len(cells) == 16 and cells[0] != cells[-1]  # opposite corners lie in different cells

@@ -109,7 +109,7 @@ async function showSingularities() {
   const q = s.angle_quantiles;
   const rows = s.pairs.map((p) => `<tr><td>${p.i}</td><td>${p.j}</td><td>${fmt(p.angle)}</td></tr>`);
   $("singular-stats").innerHTML =
-    `<p>threshold <b id="threshold">${fmt(s.threshold)}</b> rad (rule ${s.rule}); ` +
+    `<p>threshold <b id="threshold">${fmt(s.threshold)}</b> rad (rule ${s.rule}, ${s.frame} frame); ` +
     `<b id="n-singular">${s.n_singular}</b> of ${s.n_pairs} adjacent pairs singular ` +
     `(${fmt(100 * s.singular_fraction, 1)} %). Angles: median ${fmt(q.median)}, ` +
     `p90 ${fmt(q.p90)}, max ${fmt(q.max)} rad.</p>` +
