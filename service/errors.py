@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from service.schemas import ErrorResponse
 from service.store import ModelExists, StoreError, UnknownModel
 
 log = logging.getLogger("aeot.http")
@@ -35,6 +37,27 @@ class InvalidRequest(ValueError):
 
 class Conflict(Exception):
     """The request conflicts with the current state (an active job, ...): 409."""
+
+
+_MEANING = {
+    401: "missing API key (X-API-Key)",
+    403: "wrong API key, or none configured on the server",
+    404: "unknown model",
+    409: "conflicts with the current state (name taken, active job)",
+    413: "request body over the configured limit",
+    422: "invalid request: wrong type, out of range, over a limit, wrong for the model",
+    503: "no fitted potential yet (Retry-After says when to try again)",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error codes a route can answer."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        out[code] = {"model": ErrorResponse, "description": _MEANING[code]}
+        if code == 503:
+            out[code]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    return out
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -70,6 +93,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for err in exc.errors():
+            if err.get("type") == "json_invalid":
+                parts.append(f"request body is not valid JSON: {err.get('ctx', {}).get('error')}")
+                continue
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         return _error(422, "; ".join(parts) or "invalid request")

@@ -7,16 +7,25 @@ in :mod:`service.operations`; the static bounds here only reject nonsense early.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from service.catalog import JobRecord, ModelRecord
 from service.store import NAME_PATTERN
 from solver import AccuracyReport
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Seed = Annotated[int, Field(ge=0, le=2**31 - 1, description="seed: same seed, same answer")]
+
+def _not_bool(value: Any) -> Any:
+    """Refuse JSON ``true``/``false`` where a number is expected (pydantic would read 1/0)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+FiniteFloat = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+Seed = Annotated[Int, Field(ge=0, le=2**31 - 1, description="seed: same seed, same answer")]
 ModelName = Annotated[
     str | None, Field(pattern=NAME_PATTERN, description="model name (default model if omitted)")
 ]
@@ -33,7 +42,7 @@ class SampleRequest(_Request):
     """Draw ``n`` latents from the OT map (and decode them for ``format=png``)."""
 
     model: ModelName = None
-    n: int = Field(default=64, ge=1, le=_HARD_N, description="number of samples")
+    n: Int = Field(default=64, ge=1, le=_HARD_N, description="number of samples")
     seed: Seed = 0
     extended: bool = Field(default=True, description="extended map (new codes) or pure map T")
     format: Literal["json", "npy", "png"] = "json"
@@ -55,9 +64,9 @@ class InterpolateRequest(_Request):
     model: ModelName = None
     start: list[FiniteFloat] | None = Field(default=None, description="source point (length d)")
     end: list[FiniteFloat] | None = Field(default=None, description="source point (length d)")
-    start_index: int | None = Field(default=None, ge=0, description="training latent index")
-    end_index: int | None = Field(default=None, ge=0, description="training latent index")
-    steps: int = Field(default=16, ge=2, le=_HARD_STEPS)
+    start_index: Int | None = Field(default=None, ge=0, description="training latent index")
+    end_index: Int | None = Field(default=None, ge=0, description="training latent index")
+    steps: Int = Field(default=16, ge=2, le=_HARD_STEPS)
     format: Literal["json", "png"] = "json"
     images: bool = Field(default=False, description="JSON only: include the decoded strip as PNG")
 
@@ -100,7 +109,7 @@ class SingularitiesRequest(_Request):
     """Summary of the singular set (``format=png``: a picture, 2D models only)."""
 
     model: ModelName = None
-    limit: int = Field(default=100, ge=0, le=1_000_000, description="singular pairs listed at most")
+    limit: Int = Field(default=100, ge=0, le=1_000_000, description="singular pairs listed at most")
     format: Literal["json", "png"] = "json"
 
 
@@ -241,11 +250,17 @@ class ModelListResponse(BaseModel):
 class FitRequest(_Request):
     """Start a refit of a model (defaults: the server's fit settings)."""
 
-    target_l1: float | None = Field(default=None, gt=0, lt=2, allow_inf_nan=False)
+    target_l1: FiniteFloat | None = Field(default=None, gt=0, lt=2)
     seed: Seed | None = None
-    max_iter: int | None = Field(default=None, ge=1)
-    time_budget: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_iter: Int | None = Field(default=None, ge=1)
+    time_budget: FiniteFloat | None = Field(default=None, gt=0)
     replace: bool = Field(default=False, description="cancel an active job of the model first")
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer (4xx, 503): one human-readable message."""
+
+    detail: str = Field(description="what was wrong and what was expected")
 
 
 class HealthResponse(BaseModel):

@@ -99,3 +99,21 @@ def test_key_matrix(client):
     r = client.post("/models", data={"name": "Bad!"}, files={"bundle": ("b", b"x")}, headers=KEY)
     assert r.status_code == 422
     assert client.get("/sample", params={"n": 3}).status_code == 200  # still serving
+
+
+MORE_POSTS = [
+    ("/sample", '{"n": true}', "boolean"),
+    ("/sample", '{"seed": false}', "boolean"),
+    ("/interpolate", '{"start_index": true, "end_index": 1}', "boolean"),
+    ("/interpolate", '{"start": [true, 0, 0, 0], "end": [0, 0, 0, 0]}', "boolean"),
+    ("/interpolate", '{"start": [2, 0, 0, 0], "end": [0, 0, 0, 0]}', "source cube"),
+    ("/interpolate", '{"start": [0, 0, 0, 0], "end": [0, 0, 0, -0.6]}', "source cube"),
+    ("/sample", "{not json", "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "words"), MORE_POSTS)
+def test_bad_json_body_says_why(client, path, body, words):
+    r = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert words in r.json()["detail"]

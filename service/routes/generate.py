@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from service import operations as ops
 from service.deps import ReadAccess, ServingDep, SettingsDep, StoreDep, resolve_model
+from service.errors import error_responses
 from service.schemas import (
     CrossingOut,
     InterpolateRequest,
@@ -27,9 +28,19 @@ from service.serving import Served
 
 router = APIRouter(dependencies=[ReadAccess], tags=["generate"])
 
-_PNG: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}, "application/x-npy": {}}}
-}
+_ERRORS = error_responses(401, 403, 404, 422, 503)
+_POST_ERRORS = error_responses(401, 403, 404, 413, 422, 503)
+
+
+def _media(*types: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 answer's media types besides JSON (its schema is the route's response model)."""
+    return {200: {"content": {t: {} for t in types}}}
+
+
+_SAMPLE = {**_media("application/x-npy", "image/png"), **_ERRORS}
+_SAMPLE_POST = {**_media("application/x-npy", "image/png"), **_POST_ERRORS}
+_PNG = {**_media("image/png"), **_ERRORS}
+_PNG_POST = {**_media("image/png"), **_POST_ERRORS}
 
 
 def _headers(served: Served) -> dict[str, str]:
@@ -56,7 +67,7 @@ def _sample(
     return JSONResponse(body.model_dump(), headers=headers)
 
 
-@router.get("/sample", response_model=SampleResponse, responses=_PNG)
+@router.get("/sample", response_model=SampleResponse, responses=_SAMPLE)
 def sample_get(
     req: Annotated[SampleRequest, Query()],
     settings: SettingsDep,
@@ -67,7 +78,7 @@ def sample_get(
     return _sample(req, settings, store, serving)
 
 
-@router.post("/sample", response_model=SampleResponse, responses=_PNG)
+@router.post("/sample", response_model=SampleResponse, responses=_SAMPLE_POST)
 def sample_post(
     req: SampleRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
 ) -> Response:
@@ -113,7 +124,7 @@ def interpolate_get(
     return _interpolate(req, settings, store, serving)
 
 
-@router.post("/interpolate", response_model=InterpolateResponse, responses=_PNG)
+@router.post("/interpolate", response_model=InterpolateResponse, responses=_PNG_POST)
 def interpolate_post(
     req: InterpolateRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
 ) -> Response:

@@ -16,7 +16,7 @@ from service.deps import (
     StoreDep,
     default_model,
 )
-from service.errors import Conflict
+from service.errors import Conflict, error_responses
 from service.schemas import FitRequest, JobOut, ModelListResponse, ModelStatus
 from service.serving import ServingIndex
 from service.settings import Settings
@@ -40,7 +40,12 @@ def _status(name: str, settings: Settings, store: ModelStore, serving: ServingIn
     )
 
 
-@router.get("", response_model=ModelListResponse, dependencies=[ReadAccess])
+@router.get(
+    "",
+    response_model=ModelListResponse,
+    dependencies=[ReadAccess],
+    responses=error_responses(401, 403, 422),
+)
 def list_models(settings: SettingsDep, store: StoreDep, serving: ServingDep) -> ModelListResponse:
     """Every model with its published potential and fit progress."""
     serving.poll_if_due()
@@ -51,7 +56,12 @@ def list_models(settings: SettingsDep, store: StoreDep, serving: ServingDep) -> 
     )
 
 
-@router.get("/{name}", response_model=ModelStatus, dependencies=[ReadAccess])
+@router.get(
+    "/{name}",
+    response_model=ModelStatus,
+    dependencies=[ReadAccess],
+    responses=error_responses(401, 403, 404, 422),
+)
 def model_status(
     name: NamePath, settings: SettingsDep, store: StoreDep, serving: ServingDep
 ) -> ModelStatus:
@@ -60,7 +70,13 @@ def model_status(
     return _status(name, settings, store, serving)
 
 
-@router.post("", response_model=ModelStatus, status_code=201, dependencies=[KeyRequired])
+@router.post(
+    "",
+    response_model=ModelStatus,
+    status_code=201,
+    dependencies=[KeyRequired],
+    responses=error_responses(401, 403, 409, 413, 422),
+)
 async def register_model(
     name: Annotated[str, Form(pattern=NAME_PATTERN)],
     bundle: Annotated[UploadFile, File(description="bundle as .tar, .tar.gz or .zip")],
@@ -74,7 +90,13 @@ async def register_model(
     return await run_in_threadpool(_status, name, settings, store, serving)
 
 
-@router.post("/{name}/fit", response_model=JobOut, status_code=202, dependencies=[KeyRequired])
+@router.post(
+    "/{name}/fit",
+    response_model=JobOut,
+    status_code=202,
+    dependencies=[KeyRequired],
+    responses=error_responses(401, 403, 404, 409, 413, 422),
+)
 def start_fit(name: NamePath, req: FitRequest, settings: SettingsDep, store: StoreDep) -> JobOut:
     """Queue a refit of the model (409 when a fit is active, unless ``replace``)."""
     base = job_config(settings)
@@ -90,7 +112,12 @@ def start_fit(name: NamePath, req: FitRequest, settings: SettingsDep, store: Sto
     return JobOut.of(job)
 
 
-@router.delete("/{name}", status_code=204, dependencies=[KeyRequired])
+@router.delete(
+    "/{name}",
+    status_code=204,
+    dependencies=[KeyRequired],
+    responses=error_responses(401, 403, 404, 422),
+)
 def delete_model(name: NamePath, store: StoreDep) -> Response:
     """Delete the model, its potentials and checkpoints."""
     store.delete(name)
