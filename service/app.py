@@ -13,6 +13,7 @@ from importlib import resources
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from models.runtime import torch_threads
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimit, LatencyMetrics
@@ -64,7 +65,9 @@ def create_app(
         if poller is not None:
             poller.start()
         try:
-            yield
+            # Process-wide (torch's count also sizes the OpenMP team FAISS uses); restored after.
+            with torch_threads(settings.request_threads):
+                yield
         finally:
             if poller is not None:
                 poller.stop()

@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     max_pairs: int = Field(default=10000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
+    # Threads: on the 2-core test machine OpenMP teams spinning on busy cores made a 64-sample
+    # /sample 10x slower (17 -> 1.7 ms) and the digits fit 3x slower (60 -> 19 s) than one
+    # thread; a server gets its parallelism from concurrent requests (or AEOT_WEB_WORKERS).
+    request_threads: int = Field(
+        default=1, ge=1, description="torch/OpenMP threads of each server process"
+    )
+    worker_threads: int = Field(
+        default=1, ge=1, description="torch/OpenMP threads of the fit worker (raise on big hosts)"
+    )
+
     # Worker.
     worker: bool = Field(default=True, description="start the fit worker process with the server")
     default_model: str = "digits"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models import train_default_digits
+from models.runtime import torch_threads
 from service.catalog import JobConfig, JobRecord, JobStatus, ModelRecord, Progress, worker_id
 from service.device import index_backend
 from service.settings import Settings
@@ -119,16 +120,17 @@ class Worker:
 
         """
         done = 0
-        while not self.stop.is_set() and (max_jobs is None or done < max_jobs):
-            self.schedule()
-            job = self.store.catalog.claim(self.id, self.settings.stale_seconds)
-            if job is None:
-                if idle_exit:
-                    break
-                self.stop.wait(self.settings.poll_interval)
-                continue
-            self.run_job(job)
-            done += 1
+        with torch_threads(self.settings.worker_threads):
+            while not self.stop.is_set() and (max_jobs is None or done < max_jobs):
+                self.schedule()
+                job = self.store.catalog.claim(self.id, self.settings.stale_seconds)
+                if job is None:
+                    if idle_exit:
+                        break
+                    self.stop.wait(self.settings.poll_interval)
+                    continue
+                self.run_job(job)
+                done += 1
         return done
 
     def schedule(self) -> None:

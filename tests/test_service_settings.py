@@ -87,3 +87,28 @@ def test_singular_rule_settings_are_checked_up_front(tmp_path):
         Settings(store=tmp_path, singular_rule="largest")
     with pytest.raises(ValidationError):
         Settings(store=tmp_path, singular_threshold=4.0)  # radians, below pi
+
+
+def _threads_in_a_new_thread() -> int:
+    import threading
+
+    import torch
+
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_server_runs_requests_with_its_thread_count_and_restores_it(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    # The count set at startup is what threads started later (the request threadpool) get.
+    before = _threads_in_a_new_thread()
+    settings = make_settings(tmp_path / "store", request_threads=before + 1)
+    with TestClient(create_app(settings, poll=False)):
+        assert _threads_in_a_new_thread() == before + 1
+    assert _threads_in_a_new_thread() == before
