@@ -131,3 +131,19 @@ def test_cancelled_job_stops_the_fit(tmp_path, kind):
     worker.run_job(job)
     assert store.catalog.job(job.id).status == "cancelled"
     assert len(calls) == 3  # the fit stopped at the first heartbeat after cancellation
+
+
+def test_cli_fit_runs_the_fit_in_the_foreground_and_publishes(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from service.cli import app as cli_app
+
+    settings, store = _store_with_model(tmp_path, n=80, d=3)
+    for key, value in settings.to_env().items():  # the CLI reads AEOT_* like the server
+        monkeypatch.setenv(key, value)
+    args = ["fit", "tiny", "--store", str(settings.store), "--target-l1", "0.1"]
+    run = CliRunner().invoke(cli_app, args)
+    assert run.exit_code == 0, run.output
+    potential = store.catalog.potential("tiny")
+    assert f"done (target); published version {potential.version}" in run.output
+    assert potential.version >= 1 and potential.accuracy.l1 <= 0.1
