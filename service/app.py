@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from models.runtime import torch_threads
 from service.errors import install_error_handlers
+from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodyLimit, LatencyMetrics
 from service.process import WorkerProcess
@@ -90,3 +91,14 @@ def create_app(
     app.add_middleware(LatencyMetrics, metrics=metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for each server process of ``aeot serve`` with ``AEOT_WEB_WORKERS`` > 1.
+
+    Settings and logging come from the ``AEOT_*`` variables the command exported; the command
+    runs the one fit worker itself, so these apps start none.
+    """
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

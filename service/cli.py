@@ -9,6 +9,9 @@ overriding them; client commands (sample, interpolate, singularities) talk to a 
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,7 +23,6 @@ from tqdm import tqdm
 
 from service.client import AEOTClient
 from service.settings import Settings
-from solver import FitConfig, FitProgress, fit, make_problem
 
 app = typer.Typer(help="AE-OT: autoencoder + semi-discrete optimal transport generative model.")
 
@@ -46,6 +48,7 @@ def serve(
     port: int = typer.Option(None, help="port (default 8000)"),
     store: Path = STORE,
     worker: bool = typer.Option(None, "--worker/--no-worker", help="run the fit worker"),
+    web_workers: int = typer.Option(None, "--web-workers", help="server processes (default 1)"),
 ) -> None:
     """Serve the API and web page; with an empty store, train the digits model and fit it."""
     import uvicorn  # noqa: PLC0415 - only this command needs the server
@@ -53,10 +56,49 @@ def serve(
     from service.app import create_app  # noqa: PLC0415
     from service.logs import configure_logging  # noqa: PLC0415
 
-    settings = _settings(host=host, port=port, store=store, worker=worker)
+    settings = _settings(host=host, port=port, store=store, worker=worker, web_workers=web_workers)
     configure_logging(settings.log_level, settings.log_format)
     typer.echo(f"AE-OT service on http://{settings.host}:{settings.port}/ (store {settings.store})")
+    if settings.web_workers > 1:
+        _serve_processes(settings)
+        return
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+def _serve_processes(settings: Settings) -> None:
+    """``web_workers`` uvicorn processes on one port, plus this process's one fit worker."""
+    import uvicorn  # noqa: PLC0415
+
+    from service.process import WorkerProcess  # noqa: PLC0415
+
+    own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    metrics_dir = tempfile.mkdtemp(prefix="aeot-metrics-") if own_dir else None
+    env = settings.to_env()
+    # The server processes rebuild these settings from the environment; they start no worker.
+    env.update(AEOT_STORE=str(settings.store.resolve()), AEOT_WORKER="false")
+    if metrics_dir is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ.update(env)
+    fit_worker = WorkerProcess(settings) if settings.worker else None
+    try:
+        if fit_worker is not None:
+            fit_worker.start()
+        uvicorn.run(
+            "service.app:app_from_env",
+            factory=True,
+            workers=settings.web_workers,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            # A process imports torch and the solver before it answers the supervisor's
+            # health check, which takes longer than uvicorn's 5 s on a busy 2-core machine.
+            timeout_worker_healthcheck=60,
+        )
+    finally:
+        if fit_worker is not None:
+            fit_worker.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @app.command(name="worker")
@@ -187,6 +229,8 @@ def demo(
     seed: int = typer.Option(0, help="seed of the data and of the fit"),
 ) -> None:
     """Fit the OT map onto the 25-Gaussian grid of the paper's Table 2 and print accuracy/time."""
+    from solver import FitConfig, FitProgress, fit, make_problem  # noqa: PLC0415
+
     rng = np.random.default_rng(seed)
     means = np.array([(-4 + 2 * i, -4 + 2 * j) for i in range(5) for j in range(5)], float)
     points = means[rng.integers(0, 25, samples)] + 0.05 * rng.standard_normal((samples, 2))

@@ -2,14 +2,20 @@
 
 Each app owns its registry (tests build many apps in one process). Fit progress lives in the
 catalogue, written by the worker process, so its gauges are read from the store at scrape time.
+With several server processes (``AEOT_WEB_WORKERS``), ``aeot serve`` sets
+``PROMETHEUS_MULTIPROC_DIR``: every process writes its samples there and a scrape, whichever
+process answers it, aggregates them all (latency and swap counts summed over processes, the
+served version the most recent one set by a live process).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from service.store import ModelStore
@@ -55,6 +61,9 @@ class Metrics:
     """
 
     def __init__(self, store: ModelStore) -> None:
+        self._store = store
+        # prometheus_client picks file-backed values at import when this variable is set.
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "aeot_request_seconds",
@@ -74,6 +83,7 @@ class Metrics:
             "potential version being served",
             ["model"],
             registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
         self.registry.register(_FitCollector(store))
 
@@ -83,5 +93,10 @@ class Metrics:
         self.served_version.labels(model).set(version)
 
     def render(self) -> bytes:
-        """Render the text exposition format."""
-        return generate_latest(self.registry)
+        """Render the text exposition format (all server processes' samples when several)."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(_FitCollector(self._store))
+        return generate_latest(registry)

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         default=1, ge=1, description="torch/OpenMP threads of the fit worker (raise on big hosts)"
     )
 
+    web_workers: int = Field(
+        default=1,
+        ge=1,
+        description="server processes (each loads the served models; one fit worker in all)",
+    )
+
     # Worker.
     worker: bool = Field(default=True, description="start the fit worker process with the server")
     default_model: str = "digits"

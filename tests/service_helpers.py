@@ -102,11 +102,18 @@ def env_for(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def live_server(settings: Settings, timeout: float = 60.0) -> Iterator[str]:
-    """Run ``aeot serve`` as a real uvicorn process on 127.0.0.1; yields its base URL."""
+def live_server(
+    settings: Settings, timeout: float = 60.0, procs: list[subprocess.Popen[bytes]] | None = None
+) -> Iterator[str]:
+    """Run ``aeot serve`` as a real uvicorn process on 127.0.0.1; yields its base URL.
+
+    ``procs``, when given, receives the server's ``Popen`` (to inspect its child processes).
+    """
     port = free_port()
     cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env_for(settings), cwd=ROOT)
+    if procs is not None:
+        procs.append(proc)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -150,3 +157,16 @@ def fitted_template(base: Path, name: str = "tiny", n: int = 200, d: int = 4) ->
         fit_store(root, name, n, d)
         _TEMPLATES[key] = root
     return _TEMPLATES[key]
+
+
+def child_commands(pid: int) -> list[str]:
+    """Command lines of the direct children of process ``pid`` (Linux ``/proc``)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+    return out

@@ -19,6 +19,7 @@ from service.worker import job_config
 from solver.generate import ExtendedMap
 from tests.service_helpers import (
     API_KEY,
+    child_commands,
     copy_store,
     fitted_template,
     live_server,
@@ -102,3 +103,34 @@ def test_sync_client_and_cli_against_a_live_server(tmp_path_factory, tmp_path):
         assert strip.exists()
         run = runner.invoke(cli_app, ["singularities", "--limit", "2", "--url", url])
         assert run.exit_code == 0 and "adjacent pairs singular" in run.output, run.output
+
+
+def test_two_server_processes_share_one_store_one_worker_and_their_metrics(
+    tmp_path_factory, tmp_path
+):
+    store = copy_store(fitted_template(tmp_path_factory.getbasetemp()), tmp_path / "store")
+    settings = make_settings(store.root, worker=True, web_workers=2)
+    procs: list = []
+    with live_server(settings, procs=procs) as url:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "not ready in 60 s"
+            time.sleep(0.2)
+        children = child_commands(procs[0].pid)
+        assert sum("service.worker" in c for c in children) == 1, children  # one fit worker
+        assert sum("spawn_main" in c for c in children) == 2, children  # two servers
+
+        def one(k: int) -> tuple[int, bytes]:
+            # A new connection per request, so the kernel spreads them over both processes.
+            r = httpx.get(f"{url}/sample", params={"n": 8, "seed": k % 3, "format": "npy"})
+            return r.status_code, r.content
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(60)))
+        assert [s for s, _ in results if s != 200] == []
+        for k, (_, body) in enumerate(results):
+            assert body == results[k % 3][1]  # same seed, same bytes, whichever process
+        # Each scrape lands on either process and sums both processes' samples.
+        line = 'aeot_request_seconds_count{method="GET",route="/sample",status="200"} 60.0'
+        for _ in range(4):
+            assert line in httpx.get(f"{url}/metrics").text
