@@ -15,7 +15,20 @@ function fmt(x, digits = 4) {
   return x === null || x === undefined ? "–" : Number(x).toFixed(digits);
 }
 
+let refreshing = false;
+
 async function refreshModels() {
+  // The 2 s timer must not start a second refresh while a slow one is still running.
+  if (refreshing) return;
+  refreshing = true;
+  try {
+    await refreshModelsOnce();
+  } finally {
+    refreshing = false;
+  }
+}
+
+async function refreshModelsOnce() {
   const r = await fetch("/models");
   if (!r.ok) return;
   const data = await r.json();
@@ -55,8 +68,13 @@ async function refreshModels() {
   }
 }
 
+// Each panel shows the answer to its latest request: an older, slower answer must not
+// overwrite a newer one (a new seed clicked while the first gallery is still loading).
+const latest = { gallery: 0, strip: 0 };
+
 async function showGallery() {
   if (!currentModel) return;
+  const ticket = ++latest.gallery;
   const src = "/sample?" + query({
     model: currentModel, n: 36, seed: $("seed").value || 0, format: "png",
     extended: $("extended").checked,
@@ -64,11 +82,12 @@ async function showGallery() {
   const img = new Image();
   img.alt = "samples";
   await new Promise((resolve) => { img.onload = resolve; img.onerror = resolve; img.src = src; });
-  $("gallery").replaceChildren(img);
+  if (ticket === latest.gallery) $("gallery").replaceChildren(img);
 }
 
 async function showInterpolation() {
   if (!currentModel) return;
+  const ticket = ++latest.strip;
   const body = {
     model: currentModel, start_index: Number($("from").value), end_index: Number($("to").value),
     steps: Number($("steps").value), images: true,
@@ -77,6 +96,7 @@ async function showInterpolation() {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   });
   const data = await r.json();
+  if (ticket !== latest.strip) return;
   if (!r.ok) { $("crossing-list").textContent = data.detail; return; }
   const strip = $("strip");
   const img = new Image();
@@ -85,6 +105,7 @@ async function showInterpolation() {
     img.onload = resolve; img.onerror = resolve;
     img.src = "data:image/png;base64," + data.strip_png;
   });
+  if (ticket !== latest.strip) return;
   strip.replaceChildren(img);
   const n = data.t.length;
   for (const c of data.crossings) {
