@@ -58,7 +58,7 @@ def test_page_shows_gallery_interpolation_singularities_and_progress(tmp_path_fa
             first = page.get_attribute("#gallery img", "src")
             page.click("#resample")
             page.wait_for_function(
-                "(old) => document.querySelector('#gallery img').src !== old",
+                "(old) => document.querySelector('#gallery img').getAttribute('src') !== old",
                 arg=first,
                 timeout=20000,
             )
