@@ -1,0 +1,516 @@
+"""The store's SQLite catalogue: models, published potentials and fit/train jobs.
+
+One file (``catalog.sqlite3``) in WAL mode, so the server reads while a worker writes. Every
+write is one ``BEGIN IMMEDIATE`` transaction: a crash leaves the previous consistent state.
+Jobs double as the work queue: a worker claims the oldest queued job, or a running one whose
+worker died (same host, dead pid) or stopped sending heartbeats, in one transaction, so several
+workers can share a store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from solver import AccuracyReport
+
+JobKind = Literal["fit", "train"]
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+ACTIVE = ("queued", "running")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    bundle_hash TEXT NOT NULL,
+    n_latents INTEGER NOT NULL,
+    dim INTEGER NOT NULL,
+    created REAL NOT NULL,
+    published_version INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS potentials (
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    bundle_hash TEXT NOT NULL,
+    job_id INTEGER,
+    iteration INTEGER NOT NULL,
+    accuracy TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    config TEXT NOT NULL,
+    bundle_hash TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    updated REAL,
+    finished REAL,
+    worker TEXT,
+    heartbeat REAL,
+    iteration INTEGER NOT NULL DEFAULT 0,
+    elapsed REAL NOT NULL DEFAULT 0,
+    train_l1 REAL,
+    accuracy TEXT,
+    eta REAL,
+    checkpoint_iteration INTEGER,
+    resumed_from INTEGER,
+    reason TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    """What a fit job asks of the solver (stored with the job so a resume uses the same).
+
+    Attributes:
+        target_l1: stop at this L1 on an independent sample.
+        seed: seed of every sample stream of the fit.
+        max_iter: iterations at most.
+        time_budget: seconds of fitting at most, or ``None``.
+
+    """
+
+    target_l1: float = 0.05
+    seed: int = 0
+    max_iter: int = 100000
+    time_budget: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelRecord:
+    """One registered model bundle."""
+
+    name: str
+    bundle_hash: str
+    n_latents: int
+    dim: int
+    created: float
+    published_version: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PotentialRecord:
+    """One published potential (heights + extended map arrays) of a model."""
+
+    model: str
+    version: int
+    path: str
+    bundle_hash: str
+    job_id: int | None
+    iteration: int
+    accuracy: AccuracyReport | None
+    created: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobRecord:
+    """One fit or train job and its last reported progress."""
+
+    id: int
+    model: str
+    kind: JobKind
+    status: JobStatus
+    config: JobConfig
+    bundle_hash: str | None
+    created: float
+    started: float | None
+    updated: float | None
+    finished: float | None
+    worker: str | None
+    iteration: int
+    elapsed: float
+    train_l1: float | None
+    accuracy: AccuracyReport | None
+    eta: float | None
+    checkpoint_iteration: int | None
+    resumed_from: int | None
+    reason: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Progress:
+    """A progress report of a running fit, as the worker writes it with each heartbeat."""
+
+    iteration: int
+    elapsed: float
+    train_l1: float | None = None
+    accuracy: AccuracyReport | None = None
+    eta: float | None = None
+    checkpoint_iteration: int | None = None
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process: lets a worker on the same host detect a dead owner."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Catalog:
+    """Typed access to the catalogue file; one short-lived connection per operation.
+
+    Args:
+        path: the SQLite file (created with its schema when missing).
+
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA synchronous=NORMAL")
+        return con
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        con = self._connect()
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    # Models -----------------------------------------------------------------------------
+    def add_model(self, name: str, bundle_hash: str, n_latents: int, dim: int) -> ModelRecord:
+        """Insert a model row (the bundle directory must already be in place)."""
+        with self._write() as con:
+            con.execute(
+                "INSERT INTO models (name, bundle_hash, n_latents, dim, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, bundle_hash, n_latents, dim, time.time()),
+            )
+        model = self.model(name)
+        assert model is not None  # inserted above in a committed transaction
+        return model
+
+    def delete_model(self, name: str) -> bool:
+        """Remove a model, its potentials and its jobs' queue entries; False if unknown."""
+        with self._write() as con:
+            gone = con.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount
+            con.execute("DELETE FROM potentials WHERE model = ?", (name,))
+            con.execute(
+                "UPDATE jobs SET status = 'cancelled', finished = ?, reason = 'deleted' "
+                "WHERE model = ? AND status IN ('queued', 'running')",
+                (time.time(), name),
+            )
+        return gone > 0
+
+    def model(self, name: str) -> ModelRecord | None:
+        """Return the model called ``name``, or ``None``."""
+        with self._read() as con:
+            row = con.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
+        return _model(row) if row else None
+
+    def models(self) -> list[ModelRecord]:
+        """All models, oldest first."""
+        with self._read() as con:
+            rows = con.execute("SELECT * FROM models ORDER BY created, name").fetchall()
+        return [_model(r) for r in rows]
+
+    # Potentials -------------------------------------------------------------------------
+    def publish(
+        self,
+        model: str,
+        path: str,
+        bundle_hash: str,
+        job_id: int | None,
+        iteration: int,
+        accuracy: AccuracyReport | None,
+    ) -> int | None:
+        """Record a potential file as the model's newest version; returns it (None: deleted)."""
+        with self._write() as con:
+            row = con.execute(
+                "SELECT published_version, bundle_hash FROM models WHERE name = ?", (model,)
+            ).fetchone()
+            if row is None or row["bundle_hash"] != bundle_hash:
+                return None
+            version = int(row["published_version"]) + 1
+            con.execute(
+                "INSERT INTO potentials (model, version, path, bundle_hash, job_id, iteration, "
+                "accuracy, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    model,
+                    version,
+                    path,
+                    bundle_hash,
+                    job_id,
+                    iteration,
+                    _dump_acc(accuracy),
+                    time.time(),
+                ),
+            )
+            con.execute("UPDATE models SET published_version = ? WHERE name = ?", (version, model))
+        return version
+
+    def potential(self, model: str, version: int | None = None) -> PotentialRecord | None:
+        """Return a model's potential ``version`` (default: the published one), or ``None``."""
+        with self._read() as con:
+            if version is None:
+                row = con.execute(
+                    "SELECT p.* FROM potentials p JOIN models m ON m.name = p.model "
+                    "AND m.published_version = p.version WHERE p.model = ?",
+                    (model,),
+                ).fetchone()
+            else:
+                row = con.execute(
+                    "SELECT * FROM potentials WHERE model = ? AND version = ?", (model, version)
+                ).fetchone()
+        return _potential(row) if row else None
+
+    def published_versions(self) -> dict[str, int]:
+        """``{model: published version}`` for every model (0: nothing published yet)."""
+        with self._read() as con:
+            rows = con.execute("SELECT name, published_version FROM models").fetchall()
+        return {r["name"]: int(r["published_version"]) for r in rows}
+
+    # Jobs -------------------------------------------------------------------------------
+    def enqueue(
+        self,
+        model: str,
+        kind: JobKind,
+        config: JobConfig,
+        bundle_hash: str | None,
+        *,
+        replace: bool = False,
+    ) -> JobRecord | None:
+        """Queue a job unless one of its kind is active for the model (``replace`` cancels it).
+
+        Returns:
+            The new job, or ``None`` when an active job exists and ``replace`` is false.
+
+        """
+        now = time.time()
+        with self._write() as con:
+            active = con.execute(
+                "SELECT id FROM jobs WHERE model = ? AND kind = ? "
+                "AND status IN ('queued', 'running')",
+                (model, kind),
+            ).fetchall()
+            if active and not replace:
+                return None
+            con.execute(
+                "UPDATE jobs SET status = 'cancelled', finished = ?, reason = 'replaced' "
+                "WHERE model = ? AND kind = ? AND status IN ('queued', 'running')",
+                (now, model, kind),
+            )
+            cur = con.execute(
+                "INSERT INTO jobs (model, kind, status, config, bundle_hash, created, updated) "
+                "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                (model, kind, json.dumps(config.__dict__), bundle_hash, now, now),
+            )
+            job_id = int(cur.lastrowid or 0)
+        job = self.job(job_id)
+        assert job is not None
+        return job
+
+    def claim(self, worker: str, stale_seconds: float) -> JobRecord | None:
+        """Take the oldest queued job, or a running one whose worker is gone; None if idle."""
+        now = time.time()
+        with self._write() as con:
+            rows = con.execute(
+                "SELECT id, status, worker, heartbeat FROM jobs "
+                "WHERE status IN ('queued', 'running') ORDER BY id"
+            ).fetchall()
+            chosen = next((r["id"] for r in rows if _claimable(r, now, stale_seconds)), None)
+            if chosen is None:
+                return None
+            con.execute(
+                "UPDATE jobs SET status = 'running', worker = ?, heartbeat = ?, updated = ?, "
+                "started = COALESCE(started, ?) WHERE id = ?",
+                (worker, now, now, now, chosen),
+            )
+        return self.job(int(chosen))
+
+    def heartbeat(self, job_id: int, worker: str, progress: Progress | None = None) -> bool:
+        """Record progress; False when the job is no longer this worker's (cancelled)."""
+        now = time.time()
+        fields: dict[str, Any] = {"heartbeat": now, "updated": now}
+        if progress is not None:
+            fields.update(iteration=progress.iteration, elapsed=progress.elapsed, eta=progress.eta)
+            if progress.train_l1 is not None:
+                fields["train_l1"] = progress.train_l1
+            if progress.accuracy is not None:
+                fields["accuracy"] = _dump_acc(progress.accuracy)
+            if progress.checkpoint_iteration is not None:
+                fields["checkpoint_iteration"] = progress.checkpoint_iteration
+        return self._update_owned(job_id, worker, fields)
+
+    def set_resumed(self, job_id: int, worker: str, iteration: int) -> bool:
+        """Note that the job resumed from a checkpoint at ``iteration``."""
+        return self._update_owned(job_id, worker, {"resumed_from": iteration})
+
+    def finish(
+        self,
+        job_id: int,
+        worker: str,
+        status: JobStatus,
+        reason: str | None,
+        error: str | None = None,
+    ) -> bool:
+        """Close a job (``done``/``failed``) or hand it back (``queued``)."""
+        now = time.time()
+        fields: dict[str, Any] = {
+            "status": status,
+            "reason": reason,
+            "error": error,
+            "updated": now,
+        }
+        if status == "queued":
+            fields["worker"] = None
+        else:
+            fields["finished"] = now
+        return self._update_owned(job_id, worker, fields)
+
+    def _update_owned(self, job_id: int, worker: str, fields: dict[str, Any]) -> bool:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._write() as con:
+            n = con.execute(
+                f"UPDATE jobs SET {sets} WHERE id = ? AND worker = ? AND status = 'running'",
+                (*fields.values(), job_id, worker),
+            ).rowcount
+        return n > 0
+
+    def job(self, job_id: int) -> JobRecord | None:
+        """Return the job with this id, or ``None``."""
+        with self._read() as con:
+            row = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def jobs(self, model: str | None = None, limit: int = 20) -> list[JobRecord]:
+        """Newest jobs first, of one model or all."""
+        with self._read() as con:
+            if model is None:
+                rows = con.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+            else:
+                rows = con.execute(
+                    "SELECT * FROM jobs WHERE model = ? ORDER BY id DESC LIMIT ?", (model, limit)
+                )
+            return [_job(r) for r in rows.fetchall()]
+
+    def has_job(self, model: str, kind: JobKind, bundle_hash: str | None) -> bool:
+        """Whether any job (any status) of this kind exists for the model's bundle."""
+        with self._read() as con:
+            row = con.execute(
+                "SELECT 1 FROM jobs WHERE model = ? AND kind = ? AND bundle_hash IS ? "
+                "AND status != 'cancelled' LIMIT 1",
+                (model, kind, bundle_hash),
+            ).fetchone()
+        return row is not None
+
+
+def _claimable(row: sqlite3.Row, now: float, stale_seconds: float) -> bool:
+    if row["status"] == "queued":
+        return True
+    owner = row["worker"] or ""
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        return True
+    return row["heartbeat"] is None or now - float(row["heartbeat"]) > stale_seconds
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Tell a killed child not yet reaped by its parent (it still answers kill(pid, 0))."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def _dump_acc(acc: AccuracyReport | None) -> str | None:
+    return json.dumps(acc.__dict__) if acc is not None else None
+
+
+def _load_acc(text: str | None) -> AccuracyReport | None:
+    return AccuracyReport(**json.loads(text)) if text else None
+
+
+def _model(row: sqlite3.Row) -> ModelRecord:
+    return ModelRecord(
+        name=row["name"],
+        bundle_hash=row["bundle_hash"],
+        n_latents=int(row["n_latents"]),
+        dim=int(row["dim"]),
+        created=float(row["created"]),
+        published_version=int(row["published_version"]),
+    )
+
+
+def _potential(row: sqlite3.Row) -> PotentialRecord:
+    return PotentialRecord(
+        model=row["model"],
+        version=int(row["version"]),
+        path=row["path"],
+        bundle_hash=row["bundle_hash"],
+        job_id=row["job_id"],
+        iteration=int(row["iteration"]),
+        accuracy=_load_acc(row["accuracy"]),
+        created=float(row["created"]),
+    )
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=int(row["id"]),
+        model=row["model"],
+        kind=row["kind"],
+        status=row["status"],
+        config=JobConfig(**json.loads(row["config"])),
+        bundle_hash=row["bundle_hash"],
+        created=row["created"],
+        started=row["started"],
+        updated=row["updated"],
+        finished=row["finished"],
+        worker=row["worker"],
+        iteration=int(row["iteration"]),
+        elapsed=float(row["elapsed"]),
+        train_l1=row["train_l1"],
+        accuracy=_load_acc(row["accuracy"]),
+        eta=row["eta"],
+        checkpoint_iteration=row["checkpoint_iteration"],
+        resumed_from=row["resumed_from"],
+        reason=row["reason"],
+        error=row["error"],
+    )

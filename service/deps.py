@@ -1,0 +1,92 @@
+"""Dependencies injected into routes, as ``Annotated`` aliases.
+
+The app factory puts its collaborators on ``app.state``; these functions hand them to routes,
+so tests build an app around a temporary store without touching globals.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from service.errors import AuthError, NotReady
+from service.metrics import Metrics
+from service.serving import ServingIndex
+from service.settings import Settings
+from service.store import ModelStore
+
+
+def get_settings(request: Request) -> Settings:
+    """Return the app's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> ModelStore:
+    """Return the app's model store."""
+    store: ModelStore = request.app.state.store
+    return store
+
+
+def get_serving(request: Request) -> ServingIndex:
+    """Return the app's serving index."""
+    serving: ServingIndex = request.app.state.serving
+    return serving
+
+
+def get_metrics(request: Request) -> Metrics:
+    """Return the app's metrics."""
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[ModelStore, Depends(get_store)]
+ServingDep = Annotated[ServingIndex, Depends(get_serving)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ApiKeyHeader = Annotated[str | None, Header(alias="X-API-Key", include_in_schema=False)]
+
+
+def _check_key(settings: Settings, key: str | None) -> None:
+    if not settings.mutations_enabled():
+        raise AuthError("this server has no API key configured (set AEOT_API_KEY)", 403)
+    if not key:
+        raise AuthError("missing X-API-Key header", 401)
+    assert settings.api_key is not None
+    if not secrets.compare_digest(key.encode(), settings.api_key.get_secret_value().encode()):
+        raise AuthError("invalid API key", 403)
+
+
+def require_key(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
+    """Mutating endpoints: a valid ``X-API-Key`` (401 missing, 403 wrong or unconfigured)."""
+    _check_key(settings, x_api_key)
+
+
+def read_access(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
+    """Read endpoints: open unless ``require_key_for_reads`` is set."""
+    if settings.require_key_for_reads:
+        _check_key(settings, x_api_key)
+
+
+def default_model(settings: Settings, store: ModelStore) -> str | None:
+    """Pick the model answering when none is named: the configured one, else the oldest."""
+    models = store.models()
+    if any(m.name == settings.default_model for m in models):
+        return settings.default_model
+    return models[0].name if models else None
+
+
+def resolve_model(name: str | None, settings: Settings, store: ModelStore) -> str:
+    """``name``, or the default model; a 503 when the store has no model yet."""
+    if name is not None:
+        return name
+    chosen = default_model(settings, store)
+    if chosen is None:
+        raise NotReady("no model registered yet (the default model may be training)", 10.0)
+    return chosen
+
+
+KeyRequired = Depends(require_key)
+ReadAccess = Depends(read_access)

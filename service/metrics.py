@@ -1,0 +1,102 @@
+"""Prometheus metrics of one app: request latency, index swaps, fit progress.
+
+Each app owns its registry (tests build many apps in one process). Fit progress lives in the
+catalogue, written by the worker process, so its gauges are read from the store at scrape time.
+With several server processes (``AEOT_WEB_WORKERS``), ``aeot serve`` sets
+``PROMETHEUS_MULTIPROC_DIR``: every process writes its samples there and a scrape, whichever
+process answers it, aggregates them all (latency and swap counts summed over processes, the
+served version the most recent one set by a live process).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from service.store import ModelStore
+
+# Latency buckets (seconds): the /sample goal is p99 <= 50 ms, so resolve 1-100 ms finely.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class _FitCollector(Collector):
+    """Gauges of the newest fit job per model, read from the catalogue when scraped."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Yield the fit gauges."""
+        names = ("iteration", "l1", "empty_cells", "eta_seconds", "running", "published_version")
+        fams = {
+            n: GaugeMetricFamily(f"aeot_fit_{n}", f"newest fit job: {n}", labels=["model"])
+            for n in names
+        }
+        for model in self._store.models():
+            fams["published_version"].add_metric([model.name], model.published_version)
+            job = self._store.active_job(model.name)
+            if job is None:
+                continue
+            fams["iteration"].add_metric([model.name], job.iteration)
+            fams["running"].add_metric([model.name], 1.0 if job.status == "running" else 0.0)
+            if job.accuracy is not None:
+                fams["l1"].add_metric([model.name], job.accuracy.l1)
+                fams["empty_cells"].add_metric([model.name], job.accuracy.empty_cells)
+            if job.eta is not None:
+                fams["eta_seconds"].add_metric([model.name], job.eta)
+        yield from fams.values()
+
+
+class Metrics:
+    """The app's metrics and its registry.
+
+    Args:
+        store: read at scrape time for fit progress.
+
+    """
+
+    def __init__(self, store: ModelStore) -> None:
+        self._store = store
+        # prometheus_client picks file-backed values at import when this variable is set.
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "aeot_request_seconds",
+            "request latency by route",
+            ["method", "route", "status"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.swaps = Counter(
+            "aeot_index_swaps",
+            "serving index swaps to a newer potential",
+            ["model"],
+            registry=self.registry,
+        )
+        self.served_version = Gauge(
+            "aeot_served_version",
+            "potential version being served",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.registry.register(_FitCollector(store))
+
+    def on_swap(self, model: str, version: int) -> None:
+        """Record a swap of the serving index."""
+        self.swaps.labels(model).inc()
+        self.served_version.labels(model).set(version)
+
+    def render(self) -> bytes:
+        """Render the text exposition format (all server processes' samples when several)."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(_FitCollector(self._store))
+        return generate_latest(registry)

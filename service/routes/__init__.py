@@ -1,0 +1,3 @@
+"""HTTP routers: generation, models, system."""
+
+__all__ = ["generate", "models", "system"]

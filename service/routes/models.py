@@ -1,0 +1,124 @@
+"""Model endpoints: list and status (open), register / refit / delete (API key)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Path, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from service.catalog import JobConfig
+from service.deps import (
+    KeyRequired,
+    ReadAccess,
+    ServingDep,
+    SettingsDep,
+    StoreDep,
+    default_model,
+)
+from service.errors import Conflict, error_responses
+from service.schemas import FitRequest, JobOut, ModelListResponse, ModelStatus
+from service.serving import ServingIndex
+from service.settings import Settings
+from service.store import NAME_PATTERN, ModelStore
+from service.worker import job_config
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+NamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="model name")]
+
+
+def _status(name: str, settings: Settings, store: ModelStore, serving: ServingIndex) -> ModelStatus:
+    model = store.model(name)
+    potential = store.catalog.potential(name)
+    return ModelStatus.of(
+        model,
+        default=default_model(settings, store) == name,
+        served=serving.versions().get(name),
+        accuracy=potential.accuracy if potential else None,
+        job=store.active_job(name),
+    )
+
+
+@router.get(
+    "",
+    response_model=ModelListResponse,
+    dependencies=[ReadAccess],
+    responses=error_responses(401, 403, 422),
+)
+def list_models(settings: SettingsDep, store: StoreDep, serving: ServingDep) -> ModelListResponse:
+    """Every model with its published potential and fit progress."""
+    serving.poll_if_due()
+    models = [_status(m.name, settings, store, serving) for m in store.models()]
+    active = [JobOut.of(j) for j in store.jobs(limit=50) if j.status in ("queued", "running")]
+    return ModelListResponse(
+        default_model=default_model(settings, store), models=models, jobs=active
+    )
+
+
+@router.get(
+    "/{name}",
+    response_model=ModelStatus,
+    dependencies=[ReadAccess],
+    responses=error_responses(401, 403, 404, 422),
+)
+def model_status(
+    name: NamePath, settings: SettingsDep, store: StoreDep, serving: ServingDep
+) -> ModelStatus:
+    """One model's status: published version, accuracy, fit progress (iteration, L1, ETA)."""
+    serving.poll_if_due()
+    return _status(name, settings, store, serving)
+
+
+@router.post(
+    "",
+    response_model=ModelStatus,
+    status_code=201,
+    dependencies=[KeyRequired],
+    responses=error_responses(401, 403, 409, 413, 422),
+)
+async def register_model(
+    name: Annotated[str, Form(pattern=NAME_PATTERN)],
+    bundle: Annotated[UploadFile, File(description="bundle as .tar, .tar.gz or .zip")],
+    settings: SettingsDep,
+    store: StoreDep,
+    serving: ServingDep,
+) -> ModelStatus:
+    """Upload a model bundle archive; its OT fit is queued for the worker."""
+    data = await bundle.read()
+    await run_in_threadpool(store.register_archive, name, data, job_config(settings))
+    return await run_in_threadpool(_status, name, settings, store, serving)
+
+
+@router.post(
+    "/{name}/fit",
+    response_model=JobOut,
+    status_code=202,
+    dependencies=[KeyRequired],
+    responses=error_responses(401, 403, 404, 409, 413, 422),
+)
+def start_fit(name: NamePath, req: FitRequest, settings: SettingsDep, store: StoreDep) -> JobOut:
+    """Queue a refit of the model (409 when a fit is active, unless ``replace``)."""
+    base = job_config(settings)
+    config = JobConfig(
+        target_l1=req.target_l1 or base.target_l1,
+        seed=base.seed if req.seed is None else req.seed,
+        max_iter=req.max_iter or base.max_iter,
+        time_budget=req.time_budget or base.time_budget,
+    )
+    job = store.enqueue_fit(name, config, replace=req.replace)
+    if job is None:
+        raise Conflict(f"model {name!r} already has an active job; pass replace=true")
+    return JobOut.of(job)
+
+
+@router.delete(
+    "/{name}",
+    status_code=204,
+    dependencies=[KeyRequired],
+    responses=error_responses(401, 403, 404, 422),
+)
+def delete_model(name: NamePath, store: StoreDep) -> Response:
+    """Delete the model, its potentials and checkpoints."""
+    store.delete(name)
+    return Response(status_code=204)

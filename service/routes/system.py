@@ -1,0 +1,44 @@
+"""Operational endpoints: liveness, readiness, Prometheus metrics and the web page."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import APIRouter, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.deps import MetricsDep, ServingDep, SettingsDep, StoreDep, default_model
+from service.schemas import HealthResponse, ReadyResponse
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz", response_model=HealthResponse)
+def healthz() -> HealthResponse:
+    """Answer while the process is alive."""
+    return HealthResponse()
+
+
+@router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+def readyz(settings: SettingsDep, store: StoreDep, serving: ServingDep) -> JSONResponse:
+    """Ready (200) once the default model serves a published potential, else 503."""
+    name = default_model(settings, store)
+    served = serving.current(name) if name else None
+    version = served.version if served else None
+    body = ReadyResponse(ready=version is not None, default_model=name, version=version)
+    headers = None if body.ready else {"Retry-After": "5"}
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503, headers=headers)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(m: MetricsDep) -> Response:
+    """Prometheus text exposition."""
+    return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False, response_class=HTMLResponse)
+def index() -> HTMLResponse:
+    """Serve the web page (static HTML + JS from ``service/static``)."""
+    page = resources.files("service").joinpath("static/index.html").read_text()
+    return HTMLResponse(page)

@@ -1,0 +1,277 @@
+"""HTTP request and response schemas (pydantic v2), in families per endpoint.
+
+Requests forbid unknown fields and reject NaN/inf, so a typo or a bad number answers 422 with
+a message instead of being ignored. Limits that depend on settings (``max_n``, ...) are checked
+in :mod:`service.operations`; the static bounds here only reject nonsense early.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from service.catalog import JobRecord, ModelRecord
+from service.store import NAME_PATTERN
+from solver import AccuracyReport
+
+
+def _not_bool(value: Any) -> Any:
+    """Refuse JSON ``true``/``false`` where a number is expected (pydantic would read 1/0)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+FiniteFloat = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+Seed = Annotated[Int, Field(ge=0, le=2**31 - 1, description="seed: same seed, same answer")]
+ModelName = Annotated[
+    str | None, Field(pattern=NAME_PATTERN, description="model name (default model if omitted)")
+]
+# Absolute caps whatever the settings say; the configured limits are checked per request.
+_HARD_N = 1_000_000
+_HARD_STEPS = 100_000
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SampleRequest(_Request):
+    """Draw ``n`` latents from the OT map (and decode them for ``format=png``)."""
+
+    model: ModelName = None
+    n: Int = Field(default=64, ge=1, le=_HARD_N, description="number of samples")
+    seed: Seed = 0
+    extended: bool = Field(default=True, description="extended map (new codes) or pure map T")
+    format: Literal["json", "npy", "png"] = "json"
+
+
+class SampleResponse(BaseModel):
+    """Sampled latents (``format=json``)."""
+
+    model: str
+    version: int = Field(description="potential version that produced the samples")
+    seed: int
+    extended: bool
+    latents: list[list[float]] = Field(description="shape (n, d)")
+
+
+class InterpolateRequest(_Request):
+    """A segment in the source cube mapped by the OT map, between points or training codes."""
+
+    model: ModelName = None
+    start: list[FiniteFloat] | None = Field(default=None, description="source point (length d)")
+    end: list[FiniteFloat] | None = Field(default=None, description="source point (length d)")
+    start_index: Int | None = Field(default=None, ge=0, description="training latent index")
+    end_index: Int | None = Field(default=None, ge=0, description="training latent index")
+    steps: Int = Field(default=16, ge=2, le=_HARD_STEPS)
+    format: Literal["json", "png"] = "json"
+    images: bool = Field(default=False, description="JSON only: include the decoded strip as PNG")
+
+    @model_validator(mode="after")
+    def _one_kind_of_endpoint(self) -> InterpolateRequest:
+        points = self.start is not None or self.end is not None
+        indices = self.start_index is not None or self.end_index is not None
+        if points == indices:
+            raise ValueError("give either start and end (points) or start_index and end_index")
+        if points and (self.start is None or self.end is None):
+            raise ValueError("give both start and end")
+        if indices and (self.start_index is None or self.end_index is None):
+            raise ValueError("give both start_index and end_index")
+        return self
+
+
+class CrossingOut(BaseModel):
+    """Where the segment crosses a singular facet: the map jumps there."""
+
+    t: float
+    from_cell: int
+    to_cell: int
+    angle: float = Field(description="dihedral angle of the facet, radians")
+
+
+class InterpolateResponse(BaseModel):
+    """The frames of an interpolation and its singular crossings."""
+
+    model: str
+    version: int
+    t: list[float]
+    z: list[list[float]] = Field(description="source points, shape (steps, d)")
+    latents: list[list[float]] = Field(description="mapped latents, shape (steps, d)")
+    cells: list[int]
+    crossings: list[CrossingOut]
+    strip_png: str | None = Field(default=None, description="base64 PNG of the decoded frames")
+
+
+class SingularitiesRequest(_Request):
+    """Summary of the singular set (``format=png``: a picture, 2D models only)."""
+
+    model: ModelName = None
+    limit: Int = Field(default=100, ge=0, le=1_000_000, description="singular pairs listed at most")
+    format: Literal["json", "png"] = "json"
+
+
+class SingularPairOut(BaseModel):
+    """Two adjacent cells whose facet is singular."""
+
+    i: int
+    j: int
+    angle: float = Field(description="radians")
+
+
+class SingularitiesResponse(BaseModel):
+    """Threshold, rule, counts and the most singular pairs."""
+
+    model: str
+    version: int
+    threshold: float | None = Field(
+        description="dihedral angle threshold used, radians (null: too few pairs, none singular)"
+    )
+    rule: Literal["fixed", "quantile", "gap"] = Field(description="how the threshold was chosen")
+    frame: Literal["standard", "raw"] = Field(
+        description="coordinates of the angles: standard (centred, cube-scaled) or raw latents"
+    )
+    gap_ratio: float | None = Field(
+        description="gap rule: ratio of the angles either side of the threshold, else null"
+    )
+    n_pairs: int = Field(description="adjacent cell pairs observed")
+    n_singular: int
+    singular_fraction: float
+    angle_quantiles: dict[str, float] = Field(description="angles of adjacent pairs, radians")
+    pairs: list[SingularPairOut] = Field(description="singular pairs, largest angle first")
+    truncated: bool
+
+
+class AccuracyOut(BaseModel):
+    """An independent accuracy check (DESIGN.md section 1)."""
+
+    l1: float
+    max_rel_error: float
+    empty_cells: int
+    noise_floor: float
+    n_samples: int
+
+    @classmethod
+    def of(cls, acc: AccuracyReport | None) -> AccuracyOut | None:
+        """Convert, keeping ``None``."""
+        return None if acc is None else cls(**acc.__dict__)
+
+
+class JobOut(BaseModel):
+    """A fit or train job and its progress."""
+
+    id: int
+    kind: str
+    status: str
+    target_l1: float
+    iteration: int
+    elapsed: float = Field(description="seconds of fitting")
+    train_l1: float | None
+    accuracy: AccuracyOut | None = Field(description="last independent check")
+    eta: float | None = Field(description="estimated seconds to the target, if known")
+    checkpoint_iteration: int | None
+    resumed_from: int | None
+    reason: str | None
+    error: str | None
+    created: float
+    updated: float | None
+
+    @classmethod
+    def of(cls, job: JobRecord) -> JobOut:
+        """Convert a catalogue row."""
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            status=job.status,
+            target_l1=job.config.target_l1,
+            iteration=job.iteration,
+            elapsed=job.elapsed,
+            train_l1=job.train_l1,
+            accuracy=AccuracyOut.of(job.accuracy),
+            eta=job.eta,
+            checkpoint_iteration=job.checkpoint_iteration,
+            resumed_from=job.resumed_from,
+            reason=job.reason,
+            error=job.error,
+            created=job.created,
+            updated=job.updated,
+        )
+
+
+class ModelStatus(BaseModel):
+    """A model, its published potential and its latest job."""
+
+    name: str
+    n_latents: int
+    dim: int
+    created: float
+    default: bool
+    published_version: int
+    served_version: int | None
+    ready: bool
+    accuracy: AccuracyOut | None = Field(description="check of the published potential")
+    job: JobOut | None
+
+    @classmethod
+    def of(
+        cls,
+        model: ModelRecord,
+        *,
+        default: bool,
+        served: int | None,
+        accuracy: AccuracyReport | None,
+        job: JobRecord | None,
+    ) -> ModelStatus:
+        """Assemble from catalogue rows."""
+        return cls(
+            name=model.name,
+            n_latents=model.n_latents,
+            dim=model.dim,
+            created=model.created,
+            default=default,
+            published_version=model.published_version,
+            served_version=served,
+            ready=served is not None,
+            accuracy=AccuracyOut.of(accuracy),
+            job=JobOut.of(job) if job else None,
+        )
+
+
+class ModelListResponse(BaseModel):
+    """Every model, and which one answers when no ``model`` is named."""
+
+    default_model: str | None
+    models: list[ModelStatus]
+    jobs: list[JobOut] = Field(description="queued or running jobs (e.g. training)")
+
+
+class FitRequest(_Request):
+    """Start a refit of a model (defaults: the server's fit settings)."""
+
+    target_l1: FiniteFloat | None = Field(default=None, gt=0, lt=2)
+    seed: Seed | None = None
+    max_iter: Int | None = Field(default=None, ge=1)
+    time_budget: FiniteFloat | None = Field(default=None, gt=0)
+    replace: bool = Field(default=False, description="cancel an active job of the model first")
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer (4xx, 503): one human-readable message."""
+
+    detail: str = Field(description="what was wrong and what was expected")
+
+
+class HealthResponse(BaseModel):
+    """Liveness."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    """Readiness: the default model serves a potential."""
+
+    ready: bool
+    default_model: str | None
+    version: int | None

@@ -1,0 +1,318 @@
+"""The background worker: trains the default model when asked and fits OT maps, resumably.
+
+Lifecycle: the worker polls the catalogue; it queues a fit for every model whose potential is
+missing or stale, claims the oldest queued job (or one whose worker died) and runs it. A fit
+job checkpoints the solver state every ``checkpoint_every`` iterations through the fit callback,
+reports progress with each heartbeat, and publishes a potential (heights + extended map arrays)
+whenever an independent check shows it improved, at most every ``publish_interval`` seconds,
+and at the end. A job that finds a checkpoint resumes from it (``fit(resume=...)``), so a
+worker killed at any moment loses at most ``checkpoint_every`` iterations. SIGTERM sets the
+stop event: the running fit checkpoints, hands its job back to the queue, and the worker exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models import train_default_digits
+from models.runtime import torch_threads
+from service.catalog import JobConfig, JobRecord, JobStatus, ModelRecord, Progress, worker_id
+from service.device import index_backend
+from service.settings import Settings
+from service.store import ModelStore
+from solver import (
+    AccuracyReport,
+    CellIndex,
+    FitConfig,
+    FitProgress,
+    FitState,
+    OTProblem,
+    accuracy,
+    estimate,
+    fit,
+    make_problem,
+)
+from solver.fit import Frame
+from solver.generate import build_extended_map
+from solver.seeding import derive_seed
+
+log = logging.getLogger("aeot.worker")
+
+# Seed key of the worker's own accuracy checks: a stream the solver never draws from.
+_CHECK_STREAM = 7_000_001
+# Seed key of the Monte Carlo pass that builds the extended map of a publication.
+_MAP_STREAM = 7_000_002
+# Heartbeats without a checkpoint or check are written at most this often (seconds).
+_HEARTBEAT_EVERY = 0.25
+# A new potential is published only when its L1 beats the published one by this factor.
+_IMPROVEMENT = 0.98
+
+
+def job_config(settings: Settings) -> JobConfig:
+    """Return the fit settings a new job is queued with."""
+    return JobConfig(
+        target_l1=settings.target_l1,
+        seed=settings.fit_seed,
+        max_iter=settings.fit_max_iter,
+        time_budget=settings.fit_time_budget,
+    )
+
+
+@dataclass
+class _FitRun:
+    """State of one running fit job, shared by the progress callback's helpers."""
+
+    job: JobRecord
+    problem: OTProblem
+    frame: Frame
+    index: CellIndex
+    best_l1: float
+    last_beat: float = 0.0
+    last_publish: float = field(default_factory=time.monotonic)
+    checks: list[tuple[float, float]] = field(default_factory=list)
+    published_iteration: int = -1
+    checkpoint_iteration: int | None = None
+    last_check: AccuracyReport | None = None
+    lost: bool = False
+
+
+def train_into_store(
+    store: ModelStore, name: str, seed: int, fit: JobConfig | None = None
+) -> ModelRecord:
+    """Train the default digits autoencoder and register it as ``name``."""
+    out = store.staging_dir() / "bundle"
+    train_default_digits(out, seed=seed)
+    return store.register(name, out, move=True, fit=fit)
+
+
+class Worker:
+    """Runs jobs from the store's queue until stopped.
+
+    Args:
+        store: the model store.
+        settings: fit, publication and device settings.
+        stop: set it to make the worker checkpoint and exit (SIGTERM does).
+
+    """
+
+    def __init__(
+        self, store: ModelStore, settings: Settings, stop: threading.Event | None = None
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.id = worker_id()
+        self.backend = index_backend(settings.device)
+
+    def run(self, *, max_jobs: int | None = None, idle_exit: bool = False) -> int:
+        """Claim and run jobs until stopped; returns the number of jobs run.
+
+        Args:
+            max_jobs: stop after this many jobs.
+            idle_exit: return as soon as the queue is empty (for ``aeot fit`` and tests).
+
+        """
+        done = 0
+        with torch_threads(self.settings.worker_threads):
+            while not self.stop.is_set() and (max_jobs is None or done < max_jobs):
+                self.schedule()
+                job = self.store.catalog.claim(self.id, self.settings.stale_seconds)
+                if job is None:
+                    if idle_exit:
+                        break
+                    self.stop.wait(self.settings.poll_interval)
+                    continue
+                self.run_job(job)
+                done += 1
+        return done
+
+    def schedule(self) -> None:
+        """Queue the default model's training (empty store) and missing or stale fits."""
+        s = self.settings
+        if s.embedded_default and not self.store.models():
+            if not self.store.catalog.has_job(s.default_model, "train", None):
+                self.store.enqueue_train(s.default_model, seed=s.fit_seed)
+        self.store.ensure_fit_jobs(job_config(s))
+
+    def run_job(self, job: JobRecord) -> None:
+        """Run one claimed job to its end (done, failed, or handed back when stopped)."""
+        log.info("job %d (%s %s) started", job.id, job.kind, job.model)
+        try:
+            if job.kind == "train":
+                status, reason = self._train(job)
+            else:
+                status, reason = self._fit(job)
+        except Exception as exc:  # a failed job must not take the worker down
+            log.exception("job %d failed", job.id)
+            self.store.catalog.finish(job.id, self.id, "failed", "error", f"{exc}")
+            return
+        self.store.catalog.finish(job.id, self.id, status, reason)
+        log.info("job %d %s (%s)", job.id, status, reason)
+
+    def _train(self, job: JobRecord) -> tuple[JobStatus, str]:
+        train_into_store(self.store, job.model, job.config.seed, job_config(self.settings))
+        return "done", "trained"
+
+    def _fit(self, job: JobRecord) -> tuple[JobStatus, str]:
+        bundle = self.store.load_bundle(job.model)
+        problem = make_problem(bundle.latents)
+        cfg = job.config
+        config = FitConfig(
+            target_l1=cfg.target_l1,
+            seed=cfg.seed,
+            max_iter=cfg.max_iter,
+            time_budget=cfg.time_budget,
+            backend=self.backend,
+        )
+        resume = self.store.load_checkpoint(job)
+        if resume is not None:
+            log.info("job %d resumes from iteration %d", job.id, resume.iteration)
+            self.store.catalog.set_resumed(job.id, self.id, resume.iteration)
+        published = self.store.catalog.potential(job.model)
+        best = math.inf
+        if published is not None and published.bundle_hash == job.bundle_hash:
+            best = published.accuracy.l1 if published.accuracy else math.inf
+        run = _FitRun(
+            job=job,
+            problem=problem,
+            frame=Frame.for_problem(problem, config.method),
+            index=CellIndex(problem.targets, backend=self.backend),
+            best_l1=best,
+            checkpoint_iteration=resume.iteration if resume else None,
+        )
+        result = fit(problem, config, callback=lambda p: self._on_progress(run, p), resume=resume)
+        self.store.save_checkpoint(job, result.state)
+        if run.lost:
+            return "cancelled", "cancelled"
+        if self.stop.is_set() and result.reason == "callback":
+            return "queued", "worker stopped"
+        if result.state.iteration != run.published_iteration:
+            check = result.accuracy if result.converged else None
+            self._maybe_publish(run, result.state, check)
+        return "done", result.reason
+
+    def _on_progress(self, run: _FitRun, progress: FitProgress) -> bool:
+        """Fit callback: checkpoint, heartbeat, publish; False stops the fit."""
+        record, state = progress.record, progress.state
+        now = time.monotonic()
+        stopping = self.stop.is_set()
+        checkpoint = state.iteration % self.settings.checkpoint_every == 0
+        if checkpoint or stopping:
+            self.store.save_checkpoint(run.job, state)
+            run.checkpoint_iteration = state.iteration
+        check = record.check
+        if check is not None:
+            run.checks.append((record.elapsed, check.l1))
+            run.last_check = check
+        # A stopping worker only checkpoints: a publication (a Monte Carlo pass) would eat into
+        # the grace period, and the job's next run publishes from the checkpoint anyway.
+        due = check is not None or now - run.last_publish >= self.settings.publish_interval
+        if due and not stopping:
+            self._maybe_publish(run, state, check)
+        if checkpoint or stopping or check is not None or now - run.last_beat >= _HEARTBEAT_EVERY:
+            run.last_beat = now
+            beat = Progress(
+                iteration=state.iteration,
+                elapsed=record.elapsed,
+                train_l1=record.train_l1,
+                accuracy=run.last_check,
+                eta=_eta(run.checks, progress.target_l1, record.elapsed),
+                checkpoint_iteration=run.checkpoint_iteration,
+            )
+            if not self.store.catalog.heartbeat(run.job.id, self.id, beat):
+                run.lost = True  # cancelled or deleted meanwhile
+                return False
+        return not self.stop.is_set()
+
+    def _maybe_publish(self, run: _FitRun, state: FitState, check: AccuracyReport | None) -> None:
+        """Publish the state's heights if an independent check shows they beat the published."""
+        run.last_publish = time.monotonic()
+        iteration = state.iteration
+        heights = run.frame.heights_out(state.heights)
+        if check is None:
+            check = self._own_check(run, heights, iteration)
+            run.checks.append((state.elapsed, check.l1))
+        run.last_check = check
+        if check.l1 >= _IMPROVEMENT * run.best_l1:
+            return
+        s = self.settings
+        n = run.problem.n_targets
+        ext = build_extended_map(
+            run.problem.targets,
+            heights,
+            n_samples=s.map_samples_per_cell * n,
+            seed=derive_seed(run.job.config.seed, _MAP_STREAM),
+            threshold=s.singular_threshold,
+            rule=s.singular_rule,
+            quantile=s.singular_quantile,
+            backend=self.backend,
+        )
+        version = self.store.publish(
+            run.job, heights, run.problem.inverse, ext.to_arrays(), iteration, check
+        )
+        run.best_l1, run.published_iteration = check.l1, iteration
+        log.info(
+            "model %s: published v%s (iteration %d, L1 %.4f)",
+            run.job.model,
+            version,
+            iteration,
+            check.l1,
+        )
+
+    def _own_check(self, run: _FitRun, heights: np.ndarray, iteration: int) -> AccuracyReport:
+        """L1 of the heights on fresh samples the fit never drew (an independent check)."""
+        problem = run.problem
+        m = self.settings.check_samples_per_cell * problem.n_targets
+        run.index.set_heights(heights)
+        est = estimate(
+            run.index,
+            problem.source,
+            m,
+            derive_seed(run.job.config.seed, _CHECK_STREAM, iteration),
+            k=1,
+        )
+        return accuracy(est.counts, m, problem.weights)
+
+
+def _eta(checks: list[tuple[float, float]], target: float, elapsed: float) -> float | None:
+    """Seconds until L1 reaches ``target``, extrapolating log L1 linearly in time."""
+    if len(checks) < 2:
+        return None
+    (t0, l0), (t1, l1) = checks[-2], checks[-1]
+    if l1 <= target:
+        return 0.0
+    if t1 <= t0 or l1 >= l0 or l0 <= 0:
+        return None
+    rate = (math.log(l0) - math.log(l1)) / (t1 - t0)
+    return max(0.0, (math.log(l1) - math.log(target)) / rate - (elapsed - t1))
+
+
+def run_worker(settings: Settings) -> None:
+    """Entry point of the worker process (``aeot worker``): runs until SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: checkpointing and stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    worker = Worker(ModelStore(settings.store), settings, stop)
+    log.info("worker %s on store %s (backend %s)", worker.id, settings.store, worker.backend)
+    worker.run()
+    log.info("worker %s stopped", worker.id)
+
+
+if __name__ == "__main__":
+    from service.logs import configure_logging
+
+    _settings = Settings()
+    configure_logging(_settings.log_level, _settings.log_format)
+    run_worker(_settings)

@@ -1,0 +1,172 @@
+"""Helpers of the service tests: tiny bundles, fitted stores, settings, a live uvicorn server."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from models.autoencoder import Autoencoder, AutoencoderConfig
+from models.bundle import save_bundle
+from service.settings import Settings
+from service.store import ModelStore
+from service.worker import Worker
+
+API_KEY = "test-key-123"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_latents(n: int = 200, d: int = 4, seed: int = 0) -> np.ndarray:
+    """``n`` latents in 5 clusters in ``d`` dimensions, float32."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((5, d))
+    return (centres[rng.integers(0, 5, n)] + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def write_bundle(path: Path, n: int = 200, d: int = 4, seed: int = 0) -> Path:
+    """A real bundle: an untrained 8x8 MLP autoencoder (safetensors) and hand-made latents."""
+    torch.manual_seed(seed)
+    config = AutoencoderConfig(arch="mlp", image_shape=(1, 8, 8), latent_dim=d, mlp_hidden=(16,))
+    save_bundle(path, model=Autoencoder(config), latents=tiny_latents(n, d, seed), dataset="tiny")
+    return path
+
+
+def bundle_archive(path: Path) -> bytes:
+    """A bundle directory as ``.tar.gz`` bytes (the upload format)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        tf.add(path, arcname="bundle")
+    return buf.getvalue()
+
+
+def make_settings(store: Path, **overrides: object) -> Settings:
+    """Settings for tests: temp store, loose fit, fast polls, no embedded training."""
+    values: dict[str, object] = {
+        "store": store,
+        "api_key": API_KEY,
+        "worker": False,
+        "embedded_default": False,
+        "default_model": "tiny",
+        "target_l1": 0.1,
+        "poll_interval": 0.05,
+        "publish_interval": 0.5,
+        "checkpoint_every": 2,
+        "stale_seconds": 5.0,
+        "check_samples_per_cell": 32,
+        "map_samples_per_cell": 32,
+        "device": "cpu",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def fit_store(root: Path, name: str = "tiny", n: int = 200, d: int = 4) -> ModelStore:
+    """A store with one registered model whose fit ran to the end in this process."""
+    store = ModelStore(root)
+    store.register(name, write_bundle(root.parent / f"bundle-{name}", n=n, d=d))
+    Worker(store, make_settings(root)).run(idle_exit=True)
+    return store
+
+
+def copy_store(template: Path, dest: Path) -> ModelStore:
+    """A private copy of a fitted template store (fast: no refit per test)."""
+    shutil.copytree(template, dest)
+    return ModelStore(dest)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """Environment of a subprocess running with ``settings`` from this checkout."""
+    env = {**os.environ, **settings.to_env()}
+    env["AEOT_STORE"] = str(Path(settings.store).resolve())
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+@contextmanager
+def live_server(
+    settings: Settings, timeout: float = 60.0, procs: list[subprocess.Popen[bytes]] | None = None
+) -> Iterator[str]:
+    """Run ``aeot serve`` as a real uvicorn process on 127.0.0.1; yields its base URL.
+
+    ``procs``, when given, receives the server's ``Popen`` (to inspect its child processes).
+    """
+    port = free_port()
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env_for(settings), cwd=ROOT)
+    if procs is not None:
+        procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "server exited early"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            raise TimeoutError("server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:  # noqa: ANN001
+    """Poll ``predicate`` until true or ``timeout`` seconds pass (bounded loop)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+_TEMPLATES: dict[tuple[str, int, int], Path] = {}
+
+
+def fitted_template(base: Path, name: str = "tiny", n: int = 200, d: int = 4) -> Path:
+    """A fitted store made once per test session (callers copy it with :func:`copy_store`)."""
+    key = (name, n, d)
+    if key not in _TEMPLATES:
+        root = base / f"template-{name}-{n}x{d}" / "store"
+        fit_store(root, name, n, d)
+        _TEMPLATES[key] = root
+    return _TEMPLATES[key]
+
+
+def child_commands(pid: int) -> list[str]:
+    """Command lines of the direct children of process ``pid`` (Linux ``/proc``)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+    return out

@@ -1,0 +1,70 @@
+"""The web page in real headless Chromium (Playwright); skips without chromium or playwright."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.service_helpers import copy_store, fitted_template, live_server, make_settings
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and shutil.which("chromium") is None, reason="needs chromium"
+)
+
+
+def test_page_shows_gallery_interpolation_singularities_and_progress(tmp_path_factory, tmp_path):
+    store = copy_store(fitted_template(tmp_path_factory.getbasetemp()), tmp_path / "store")
+    with live_server(make_settings(store.root)) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url + "/")
+            page.wait_for_selector("#ready.ready", timeout=20000)
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#gallery img');"
+                " return i && i.complete && i.naturalWidth > 0; }",
+                timeout=20000,
+            )
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#strip img');"
+                " return i && i.complete && i.naturalWidth > 0; }",
+                timeout=20000,
+            )
+            page.wait_for_selector("#threshold", timeout=20000)
+            assert "v" in page.inner_text("#ready")
+            row = page.inner_text("#progress tbody tr[data-model='tiny']")
+            assert "tiny" in row and "done" in row
+            assert float(page.inner_text("#threshold")) > 0
+            n_singular = int(page.inner_text("#n-singular"))
+            assert n_singular >= 0
+            crossings_text = page.inner_text("#crossing-list")
+            marks = page.locator("#strip .crossing").count()
+            assert ("no singular crossing" in crossings_text) == (marks == 0)
+            first = page.get_attribute("#gallery img", "src")
+            page.click("#resample")
+            page.wait_for_function(
+                "(old) => document.querySelector('#gallery img').getAttribute('src') !== old",
+                arg=first,
+                timeout=20000,
+            )
+            assert "seed=1" in page.get_attribute("#gallery img", "src")
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            assert (tmp_path / "page.png").stat().st_size > 1000
+            assert errors == []
+        finally:
+            browser.close()

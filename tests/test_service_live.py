@@ -1,0 +1,136 @@
+"""A real uvicorn process on 127.0.0.1: concurrent /sample during publications, client, CLI."""
+
+from __future__ import annotations
+
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from service.cli import app as cli_app
+from service.client import AEOTClient, AEOTError
+from service.device import index_backend
+from service.store import ModelStore
+from service.worker import job_config
+from solver.generate import ExtendedMap
+from tests.service_helpers import (
+    API_KEY,
+    child_commands,
+    copy_store,
+    fitted_template,
+    live_server,
+    make_settings,
+    write_bundle,
+)
+
+N, SEED = 64, 11
+REQUESTS = 240
+THREADS = 16
+
+
+def _expected(store: ModelStore, version: int) -> np.ndarray:
+    potential = store.potential("tiny", version)
+    ext = ExtendedMap.from_arrays(potential.map_arrays, backend=index_backend("cpu"))
+    return np.asarray(ext.sample(N, seed=SEED, extended=True), np.float32)
+
+
+def test_concurrent_samples_during_publications_are_each_one_version(tmp_path):
+    settings = make_settings(
+        tmp_path / "store",
+        worker=True,
+        target_l1=0.03,
+        publish_interval=0.2,
+        checkpoint_every=5,
+    )
+    store = ModelStore(settings.store)
+    store.register("tiny", write_bundle(tmp_path / "b", n=200, d=4), fit=job_config(settings))
+    with live_server(settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+        deadline = time.monotonic() + 90
+        while http.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "no potential published in 90 s"
+            time.sleep(0.1)
+
+        def one(_: int) -> tuple[int, int, bytes]:
+            r = http.get("/sample", params={"n": N, "seed": SEED, "format": "npy"})
+            return r.status_code, int(r.headers.get("X-Potential-Version", -1)), r.content
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            results = list(pool.map(one, range(REQUESTS)))
+        status = http.get("/models/tiny").json()
+    assert [s for s, _, _ in results if s != 200] == []
+    versions = sorted({v for _, v, _ in results})
+    assert len(versions) >= 2, f"the worker published no new version during the run: {versions}"
+    expected = {v: _expected(store, v) for v in versions}
+    for _, version, body in results:
+        np.testing.assert_array_equal(np.load(io.BytesIO(body)), expected[version])
+    assert status["published_version"] >= versions[-1]
+
+
+def test_sync_client_and_cli_against_a_live_server(tmp_path_factory, tmp_path):
+    store = copy_store(fitted_template(tmp_path_factory.getbasetemp()), tmp_path / "store")
+    settings = make_settings(store.root)
+    with live_server(settings) as url, AEOTClient(url, api_key=API_KEY) as client:
+        client.wait_ready(timeout=30)
+        assert client.ready()
+        sample = client.sample_with_version(10, seed=2)
+        assert sample.latents.shape == (10, 4) and sample.model == "tiny"
+        np.testing.assert_array_equal(client.sample(10, seed=2), sample.latents)
+        grid = client.sample_images(4, seed=2)
+        assert isinstance(grid, Image.Image) and grid.size[0] > 16
+        path = client.interpolate(np.full(4, -0.3), np.full(4, 0.3), steps=5)
+        assert path.latents.shape == (5, 4) and path.strip is not None
+        assert client.singularities(limit=3)["n_pairs"] > 0
+        assert client.models()["default_model"] == "tiny"
+        assert client.model("tiny")["ready"] is True
+        try:
+            client.sample(10, model="nosuch")
+        except AEOTError as exc:
+            assert exc.status_code == 404 and "nosuch" in exc.detail
+        else:
+            raise AssertionError("unknown model did not raise")
+        out = tmp_path / "cli.png"
+        runner = CliRunner()
+        run = runner.invoke(cli_app, ["sample", str(out), "--n", "9", "--url", url])
+        assert run.exit_code == 0, run.output
+        assert Image.open(out).size[0] > 8
+        strip = tmp_path / "s.png"
+        run = runner.invoke(cli_app, ["interpolate", "0", "5", "--out", str(strip), "--url", url])
+        assert run.exit_code == 0 and "frames" in run.output, run.output
+        assert strip.exists()
+        run = runner.invoke(cli_app, ["singularities", "--limit", "2", "--url", url])
+        assert run.exit_code == 0 and "adjacent pairs singular" in run.output, run.output
+
+
+def test_two_server_processes_share_one_store_one_worker_and_their_metrics(
+    tmp_path_factory, tmp_path
+):
+    store = copy_store(fitted_template(tmp_path_factory.getbasetemp()), tmp_path / "store")
+    settings = make_settings(store.root, worker=True, web_workers=2)
+    procs: list = []
+    with live_server(settings, procs=procs) as url:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "not ready in 60 s"
+            time.sleep(0.2)
+        children = child_commands(procs[0].pid)
+        assert sum("service.worker" in c for c in children) == 1, children  # one fit worker
+        assert sum("spawn_main" in c for c in children) == 2, children  # two servers
+
+        def one(k: int) -> tuple[int, bytes]:
+            # A new connection per request, so the kernel spreads them over both processes.
+            r = httpx.get(f"{url}/sample", params={"n": 8, "seed": k % 3, "format": "npy"})
+            return r.status_code, r.content
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(60)))
+        assert [s for s, _ in results if s != 200] == []
+        for k, (_, body) in enumerate(results):
+            assert body == results[k % 3][1]  # same seed, same bytes, whichever process
+        # Each scrape lands on either process and sums both processes' samples.
+        line = 'aeot_request_seconds_count{method="GET",route="/sample",status="200"} 60.0'
+        for _ in range(4):
+            assert line in httpx.get(f"{url}/metrics").text
