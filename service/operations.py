@@ -32,7 +32,9 @@ class SingularSummary:
             too few adjacent pairs to choose one (then nothing is singular).
         rule: how the threshold was chosen (``fixed``, ``quantile`` or ``gap``).
         frame: coordinates the angles are measured in (``standard`` or ``raw``).
-        gap_ratio: for the gap rule, how clearly singular angles stand apart; else ``None``.
+        gap_ratio: for the gap rule and the default choice, how clearly the largest angles
+            stand apart; else ``None``.
+        reason: how the rule was chosen, in words.
         n_pairs: adjacent pairs observed; n_singular: those above the threshold.
         quantiles: angle quantiles of the adjacent pairs (radians) by name.
         pairs: singular pairs ``(i, j)`` largest angle first, shape ``(k, 2)``; angles ``(k,)``.
@@ -44,6 +46,7 @@ class SingularSummary:
     rule: Rule
     frame: AngleFrame
     gap_ratio: float | None
+    reason: str
     n_pairs: int
     n_singular: int
     quantiles: dict[str, float]
@@ -114,6 +117,7 @@ def singularities(served: Served, req: SingularitiesRequest, settings: Settings)
         rule=sing.rule,
         frame=sing.frame,
         gap_ratio=_finite_or_none(sing.gap_ratio),
+        reason=sing.reason,
         n_pairs=sing.n_pairs,
         n_singular=sing.n_singular,
         quantiles=quantiles,

@@ -134,8 +134,10 @@ class SingularitiesResponse(BaseModel):
         description="coordinates of the angles: standard (centred, cube-scaled) or raw latents"
     )
     gap_ratio: float | None = Field(
-        description="gap rule: ratio of the angles either side of the threshold, else null"
+        description="ratio of the angles either side of the largest gap (gap rule and the "
+        "default choice), else null"
     )
+    reason: str = Field(description="how the rule was chosen, e.g. why the default used the median")
     n_pairs: int = Field(description="adjacent cell pairs observed")
     n_singular: int
     singular_fraction: float

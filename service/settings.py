@@ -81,7 +81,7 @@ class Settings(BaseSettings):
         default=64, ge=1, description="samples per cell to estimate adjacency and mass centres"
     )
     # Unset rule: the solver's choice, "fixed" with a threshold, else "gap" (the largest jump of
-    # the adjacent-pair angles, which separates between-mode facets where a quantile does not).
+    # the adjacent-pair angles) when that jump is clear, the median of the angles when not.
     singular_rule: SingularRule | None = Field(
         default=None, description="singular facet rule: fixed, quantile or gap (see solver)"
     )

@@ -357,7 +357,8 @@ class ExtendedMap:
             "angles": s.angles.copy(), "singular": s.singular.copy(),
             "threshold": np.array(s.threshold), "rule": np.array(s.rule),
             "frame": np.array(s.frame), "quantile": np.array(s.quantile),
-            "gap_ratio": np.array(s.gap_ratio), "mass_centres": self._centres.copy(),
+            "gap_ratio": np.array(s.gap_ratio),
+            "reason": np.array(s.reason), "mass_centres": self._centres.copy(),
             "centre_counts": self._counts.copy(), "k": np.array(self.k),
             "power": np.array(self.power), "domain": np.array(self._source.domain),
             "sampler": np.array(self._source.sampler),
@@ -382,6 +383,8 @@ class ExtendedMap:
             singular=np.asarray(arrays["singular"], dtype=bool),
             threshold=float(sc["threshold"]), rule=str(sc["rule"]), frame=str(sc["frame"]),
             quantile=float(sc["quantile"]), gap_ratio=float(sc["gap_ratio"]),
+            # Maps stored before the field existed have no reason.
+            reason=str(np.asarray(arrays["reason"]).item()) if "reason" in arrays else "",
         )
         source = SourceMeasure(
             dim=targets.shape[1], domain=str(sc["domain"]), sampler=str(sc["sampler"])
@@ -449,7 +452,8 @@ def build_extended_map(
         seed: Monte Carlo stream seed.
         threshold: fixed angle in radians (selects rule ``"fixed"``).
         rule: ``"fixed"``, ``"quantile"`` or ``"gap"``; ``None``: fixed with a threshold,
-            else gap (see :func:`solver.singular.find_singular_set`).
+            else the gap rule when it finds a clear gap, the median otherwise (see
+            :func:`solver.singular.find_singular_set`).
         quantile: for the quantile rule.
         k: cells per query; ``None`` for :func:`default_k`.
         backend: cell index backend.

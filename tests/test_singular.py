@@ -71,9 +71,20 @@ def test_rules_report_their_threshold():
     assert quant.rule == "quantile" and quant.quantile == 0.5
     assert quant.threshold == pytest.approx(np.quantile(quant.angles, 0.5))
     gap = find_singular_set(y, pairs)  # default: the gap rule
-    assert gap.rule == "gap" and gap.gap_ratio > 5
+    assert gap.rule == "gap" and gap.gap_ratio > 5 and gap.reason.startswith("default: gap")
     np.testing.assert_array_equal(gap.singular_pairs, [[3, 4]])
     assert gap.n_singular == 1 and gap.n_regular == 4
+
+
+def test_default_falls_back_to_the_median_without_a_clear_gap(rng):
+    y = rng.normal(size=(200, 8))
+    pairs = np.array([(i, j) for i in range(40) for j in range(i + 1, 40)])
+    s = find_singular_set(y, _adjacency(pairs))
+    assert s.rule == "quantile" and s.quantile == 0.5 and s.gap_ratio < 2
+    assert "no clear gap" in s.reason
+    assert s.threshold == pytest.approx(np.median(s.angles))
+    explicit = find_singular_set(y, _adjacency(pairs), rule="gap")
+    assert explicit.rule == "gap" and explicit.n_singular < s.n_singular
 
 
 def test_gap_rule_with_too_few_pairs_marks_nothing():

@@ -152,6 +152,7 @@ def singularities(
         rule=s.rule,
         frame=s.frame,
         gap_ratio=s.gap_ratio,
+        reason=s.reason,
         n_pairs=s.n_pairs,
         n_singular=s.n_singular,
         singular_fraction=s.n_singular / s.n_pairs if s.n_pairs else 0.0,
