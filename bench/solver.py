@@ -26,7 +26,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import clustered_latents, emit, machine_info  # noqa: E402
-from solver import CellIndex, FitConfig, SourceMeasure, available_backends, fit, make_problem  # noqa: E402
+from solver import (  # noqa: E402
+    AdamConfig,
+    CellIndex,
+    FitConfig,
+    SourceMeasure,
+    available_backends,
+    fit,
+    make_problem,
+)
 
 
 def throughput(backend: str, n: int, d: int, k: int, queries: int) -> float:
@@ -50,17 +58,25 @@ def time_to_accuracy(n: int, d: int, target: float, args: argparse.Namespace) ->
     default = fit(problem, FitConfig(target_l1=target, time_budget=args.budget, seed=0))
     emit({**base, **_summary(default)})
     budget = max(args.baseline_factor * default.elapsed, args.baseline_min)
+    # The baseline's own rule (||w - v||_2 < 2e-3) fires long before L1 <= 0.05 when N is
+    # large (||g||_2 ~ L1 / sqrt(N)): measured at N = 10,000, d = 16 it stopped at L1 0.26.
+    # For time-to-accuracy it runs on, to the target or the budget (--baseline-grad-tol).
+    adam_cfg = AdamConfig(grad_tol=args.baseline_grad_tol)
     adam = fit(
         problem,
-        FitConfig(method="adam", target_l1=target, time_budget=budget, max_iter=10**9, seed=0),
+        FitConfig(method="adam", target_l1=target, time_budget=budget, max_iter=10**9, seed=0,
+                  adam=adam_cfg),
     )
-    emit({**base, **_summary(adam), "time_budget": budget})
+    emit({**base, **_summary(adam), "time_budget": budget, "grad_tol": adam_cfg.grad_tol})
     reached = adam.converged
+    # Not reached: the baseline needs more than its whole budget, so the budget bounds it.
+    baseline_s = adam.elapsed if reached else max(adam.elapsed, budget)
     emit({
         **base, "kind": "speedup",
-        "speedup": adam.elapsed / default.elapsed if default.converged else None,
+        "speedup": baseline_s / default.elapsed if default.converged else None,
         "lower_bound": not reached,
         "default_reached": default.converged, "baseline_reached": reached,
+        "baseline_reason": adam.reason,
     })
 
 
@@ -92,6 +108,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1800.0, help="default method seconds")
     parser.add_argument("--baseline-factor", type=float, default=5.0)
     parser.add_argument("--baseline-min", type=float, default=60.0)
+    parser.add_argument("--baseline-grad-tol", type=float, default=0.0,
+                        help="baseline's own stop rule: 0 disables it (default); pyOMT: 2e-3")
     args = parser.parse_args()
     emit({"bench": "solver", "kind": "machine", **machine_info()})
     if args.only in (None, "throughput"):
