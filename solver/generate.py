@@ -11,7 +11,7 @@ centres c_m (Shepard weights):
 They sum to 1, give y_i the largest weight wherever z is nearer c_i than the other centres
 (deep inside cell i, in particular w_i -> 1 as z -> c_i), and agree from both sides of a
 regular facet when both sides see the same cells, so T~ is nearly continuous there. The power
-p (default ``max(1, d / 2)``, see :func:`default_power`) trades novelty for fidelity: larger p
+p (default ``max(1, d - 1)``, see :func:`default_power`) trades novelty for fidelity: larger p
 stays closer to T.
 
 One Monte Carlo pass (:func:`build_extended_map`) gives the adjacency, the mass centres and
@@ -417,17 +417,18 @@ class ExtendedMap:
         return p
 
 
-# Shepard power of the blending weights: p = max(1, d / 2) unless given. In d dimensions the
-# distances from z to nearby mass centres concentrate (their ratios approach 1), so a fixed p
-# gives nearly equal weights to all k = d + 1 cells and T~ averages many latents into blurry
-# codes; a power growing with d keeps the weights as selective as in 2D. Measured:
+# Shepard power of the blending weights: p = max(1, d - 1) unless given, so the weights fall off
+# like the field of a point charge in d dimensions, r^(1 - d). In d dimensions the distances from
+# z to nearby mass centres concentrate (their ratios approach 1): a fixed p gives nearly equal
+# weights to all k = d + 1 cells and T~ averages many latents into blurry codes. Larger p stays
+# closer to T (fidelity), smaller p makes newer codes (novelty). Measured:
 # - 25-Gaussian grid (d = 2, 10 seeds): high-quality share 99.86 % at p = 1, 99.70 % at p = 2;
-# - MNIST AE latents (d = 32, 3,000 decoded samples, classifier FID; reconstructions 13.6):
-#   k = 33: p = 1 19.3, p = 32 12.9; k = 8, p = 16: 12.8; k = 4, p = 8: 12.5.
-# Larger p stays closer to T; smaller p contracts samples towards the cells' interiors.
+# - MNIST AE latents (d = 32, 5,000 decoded samples, classifier FID, reconstructions 4.78;
+#   nearest-training-neighbour distance ratio, pure map 0.30): p = 1 blurry (19.3 of 13.6 in a
+#   smaller run), p = 16 7.0 (0.52), p = 32 5.87 (0.39), p = 64 5.27 (0.34).
 def default_power(dim: int) -> float:
-    """Shepard power used when none is given: ``max(1, dim / 2)``."""
-    return max(1.0, dim / 2.0)
+    """Shepard power used when none is given: ``max(1, dim - 1)``."""
+    return max(1.0, dim - 1.0)
 
 
 def default_k(n_targets: int, dim: int) -> int:
