@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from solver import faiss_version
+
 
 def machine_info() -> dict[str, Any]:
     """Where a figure was measured: CPU, cores, GPU and library versions."""
@@ -23,12 +25,7 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        import faiss
-
-        info["faiss"] = faiss.__version__
-    except ImportError:
-        info["faiss"] = None
+    info["faiss"] = faiss_version()
     return info
 
 

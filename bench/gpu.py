@@ -127,7 +127,7 @@ def query_backends(y: np.ndarray, h: np.ndarray) -> Iterator[tuple[str, str, Cal
 
         yield "torch-cuda-tf32", "cuda", tf32_search
     if "triton" in names:
-        from solver.fused import TritonBackend
+        from solver import TritonBackend
 
         for precision in ("tf32", "bf16", "fp32"):
             backend = TritonBackend(y, h, precision=precision)

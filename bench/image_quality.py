@@ -85,8 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gmm-components", type=int, default=10)
     p.add_argument("--ot-target-l1", type=float, default=0.1)
     p.add_argument("--ot-time-budget", type=float, default=600.0)
-    p.add_argument("--map-samples-per-cell", type=int, default=32,
-                   help="Monte Carlo samples per cell of the extended map's pass")
+    p.add_argument(
+        "--map-samples-per-cell",
+        type=int,
+        default=32,
+        help="Monte Carlo samples per cell of the extended map's pass",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/out")
@@ -166,13 +170,19 @@ def fit_ot(args, latents: np.ndarray, cache: Path | None = None) -> tuple[Extend
 
 def _extended(args, problem, heights: np.ndarray, info: dict) -> tuple[ExtendedMap, dict]:  # noqa: ANN001
     ext = build_extended_map(
-        problem.targets, heights, n_samples=args.map_samples_per_cell * problem.n_targets,
+        problem.targets,
+        heights,
+        n_samples=args.map_samples_per_cell * problem.n_targets,
         seed=args.seed,
     )
     info["singular"] = {
-        "rule": ext.singular_set.rule, "threshold_rad": ext.singular_set.threshold,
-        "gap_ratio": ext.singular_set.gap_ratio, "pairs": ext.singular_set.n_pairs,
-        "singular_pairs": ext.singular_set.n_singular, "k": ext.k, "power": ext.power,
+        "rule": ext.singular_set.rule,
+        "threshold_rad": ext.singular_set.threshold,
+        "gap_ratio": ext.singular_set.gap_ratio,
+        "pairs": ext.singular_set.n_pairs,
+        "singular_pairs": ext.singular_set.n_singular,
+        "k": ext.k,
+        "power": ext.power,
     }
     return ext, info
 

@@ -64,20 +64,30 @@ def time_to_accuracy(n: int, d: int, target: float, args: argparse.Namespace) ->
     adam_cfg = AdamConfig(grad_tol=args.baseline_grad_tol)
     adam = fit(
         problem,
-        FitConfig(method="adam", target_l1=target, time_budget=budget, max_iter=10**9, seed=0,
-                  adam=adam_cfg),
+        FitConfig(
+            method="adam",
+            target_l1=target,
+            time_budget=budget,
+            max_iter=10**9,
+            seed=0,
+            adam=adam_cfg,
+        ),
     )
     emit({**base, **_summary(adam), "time_budget": budget, "grad_tol": adam_cfg.grad_tol})
     reached = adam.converged
     # Not reached: the baseline needs more than its whole budget, so the budget bounds it.
     baseline_s = adam.elapsed if reached else max(adam.elapsed, budget)
-    emit({
-        **base, "kind": "speedup",
-        "speedup": baseline_s / default.elapsed if default.converged else None,
-        "lower_bound": not reached,
-        "default_reached": default.converged, "baseline_reached": reached,
-        "baseline_reason": adam.reason,
-    })
+    emit(
+        {
+            **base,
+            "kind": "speedup",
+            "speedup": baseline_s / default.elapsed if default.converged else None,
+            "lower_bound": not reached,
+            "default_reached": default.converged,
+            "baseline_reached": reached,
+            "baseline_reason": adam.reason,
+        }
+    )
 
 
 def _summary(result) -> dict:  # noqa: ANN001
@@ -108,8 +118,12 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1800.0, help="default method seconds")
     parser.add_argument("--baseline-factor", type=float, default=5.0)
     parser.add_argument("--baseline-min", type=float, default=60.0)
-    parser.add_argument("--baseline-grad-tol", type=float, default=0.0,
-                        help="baseline's own stop rule: 0 disables it (default); pyOMT: 2e-3")
+    parser.add_argument(
+        "--baseline-grad-tol",
+        type=float,
+        default=0.0,
+        help="baseline's own stop rule: 0 disables it (default); pyOMT: 2e-3",
+    )
     args = parser.parse_args()
     emit({"bench": "solver", "kind": "machine", **machine_info()})
     if args.only in (None, "throughput"):
@@ -121,8 +135,18 @@ def main() -> None:
             for backend in available_backends():
                 for k in (1, 2):
                     qps = throughput(backend, n, d, k, queries)
-                    emit({"bench": "solver", "kind": "throughput", "backend": backend,
-                          "n": n, "d": d, "k": k, "queries": queries, "queries_per_s": round(qps)})
+                    emit(
+                        {
+                            "bench": "solver",
+                            "kind": "throughput",
+                            "backend": backend,
+                            "n": n,
+                            "d": d,
+                            "k": k,
+                            "queries": queries,
+                            "queries_per_s": round(qps),
+                        }
+                    )
     if args.only in (None, "fit"):
         full = ["2000x2", "10000x16", "10000x64"]
         sizes = args.sizes or (["500x2", "2000x2"] if args.quick else full)

@@ -38,7 +38,7 @@ from models.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder
 from models.bundle import Bundle, EpochRecord, TrainMetrics, batched_apply, load_bundle, save_bundle
 from models.datasets import ImageDataset, load_digits_dataset
 from models.runtime import resolve_device, torch_threads
-from solver.checkpoint import atomic_write_bytes
+from solver import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "aeot-ae-train/1"
 EpochCallback = Callable[[EpochRecord], bool | None]

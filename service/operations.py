@@ -18,9 +18,8 @@ from service.images import to_png
 from service.schemas import InterpolateRequest, SampleRequest, SingularitiesRequest
 from service.serving import Served
 from service.settings import Settings
-from solver.generate import Interpolation
+from solver import AngleFrame, Interpolation, Rule
 from solver.plots import power_diagram_png
-from solver.singular import AngleFrame, Rule
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,8 +23,7 @@ from service.device import index_backend, torch_device
 from service.errors import NotReady
 from service.settings import Settings
 from service.store import ModelStore, UnknownModel
-from solver import AccuracyReport
-from solver.generate import ExtendedMap
+from solver import AccuracyReport, ExtendedMap
 
 log = logging.getLogger("aeot.serving")
 

@@ -32,16 +32,14 @@ from solver import (
     CellIndex,
     FitConfig,
     FitProgress,
-    FitState,
     OTProblem,
     accuracy,
+    build_extended_map,
+    derive_seed,
     estimate,
     fit,
     make_problem,
 )
-from solver.fit import Frame
-from solver.generate import build_extended_map
-from solver.seeding import derive_seed
 
 log = logging.getLogger("aeot.worker")
 
@@ -71,7 +69,6 @@ class _FitRun:
 
     job: JobRecord
     problem: OTProblem
-    frame: Frame
     index: CellIndex
     best_l1: float
     last_beat: float = 0.0
@@ -182,7 +179,6 @@ class Worker:
         run = _FitRun(
             job=job,
             problem=problem,
-            frame=Frame.for_problem(problem, config.method),
             index=CellIndex(problem.targets, backend=self.backend),
             best_l1=best,
             checkpoint_iteration=resume.iteration if resume else None,
@@ -195,7 +191,9 @@ class Worker:
             return "queued", "worker stopped"
         if result.state.iteration != run.published_iteration:
             check = result.accuracy if result.converged else None
-            self._maybe_publish(run, result.state, check)
+            self._maybe_publish(
+                run, result.state.iteration, result.state.elapsed, result.heights, check
+            )
         return "done", result.reason
 
     def _on_progress(self, run: _FitRun, progress: FitProgress) -> bool:
@@ -215,7 +213,7 @@ class Worker:
         # the grace period, and the job's next run publishes from the checkpoint anyway.
         due = check is not None or now - run.last_publish >= self.settings.publish_interval
         if due and not stopping:
-            self._maybe_publish(run, state, check)
+            self._maybe_publish(run, state.iteration, state.elapsed, progress.heights, check)
         if checkpoint or stopping or check is not None or now - run.last_beat >= _HEARTBEAT_EVERY:
             run.last_beat = now
             beat = Progress(
@@ -231,14 +229,19 @@ class Worker:
                 return False
         return not self.stop.is_set()
 
-    def _maybe_publish(self, run: _FitRun, state: FitState, check: AccuracyReport | None) -> None:
-        """Publish the state's heights if an independent check shows they beat the published."""
+    def _maybe_publish(
+        self,
+        run: _FitRun,
+        iteration: int,
+        elapsed: float,
+        heights: np.ndarray,
+        check: AccuracyReport | None,
+    ) -> None:
+        """Publish the heights if an independent check shows they beat the published."""
         run.last_publish = time.monotonic()
-        iteration = state.iteration
-        heights = run.frame.heights_out(state.heights)
         if check is None:
             check = self._own_check(run, heights, iteration)
-            run.checks.append((state.elapsed, check.l1))
+            run.checks.append((elapsed, check.l1))
         run.last_check = check
         if check.l1 >= _IMPROVEMENT * run.best_l1:
             return

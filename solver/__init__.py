@@ -7,17 +7,9 @@ resumable; :func:`build_extended_map` finds the singular set and gives the pure 
 extended map T~ and interpolation (pictures: :mod:`solver.plots`, imported on demand).
 """
 
-from solver.checkpoint import atomic_write_bytes, load_state, save_state
-from solver.config import (
-    AdamConfig,
-    FitConfig,
-    FitProgress,
-    FitRecord,
-    FitResult,
-    FitState,
-    NewtonConfig,
-)
-from solver.estimate import (
+from solver.cells.index import CellIndex, available_backends, faiss_version, resolve_backend
+from solver.cells.triton_index import TritonBackend
+from solver.estimation.host import (
     AccuracyReport,
     MeasureEstimate,
     accuracy,
@@ -27,23 +19,37 @@ from solver.estimate import (
     kantorovich_potential,
     samples_for_noise_floor,
 )
-from solver.fit import fit
-from solver.generate import Crossing, ExtendedMap, Interpolation, build_extended_map
-from solver.index import CellIndex, available_backends, resolve_backend
+from solver.fitting.checkpoint import atomic_write_bytes, load_state, save_state
+from solver.fitting.config import (
+    AdamConfig,
+    FitConfig,
+    FitProgress,
+    FitRecord,
+    FitResult,
+    FitState,
+    NewtonConfig,
+)
+from solver.fitting.driver import fit
 from solver.measures import SourceMeasure
-from solver.problem import OTProblem, make_problem
-from solver.singular import (
+from solver.potential.extended_map import Crossing, ExtendedMap, Interpolation, build_extended_map
+from solver.potential.singular import (
     Adjacency,
+    AngleFrame,
+    Rule,
     SingularSet,
     adjacency_from_estimate,
     dihedral_angles,
     find_singular_set,
 )
+from solver.problem import OTProblem, make_problem
+from solver.seeding import derive_seed
 
 __all__ = [
     "AccuracyReport",
     "AdamConfig",
     "Adjacency",
+    "AngleFrame",
+    "Rule",
     "Crossing",
     "ExtendedMap",
     "Interpolation",
@@ -65,7 +71,10 @@ __all__ = [
     "accuracy",
     "atomic_write_bytes",
     "available_backends",
+    "faiss_version",
+    "TritonBackend",
     "brenier_potential",
+    "derive_seed",
     "dual_value",
     "estimate",
     "fit",

@@ -87,9 +87,7 @@ class SourceMeasure:
             unit -= np.float32(0.5)
         return unit
 
-    def batches(
-        self, n: int, seed: int, batch_size: int = DEFAULT_BATCH
-    ) -> Iterator[np.ndarray]:
+    def batches(self, n: int, seed: int, batch_size: int = DEFAULT_BATCH) -> Iterator[np.ndarray]:
         """Yield the first ``n`` points of the stream in batches of at most ``batch_size`` rows."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

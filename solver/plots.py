@@ -14,9 +14,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from solver.diagram2d import BOUNDARY, PowerCell, power_cells
-from solver.generate import ExtendedMap
-from solver.singular import frame_angles
+from solver.cells.power_diagram import BOUNDARY, PowerCell, power_cells
+from solver.potential.extended_map import ExtendedMap
+from solver.potential.singular import frame_angles
 
 REGULAR_COLOUR = "#9aa5b1"
 SINGULAR_COLOUR = "#d62728"
@@ -51,7 +51,10 @@ def power_diagram_png(
     _check_size(size_px)
     sset = ext_map.singular_set
     cells = power_cells(
-        ext_map.targets, ext_map.heights, low=ext_map.source.low, high=ext_map.source.high,
+        ext_map.targets,
+        ext_map.heights,
+        low=ext_map.source.low,
+        high=ext_map.source.high,
         pairs=ext_map.adjacency.pairs,
     )
     facets, pairs = _facets(cells)
@@ -66,8 +69,9 @@ def power_diagram_png(
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_title(
-        title if title is not None else
-        f"{ext_map.n_targets} cells, {int(singular.sum())} singular facets "
+        title
+        if title is not None
+        else f"{ext_map.n_targets} cells, {int(singular.sum())} singular facets "
         f"(threshold {sset.threshold:.3g} rad, rule {sset.rule})",
         fontsize=9,
     )
@@ -102,8 +106,7 @@ def samples_png(
         pts.append(arr)
     fig, ax = _figure(size_px)
     ax.scatter(pts[0][:, 0], pts[0][:, 1], s=6, c=REAL_COLOUR, linewidths=0, label="real")
-    ax.scatter(pts[1][:, 0], pts[1][:, 1], s=2, c=GENERATED_COLOUR, linewidths=0,
-               label="generated")
+    ax.scatter(pts[1][:, 0], pts[1][:, 1], s=2, c=GENERATED_COLOUR, linewidths=0, label="generated")
     ax.legend(loc="upper right", fontsize=8, markerscale=3)
     ax.set_title(title, fontsize=9)
     return _png(fig)
@@ -120,8 +123,10 @@ def _facets(cells: list[PowerCell]) -> tuple[np.ndarray, np.ndarray]:
                 continue
             segs.append((v[k], v[(k + 1) % len(v)]))
             pairs.append((cell.index, j))
-    return (np.array(segs, dtype=np.float64).reshape(-1, 2, 2),
-            np.array(pairs, dtype=np.int64).reshape(-1, 2))
+    return (
+        np.array(segs, dtype=np.float64).reshape(-1, 2, 2),
+        np.array(pairs, dtype=np.int64).reshape(-1, 2),
+    )
 
 
 def _singular_flags(ext_map: ExtendedMap, pairs: np.ndarray) -> np.ndarray:

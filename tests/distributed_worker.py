@@ -13,7 +13,7 @@ import numpy as np
 import torch.distributed as dist
 
 from solver import CellIndex, SourceMeasure
-from solver.distributed import ShardedIndex, distributed_estimate
+from solver.estimation.distributed import ShardedIndex, distributed_estimate
 
 N, DIM, SAMPLES, BATCH = 60, 3, 5000, 512
 # name: (sharded, k, gap_width, centres, sampler)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from solver import SourceMeasure
-from solver.device_stats import fused_estimate
-from solver.fused import MAX_K, TileConfig, TritonBackend, interpreting
+from solver.cells.triton_index import MAX_K, TileConfig, TritonBackend, interpreting
+from solver.estimation.fused import fused_estimate
 
 M, N = 64, 100
 # Tiles smaller than the problem: several query blocks and a partial last key tile.

@@ -1,4 +1,8 @@
-"""Dependencies point one way: service -> models -> solver; solver stays pure."""
+"""Dependencies point one way: bench -> service -> models -> solver; solver stays pure.
+
+Outside ``solver`` only its public door (``solver`` itself, and ``solver.plots``, imported on
+demand because it needs matplotlib) may be imported: the subpackages are private to it.
+"""
 
 import ast
 from pathlib import Path
@@ -6,36 +10,57 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PUBLIC_SOLVER = {"solver", "solver.plots"}
 
 
 def imported_modules(package: str) -> dict[str, set[str]]:
+    """Full dotted names of every absolute import in each file of ``package``."""
     found: dict[str, set[str]] = {}
     for path in (ROOT / package).rglob("*.py"):
         names: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                names.update(alias.name.split(".")[0] for alias in node.names)
+                names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module.split(".")[0])
+                names.add(node.module)
         found[str(path.relative_to(ROOT))] = names
     return found
 
 
-@pytest.mark.parametrize(("package", "forbidden"), [
-    ("solver", {"models", "service", "fastapi", "httpx", "uvicorn", "pydantic"}),
-    ("models", {"service", "fastapi", "uvicorn"}),
-])
+def top_level(names: set[str]) -> set[str]:
+    return {name.split(".")[0] for name in names}
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("solver", {"models", "service", "bench", "fastapi", "httpx", "uvicorn", "pydantic"}),
+        ("models", {"service", "bench", "fastapi", "uvicorn"}),
+        ("service", {"bench"}),
+    ],
+)
 def test_packages_import_only_downstream(package, forbidden):
     for path, names in imported_modules(package).items():
-        assert not names & forbidden, f"{path} imports {names & forbidden}"
+        assert not top_level(names) & forbidden, f"{path} imports {top_level(names) & forbidden}"
+
+
+@pytest.mark.parametrize("package", ["models", "service", "bench"])
+def test_solver_is_entered_only_through_its_public_door(package):
+    for path, names in imported_modules(package).items():
+        private = {n for n in names if n.split(".")[0] == "solver" and n not in PUBLIC_SOLVER}
+        assert not private, f"{path} imports solver internals {sorted(private)}"
 
 
 def test_only_the_index_modules_touch_faiss():
-    allowed = {"solver/index.py", "solver/fused.py"}
-    for package in ("solver", "models", "service"):
+    allowed = {"solver/cells/index.py"}
+    for package in ("solver", "models", "service", "bench"):
         for path, names in imported_modules(package).items():
-            if "faiss" in names:
+            if "faiss" in top_level(names):
                 assert path in allowed, f"{path} imports faiss"
+
+
+def test_the_faiss_allow_list_is_real():
+    assert "faiss" in top_level(imported_modules("solver")["solver/cells/index.py"])
 
 
 def test_solver_reads_no_environment():

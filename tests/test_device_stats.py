@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from solver import CellIndex, SourceMeasure, available_backends, estimate
-from solver.device_stats import PairTable, fused_estimate, search_device
+from solver.estimation.fused import PairTable, fused_estimate, search_device
 
 CPU_BACKENDS = [b for b in available_backends() if b in ("faiss", "torch")]
 

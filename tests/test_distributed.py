@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from solver import CellIndex, SourceMeasure, estimate
-from solver.distributed import ShardedIndex, distributed_estimate, shard_bounds
+from solver.estimation.distributed import ShardedIndex, distributed_estimate, shard_bounds
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"

@@ -24,7 +24,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 def test_dockerfiles_pass_hadolint(name):
     result = subprocess.run(
         ["hadolint", "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILES[name])],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -37,7 +39,7 @@ def test_images_install_the_projects_extra_and_nothing_else(extra):
     install = (ROOT / "docker/install.sh").read_text()
     pip_lines = [line for line in install.splitlines() if "pip install" in line]
     assert pip_lines == [
-        'python -m pip install --no-cache-dir --upgrade pip',
+        "python -m pip install --no-cache-dir --upgrade pip",
         'python -m pip install --no-cache-dir "${TORCH_SPEC:-torch==2.13.0}"',
         'python -m pip install --no-cache-dir "${app}[${extra}]"',
     ]

@@ -16,7 +16,7 @@ from solver import (
     make_problem,
     save_state,
 )
-from solver import adam as adam_method
+from solver.fitting import adam as adam_method
 
 
 def clustered(rng, n, centres=4, spread=0.08):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from solver import CellIndex, SourceMeasure, available_backends, estimate
-from solver.device_stats import fused_estimate
+from solver.estimation.fused import fused_estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -130,7 +130,7 @@ def test_interpreted_backend_refuses_bad_arguments(interpreted):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
 def test_backend_is_unavailable_without_cuda_or_interpreter():
-    from solver import fused
+    from solver.cells import triton_index as fused
 
     assert not fused.available()
     assert "triton" not in available_backends()
@@ -155,7 +155,7 @@ def cuda_problem(rng):
 @pytest.mark.parametrize("precision", ["tf32", "bf16", "fp32"])
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_triton_matches_the_torch_cuda_backend(cuda_problem, precision, k):
-    from solver.fused import TritonBackend
+    from solver.cells.triton_index import TritonBackend
 
     x, y, h = cuda_problem
     xt = torch.from_numpy(x).cuda()
@@ -172,7 +172,7 @@ def test_triton_matches_the_torch_cuda_backend(cuda_problem, precision, k):
 @pytest.mark.gpu
 @needs_triton
 def test_cuda_fused_estimate_with_triton_equals_estimate_with_triton(rng):
-    from solver.fused import TritonBackend
+    from solver.cells.triton_index import TritonBackend
 
     n, d = 2000, 16
     y = (0.5 * rng.standard_normal((n, d))).astype(np.float32)

@@ -14,7 +14,7 @@ from PIL import Image
 from scipy.spatial import Delaunay
 
 from solver import ExtendedMap, FitConfig, build_extended_map, fit, make_problem
-from solver.diagram2d import BOUNDARY, power_cells
+from solver.cells.power_diagram import BOUNDARY, power_cells
 from solver.plots import power_diagram_png, samples_png
 
 PER_CLUSTER = 40
@@ -144,8 +144,9 @@ def test_bad_inputs(clusters):
 def test_exact_power_cells_match_the_oracle(clusters, rng):
     problem, result, ext, _ = clusters
     cells = power_cells(problem.targets, result.heights, pairs=ext.adjacency.pairs)
-    np.testing.assert_allclose([c.area for c in cells],
-                               laguerre_areas(problem.targets, result.heights), atol=1e-12)
+    np.testing.assert_allclose(
+        [c.area for c in cells], laguerre_areas(problem.targets, result.heights), atol=1e-12
+    )
     # Without the Monte Carlo pairs as hints the vertex check alone finds every neighbour.
     y, h = rng.normal(size=(30, 2)), 0.1 * rng.normal(size=30)
     got = [c.area for c in power_cells(y, h)]

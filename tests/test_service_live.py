@@ -16,7 +16,7 @@ from service.client import AEOTClient, AEOTError
 from service.device import index_backend
 from service.store import ModelStore
 from service.worker import job_config
-from solver.generate import ExtendedMap
+from solver.potential.extended_map import ExtendedMap
 from tests.service_helpers import (
     API_KEY,
     child_commands,

@@ -14,14 +14,15 @@ from solver import (
     estimate,
     find_singular_set,
 )
-from solver.singular import gap_threshold, standardise_targets
+from solver.potential.singular import gap_threshold, standardise_targets
 
 
 def _adjacency(pairs):
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     n = len(pairs)
-    return Adjacency(pairs=pairs, counts=np.ones(n, np.int64), facet_measures=np.ones(n),
-                     n_samples=100)
+    return Adjacency(
+        pairs=pairs, counts=np.ones(n, np.int64), facet_measures=np.ones(n), n_samples=100
+    )
 
 
 def test_dihedral_angle_formula():

@@ -23,15 +23,15 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from solver.config import FitConfig, FitRecord, FitState
-from solver.estimate import (
+from solver.cells.index import CellIndex
+from solver.estimation.host import (
     AccuracyReport,
     MeasureEstimate,
     accuracy,
     estimate,
     samples_for_noise_floor,
 )
-from solver.index import CellIndex
+from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
 from solver.seeding import derive_seed
 
@@ -62,7 +62,10 @@ class NewtonContext:
 
 
 def make_context(
-    targets: np.ndarray, weights: np.ndarray, source: SourceMeasure, index: CellIndex,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    source: SourceMeasure,
+    index: CellIndex,
     config: FitConfig,
 ) -> NewtonContext:
     """Bundle the fit's fixed inputs; the check size follows from the target accuracy."""
@@ -75,9 +78,14 @@ def initial_state(ctx: NewtonContext) -> FitState:
     h = -0.5 * np.square(ctx.targets.astype(np.float64)).sum(axis=1)
     n = len(ctx.weights)
     return FitState(
-        method="newton", heights=h - h.mean(), iteration=0, elapsed=0.0,
+        method="newton",
+        heights=h - h.mean(),
+        iteration=0,
+        elapsed=0.0,
         counters={"phase": _WARMUP, "stage": 0, "stage_iter": 0, "t": _FIRST_T / 2},
-        arrays={"m": np.zeros(n), "v": np.zeros(n)}, history=(), seed=ctx.config.seed,
+        arrays={"m": np.zeros(n), "v": np.zeros(n)},
+        history=(),
+        seed=ctx.config.seed,
         n_targets=n,
     )
 
@@ -113,7 +121,12 @@ def _warmup_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitReco
     it = state.iteration + 1
     ctx.index.set_heights(state.heights)
     est = estimate(
-        ctx.index, ctx.source, m, derive_seed(state.seed, 4, it), k=2, gap_width=np.inf,
+        ctx.index,
+        ctx.source,
+        m,
+        derive_seed(state.seed, 4, it),
+        k=2,
+        gap_width=np.inf,
         batch_size=ctx.config.batch_size,
     )
     g = est.cell_measures - ctx.weights
@@ -194,8 +207,14 @@ def newton_direction(est: MeasureEstimate, g: np.ndarray, rtol: float) -> np.nda
 
 
 def _damped_step(
-    ctx: NewtonContext, h: np.ndarray, est: MeasureEstimate, g: np.ndarray, t_prev: float,
-    m: int, seed: int, stage: int,
+    ctx: NewtonContext,
+    h: np.ndarray,
+    est: MeasureEstimate,
+    g: np.ndarray,
+    t_prev: float,
+    m: int,
+    seed: int,
+    stage: int,
 ) -> tuple[np.ndarray | None, float]:
     """KMT damping: halve t until the L1 error drops by t/2 without a new empty cell.
 
@@ -218,9 +237,7 @@ def _damped_step(
     return None, t
 
 
-def _estimate(
-    ctx: NewtonContext, h: np.ndarray, m: int, seed: int, stage: int
-) -> MeasureEstimate:
+def _estimate(ctx: NewtonContext, h: np.ndarray, m: int, seed: int, stage: int) -> MeasureEstimate:
     """Top-2 estimate on the stage's samples; the last one is reused by the next step."""
     key = (stage, h.tobytes())
     cached = ctx.cache.get(key)
@@ -273,7 +290,10 @@ def _record(
     state: FitState, est: MeasureEstimate, g: np.ndarray, check: AccuracyReport | None
 ) -> FitRecord:
     return FitRecord(
-        iteration=state.iteration + 1, elapsed=state.elapsed, n_samples=est.n_samples,
-        train_l1=float(np.abs(g).sum()), empty_cells=int(np.count_nonzero(est.counts == 0)),
+        iteration=state.iteration + 1,
+        elapsed=state.elapsed,
+        n_samples=est.n_samples,
+        train_l1=float(np.abs(g).sum()),
+        empty_cells=int(np.count_nonzero(est.counts == 0)),
         check=check,
     )

@@ -8,7 +8,7 @@ W_i cap W_j belongs to the singular set, and the extended map must not interpola
 Angles depend on the coordinates of the latents (a target far from the origin has a nearly
 horizontal normal), so :func:`find_singular_set` measures them by default in the
 ``"standard"`` frame: targets centred on their mean and scaled to the rms radius of the unit
-cube, the frame in which :func:`solver.fit` works. The paper's raw convention is
+cube, the frame in which :func:`solver.fitting.driver` works. The paper's raw convention is
 ``frame="raw"``; its fixed 0.75 rad threshold refers to that.
 """
 
@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from solver.estimate import MeasureEstimate
+from solver.estimation.host import MeasureEstimate
 
 Rule = Literal["fixed", "quantile", "gap"]
 AngleFrame = Literal["raw", "standard"]
@@ -85,7 +85,7 @@ def adjacency_from_estimate(est: MeasureEstimate, targets: np.ndarray) -> Adjace
     """Adjacency with facet measures from an estimate made with ``k >= 2``.
 
     Args:
-        est: a :func:`solver.estimate` result (its ``pairs`` are empty when made with k = 1).
+        est: a :func:`solver.estimation.host` result (its ``pairs`` are empty when made with k = 1).
         targets: y, shape ``(N, d)``, the targets the estimate's index was built on.
 
     Returns:
@@ -336,8 +336,15 @@ def find_singular_set(
         value, gap_ratio = gap_threshold(angles, min_regular)
         param = min_regular
     return SingularSet(
-        pairs=adjacency.pairs, angles=angles, singular=angles > value, threshold=value,
-        rule=rule, frame=frame, quantile=param, gap_ratio=gap_ratio, reason=reason,
+        pairs=adjacency.pairs,
+        angles=angles,
+        singular=angles > value,
+        threshold=value,
+        rule=rule,
+        frame=frame,
+        quantile=param,
+        gap_ratio=gap_ratio,
+        reason=reason,
     )
 
 

@@ -1,6 +1,6 @@
 """Monte Carlo statistics accumulated on the search device (the GPU path of ``estimate``).
 
-:func:`fused_estimate` makes the same pass as :func:`solver.estimate.estimate` (same sample
+:func:`fused_estimate` makes the same pass as :func:`solver.estimation.host.estimate` (same sample
 batches, same top-k queries, same slab rule) but keeps every per-sample result on the device
 that answered the query: counts by ``bincount``, mass-centre sums by ``index_add_`` in float64,
 energy and transport cost as float64 device scalars, and top-2 pair statistics as a sorted table
@@ -10,7 +10,7 @@ N-sized results come back.
 
 Integer statistics (counts, pairs, pair and slab counts) equal the host estimate exactly; float
 sums agree to float64 rounding (the summation order differs). :class:`StatsAccumulator` is shared
-with :mod:`solver.distributed`, whose ranks each accumulate part of the stream.
+with :mod:`solver.estimation.distributed`, whose ranks each accumulate part of the stream.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from solver.estimate import DEFAULT_SLAB_FRACTION, MeasureEstimate
-from solver.index import CellIndex
+from solver.cells.index import CellIndex
+from solver.estimation.host import DEFAULT_SLAB_FRACTION, MeasureEstimate
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 
 Array = np.ndarray | torch.Tensor
@@ -195,11 +195,11 @@ def fused_estimate(
     batch_size: int = DEFAULT_BATCH,
     device: str | torch.device | None = None,
 ) -> MeasureEstimate:
-    """:func:`solver.estimate.estimate` with every per-sample result kept on the device.
+    """:func:`solver.estimation.host.estimate` with every per-sample result kept on the device.
 
     Args:
         searcher: a :class:`CellIndex` or a backend with ``targets`` (e.g.
-            :class:`solver.fused.TritonBackend`), at the current heights.
+            :class:`solver.cells.triton_index.TritonBackend`), at the current heights.
         source: the source measure (its dim must equal the searcher's).
         n_samples: M >= 1.
         seed: sample stream seed.

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solver.estimate import estimate
-from solver.index import CellIndex
+from solver.cells.index import CellIndex
+from solver.estimation.host import estimate
 from solver.measures import DEFAULT_BATCH, SourceMeasure
-from solver.singular import (
+from solver.potential.singular import (
     Adjacency,
     AngleFrame,
     Rule,
@@ -46,8 +46,15 @@ MIN_CENTRE_COUNT = 1
 _SCALARS = ("n_samples", "threshold", "quantile", "gap_ratio", "k", "power")
 _STRINGS = ("rule", "frame", "domain", "sampler")
 _ARRAYS = (
-    "targets", "heights", "pairs", "pair_counts", "facet_measures", "angles", "singular",
-    "mass_centres", "centre_counts",
+    "targets",
+    "heights",
+    "pairs",
+    "pair_counts",
+    "facet_measures",
+    "angles",
+    "singular",
+    "mass_centres",
+    "centre_counts",
 )
 
 
@@ -110,9 +117,18 @@ class ExtendedMap:
     """
 
     def __init__(
-        self, *, targets: np.ndarray, heights: np.ndarray, source: SourceMeasure,
-        adjacency: Adjacency, singular_set: SingularSet, mass_centres: np.ndarray,
-        centre_counts: np.ndarray, k: int, power: float | None = None, backend: str = "auto",
+        self,
+        *,
+        targets: np.ndarray,
+        heights: np.ndarray,
+        source: SourceMeasure,
+        adjacency: Adjacency,
+        singular_set: SingularSet,
+        mass_centres: np.ndarray,
+        centre_counts: np.ndarray,
+        k: int,
+        power: float | None = None,
+        backend: str = "auto",
     ) -> None:
         y = _check_targets(targets)
         n, d = y.shape
@@ -292,7 +308,10 @@ class ExtendedMap:
         z = ((1.0 - t)[:, None] * a + t[:, None] * b).astype(np.float32)
         _, cells = self.pure(z)
         return Interpolation(
-            t=t, z=z, latents=self.extended(z), cells=cells,
+            t=t,
+            z=z,
+            latents=self.extended(z),
+            cells=cells,
             crossings=self.singular_crossings(a, b),
         )
 
@@ -351,16 +370,25 @@ class ExtendedMap:
         """
         s, adj = self.singular_set, self.adjacency
         return {
-            "targets": self._targets.copy(), "heights": self._heights.copy(),
-            "pairs": adj.pairs.copy(), "pair_counts": adj.counts.copy(),
-            "facet_measures": adj.facet_measures.copy(), "n_samples": np.array(adj.n_samples),
-            "angles": s.angles.copy(), "singular": s.singular.copy(),
-            "threshold": np.array(s.threshold), "rule": np.array(s.rule),
-            "frame": np.array(s.frame), "quantile": np.array(s.quantile),
+            "targets": self._targets.copy(),
+            "heights": self._heights.copy(),
+            "pairs": adj.pairs.copy(),
+            "pair_counts": adj.counts.copy(),
+            "facet_measures": adj.facet_measures.copy(),
+            "n_samples": np.array(adj.n_samples),
+            "angles": s.angles.copy(),
+            "singular": s.singular.copy(),
+            "threshold": np.array(s.threshold),
+            "rule": np.array(s.rule),
+            "frame": np.array(s.frame),
+            "quantile": np.array(s.quantile),
             "gap_ratio": np.array(s.gap_ratio),
-            "reason": np.array(s.reason), "mass_centres": self._centres.copy(),
-            "centre_counts": self._counts.copy(), "k": np.array(self.k),
-            "power": np.array(self.power), "domain": np.array(self._source.domain),
+            "reason": np.array(s.reason),
+            "mass_centres": self._centres.copy(),
+            "centre_counts": self._counts.copy(),
+            "k": np.array(self.k),
+            "power": np.array(self.power),
+            "domain": np.array(self._source.domain),
             "sampler": np.array(self._source.sampler),
         }
 
@@ -374,15 +402,20 @@ class ExtendedMap:
         targets = np.asarray(arrays["targets"])
         pairs = np.asarray(arrays["pairs"], dtype=np.int64).reshape(-1, 2)
         adjacency = Adjacency(
-            pairs=pairs, counts=np.asarray(arrays["pair_counts"], dtype=np.int64),
+            pairs=pairs,
+            counts=np.asarray(arrays["pair_counts"], dtype=np.int64),
             facet_measures=np.asarray(arrays["facet_measures"], dtype=np.float64),
             n_samples=int(sc["n_samples"]),
         )
         singular_set = SingularSet(
-            pairs=pairs, angles=np.asarray(arrays["angles"], dtype=np.float64),
+            pairs=pairs,
+            angles=np.asarray(arrays["angles"], dtype=np.float64),
             singular=np.asarray(arrays["singular"], dtype=bool),
-            threshold=float(sc["threshold"]), rule=str(sc["rule"]), frame=str(sc["frame"]),
-            quantile=float(sc["quantile"]), gap_ratio=float(sc["gap_ratio"]),
+            threshold=float(sc["threshold"]),
+            rule=str(sc["rule"]),
+            frame=str(sc["frame"]),
+            quantile=float(sc["quantile"]),
+            gap_ratio=float(sc["gap_ratio"]),
             # Maps stored before the field existed have no reason.
             reason=str(np.asarray(arrays["reason"]).item()) if "reason" in arrays else "",
         )
@@ -390,11 +423,16 @@ class ExtendedMap:
             dim=targets.shape[1], domain=str(sc["domain"]), sampler=str(sc["sampler"])
         )
         return cls(
-            targets=targets, heights=np.asarray(arrays["heights"]), source=source,
-            adjacency=adjacency, singular_set=singular_set,
+            targets=targets,
+            heights=np.asarray(arrays["heights"]),
+            source=source,
+            adjacency=adjacency,
+            singular_set=singular_set,
             mass_centres=np.asarray(arrays["mass_centres"]),
-            centre_counts=np.asarray(arrays["centre_counts"]), k=int(sc["k"]),
-            power=float(sc["power"]), backend=backend,
+            centre_counts=np.asarray(arrays["centre_counts"]),
+            k=int(sc["k"]),
+            power=float(sc["power"]),
+            backend=backend,
         )
 
     def _check_points(self, z: np.ndarray) -> np.ndarray:
@@ -437,11 +475,21 @@ def default_k(n_targets: int, dim: int) -> int:
 
 
 def build_extended_map(
-    targets: np.ndarray, heights: np.ndarray, *, n_samples: int, seed: int,
-    threshold: float | None = None, rule: Rule | None = None, quantile: float = 0.9,
-    k: int | None = None, backend: str = "auto", batch_size: int = DEFAULT_BATCH,
-    source: SourceMeasure | None = None, power: float | None = None,
-    frame: AngleFrame = "standard", min_regular: float = 0.5,
+    targets: np.ndarray,
+    heights: np.ndarray,
+    *,
+    n_samples: int,
+    seed: int,
+    threshold: float | None = None,
+    rule: Rule | None = None,
+    quantile: float = 0.9,
+    k: int | None = None,
+    backend: str = "auto",
+    batch_size: int = DEFAULT_BATCH,
+    source: SourceMeasure | None = None,
+    power: float | None = None,
+    frame: AngleFrame = "standard",
+    min_regular: float = 0.5,
 ) -> ExtendedMap:
     """One Monte Carlo pass (top-2 cells, mass centres), then the singular set, then the map.
 
@@ -454,7 +502,7 @@ def build_extended_map(
         threshold: fixed angle in radians (selects rule ``"fixed"``).
         rule: ``"fixed"``, ``"quantile"`` or ``"gap"``; ``None``: fixed with a threshold,
             else the gap rule when it finds a clear gap, the median otherwise (see
-            :func:`solver.singular.find_singular_set`).
+            :func:`solver.potential.singular.find_singular_set`).
         quantile: for the quantile rule.
         k: cells per query; ``None`` for :func:`default_k`.
         backend: cell index backend.
@@ -482,14 +530,26 @@ def build_extended_map(
     est = estimate(index, source, n_samples, seed, k=2, centres=True, batch_size=batch_size)
     adjacency = adjacency_from_estimate(est, y)
     singular_set = find_singular_set(
-        y, adjacency, threshold, rule=rule, quantile=quantile, min_regular=min_regular,
+        y,
+        adjacency,
+        threshold,
+        rule=rule,
+        quantile=quantile,
+        min_regular=min_regular,
         frame=frame,
     )
     centres, _ = est.mass_centres(MIN_CENTRE_COUNT)
     return ExtendedMap(
-        targets=y, heights=heights, source=source, adjacency=adjacency,
-        singular_set=singular_set, mass_centres=centres, centre_counts=est.counts, k=k,
-        power=power, backend=index.backend,
+        targets=y,
+        heights=heights,
+        source=source,
+        adjacency=adjacency,
+        singular_set=singular_set,
+        mass_centres=centres,
+        centre_counts=est.counts,
+        k=k,
+        power=power,
+        backend=index.backend,
     )
 
 

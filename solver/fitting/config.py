@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-from solver.estimate import AccuracyReport
+from solver.estimation.host import AccuracyReport
 
 Method = Literal["newton", "adam"]
 
@@ -150,7 +150,7 @@ class FitState:
 
 @dataclass(frozen=True, kw_only=True)
 class FitResult:
-    """Output of :func:`solver.fit.fit`.
+    """Output of :func:`solver.fitting.driver.fit`.
 
     Attributes:
         heights: h in the caller's coordinates, shape ``(N,)``, float64, mean zero; with the
@@ -181,8 +181,17 @@ class FitResult:
 
 @dataclass(frozen=True, kw_only=True)
 class FitProgress:
-    """What a progress callback receives after each iteration."""
+    """What a progress callback receives after each iteration.
+
+    Attributes:
+        record: this iteration's record.
+        state: the resumable state (heights in the fit's internal coordinates).
+        target_l1: the fit's target accuracy.
+        heights: the state's heights in the caller's coordinates, shape ``(N,)``, mean zero:
+            ``CellIndex(problem.targets, heights)`` reproduces the fit's cells.
+    """
 
     record: FitRecord
     state: FitState
     target_l1: float
+    heights: np.ndarray

@@ -3,8 +3,8 @@
 Replicated targets (:func:`distributed_estimate` on a :class:`CellIndex` or backend): every rank
 holds all N targets and answers the sample batches ``b`` with ``b % world_size == rank`` of the
 one stream ``(seed, batch_size)``, so the ranks together see exactly the samples of the
-single-process :func:`solver.estimate.estimate`, in the same batches. Counts, energy, cost and
-mass sums are all-reduced; the sparse pair tables are all-gathered and merged. Integer
+single-process :func:`solver.estimation.host.estimate`, in the same batches. Counts, energy, cost
+and mass sums are all-reduced; the sparse pair tables are all-gathered and merged. Integer
 statistics equal the single-process estimate exactly; float sums agree to float64 rounding.
 The data-driven slab width is the quantile of batch 0's gaps, computed on rank 0 and broadcast.
 
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from solver.device_stats import (
+from solver.cells.index import CellIndex
+from solver.estimation.fused import (
     PairTable,
     Searcher,
     StatsAccumulator,
@@ -32,8 +33,7 @@ from solver.device_stats import (
     search_device,
     slab_width,
 )
-from solver.estimate import MeasureEstimate
-from solver.index import CellIndex
+from solver.estimation.host import MeasureEstimate
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 
 Array = np.ndarray | torch.Tensor
@@ -150,7 +150,7 @@ def distributed_estimate(
     group: dist.ProcessGroup | None = None,
     batch_size: int = DEFAULT_BATCH,
 ) -> MeasureEstimate:
-    """:func:`solver.estimate.estimate` split over the ranks of ``group``; same result on all.
+    """:func:`solver.estimation.host.estimate` split over the ranks of ``group``, same on all.
 
     Args:
         index: this rank's index: a :class:`CellIndex` or backend over all targets

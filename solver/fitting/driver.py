@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from solver import adam, newton
-from solver.config import FitConfig, FitProgress, FitResult, FitState
-from solver.index import CellIndex
+from solver.cells.index import CellIndex
+from solver.fitting import adam, newton
+from solver.fitting.config import FitConfig, FitProgress, FitResult, FitState
 from solver.problem import OTProblem
 
 ProgressCallback = Callable[[FitProgress], bool | None]
@@ -105,7 +105,12 @@ def fit(
         record = replace(record, elapsed=state.elapsed + spent)
         state = replace(state, elapsed=record.elapsed, history=(*state.history, record))
         if callback is not None:
-            progress = FitProgress(record=record, state=state, target_l1=config.target_l1)
+            progress = FitProgress(
+                record=record,
+                state=state,
+                target_l1=config.target_l1,
+                heights=frame.heights_out(state.heights),
+            )
             if callback(progress) is False and reason is None:
                 reason = "callback"
     checks = [r.check for r in state.history if r.check is not None]

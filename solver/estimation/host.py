@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solver.index import CellIndex
+from solver.cells.index import CellIndex
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 
 # Fraction of samples whose top-2 score gap falls in the facet slabs when the width is chosen
@@ -223,7 +223,10 @@ def second_moment(source: SourceMeasure) -> float:
 
 
 def dual_value(
-    est: MeasureEstimate, source: SourceMeasure, targets: np.ndarray, heights: np.ndarray,
+    est: MeasureEstimate,
+    source: SourceMeasure,
+    targets: np.ndarray,
+    heights: np.ndarray,
     weights: np.ndarray,
 ) -> float:
     """Kantorovich dual objective for phi = |x|^2/2 - u_h and psi_i = |y_i|^2/2 + h_i.

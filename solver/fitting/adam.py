@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from solver.config import FitConfig, FitRecord, FitState
-from solver.estimate import AccuracyReport, accuracy, estimate, samples_for_noise_floor
-from solver.index import CellIndex
+from solver.cells.index import CellIndex
+from solver.estimation.host import AccuracyReport, accuracy, estimate, samples_for_noise_floor
+from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
 from solver.seeding import derive_seed
 
@@ -36,9 +36,15 @@ class AdamContext:
 def initial_state(n: int, config: FitConfig) -> FitState:
     """H = 0, zero moments, the configured initial sample set."""
     return FitState(
-        method="adam", heights=np.zeros(n), iteration=0, elapsed=0.0,
+        method="adam",
+        heights=np.zeros(n),
+        iteration=0,
+        elapsed=0.0,
         counters={"n_samples": config.adam.initial_samples, "stall": 0, "best_gnorm": np.inf},
-        arrays={"m": np.zeros(n), "v": np.zeros(n)}, history=(), seed=config.seed, n_targets=n,
+        arrays={"m": np.zeros(n), "v": np.zeros(n)},
+        history=(),
+        seed=config.seed,
+        n_targets=n,
     )
 
 
@@ -56,7 +62,11 @@ def step(ctx: AdamContext, state: FitState) -> tuple[FitState, FitRecord, str | 
     n_samples = int(state.counters["n_samples"])
     ctx.index.set_heights(state.heights)
     est = estimate(
-        ctx.index, ctx.source, n_samples, derive_seed(state.seed, 2), k=1,
+        ctx.index,
+        ctx.source,
+        n_samples,
+        derive_seed(state.seed, 2),
+        k=1,
         batch_size=ctx.config.batch_size,
     )
     g = est.cell_measures - ctx.weights
@@ -74,7 +84,10 @@ def step(ctx: AdamContext, state: FitState) -> tuple[FitState, FitRecord, str | 
         n_samples, stall, best = 2 * n_samples, 0, np.inf
     iteration = state.iteration + 1
     new = replace(
-        state, heights=h, iteration=iteration, arrays={"m": m, "v": v},
+        state,
+        heights=h,
+        iteration=iteration,
+        arrays={"m": m, "v": v},
         counters={"n_samples": n_samples, "stall": stall, "best_gnorm": best},
     )
     reason = "baseline_rule" if gnorm < cfg.grad_tol else None
@@ -84,8 +97,11 @@ def step(ctx: AdamContext, state: FitState) -> tuple[FitState, FitRecord, str | 
         if check.l1 <= ctx.config.target_l1 and check.empty_cells == 0:
             reason = "target"
     record = FitRecord(
-        iteration=iteration, elapsed=state.elapsed, n_samples=est.n_samples,
-        train_l1=float(np.abs(g).sum()), empty_cells=int(np.count_nonzero(est.counts == 0)),
+        iteration=iteration,
+        elapsed=state.elapsed,
+        n_samples=est.n_samples,
+        train_l1=float(np.abs(g).sum()),
+        empty_cells=int(np.count_nonzero(est.counts == 0)),
         check=check,
     )
     return new, record, reason
@@ -95,8 +111,12 @@ def _timed_check(ctx: AdamContext, h: np.ndarray, iteration: int) -> AccuracyRep
     start = time.perf_counter()
     ctx.index.set_heights(h)
     est = estimate(
-        ctx.index, ctx.source, ctx.check_samples, derive_seed(ctx.config.seed, 3, iteration),
-        k=1, batch_size=ctx.config.batch_size,
+        ctx.index,
+        ctx.source,
+        ctx.check_samples,
+        derive_seed(ctx.config.seed, 3, iteration),
+        k=1,
+        batch_size=ctx.config.batch_size,
     )
     ctx.excluded_seconds += time.perf_counter() - start
     return accuracy(est.counts, est.n_samples, ctx.weights)

@@ -1,4 +1,4 @@
-"""Triton kernels of :mod:`solver.fused` (imported only when triton is installed).
+"""Triton kernels of :mod:`solver.cells.triton_index` (imported only when triton is installed).
 
 One kernel answers the top-k cells of a block of ``BLOCK_M`` queries:
 
@@ -10,7 +10,7 @@ One kernel answers the top-k cells of a block of ``BLOCK_M`` queries:
 3. epilogue: re-score the ``KP`` candidates exactly in fp32 (gather ``y[cand]``, ``<x, y> + h``),
    write the best ``K`` in descending order (ties broken by lower cell index), and flag the
    queries whose candidate list cannot be certified to hold the exact top-k (see
-   :mod:`solver.fused` for the bound); the caller re-answers flagged queries exactly.
+   :mod:`solver.cells.triton_index` for the bound); the caller re-answers flagged queries exactly.
 
 The ``M x N`` score matrix is never written. Heights stay fp32 and are added after the dot, so
 only ``<x, y>`` sees the low precision.

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from solver.config import FitRecord, FitState
-from solver.estimate import AccuracyReport
+from solver.estimation.host import AccuracyReport
+from solver.fitting.config import FitRecord, FitState
 
 _FORMAT = "aeot-fit-state/1"
 

@@ -45,6 +45,11 @@ class _Backend(Protocol):
         """Top-k scores (descending) and cells of queries x, shape ``(M, k)`` each."""
 
 
+def faiss_version() -> str | None:
+    """Version of the installed faiss module, ``None`` without faiss."""
+    return None if faiss is None else str(faiss.__version__)
+
+
 def faiss_gpu_count() -> int:
     """Number of GPUs FAISS can use (0 without faiss-gpu or without CUDA)."""
     if faiss is None or not hasattr(faiss, "StandardGpuResources"):
@@ -69,9 +74,9 @@ def available_backends() -> list[str]:
 
 def _fused_available() -> bool:
     """Whether the fused Triton kernel module exists and can run here."""
-    if importlib.util.find_spec("solver.fused") is None:
+    if importlib.util.find_spec("solver.cells.triton_index") is None:
         return False
-    from solver import fused  # noqa: PLC0415 - optional, needs triton and CUDA
+    from solver.cells import triton_index as fused  # noqa: PLC0415 - optional, needs triton and CUDA
 
     return bool(fused.available())
 
@@ -182,7 +187,7 @@ def _make_backend(name: str, y: np.ndarray, h: np.ndarray) -> _Backend:
     if name == "torch-cuda":
         return _Torch(y, h, torch.device("cuda"))
     if name == "triton":
-        from solver import fused  # noqa: PLC0415
+        from solver.cells import triton_index as fused  # noqa: PLC0415
 
         return fused.TritonBackend(y, h)
     raise ValueError(f"unknown backend {name!r}")
@@ -299,8 +304,13 @@ def kmeans(
     if faiss is None:
         raise ValueError("kmeans needs faiss (pip install 'aeot[cpu]')")
     km = faiss.Kmeans(
-        x.shape[1], k, niter=niter, seed=int(seed), gpu=faiss_gpu_count() > 0,
-        max_points_per_centroid=1 << 20, verbose=False,
+        x.shape[1],
+        k,
+        niter=niter,
+        seed=int(seed),
+        gpu=faiss_gpu_count() > 0,
+        max_points_per_centroid=1 << 20,
+        verbose=False,
     )
     w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
     km.train(x, weights=w)

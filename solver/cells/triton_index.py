@@ -1,9 +1,9 @@
 """Exact cell queries with a fused Triton kernel: low-precision candidates, fp32 answers.
 
-The cell of x is argmax_i <x, y_i> + h_i (:mod:`solver.index`). Existing GPU paths write the
+The cell of x is argmax_i <x, y_i> + h_i (:mod:`solver.cells.index`). Existing GPU paths write the
 whole ``M x N`` score matrix and are memory-bound (DESIGN.md section 4). The kernel in
-:mod:`solver._fused_kernels` instead streams the keys through tensor cores and keeps a running
-top-``KP`` per query in registers, so only ``M x k`` results leave the chip.
+:mod:`solver.cells._triton_kernels` instead streams the keys through tensor cores and keeps a
+running top-``KP`` per query in registers, so only ``M x k`` results leave the chip.
 
 Precision and exactness:
 
@@ -90,7 +90,7 @@ _MIN_CAPABILITY = (8, 0)
 
 
 def _kernels():  # noqa: ANN202 - the module of triton kernels
-    from solver import _fused_kernels  # noqa: PLC0415 - needs triton
+    from solver.cells import _triton_kernels as _fused_kernels  # noqa: PLC0415 - needs triton
 
     return _fused_kernels
 

@@ -1,0 +1,4 @@
+"""Fitting the heights.
+
+Settings and outputs, the driver, damped Newton, the Adam baseline, checkpoints.
+"""

@@ -1,0 +1,1 @@
+"""The fitted potential: singular set, extended map T~ and interpolation."""
