@@ -72,7 +72,7 @@ def power_diagram_png(
         title
         if title is not None
         else f"{ext_map.n_targets} cells, {int(singular.sum())} singular facets "
-        f"(threshold {sset.threshold:.3g} rad, rule {sset.rule})",
+        f"(threshold {sset.threshold:.3g} rad, rule {sset.rule.name})",
         fontsize=9,
     )
     return _png(fig)

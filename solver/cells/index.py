@@ -17,7 +17,8 @@ in, numpy out; a torch tensor in, tensors on the same device out.
 from __future__ import annotations
 
 import importlib.util
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -45,6 +46,35 @@ class _Backend(Protocol):
         """Top-k scores (descending) and cells of queries x, shape ``(M, k)`` each."""
 
 
+DeviceKind = Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendSpec:
+    """One cell index backend of the registry.
+
+    Attributes:
+        name: what ``backend=`` takes.
+        device: where its scores are computed.
+        needs: what must be installed or present besides torch, in words.
+
+    """
+
+    name: str
+    device: DeviceKind
+    needs: str
+
+
+# Every backend, best first: the fused kernel, then FAISS, then plain torch on each device.
+BACKENDS: tuple[BackendSpec, ...] = (
+    BackendSpec(name="triton", device="cuda", needs="triton and a CUDA GPU"),
+    BackendSpec(name="faiss-gpu", device="cuda", needs="faiss-gpu and a CUDA GPU"),
+    BackendSpec(name="torch-cuda", device="cuda", needs="a CUDA GPU"),
+    BackendSpec(name="faiss", device="cpu", needs="faiss-cpu"),
+    BackendSpec(name="torch", device="cpu", needs="nothing"),
+)
+
+
 def faiss_version() -> str | None:
     """Version of the installed faiss module, ``None`` without faiss."""
     return None if faiss is None else str(faiss.__version__)
@@ -57,19 +87,33 @@ def faiss_gpu_count() -> int:
     return int(faiss.get_num_gpus())
 
 
-def available_backends() -> list[str]:
-    """Backends usable on this host, best first."""
-    names: list[str] = []
-    if torch.cuda.is_available():
-        if _fused_available():
-            names.append("triton")
-        if faiss_gpu_count() > 0:
-            names.append("faiss-gpu")
-        names.append("torch-cuda")
-    if faiss is not None:
-        names.append("faiss")
-    names.append("torch")
-    return names
+def available_backends(device: DeviceKind | None = None) -> list[str]:
+    """Backends usable on this host (on ``device`` when given), best first."""
+    usable = {
+        "triton": lambda: torch.cuda.is_available() and _fused_available(),
+        "faiss-gpu": lambda: torch.cuda.is_available() and faiss_gpu_count() > 0,
+        "torch-cuda": torch.cuda.is_available,
+        "faiss": lambda: faiss is not None,
+        "torch": lambda: True,
+    }
+    return [
+        spec.name
+        for spec in BACKENDS
+        if (device is None or spec.device == device) and usable[spec.name]()
+    ]
+
+
+def backend_for_device(device: DeviceKind) -> str:
+    """The best backend available on ``device`` (``"cpu"`` always has one).
+
+    Raises:
+        ValueError: no backend runs on ``device`` here (``"cuda"`` without a GPU).
+
+    """
+    names = available_backends(device)
+    if not names:
+        raise ValueError(f"no cell index backend runs on {device!r} here")
+    return names[0]
 
 
 def _fused_available() -> bool:
@@ -83,6 +127,8 @@ def _fused_available() -> bool:
 
 def resolve_backend(backend: str = "auto") -> str:
     """Turn ``"auto"`` into the best available backend, or check that a named one is usable."""
+    if backend != "auto" and backend not in {spec.name for spec in BACKENDS}:
+        raise ValueError(f"unknown backend {backend!r}; known: {[spec.name for spec in BACKENDS]}")
     names = available_backends()
     if backend == "auto":
         return names[0]
