@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
@@ -145,7 +146,7 @@ def _singular_flags(ext_map: ExtendedMap, pairs: np.ndarray) -> np.ndarray:
     return flags
 
 
-def _figure(size_px: int) -> tuple[Figure, object]:
+def _figure(size_px: int) -> tuple[Figure, Axes]:
     dpi = 100
     fig = Figure(figsize=(size_px / dpi, size_px / dpi), dpi=dpi)
     FigureCanvasAgg(fig)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, overload
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ import torch
 try:  # faiss-cpu or faiss-gpu; the torch backend works without either.
     import faiss
 except ImportError:  # pragma: no cover - exercised only on hosts without faiss
-    faiss = None
+    faiss = None  # type: ignore[assignment]  # every use checks for a missing faiss first
 
 Array = np.ndarray | torch.Tensor
 
@@ -73,6 +73,14 @@ BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec(name="faiss", device="cpu", needs="faiss-cpu"),
     BackendSpec(name="torch", device="cpu", needs="nothing"),
 )
+
+
+def backend_spec(name: str) -> BackendSpec:
+    """The registry entry of backend ``name``; raises ``ValueError`` for an unknown name."""
+    for spec in BACKENDS:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown backend {name!r}; known: {[spec.name for spec in BACKENDS]}")
 
 
 def faiss_version() -> str | None:
@@ -189,6 +197,12 @@ class CellIndex:
         self._heights = self._check_heights(heights)
         self._impl.set_heights(self._heights)
 
+    @overload
+    def search(self, x: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def search(self, x: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def search(self, x: Array, k: int = 1) -> tuple[Array, Array]:
         """Top-k cells of each query point.
 
@@ -206,6 +220,12 @@ class CellIndex:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (M, {self.dim}), got {tuple(x.shape)}")
         return self._impl.search(x, k)
+
+    @overload
+    def assign(self, x: np.ndarray) -> np.ndarray: ...
+
+    @overload
+    def assign(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def assign(self, x: Array) -> Array:
         """Cell index (top-1) of each query, shape ``(M,)``."""
@@ -322,10 +342,10 @@ class _Torch:
         for lo in range(0, xt.shape[0], chunk):
             block = torch.addmm(self._h, xt[lo : lo + chunk], self._yt)
             if k == 1:
-                top = block.max(dim=1, keepdim=True)
+                values, indices = block.max(dim=1, keepdim=True)
             else:
-                top = block.topk(k, dim=1, sorted=True)
-            scores[lo : lo + chunk], cells[lo : lo + chunk] = top.values, top.indices
+                values, indices = block.topk(k, dim=1, sorted=True)
+            scores[lo : lo + chunk], cells[lo : lo + chunk] = values, indices
         if isinstance(x, torch.Tensor):
             return scores.to(x.device), cells.to(x.device)
         return scores.cpu().numpy(), cells.cpu().numpy()
@@ -361,4 +381,5 @@ def kmeans(
     w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
     km.train(x, weights=w)
     _, assignment = km.index.search(x, 1)
-    return km.centroids.copy(), assignment[:, 0].astype(np.int64)
+    centroids = np.asarray(km.centroids, dtype=np.float32).reshape(k, x.shape[1])
+    return centroids.copy(), assignment[:, 0].astype(np.int64)
