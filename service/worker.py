@@ -36,9 +36,9 @@ from solver import (
     accuracy,
     build_extended_map,
     derive_seed,
-    estimate,
     fit,
     make_problem,
+    resolve_estimator,
 )
 
 log = logging.getLogger("aeot.worker")
@@ -274,7 +274,7 @@ class Worker:
         problem = run.problem
         m = self.settings.check_samples_per_cell * problem.n_targets
         run.index.set_heights(heights)
-        est = estimate(
+        est = resolve_estimator("auto").estimate(
             run.index,
             problem.source,
             m,

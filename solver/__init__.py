@@ -2,13 +2,22 @@
 
 Data flow: :func:`make_problem` validates targets and weights; :class:`CellIndex` answers
 which cell of the power diagram holds a point; :func:`estimate` measures cells by Monte
-Carlo; :func:`fit` finds the heights; :func:`save_state` / :func:`load_state` make fits
+Carlo, through one :class:`Estimator` chosen by :func:`resolve_estimator` (host, fused GPU or
+torch.distributed); :func:`fit` finds the heights; :func:`save_state` / :func:`load_state` make fits
 resumable; :func:`build_extended_map` finds the singular set and gives the pure map T, the
 extended map T~ and interpolation (pictures: :mod:`solver.plots`, imported on demand).
 """
 
 from solver.cells.index import CellIndex, available_backends, faiss_version, resolve_backend
 from solver.cells.triton_index import TritonBackend
+from solver.estimation.estimator import (
+    ESTIMATOR_NAMES,
+    DistributedEstimator,
+    Estimator,
+    FusedEstimator,
+    HostEstimator,
+    resolve_estimator,
+)
 from solver.estimation.host import (
     AccuracyReport,
     MeasureEstimate,
@@ -45,6 +54,12 @@ from solver.problem import OTProblem, make_problem
 from solver.seeding import derive_seed
 
 __all__ = [
+    "ESTIMATOR_NAMES",
+    "DistributedEstimator",
+    "Estimator",
+    "FusedEstimator",
+    "HostEstimator",
+    "resolve_estimator",
     "AccuracyReport",
     "AdamConfig",
     "Adjacency",

@@ -1,8 +1,9 @@
 """Fit the heights h of the Brenier potential: the driver shared by every method.
 
 The driver owns what all methods share: the coordinate frame, the cell index, stopping by
-target accuracy / iterations / time, the progress callback and resumable state. Methods
-(``solver.newton``, ``solver.adam``) supply ``step(ctx, state) -> (state, record, reason)``.
+target accuracy / iterations / time (a deadline the methods also check between Monte Carlo
+passes), the Monte Carlo estimator (chosen once), the progress callback and resumable state.
+Methods (``solver.newton``, ``solver.adam``) supply ``step(ctx, state) -> (state, record, reason)``.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from solver.cells.index import CellIndex
+from solver.estimation.estimator import resolve_estimator
 from solver.fitting import adam, newton
-from solver.fitting.config import FitConfig, FitProgress, FitResult, FitState
+from solver.fitting.config import FitConfig, FitProgress, FitRecord, FitResult, FitState
 from solver.problem import OTProblem
 
 ProgressCallback = Callable[[FitProgress], bool | None]
@@ -81,12 +84,18 @@ def fit(
     frame = Frame.for_problem(problem, config.method)
     targets = frame.to_internal(problem.targets)
     index = CellIndex(targets, backend=config.backend)
+    estimator = resolve_estimator(config.estimator)
+    # Each method's step takes its own context; both contexts carry deadline/excluded_seconds.
+    ctx: Any
+    step: Callable[[Any, FitState], tuple[FitState, FitRecord, str | None]]
     if config.method == "newton":
-        ctx = newton.make_context(targets, problem.weights, problem.source, index, config)
+        ctx = newton.make_context(
+            targets, problem.weights, problem.source, index, config, estimator=estimator
+        )
         state = resume or newton.initial_state(ctx)
         step = newton.step
     else:
-        ctx = adam.make_context(problem.weights, problem.source, index, config)
+        ctx = adam.make_context(problem.weights, problem.source, index, config, estimator)
         state = resume or adam.initial_state(problem.n_targets, config)
         step = adam.step
     _check_resume(state, problem, config)
@@ -95,13 +104,17 @@ def fit(
         if state.iteration >= config.max_iter:
             reason = "max_iter"
             break
-        if config.time_budget is not None and state.elapsed >= config.time_budget:
+        budget_left = None if config.time_budget is None else config.time_budget - state.elapsed
+        # Through the estimator: every rank of a distributed fit stops at the same step.
+        if estimator.agree(budget_left is not None and budget_left <= 0):
             reason = "time_budget"
             break
-        excluded = getattr(ctx, "excluded_seconds", 0.0)
+        excluded = ctx.excluded_seconds
         start = time.perf_counter()
+        # Methods check the deadline inside an iteration too (between Monte Carlo passes).
+        ctx.deadline = None if budget_left is None else start + budget_left
         state, record, reason = step(ctx, state)
-        spent = time.perf_counter() - start - (getattr(ctx, "excluded_seconds", 0.0) - excluded)
+        spent = time.perf_counter() - start - (ctx.excluded_seconds - excluded)
         record = replace(record, elapsed=state.elapsed + spent)
         state = replace(state, elapsed=record.elapsed, history=(*state.history, record))
         if callback is not None:
@@ -124,6 +137,7 @@ def fit(
         elapsed=state.elapsed,
         method=config.method,
         backend=index.backend,
+        estimator=estimator.name,
         history=state.history,
         state=state,
     )

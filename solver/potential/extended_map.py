@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from solver.cells.index import CellIndex
-from solver.estimation.host import estimate
+from solver.estimation.estimator import Estimator, resolve_estimator
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 from solver.potential.singular import (
     Adjacency,
@@ -490,6 +490,7 @@ def build_extended_map(
     power: float | None = None,
     frame: AngleFrame = "standard",
     min_regular: float = 0.5,
+    estimator: Estimator | None = None,
 ) -> ExtendedMap:
     """One Monte Carlo pass (top-2 cells, mass centres), then the singular set, then the map.
 
@@ -511,6 +512,9 @@ def build_extended_map(
         power: Shepard power of the blending weights; ``None`` for :func:`default_power`.
         frame: frame of the dihedral angles.
         min_regular: for the gap rule.
+        estimator: the Monte Carlo estimator; ``None`` for
+            :func:`solver.estimation.estimator.resolve_estimator` ``("auto")`` (collective when
+            torch.distributed runs several ranks: every rank must then build the map).
 
     Raises:
         ValueError: bad shapes, counts or rule arguments.
@@ -527,7 +531,10 @@ def build_extended_map(
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
     index = CellIndex(y, heights, backend=backend)
-    est = estimate(index, source, n_samples, seed, k=2, centres=True, batch_size=batch_size)
+    estimator = estimator or resolve_estimator("auto")
+    est = estimator.estimate(
+        index, source, n_samples, seed, k=2, centres=True, batch_size=batch_size
+    )
     adjacency = adjacency_from_estimate(est, y)
     singular_set = find_singular_set(
         y,

@@ -1,0 +1,58 @@
+"""One estimator interface: the factory's choice, every implementation gives the same pass."""
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from solver import (
+    CellIndex,
+    FitConfig,
+    FusedEstimator,
+    HostEstimator,
+    SourceMeasure,
+    estimate,
+    fit,
+    make_problem,
+    resolve_estimator,
+)
+
+
+def test_auto_is_host_on_a_cpu_without_a_process_group():
+    assert not dist.is_initialized()
+    expected = "fused" if torch.cuda.is_available() else "host"
+    assert resolve_estimator("auto").name == expected
+    assert resolve_estimator("host").name == "host" and resolve_estimator("host").lead
+    assert resolve_estimator("fused").name == "fused"
+
+
+def test_bad_names_are_refused():
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        resolve_estimator("gpu")
+    with pytest.raises(ValueError, match="initialised"):
+        resolve_estimator("distributed")
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        FitConfig(estimator="gpu")
+
+
+@pytest.mark.parametrize("estimator", [HostEstimator(), FusedEstimator()])
+def test_every_estimator_gives_the_host_pass(estimator, rng):
+    y = (0.3 * rng.standard_normal((50, 3))).astype(np.float32)
+    index = CellIndex(y, (0.01 * rng.standard_normal(50)).astype(np.float32), backend="torch")
+    source = SourceMeasure(dim=3)
+    ref = estimate(index, source, 3000, 4, centres=True, batch_size=1000)
+    got = estimator.estimate(index, source, 3000, 4, centres=True, batch_size=1000)
+    for field in ("counts", "pairs", "pair_counts", "slab_counts"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(ref, field), err_msg=field)
+    np.testing.assert_allclose(got.mass_sums, ref.mass_sums, rtol=1e-12, atol=1e-12)
+    assert estimator.agree(True) and not estimator.agree(False)
+
+
+def test_fit_reports_its_estimator_and_fused_fits_like_host(rng):
+    problem = make_problem(rng.uniform(-0.4, 0.4, (24, 4)))
+    host = fit(problem, FitConfig(target_l1=0.1, estimator="host", backend="torch"))
+    fused = fit(problem, FitConfig(target_l1=0.1, estimator="fused", backend="torch"))
+    assert host.estimator == "host" and fused.estimator == "fused"
+    assert host.converged and fused.converged
+    assert host.accuracy.l1 <= 0.1 and fused.accuracy.l1 <= 0.1
+    np.testing.assert_allclose(fused.heights, host.heights, atol=0.02 * np.ptp(host.heights))
