@@ -274,7 +274,7 @@ class Worker:
         problem = run.problem
         m = self.settings.check_samples_per_cell * problem.n_targets
         run.index.set_heights(heights)
-        est = resolve_estimator("auto").estimate(
+        est = resolve_estimator("auto", collective=False).estimate(
             run.index,
             problem.source,
             m,

@@ -38,7 +38,7 @@ from solver.fitting.config import (
     FitState,
     NewtonConfig,
 )
-from solver.fitting.driver import fit
+from solver.fitting.driver import fit, follow_fit, release_followers
 from solver.measures import SourceMeasure
 from solver.potential.extended_map import Crossing, ExtendedMap, Interpolation, build_extended_map
 from solver.potential.singular import (
@@ -93,6 +93,8 @@ __all__ = [
     "dual_value",
     "estimate",
     "fit",
+    "follow_fit",
+    "release_followers",
     "kantorovich_potential",
     "load_state",
     "make_problem",

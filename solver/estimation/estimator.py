@@ -18,18 +18,19 @@ integer statistics exactly, float sums to float64 rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from typing import Literal, Protocol, TypeVar, get_args
 
 import torch
 import torch.distributed as dist
 
-from solver.estimation.distributed import distributed_estimate
+from solver.estimation.distributed import comm_device, distributed_estimate
 from solver.estimation.fused import Searcher, fused_estimate
 from solver.estimation.host import MeasureEstimate, estimate
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 
 EstimatorName = Literal["auto", "host", "fused", "distributed"]
 ESTIMATOR_NAMES: tuple[str, ...] = get_args(EstimatorName)
+T = TypeVar("T")
 
 
 class Estimator(Protocol):
@@ -79,6 +80,9 @@ class Estimator(Protocol):
         distributed fit stops at the same step.
         """
 
+    def broadcast(self, obj: T) -> T:
+        """The lead's ``obj`` on every process (a collective for many ranks; picklable)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class HostEstimator:
@@ -114,6 +118,10 @@ class HostEstimator:
     def agree(self, flag: bool) -> bool:
         """One process: the flag itself."""
         return flag
+
+    def broadcast(self, obj: T) -> T:
+        """One process: ``obj`` itself."""
+        return obj
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +166,10 @@ class FusedEstimator:
         """One process: the flag itself."""
         return flag
 
+    def broadcast(self, obj: T) -> T:
+        """One process: ``obj`` itself."""
+        return obj
+
 
 @dataclass(frozen=True, kw_only=True)
 class DistributedEstimator:
@@ -200,12 +212,15 @@ class DistributedEstimator:
 
     def agree(self, flag: bool) -> bool:
         """All-reduce (max) of the flag over the ranks (collective)."""
-        device = torch.device("cuda", torch.cuda.current_device())
-        if dist.get_backend() != "nccl":
-            device = torch.device("cpu")
-        value = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+        value = torch.tensor([int(flag)], dtype=torch.int32, device=comm_device())
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank (pickled; collective)."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 def distributed_world() -> int:
@@ -215,8 +230,14 @@ def distributed_world() -> int:
     return int(dist.get_world_size())
 
 
-def resolve_estimator(name: str = "auto") -> Estimator:
+def resolve_estimator(name: str = "auto", *, collective: bool = True) -> Estimator:
     """The estimator for ``name``; ``"auto"``: distributed, else fused on CUDA, else host.
+
+    Args:
+        name: one of :data:`ESTIMATOR_NAMES`.
+        collective: whether ``"auto"`` may pick the distributed estimator. Passes that one
+            process makes alone (a publication's map, a service check on rank 0) use
+            ``collective=False``: a collective pass there would wait forever for the others.
 
     Raises:
         ValueError: an unknown name, or ``"distributed"`` without an initialised process group.
@@ -226,7 +247,10 @@ def resolve_estimator(name: str = "auto") -> Estimator:
         raise ValueError(f"estimator must be one of {ESTIMATOR_NAMES}, got {name!r}")
     world = distributed_world()
     if name == "auto":
-        name = "distributed" if world > 1 else "fused" if torch.cuda.is_available() else "host"
+        if world > 1 and collective:
+            name = "distributed"
+        else:
+            name = "fused" if torch.cuda.is_available() else "host"
     if name == "distributed":
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError("estimator 'distributed' needs an initialised torch.distributed group")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from solver.cells.index import CellIndex
-from solver.estimation.estimator import resolve_estimator
+from solver.estimation.estimator import Estimator, resolve_estimator
 from solver.fitting import adam, newton
 from solver.fitting.config import FitConfig, FitProgress, FitRecord, FitResult, FitState
 from solver.problem import OTProblem
@@ -68,6 +68,11 @@ def fit(
 ) -> FitResult:
     """Fit h so that the cells of ``[y_i, h_i]`` carry the target weights.
 
+    Under ``torchrun`` with several ranks (and the default ``estimator="auto"``) this process
+    leads a distributed fit: ranks > 0 run :func:`follow_fit`, receive this call's problem,
+    config and resume state, and share every Monte Carlo pass; only the lead calls
+    ``callback``, and its decision to stop is every rank's.
+
     Args:
         problem: targets, weights and source measure (see :func:`solver.make_problem`).
         config: method and stopping rules; defaults to damped Newton with target L1 0.05.
@@ -81,10 +86,47 @@ def fit(
         A :class:`FitResult` with heights in the caller's coordinates.
     """
     config = config or FitConfig()
+    estimator = resolve_estimator(config.estimator)
+    problem, config, resume = estimator.broadcast((problem, config, resume))
+    return _fit(problem, config, estimator, callback, resume)
+
+
+def follow_fit() -> FitResult | None:
+    """On a rank > 0 of a distributed fit: join the lead's next :func:`fit`.
+
+    Returns:
+        The fit's result (the same heights as the lead's), or ``None`` when the lead called
+        :func:`release_followers` instead of starting another fit.
+
+    Raises:
+        ValueError: without an initialised torch.distributed process group.
+    """
+    estimator = resolve_estimator("distributed")
+    job = estimator.broadcast(None)
+    if job is None:
+        return None
+    problem, config, resume = job
+    return _fit(problem, config, estimator, None, resume)
+
+
+def release_followers() -> None:
+    """On the lead of a distributed fit: tell the :func:`follow_fit` ranks there is no more fit.
+
+    Does nothing in a single process.
+    """
+    resolve_estimator("auto").broadcast(None)
+
+
+def _fit(
+    problem: OTProblem,
+    config: FitConfig,
+    estimator: Estimator,
+    callback: ProgressCallback | None,
+    resume: FitState | None,
+) -> FitResult:
     frame = Frame.for_problem(problem, config.method)
     targets = frame.to_internal(problem.targets)
     index = CellIndex(targets, backend=config.backend)
-    estimator = resolve_estimator(config.estimator)
     # Each method's step takes its own context; both contexts carry deadline/excluded_seconds.
     ctx: Any
     step: Callable[[Any, FitState], tuple[FitState, FitRecord, str | None]]
@@ -117,15 +159,17 @@ def fit(
         spent = time.perf_counter() - start - (ctx.excluded_seconds - excluded)
         record = replace(record, elapsed=state.elapsed + spent)
         state = replace(state, elapsed=record.elapsed, history=(*state.history, record))
-        if callback is not None:
+        stop = False
+        if callback is not None and estimator.lead:
             progress = FitProgress(
                 record=record,
                 state=state,
                 target_l1=config.target_l1,
                 heights=frame.heights_out(state.heights),
             )
-            if callback(progress) is False and reason is None:
-                reason = "callback"
+            stop = callback(progress) is False
+        if estimator.agree(stop) and reason is None:
+            reason = "callback"
     checks = [r.check for r in state.history if r.check is not None]
     last = checks[-1] if checks else None
     return FitResult(

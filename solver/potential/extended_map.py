@@ -512,9 +512,8 @@ def build_extended_map(
         power: Shepard power of the blending weights; ``None`` for :func:`default_power`.
         frame: frame of the dihedral angles.
         min_regular: for the gap rule.
-        estimator: the Monte Carlo estimator; ``None`` for
-            :func:`solver.estimation.estimator.resolve_estimator` ``("auto")`` (collective when
-            torch.distributed runs several ranks: every rank must then build the map).
+        estimator: the Monte Carlo estimator; ``None`` for this process's own (``"auto"``
+            without the collective one: the map is built by one process).
 
     Raises:
         ValueError: bad shapes, counts or rule arguments.
@@ -531,7 +530,7 @@ def build_extended_map(
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
     index = CellIndex(y, heights, backend=backend)
-    estimator = estimator or resolve_estimator("auto")
+    estimator = estimator or resolve_estimator("auto", collective=False)
     est = estimator.estimate(
         index, source, n_samples, seed, k=2, centres=True, batch_size=batch_size
     )
