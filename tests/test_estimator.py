@@ -56,3 +56,37 @@ def test_fit_reports_its_estimator_and_fused_fits_like_host(rng):
     assert host.converged and fused.converged
     assert host.accuracy.l1 <= 0.1 and fused.accuracy.l1 <= 0.1
     np.testing.assert_allclose(fused.heights, host.heights, atol=0.02 * np.ptp(host.heights))
+
+
+class CountingEstimator(HostEstimator):
+    """The host estimator, counting its passes."""
+
+    def __init__(self):
+        super().__init__()
+        object.__setattr__(self, "passes", 0)
+
+    def estimate(self, *args, **kwargs):
+        object.__setattr__(self, "passes", self.passes + 1)
+        return super().estimate(*args, **kwargs)
+
+
+def test_a_passed_deadline_stops_newton_inside_its_line_search(rng):
+    import dataclasses
+    import time
+
+    from solver.fitting import newton
+
+    problem = make_problem(rng.uniform(-0.4, 0.4, (30, 4)))
+    config = FitConfig(target_l1=0.01, backend="torch")
+    index = CellIndex(problem.targets, backend="torch")
+    counter = CountingEstimator()
+    ctx = newton.make_context(
+        problem.targets, problem.weights, problem.source, index, config, estimator=counter
+    )
+    start = newton.initial_state(ctx)
+    state = dataclasses.replace(start, counters={**start.counters, "phase": 1})
+    ctx.deadline = time.perf_counter() - 1.0  # already passed
+    new, record, reason = newton.step(ctx, state)
+    assert reason == "time_budget" and counter.passes == 1  # no trial step was evaluated
+    np.testing.assert_array_equal(new.heights, state.heights)
+    assert record.train_l1 > 0.01
