@@ -58,8 +58,8 @@ def test_only_the_lead_calls_back_and_its_stop_stops_every_rank(ranks):
 
 
 def test_aeot_fit_over_two_ranks_publishes(tmp_path):
+    from service.job_config import job_config
     from service.store import ModelStore
-    from service.worker import job_config
     from tests.service_helpers import env_for, make_settings, write_bundle
 
     settings = make_settings(tmp_path / "store")
@@ -78,5 +78,5 @@ def test_aeot_fit_over_two_ranks_publishes(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "done (target); published version" in run.stdout
     assert "rank 1 followed 1 fit(s)" in run.stdout  # the fit ran over both ranks
-    potential = store.potential("tiny")
-    assert potential.record.version >= 1 and potential.record.accuracy.l1 <= settings.target_l1
+    record = store.potential_record("tiny")
+    assert record.version >= 1 and record.accuracy.l1 <= settings.target_l1

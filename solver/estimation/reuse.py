@@ -23,6 +23,7 @@ set changes (memory: about ``4 (K + 1)`` bytes per sample).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -113,6 +114,12 @@ class ReuseIndex:
         """New heights h, shape ``(N,)``; entries stay valid (their bounds account for it)."""
         self._index.set_heights(heights)
         self._h = self._index.heights.astype(np.float64)
+
+    @overload
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def search(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
         """Top-k cells of queries x (shape ``(M, d)``), exactly as a full search, k <= K."""

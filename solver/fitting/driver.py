@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import partial
 
 import numpy as np
 
@@ -127,19 +127,20 @@ def _fit(
     frame = Frame.for_problem(problem, config.method)
     targets = frame.to_internal(problem.targets)
     index = CellIndex(targets, backend=config.backend)
-    # Each method's step takes its own context; both contexts carry deadline/excluded_seconds.
-    ctx: Any
-    step: Callable[[Any, FitState], tuple[FitState, FitRecord, str | None]]
+    ctx: newton.NewtonContext | adam.AdamContext
+    step: Callable[[FitState], tuple[FitState, FitRecord, str | None]]
     if config.method == "newton":
-        ctx = newton.make_context(
+        ctx = newton_ctx = newton.make_context(
             targets, problem.weights, problem.source, index, config, estimator=estimator
         )
-        state = resume or newton.initial_state(ctx)
-        step = newton.step
+        state = resume or newton.initial_state(newton_ctx)
+        step = partial(newton.step, newton_ctx)
     else:
-        ctx = adam.make_context(problem.weights, problem.source, index, config, estimator)
+        ctx = adam_ctx = adam.make_context(
+            problem.weights, problem.source, index, config, estimator
+        )
         state = resume or adam.initial_state(problem.n_targets, config)
-        step = adam.step
+        step = partial(adam.step, adam_ctx)
     _check_resume(state, problem, config)
     reason = None
     while reason is None:
@@ -155,7 +156,7 @@ def _fit(
         start = time.perf_counter()
         # Methods check the deadline inside an iteration too (between Monte Carlo passes).
         ctx.deadline = None if budget_left is None else start + budget_left
-        state, record, reason = step(ctx, state)
+        state, record, reason = step(state)
         spent = time.perf_counter() - start - (ctx.excluded_seconds - excluded)
         record = replace(record, elapsed=state.elapsed + spent)
         state = replace(state, elapsed=record.elapsed, history=(*state.history, record))
