@@ -14,12 +14,15 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from models.runtime import torch_threads
+from service.deps import upload_limits
 from service.errors import install_error_handlers
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodyLimit, LatencyMetrics
+from service.openapi import set_limits
 from service.process import WorkerProcess
 from service.routes import generate, models, system
+from service.security import KeyThrottle, RequestGate
 from service.serving import Poller, ServingIndex
 from service.settings import Settings
 from service.store import ModelStore
@@ -50,7 +53,7 @@ def create_app(
 
     """
     settings = settings or Settings()
-    store = store or ModelStore(settings.store)
+    store = store or ModelStore(settings.store, limits=upload_limits(settings))
     metrics = Metrics(store)
     serving = serving or ServingIndex(store, settings, on_swap=metrics.on_swap)
     if serving.on_swap is None:
@@ -83,13 +86,21 @@ def create_app(
     app.state.serving = serving
     app.state.metrics = metrics
     install_error_handlers(app)
-    app.include_router(system.router)
-    app.include_router(generate.router)
-    app.include_router(models.router)
+    routers = (system.router, generate.router, models.router)
+    for router in routers:
+        app.include_router(router)
+    # The API routes as declared (paths and dependencies): the gate and the schema read them.
+    api_routes = [route for router in routers for route in router.routes]
     static = resources.files("service").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.state.throttle = KeyThrottle(settings.auth_max_failures, settings.auth_window)
+    set_limits(app, settings, api_routes)
     app.add_middleware(LatencyMetrics, metrics=metrics)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
+    # Outermost: host and key are judged on the request head, before any body is read.
+    app.add_middleware(
+        RequestGate, settings=settings, routes=api_routes, throttle=app.state.throttle
+    )
     return app
 
 

@@ -62,7 +62,20 @@ def serve(
     if settings.web_workers > 1:
         _serve_processes(settings)
         return
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    uvicorn.run(create_app(settings), **_server_options(settings))
+
+
+def _server_options(settings: Settings) -> dict[str, Any]:
+    """Uvicorn options of every server process: address, idle and header limits."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        # Idle keep-alive connections are closed (stalled bodies: the 408 of BodyLimit).
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        # Request heads (line + headers) over 16 KiB are refused by h11 with a 400.
+        "h11_max_incomplete_event_size": 16 * 1024,
+    }
 
 
 def _serve_processes(settings: Settings) -> None:
@@ -87,9 +100,7 @@ def _serve_processes(settings: Settings) -> None:
             "service.app:app_from_env",
             factory=True,
             workers=settings.web_workers,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
+            **_server_options(settings),
             # A process imports torch and the solver before it answers the supervisor's
             # health check, which takes longer than uvicorn's 5 s on a busy 2-core machine.
             timeout_worker_healthcheck=60,

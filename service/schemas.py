@@ -1,8 +1,11 @@
 """HTTP request and response schemas (pydantic v2), in families per endpoint.
 
 Requests forbid unknown fields and reject NaN/inf, so a typo or a bad number answers 422 with
-a message instead of being ignored. Limits that depend on settings (``max_n``, ...) are checked
-in :mod:`service.operations`; the static bounds here only reject nonsense early.
+a message instead of being ignored. JSON bodies are strict: ``"5"`` is not a number, ``0`` and
+``"yes"`` are not booleans. Query strings carry only text, so each GET route reads its request
+through a lax twin (``SampleQuery``, ...) that parses ``n=5`` and ``extended=true``. Limits that
+depend on settings (``max_n``, ...) are checked in :mod:`service.operations`, and the app writes
+them into the OpenAPI schema as ``maximum`` (:func:`service.openapi.set_limits`).
 """
 
 from __future__ import annotations
@@ -29,23 +32,30 @@ Seed = Annotated[Int, Field(ge=0, le=2**31 - 1, description="seed: same seed, sa
 ModelName = Annotated[
     str | None, Field(pattern=NAME_PATTERN, description="model name (default model if omitted)")
 ]
-# Absolute caps whatever the settings say; the configured limits are checked per request.
-_HARD_N = 1_000_000
-_HARD_STEPS = 100_000
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# The GET twins: query values are text, so they are parsed (``n=5``, ``extended=true``).
+_QUERY = ConfigDict(extra="forbid", strict=False)
 
 
 class SampleRequest(_Request):
     """Draw ``n`` latents from the OT map (and decode them for ``format=png``)."""
 
     model: ModelName = None
-    n: Int = Field(default=64, ge=1, le=_HARD_N, description="number of samples")
+    n: Int = Field(default=64, ge=1, description="number of samples")
     seed: Seed = 0
     extended: bool = Field(default=True, description="extended map (new codes) or pure map T")
     format: Literal["json", "npy", "png"] = "json"
+
+
+class SampleQuery(SampleRequest):
+    """:class:`SampleRequest` read from query parameters."""
+
+    model_config = _QUERY
 
 
 class SampleResponse(BaseModel):
@@ -66,7 +76,7 @@ class InterpolateRequest(_Request):
     end: list[FiniteFloat] | None = Field(default=None, description="source point (length d)")
     start_index: Int | None = Field(default=None, ge=0, description="training latent index")
     end_index: Int | None = Field(default=None, ge=0, description="training latent index")
-    steps: Int = Field(default=16, ge=2, le=_HARD_STEPS)
+    steps: Int = Field(default=16, ge=2)
     format: Literal["json", "png"] = "json"
     images: bool = Field(default=False, description="JSON only: include the decoded strip as PNG")
 
@@ -81,6 +91,12 @@ class InterpolateRequest(_Request):
         if indices and (self.start_index is None or self.end_index is None):
             raise ValueError("give both start_index and end_index")
         return self
+
+
+class InterpolateQuery(InterpolateRequest):
+    """:class:`InterpolateRequest` read from query parameters."""
+
+    model_config = _QUERY
 
 
 class CrossingOut(BaseModel):
@@ -109,8 +125,16 @@ class SingularitiesRequest(_Request):
     """Summary of the singular set (``format=png``: a picture, 2D models only)."""
 
     model: ModelName = None
-    limit: Int = Field(default=100, ge=0, le=1_000_000, description="singular pairs listed at most")
+    limit: Int = Field(
+        default=100, ge=0, description="singular pairs listed at most (capped by the server)"
+    )
     format: Literal["json", "png"] = "json"
+
+
+class SingularitiesQuery(SingularitiesRequest):
+    """:class:`SingularitiesRequest` read from query parameters."""
+
+    model_config = _QUERY
 
 
 class SingularPairOut(BaseModel):

@@ -16,14 +16,17 @@ a crash at any moment leaves the store readable (at worst an unreferenced file o
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import re
 import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from models import Bundle, load_bundle
+from models.bundle import MAX_PARAMETERS
 from service.catalog import (
     Catalog,
     JobConfig,
@@ -77,6 +81,22 @@ class Potential:
     map_arrays: dict[str, np.ndarray]
 
 
+@dataclass(frozen=True, kw_only=True)
+class UploadLimits:
+    """Limits on an uploaded bundle, checked before anything is unpacked or allocated.
+
+    Attributes:
+        max_bytes: total unpacked size of the archive's members, bytes.
+        max_members: entries (files and directories) in the archive.
+        max_parameters: autoencoder parameters the bundle's config may ask for.
+
+    """
+
+    max_bytes: int = 256 * 1024 * 1024
+    max_members: int = 32
+    max_parameters: int = MAX_PARAMETERS
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise :class:`StoreError`."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -91,11 +111,13 @@ class ModelStore:
 
     Args:
         root: store directory, created when missing.
+        limits: limits on registered bundles (uploads and directories alike).
 
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, limits: UploadLimits | None = None) -> None:
         self.root = Path(root)
+        self.limits = limits or UploadLimits()
         for sub in ("models", "staging", "trash"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(self.root / "catalog.sqlite3")
@@ -136,7 +158,13 @@ class ModelStore:
         return load_bundle(self.bundle_dir(name), device=device)
 
     def register(
-        self, name: str, source: Path, *, move: bool = False, fit: JobConfig | None = None
+        self,
+        name: str,
+        source: Path,
+        *,
+        move: bool = False,
+        fit: JobConfig | None = None,
+        limits: UploadLimits | None = None,
     ) -> ModelRecord:
         """Register a bundle directory as model ``name`` (and queue its OT fit).
 
@@ -146,6 +174,7 @@ class ModelStore:
             move: move ``source`` (on the store's filesystem) instead of copying it.
             fit: queue a fit job with this config now (otherwise a worker queues one with
                 its own settings when it next looks for missing potentials).
+            limits: limits on the bundle (default: the store's).
 
         Raises:
             StoreError: invalid name or bundle. ModelExists: the name is taken.
@@ -155,9 +184,12 @@ class ModelStore:
         if self.catalog.model(name) is not None:
             raise ModelExists(f"model {name!r} already exists; delete it first")
         try:
-            bundle = load_bundle(source)
+            max_parameters = (limits or self.limits).max_parameters
+            bundle = load_bundle(source, max_parameters=max_parameters)
         except ValueError as exc:
-            raise StoreError(f"not a valid model bundle: {exc}") from exc
+            # Name files inside the bundle, never the server's directories.
+            message = str(exc).replace(f"{Path(source)}/", "").replace(str(source), "bundle")
+            raise StoreError(f"not a valid model bundle: {message}") from None
         digest = _file_hash(Path(source) / "latents.npy")
         staged = Path(source) if move else self._copy_to_staging(Path(source))
         target = self.model_dir(name)
@@ -165,6 +197,8 @@ class ModelStore:
             self._to_trash(target)
         target.mkdir(parents=True)
         staged.rename(target / "bundle")
+        if not move:
+            staged.parent.rmdir()  # the empty temporary directory of the copy
         n, d = bundle.latents.shape
         try:
             record = self.catalog.add_model(name, digest, int(n), int(d))
@@ -175,17 +209,26 @@ class ModelStore:
             self.catalog.enqueue(name, "fit", fit, digest)
         return record
 
-    def register_archive(self, name: str, data: bytes, fit: JobConfig | None = None) -> ModelRecord:
+    def register_archive(
+        self,
+        name: str,
+        data: bytes,
+        fit: JobConfig | None = None,
+        limits: UploadLimits | None = None,
+    ) -> ModelRecord:
         """Register a bundle uploaded as a ``.tar``/``.tar.gz`` or ``.zip`` archive.
 
-        The archive holds the bundle files at its top level or inside one directory.
+        The archive holds the bundle files at its top level or inside one directory; its
+        member count and unpacked size are checked against ``limits`` (default: the store's)
+        before anything is written.
         """
         check_name(name)
+        limits = limits or self.limits
         staged = self.staging_dir()
         try:
-            _extract(data, staged)
+            _extract(data, staged, limits)
             root = _single_root(staged)
-            record = self.register(name, root, move=True, fit=fit)
+            record = self.register(name, root, move=True, fit=fit, limits=limits)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         return record
@@ -319,23 +362,45 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _extract(data: bytes, dest: Path) -> None:
-    """Unpack a tar or zip archive safely (no absolute paths, links or ``..``)."""
+def _extract(data: bytes, dest: Path, limits: UploadLimits) -> None:
+    """Unpack a tar or zip archive safely (no absolute paths, links or ``..``; bounded size).
+
+    Member count and declared sizes are checked before anything is written; zip members are
+    also held to their declared sizes while they are read (``zipfile`` stops at them).
+    """
     if zipfile.is_zipfile(io.BytesIO(data)):
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            for info in zf.infolist():
-                _check_member(info.filename)
-            zf.extractall(dest)
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                infos = zf.infolist()
+                _check_sizes(len(infos), (i.file_size for i in infos), limits)
+                for info in infos:
+                    _check_member(info.filename)
+                zf.extractall(dest)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+            raise StoreError(f"upload is not a readable zip archive: {exc}") from exc
         return
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
-            for member in tf.getmembers():
+            members = []
+            for member in tf:  # headers one by one: a bomb is refused at its first excess
+                members.append(member)
+                _check_sizes(len(members), (m.size for m in members), limits)
                 _check_member(member.name)
                 if not (member.isfile() or member.isdir()):
                     raise StoreError(f"archive member {member.name!r} is not a plain file")
-            tf.extractall(dest, filter="data")
-    except tarfile.TarError as exc:
-        raise StoreError(f"upload is not a tar or zip archive: {exc}") from exc
+            tf.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
+        raise StoreError(f"upload is not a readable tar or zip archive: {exc}") from exc
+
+
+def _check_sizes(count: int, sizes: Any, limits: UploadLimits) -> None:
+    if count > limits.max_members:
+        raise StoreError(f"archive has over {limits.max_members} members (the limit)")
+    total = sum(sizes)
+    if total > limits.max_bytes:
+        raise StoreError(
+            f"archive unpacks to over {limits.max_bytes} bytes (the limit); got {total}+"
+        )
 
 
 def _check_member(name: str) -> None:

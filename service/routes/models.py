@@ -15,6 +15,7 @@ from service.deps import (
     SettingsDep,
     StoreDep,
     default_model,
+    upload_limits,
 )
 from service.errors import Conflict, error_responses
 from service.schemas import FitRequest, JobOut, ModelListResponse, ModelStatus
@@ -86,7 +87,8 @@ async def register_model(
 ) -> ModelStatus:
     """Upload a model bundle archive; its OT fit is queued for the worker."""
     data = await bundle.read()
-    await run_in_threadpool(store.register_archive, name, data, job_config(settings))
+    limits = upload_limits(settings)
+    await run_in_threadpool(store.register_archive, name, data, job_config(settings), limits)
     return await run_in_threadpool(_status, name, settings, store, serving)
 
 
