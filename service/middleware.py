@@ -66,8 +66,8 @@ class BodyLimit:
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError as exc:
-                message = f"request body is not UTF-8 JSON: byte {exc.start} is invalid"
-                await error_response(422, message)(scope, receive, send)
+                detail = f"request body is not UTF-8 JSON: byte {exc.start} is invalid"
+                await error_response(422, detail)(scope, receive, send)
                 return
         replayed = False
 

@@ -104,7 +104,7 @@ def _write_gate_answers(
         if not isinstance(route, APIRoute) or not route.include_in_schema:
             continue
         path = spec["paths"].get(route.path_format, {})
-        for method in route.methods:
+        for method in route.methods or ():
             op = path.get(method.lower())
             if op is None:
                 continue
