@@ -62,7 +62,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        worker = WorkerProcess(settings) if run_worker else None
+        worker = WorkerProcess(settings, store.catalog) if run_worker else None
+        app.state.worker = worker
+        metrics.watch_worker(worker)
         poller = Poller(serving, settings.poll_interval) if poll else None
         if worker is not None:
             worker.start()
@@ -85,6 +87,7 @@ def create_app(
     app.state.store = store
     app.state.serving = serving
     app.state.metrics = metrics
+    app.state.worker = None  # the supervised worker while the lifespan runs (run_worker)
     install_error_handlers(app)
     routers = (system.router, generate.router, models.router)
     for router in routers:

@@ -249,13 +249,20 @@ class Catalog:
         iteration: int,
         accuracy: AccuracyReport | None,
     ) -> int | None:
-        """Record a potential file as the model's newest version; returns it (None: deleted)."""
+        """Record a potential file as the model's newest version; returns it.
+
+        ``None`` (nothing recorded) when the model was deleted, its bundle replaced, or the
+        publishing job is no longer running (cancelled by a refit) - checked in the same
+        transaction, so a cancelled job can never publish afterwards.
+        """
         with self._write() as con:
             row = con.execute(
                 "SELECT published_version, bundle_hash FROM models WHERE name = ?", (model,)
             ).fetchone()
             if row is None or row["bundle_hash"] != bundle_hash:
                 return None
+            if job_id is not None and not _job_running(con, job_id):
+                return None  # cancelled (a refit replaced it) or deleted: never publish
             version = int(row["published_version"]) + 1
             con.execute(
                 "INSERT INTO potentials (model, version, path, bundle_hash, job_id, iteration, "
@@ -393,6 +400,24 @@ class Catalog:
             fields["finished"] = now
         return self._update_owned(job_id, worker, fields)
 
+    def owns(self, job_id: int, worker: str) -> bool:
+        """Whether ``worker`` holds the job's lease (it runs it and nobody took it over)."""
+        with self._read() as con:
+            row = con.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND worker = ? AND status = 'running'",
+                (job_id, worker),
+            ).fetchone()
+        return row is not None
+
+    def release_worker(self, worker: str, reason: str) -> int:
+        """Queue again the running jobs of a worker known dead; returns how many."""
+        with self._write() as con:
+            return con.execute(
+                "UPDATE jobs SET status = 'queued', worker = NULL, heartbeat = NULL, "
+                "reason = ?, updated = ? WHERE worker = ? AND status = 'running'",
+                (reason, time.time(), worker),
+            ).rowcount
+
     def _update_owned(self, job_id: int, worker: str, fields: dict[str, Any]) -> bool:
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self._write() as con:
@@ -428,6 +453,11 @@ class Catalog:
                 (model, kind, bundle_hash),
             ).fetchone()
         return row is not None
+
+
+def _job_running(con: sqlite3.Connection, job_id: int) -> bool:
+    row = con.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row is not None and row["status"] == "running"
 
 
 def _claimable(row: sqlite3.Row, now: float, stale_seconds: float) -> bool:

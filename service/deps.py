@@ -13,6 +13,7 @@ from fastapi import Depends, Header, Request
 
 from service.errors import AuthError, NotReady
 from service.metrics import Metrics
+from service.process import WorkerProcess, WorkerState
 from service.serving import ServingIndex
 from service.settings import Settings
 from service.store import ModelStore, UploadLimits
@@ -42,10 +43,17 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_worker_state(request: Request) -> WorkerState | None:
+    """Return the supervised worker's state, or ``None`` when this process runs none."""
+    worker: WorkerProcess | None = getattr(request.app.state, "worker", None)
+    return worker.state if worker is not None else None
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 ServingDep = Annotated[ServingIndex, Depends(get_serving)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+WorkerDep = Annotated[WorkerState | None, Depends(get_worker_state)]
 ApiKeyHeader = Annotated[str | None, Header(alias="X-API-Key", include_in_schema=False)]
 
 

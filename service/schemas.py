@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from service.catalog import JobRecord, ModelRecord
+from service.process import WorkerState
 from service.store import NAME_PATTERN
 from solver import AccuracyReport
 
@@ -271,6 +272,9 @@ class ModelListResponse(BaseModel):
     default_model: str | None
     models: list[ModelStatus]
     jobs: list[JobOut] = Field(description="queued or running jobs (e.g. training)")
+    worker: WorkerOut | None = Field(
+        default=None, description="the supervised fit worker (null: none in this process)"
+    )
 
 
 class FitRequest(_Request):
@@ -295,9 +299,36 @@ class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class WorkerOut(BaseModel):
+    """The fit worker this server supervises."""
+
+    status: Literal["starting", "running", "restarting", "stopped"] = Field(
+        description="restarting: it died and a new one starts after a back-off"
+    )
+    restarts: int = Field(description="workers started after an unexpected exit")
+    last_exit: str | None = Field(description="how the last worker ended, e.g. 'signal 9'")
+    last_exit_at: float | None = Field(description="when (seconds since the epoch)")
+
+    @classmethod
+    def of(cls, state: WorkerState | None) -> WorkerOut | None:
+        """Convert, keeping ``None`` (no worker supervised by this process)."""
+        if state is None:
+            return None
+        return cls(
+            status=state.status,
+            restarts=state.restarts,
+            last_exit=state.last_exit,
+            last_exit_at=state.last_exit_at,
+        )
+
+
 class ReadyResponse(BaseModel):
-    """Readiness: the default model serves a potential."""
+    """Readiness: the default model serves a potential (and the worker's state, if any)."""
 
     ready: bool
     default_model: str | None
     version: int | None
+    reason: str | None = Field(default=None, description="why not ready, or what is degraded")
+    worker: WorkerOut | None = Field(
+        default=None, description="the supervised fit worker (null: none in this process)"
+    )

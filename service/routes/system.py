@@ -8,8 +8,15 @@ from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import MetricsDep, ServingDep, SettingsDep, StoreDep, default_model
-from service.schemas import HealthResponse, ReadyResponse
+from service.deps import (
+    MetricsDep,
+    ServingDep,
+    SettingsDep,
+    StoreDep,
+    WorkerDep,
+    default_model,
+)
+from service.schemas import HealthResponse, ReadyResponse, WorkerOut
 
 router = APIRouter(tags=["system"])
 
@@ -21,12 +28,27 @@ def healthz() -> HealthResponse:
 
 
 @router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
-def readyz(settings: SettingsDep, store: StoreDep, serving: ServingDep) -> JSONResponse:
-    """Ready (200) once the default model serves a published potential, else 503."""
+def readyz(
+    settings: SettingsDep, store: StoreDep, serving: ServingDep, worker: WorkerDep
+) -> JSONResponse:
+    """Ready (200) once the default model serves a published potential, else 503.
+
+    The body also reports the supervised worker: a dead worker does not stop serving, so it
+    does not make the server unready, but its state and last exit are shown here.
+    """
     name = default_model(settings, store)
     served = serving.current(name) if name else None
     version = served.version if served else None
-    body = ReadyResponse(ready=version is not None, default_model=name, version=version)
+    reason = None
+    if worker is not None and worker.status == "restarting":
+        reason = f"fit worker died ({worker.last_exit}); restarting"
+    body = ReadyResponse(
+        ready=version is not None,
+        default_model=name,
+        version=version,
+        reason=reason,
+        worker=WorkerOut.of(worker),
+    )
     headers = None if body.ready else {"Retry-After": "5"}
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503, headers=headers)
 

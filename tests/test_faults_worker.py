@@ -1,0 +1,119 @@
+"""Fault cases 1, 2 and 9 of the reliability review: a killed worker, a killed server, a
+cancelled job that publishes. Real processes, each wait bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.catalog import JobConfig, _alive
+from service.store import ModelStore
+from service.worker import Worker, job_config
+from tests.service_helpers import ROOT, env_for, make_settings, wait_for, write_bundle
+
+
+def _store_with_model(tmp_path, **overrides):
+    # A 2D fit to a tight target: long enough to be killed mid-way, small per iteration.
+    values = {"target_l1": 0.002, "checkpoint_every": 2, "publish_interval": 30.0}
+    settings = make_settings(tmp_path / "store", **{**values, **overrides})
+    store = ModelStore(settings.store)
+    bundle = write_bundle(tmp_path / "bundle", n=300, d=2)
+    store.register("tiny", bundle, fit=job_config(settings))
+    return settings, store
+
+
+def _checkpointed(store, at_least=2):
+    job = store.catalog.job(1)
+    return job.checkpoint_iteration is not None and job.checkpoint_iteration >= at_least
+
+
+# Case 1: kill -9 of the server's worker: noticed, reported, restarted, the job resumes.
+def test_case1_killed_worker_is_restarted_reported_and_resumes(tmp_path):
+    settings, store = _store_with_model(tmp_path, worker=True)
+    app = create_app(settings, store=store, poll=False)
+    with TestClient(app) as client:
+        supervisor = app.state.worker
+        assert wait_for(lambda: _checkpointed(store), timeout=60)
+        first = supervisor.state.pid
+        os.kill(first, signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert wait_for(lambda: supervisor.state.restarts == 1, timeout=10)
+        ready = client.get("/readyz").json()
+        assert ready["worker"]["restarts"] == 1 and "signal 9" in ready["worker"]["last_exit"]
+        assert "aeot_worker_restarts_total 1.0" in client.get("/metrics").text
+        assert not _alive(first)  # reaped: no zombie left behind
+
+        def resumed():
+            job = store.catalog.job(1)
+            return job.status == "running" and job.resumed_from is not None
+
+        assert wait_for(resumed, timeout=30)
+        print(f"fit resumed {time.monotonic() - killed_at:.1f} s after the kill")
+        job = client.get("/models/tiny").json()["job"]
+        assert job["reason"].startswith("worker died (signal 9")
+        assert job["resumed_from"] >= 2 and supervisor.state.pid != first
+        listing = client.get("/models").json()
+        assert listing["worker"]["status"] == "running"
+
+
+_STAND_IN = """
+import time
+from service.process import WorkerProcess
+from service.settings import Settings
+WorkerProcess(Settings()).start()
+time.sleep(600)
+"""
+
+
+# Case 2: kill -9 of the server: its worker is gone within 5 s, the job is free at once.
+def test_case2_worker_never_outlives_its_server(tmp_path):
+    settings, store = _store_with_model(tmp_path)
+    server = subprocess.Popen([sys.executable, "-c", _STAND_IN], env=env_for(settings), cwd=ROOT)
+    try:
+        assert wait_for(lambda: _checkpointed(store), timeout=60)
+        worker_pid = int(store.catalog.job(1).worker.rsplit(":", 1)[1])
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=10)
+        assert wait_for(lambda: not _alive(worker_pid), timeout=5)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    # The orphan checkpointed and handed the job back, or died holding a lease of a dead pid:
+    # either way a new worker takes it now, not after stale_seconds.
+    job = store.catalog.claim("new-host:1", stale_seconds=3600)
+    assert job is not None and job.id == 1
+    mark = store.checkpoint_path(job).stat().st_mtime_ns
+    time.sleep(0.5)
+    assert store.checkpoint_path(job).stat().st_mtime_ns == mark  # nobody else writes it
+
+
+# Case 2: a worker whose lease was taken over stops at once and never writes the job's files.
+def test_case2_lease_taken_over_is_never_shared(tmp_path):
+    settings, store = _store_with_model(tmp_path)
+    old = Worker(store, settings)
+    job = store.catalog.claim(old.id, 30.0)
+    assert store.catalog.claim("other:1", stale_seconds=-1.0).id == job.id  # lease expired
+    old.run_job(job)
+    assert not store.checkpoint_path(job).exists()
+    now = store.catalog.job(job.id)
+    assert now.status == "running" and now.worker == "other:1"
+    assert store.catalog.potential("tiny") is None
+
+
+# Case 9: a job cancelled by a refit cannot publish afterwards.
+def test_case9_cancelled_job_never_publishes(tmp_path):
+    settings, store = _store_with_model(tmp_path)
+    job = store.catalog.claim("w:1", 30.0)
+    store.enqueue_fit("tiny", JobConfig(target_l1=0.5), replace=True)
+    arrays = {"a": np.arange(3)}
+    assert store.publish(job, np.zeros(300), np.arange(300), arrays, 7, None) is None
+    assert store.catalog.published_versions() == {"tiny": 0}
