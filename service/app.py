@@ -6,6 +6,7 @@ inject a store in a temporary directory (and a serving index or worker flag) as 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -26,6 +27,8 @@ from service.security import KeyThrottle, RequestGate
 from service.serving import Poller, ServingIndex
 from service.settings import Settings
 from service.store import ModelStore
+
+log = logging.getLogger("aeot.server")
 
 API_DESCRIPTION = """AE-OT generative model service: samples, interpolations and the singular
 set of a semi-discrete optimal transport map in an autoencoder's latent space. Read endpoints
@@ -62,7 +65,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        worker = WorkerProcess(settings, store.catalog) if run_worker else None
+        if run_worker and store.read_only:
+            log.warning("store %s is read-only: serving only, no fit worker", settings.store)
+        worker = WorkerProcess(settings, store) if run_worker and not store.read_only else None
         app.state.worker = worker
         metrics.watch_worker(worker)
         poller = Poller(serving, settings.poll_interval) if poll else None

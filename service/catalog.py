@@ -165,19 +165,54 @@ class Catalog:
 
     Args:
         path: the SQLite file (created with its schema when missing).
+        read_only: open it for reading only (a store on a read-only filesystem); every write
+            then fails with ``sqlite3.OperationalError`` (the API answers 507).
+
+    Raises:
+        sqlite3.DatabaseError: the file is not a SQLite database (or not this catalogue).
 
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
-        with self._connect() as con:
+        self.read_only = read_only
+        self._uri = f"file:{path}?mode=ro" if read_only else None
+        if read_only:
+            try:
+                self._probe()
+            except sqlite3.OperationalError:
+                # A WAL database on a read-only filesystem cannot create its shared-memory
+                # file; a cleanly closed one has no WAL left, so read it as immutable.
+                self._uri = f"file:{path}?immutable=1"
+                self._probe()
+            return
+        con = self._connect()
+        try:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+        finally:
+            con.close()
+        # One connection held open for the catalogue's lifetime keeps the WAL and its
+        # shared-memory file in place: when the last connection closes SQLite deletes them,
+        # and the next short-lived reader must create them again, which fails on a full disk.
+        self._keeper = self._connect(shared=True)
+        self._keeper.execute("SELECT count(*) FROM models").fetchone()
 
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+    def _probe(self) -> None:
+        con = self._connect()
+        try:
+            con.execute("SELECT count(*) FROM models").fetchone()
+        finally:
+            con.close()
+
+    def _connect(self, shared: bool = False) -> sqlite3.Connection:
+        target, uri = (self._uri, True) if self._uri is not None else (str(self.path), False)
+        con = sqlite3.connect(
+            target, uri=uri, timeout=30.0, isolation_level=None, check_same_thread=not shared
+        )
         con.row_factory = sqlite3.Row
-        con.execute("PRAGMA synchronous=NORMAL")
+        if self._uri is None:
+            con.execute("PRAGMA synchronous=NORMAL")
         return con
 
     @contextmanager
@@ -216,7 +251,10 @@ class Catalog:
         return model
 
     def delete_model(self, name: str) -> bool:
-        """Remove a model, its potentials and its jobs' queue entries; False if unknown."""
+        """Remove a model, its potentials and finished jobs (active ones are cancelled).
+
+        Returns False if the model is unknown.
+        """
         with self._write() as con:
             gone = con.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount
             con.execute("DELETE FROM potentials WHERE model = ?", (name,))
@@ -224,6 +262,13 @@ class Catalog:
                 "UPDATE jobs SET status = 'cancelled', finished = ?, reason = 'deleted' "
                 "WHERE model = ? AND status IN ('queued', 'running')",
                 (time.time(), name),
+            )
+            # Its finished jobs go with it: a model registered (or trained) again under this
+            # name starts with no history that would say its training or fit already ran.
+            con.execute(
+                "DELETE FROM jobs WHERE model = ? AND status NOT IN ('queued', 'running')"
+                " AND reason IS NOT 'deleted'",
+                (name,),
             )
         return gone > 0
 

@@ -62,7 +62,14 @@ def serve(
     if settings.web_workers > 1:
         _serve_processes(settings)
         return
-    uvicorn.run(create_app(settings), **_server_options(settings))
+    from service.store import CatalogueLost  # noqa: PLC0415
+
+    try:
+        app_ = create_app(settings)
+    except CatalogueLost as exc:  # never start over a store whose catalogue is gone
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(app_, **_server_options(settings))
 
 
 def _server_options(settings: Settings) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -60,7 +62,27 @@ _MEANING = {
     "body not UTF-8 JSON",
     429: "too many wrong API keys from this client (Retry-After says when to try again)",
     503: "no fitted potential yet (Retry-After says when to try again)",
+    507: "the store cannot be written (disk full or read-only); reads keep working",
 }
+
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "the store's disk is full",
+    errno.EDQUOT: "the store's disk quota is exhausted",
+    errno.EROFS: "the store is read-only",
+}
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """Say why a write failed when the store cannot take writes (full, read-only), else None."""
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return _STORAGE_ERRNOS[exc.errno]
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        if "disk is full" in text:
+            return _STORAGE_ERRNOS[errno.ENOSPC]
+        if "readonly" in text or "read-only" in text:
+            return _STORAGE_ERRNOS[errno.EROFS]
+    return None
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -134,6 +156,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:
         return _error(422, str(exc))
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _storage(_: Request, exc: Exception) -> JSONResponse:
+        problem = storage_problem(exc)
+        if problem is None:
+            log.error("internal error", exc_info=exc)
+            return _error(500, "internal error (logged on the server)")
+        log.warning("write refused: %s (%s)", problem, exc)
+        return _error(507, f"{problem}: the change was not made; reads keep working")
 
     @app.exception_handler(ValueError)
     async def _value(_: Request, exc: ValueError) -> JSONResponse:

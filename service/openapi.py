@@ -4,7 +4,8 @@ The request models carry only static bounds; the limits that come from settings 
 ``max_steps``) are written here as JSON Schema ``maximum`` into both the body schemas and the
 GET query parameters, so a client generated from the schema stays inside what the server
 accepts. The answers of the middleware (400 bad Host, 408 stalled body, 413 body too large,
-429 throttled key) are added to every operation that can give them.
+429 throttled key) and of a store that cannot be written (507, on the key-protected writes)
+are added to every operation that can give them.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ def _write_gate_answers(
             codes = [400]
             if method.lower() in _BODY_METHODS:
                 codes += [408, 413, 422]
-            if needs_key(route, settings):
+            if needs_key(route, settings) and method.lower() != "get":
+                codes += [401, 403, 429, 507]
+            elif needs_key(route, settings):
                 codes += [401, 403, 429]
             for code, answer in error_responses(*codes).items():
                 op["responses"].setdefault(str(code), _plain(answer))

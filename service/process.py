@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from service.catalog import Catalog
 from service.settings import Settings
+from service.store import ModelStore
 
 log = logging.getLogger("aeot.server")
 
@@ -92,14 +92,14 @@ class WorkerProcess:
 
     Args:
         settings: passed to the child as ``AEOT_*`` environment variables (store made absolute).
-        catalog: the store's catalogue, to hand a dead worker's jobs back to the queue
+        store: the model store, to hand a dead worker's jobs back to the queue
             (default: the one in ``settings.store``).
 
     """
 
-    def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
+    def __init__(self, settings: Settings, store: ModelStore | None = None) -> None:
         self.settings = settings
-        self.catalog = catalog or Catalog(settings.store / "catalog.sqlite3")
+        self.store = store or ModelStore(settings.store)
         self.proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -166,7 +166,7 @@ class WorkerProcess:
         log.error("worker process %d died (%s); restarting in %.1f s", proc.pid, how, backoff)
         reason = f"worker died ({how}); resumes from its checkpoint"
         try:
-            n = self.catalog.release_worker(f"{socket.gethostname()}:{proc.pid}", reason)
+            n = self.store.release_worker(f"{socket.gethostname()}:{proc.pid}", reason)
         except Exception:  # the catalogue may be unreadable: the next worker reclaims anyway
             log.exception("could not hand the dead worker's jobs back")
             n = 0

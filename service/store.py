@@ -21,8 +21,10 @@ import hashlib
 import io
 import json
 import lzma
+import os
 import re
 import shutil
+import sqlite3
 import tarfile
 import tempfile
 import zipfile
@@ -52,6 +54,10 @@ _POTENTIAL_FORMAT = "aeot-potential/1"
 
 class StoreError(ValueError):
     """A request the store cannot honour (bad name, bad bundle); the message says why."""
+
+
+class CatalogueLost(RuntimeError):
+    """The catalogue is missing, empty or unreadable while the store holds models."""
 
 
 class UnknownModel(KeyError):
@@ -118,10 +124,14 @@ class ModelStore:
     def __init__(self, root: Path | str, *, limits: UploadLimits | None = None) -> None:
         self.root = Path(root)
         self.limits = limits or UploadLimits()
-        for sub in ("models", "staging", "trash"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self.catalog = Catalog(self.root / "catalog.sqlite3")
-        self._empty_trash()
+        # A store on a read-only filesystem (or directory) is served read-only: writes 507.
+        self.read_only = self.root.is_dir() and not os.access(self.root, os.W_OK)
+        if not self.read_only:
+            for sub in ("models", "staging", "trash"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.catalog = _open_catalog(self.root, self.read_only)
+        if not self.read_only:
+            self._empty_trash()
 
     # Paths ------------------------------------------------------------------------------
     def model_dir(self, name: str) -> Path:
@@ -278,6 +288,14 @@ class ModelStore:
         jobs = [j for j in self.catalog.jobs(name, limit=5) if j.kind == kind]
         return jobs[0] if jobs else None
 
+    def owns(self, job: JobRecord, worker: str) -> bool:
+        """Whether ``worker`` holds the job's lease (runs it; nobody took it over)."""
+        return self.catalog.owns(job.id, worker)
+
+    def release_worker(self, worker: str, reason: str) -> int:
+        """Queue again the running jobs of a worker known dead; returns how many."""
+        return self.catalog.release_worker(worker, reason)
+
     def save_checkpoint(self, job: JobRecord, state: FitState) -> None:
         """Write a fit job's resumable state atomically."""
         save_state(self.checkpoint_path(job), state)
@@ -352,6 +370,43 @@ class ModelStore:
     def _empty_trash(self) -> None:
         for entry in (self.root / "trash").iterdir():
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _open_catalog(root: Path, read_only: bool) -> Catalog:
+    """Open the catalogue; never start a new one over models it has lost.
+
+    Raises:
+        CatalogueLost: the file is missing or empty while model directories exist, or it is
+            not a readable catalogue at all (whatever the directories).
+
+    """
+    path = root / "catalog.sqlite3"
+    models_dir = root / "models"
+    models = (
+        sorted(p.name for p in models_dir.iterdir() if p.is_dir()) if models_dir.is_dir() else []
+    )
+    size = path.stat().st_size if path.exists() else None
+    if models and not size:
+        what = "missing" if size is None else "empty (0 bytes)"
+        raise CatalogueLost(_lost_message(path, what, models))
+    try:
+        return Catalog(path, read_only=read_only)
+    except sqlite3.DatabaseError as exc:
+        raise CatalogueLost(_lost_message(path, f"unreadable ({exc})", models)) from exc
+
+
+def _lost_message(path: Path, what: str, models: list[str]) -> str:
+    held = (
+        f"{len(models)} model directories ({', '.join(models[:5])}) exist beside it; "
+        if models
+        else ""
+    )
+    return (
+        f"the catalogue {path} is {what}; {held}refusing to start a new catalogue over them. "
+        f"To recover, stop every server and worker on this store, then restore {path.name} "
+        f"(and its -wal file) from a backup; or move the store aside and start with an "
+        f"empty one (models re-registered from their bundle directories are fitted again)."
+    )
 
 
 def _file_hash(path: Path) -> str:

@@ -187,7 +187,7 @@ class Worker:
         result = fit(problem, config, callback=lambda p: self._on_progress(run, p), resume=resume)
         # Only the lease holder writes the job's files: a worker that lost the job (cancelled,
         # or taken over after its lease expired) must not overwrite the new owner's checkpoint.
-        if run.lost or not self.store.catalog.owns(job.id, self.id):
+        if run.lost or not self.store.owns(job, self.id):
             return "cancelled", "cancelled"
         self.store.save_checkpoint(job, result.state)
         if self.stop.is_set() and result.reason == "callback":
@@ -206,7 +206,7 @@ class Worker:
         stopping = self.stop.is_set()
         checkpoint = state.iteration % self.settings.checkpoint_every == 0
         if checkpoint or stopping:
-            if not self.store.catalog.owns(run.job.id, self.id):
+            if not self.store.owns(run.job, self.id):
                 run.lost = True  # cancelled, deleted or taken over: the files are not ours
                 return False
             self.store.save_checkpoint(run.job, state)
