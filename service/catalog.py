@@ -445,6 +445,24 @@ class Catalog:
             fields["finished"] = now
         return self._update_owned(job_id, worker, fields)
 
+    def note(self, job_id: int, reason: str) -> None:
+        """Record why a job runs as it does (e.g. resumed from an older checkpoint)."""
+        with self._write() as con:
+            con.execute(
+                "UPDATE jobs SET reason = ?, updated = ? WHERE id = ?",
+                (reason, time.time(), job_id),
+            )
+
+    def job_counts(self, model: str, kind: JobKind, bundle_hash: str | None) -> dict[str, int]:
+        """``{status: jobs}`` of this kind for the model's bundle."""
+        with self._read() as con:
+            rows = con.execute(
+                "SELECT status, count(*) AS n FROM jobs WHERE model = ? AND kind = ? "
+                "AND bundle_hash IS ? GROUP BY status",
+                (model, kind, bundle_hash),
+            ).fetchall()
+        return {r["status"]: int(r["n"]) for r in rows}
+
     def owns(self, job_id: int, worker: str) -> bool:
         """Whether ``worker`` holds the job's lease (it runs it and nobody took it over)."""
         with self._read() as con:

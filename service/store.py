@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import lzma
 import os
 import re
@@ -47,7 +48,11 @@ from service.catalog import (
 )
 from solver import AccuracyReport, FitState, atomic_write_bytes, load_state, save_state
 
+log = logging.getLogger("aeot.store")
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# Fits of one bundle queued at most (the first and two retries after failures).
+FIT_ATTEMPTS = 3
 _NAME_RE = re.compile(NAME_PATTERN)
 _POTENTIAL_FORMAT = "aeot-potential/1"
 
@@ -266,13 +271,19 @@ class ModelStore:
         return self.catalog.enqueue(name, "train", JobConfig(seed=seed), None)
 
     def ensure_fit_jobs(self, config: JobConfig) -> list[JobRecord]:
-        """Queue a fit for every model whose potential is missing or stale (other bundle)."""
+        """Queue a fit for every model whose potential is missing or stale (other bundle).
+
+        A fit that failed is queued again, ``FIT_ATTEMPTS`` times at most per bundle.
+        """
         queued = []
         for model in self.models():
             current = self.catalog.potential(model.name)
             if current is not None and current.bundle_hash == model.bundle_hash:
                 continue
-            if self.catalog.has_job(model.name, "fit", model.bundle_hash):
+            counts = self.catalog.job_counts(model.name, "fit", model.bundle_hash)
+            if any(counts.get(s, 0) for s in ("queued", "running", "done")):
+                continue
+            if counts.get("failed", 0) >= FIT_ATTEMPTS:
                 continue
             job = self.catalog.enqueue(model.name, "fit", config, model.bundle_hash)
             if job is not None:
@@ -297,18 +308,41 @@ class ModelStore:
         return self.catalog.release_worker(worker, reason)
 
     def save_checkpoint(self, job: JobRecord, state: FitState) -> None:
-        """Write a fit job's resumable state atomically."""
-        save_state(self.checkpoint_path(job), state)
+        """Write a fit job's resumable state atomically, keeping the previous one beside it."""
+        path = self.checkpoint_path(job)
+        if path.exists():
+            os.replace(path, _previous(path))
+        save_state(path, state)
 
     def load_checkpoint(self, job: JobRecord) -> FitState | None:
-        """Load the job's last checkpoint, or ``None`` (none yet, or unreadable)."""
+        """Load the job's newest readable checkpoint, or ``None`` (none yet, or none readable).
+
+        A damaged checkpoint (truncated, garbage, non-finite heights) is skipped for the
+        previous one; the job's reason says so in ``/models`` and the log warns, so a fit that
+        restarts from iteration 0 never does it silently.
+        """
         path = self.checkpoint_path(job)
-        if not path.exists():
-            return None
-        try:
-            return load_state(path)
-        except ValueError:
-            return None
+        damaged = []
+        for candidate in (path, _previous(path)):
+            if not candidate.exists():
+                continue
+            try:
+                state = load_state(candidate)
+                if not np.isfinite(state.heights).all():
+                    raise ValueError("heights are not finite")
+            except (ValueError, OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+                log.warning("job %d: checkpoint %s is damaged: %s", job.id, candidate.name, exc)
+                damaged.append(candidate.name)
+                continue
+            if damaged:
+                self.catalog.note(
+                    job.id, f"checkpoint damaged; resumed from the previous one ({candidate.name})"
+                )
+            return state
+        if damaged:
+            log.warning("job %d: no readable checkpoint; the fit restarts from iteration 0", job.id)
+            self.catalog.note(job.id, "checkpoints damaged; restarted from iteration 0")
+        return None
 
     # Potentials -------------------------------------------------------------------------
     def publish(
@@ -407,6 +441,11 @@ def _lost_message(path: Path, what: str, models: list[str]) -> str:
         f"(and its -wal file) from a backup; or move the store aside and start with an "
         f"empty one (models re-registered from their bundle directories are fitted again)."
     )
+
+
+def _previous(path: Path) -> Path:
+    """Where the checkpoint before ``path`` is kept (``<id>.prev.npz``)."""
+    return path.with_suffix(".prev.npz")
 
 
 def _file_hash(path: Path) -> str:

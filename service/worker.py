@@ -189,7 +189,8 @@ class Worker:
         # or taken over after its lease expired) must not overwrite the new owner's checkpoint.
         if run.lost or not self.store.owns(job, self.id):
             return "cancelled", "cancelled"
-        self.store.save_checkpoint(job, result.state)
+        if result.state.iteration != run.checkpoint_iteration:  # else it is on disk already
+            self.store.save_checkpoint(job, result.state)
         if self.stop.is_set() and result.reason == "callback":
             return "queued", "worker stopped"
         if result.state.iteration != run.published_iteration:

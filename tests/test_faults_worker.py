@@ -1,5 +1,5 @@
-"""Fault cases 1, 2 and 9 of the reliability review: a killed worker, a killed server, a
-cancelled job that publishes. Real processes, each wait bounded.
+"""Fault cases 1, 2, 6 and 9 of the reliability review: a killed worker, a killed server, a
+damaged checkpoint, a cancelled job that publishes. Real processes, each wait bounded.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.catalog import JobConfig, _alive
-from service.store import ModelStore
+from service.store import FIT_ATTEMPTS, ModelStore
 from service.worker import Worker, job_config
+from solver import load_state
 from tests.service_helpers import ROOT, env_for, make_settings, wait_for, write_bundle
 
 
@@ -117,3 +118,34 @@ def test_case9_cancelled_job_never_publishes(tmp_path):
     arrays = {"a": np.arange(3)}
     assert store.publish(job, np.zeros(300), np.arange(300), arrays, 7, None) is None
     assert store.catalog.published_versions() == {"tiny": 0}
+
+
+# Case 6: a truncated or garbage checkpoint falls back to the previous one, and says so.
+def test_case6_damaged_checkpoint_falls_back_to_the_previous(tmp_path):
+    settings, store = _store_with_model(tmp_path, fit_max_iter=6)
+    worker = Worker(store, settings)
+    job = store.catalog.claim(worker.id, 30.0)
+    worker.run_job(job)
+    path = store.checkpoint_path(job)
+    previous = path.with_suffix(".prev.npz")
+    newest, older = load_state(path).iteration, load_state(previous).iteration
+    assert older < newest
+    path.write_bytes(path.read_bytes()[:200])  # truncated
+    state = store.load_checkpoint(job)
+    assert state is not None and state.iteration == older
+    assert "resumed from the previous one" in store.catalog.job(job.id).reason
+    previous.write_bytes(b"not a checkpoint" * 8)  # garbage
+    assert store.load_checkpoint(job) is None
+    assert "restarted from iteration 0" in store.catalog.job(job.id).reason
+
+
+# Case 6: a failed fit is queued again (a bounded number of times), not left failed for good.
+def test_case6_failed_fit_is_retried(tmp_path):
+    settings, store = _store_with_model(tmp_path)
+    retried = []
+    for _ in range(FIT_ATTEMPTS):
+        job = store.catalog.claim("w:1", 30.0)
+        assert job is not None
+        store.catalog.finish(job.id, "w:1", "failed", "error", "boom")
+        retried.append(len(store.ensure_fit_jobs(job_config(settings))))
+    assert retried == [1] * (FIT_ATTEMPTS - 1) + [0]
