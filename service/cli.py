@@ -62,6 +62,7 @@ def serve(
     if settings.web_workers > 1:
         _serve_processes(settings)
         return
+    from service.server import server_options  # noqa: PLC0415
     from service.store import CatalogueLost  # noqa: PLC0415
 
     try:
@@ -69,20 +70,7 @@ def serve(
     except CatalogueLost as exc:  # never start over a store whose catalogue is gone
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    uvicorn.run(app_, **_server_options(settings))
-
-
-def _server_options(settings: Settings) -> dict[str, Any]:
-    """Uvicorn options of every server process: address, idle and header limits."""
-    return {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        # Idle keep-alive connections are closed (stalled bodies: the 408 of BodyLimit).
-        "timeout_keep_alive": settings.keep_alive_timeout,
-        # Request heads (line + headers) over 16 KiB are refused by h11 with a 400.
-        "h11_max_incomplete_event_size": 16 * 1024,
-    }
+    uvicorn.run(app_, **server_options(settings))
 
 
 def _serve_processes(settings: Settings) -> None:
@@ -90,6 +78,7 @@ def _serve_processes(settings: Settings) -> None:
     import uvicorn  # noqa: PLC0415
 
     from service.process import WorkerProcess  # noqa: PLC0415
+    from service.server import server_options  # noqa: PLC0415
 
     own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     metrics_dir = tempfile.mkdtemp(prefix="aeot-metrics-") if own_dir else None
@@ -107,7 +96,7 @@ def _serve_processes(settings: Settings) -> None:
             "service.app:app_from_env",
             factory=True,
             workers=settings.web_workers,
-            **_server_options(settings),
+            **server_options(settings),
             # A process imports torch and the solver before it answers the supervisor's
             # health check, which takes longer than uvicorn's 5 s on a busy 2-core machine.
             timeout_worker_healthcheck=60,

@@ -10,10 +10,13 @@ import asyncio
 import io
 import json
 import shutil
+import socket
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -23,6 +26,7 @@ from tests.service_helpers import (
     bundle_archive,
     copy_store,
     fitted_template,
+    live_server,
     make_settings,
     write_bundle,
 )
@@ -262,3 +266,44 @@ def test_case15_no_server_paths_in_errors(client, app_and_store, bundle_dir, tmp
     detail = r.json()["detail"]
     assert "latents.npy" in detail
     assert str(store.root) not in detail and "/staging" not in detail and "/tmp" not in detail
+
+
+def _closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> bool:
+    """Whether the server closes ``sock`` within ``seconds`` (sending ``trickle`` bytewise)."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.25)
+    for byte in trickle or b"\0" * 10_000:
+        if time.monotonic() > deadline:
+            return False
+        try:
+            if trickle:
+                sock.send(bytes([byte]))
+            if sock.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:  # reset by the server
+            return True
+    return False
+
+
+# Case 15, over real sockets: idle and trickled heads are cut, a stalled body gets a 408.
+def test_case15_stalled_connections_time_out_on_a_live_server(base, tmp_path):
+    store = copy_store(fitted_template(base), tmp_path / "store")
+    settings = make_settings(store.root, keep_alive_timeout=1.0, body_timeout=1.0)
+    with live_server(settings) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            assert _closed_within(idle, 5.0)
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 200
+            assert _closed_within(slow, 5.0, trickle=head)
+        with socket.create_connection(("127.0.0.1", port)) as stalled:
+            stalled.sendall(
+                b"POST /sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100\r\n\r\n{"n": '
+            )
+            stalled.settimeout(5.0)
+            assert stalled.recv(4096).startswith(b"HTTP/1.1 408")
+        r = httpx.get(f"{url}/healthz", headers={"host": "rebind.example"})
+        assert r.status_code == 400
