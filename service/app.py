@@ -27,6 +27,7 @@ from service.security import KeyThrottle, RequestGate
 from service.serving import Poller, ServingIndex
 from service.settings import Settings
 from service.store import ModelStore
+from service.worker import job_config
 
 log = logging.getLogger("aeot.server")
 
@@ -61,6 +62,8 @@ def create_app(
     serving = serving or ServingIndex(store, settings, on_swap=metrics.on_swap)
     if serving.on_swap is None:
         serving.on_swap = metrics.on_swap
+    if serving.on_damaged is None and not store.read_only:
+        serving.on_damaged = lambda name: queue_refit(store, settings, name)
     run_worker = settings.worker if start_worker is None else start_worker
 
     @asynccontextmanager
@@ -110,6 +113,12 @@ def create_app(
         RequestGate, settings=settings, routes=api_routes, throttle=app.state.throttle
     )
     return app
+
+
+def queue_refit(store: ModelStore, settings: Settings, name: str) -> None:
+    """Queue a fit of ``name`` with the server's settings (none if one is already active)."""
+    if store.enqueue_fit(name, job_config(settings)) is not None:
+        log.warning("model %s: refit queued to replace a damaged potential", name)
 
 
 def app_from_env() -> FastAPI:

@@ -70,6 +70,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
+CREATE TABLE IF NOT EXISTS damaged (
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (model, version)
+);
 """
 
 
@@ -258,6 +265,7 @@ class Catalog:
         with self._write() as con:
             gone = con.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount
             con.execute("DELETE FROM potentials WHERE model = ?", (name,))
+            con.execute("DELETE FROM damaged WHERE model = ?", (name,))
             con.execute(
                 "UPDATE jobs SET status = 'cancelled', finished = ?, reason = 'deleted' "
                 "WHERE model = ? AND status IN ('queued', 'running')",
@@ -308,7 +316,11 @@ class Catalog:
                 return None
             if job_id is not None and not _job_running(con, job_id):
                 return None  # cancelled (a refit replaced it) or deleted: never publish
-            version = int(row["published_version"]) + 1
+            # Past the newest ever written: a retracted (damaged) version is never reused.
+            newest = con.execute(
+                "SELECT MAX(version) AS v FROM potentials WHERE model = ?", (model,)
+            ).fetchone()["v"]
+            version = max(int(row["published_version"]), int(newest or 0)) + 1
             con.execute(
                 "INSERT INTO potentials (model, version, path, bundle_hash, job_id, iteration, "
                 "accuracy, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -340,6 +352,45 @@ class Catalog:
                     "SELECT * FROM potentials WHERE model = ? AND version = ?", (model, version)
                 ).fetchone()
         return _potential(row) if row else None
+
+    def retract(self, model: str, version: int, reason: str) -> int | None:
+        """Withdraw a damaged version: the model's current becomes its newest older good one.
+
+        Returns:
+            The version now current (0: none left), or ``None`` when ``version`` is no longer
+            the current one (already retracted elsewhere, or a newer one published).
+
+        """
+        with self._write() as con:
+            row = con.execute(
+                "SELECT published_version FROM models WHERE name = ?", (model,)
+            ).fetchone()
+            if row is None or int(row["published_version"]) != version:
+                return None
+            con.execute(
+                "INSERT OR REPLACE INTO damaged (model, version, reason, created) "
+                "VALUES (?, ?, ?, ?)",
+                (model, version, reason, time.time()),
+            )
+            good = con.execute(
+                "SELECT MAX(version) AS v FROM potentials WHERE model = ? AND version < ? "
+                "AND version NOT IN (SELECT version FROM damaged WHERE model = ?)",
+                (model, version, model),
+            ).fetchone()["v"]
+            fallback = int(good or 0)
+            con.execute("UPDATE models SET published_version = ? WHERE name = ?", (fallback, model))
+        return fallback
+
+    def damage(self, model: str) -> tuple[int, str] | None:
+        """The newest retracted version of ``model`` newer than its current, with the reason."""
+        with self._read() as con:
+            row = con.execute(
+                "SELECT d.version, d.reason FROM damaged d JOIN models m ON m.name = d.model "
+                "WHERE d.model = ? AND d.version > m.published_version "
+                "ORDER BY d.version DESC LIMIT 1",
+                (model,),
+            ).fetchone()
+        return (int(row["version"]), row["reason"]) if row else None
 
     def published_versions(self) -> dict[str, int]:
         """``{model: published version}`` for every model (0: nothing published yet)."""

@@ -240,6 +240,11 @@ class ModelStatus(BaseModel):
     ready: bool
     accuracy: AccuracyOut | None = Field(description="check of the published potential")
     job: JobOut | None
+    problem: str | None = Field(
+        default=None,
+        description="what is wrong when the model is served degraded or not at all "
+        "(a damaged potential and the version served instead, a bundle that does not load)",
+    )
 
     @classmethod
     def of(
@@ -250,6 +255,7 @@ class ModelStatus(BaseModel):
         served: int | None,
         accuracy: AccuracyReport | None,
         job: JobRecord | None,
+        problem: str | None = None,
     ) -> ModelStatus:
         """Assemble from catalogue rows."""
         return cls(
@@ -263,6 +269,7 @@ class ModelStatus(BaseModel):
             ready=served is not None,
             accuracy=AccuracyOut.of(accuracy),
             job=JobOut.of(job) if job else None,
+            problem=problem,
         )
 
 

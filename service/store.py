@@ -373,6 +373,11 @@ class ModelStore:
         )
         np.savez(buf, **arrays)
         atomic_write_bytes(path, buf.getvalue())
+        try:  # verified as a reader will see it before it can become current
+            _verify_potential(path, np.asarray(heights).shape, map_arrays)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            path.unlink(missing_ok=True)
+            raise StoreError(f"potential of job {job.id} failed verification: {exc}") from exc
         rel = str(path.relative_to(self.root))
         assert job.bundle_hash is not None  # fit jobs always carry their bundle's hash
         version = self.catalog.publish(job.model, rel, job.bundle_hash, job.id, iteration, accuracy)
@@ -441,6 +446,18 @@ def _lost_message(path: Path, what: str, models: list[str]) -> str:
         f"(and its -wal file) from a backup; or move the store aside and start with an "
         f"empty one (models re-registered from their bundle directories are fitted again)."
     )
+
+
+def _verify_potential(
+    path: Path, shape: tuple[int, ...], map_arrays: dict[str, np.ndarray]
+) -> None:
+    """Read a written potential back: every array present, heights finite of ``shape``."""
+    with np.load(path, allow_pickle=False) as z:
+        heights = z["heights"]
+        if heights.shape != shape or not np.isfinite(heights).all():
+            raise ValueError(f"heights read back as {heights.shape}, finite or not")
+        for key in ("inverse", "meta", *(f"map_{k}" for k in map_arrays)):
+            z[key]  # noqa: B018 - reading decompresses and CRC-checks the member
 
 
 def _previous(path: Path) -> Path:

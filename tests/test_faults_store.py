@@ -11,11 +11,13 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.store import CatalogueLost, ModelStore
+from service.catalog import JobConfig
+from service.store import CatalogueLost, ModelStore, StoreError
 from service.worker import Worker
 from tests.service_helpers import (
     API_KEY,
@@ -140,3 +142,68 @@ def test_case8_deleted_default_model_is_trained_again(tmp_path):
     Worker(store, settings).schedule()
     queued = [j for j in store.jobs("tiny") if j.status == "queued"]
     assert [j.kind for j in queued] == ["train"]
+
+
+def _potential_file(store: ModelStore, version: int) -> Path:
+    return store.root / store.catalog.potential("tiny", version).path
+
+
+# Cases 3 and 4: a torn, garbage or missing current potential falls back to the last good
+# version, says why in /models and /readyz, and a refit is queued that repairs it.
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+def test_case3_4_damaged_potential_falls_back_and_refit_repairs(base, tmp_path, damage):
+    store = copy_store(fitted_template(base), tmp_path / "store")
+    latest = store.catalog.published_versions()["tiny"]
+    assert latest >= 2
+    path = _potential_file(store, latest)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00garbage" * 100)
+    else:
+        path.unlink()
+    settings = make_settings(store.root)
+    app = create_app(settings, store=store, poll=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/sample", params={"n": 4})
+        assert r.status_code == 200 and int(r.headers["x-potential-version"]) == latest - 1
+        status = client.get("/models/tiny").json()
+        assert f"potential v{latest} is damaged" in status["problem"]
+        assert status["job"]["status"] == "queued"  # the refit
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and "damaged" in ready.json()["reason"]
+        # Retracted in the catalogue: a restart (or another process) serves the good one.
+        assert store.catalog.published_versions()["tiny"] == latest - 1
+        Worker(store, settings).run(idle_exit=True)  # the refit runs and publishes
+        app.state.serving.refresh()
+        r = client.get("/sample", params={"n": 4})
+        assert int(r.headers["x-potential-version"]) > latest
+        assert client.get("/models/tiny").json()["problem"] is None
+
+
+def test_case4_damaged_bundle_says_so_once(base, tmp_path, caplog):
+    store = copy_store(fitted_template(base), tmp_path / "store")
+    decoder = store.bundle_dir("tiny") / "decoder.safetensors"
+    decoder.write_bytes(decoder.read_bytes()[:100])
+    app = create_app(make_settings(store.root), store=store, poll=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for _ in range(5):
+            r = client.get("/sample", params={"n": 4})
+            assert r.status_code == 503
+        assert "bundle does not load" in r.json()["detail"]
+        assert "no fitted potential yet" not in r.json()["detail"]
+        assert "bundle does not load" in client.get("/models/tiny").json()["problem"]
+    logged = [rec for rec in caplog.records if "bundle does not load" in rec.getMessage()]
+    assert len(logged) == 1
+
+
+# Case 3: a potential that does not verify (non-finite heights) never becomes current.
+def test_case3_unverified_potential_is_never_published(tmp_path):
+    store = ModelStore(tmp_path / "store")
+    store.register("tiny", write_bundle(tmp_path / "bundle", n=30, d=2), fit=JobConfig())
+    job = store.catalog.claim("w:1", 30.0)
+    heights = np.full(30, np.nan)
+    with pytest.raises(StoreError, match="verification"):
+        store.publish(job, heights, np.arange(30), {"a": np.arange(3)}, 1, None)
+    assert store.catalog.published_versions() == {"tiny": 0}
+    assert list((store.model_dir("tiny") / "potentials").iterdir()) == []

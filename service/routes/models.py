@@ -39,6 +39,7 @@ def _status(name: str, settings: Settings, store: ModelStore, serving: ServingIn
         served=serving.versions().get(name),
         accuracy=potential.accuracy if potential else None,
         job=store.active_job(name),
+        problem=serving.problem(name),
     )
 
 

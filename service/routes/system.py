@@ -42,7 +42,7 @@ def readyz(
     name = default_model(settings, store)
     served = serving.current(name) if name else None
     version = served.version if served else None
-    reason = _reason(name, version, store, worker)
+    reason = _reason(name, version, store, worker, serving.problem(name) if name else None)
     body = ReadyResponse(
         ready=version is not None,
         default_model=name,
@@ -55,10 +55,16 @@ def readyz(
 
 
 def _reason(
-    name: str | None, version: int | None, store: ModelStore, worker: WorkerState | None
+    name: str | None,
+    version: int | None,
+    store: ModelStore,
+    worker: WorkerState | None,
+    problem: str | None,
 ) -> str | None:
     """Why the server is not ready, and what is degraded (``None``: all is well)."""
     parts = []
+    if name is not None and problem is not None:
+        parts.append(f"model {name!r}: {problem}")
     if name is None:
         training = [j for j in store.jobs(limit=20) if j.kind == "train" and j.status in ACTIVE]
         parts.append(
@@ -66,7 +72,7 @@ def _reason(
             if training
             else "no model registered yet; upload one (POST /models)"
         )
-    elif version is None:
+    elif version is None and problem is None:
         job = store.active_job(name)
         state = f"fit job {job.id} {job.status}" if job else "no fit job"
         parts.append(f"model {name!r} has no fitted potential yet ({state})")
