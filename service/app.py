@@ -17,17 +17,17 @@ from fastapi.staticfiles import StaticFiles
 from models.runtime import torch_threads
 from service.deps import upload_limits
 from service.errors import install_error_handlers
+from service.job_config import job_config
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodyLimit, LatencyMetrics
 from service.openapi import set_limits
 from service.process import WorkerProcess
-from service.routes import generate, models, system
+from service.routes import catalogue, generate, system
 from service.security import KeyThrottle, RequestGate
 from service.serving import Poller, ServingIndex
 from service.settings import Settings
 from service.store import ModelStore
-from service.worker import job_config
 
 log = logging.getLogger("aeot.server")
 
@@ -97,7 +97,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.worker = None  # the supervised worker while the lifespan runs (run_worker)
     install_error_handlers(app)
-    routers = (system.router, generate.router, models.router)
+    routers = (system.router, generate.router, catalogue.router)
     for router in routers:
         app.include_router(router)
     # The API routes as declared (paths and dependencies): the gate and the schema read them.

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from service.job_config import JobConfig
 from solver import AccuracyReport
 
 JobKind = Literal["fit", "train"]
@@ -78,24 +79,6 @@ CREATE TABLE IF NOT EXISTS damaged (
     PRIMARY KEY (model, version)
 );
 """
-
-
-@dataclass(frozen=True, kw_only=True)
-class JobConfig:
-    """What a fit job asks of the solver (stored with the job so a resume uses the same).
-
-    Attributes:
-        target_l1: stop at this L1 on an independent sample.
-        seed: seed of every sample stream of the fit.
-        max_iter: iterations at most.
-        time_budget: seconds of fitting at most, or ``None``.
-
-    """
-
-    target_l1: float = 0.05
-    seed: int = 0
-    max_iter: int = 100000
-    time_budget: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -431,7 +414,7 @@ class Catalog:
             cur = con.execute(
                 "INSERT INTO jobs (model, kind, status, config, bundle_hash, created, updated) "
                 "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                (model, kind, json.dumps(config.__dict__), bundle_hash, now, now),
+                (model, kind, config.to_json(), bundle_hash, now, now),
             )
             job_id = int(cur.lastrowid or 0)
         job = self.job(job_id)
@@ -641,7 +624,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
         model=row["model"],
         kind=row["kind"],
         status=row["status"],
-        config=JobConfig(**json.loads(row["config"])),
+        config=JobConfig.from_json(row["config"]),
         bundle_hash=row["bundle_hash"],
         created=row["created"],
         started=row["started"],

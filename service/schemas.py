@@ -212,7 +212,7 @@ class JobOut(BaseModel):
             id=job.id,
             kind=job.kind,
             status=job.status,
-            target_l1=job.config.target_l1,
+            target_l1=job.config.fit.target_l1,
             iteration=job.iteration,
             elapsed=job.elapsed,
             train_l1=job.train_l1,

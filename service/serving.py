@@ -1,6 +1,6 @@
 """The serving index: the latest published potential of each model, swapped atomically.
 
-A :class:`Served` object holds everything a request needs (decoder, extended map, version) and
+A :class:`Served` object holds everything a request needs (decoder, potential, version) and
 never changes after it is built. :class:`ServingIndex` keeps a dict of them; a refresh builds
 every new object completely and then replaces the dict with one assignment, so a request that
 took its ``Served`` at the start sees one potential version from start to end, whatever swaps
@@ -18,13 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models import Bundle
+from models import Bundle, resolve_device
 from service.catalog import ModelRecord
-from service.device import index_backend, torch_device
 from service.errors import NotReady
 from service.settings import Settings
 from service.store import ModelStore, UnknownModel
-from solver import AccuracyReport, ExtendedMap
+from solver import AccuracyReport, ExtendedMap, Potential, backend_for_device
 
 log = logging.getLogger("aeot.serving")
 
@@ -37,6 +36,10 @@ class BundleDamaged(Exception):
     """A model's bundle (decoder weights, latents, config) does not load."""
 
 
+class _StaleBundle(Exception):
+    """The potential was fitted to a bundle the model no longer has (replaced meanwhile)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Served:
     """One model at one potential version, ready to answer requests.
@@ -45,8 +48,7 @@ class Served:
         name: model name.
         version: potential version (increases with every publication).
         bundle: decoder and training latents.
-        ext_map: the (extended) OT map of this version.
-        inverse: training latent index -> distinct target index, shape ``(N_train,)``.
+        potential: the fitted potential of this version (heights, extended map, ...).
         accuracy: the independent accuracy check the version was published with.
 
     """
@@ -54,9 +56,18 @@ class Served:
     name: str
     version: int
     bundle: Bundle
-    ext_map: ExtendedMap
-    inverse: np.ndarray
+    potential: Potential
     accuracy: AccuracyReport | None
+
+    @property
+    def ext_map(self) -> ExtendedMap:
+        """The pure and extended OT maps of this version."""
+        return self.potential.extended_map
+
+    @property
+    def inverse(self) -> np.ndarray:
+        """Training latent index -> distinct target index, shape ``(N_train,)``."""
+        return self.potential.inverse
 
     @property
     def dim(self) -> int:
@@ -100,8 +111,8 @@ class ServingIndex:
         self._bundles: dict[tuple[str, str], Bundle] = {}
         self._refresh_lock = threading.Lock()
         self._last_poll = -np.inf
-        self._device = torch_device(settings.device)
-        self._backend = index_backend(settings.device)
+        self._device = resolve_device(settings.device)
+        self._backend = backend_for_device(self._device)
 
     def get(self, name: str) -> Served:
         """Return the served object of model ``name``.
@@ -158,7 +169,7 @@ class ServingIndex:
             self._refresh_lock.release()
 
     def _refresh(self) -> list[tuple[str, int]]:
-        published = self.store.catalog.published_versions()
+        published = self.store.published_versions()
         current = self._served
         new = {k: v for k, v in current.items() if k in published}
         self._problems = {k: v for k, v in self._problems.items() if k in published}
@@ -186,7 +197,7 @@ class ServingIndex:
                 continue
             try:
                 loaded = self._load(name, version)
-            except UnknownModel:  # deleted meanwhile
+            except (UnknownModel, _StaleBundle):  # deleted or replaced meanwhile
                 return None
             except BundleDamaged as exc:
                 if self._problems.get(name) != str(exc):
@@ -194,7 +205,7 @@ class ServingIndex:
                 self._problems[name] = str(exc)
                 return None
             except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-                if self.store.catalog.potential(name, version) is None:
+                if self.store.potential_record(name, version) is None:
                     return None  # deleted or replaced meanwhile, not damaged
                 self._report_damage(name, version, f"{type(exc).__name__}: {exc}")
                 continue
@@ -214,7 +225,7 @@ class ServingIndex:
             )
             return
         try:
-            self.store.catalog.retract(name, version, reason)
+            self.store.retract(name, version, reason)
             if self.on_damaged is not None:
                 self.on_damaged(name)
         except Exception:  # a full store cannot record it: keep serving what loads
@@ -225,7 +236,7 @@ class ServingIndex:
         local = self._problems.get(name)
         if local is not None:
             return local
-        damage = self.store.catalog.damage(name)
+        damage = self.store.damage(name)
         if damage is None:
             return None
         version, reason = damage
@@ -234,24 +245,21 @@ class ServingIndex:
         return f"potential v{version} is damaged ({reason}); {now}; a refit is queued"
 
     def _load(self, name: str, version: int) -> Served | None:
-        potential = self.store.potential(name, version)
-        if potential is None:
+        record = self.store.potential_record(name, version)
+        if record is None:
             return None
-        record = potential.record
         bundle = self._bundle(self.store.model(name), record.bundle_hash)
-        ext_map = ExtendedMap.from_arrays(potential.map_arrays, backend=self._backend)
         return Served(
             name=name,
             version=record.version,
             bundle=bundle,
-            ext_map=ext_map,
-            inverse=potential.inverse,
+            potential=self.store.load_potential(record, backend=self._backend),
             accuracy=record.accuracy,
         )
 
     def _bundle(self, model: ModelRecord, bundle_hash: str) -> Bundle:
         if model.bundle_hash != bundle_hash:
-            raise ValueError("the potential belongs to a replaced bundle")
+            raise _StaleBundle("the potential belongs to a replaced bundle")
         key = (model.name, bundle_hash)
         if key not in self._bundles:
             failed = self._bad_bundles.get(key)

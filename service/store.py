@@ -5,13 +5,14 @@ Layout (``root`` is ``Settings.store``)::
     catalog.sqlite3                     models, potentials, jobs (service.catalog)
     models/<name>/bundle/               the model bundle (models.load_bundle)
     models/<name>/jobs/<id>.npz         fit checkpoints (solver.save_state)
-    models/<name>/potentials/<f>.npz    published potentials: heights + extended map arrays
+    models/<name>/potentials/<f>.npz    published potentials (solver.Potential.save)
     staging/                            uploads and trainings being assembled
     trash/                              deleted model directories awaiting removal
 
 Every file is written to a temporary name and renamed into place (bundles as whole directories),
 and the catalogue row that makes a file visible is written after the file, in one transaction;
 a crash at any moment leaves the store readable (at worst an unreferenced file or directory).
+The store is the only door to the catalogue: the worker, the routes and the CLI call its methods.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import logging
 import lzma
 import os
@@ -40,13 +40,15 @@ from models import Bundle, load_bundle
 from models.bundle import MAX_PARAMETERS
 from service.catalog import (
     Catalog,
-    JobConfig,
     JobKind,
     JobRecord,
+    JobStatus,
     ModelRecord,
     PotentialRecord,
+    Progress,
 )
-from solver import AccuracyReport, FitState, atomic_write_bytes, load_state, save_state
+from service.job_config import JobConfig, train_config
+from solver import FitState, Potential, load_state, save_state
 
 log = logging.getLogger("aeot.store")
 
@@ -54,7 +56,6 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # Fits of one bundle queued at most (the first and two retries after failures).
 FIT_ATTEMPTS = 3
 _NAME_RE = re.compile(NAME_PATTERN)
-_POTENTIAL_FORMAT = "aeot-potential/1"
 
 
 class StoreError(ValueError):
@@ -71,25 +72,6 @@ class UnknownModel(KeyError):
 
 class ModelExists(StoreError):
     """A model of that name is already registered."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Potential:
-    """A published potential as loaded from the store.
-
-    Attributes:
-        record: its catalogue row (version, accuracy, ...).
-        heights: h, shape ``(N,)``, float64, in the bundle's latent coordinates, one per
-            distinct latent (duplicates are merged by ``solver.make_problem``).
-        inverse: for each training latent, the index of its distinct latent, shape ``(N_train,)``.
-        map_arrays: the extended map's arrays (``ExtendedMap.to_arrays()``).
-
-    """
-
-    record: PotentialRecord
-    heights: np.ndarray
-    inverse: np.ndarray
-    map_arrays: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,7 +116,7 @@ class ModelStore:
         if not self.read_only:
             for sub in ("models", "staging", "trash"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self.catalog = _open_catalog(self.root, self.read_only)
+        self._catalog = _open_catalog(self.root, self.read_only)
         if not self.read_only:
             self._empty_trash()
 
@@ -158,11 +140,11 @@ class ModelStore:
     # Models -----------------------------------------------------------------------------
     def models(self) -> list[ModelRecord]:
         """List registered models, oldest first."""
-        return self.catalog.models()
+        return self._catalog.models()
 
     def model(self, name: str) -> ModelRecord:
         """Return the model called ``name``; raises :class:`UnknownModel`."""
-        record = self.catalog.model(name)
+        record = self._catalog.model(name)
         if record is None:
             raise UnknownModel(name)
         return record
@@ -196,7 +178,7 @@ class ModelStore:
 
         """
         check_name(name)
-        if self.catalog.model(name) is not None:
+        if self._catalog.model(name) is not None:
             raise ModelExists(f"model {name!r} already exists; delete it first")
         try:
             max_parameters = (limits or self.limits).max_parameters
@@ -216,12 +198,12 @@ class ModelStore:
             staged.parent.rmdir()  # the empty temporary directory of the copy
         n, d = bundle.latents.shape
         try:
-            record = self.catalog.add_model(name, digest, int(n), int(d))
+            record = self._catalog.add_model(name, digest, int(n), int(d))
         except Exception:
             self._to_trash(target)
             raise
         if fit is not None:
-            self.catalog.enqueue(name, "fit", fit, digest)
+            self._catalog.enqueue(name, "fit", fit, digest)
         return record
 
     def register_archive(
@@ -250,7 +232,7 @@ class ModelStore:
 
     def delete(self, name: str) -> None:
         """Delete model ``name``: catalogue rows first, then its directory."""
-        if not self.catalog.delete_model(check_name(name)):
+        if not self._catalog.delete_model(check_name(name)):
             raise UnknownModel(name)
         target = self.model_dir(name)
         if target.exists():
@@ -263,12 +245,12 @@ class ModelStore:
     ) -> JobRecord | None:
         """Queue a fit of model ``name``; ``None`` when one is active and not ``replace``."""
         model = self.model(name)
-        return self.catalog.enqueue(name, "fit", config, model.bundle_hash, replace=replace)
+        return self._catalog.enqueue(name, "fit", config, model.bundle_hash, replace=replace)
 
     def enqueue_train(self, name: str, seed: int = 0) -> JobRecord | None:
         """Queue the training of the default digits model under ``name``."""
         check_name(name)
-        return self.catalog.enqueue(name, "train", JobConfig(seed=seed), None)
+        return self._catalog.enqueue(name, "train", train_config(seed), None)
 
     def ensure_fit_jobs(self, config: JobConfig) -> list[JobRecord]:
         """Queue a fit for every model whose potential is missing or stale (other bundle).
@@ -277,35 +259,43 @@ class ModelStore:
         """
         queued = []
         for model in self.models():
-            current = self.catalog.potential(model.name)
+            current = self._catalog.potential(model.name)
             if current is not None and current.bundle_hash == model.bundle_hash:
                 continue
-            counts = self.catalog.job_counts(model.name, "fit", model.bundle_hash)
+            counts = self._catalog.job_counts(model.name, "fit", model.bundle_hash)
             if any(counts.get(s, 0) for s in ("queued", "running", "done")):
                 continue
             if counts.get("failed", 0) >= FIT_ATTEMPTS:
                 continue
-            job = self.catalog.enqueue(model.name, "fit", config, model.bundle_hash)
+            job = self._catalog.enqueue(model.name, "fit", config, model.bundle_hash)
             if job is not None:
                 queued.append(job)
         return queued
 
     def jobs(self, name: str | None = None, limit: int = 20) -> list[JobRecord]:
         """Newest jobs first (of one model or all)."""
-        return self.catalog.jobs(name, limit)
+        return self._catalog.jobs(name, limit)
 
     def active_job(self, name: str, kind: JobKind = "fit") -> JobRecord | None:
         """Return the newest job of model ``name`` (any status), or ``None``."""
-        jobs = [j for j in self.catalog.jobs(name, limit=5) if j.kind == kind]
+        jobs = [j for j in self._catalog.jobs(name, limit=5) if j.kind == kind]
         return jobs[0] if jobs else None
+
+    def retract(self, name: str, version: int, reason: str) -> int | None:
+        """Withdraw a damaged current version; returns the version now current (see Catalog)."""
+        return self._catalog.retract(name, version, reason)
+
+    def damage(self, name: str) -> tuple[int, str] | None:
+        """The newest retracted version of ``name`` newer than its current, and why."""
+        return self._catalog.damage(name)
 
     def owns(self, job: JobRecord, worker: str) -> bool:
         """Whether ``worker`` holds the job's lease (runs it; nobody took it over)."""
-        return self.catalog.owns(job.id, worker)
+        return self._catalog.owns(job.id, worker)
 
     def release_worker(self, worker: str, reason: str) -> int:
         """Queue again the running jobs of a worker known dead; returns how many."""
-        return self.catalog.release_worker(worker, reason)
+        return self._catalog.release_worker(worker, reason)
 
     def save_checkpoint(self, job: JobRecord, state: FitState) -> None:
         """Write a fit job's resumable state atomically, keeping the previous one beside it."""
@@ -335,25 +325,48 @@ class ModelStore:
                 damaged.append(candidate.name)
                 continue
             if damaged:
-                self.catalog.note(
+                self._catalog.note(
                     job.id, f"checkpoint damaged; resumed from the previous one ({candidate.name})"
                 )
             return state
         if damaged:
             log.warning("job %d: no readable checkpoint; the fit restarts from iteration 0", job.id)
-            self.catalog.note(job.id, "checkpoints damaged; restarted from iteration 0")
+            self._catalog.note(job.id, "checkpoints damaged; restarted from iteration 0")
         return None
 
-    # Potentials -------------------------------------------------------------------------
-    def publish(
+    def claim(self, worker: str, stale_seconds: float) -> JobRecord | None:
+        """Take the oldest queued job, or a running one whose worker is gone; None if idle."""
+        return self._catalog.claim(worker, stale_seconds)
+
+    def job(self, job_id: int) -> JobRecord | None:
+        """Return the job with this id, or ``None``."""
+        return self._catalog.job(job_id)
+
+    def has_job(self, name: str, kind: JobKind, bundle_hash: str | None) -> bool:
+        """Whether a job of this kind (not cancelled) exists for the model's bundle."""
+        return self._catalog.has_job(name, kind, bundle_hash)
+
+    def heartbeat(self, job: JobRecord, worker: str, progress: Progress | None = None) -> bool:
+        """Record a running job's progress; False when it is no longer ``worker``'s."""
+        return self._catalog.heartbeat(job.id, worker, progress)
+
+    def set_resumed(self, job: JobRecord, worker: str, iteration: int) -> bool:
+        """Note that the job resumed from its checkpoint at ``iteration``."""
+        return self._catalog.set_resumed(job.id, worker, iteration)
+
+    def finish(
         self,
         job: JobRecord,
-        heights: np.ndarray,
-        inverse: np.ndarray,
-        map_arrays: dict[str, np.ndarray],
-        iteration: int,
-        accuracy: AccuracyReport | None,
-    ) -> int | None:
+        worker: str,
+        status: JobStatus,
+        reason: str | None,
+        error: str | None = None,
+    ) -> bool:
+        """Close a job (done, failed, cancelled) or hand it back to the queue (queued)."""
+        return self._catalog.finish(job.id, worker, status, reason, error)
+
+    # Potentials -------------------------------------------------------------------------
+    def publish(self, job: JobRecord, potential: Potential, iteration: int) -> int | None:
         """Write a potential file, then make it the model's newest version.
 
         Returns:
@@ -361,39 +374,47 @@ class ModelStore:
             replaced meanwhile (the file is then discarded).
 
         """
-        name = f"job{job.id}-it{iteration}.npz"
-        path = self.model_dir(job.model) / "potentials" / name
-        meta = {"format": _POTENTIAL_FORMAT, "model": job.model, "iteration": iteration}
-        buf = io.BytesIO()
-        arrays: dict[str, Any] = {f"map_{k}": np.asarray(v) for k, v in map_arrays.items()}
-        arrays.update(
-            heights=np.asarray(heights, np.float64),
-            inverse=np.asarray(inverse, np.int64),
-            meta=np.array(json.dumps(meta)),
-        )
-        np.savez(buf, **arrays)
-        atomic_write_bytes(path, buf.getvalue())
-        try:  # verified as a reader will see it before it can become current
-            _verify_potential(path, np.asarray(heights).shape, map_arrays)
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        if job.bundle_hash is None:
+            raise StoreError(f"job {job.id} is not a fit job (no bundle hash); nothing to publish")
+        path = self.model_dir(job.model) / "potentials" / f"job{job.id}-it{iteration}.npz"
+        potential.save(path)
+        try:  # verified as a reader will see it, before it can become current
+            Potential.load(path)
+        except (OSError, ValueError) as exc:
             path.unlink(missing_ok=True)
             raise StoreError(f"potential of job {job.id} failed verification: {exc}") from exc
         rel = str(path.relative_to(self.root))
-        assert job.bundle_hash is not None  # fit jobs always carry their bundle's hash
-        version = self.catalog.publish(job.model, rel, job.bundle_hash, job.id, iteration, accuracy)
+        version = self._catalog.publish(
+            job.model, rel, job.bundle_hash, job.id, iteration, potential.accuracy
+        )
         if version is None:
             path.unlink(missing_ok=True)
         return version
 
-    def potential(self, name: str, version: int | None = None) -> Potential | None:
+    def potential_record(self, name: str, version: int | None = None) -> PotentialRecord | None:
+        """Catalogue row of model ``name``'s published potential (or a version); or ``None``."""
+        return self._catalog.potential(name, version)
+
+    def published_versions(self) -> dict[str, int]:
+        """``{model: published version}`` for every model (0: nothing published yet)."""
+        return self._catalog.published_versions()
+
+    def load_potential(self, record: PotentialRecord, *, backend: str = "auto") -> Potential:
+        """Read the potential file of a catalogue row.
+
+        Raises:
+            solver.PotentialFormatError: the file is torn, foreign or of an unknown version.
+            FileNotFoundError: the file is gone (model deleted meanwhile).
+
+        """
+        return Potential.load(self.root / record.path, backend=backend)
+
+    def potential(
+        self, name: str, version: int | None = None, *, backend: str = "auto"
+    ) -> Potential | None:
         """Load model ``name``'s published potential (or a given version); ``None`` if none."""
-        record = self.catalog.potential(name, version)
-        if record is None:
-            return None
-        with np.load(self.root / record.path, allow_pickle=False) as z:
-            heights, inverse = z["heights"], z["inverse"]
-            arrays = {k[4:]: z[k] for k in z.files if k.startswith("map_")}
-        return Potential(record=record, heights=heights, inverse=inverse, map_arrays=arrays)
+        record = self.potential_record(name, version)
+        return None if record is None else self.load_potential(record, backend=backend)
 
     # Internals --------------------------------------------------------------------------
     def _copy_to_staging(self, source: Path) -> Path:
@@ -446,18 +467,6 @@ def _lost_message(path: Path, what: str, models: list[str]) -> str:
         f"(and its -wal file) from a backup; or move the store aside and start with an "
         f"empty one (models re-registered from their bundle directories are fitted again)."
     )
-
-
-def _verify_potential(
-    path: Path, shape: tuple[int, ...], map_arrays: dict[str, np.ndarray]
-) -> None:
-    """Read a written potential back: every array present, heights finite of ``shape``."""
-    with np.load(path, allow_pickle=False) as z:
-        heights = z["heights"]
-        if heights.shape != shape or not np.isfinite(heights).all():
-            raise ValueError(f"heights read back as {heights.shape}, finite or not")
-        for key in ("inverse", "meta", *(f"map_{k}" for k in map_arrays)):
-            z[key]  # noqa: B018 - reading decompresses and CRC-checks the member
 
 
 def _previous(path: Path) -> Path:

@@ -11,13 +11,11 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.catalog import JobConfig
-from service.store import CatalogueLost, ModelStore, StoreError
+from service.store import CatalogueLost, ModelStore
 from service.worker import Worker
 from tests.service_helpers import (
     API_KEY,
@@ -136,8 +134,8 @@ def test_case8_deleted_default_model_is_trained_again(tmp_path):
     store = ModelStore(settings.store)
     store.enqueue_train("tiny")
     store.register("tiny", write_bundle(tmp_path / "bundle", n=50, d=2))
-    train = store.catalog.claim("w:1", 30.0)
-    store.catalog.finish(train.id, "w:1", "done", "trained")
+    train = store.claim("w:1", 30.0)
+    store.finish(train, "w:1", "done", "trained")
     store.delete("tiny")
     Worker(store, settings).schedule()
     queued = [j for j in store.jobs("tiny") if j.status == "queued"]
@@ -145,7 +143,7 @@ def test_case8_deleted_default_model_is_trained_again(tmp_path):
 
 
 def _potential_file(store: ModelStore, version: int) -> Path:
-    return store.root / store.catalog.potential("tiny", version).path
+    return store.root / store.potential_record("tiny", version).path
 
 
 # Cases 3 and 4: a torn, garbage or missing current potential falls back to the last good
@@ -153,7 +151,7 @@ def _potential_file(store: ModelStore, version: int) -> Path:
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
 def test_case3_4_damaged_potential_falls_back_and_refit_repairs(base, tmp_path, damage):
     store = copy_store(fitted_template(base), tmp_path / "store")
-    latest = store.catalog.published_versions()["tiny"]
+    latest = store.published_versions()["tiny"]
     assert latest >= 2
     path = _potential_file(store, latest)
     if damage == "truncated":
@@ -173,7 +171,7 @@ def test_case3_4_damaged_potential_falls_back_and_refit_repairs(base, tmp_path, 
         ready = client.get("/readyz")
         assert ready.status_code == 200 and "damaged" in ready.json()["reason"]
         # Retracted in the catalogue: a restart (or another process) serves the good one.
-        assert store.catalog.published_versions()["tiny"] == latest - 1
+        assert store.published_versions()["tiny"] == latest - 1
         Worker(store, settings).run(idle_exit=True)  # the refit runs and publishes
         app.state.serving.refresh()
         r = client.get("/sample", params={"n": 4})
@@ -195,15 +193,3 @@ def test_case4_damaged_bundle_says_so_once(base, tmp_path, caplog):
         assert "bundle does not load" in client.get("/models/tiny").json()["problem"]
     logged = [rec for rec in caplog.records if "bundle does not load" in rec.getMessage()]
     assert len(logged) == 1
-
-
-# Case 3: a potential that does not verify (non-finite heights) never becomes current.
-def test_case3_unverified_potential_is_never_published(tmp_path):
-    store = ModelStore(tmp_path / "store")
-    store.register("tiny", write_bundle(tmp_path / "bundle", n=30, d=2), fit=JobConfig())
-    job = store.catalog.claim("w:1", 30.0)
-    heights = np.full(30, np.nan)
-    with pytest.raises(StoreError, match="verification"):
-        store.publish(job, heights, np.arange(30), {"a": np.arange(3)}, 1, None)
-    assert store.catalog.published_versions() == {"tiny": 0}
-    assert list((store.model_dir("tiny") / "potentials").iterdir()) == []

@@ -14,10 +14,10 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.catalog import JobConfig, _alive
+from service.catalog import _alive
 from service.store import FIT_ATTEMPTS, ModelStore
 from service.worker import Worker, job_config
-from solver import load_state
+from solver import Potential, PotentialConfig, load_state, make_problem
 from tests.service_helpers import ROOT, env_for, make_settings, wait_for, write_bundle
 
 
@@ -32,7 +32,7 @@ def _store_with_model(tmp_path, **overrides):
 
 
 def _checkpointed(store, at_least=2):
-    job = store.catalog.job(1)
+    job = store.job(1)
     return job.checkpoint_iteration is not None and job.checkpoint_iteration >= at_least
 
 
@@ -53,7 +53,7 @@ def test_case1_killed_worker_is_restarted_reported_and_resumes(tmp_path):
         assert not _alive(first)  # reaped: no zombie left behind
 
         def resumed():
-            job = store.catalog.job(1)
+            job = store.job(1)
             return job.status == "running" and job.resumed_from is not None
 
         assert wait_for(resumed, timeout=30)
@@ -80,7 +80,7 @@ def test_case2_worker_never_outlives_its_server(tmp_path):
     server = subprocess.Popen([sys.executable, "-c", _STAND_IN], env=env_for(settings), cwd=ROOT)
     try:
         assert wait_for(lambda: _checkpointed(store), timeout=60)
-        worker_pid = int(store.catalog.job(1).worker.rsplit(":", 1)[1])
+        worker_pid = int(store.job(1).worker.rsplit(":", 1)[1])
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=10)
         assert wait_for(lambda: not _alive(worker_pid), timeout=5)
@@ -90,7 +90,7 @@ def test_case2_worker_never_outlives_its_server(tmp_path):
             server.wait()
     # The orphan checkpointed and handed the job back, or died holding a lease of a dead pid:
     # either way a new worker takes it now, not after stale_seconds.
-    job = store.catalog.claim("new-host:1", stale_seconds=3600)
+    job = store.claim("new-host:1", stale_seconds=3600)
     assert job is not None and job.id == 1
     mark = store.checkpoint_path(job).stat().st_mtime_ns
     time.sleep(0.5)
@@ -101,30 +101,32 @@ def test_case2_worker_never_outlives_its_server(tmp_path):
 def test_case2_lease_taken_over_is_never_shared(tmp_path):
     settings, store = _store_with_model(tmp_path)
     old = Worker(store, settings)
-    job = store.catalog.claim(old.id, 30.0)
-    assert store.catalog.claim("other:1", stale_seconds=-1.0).id == job.id  # lease expired
+    job = store.claim(old.id, 30.0)
+    assert store.claim("other:1", stale_seconds=-1.0).id == job.id  # lease expired
     old.run_job(job)
     assert not store.checkpoint_path(job).exists()
-    now = store.catalog.job(job.id)
+    now = store.job(job.id)
     assert now.status == "running" and now.worker == "other:1"
-    assert store.catalog.potential("tiny") is None
+    assert store.potential_record("tiny") is None
 
 
 # Case 9: a job cancelled by a refit cannot publish afterwards.
 def test_case9_cancelled_job_never_publishes(tmp_path):
     settings, store = _store_with_model(tmp_path)
-    job = store.catalog.claim("w:1", 30.0)
-    store.enqueue_fit("tiny", JobConfig(target_l1=0.5), replace=True)
-    arrays = {"a": np.arange(3)}
-    assert store.publish(job, np.zeros(300), np.arange(300), arrays, 7, None) is None
-    assert store.catalog.published_versions() == {"tiny": 0}
+    job = store.claim("w:1", 30.0)
+    problem = make_problem(store.load_bundle("tiny").latents)
+    config = PotentialConfig(samples_per_cell=8)
+    potential = Potential.build(problem, np.zeros(problem.n_targets), seed=0, config=config)
+    store.enqueue_fit("tiny", job_config(settings), replace=True)
+    assert store.publish(job, potential, 7) is None
+    assert store.published_versions() == {"tiny": 0}
 
 
 # Case 6: a truncated or garbage checkpoint falls back to the previous one, and says so.
 def test_case6_damaged_checkpoint_falls_back_to_the_previous(tmp_path):
     settings, store = _store_with_model(tmp_path, fit_max_iter=6)
     worker = Worker(store, settings)
-    job = store.catalog.claim(worker.id, 30.0)
+    job = store.claim(worker.id, 30.0)
     worker.run_job(job)
     path = store.checkpoint_path(job)
     previous = path.with_suffix(".prev.npz")
@@ -133,10 +135,10 @@ def test_case6_damaged_checkpoint_falls_back_to_the_previous(tmp_path):
     path.write_bytes(path.read_bytes()[:200])  # truncated
     state = store.load_checkpoint(job)
     assert state is not None and state.iteration == older
-    assert "resumed from the previous one" in store.catalog.job(job.id).reason
+    assert "resumed from the previous one" in store.job(job.id).reason
     previous.write_bytes(b"not a checkpoint" * 8)  # garbage
     assert store.load_checkpoint(job) is None
-    assert "restarted from iteration 0" in store.catalog.job(job.id).reason
+    assert "restarted from iteration 0" in store.job(job.id).reason
 
 
 # Case 6: a failed fit is queued again (a bounded number of times), not left failed for good.
@@ -144,8 +146,8 @@ def test_case6_failed_fit_is_retried(tmp_path):
     settings, store = _store_with_model(tmp_path)
     retried = []
     for _ in range(FIT_ATTEMPTS):
-        job = store.catalog.claim("w:1", 30.0)
+        job = store.claim("w:1", 30.0)
         assert job is not None
-        store.catalog.finish(job.id, "w:1", "failed", "error", "boom")
+        store.finish(job, "w:1", "failed", "error", "boom")
         retried.append(len(store.ensure_fit_jobs(job_config(settings))))
     assert retried == [1] * (FIT_ATTEMPTS - 1) + [0]
