@@ -62,7 +62,15 @@ def serve(
     if settings.web_workers > 1:
         _serve_processes(settings)
         return
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    from service.server import server_options  # noqa: PLC0415
+    from service.store import CatalogueLost  # noqa: PLC0415
+
+    try:
+        app_ = create_app(settings)
+    except CatalogueLost as exc:  # never start over a store whose catalogue is gone
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(app_, **server_options(settings))
 
 
 def _serve_processes(settings: Settings) -> None:
@@ -70,6 +78,7 @@ def _serve_processes(settings: Settings) -> None:
     import uvicorn  # noqa: PLC0415
 
     from service.process import WorkerProcess  # noqa: PLC0415
+    from service.server import server_options  # noqa: PLC0415
 
     own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     metrics_dir = tempfile.mkdtemp(prefix="aeot-metrics-") if own_dir else None
@@ -87,9 +96,7 @@ def _serve_processes(settings: Settings) -> None:
             "service.app:app_from_env",
             factory=True,
             workers=settings.web_workers,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
+            **server_options(settings),
             # A process imports torch and the solver before it answers the supervisor's
             # health check, which takes longer than uvicorn's 5 s on a busy 2-core machine.
             timeout_worker_healthcheck=60,

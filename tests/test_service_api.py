@@ -205,7 +205,8 @@ def test_empty_store_is_not_ready(tmp_path):
         assert c.get("/readyz").status_code == 503
         r = c.get("/sample")
         assert r.status_code == 503 and "no model" in r.json()["detail"]
-        assert c.get("/models").json() == {"default_model": None, "models": [], "jobs": []}
+        empty = {"default_model": None, "models": [], "jobs": [], "worker": None}
+        assert c.get("/models").json() == empty
 
 
 @pytest.fixture(scope="module")
