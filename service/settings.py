@@ -8,6 +8,7 @@ directly instead of touching the environment.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -20,6 +21,12 @@ Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 FitMethod = Literal["newton", "adam"]
+# Variables of earlier releases whose meaning moved into one setting: refused, not ignored, so a
+# deployment that set them does not silently fall back to the default singular rule.
+_RETIRED = {
+    "AEOT_SINGULAR_THRESHOLD": "AEOT_SINGULAR_RULE=fixed:<radians>",
+    "AEOT_SINGULAR_QUANTILE": "AEOT_SINGULAR_RULE=quantile:<q>",
+}
 # Host names of a loopback bind (DNS rebinding: a public name resolving to 127.0.0.1 is refused).
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -126,6 +133,7 @@ class Settings(BaseSettings):
     )
     singular_rule: str = Field(
         default="auto",
+        validate_default=True,
         description="singular threshold: auto (gap rule, median without a clear gap), "
         "gap[:min_regular], quantile[:q] or fixed:radians",
     )
@@ -142,6 +150,9 @@ class Settings(BaseSettings):
     @field_validator("singular_rule")
     @classmethod
     def _known_rule(cls, value: str) -> str:
+        retired = [f"{name} (now {new})" for name, new in _RETIRED.items() if name in os.environ]
+        if retired:
+            raise ValueError(f"retired variables are set: {', '.join(retired)}")
         parse_rule(value)  # raises ValueError naming the accepted forms
         return value
 

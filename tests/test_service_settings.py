@@ -108,6 +108,12 @@ def test_singular_rule_setting_is_one_value_checked_up_front(tmp_path):
             Settings(store=tmp_path, singular_rule=bad)
 
 
+def test_retired_singular_variables_are_refused_not_ignored(tmp_path, monkeypatch):
+    monkeypatch.setenv("AEOT_SINGULAR_THRESHOLD", "0.75")
+    with pytest.raises(ValidationError, match="AEOT_SINGULAR_RULE=fixed"):
+        Settings(store=tmp_path)
+
+
 def test_solver_settings_as_json_are_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("AEOT_FIT_NEWTON", '{"growth": 2, "max_stage_iters": 4}')
     settings = Settings(store=tmp_path)
