@@ -112,11 +112,14 @@ def _serve_processes(settings: Settings) -> None:
 def worker_cmd(store: Path = STORE) -> None:
     """Run a fit worker on the store (scale-out; several may share one store)."""
     from service.logs import configure_logging  # noqa: PLC0415
+    from service.ranks import lead_or_follow  # noqa: PLC0415
     from service.worker import run_worker  # noqa: PLC0415
 
     settings = _settings(store=store)
     configure_logging(settings.log_level, settings.log_format)
-    run_worker(settings)
+    followed = lead_or_follow(lambda: run_worker(settings))
+    if followed is not None:
+        typer.echo(f"rank {os.environ.get('RANK')} followed {followed} fit(s)")
 
 
 @app.command()
@@ -142,7 +145,18 @@ def fit_cmd(
     target_l1: float = typer.Option(None, help="stop at this independent L1"),
     store: Path = STORE,
 ) -> None:
-    """Fit (or refit) a model's OT map in the foreground, with a progress bar."""
+    """Fit (or refit) a model's OT map in the foreground, with a progress bar.
+
+    Under ``torchrun --nproc-per-node K`` the fit runs over K processes (see docs/solver.md).
+    """
+    from service.ranks import lead_or_follow  # noqa: PLC0415
+
+    followed = lead_or_follow(lambda: _fit_foreground(name, target_l1, store))
+    if followed is not None:
+        typer.echo(f"rank {os.environ.get('RANK')} followed {followed} fit(s)")
+
+
+def _fit_foreground(name: str, target_l1: float | None, store: Path | None) -> None:
     from service.job_config import job_config  # noqa: PLC0415
     from service.store import ModelStore  # noqa: PLC0415
     from service.worker import Worker  # noqa: PLC0415
