@@ -45,7 +45,7 @@ class NewtonConfig:
     max_stage_iters: int = 8
     max_backtracks: int = 8
     cg_rtol: float = 1e-3
-    reuse_candidates: int = 8
+    reuse_candidates: int = 4
 
 
 @dataclass(frozen=True, kw_only=True)
