@@ -1,13 +1,20 @@
-"""Exact power diagrams in 2D: each cell as a polygon whose edges name the neighbour across them.
+"""Exact power diagrams in 1D, 2D and 3D: cell measures, facets, mass centres, and 2D pictures.
 
-The cell of y_i in the source square is {x : <x, y_i> + h_i >= <x, y_j> + h_j for all j}, an
-intersection of half-planes with the square. :func:`power_cells` clips the square by the
-half-planes of candidate neighbours (the Monte Carlo adjacency when given), then checks the
-polygon's vertices against every target: a convex polygon is cut by a half-plane exactly when
-one of its vertices violates it, so any neighbour the candidates missed is found and clipped
-too. The result is exact up to floating point, whatever the adjacency saw.
+The cell of y_i in the source cube is W_i = {x : <x, y_i> + h_i >= <x, y_j> + h_j for all j},
+an intersection of half-spaces with the cube. :func:`power_diagram` computes, exactly up to
+floating point, every cell's measure and mass centre and every facet's (d-1)-measure:
 
-Used by :mod:`solver.plots` to draw the diagram and its singular facets.
+1. candidate neighbours come from the lower convex hull of the lifted points (y_i, -h_i)
+   (:mod:`solver.cells.lifting`); a target that is not a hull vertex has an empty cell;
+2. each facet W_i cap W_j is the plane <x, y_i - y_j> + h_i - h_j = 0 cut by the cube and by
+   the other candidates of cell i; the cube's faces cut by cell i's candidates are its
+   boundary facets; all facets are clipped together (:mod:`solver.cells.clipping`);
+3. the divergence theorem turns facets into volumes: with x0 the cube's centre and n_F the
+   outward unit normal, |W_i| = sum_F |F| <n_F, p_F - x0> / d (p_F any point of F's plane),
+   and the cell's mass centre is the volume-weighted mean of the pyramids (x0, F), whose
+   centroids are x0 + d / (d + 1) (c_F - x0).
+
+:func:`power_cells` gives the 2D cells as labelled polygons for :mod:`solver.plots`.
 """
 
 from __future__ import annotations
@@ -16,10 +23,327 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from solver.cells.clipping import clip_polygons, clip_segments
+from solver.cells.lifting import candidate_pairs
+
 # Edge label for the source square's own boundary.
 BOUNDARY = -1
 # Vertex scores may exceed the cell's own by this much (float64 round-off) without a re-clip.
 _TOL = 1e-9
+
+# Facets below this (d-1)-measure (cube units) are round-off of a candidate pair that only
+# touches at a vertex or an edge, not real adjacency.
+_MIN_FACET = 1e-13
+# Facet corners this close to a face of the cube (fraction of its side) touch it.
+_BOUNDARY_TOL = 1e-9
+# The cells must fill the cube to this accuracy, or a candidate neighbour was missed.
+_MASS_TOL = 1e-9
+
+
+@dataclass(frozen=True, kw_only=True)
+class PowerDiagram:
+    """The exact power diagram of (targets, heights) in the cube ``[low, high]^d``, d <= 3.
+
+    Attributes:
+        cell_measures: |W_i|, shape ``(N,)``, float64 (the cube has volume 1, so these are
+            source-measure masses summing to 1).
+        centroids: mass centres of the cells, shape ``(N, d)``, float64, ``nan`` rows for
+            empty cells.
+        pairs: adjacent cells (i < j) sharing a facet of positive measure, shape ``(P, 2)``,
+            int64.
+        facet_measures: |W_i cap W_j|, the facets' lengths (2D) or areas (3D), 1 in 1D,
+            shape ``(P,)``.
+        low: lower corner coordinate of the cube.
+        high: upper corner coordinate.
+
+    """
+
+    cell_measures: np.ndarray
+    centroids: np.ndarray
+    pairs: np.ndarray
+    facet_measures: np.ndarray
+    low: float
+    high: float
+
+    @property
+    def empty_cells(self) -> int:
+        """Number of cells of measure zero."""
+        return int(np.count_nonzero(self.cell_measures <= 0))
+
+
+def power_diagram(
+    targets: np.ndarray, heights: np.ndarray, *, low: float = -0.5, high: float = 0.5
+) -> PowerDiagram:
+    """Exact cell measures, mass centres and facets of the power diagram in ``[low, high]^d``.
+
+    Args:
+        targets: y, shape ``(N, d)`` with d = 1, 2 or 3. Of identical rows only the one with the
+            largest height (the first on ties) gets a non-empty cell.
+        heights: h, shape ``(N,)``.
+        low: lower corner coordinate of the cube.
+        high: upper corner coordinate; the cube must have volume 1 (``high - low = 1``).
+
+    Returns:
+        The :class:`PowerDiagram`.
+
+    Raises:
+        ValueError: d not 1, 2 or 3, shapes disagree, values not finite, or a cube of volume != 1.
+        RuntimeError: the cells do not fill the cube (a candidate neighbour was lost to
+            round-off; never returned silently).
+
+    """
+    y, h = _check_input(targets, heights, low, high)
+    cells, centroids, pairs, facets = _diagram(y, h, low, high)
+    total = float(cells.sum())
+    if abs(total - 1.0) > _MASS_TOL:
+        raise RuntimeError(f"power diagram cells fill {total!r} of the cube, expected 1")
+    keep = facets > _MIN_FACET
+    return PowerDiagram(
+        cell_measures=cells,
+        centroids=centroids,
+        pairs=pairs[keep],
+        facet_measures=facets[keep],
+        low=float(low),
+        high=float(high),
+    )
+
+
+def _check_input(
+    targets: np.ndarray, heights: np.ndarray, low: float, high: float
+) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(targets, dtype=np.float64)
+    h = np.asarray(heights, dtype=np.float64)
+    if y.ndim != 2 or y.shape[1] not in (1, 2, 3) or y.shape[0] == 0:
+        raise ValueError(f"targets must have shape (N, d) with d = 1, 2 or 3, got {y.shape}")
+    if h.shape != (y.shape[0],):
+        raise ValueError(f"heights must have shape ({y.shape[0]},), got {h.shape}")
+    if not (np.isfinite(y).all() and np.isfinite(h).all()):
+        raise ValueError("targets and heights must be finite")
+    if abs((high - low) - 1.0) > 1e-12:
+        raise ValueError(f"the cube must have side 1, got [{low}, {high}]")
+    return y, h
+
+
+_Diagram = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _diagram(y: np.ndarray, h: np.ndarray, low: float, high: float) -> _Diagram:
+    """Cell measures (N,), centroids (N, d), candidate pairs (P, 2), facet measures (P,).
+
+    Works in any dimension d >= 1: the cube's faces are (d-1)-dimensional diagrams of the
+    cells that reach the boundary, with one coordinate fixed, computed by recursion.
+    """
+    n, d = y.shape
+    pairs = candidate_pairs(y, h)
+    if pairs.size and (y[pairs[:, 0]] == y[pairs[:, 1]]).all(axis=1).any():
+        # Identical targets (a projection onto a face can make them): keep the highest.
+        keep = _highest_of_duplicates(y, h)
+        cells, cen, sub_pairs, facets = _diagram(y[keep], h[keep], low, high)
+        out_cells, out_cen = np.zeros(n), np.full((n, d), np.nan)
+        out_cells[keep], out_cen[keep] = cells, cen
+        return out_cells, out_cen, keep[sub_pairs], facets
+    lists = _neighbour_lists(pairs, n)
+    if d == 1:
+        return (*_intervals(y, h, lists, low, high), pairs, np.ones(pairs.shape[0]))
+    measure, centre, touch = _pair_facets(y, h, pairs, lists, low, high)
+    x0 = np.full(d, 0.5 * (low + high))
+    # Pyramid (x0, facet): signed volume |F| <n_F, p_F - x0> / d for cell i, whose outward
+    # normal is (y_j - y_i) / |y_j - y_i|; the opposite for cell j. Its centroid is apex.
+    g = y[pairs[:, 1]] - y[pairs[:, 0]]
+    cone = measure * (np.einsum("pd,pd->p", g, centre - x0) / np.linalg.norm(g, axis=1)) / d
+    apex = x0 + (d / (d + 1.0)) * (centre - x0)
+    owners = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    signed = np.concatenate([cone, -cone])
+    volume = np.bincount(owners, weights=signed, minlength=n).astype(np.float64)
+    moment = np.zeros((n, d))
+    for k in range(d):
+        moment[:, k] = np.bincount(owners, weights=signed * np.tile(apex[:, k], 2), minlength=n)
+    # A cell meets the cube's boundary only if one of its facets does, unless one cell fills
+    # the cube; cells that never reach the boundary cannot change the faces' diagrams.
+    if (measure > 0).any():
+        rim = np.unique(pairs[touch])
+    else:
+        rim = np.flatnonzero(np.diff(lists[0]) > 0) if n > 1 else np.zeros(1, dtype=np.int64)
+    for k in range(d):
+        for side in (low, high):
+            face_cells, face_cen, _, _ = _diagram(
+                np.delete(y[rim], k, axis=1), h[rim] + side * y[rim, k], low, high
+            )
+            lit = face_cells > 0
+            cells = rim[lit]
+            point = np.insert(face_cen[lit], k, side, axis=1)
+            cone_f = face_cells[lit] * (0.5 * (high - low)) / d
+            volume[cells] += cone_f
+            moment[cells] += cone_f[:, None] * (x0 + (d / (d + 1.0)) * (point - x0))
+    return (*_finish(volume, moment), pairs, measure)
+
+
+def _finish(volume: np.ndarray, moment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    volume = np.maximum(volume, 0.0)
+    centroids = np.full(moment.shape, np.nan)
+    full = volume > 0
+    centroids[full] = moment[full] / volume[full, None]
+    return volume, centroids
+
+
+def _highest_of_duplicates(y: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Indices of the rows to keep: one per distinct target, the highest (first on ties)."""
+    order = np.lexsort((-h, *y.T[::-1]))
+    ys = y[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (ys[1:] != ys[:-1]).any(axis=1)
+    return np.sort(order[first])
+
+
+def _neighbour_lists(pairs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate neighbours in compressed rows (``nbr[indptr[i]:indptr[i+1]]``) and pair codes.
+
+    The codes i * n + j (i < j) of the candidate pairs, sorted, answer "are j and k
+    candidates of each other" by binary search.
+    """
+    src = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    dst = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    order = np.argsort(src, kind="stable")
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+    return indptr, dst[order], np.sort(pairs[:, 0] * n + pairs[:, 1])
+
+
+def _cuts(
+    y: np.ndarray,
+    h: np.ndarray,
+    owner: np.ndarray,
+    across: np.ndarray | None,
+    lists: tuple[np.ndarray, np.ndarray, np.ndarray],
+    low: float,
+    high: float,
+    common: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Half-spaces <x, g> + c >= 0 cutting each item: the cube's, then the owner's candidates.
+
+    A facet between ``owner`` and ``across`` is not cut by its own plane (round-off would
+    make that an arbitrary cut). With ``common`` only the common candidates of both cells cut
+    it: the facet's edges are dual to triangles of the triangulation through that pair, so
+    the others are redundant (fewer clipping rounds in 3D).
+
+    Returns:
+        ``(item, g, c, starts)``: the item of each half-space (grouped by item, the cube's
+        first), shapes ``(C,)``, ``(C, d)``, ``(C,)``, and each item's first index, ``(F,)``.
+    """
+    indptr, nbr, codes = lists
+    n, d = y.shape
+    deg = np.diff(indptr)[owner]
+    item = np.repeat(np.arange(owner.size), deg)
+    first = np.repeat(indptr[owner] - np.concatenate([[0], np.cumsum(deg)[:-1]]), deg)
+    other = nbr[first + np.arange(item.size)]
+    if across is not None:
+        j = across[item]
+        mask = other != j
+        if common:
+            code = np.minimum(j, other) * n + np.maximum(j, other)
+            at = np.minimum(np.searchsorted(codes, code), codes.size - 1)
+            mask &= codes[at] == code
+        item, other = item[mask], other[mask]
+    n_items = owner.size
+    extra = np.bincount(item, minlength=n_items)
+    counts = 2 * d + extra
+    starts = np.cumsum(counts) - counts
+    g = np.empty((int(counts.sum()), d))
+    c = np.empty(g.shape[0])
+    cube = (starts[:, None] + np.arange(2 * d)).reshape(-1)
+    g[cube] = np.tile(np.vstack([np.eye(d), -np.eye(d)]), (n_items, 1))
+    c[cube] = np.tile(np.repeat([-low, high], d), n_items)
+    at = starts[item] + 2 * d + np.arange(item.size) - (np.cumsum(extra) - extra)[item]
+    own = owner[item]
+    g[at] = y[own] - y[other]
+    c[at] = h[own] - h[other]
+    return np.repeat(np.arange(n_items), counts), g, c, starts
+
+
+def _intervals(
+    y: np.ndarray,
+    h: np.ndarray,
+    lists: tuple[np.ndarray, np.ndarray, np.ndarray],
+    low: float,
+    high: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cells of a 1D diagram: lengths (N,) and midpoints (N, 1)."""
+    n = y.shape[0]
+    _, g, c, starts = _cuts(y, h, np.arange(n), None, lists, low, high)
+    t0, t1 = clip_segments(c, g[:, 0], starts, 2.0 * (high - low) + abs(low) + abs(high))
+    length = np.maximum(t1 - t0, 0.0)
+    if n > 1:
+        length[np.diff(lists[0]) == 0] = 0.0  # not a hull vertex: empty
+    return _finish(length, (0.5 * (t0 + t1) * length)[:, None])
+
+
+def _pair_facets(
+    y: np.ndarray,
+    h: np.ndarray,
+    pairs: np.ndarray,
+    lists: tuple[np.ndarray, np.ndarray, np.ndarray],
+    low: float,
+    high: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Measures (P,), centroids (P, d) of the facets W_i cap W_j and whether each meets the
+    cube's boundary (P,)."""
+    n_pairs, d = pairs.shape[0], y.shape[1]
+    if n_pairs == 0:
+        return np.zeros(0), np.zeros((0, d)), np.zeros(0, dtype=bool)
+    i, j = pairs[:, 0], pairs[:, 1]
+    g = y[i] - y[j]
+    norm = np.linalg.norm(g, axis=1)
+    unit = g / norm[:, None]
+    x0 = np.full(d, 0.5 * (low + high))
+    # Plane origin: the cube centre's projection, so the cube's section lies within
+    # sqrt(d) / 2 of it.
+    origin = x0 - (unit @ x0 + (h[i] - h[j]) / norm)[:, None] * unit
+    basis = _plane_basis(unit)
+    item, gc, cc, starts = _cuts(y, h, i, j, lists, low, high, common=d > 2)
+    alpha = cc + (origin[item] * gc).sum(axis=1)
+    beta = (basis[item] * gc[:, None, :]).sum(axis=2)
+    radius = float(np.sqrt(d)) * (high - low)
+    if d == 2:
+        t0, t1 = clip_segments(alpha, beta[:, 0], starts, radius)
+        length = np.maximum(t1 - t0, 0.0)
+        mid = np.where(length > 0, 0.5 * (t0 + t1), 0.0)
+        ts = np.where(length[:, None] > 0, np.stack([t0, t1], axis=1), 0.0)
+        ends = origin[:, None, :] + ts[:, :, None] * basis
+        touch = (length > 0) & _on_boundary(ends, np.full(ends.shape[:2], True), low, high)
+        return length, origin + mid[:, None] * basis[:, 0], touch
+    counts = np.bincount(item, minlength=n_pairs)
+    order = np.argsort(-counts, kind="stable")
+    rank = np.empty(n_pairs, dtype=np.int64)
+    rank[order] = np.arange(n_pairs)
+    pos = np.arange(item.size) - starts[item]
+    alpha_p = np.ones((n_pairs, int(counts.max())))
+    beta_p = np.zeros((*alpha_p.shape, 2))
+    alpha_p[rank[item], pos] = alpha
+    beta_p[rank[item], pos] = beta
+    area, z, verts, n_verts = clip_polygons(alpha_p, beta_p, counts[order], radius)
+    area, z, verts, n_verts = area[rank], z[rank], verts[rank], n_verts[rank]
+    corners = origin[:, None, :] + np.einsum("fwk,fkd->fwd", verts, basis)
+    valid = np.arange(verts.shape[1]) < n_verts[:, None]
+    touch = (area > 0) & _on_boundary(corners, valid, low, high)
+    return area, origin + np.einsum("fk,fkd->fd", z, basis), touch
+
+
+def _on_boundary(points: np.ndarray, valid: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Whether any valid point of each row (``points`` ``(F, W, d)``) is on the cube's faces."""
+    tol = _BOUNDARY_TOL * (high - low)
+    near = (np.abs(points - low) <= tol) | (np.abs(points - high) <= tol)
+    return (near.any(axis=2) & valid).any(axis=1)
+
+
+def _plane_basis(unit: np.ndarray) -> np.ndarray:
+    """Orthonormal bases of the planes with unit normals ``unit``, shape ``(F, d - 1, d)``."""
+    if unit.shape[1] == 2:
+        return np.stack([-unit[:, 1], unit[:, 0]], axis=1)[:, None, :]
+    # The axis least aligned with the normal gives a well-conditioned first direction.
+    axis = np.eye(3)[np.argmin(np.abs(unit), axis=1)]
+    first = np.cross(unit, axis)
+    first /= np.linalg.norm(first, axis=1, keepdims=True)
+    return np.stack([first, np.cross(unit, first)], axis=1)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,7 +2,8 @@
 
 The driver owns what all methods share: the coordinate frame, the cell index, stopping by
 target accuracy / iterations / time, the progress callback and resumable state. Methods
-(``solver.newton``, ``solver.adam``) supply ``step(ctx, state) -> (state, record, reason)``.
+(``exact_newton``, ``newton``, ``adam``) supply ``step(ctx, state) -> (state, record, reason)``;
+``method="auto"`` resolves to the exact method for d <= 3 and Monte Carlo Newton above.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from solver.cells.index import CellIndex
-from solver.fitting import adam, newton
-from solver.fitting.config import FitConfig, FitProgress, FitResult, FitState
+from solver.fitting import adam, exact_newton, newton
+from solver.fitting.config import FitConfig, FitProgress, FitResult, FitState, resolve_method
 from solver.problem import OTProblem
 
 ProgressCallback = Callable[[FitProgress], bool | None]
@@ -46,9 +47,9 @@ class Frame:
         scale = spread / cube_spread if spread > 0 else 1.0
         return cls(centre, scale)
 
-    def to_internal(self, y: np.ndarray) -> np.ndarray:
-        """Targets in internal coordinates, float32."""
-        return ((y.astype(np.float64) - self.centre) / self.scale).astype(np.float32)
+    def to_internal(self, y: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        """Targets in internal coordinates (float32 for the index, float64 for exact geometry)."""
+        return ((y.astype(np.float64) - self.centre) / self.scale).astype(dtype)
 
     def heights_out(self, h: np.ndarray) -> np.ndarray:
         """Internal heights to the caller's coordinates, mean zero."""
@@ -67,7 +68,8 @@ def fit(
 
     Args:
         problem: targets, weights and source measure (see :func:`solver.make_problem`).
-        config: method and stopping rules; defaults to damped Newton with target L1 0.05.
+        config: method and stopping rules; defaults to ``method="auto"`` (exact geometry for
+            d <= 3, Monte Carlo damped Newton above) with target L1 0.05.
         callback: called after every iteration with a :class:`FitProgress`; returning
             ``False`` stops the fit (reason ``"callback"``). Save ``progress.state`` with
             :func:`solver.save_state` to make the fit resumable.
@@ -78,18 +80,23 @@ def fit(
         A :class:`FitResult` with heights in the caller's coordinates.
     """
     config = config or FitConfig()
-    frame = Frame.for_problem(problem, config.method)
-    targets = frame.to_internal(problem.targets)
-    index = CellIndex(targets, backend=config.backend)
-    if config.method == "newton":
-        ctx = newton.make_context(targets, problem.weights, problem.source, index, config)
-        state = resume or newton.initial_state(ctx)
-        step = newton.step
+    method = resolve_method(config.method, problem.dim)
+    frame = Frame.for_problem(problem, method)
+    if method == "exact":
+        targets = frame.to_internal(problem.targets, np.float64)
+        ctx = exact_newton.make_context(targets, problem.weights, problem.source, config)
+        state, step, backend = resume or exact_newton.initial_state(ctx), exact_newton.step, "exact"
     else:
-        ctx = adam.make_context(problem.weights, problem.source, index, config)
-        state = resume or adam.initial_state(problem.n_targets, config)
-        step = adam.step
-    _check_resume(state, problem, config)
+        targets = frame.to_internal(problem.targets)
+        index = CellIndex(targets, backend=config.backend)
+        backend = index.backend
+        if method == "newton":
+            ctx = newton.make_context(targets, problem.weights, problem.source, index, config)
+            state, step = resume or newton.initial_state(ctx), newton.step
+        else:
+            ctx = adam.make_context(problem.weights, problem.source, index, config)
+            state, step = resume or adam.initial_state(problem.n_targets, config), adam.step
+    _check_resume(state, problem, config, method)
     reason = None
     while reason is None:
         if state.iteration >= config.max_iter:
@@ -122,16 +129,16 @@ def fit(
         accuracy=last,
         iterations=state.iteration,
         elapsed=state.elapsed,
-        method=config.method,
-        backend=index.backend,
+        method=method,
+        backend=backend,
         history=state.history,
         state=state,
     )
 
 
-def _check_resume(state: FitState, problem: OTProblem, config: FitConfig) -> None:
-    if state.method != config.method:
-        raise ValueError(f"state is from method {state.method!r}, config asks {config.method!r}")
+def _check_resume(state: FitState, problem: OTProblem, config: FitConfig, method: str) -> None:
+    if state.method != method:
+        raise ValueError(f"state is from method {state.method!r}, config asks {method!r}")
     if state.n_targets != problem.n_targets or state.heights.shape != (problem.n_targets,):
         raise ValueError(
             f"state has {state.n_targets} targets, the problem has {problem.n_targets}"
