@@ -107,7 +107,9 @@ def test_2d_facets_match_the_polygon_edges(rng):
         for k, j in enumerate(cell.neighbours):
             if j > cell.index:
                 lengths[(cell.index, int(j))] = np.linalg.norm(v[(k + 1) % len(v)] - v[k])
-    found = {tuple(p): m for p, m in zip(diagram.pairs.tolist(), diagram.facet_measures)}
+    found = {
+        tuple(p): m for p, m in zip(diagram.pairs.tolist(), diagram.facet_measures, strict=True)
+    }
     assert found.keys() == {p for p, m in lengths.items() if m > 1e-12}
     for pair, m in found.items():
         assert m == pytest.approx(lengths[pair], abs=ATOL)
@@ -120,7 +122,7 @@ def test_facets_are_the_derivatives_of_cell_measures(rng, d):
     h = -0.5 * np.square(y).sum(axis=1)
     diagram = power_diagram(y, h)
     step = 1e-6
-    for (i, j), facet in zip(diagram.pairs[:10], diagram.facet_measures[:10]):
+    for (i, j), facet in zip(diagram.pairs[:10], diagram.facet_measures[:10], strict=True):
         up, down = h.copy(), h.copy()
         up[j] += step
         down[j] -= step

@@ -13,30 +13,48 @@ from __future__ import annotations
 import numpy as np
 
 
-def clip_segments(
-    alpha: np.ndarray, beta: np.ndarray, starts: np.ndarray, radius: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Intersect ``[-radius, radius]`` with each facet's half-lines ``alpha + beta t >= 0``.
-
-    Args:
-        alpha: constraint offsets, shape ``(C,)``, float64, grouped by facet.
-        beta: constraint slopes, shape ``(C,)``, float64.
-        starts: index of each facet's first constraint, shape ``(F,)``, increasing; every
-            facet has at least one constraint.
-        radius: half-length of the starting segment.
+def segment_bounds(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on t from half-lines ``alpha + beta t >= 0``, elementwise (any shape).
 
     Returns:
-        ``(t0, t1)``, shapes ``(F,)``: the interval ends (``t1 <= t0`` when empty).
+        ``(lower, upper)``: ``t >= lower`` and ``t <= upper`` (``-inf`` / ``inf`` where the
+        half-line puts no bound that way; a half-line parallel to the segment that excludes
+        it gives ``lower = inf``).
 
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         root = -alpha / beta
     lower = np.where(beta > 0, root, -np.inf)
-    # A constraint parallel to the segment removes all of it or none of it.
     lower = np.where((beta == 0) & (alpha < 0), np.inf, lower)
     upper = np.where(beta < 0, root, np.inf)
-    t0 = np.maximum(np.maximum.reduceat(lower, starts), -radius)
-    t1 = np.minimum(np.minimum.reduceat(upper, starts), radius)
+    return lower, upper
+
+
+def clip_segments(
+    alpha: np.ndarray, beta: np.ndarray, item: np.ndarray, t0: np.ndarray, t1: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each facet's interval ``[t0, t1]`` by its own half-lines ``alpha + beta t >= 0``.
+
+    Args:
+        alpha: constraint offsets, shape ``(C,)``, float64.
+        beta: constraint slopes, shape ``(C,)``, float64.
+        item: the facet of each constraint, shape ``(C,)``, sorted (facets may have none).
+        t0: interval starts, shape ``(F,)``.
+        t1: interval ends, shape ``(F,)``.
+
+    Returns:
+        ``(t0, t1)``, shapes ``(F,)``: the cut intervals (``t1 <= t0`` when empty).
+
+    """
+    if item.size == 0:
+        return t0, t1
+    lower, upper = segment_bounds(alpha, beta)
+    counts = np.bincount(item, minlength=t0.size)
+    has = np.flatnonzero(counts)
+    starts = (np.cumsum(counts) - counts)[has]  # strictly increasing: reduceat's segments
+    t0, t1 = t0.copy(), t1.copy()
+    t0[has] = np.maximum(t0[has], np.maximum.reduceat(lower, starts))
+    t1[has] = np.minimum(t1[has], np.minimum.reduceat(upper, starts))
     return t0, t1
 
 

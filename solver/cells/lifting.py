@@ -100,7 +100,7 @@ def _coplanar_pairs(hull: ConvexHull, edges: np.ndarray) -> np.ndarray:
     A near-duplicate of a target lies within Qhull's precision of the hull and is not made a
     vertex; its cell is thin but not empty, and its neighbours are among those of its twin.
     """
-    out = []
+    out: list[tuple[int, int]] = []
     for point, facet, nearest in hull.coplanar:
         near = {int(nearest)}
         near.update(int(v) for v in hull.simplices[facet])

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solver.cells.clipping import clip_polygons, clip_segments
+from solver.cells.clipping import clip_polygons, clip_segments, segment_bounds
 from solver.cells.lifting import candidate_pairs
 
 # Edge label for the source square's own boundary.
@@ -215,11 +215,9 @@ def _cuts(
     owner: np.ndarray,
     across: np.ndarray | None,
     lists: tuple[np.ndarray, np.ndarray, np.ndarray],
-    low: float,
-    high: float,
     common: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Half-spaces <x, g> + c >= 0 cutting each item: the cube's, then the owner's candidates.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Half-spaces <x, g> + c >= 0 of the owners' candidates cutting each item.
 
     A facet between ``owner`` and ``across`` is not cut by its own plane (round-off would
     make that an arbitrary cut). With ``common`` only the common candidates of both cells cut
@@ -227,14 +225,14 @@ def _cuts(
     the others are redundant (fewer clipping rounds in 3D).
 
     Returns:
-        ``(item, g, c, starts)``: the item of each half-space (grouped by item, the cube's
-        first), shapes ``(C,)``, ``(C, d)``, ``(C,)``, and each item's first index, ``(F,)``.
+        ``(item, g, c)``: the item of each half-space (sorted), shapes ``(C,)``, ``(C, d)``,
+        ``(C,)``.
     """
     indptr, nbr, codes = lists
-    n, d = y.shape
+    n = y.shape[0]
     deg = np.diff(indptr)[owner]
     item = np.repeat(np.arange(owner.size), deg)
-    first = np.repeat(indptr[owner] - np.concatenate([[0], np.cumsum(deg)[:-1]]), deg)
+    first = np.repeat(indptr[owner] - (np.cumsum(deg) - deg), deg)
     other = nbr[first + np.arange(item.size)]
     if across is not None:
         j = across[item]
@@ -244,20 +242,22 @@ def _cuts(
             at = np.minimum(np.searchsorted(codes, code), codes.size - 1)
             mask &= codes[at] == code
         item, other = item[mask], other[mask]
-    n_items = owner.size
-    extra = np.bincount(item, minlength=n_items)
-    counts = 2 * d + extra
-    starts = np.cumsum(counts) - counts
-    g = np.empty((int(counts.sum()), d))
-    c = np.empty(g.shape[0])
-    cube = (starts[:, None] + np.arange(2 * d)).reshape(-1)
-    g[cube] = np.tile(np.vstack([np.eye(d), -np.eye(d)]), (n_items, 1))
-    c[cube] = np.tile(np.repeat([-low, high], d), n_items)
-    at = starts[item] + 2 * d + np.arange(item.size) - (np.cumsum(extra) - extra)[item]
     own = owner[item]
-    g[at] = y[own] - y[other]
-    c[at] = h[own] - h[other]
-    return np.repeat(np.arange(n_items), counts), g, c, starts
+    return item, y[own] - y[other], h[own] - h[other]
+
+
+def _cube_cuts(
+    origin: np.ndarray, basis: np.ndarray, low: float, high: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cube's 2d half-spaces in each item's plane coordinates x = origin + basis^T z.
+
+    Returns:
+        ``(alpha, beta)`` of shapes ``(F, 2d)`` and ``(F, 2d, d - 1)``: ``alpha + <beta, z>``
+        is x_k - low (first d) and high - x_k (last d).
+    """
+    alpha = np.concatenate([origin - low, high - origin], axis=1)
+    along = np.swapaxes(basis, 1, 2)  # (F, d, d - 1): the k-th row is d x_k / dz
+    return alpha, np.concatenate([along, -along], axis=1)
 
 
 def _intervals(
@@ -269,8 +269,8 @@ def _intervals(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cells of a 1D diagram: lengths (N,) and midpoints (N, 1)."""
     n = y.shape[0]
-    _, g, c, starts = _cuts(y, h, np.arange(n), None, lists, low, high)
-    t0, t1 = clip_segments(c, g[:, 0], starts, 2.0 * (high - low) + abs(low) + abs(high))
+    item, g, c = _cuts(y, h, np.arange(n), None, lists)
+    t0, t1 = clip_segments(c, g[:, 0], item, np.full(n, low), np.full(n, high))
     length = np.maximum(t1 - t0, 0.0)
     if n > 1:
         length[np.diff(lists[0]) == 0] = 0.0  # not a hull vertex: empty
@@ -284,9 +284,12 @@ def _pair_facets(
     lists: tuple[np.ndarray, np.ndarray, np.ndarray],
     low: float,
     high: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Measures (P,), centroids (P, d) of the facets W_i cap W_j and whether each meets the
-    cube's boundary (P,)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Facets W_i cap W_j of the candidate pairs.
+
+    Returns:
+        Measures (P,), centroids (P, d), and whether each meets the cube's boundary (P,).
+    """
     n_pairs, d = pairs.shape[0], y.shape[1]
     if n_pairs == 0:
         return np.zeros(0), np.zeros((0, d)), np.zeros(0, dtype=bool)
@@ -299,27 +302,45 @@ def _pair_facets(
     # sqrt(d) / 2 of it.
     origin = x0 - (unit @ x0 + (h[i] - h[j]) / norm)[:, None] * unit
     basis = _plane_basis(unit)
-    item, gc, cc, starts = _cuts(y, h, i, j, lists, low, high, common=d > 2)
+    item, gc, cc = _cuts(y, h, i, j, lists, common=d > 2)
     alpha = cc + (origin[item] * gc).sum(axis=1)
     beta = (basis[item] * gc[:, None, :]).sum(axis=2)
-    radius = float(np.sqrt(d)) * (high - low)
+    cube_alpha, cube_beta = _cube_cuts(origin, basis, low, high)
     if d == 2:
-        t0, t1 = clip_segments(alpha, beta[:, 0], starts, radius)
+        lower, upper = segment_bounds(cube_alpha, cube_beta[:, :, 0])
+        t0, t1 = clip_segments(alpha, beta[:, 0], item, lower.max(axis=1), upper.min(axis=1))
         length = np.maximum(t1 - t0, 0.0)
-        mid = np.where(length > 0, 0.5 * (t0 + t1), 0.0)
         ts = np.where(length[:, None] > 0, np.stack([t0, t1], axis=1), 0.0)
         ends = origin[:, None, :] + ts[:, :, None] * basis
         touch = (length > 0) & _on_boundary(ends, np.full(ends.shape[:2], True), low, high)
-        return length, origin + mid[:, None] * basis[:, 0], touch
-    counts = np.bincount(item, minlength=n_pairs)
+        return length, ends.mean(axis=1), touch
+    return _polygon_facets(origin, basis, (cube_alpha, cube_beta), (item, alpha, beta), low, high)
+
+
+def _polygon_facets(
+    origin: np.ndarray,
+    basis: np.ndarray,
+    cube: tuple[np.ndarray, np.ndarray],
+    cuts: tuple[np.ndarray, np.ndarray, np.ndarray],
+    low: float,
+    high: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """3D facets: clip each plane's square by the cube's and the candidates' half-planes."""
+    (cube_alpha, cube_beta), (item, alpha, beta) = cube, cuts
+    n_facets, n_cube = cube_alpha.shape
+    counts = n_cube + np.bincount(item, minlength=n_facets)
     order = np.argsort(-counts, kind="stable")
-    rank = np.empty(n_pairs, dtype=np.int64)
-    rank[order] = np.arange(n_pairs)
-    pos = np.arange(item.size) - starts[item]
-    alpha_p = np.ones((n_pairs, int(counts.max())))
+    rank = np.empty(n_facets, dtype=np.int64)
+    rank[order] = np.arange(n_facets)
+    alpha_p = np.ones((n_facets, int(counts.max())))
     beta_p = np.zeros((*alpha_p.shape, 2))
+    alpha_p[:, :n_cube] = cube_alpha[order]
+    beta_p[:, :n_cube] = cube_beta[order]
+    extra = counts - n_cube
+    pos = n_cube + np.arange(item.size) - (np.cumsum(extra) - extra)[item]
     alpha_p[rank[item], pos] = alpha
     beta_p[rank[item], pos] = beta
+    radius = float(np.sqrt(3.0)) * (high - low)
     area, z, verts, n_verts = clip_polygons(alpha_p, beta_p, counts[order], radius)
     area, z, verts, n_verts = area[rank], z[rank], verts[rank], n_verts[rank]
     corners = origin[:, None, :] + np.einsum("fwk,fkd->fwd", verts, basis)
@@ -332,7 +353,7 @@ def _on_boundary(points: np.ndarray, valid: np.ndarray, low: float, high: float)
     """Whether any valid point of each row (``points`` ``(F, W, d)``) is on the cube's faces."""
     tol = _BOUNDARY_TOL * (high - low)
     near = (np.abs(points - low) <= tol) | (np.abs(points - high) <= tol)
-    return (near.any(axis=2) & valid).any(axis=1)
+    return np.asarray((near.any(axis=2) & valid).any(axis=1), dtype=bool)
 
 
 def _plane_basis(unit: np.ndarray) -> np.ndarray:

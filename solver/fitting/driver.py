@@ -11,15 +11,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from solver.cells.index import CellIndex
 from solver.fitting import adam, exact_newton, newton
-from solver.fitting.config import FitConfig, FitProgress, FitResult, FitState, resolve_method
+from solver.fitting.config import (
+    FitConfig,
+    FitProgress,
+    FitRecord,
+    FitResult,
+    FitState,
+    resolve_method,
+)
 from solver.problem import OTProblem
 
 ProgressCallback = Callable[[FitProgress], bool | None]
+# A method's step on its own context type: (ctx, state) -> (state, record, stop reason).
+Step = Callable[[Any, FitState], tuple[FitState, FitRecord, str | None]]
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,8 @@ def fit(
     config = config or FitConfig()
     method = resolve_method(config.method, problem.dim)
     frame = Frame.for_problem(problem, method)
+    ctx: Any
+    step: Step
     if method == "exact":
         targets = frame.to_internal(problem.targets, np.float64)
         ctx = exact_newton.make_context(targets, problem.weights, problem.source, config)

@@ -5,11 +5,11 @@ In dimension d <= 3 the cells are computed exactly (:func:`solver.cells.power_di
 graph Laplacian with off-diagonal entries -|W_i cap W_j| / |y_i - y_j| over adjacent cells and
 rows summing to zero. Each step solves DG d = G with one height fixed (the Laplacian's constant
 null space is the gauge h -> h + c) by a sparse LU factorisation and moves h -> h - t d with
-the KMT rule: t = 1, 1/2, 1/4, ... (starting from twice the last accepted t) until every cell keeps at least eps and
-|G(h - t d)|_2 <= (1 - t/2) |G(h)|_2, where eps is half the smallest of the target weights and
-the initial cell measures. Far from the solution the rule keeps every cell non-empty (so DG
-stays invertible on the gauge-fixed space); near it full steps are accepted and the
-convergence is quadratic, down to float64 round-off.
+the KMT rule: t = 1, 1/2, 1/4, ... (starting from twice the last accepted t) until every cell
+keeps at least eps and |G(h - t d)|_2 <= (1 - t/2) |G(h)|_2, where eps is half the smallest
+of the target weights and the initial cell measures. Far from the solution the rule keeps every
+cell non-empty (so DG stays invertible on the gauge-fixed space); near it full steps are
+accepted and the convergence is quadratic, down to float64 round-off.
 
 The start makes every cell non-empty: the Voronoi diagram of the targets mapped affinely into
 the cube, written as heights for the unmoved targets. Every iteration's record carries the
