@@ -2,12 +2,13 @@
 
 Data flow: :func:`make_problem` validates targets and weights; :class:`CellIndex` answers
 which cell of the power diagram holds a point; :func:`estimate` measures cells by Monte
-Carlo; :func:`fit` finds the heights; :func:`save_state` / :func:`load_state` make fits
-resumable; :func:`build_extended_map` finds the singular set and gives the pure map T, the
+Carlo, :func:`power_diagram` exactly in d <= 3; :func:`fit` finds the heights;
+:func:`save_state` / :func:`load_state` make fits resumable; :func:`build_extended_map` finds the singular set and gives the pure map T, the
 extended map T~ and interpolation (pictures: :mod:`solver.plots`, imported on demand).
 """
 
 from solver.cells.index import CellIndex, available_backends, faiss_version, resolve_backend
+from solver.cells.power_diagram import PowerDiagram, power_diagram
 from solver.cells.triton_index import TritonBackend
 from solver.estimation.host import (
     AccuracyReport,
@@ -22,6 +23,7 @@ from solver.estimation.host import (
 from solver.fitting.checkpoint import atomic_write_bytes, load_state, save_state
 from solver.fitting.config import (
     AdamConfig,
+    ExactConfig,
     FitConfig,
     FitProgress,
     FitRecord,
@@ -47,6 +49,9 @@ from solver.seeding import derive_seed
 __all__ = [
     "AccuracyReport",
     "AdamConfig",
+    "ExactConfig",
+    "PowerDiagram",
+    "power_diagram",
     "Adjacency",
     "AngleFrame",
     "Rule",
