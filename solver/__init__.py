@@ -3,8 +3,9 @@
 Data flow: :func:`make_problem` validates targets and weights; :class:`CellIndex` answers
 which cell of the power diagram holds a point; :func:`estimate` measures cells by Monte
 Carlo, :func:`power_diagram` exactly in d <= 3; :func:`fit` finds the heights;
-:func:`save_state` / :func:`load_state` make fits resumable; :func:`build_extended_map` finds the singular set and gives the pure map T, the
-extended map T~ and interpolation (pictures: :mod:`solver.plots`, imported on demand).
+:func:`save_state` / :func:`load_state` make fits resumable; :func:`build_extended_map` finds
+the singular set and gives the pure map T, the extended map T~ and interpolation (pictures:
+:mod:`solver.plots`, imported on demand).
 """
 
 from solver.cells.index import CellIndex, available_backends, faiss_version, resolve_backend
