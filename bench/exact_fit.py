@@ -1,7 +1,7 @@
 """Exact-geometry fits in 2D and 3D (``python bench/solver.py --exact``): time to L1 <= 1e-8.
 
 Each row fits one problem with the default ``FitConfig()`` method (``"auto"``: damped Newton
-on the exact power diagram for d <= 3) and reports the wall time of ``fit`` as the caller sees
+on the exact power diagram in 2D and 3D) and reports the wall time of ``fit`` as the caller sees
 it (best of three) with the CPU time of this process during that fit, the iterations, the exact
 L1 of the result, and the 1-minute load average before and after (the benchmark machine is
 shared: CPU time shows the work when other jobs stretch the wall time). Problems:

@@ -247,7 +247,7 @@ def demo(
     acc = result.accuracy
     if acc is None:
         summary = "no independent check"
-    elif acc.n_samples == 0:  # exact geometry (d <= 3): no sampling noise
+    elif acc.n_samples == 0:  # exact geometry (2D, 3D): no sampling noise
         summary = f"exact L1 {acc.l1:.2e}, max relative error {acc.max_rel_error:.2e}"
     else:
         summary = (

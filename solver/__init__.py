@@ -2,7 +2,7 @@
 
 Data flow: :func:`make_problem` validates targets and weights; :class:`CellIndex` answers
 which cell of the power diagram holds a point; :func:`estimate` measures cells by Monte
-Carlo, :func:`power_diagram` exactly in d <= 3; :func:`fit` finds the heights;
+Carlo, :func:`power_diagram` exactly in 2D and 3D; :func:`fit` finds the heights;
 :func:`save_state` / :func:`load_state` make fits resumable; :func:`build_extended_map` finds
 the singular set and gives the pure map T, the extended map T~ and interpolation (pictures:
 :mod:`solver.plots`, imported on demand).

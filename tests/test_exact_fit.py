@@ -66,13 +66,6 @@ def test_near_duplicate_targets(rng):
     assert_exact_fit(problem, fit(problem, FitConfig(target_l1=TARGET)))
 
 
-def test_one_dimension_cells_are_intervals_of_the_weights(rng):
-    v = rng.uniform(0.5, 2.0, 10)
-    problem = make_problem(rng.uniform(-1, 1, (10, 1)), v / v.sum())
-    result = fit(problem, FitConfig(target_l1=TARGET))
-    assert result.method == "exact" and result.accuracy.l1 <= TARGET
-
-
 def test_exact_and_monte_carlo_fits_agree_within_the_noise(rng):
     problem = make_problem(clustered(rng, 48, 2, spread=0.5))
     exact = fit(problem, FitConfig(target_l1=TARGET))
@@ -133,8 +126,9 @@ def test_time_budget_is_honoured_inside_an_iteration(rng):
     assert result.reason == "time_budget" and not result.converged
 
 
-def test_auto_is_monte_carlo_above_three_dimensions_and_exact_refuses_it(rng):
-    problem = make_problem(rng.uniform(-1, 1, (16, 4)))
+@pytest.mark.parametrize("d", [1, 4])
+def test_auto_is_monte_carlo_outside_2d_and_3d_and_exact_refuses_it(rng, d):
+    problem = make_problem(rng.uniform(-1, 1, (16, d)))
     assert fit(problem, FitConfig(max_iter=1)).method == "newton"
     with pytest.raises(ValueError, match="exact"):
         fit(problem, FitConfig(method="exact"))

@@ -19,9 +19,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
-# Lower hull facets have outward normals pointing down; near-vertical ones (normal's last
-# component within this of 0) are kept too: extra candidates cost a little, missing ones are wrong.
-_VERTICAL_TOL = 1e-12
+# Lower hull facets have outward normals pointing down (last component below -this). Vertical
+# facets (collinear targets on the boundary of their hull, e.g. grids) are left out: their
+# upper vertices are not lower-hull vertices, and taking them in would give such a point a
+# cell clipped only by the vertical facet's other vertices.
+_VERTICAL_TOL = 1e-13
 # Singular values below this fraction of the largest mark an exactly flat target set
 # (co-linear in 2D, co-planar in 3D); anything thicker is left to Qhull, which handles it.
 _FLAT_TOL = 1e-9
@@ -82,11 +84,12 @@ def _affine_coordinates(targets: np.ndarray) -> np.ndarray:
 def _hull_pairs(hull: ConvexHull) -> np.ndarray:
     """Edges of the lower facets, plus candidates of points Qhull called coplanar."""
     k = hull.points.shape[1]
-    lower = hull.simplices[hull.equations[:, k - 1] <= _VERTICAL_TOL]
+    is_lower = hull.equations[:, k - 1] < -_VERTICAL_TOL
+    lower = hull.simplices[is_lower]
     a, b = np.triu_indices(k, 1)
     edges = np.stack([lower[:, a].reshape(-1), lower[:, b].reshape(-1)], axis=1)
     if hull.coplanar.size:
-        edges = np.vstack([edges, _coplanar_pairs(hull, edges)])
+        edges = np.vstack([edges, _coplanar_pairs(hull, is_lower, edges)])
     n_points = hull.points.shape[0]
     lo = np.minimum(edges[:, 0], edges[:, 1]).astype(np.int64)
     hi = np.maximum(edges[:, 0], edges[:, 1]).astype(np.int64)
@@ -94,14 +97,17 @@ def _hull_pairs(hull: ConvexHull) -> np.ndarray:
     return np.stack([codes // n_points, codes % n_points], axis=1)
 
 
-def _coplanar_pairs(hull: ConvexHull, edges: np.ndarray) -> np.ndarray:
+def _coplanar_pairs(hull: ConvexHull, is_lower: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Pair each coplanar point with its facet's vertices, its nearest vertex and its neighbours.
 
-    A near-duplicate of a target lies within Qhull's precision of the hull and is not made a
-    vertex; its cell is thin but not empty, and its neighbours are among those of its twin.
+    Only points near lower facets count. A near-duplicate of a target lies within Qhull's
+    precision of the hull and is not made a vertex; its cell is thin but not empty, and its
+    neighbours are among those of its twin.
     """
     out: list[tuple[int, int]] = []
     for point, facet, nearest in hull.coplanar:
+        if not is_lower[facet]:
+            continue  # near a vertical or upper facet: not a lower-hull point
         near = {int(nearest)}
         near.update(int(v) for v in hull.simplices[facet])
         twins = edges[(edges[:, 0] == nearest) | (edges[:, 1] == nearest)].reshape(-1)

@@ -31,11 +31,13 @@ BOUNDARY = -1
 # Vertex scores may exceed the cell's own by this much (float64 round-off) without a re-clip.
 _TOL = 1e-9
 
-# Facets below this (d-1)-measure (cube units) are round-off of a candidate pair that only
-# touches at a vertex or an edge, not real adjacency.
-_MIN_FACET = 1e-13
+# Facets below this fraction of the smaller cell's (d-1)-size are round-off of a candidate
+# pair that only touches at a vertex or an edge, not real adjacency.
+_MIN_FACET = 1e-9
 # Facet corners this close to a face of the cube (fraction of its side) touch it.
 _BOUNDARY_TOL = 1e-9
+# Heights (or unit normals) equal to this relative round-off are ties.
+_TIE_TOL = 1e-12
 # The cells must fill the cube to this accuracy, or a candidate neighbour was missed.
 _MASS_TOL = 1e-9
 
@@ -97,7 +99,11 @@ def power_diagram(
     total = float(cells.sum())
     if abs(total - 1.0) > _MASS_TOL:
         raise RuntimeError(f"power diagram cells fill {total!r} of the cube, expected 1")
-    keep = facets > _MIN_FACET
+    # Round-off facets (cells touching at a vertex or an edge) are ~1e-16 of the cube; real
+    # ones scale with the smaller cell, however small: compare with its (d-1)-size.
+    d = y.shape[1]
+    smaller = np.minimum(cells[pairs[:, 0]], cells[pairs[:, 1]]) if pairs.size else np.zeros(0)
+    keep = facets > _MIN_FACET * smaller ** ((d - 1) / d)
     return PowerDiagram(
         cell_measures=cells,
         centroids=centroids,
@@ -127,24 +133,28 @@ def _check_input(
 _Diagram = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _diagram(y: np.ndarray, h: np.ndarray, low: float, high: float) -> _Diagram:
+def _diagram(
+    y: np.ndarray, h: np.ndarray, low: float, high: float, inward: np.ndarray | None = None
+) -> _Diagram:
     """Cell measures (N,), centroids (N, d), candidate pairs (P, 2), facet measures (P,).
 
     Works in any dimension d >= 1: the cube's faces are (d-1)-dimensional diagrams of the
     cells that reach the boundary, with one coordinate fixed, computed by recursion.
+    ``inward`` breaks ties between identical targets of equal height (on a face: the cell
+    that continues into the cube wins).
     """
     n, d = y.shape
     pairs = candidate_pairs(y, h)
     if pairs.size and (y[pairs[:, 0]] == y[pairs[:, 1]]).all(axis=1).any():
         # Identical targets (a projection onto a face can make them): keep the highest.
-        keep = _highest_of_duplicates(y, h)
+        keep = _highest_of_duplicates(y, h, inward)
         cells, cen, sub_pairs, facets = _diagram(y[keep], h[keep], low, high)
         out_cells, out_cen = np.zeros(n), np.full((n, d), np.nan)
         out_cells[keep], out_cen[keep] = cells, cen
         return out_cells, out_cen, keep[sub_pairs], facets
     lists = _neighbour_lists(pairs, n)
     if d == 1:
-        return (*_intervals(y, h, lists, low, high), pairs, np.ones(pairs.shape[0]))
+        return _intervals(y, h, pairs, lists, low, high)
     measure, centre, touch = _pair_facets(y, h, pairs, lists, low, high)
     x0 = np.full(d, 0.5 * (low + high))
     # Pyramid (x0, facet): signed volume |F| <n_F, p_F - x0> / d for cell i, whose outward
@@ -166,8 +176,9 @@ def _diagram(y: np.ndarray, h: np.ndarray, low: float, high: float) -> _Diagram:
         rim = np.flatnonzero(np.diff(lists[0]) > 0) if n > 1 else np.zeros(1, dtype=np.int64)
     for k in range(d):
         for side in (low, high):
+            inward = (1.0 if side == low else -1.0) * y[rim, k]
             face_cells, face_cen, _, _ = _diagram(
-                np.delete(y[rim], k, axis=1), h[rim] + side * y[rim, k], low, high
+                np.delete(y[rim], k, axis=1), h[rim] + side * y[rim, k], low, high, inward
             )
             lit = face_cells > 0
             cells = rim[lit]
@@ -186,13 +197,24 @@ def _finish(volume: np.ndarray, moment: np.ndarray) -> tuple[np.ndarray, np.ndar
     return volume, centroids
 
 
-def _highest_of_duplicates(y: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """Indices of the rows to keep: one per distinct target, the highest (first on ties)."""
-    order = np.lexsort((-h, *y.T[::-1]))
-    ys = y[order]
+def _highest_of_duplicates(y: np.ndarray, h: np.ndarray, inward: np.ndarray | None) -> np.ndarray:
+    """Indices of the rows to keep: one per distinct target, the highest.
+
+    Heights within round-off of the group's highest tie; among those the largest ``inward``
+    wins (then the first).
+    """
+    order = np.lexsort(y.T[::-1])
+    ys, hs = y[order], h[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = (ys[1:] != ys[:-1]).any(axis=1)
-    return np.sort(order[first])
+    group = np.cumsum(first) - 1
+    top = np.maximum.reduceat(hs, np.flatnonzero(first))[group]
+    near = hs >= top - _TIE_TOL * (1.0 + np.abs(top))
+    key = np.zeros(len(order)) if inward is None else inward[order]
+    rank = np.lexsort((np.arange(len(order)), -hs, -key, ~near, group))
+    lead = np.ones(len(rank), dtype=bool)
+    lead[1:] = group[rank[1:]] != group[rank[:-1]]
+    return np.sort(order[rank[lead]])
 
 
 def _neighbour_lists(pairs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -263,18 +285,29 @@ def _cube_cuts(
 def _intervals(
     y: np.ndarray,
     h: np.ndarray,
+    pairs: np.ndarray,
     lists: tuple[np.ndarray, np.ndarray, np.ndarray],
     low: float,
     high: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cells of a 1D diagram: lengths (N,) and midpoints (N, 1)."""
+) -> _Diagram:
+    """A 1D diagram: lengths (N,), midpoints (N, 1), pairs, and 1 for pairs meeting inside."""
     n = y.shape[0]
     item, g, c = _cuts(y, h, np.arange(n), None, lists)
     t0, t1 = clip_segments(c, g[:, 0], item, np.full(n, low), np.full(n, high))
     length = np.maximum(t1 - t0, 0.0)
     if n > 1:
         length[np.diff(lists[0]) == 0] = 0.0  # not a hull vertex: empty
-    return _finish(length, (0.5 * (t0 + t1) * length)[:, None])
+    i, j = pairs[:, 0], pairs[:, 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        meet = (h[j] - h[i]) / (y[i, 0] - y[j, 0])  # where the two scores cross
+    tol = _BOUNDARY_TOL * (high - low)
+
+    def ends_at(cell: np.ndarray) -> np.ndarray:
+        return (np.abs(meet - t0[cell]) <= tol) | (np.abs(meet - t1[cell]) <= tol)
+
+    touching = (length[i] > 0) & (length[j] > 0) & ends_at(i) & ends_at(j)
+    touching &= (meet > low + tol) & (meet < high - tol)
+    return (*_finish(length, (0.5 * (t0 + t1) * length)[:, None]), pairs, touching * 1.0)
 
 
 def _pair_facets(
@@ -300,7 +333,13 @@ def _pair_facets(
     x0 = np.full(d, 0.5 * (low + high))
     # Plane origin: the cube centre's projection, so the cube's section lies within
     # sqrt(d) / 2 of it.
-    origin = x0 - (unit @ x0 + (h[i] - h[j]) / norm)[:, None] * unit
+    offset = unit @ x0 + (h[i] - h[j]) / norm  # signed distance from x0 to the plane
+    origin = x0 - offset[:, None] * unit
+    # A bisector lying in a face of the cube (grids do this) bounds a cell outside the cube:
+    # the face's diagram counts that piece, the pair's facet is of measure zero in the cube.
+    in_face = (np.abs(unit).max(axis=1) >= 1.0 - _TIE_TOL) & (
+        np.abs(np.abs(offset) - 0.5 * (high - low)) <= _BOUNDARY_TOL * (high - low)
+    )
     basis = _plane_basis(unit)
     item, gc, cc = _cuts(y, h, i, j, lists, common=d > 2)
     alpha = cc + (origin[item] * gc).sum(axis=1)
@@ -313,8 +352,14 @@ def _pair_facets(
         ts = np.where(length[:, None] > 0, np.stack([t0, t1], axis=1), 0.0)
         ends = origin[:, None, :] + ts[:, :, None] * basis
         touch = (length > 0) & _on_boundary(ends, np.full(ends.shape[:2], True), low, high)
-        return length, ends.mean(axis=1), touch
-    return _polygon_facets(origin, basis, (cube_alpha, cube_beta), (item, alpha, beta), low, high)
+        measure, centre = length, ends.mean(axis=1)
+    else:
+        cube = (cube_alpha, cube_beta)
+        measure, centre, touch = _polygon_facets(
+            origin, basis, cube, (item, alpha, beta), low, high
+        )
+    measure[in_face], touch[in_face] = 0.0, False
+    return measure, centre, touch
 
 
 def _polygon_facets(

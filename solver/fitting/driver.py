@@ -3,7 +3,7 @@
 The driver owns what all methods share: the coordinate frame, the cell index, stopping by
 target accuracy / iterations / time, the progress callback and resumable state. Methods
 (``exact_newton``, ``newton``, ``adam``) supply ``step(ctx, state) -> (state, record, reason)``;
-``method="auto"`` resolves to the exact method for d <= 3 and Monte Carlo Newton above.
+``method="auto"`` resolves to the exact method for d = 2, 3 and Monte Carlo Newton otherwise.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def fit(
     Args:
         problem: targets, weights and source measure (see :func:`solver.make_problem`).
         config: method and stopping rules; defaults to ``method="auto"`` (exact geometry for
-            d <= 3, Monte Carlo damped Newton above) with target L1 0.05.
+            d = 2, 3, Monte Carlo damped Newton otherwise) with target L1 0.05.
         callback: called after every iteration with a :class:`FitProgress`; returning
             ``False`` stops the fit (reason ``"callback"``). Save ``progress.state`` with
             :func:`solver.save_state` to make the fit resumable.

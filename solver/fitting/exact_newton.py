@@ -1,6 +1,6 @@
-"""Damped Newton on the exact power diagram (d <= 3), after Kitagawa, Merigot and Thibert (2019).
+"""Damped Newton on the exact power diagram (d = 2, 3), after Kitagawa, Merigot and Thibert (2019).
 
-In dimension d <= 3 the cells are computed exactly (:func:`solver.cells.power_diagram
+In dimension 2 and 3 the cells are computed exactly (:func:`solver.cells.power_diagram
 .power_diagram`), so the gradient G(h) = w(h) - v and its Jacobian are exact: DG is the weighted
 graph Laplacian with off-diagonal entries -|W_i cap W_j| / |y_i - y_j| over adjacent cells and
 rows summing to zero. Each step solves DG d = G with one height fixed (the Laplacian's constant
@@ -52,15 +52,15 @@ def make_context(
     """Bundle the fit's fixed inputs.
 
     Args:
-        targets: internal targets y, shape ``(N, d)``, d <= 3 (float64 keeps the exact
+        targets: internal targets y, shape ``(N, d)``, d = 2 or 3 (float64 keeps the exact
             geometry exact).
         weights: v, shape ``(N,)``.
         source: the source measure (its cube is the domain).
         config: the fit's settings.
     """
     y = np.asarray(targets, dtype=np.float64)
-    if not 1 <= y.shape[1] <= 3:
-        raise ValueError(f"exact geometry needs dimension 1, 2 or 3, got {y.shape[1]}")
+    if y.shape[1] not in (2, 3):
+        raise ValueError(f"exact geometry needs dimension 2 or 3, got {y.shape[1]}")
     return ExactContext(y, np.asarray(weights, np.float64), source.low, source.high, config, {})
 
 
@@ -129,7 +129,13 @@ def step(ctx: ExactContext, state: FitState) -> tuple[FitState, FitRecord, str |
             return advance, record, "time_budget"
         trial = h - t * direction
         trial -= trial.mean()
-        cells = _diagram(ctx, trial).cell_measures
+        try:
+            cells = _diagram(ctx, trial).cell_measures
+        except RuntimeError:
+            # The diagram failed its own mass check (never observed): a rejected trial,
+            # not a crash; accepted heights always have a checked diagram.
+            t *= 0.5
+            continue
         if cells.min() >= eps and np.linalg.norm(cells - ctx.weights) <= (1 - t / 2) * norm:
             counters = dict(advance.counters, t=t)
             return replace(advance, heights=trial, counters=counters), record, None

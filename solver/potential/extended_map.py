@@ -15,7 +15,7 @@ p (default ``max(1, d - 1)``, see :func:`default_power`) trades novelty for fide
 stays closer to T.
 
 One pass (:func:`build_extended_map`) gives the adjacency, the mass centres and the singular
-set: in d <= 3 the exact power diagram (exact facets and centroids, no sampling), above it a
+set: in 2D and 3D the exact power diagram (exact facets and centroids, no sampling), above it a
 Monte Carlo pass; :meth:`ExtendedMap.to_arrays` stores them so a service need not repeat it.
 """
 
@@ -459,7 +459,7 @@ class ExtendedMap:
 
 
 # Dimensions in which the map's adjacency and mass centres come from the exact power diagram.
-EXACT_MAX_DIM = 3
+EXACT_DIMS = (2, 3)
 
 
 # Shepard power of the blending weights: p = max(1, d - 1) unless given, so the weights fall off
@@ -500,15 +500,15 @@ def build_extended_map(
 ) -> ExtendedMap:
     """Adjacency and mass centres, then the singular set, then the map.
 
-    In d <= 3 they come from the exact power diagram (every facet of positive measure, exact
+    In 2D and 3D they come from the exact power diagram (every facet of positive measure, exact
     facet measures and centroids; ``n_samples`` and ``seed`` are then unused and the
-    adjacency reports ``n_samples = 0``); above it from one Monte Carlo pass of top-2 cells.
+    adjacency reports ``n_samples = 0``); otherwise from one Monte Carlo pass of top-2 cells.
 
     Args:
         targets: y, shape ``(N, d)`` (the problem's merged targets).
         heights: fitted h, shape ``(N,)``, in the targets' coordinates.
-        n_samples: Monte Carlo samples (d > 3); about 100 per cell gives centres to a few per
-            cent of a cell's width and finds facets down to ~1 % of a typical facet.
+        n_samples: Monte Carlo samples (d = 1 or d > 3); about 100 per cell gives centres to a
+            few per cent of a cell's width and finds facets down to ~1 % of a typical facet.
         seed: Monte Carlo stream seed.
         threshold: fixed angle in radians (selects rule ``"fixed"``).
         rule: ``"fixed"``, ``"quantile"`` or ``"gap"``; ``None``: fixed with a threshold,
@@ -537,7 +537,7 @@ def build_extended_map(
     k = default_k(n, d) if k is None else int(k)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    if d <= EXACT_MAX_DIM:
+    if d in EXACT_DIMS:
         adjacency, centres, counts = _exact_geometry(y, heights, source)
         backend_used = backend
     else:
@@ -572,7 +572,7 @@ def build_extended_map(
 def _exact_geometry(
     targets: np.ndarray, heights: np.ndarray, source: SourceMeasure
 ) -> tuple[Adjacency, np.ndarray, np.ndarray]:
-    """Adjacency, mass centres and centre flags from the exact power diagram (d <= 3)."""
+    """Adjacency, mass centres and centre flags from the exact power diagram (d = 2, 3)."""
     diagram = power_diagram(targets, heights, low=source.low, high=source.high)
     adjacency = Adjacency(
         pairs=diagram.pairs,
