@@ -24,12 +24,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+from scipy.spatial import cKDTree
 
 from solver.cells.power_diagram import PowerDiagram, power_diagram
 from solver.estimation.host import AccuracyReport
 from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
 
+# Voronoi start: weights perturbed by up to this fraction of squared nearest-neighbour distances.
+_JITTER = 1e-3
 # The KMT floor eps on cell measures is set by the first step (from the start's cells).
 _UNSET = -1.0
 
@@ -69,6 +72,8 @@ def initial_state(ctx: ExactContext) -> FitState:
 
     With y''_i = a + s y_i inside the cube (s > 0), the Voronoi cell of y''_i is the power
     cell of y_i with h_i = -<a, y_i> - s |y_i|^2 / 2; it contains y''_i, so it is not empty.
+    A seeded perturbation of at most 1e-3 s r_i^2 (r_i: distance to the nearest target) keeps
+    every y''_i in its cell and breaks the co-sphericity of grids.
     """
     y = ctx.targets
     lo, hi = y.min(axis=0), y.max(axis=0)
@@ -77,6 +82,12 @@ def initial_state(ctx: ExactContext) -> FitState:
     s = (1.0 - 2.0 * ctx.config.exact.start_margin) * side / span if span > 0 else 1.0
     a = 0.5 * (ctx.low + ctx.high) - s * 0.5 * (lo + hi)
     h = -(y @ a) - 0.5 * s * np.square(y).sum(axis=1)
+    # Grids make the lifted points co-spherical, which Qhull resolves badly: perturb the
+    # Voronoi weights by at most 1e-3 of each target's squared nearest-neighbour distance
+    # (seeded). Every site stays inside its own cell, so no cell is empty.
+    nearest = cKDTree(y).query(y, k=2)[0][:, 1] if len(y) > 1 else np.zeros(len(y))
+    rng = np.random.default_rng(ctx.config.seed)
+    h += _JITTER * s * np.square(nearest) * rng.uniform(-1.0, 1.0, len(y))
     h -= h.mean()
     return FitState(
         method="exact",
