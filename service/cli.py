@@ -248,7 +248,10 @@ def demo(
     if acc is None:
         summary = "no independent check"
     elif acc.n_samples == 0:  # exact geometry (2D, 3D): no sampling noise
-        summary = f"exact L1 {acc.l1:.2e}, max relative error {acc.max_rel_error:.2e}"
+        summary = (
+            f"exact L1 {acc.l1:.2e}, max relative error {acc.max_rel_error:.2e}, "
+            f"empty cells {acc.empty_cells}"
+        )
     else:
         summary = (
             f"L1 {acc.l1:.4f} (noise floor {acc.noise_floor:.4f}, {acc.n_samples} independent "
