@@ -7,17 +7,21 @@ directly instead of touching the environment.
 
 from __future__ import annotations
 
-import math
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from solver import AdamConfig, NewtonConfig, parse_rule
 
 Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
-SingularRule = Literal["fixed", "quantile", "gap"]
+FitMethod = Literal["newton", "adam"]
+# Host names of a loopback bind (DNS rebinding: a public name resolving to 127.0.0.1 is refused).
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Settings(BaseSettings):
@@ -41,6 +45,34 @@ class Settings(BaseSettings):
     max_steps: int = Field(default=256, ge=2)
     max_pairs: int = Field(default=10000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    # Uploads: the digits bundle is ~0.3 MB and an MNIST conv bundle ~60 MB unpacked (13 M
+    # parameters); the caps refuse archive bombs and absurd architectures before allocation.
+    max_bundle_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="unpacked size of an uploaded bundle"
+    )
+    max_bundle_members: int = Field(default=32, ge=4, description="files in an uploaded archive")
+    max_parameters: int = Field(
+        default=50_000_000, ge=1, description="autoencoder parameters of an uploaded bundle"
+    )
+
+    # Connections and abuse. Loopback servers answer only loopback Host names by default, so a
+    # web page cannot reach them through DNS rebinding; list public names when binding wider.
+    allowed_hosts: tuple[str, ...] | None = Field(
+        default=None,
+        description="Host header names answered ('*' any); default: loopback names on a "
+        "loopback bind, else any",
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a request body may stall before a 408"
+    )
+    keep_alive_timeout: float = Field(
+        default=5.0, gt=0, description="seconds an idle keep-alive connection stays open"
+    )
+    auth_max_failures: int = Field(
+        default=10, ge=1, description="wrong API keys per client per auth_window before a 429"
+    )
+    auth_window: float = Field(default=60.0, gt=0, description="seconds of the failed-key window")
 
     # Threads: on the 2-core test machine OpenMP teams spinning on busy cores made a 64-sample
     # /sample 10x slower (17 -> 1.7 ms) and the digits fit 3x slower (60 -> 19 s) than one
@@ -67,9 +99,18 @@ class Settings(BaseSettings):
     target_l1: float = Field(
         default=0.05, gt=0, lt=2, description="fit stops at this independent L1"
     )
+    fit_method: FitMethod = Field(default="newton", description="newton (default) or adam")
     fit_seed: int = Field(default=0, ge=0)
+    # The service fits until the target (or the time budget): iterations are a safety net
+    # here, not the budget they are for a direct solver call (FitConfig's default 1000).
     fit_max_iter: int = Field(default=100000, ge=1)
     fit_time_budget: float | None = Field(default=None, gt=0)
+    fit_newton: dict[str, int | float] = Field(
+        default_factory=dict, description='Newton settings as JSON, e.g. {"growth": 2}'
+    )
+    fit_adam: dict[str, int | float] = Field(
+        default_factory=dict, description='Adam baseline settings as JSON, e.g. {"lr": 0.01}'
+    )
     checkpoint_every: int = Field(default=5, ge=1, description="iterations between fit checkpoints")
     publish_interval: float = Field(
         default=10.0, ge=0, description="seconds between publications of improved potentials"
@@ -80,14 +121,13 @@ class Settings(BaseSettings):
     map_samples_per_cell: int = Field(
         default=64, ge=1, description="samples per cell to estimate adjacency and mass centres"
     )
-    # Unset rule: the solver's choice, "fixed" with a threshold, else "gap" (the largest jump of
-    # the adjacent-pair angles) when that jump is clear, the median of the angles when not.
-    singular_rule: SingularRule | None = Field(
-        default=None, description="singular facet rule: fixed, quantile or gap (see solver)"
+    map_power: float | None = Field(
+        default=None, gt=0, description="Shepard power of the extended map (unset: max(1, d-1))"
     )
-    singular_quantile: float = Field(default=0.9, gt=0, lt=1)
-    singular_threshold: float | None = Field(
-        default=None, gt=0, lt=math.pi, description="dihedral angle threshold (radians), rule=fixed"
+    singular_rule: str = Field(
+        default="auto",
+        description="singular threshold: auto (gap rule, median without a clear gap), "
+        "gap[:min_regular], quantile[:q] or fixed:radians",
     )
     poll_interval: float = Field(
         default=1.0, gt=0, description="seconds between catalogue polls (worker queue, index swap)"
@@ -99,22 +139,41 @@ class Settings(BaseSettings):
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "text"
 
-    @model_validator(mode="after")
-    def _rule_matches_threshold(self) -> Settings:
-        fixed = self.singular_rule == "fixed" or (
-            self.singular_rule is None and self.singular_threshold is not None
-        )
-        if fixed and self.singular_threshold is None:
-            raise ValueError("singular_rule 'fixed' needs singular_threshold (radians)")
-        if not fixed and self.singular_threshold is not None:
-            raise ValueError(
-                f"singular_threshold is only used by rule 'fixed', not {self.singular_rule!r}"
-            )
-        return self
+    @field_validator("singular_rule")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        parse_rule(value)  # raises ValueError naming the accepted forms
+        return value
+
+    @field_validator("fit_newton", "fit_adam", mode="before")
+    @classmethod
+    def _json_text(cls, value: object) -> object:
+        """Accept the JSON text ``to_env`` writes, also when passed as an argument."""
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("fit_newton", "fit_adam")
+    @classmethod
+    def _known_fields(
+        cls, value: dict[str, int | float], info: ValidationInfo
+    ) -> dict[str, int | float]:
+        kind = NewtonConfig if info.field_name == "fit_newton" else AdamConfig
+        try:
+            kind(**cast(dict[str, Any], value))
+        except TypeError as exc:
+            raise ValueError(f"{info.field_name}: {exc}") from exc
+        return value
 
     def mutations_enabled(self) -> bool:
         """Whether an API key is configured (without one, mutating endpoints answer 403)."""
         return self.api_key is not None and bool(self.api_key.get_secret_value())
+
+    def host_names(self) -> tuple[str, ...]:
+        """The Host names this server answers (``("*",)``: any)."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        if self.host in _LOOPBACK:
+            return _LOOPBACK
+        return ("*",)
 
     def to_env(self) -> dict[str, str]:
         """Export these settings as ``AEOT_*`` variables (how the server configures its worker)."""
@@ -124,5 +183,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            env[f"AEOT_{name.upper()}"] = str(value)
+            if isinstance(value, tuple | list):
+                value = list(value)  # pydantic-settings reads JSON for sequences
+            text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+            env[f"AEOT_{name.upper()}"] = text
         return env

@@ -7,21 +7,22 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from service.catalog import JobConfig
 from service.deps import (
     KeyRequired,
     ReadAccess,
     ServingDep,
     SettingsDep,
     StoreDep,
+    WorkerDep,
     default_model,
+    upload_limits,
 )
 from service.errors import Conflict, error_responses
-from service.schemas import FitRequest, JobOut, ModelListResponse, ModelStatus
+from service.job_config import job_config
+from service.schemas import FitRequest, JobOut, ModelListResponse, ModelStatus, WorkerOut
 from service.serving import ServingIndex
 from service.settings import Settings
 from service.store import NAME_PATTERN, ModelStore
-from service.worker import job_config
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -30,13 +31,14 @@ NamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="model name")]
 
 def _status(name: str, settings: Settings, store: ModelStore, serving: ServingIndex) -> ModelStatus:
     model = store.model(name)
-    potential = store.catalog.potential(name)
+    potential = store.potential_record(name)
     return ModelStatus.of(
         model,
         default=default_model(settings, store) == name,
         served=serving.versions().get(name),
         accuracy=potential.accuracy if potential else None,
         job=store.active_job(name),
+        problem=serving.problem(name),
     )
 
 
@@ -46,13 +48,18 @@ def _status(name: str, settings: Settings, store: ModelStore, serving: ServingIn
     dependencies=[ReadAccess],
     responses=error_responses(401, 403, 422),
 )
-def list_models(settings: SettingsDep, store: StoreDep, serving: ServingDep) -> ModelListResponse:
-    """Every model with its published potential and fit progress."""
+def list_models(
+    settings: SettingsDep, store: StoreDep, serving: ServingDep, worker: WorkerDep
+) -> ModelListResponse:
+    """Every model with its published potential and fit progress, and the worker's state."""
     serving.poll_if_due()
     models = [_status(m.name, settings, store, serving) for m in store.models()]
     active = [JobOut.of(j) for j in store.jobs(limit=50) if j.status in ("queued", "running")]
     return ModelListResponse(
-        default_model=default_model(settings, store), models=models, jobs=active
+        default_model=default_model(settings, store),
+        models=models,
+        jobs=active,
+        worker=WorkerOut.of(worker),
     )
 
 
@@ -86,7 +93,8 @@ async def register_model(
 ) -> ModelStatus:
     """Upload a model bundle archive; its OT fit is queued for the worker."""
     data = await bundle.read()
-    await run_in_threadpool(store.register_archive, name, data, job_config(settings))
+    limits = upload_limits(settings)
+    await run_in_threadpool(store.register_archive, name, data, job_config(settings), limits)
     return await run_in_threadpool(_status, name, settings, store, serving)
 
 
@@ -99,12 +107,12 @@ async def register_model(
 )
 def start_fit(name: NamePath, req: FitRequest, settings: SettingsDep, store: StoreDep) -> JobOut:
     """Queue a refit of the model (409 when a fit is active, unless ``replace``)."""
-    base = job_config(settings)
-    config = JobConfig(
-        target_l1=req.target_l1 or base.target_l1,
-        seed=base.seed if req.seed is None else req.seed,
-        max_iter=req.max_iter or base.max_iter,
-        time_budget=req.time_budget or base.time_budget,
+    config = job_config(
+        settings,
+        target_l1=req.target_l1,
+        seed=req.seed,
+        max_iter=req.max_iter,
+        time_budget=req.time_budget,
     )
     job = store.enqueue_fit(name, config, replace=req.replace)
     if job is None:
