@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from oracles import halfspace_cells, laguerre_areas
 
-from solver.cells.power_diagram import power_cells, power_diagram
+from solver.cells.polygons import power_cells
+from solver.cells.power_diagram import power_diagram
 
 # Measures are sums of float64 products of unit-scale numbers.
 ATOL = 1e-12
