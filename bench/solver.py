@@ -6,6 +6,7 @@ Prints one JSON object per line. Usage::
     python bench/solver.py --quick         # small sizes, a minute or two
     python bench/solver.py --only fit --sizes 10000x16
     python bench/solver.py --only fit --sizes 2000x16 10000x16 60000x32:0.1   # the d >= 4 table
+    python bench/solver.py --exact         # exact-geometry fits in 2D/3D only (bench/exact_fit.py)
 
 Time-to-accuracy: wall time until L1 <= target with no empty cell on an independent sample.
 The default method checks itself on fresh samples as part of the algorithm, so its time
@@ -29,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import clustered_latents, emit, machine_info  # noqa: E402
+from bench.exact_fit import exact_rows  # noqa: E402
 from solver import (  # noqa: E402
     AdamConfig,
     CellIndex,
@@ -141,8 +143,13 @@ def main() -> None:
         default=0.0,
         help="baseline's own stop rule: 0 disables it (default); pyOMT: 2e-3",
     )
+    parser.add_argument("--exact", action="store_true", help="exact 2D/3D fits to 1e-8 only")
     args = parser.parse_args()
     emit({"bench": "solver", "kind": "machine", **machine_info()})
+    if args.exact:
+        for row in exact_rows():
+            emit(row)
+        return
     if args.only in (None, "throughput"):
         shapes = [(2000, 2), (10000, 16)]
         if not args.quick:

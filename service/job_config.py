@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
-from solver import AdamConfig, FitConfig, NewtonConfig, PotentialConfig, parse_rule
+from solver import AdamConfig, ExactConfig, FitConfig, NewtonConfig, PotentialConfig, parse_rule
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -58,11 +58,15 @@ class JobConfig:
         """
         data = json.loads(text)
         if set(data) <= _LEGACY_FIELDS:
-            return cls(fit=FitConfig(**data))
+            # Those rows were fitted by the default of their time, Monte Carlo Newton; its
+            # checkpoints resume only with that method.
+            return cls(fit=FitConfig(method="newton", **data))
         fit = dict(data["fit"])
         newton, adam = NewtonConfig(**fit.pop("newton")), AdamConfig(**fit.pop("adam"))
+        # Rows written before the exact method carry no "exact" settings: its defaults.
+        exact = ExactConfig(**fit.pop("exact", {}))
         return cls(
-            fit=FitConfig(**fit, newton=newton, adam=adam),
+            fit=FitConfig(**fit, newton=newton, adam=adam, exact=exact),
             potential=PotentialConfig.from_dict(data["potential"]),
         )
 

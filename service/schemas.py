@@ -172,7 +172,7 @@ class SingularitiesResponse(BaseModel):
 
 
 class AccuracyOut(BaseModel):
-    """An independent accuracy check (DESIGN.md section 1)."""
+    """An independent accuracy check (DESIGN.md section 1); exact when ``n_samples`` is 0."""
 
     l1: float
     max_rel_error: float

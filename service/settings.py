@@ -20,7 +20,7 @@ from solver import AdamConfig, NewtonConfig, parse_rule
 Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
-FitMethod = Literal["newton", "adam"]
+FitMethod = Literal["auto", "exact", "newton", "adam"]
 # Variables of earlier releases whose meaning moved into one setting: refused, not ignored, so a
 # deployment that set them does not silently fall back to the default singular rule.
 _RETIRED = {
@@ -106,7 +106,10 @@ class Settings(BaseSettings):
     target_l1: float = Field(
         default=0.05, gt=0, lt=2, description="fit stops at this independent L1"
     )
-    fit_method: FitMethod = Field(default="newton", description="newton (default) or adam")
+    fit_method: FitMethod = Field(
+        default="auto",
+        description="auto (default: exact in 2D/3D, newton otherwise), exact, newton or adam",
+    )
     fit_seed: int = Field(default=0, ge=0)
     # The service fits until the target (or the time budget): iterations are a safety net
     # here, not the budget they are for a direct solver call (FitConfig's default 1000).

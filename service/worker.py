@@ -196,6 +196,11 @@ class Worker:
         # the grace period, and the job's next run publishes from the checkpoint anyway.
         due = check is not None or now - run.last_publish >= self.settings.publish_interval
         if due and not stopping:
+            # The exact fit (2D/3D) has a check at every iteration, so it may publish before
+            # its first heartbeat: a job taken over must not publish.
+            if not self.store.owns(run.job, self.id):
+                run.lost = True
+                return False
             self._maybe_publish(run, state.iteration, state.elapsed, progress.heights, check)
         if checkpoint or stopping or check is not None or now - run.last_beat >= _HEARTBEAT_EVERY:
             run.last_beat = now

@@ -3,8 +3,9 @@
 Data flow: :func:`make_problem` validates targets and weights; :class:`CellIndex` answers
 which cell of the power diagram holds a point; :func:`estimate` measures cells by Monte
 Carlo, through one :class:`Estimator` chosen by :func:`resolve_estimator` (host, fused GPU or
-torch.distributed); :func:`fit` finds the heights; :func:`save_state` / :func:`load_state` make
-fits resumable; :func:`build_extended_map` finds the singular set (its threshold chosen by one
+torch.distributed), and :func:`power_diagram` exactly in 2D and 3D; :func:`fit` finds the
+heights; :func:`save_state` / :func:`load_state` make fits resumable;
+:func:`build_extended_map` finds the singular set (its threshold chosen by one
 :data:`ThresholdRule`) and gives the pure map T, the extended map T~ and interpolation;
 :class:`Potential` bundles fitted heights, their accuracy and T~ with ``build`` / ``save`` /
 ``load`` (pictures: :mod:`solver.plots`, imported on demand).
@@ -20,6 +21,7 @@ from solver.cells.index import (
     faiss_version,
     resolve_backend,
 )
+from solver.cells.power_diagram import PowerDiagram, power_diagram
 from solver.cells.triton_index import TritonBackend
 from solver.estimation.estimator import (
     ESTIMATOR_NAMES,
@@ -42,6 +44,7 @@ from solver.estimation.host import (
 from solver.fitting.checkpoint import atomic_write_bytes, load_state, save_state
 from solver.fitting.config import (
     AdamConfig,
+    ExactConfig,
     FitConfig,
     FitProgress,
     FitRecord,
@@ -85,6 +88,9 @@ __all__ = [
     "resolve_estimator",
     "AccuracyReport",
     "AdamConfig",
+    "ExactConfig",
+    "PowerDiagram",
+    "power_diagram",
     "Adjacency",
     "AngleFrame",
     "DEFAULT_RULE",

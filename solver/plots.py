@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from solver.cells.power_diagram import BOUNDARY, PowerCell, power_cells
+from solver.cells.polygons import BOUNDARY, PowerCell, power_cells
 from solver.potential.extended_map import ExtendedMap
 from solver.potential.singular import frame_angles
 

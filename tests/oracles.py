@@ -44,3 +44,43 @@ def laguerre_areas(y: np.ndarray, h: np.ndarray, low: float = -0.5) -> np.ndarra
                     break
         areas[i] = area(poly)
     return areas
+
+
+def halfspace_cells(
+    y: np.ndarray, h: np.ndarray, low: float = -0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Volumes and centroids of cells in any dimension, each from ALL N - 1 constraints.
+
+    Every cell is scipy's HalfspaceIntersection of the cube and the half-spaces
+    <x, y_i - y_j> + h_i - h_j >= 0 for every j != i, around its Chebyshev centre (a linear
+    program); volume and centroid by a Delaunay split of the polytope into simplices.
+    """
+    from math import factorial
+
+    from scipy.optimize import linprog
+    from scipy.spatial import Delaunay, HalfspaceIntersection
+
+    y = np.asarray(y, dtype=np.float64)
+    h = np.asarray(h, dtype=np.float64)
+    n, d = y.shape
+    volumes, centroids = np.zeros(n), np.full((n, d), np.nan)
+    for i in range(n):
+        # Rows A x + b <= 0.
+        a = np.vstack([np.delete(y, i, 0) - y[i], np.eye(d), -np.eye(d)])
+        b = np.concatenate([np.delete(h, i) - h[i], np.full(d, -(low + 1.0)), np.full(d, low)])
+        norm = np.linalg.norm(a, axis=1)
+        lp = linprog(
+            np.r_[np.zeros(d), -1.0],
+            A_ub=np.c_[a, norm],
+            b_ub=-b,
+            bounds=[(None, None)] * d + [(0, None)],
+        )
+        if lp.status != 0 or lp.x[-1] < 1e-9:
+            continue  # no interior: an empty cell
+        corners = HalfspaceIntersection(np.c_[a, b], lp.x[:d]).intersections
+        simplices = corners[Delaunay(corners).simplices]  # (S, d + 1, d)
+        edges = simplices[:, 1:] - simplices[:, :1]
+        vol = np.abs(np.linalg.det(edges)) / factorial(d)
+        volumes[i] = vol.sum()
+        centroids[i] = (vol[:, None] * simplices.mean(axis=1)).sum(axis=0) / vol.sum()
+    return volumes, centroids

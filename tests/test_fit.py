@@ -57,7 +57,7 @@ def test_symmetric_targets_give_symmetric_heights():
 
 def test_same_seed_same_heights_other_seed_other_heights(rng):
     problem = make_problem(clustered(rng, 24))
-    config = FitConfig(target_l1=0.05, seed=5)
+    config = FitConfig(method="newton", target_l1=0.05, seed=5)
     first, second = fit(problem, config), fit(problem, config)
     np.testing.assert_array_equal(first.heights, second.heights)
     other = fit(problem, dataclasses.replace(config, seed=6))
@@ -101,12 +101,13 @@ def test_callback_sees_progress_and_can_stop(rng):
         seen.append(progress.record.iteration)
         return len(seen) < 3
 
-    result = fit(make_problem(clustered(rng, 32)), FitConfig(), callback=callback)
+    result = fit(make_problem(clustered(rng, 32)), FitConfig(method="newton"), callback=callback)
     assert result.reason == "callback" and seen == [1, 2, 3] and result.iterations == 3
 
 
 def test_time_budget_stops_the_fit(rng):
-    result = fit(make_problem(clustered(rng, 64)), FitConfig(target_l1=1e-4, time_budget=0.5))
+    config = FitConfig(method="newton", target_l1=1e-4, time_budget=0.5)
+    result = fit(make_problem(clustered(rng, 64)), config)
     assert result.reason == "time_budget" and not result.converged
     assert result.elapsed >= 0.5
 
@@ -158,5 +159,6 @@ def test_fit_converges_on_tight_clusters_with_near_duplicate_targets():
     rng = np.random.default_rng(5)
     means = np.array([(-4 + 2 * i, -4 + 2 * j) for i in range(5) for j in range(5)], float)
     points = means[rng.integers(0, 25, 100)] + 0.05 * rng.standard_normal((100, 2))
-    result = fit(make_problem(points), FitConfig(target_l1=0.02, seed=5, time_budget=120))
+    config = FitConfig(method="newton", target_l1=0.02, seed=5, time_budget=120)
+    result = fit(make_problem(points), config)
     assert result.converged and result.accuracy.empty_cells == 0

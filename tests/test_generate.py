@@ -14,7 +14,7 @@ from PIL import Image
 from scipy.spatial import Delaunay
 
 from solver import FitConfig, FixedThreshold, build_extended_map, fit, make_problem
-from solver.cells.power_diagram import BOUNDARY, power_cells
+from solver.cells.polygons import BOUNDARY, power_cells
 from solver.plots import power_diagram_png, samples_png
 
 PER_CLUSTER = 20

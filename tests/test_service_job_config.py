@@ -62,7 +62,8 @@ def test_json_round_trip_and_the_first_catalogue_layout(tmp_path):
     assert "backend" not in json.loads(config.to_json())["fit"]  # each worker uses its own
     old = '{"target_l1": 0.1, "seed": 4, "max_iter": 100000, "time_budget": null}'
     legacy = JobConfig.from_json(old)
-    assert legacy.fit == FitConfig(target_l1=0.1, seed=4, max_iter=100000)
+    # Fitted by Monte Carlo Newton, the default of that layout's time (its checkpoints resume).
+    assert legacy.fit == FitConfig(method="newton", target_l1=0.1, seed=4, max_iter=100000)
     assert legacy.potential == PotentialConfig()
     with pytest.raises(ValueError, match="rule must be one of"):
         bad = json.loads(config.to_json())

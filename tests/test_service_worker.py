@@ -95,7 +95,9 @@ def test_sigkill_mid_fit_then_resume_continues_exactly(tmp_path):
 
 
 def test_sigterm_checkpoints_and_hands_the_job_back(tmp_path):
-    settings, store = _store_with_model(tmp_path, n=300, d=2, target_l1=0.02, checkpoint_every=50)
+    # d = 4: a Monte Carlo fit runs long enough to be interrupted (in d <= 3 the exact fit
+    # is done in a few iterations).
+    settings, store = _store_with_model(tmp_path, n=300, d=4, target_l1=0.02, checkpoint_every=50)
     proc = _start_worker(settings)
     try:
         assert wait_for(lambda: store.job(1).iteration >= 5, timeout=60)
@@ -113,7 +115,7 @@ def test_sigterm_checkpoints_and_hands_the_job_back(tmp_path):
 
 @pytest.mark.parametrize("kind", ["delete", "replace"])
 def test_cancelled_job_stops_the_fit(tmp_path, kind):
-    settings, store = _store_with_model(tmp_path, n=300, d=2, target_l1=0.02)
+    settings, store = _store_with_model(tmp_path, n=300, d=4, target_l1=0.02)
     worker = Worker(store, settings)
     job = store.claim(worker.id, 30.0)
     calls = []

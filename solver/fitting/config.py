@@ -10,12 +10,46 @@ import numpy as np
 from solver.estimation.estimator import ESTIMATOR_NAMES
 from solver.estimation.host import AccuracyReport
 
-Method = Literal["newton", "adam"]
+Method = Literal["auto", "exact", "newton", "adam"]
+# Dimensions in which "auto" fits on the exact power diagram instead of by Monte Carlo (1D
+# diagrams of near-duplicate targets at 1e-10 were not robust in a stress test: left to
+# Monte Carlo).
+EXACT_DIMS = (2, 3)
+
+
+def resolve_method(method: Method, dim: int) -> Method:
+    """The method a fit runs: ``"auto"`` is exact geometry for d = 2, 3, Monte Carlo Newton else."""
+    if method == "auto":
+        return "exact" if dim in EXACT_DIMS else "newton"
+    if method == "exact" and dim not in EXACT_DIMS:
+        raise ValueError(f"method 'exact' needs dimension 2 or 3, got {dim}")
+    return method
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExactConfig:
+    """Damped Newton on the exact power diagram (d = 2, 3; see ``solver.fitting.exact_newton``).
+
+    Attributes:
+        start_margin: the Voronoi start maps the targets into the cube shrunk by this fraction
+            of its side on every face (inside, so every start cell is non-empty).
+        max_backtracks: step halvings of one line search before the fit stops as
+            ``"stalled"`` (tight clusters need steps down to ~2^-40 at the start).
+    """
+
+    start_margin: float = 0.05
+    max_backtracks: int = 60
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start_margin < 0.5:
+            raise ValueError(f"start_margin must be in [0, 0.5), got {self.start_margin}")
+        if self.max_backtracks < 1:
+            raise ValueError(f"max_backtracks must be >= 1, got {self.max_backtracks}")
 
 
 @dataclass(frozen=True, kw_only=True)
 class NewtonConfig:
-    """Warm-up then damped Newton with growing sample sets (the default method).
+    """Warm-up then damped Newton with growing sample sets (the default for d = 1 and d > 3).
 
     Attributes:
         warmup_samples_per_cell: fresh samples per warm-up step, per target cell.
@@ -74,8 +108,11 @@ class FitConfig:
     """How to fit the heights h.
 
     Attributes:
-        method: ``"newton"`` (default, the project's best) or ``"adam"`` (the baseline).
-        target_l1: stop when L1 on an independent sample is at most this with no empty cell.
+        method: ``"auto"`` (default: ``"exact"`` for d = 2, 3, ``"newton"`` otherwise),
+            ``"exact"`` (damped Newton on the exact power diagram, d = 2, 3), ``"newton"``
+            (Monte Carlo damped Newton) or ``"adam"`` (the baseline).
+        target_l1: stop when L1 on an independent sample (exact L1 for ``"exact"``) is at
+            most this with no empty cell.
         check_floor: noise floor of the independent check as a fraction of ``target_l1``
             (0.5: a perfect fit measures about half the target).
         max_iter: iterations at most (Newton steps or Adam steps).
@@ -88,9 +125,10 @@ class FitConfig:
         batch_size: Monte Carlo batch size (bounds memory).
         newton: settings of the Newton method.
         adam: settings of the baseline.
+        exact: settings of the exact method.
     """
 
-    method: Method = "newton"
+    method: Method = "auto"
     target_l1: float = 0.05
     check_floor: float = 0.5
     max_iter: int = 1000
@@ -101,10 +139,13 @@ class FitConfig:
     batch_size: int = 65536
     newton: NewtonConfig = field(default_factory=NewtonConfig)
     adam: AdamConfig = field(default_factory=AdamConfig)
+    exact: ExactConfig = field(default_factory=ExactConfig)
 
     def __post_init__(self) -> None:
-        if self.method not in ("newton", "adam"):
-            raise ValueError(f"method must be 'newton' or 'adam', got {self.method!r}")
+        if self.method not in ("auto", "exact", "newton", "adam"):
+            raise ValueError(
+                f"method must be 'auto', 'exact', 'newton' or 'adam', got {self.method!r}"
+            )
         if not 0 < self.target_l1 < 2:
             raise ValueError(f"target_l1 must be in (0, 2), got {self.target_l1}")
         if not 0 < self.check_floor <= 1:
@@ -167,13 +208,15 @@ class FitResult:
             problem's (merged) targets, ``CellIndex(targets, heights)`` reproduces the cells.
         converged: the target accuracy was reached (independent check).
         reason: why the fit stopped: ``"target"``, ``"max_iter"``, ``"time_budget"``,
-            ``"baseline_rule"`` (the baseline's own ||g|| rule) or ``"callback"``.
+            ``"baseline_rule"`` (the baseline's own ||g|| rule), ``"stalled"`` (the exact
+            method's line search found no decrease: float64 round-off) or ``"callback"``.
         accuracy: the last independent accuracy check, if any.
         iterations: iterations run.
         elapsed: seconds of fitting.
-        method: the method used.
-        backend: the cell index backend used.
-        estimator: the Monte Carlo estimator used (``"host"``, ``"fused"``, ``"distributed"``).
+        method: the method used (``"auto"`` resolved).
+        backend: the cell index backend used (``"exact"`` for the exact method).
+        estimator: the Monte Carlo estimator used (``"host"``, ``"fused"``, ``"distributed"``;
+            the exact method draws no samples).
         history: one record per iteration.
         state: the final state (resumable).
     """

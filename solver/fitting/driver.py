@@ -2,8 +2,10 @@
 
 The driver owns what all methods share: the coordinate frame, the cell index, stopping by
 target accuracy / iterations / time (a deadline the methods also check between Monte Carlo
-passes), the Monte Carlo estimator (chosen once), the progress callback and resumable state.
-Methods (``solver.newton``, ``solver.adam``) supply ``step(ctx, state) -> (state, record, reason)``.
+passes or line-search trials), the Monte Carlo estimator (chosen once), the progress callback
+and resumable state. Methods (``exact_newton``, ``newton``, ``adam``) supply
+``step(ctx, state) -> (state, record, reason)``; ``method="auto"`` resolves to the exact method
+for d = 2, 3 and Monte Carlo Newton otherwise.
 """
 
 from __future__ import annotations
@@ -17,8 +19,15 @@ import numpy as np
 
 from solver.cells.index import CellIndex
 from solver.estimation.estimator import Estimator, resolve_estimator
-from solver.fitting import adam, newton
-from solver.fitting.config import FitConfig, FitProgress, FitRecord, FitResult, FitState
+from solver.fitting import adam, exact_newton, newton
+from solver.fitting.config import (
+    FitConfig,
+    FitProgress,
+    FitRecord,
+    FitResult,
+    FitState,
+    resolve_method,
+)
 from solver.problem import OTProblem
 
 ProgressCallback = Callable[[FitProgress], bool | None]
@@ -49,9 +58,9 @@ class Frame:
         scale = spread / cube_spread if spread > 0 else 1.0
         return cls(centre, scale)
 
-    def to_internal(self, y: np.ndarray) -> np.ndarray:
-        """Targets in internal coordinates, float32."""
-        return ((y.astype(np.float64) - self.centre) / self.scale).astype(np.float32)
+    def to_internal(self, y: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        """Targets in internal coordinates (float32 for the index, float64 for exact geometry)."""
+        return ((y.astype(np.float64) - self.centre) / self.scale).astype(dtype)
 
     def heights_out(self, h: np.ndarray) -> np.ndarray:
         """Internal heights to the caller's coordinates, mean zero."""
@@ -75,7 +84,8 @@ def fit(
 
     Args:
         problem: targets, weights and source measure (see :func:`solver.make_problem`).
-        config: method and stopping rules; defaults to damped Newton with target L1 0.05.
+        config: method and stopping rules; defaults to ``method="auto"`` (exact geometry for
+            d = 2, 3, Monte Carlo damped Newton otherwise) with target L1 0.05.
         callback: called after every iteration with a :class:`FitProgress`; returning
             ``False`` stops the fit (reason ``"callback"``). Save ``progress.state`` with
             :func:`solver.save_state` to make the fit resumable.
@@ -124,24 +134,34 @@ def _fit(
     callback: ProgressCallback | None,
     resume: FitState | None,
 ) -> FitResult:
-    frame = Frame.for_problem(problem, config.method)
-    targets = frame.to_internal(problem.targets)
-    index = CellIndex(targets, backend=config.backend)
-    ctx: newton.NewtonContext | adam.AdamContext
+    method = resolve_method(config.method, problem.dim)
+    frame = Frame.for_problem(problem, method)
+    ctx: newton.NewtonContext | adam.AdamContext | exact_newton.ExactContext
     step: Callable[[FitState], tuple[FitState, FitRecord, str | None]]
-    if config.method == "newton":
-        ctx = newton_ctx = newton.make_context(
-            targets, problem.weights, problem.source, index, config, estimator=estimator
+    if method == "exact":
+        targets = frame.to_internal(problem.targets, np.float64)
+        ctx = exact_ctx = exact_newton.make_context(
+            targets, problem.weights, problem.source, config
         )
-        state = resume or newton.initial_state(newton_ctx)
-        step = partial(newton.step, newton_ctx)
+        state = resume or exact_newton.initial_state(exact_ctx)
+        step, backend = partial(exact_newton.step, exact_ctx), "exact"
     else:
-        ctx = adam_ctx = adam.make_context(
-            problem.weights, problem.source, index, config, estimator
-        )
-        state = resume or adam.initial_state(problem.n_targets, config)
-        step = partial(adam.step, adam_ctx)
-    _check_resume(state, problem, config)
+        targets = frame.to_internal(problem.targets)
+        index = CellIndex(targets, backend=config.backend)
+        backend = index.backend
+        if method == "newton":
+            ctx = newton_ctx = newton.make_context(
+                targets, problem.weights, problem.source, index, config, estimator=estimator
+            )
+            state = resume or newton.initial_state(newton_ctx)
+            step = partial(newton.step, newton_ctx)
+        else:
+            ctx = adam_ctx = adam.make_context(
+                problem.weights, problem.source, index, config, estimator
+            )
+            state = resume or adam.initial_state(problem.n_targets, config)
+            step = partial(adam.step, adam_ctx)
+    _check_resume(state, problem, config, method)
     reason = None
     while reason is None:
         if state.iteration >= config.max_iter:
@@ -180,17 +200,17 @@ def _fit(
         accuracy=last,
         iterations=state.iteration,
         elapsed=state.elapsed,
-        method=config.method,
-        backend=index.backend,
+        method=method,
+        backend=backend,
         estimator=estimator.name,
         history=state.history,
         state=state,
     )
 
 
-def _check_resume(state: FitState, problem: OTProblem, config: FitConfig) -> None:
-    if state.method != config.method:
-        raise ValueError(f"state is from method {state.method!r}, config asks {config.method!r}")
+def _check_resume(state: FitState, problem: OTProblem, config: FitConfig, method: str) -> None:
+    if state.method != method:
+        raise ValueError(f"state is from method {state.method!r}, config asks {method!r}")
     if state.n_targets != problem.n_targets or state.heights.shape != (problem.n_targets,):
         raise ValueError(
             f"state has {state.n_targets} targets, the problem has {problem.n_targets}"

@@ -14,9 +14,10 @@ regular facet when both sides see the same cells, so T~ is nearly continuous the
 p (default ``max(1, d - 1)``, see :func:`default_power`) trades novelty for fidelity: larger p
 stays closer to T.
 
-One Monte Carlo pass (:func:`build_extended_map`) gives the adjacency, the mass centres and
-the singular set; :class:`solver.Potential` stores them with the heights, so a service need not
-repeat it.
+One pass (:func:`build_extended_map`) gives the adjacency, the mass centres and the singular
+set: in 2D and 3D the exact power diagram (exact facets and centroids, no sampling), otherwise
+a Monte Carlo pass; :class:`solver.Potential` stores them with the heights, so a service need
+not repeat it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from solver.cells.index import CellIndex
+from solver.cells.power_diagram import power_diagram
 from solver.estimation.estimator import Estimator, resolve_estimator
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 from solver.potential.singular import (
@@ -96,7 +98,8 @@ class ExtendedMap:
         adjacency: observed adjacent pairs.
         singular_set: their classification.
         mass_centres: c_i, shape ``(N, d)``, float64, ``nan`` rows for cells without centre.
-        centre_counts: Monte Carlo samples per cell, shape ``(N,)``.
+        centre_counts: Monte Carlo samples per cell, shape ``(N,)``; from the exact diagram
+            (``adjacency.n_samples == 0``) 1 for every cell of positive measure, else 0.
         k: cells considered per query (the top cell and up to k - 1 neighbours).
         power: Shepard power p > 0 of the blending weights; ``None`` for
             :func:`default_power`.
@@ -376,6 +379,10 @@ class ExtendedMap:
         return p
 
 
+# Dimensions in which the map's adjacency and mass centres come from the exact power diagram.
+EXACT_DIMS = (2, 3)
+
+
 # Shepard power of the blending weights: p = max(1, d - 1) unless given, so the weights fall off
 # like the field of a point charge in d dimensions, r^(1 - d). In d dimensions the distances from
 # z to nearby mass centres concentrate (their ratios approach 1): a fixed p gives nearly equal
@@ -411,13 +418,17 @@ def build_extended_map(
     index: CellIndex | None = None,
     estimator: Estimator | None = None,
 ) -> ExtendedMap:
-    """One Monte Carlo pass (top-2 cells, mass centres), then the singular set, then the map.
+    """Adjacency and mass centres, then the singular set, then the map.
+
+    In 2D and 3D they come from the exact power diagram (every facet of positive measure, exact
+    facet measures and centroids; ``n_samples`` and ``seed`` are then unused and the
+    adjacency reports ``n_samples = 0``); otherwise from one Monte Carlo pass of top-2 cells.
 
     Args:
         targets: y, shape ``(N, d)`` (the problem's merged targets).
         heights: fitted h, shape ``(N,)``, in the targets' coordinates.
-        n_samples: Monte Carlo samples; about 100 per cell gives centres to a few per cent of
-            a cell's width and finds facets down to ~1 % of a typical facet.
+        n_samples: Monte Carlo samples (d = 1 or d > 3); about 100 per cell gives centres to a
+            few per cent of a cell's width and finds facets down to ~1 % of a typical facet.
         seed: Monte Carlo stream seed.
         rule: how the singular threshold is chosen (default: the gap rule when it finds a
             clear gap, the median otherwise; see :mod:`solver.potential.threshold`).
@@ -448,13 +459,16 @@ def build_extended_map(
         raise ValueError(f"k must be in [1, {n}], got {k}")
     h = np.asarray(heights, dtype=np.float64)
     index = _shared_index(index, y, h) or CellIndex(y, h, backend=backend)
-    estimator = estimator or resolve_estimator("auto", collective=False)
-    est = estimator.estimate(
-        index, source, n_samples, seed, k=2, centres=True, batch_size=batch_size
-    )
-    adjacency = adjacency_from_estimate(est, y)
+    if d in EXACT_DIMS:
+        adjacency, centres, counts = _exact_geometry(y, h, source)
+    else:
+        estimator = estimator or resolve_estimator("auto", collective=False)
+        est = estimator.estimate(
+            index, source, n_samples, seed, k=2, centres=True, batch_size=batch_size
+        )
+        adjacency = adjacency_from_estimate(est, y)
+        centres, counts = est.mass_centres(MIN_CENTRE_COUNT)[0], est.counts
     singular_set = find_singular_set(y, adjacency, rule, frame=frame)
-    centres, _ = est.mass_centres(MIN_CENTRE_COUNT)
     return ExtendedMap(
         targets=y,
         heights=heights,
@@ -462,11 +476,25 @@ def build_extended_map(
         adjacency=adjacency,
         singular_set=singular_set,
         mass_centres=centres,
-        centre_counts=est.counts,
+        centre_counts=counts,
         k=k,
         power=power,
         index=index,
     )
+
+
+def _exact_geometry(
+    targets: np.ndarray, heights: np.ndarray, source: SourceMeasure
+) -> tuple[Adjacency, np.ndarray, np.ndarray]:
+    """Adjacency, mass centres and centre flags from the exact power diagram (d = 2, 3)."""
+    diagram = power_diagram(targets, heights, low=source.low, high=source.high)
+    adjacency = Adjacency(
+        pairs=diagram.pairs,
+        counts=np.zeros(diagram.pairs.shape[0], dtype=np.int64),
+        facet_measures=diagram.facet_measures,
+        n_samples=0,
+    )
+    return adjacency, diagram.centroids, (diagram.cell_measures > 0).astype(np.int64)
 
 
 def _shared_index(index: CellIndex | None, y: np.ndarray, h: np.ndarray) -> CellIndex | None:

@@ -39,14 +39,15 @@ _ANGLE_FLOOR = 1e-12
 
 @dataclass(frozen=True, kw_only=True)
 class Adjacency:
-    """Adjacent cell pairs observed by one Monte Carlo pass.
+    """Adjacent cell pairs observed by one Monte Carlo pass, or exact (``n_samples = 0``).
 
     Attributes:
-        pairs: cell pairs (i < j) seen as some sample's top-2 cells, shape ``(P, 2)``, int64.
-        counts: samples whose top-2 cells are {i, j}, shape ``(P,)``, int64.
+        pairs: cell pairs (i < j) seen as some sample's top-2 cells (exact: sharing a facet of
+            positive measure), shape ``(P, 2)``, int64.
+        counts: samples whose top-2 cells are {i, j}, shape ``(P,)``, int64 (exact: 0).
         facet_measures: estimates of mu_{d-1}(W_i cap W_j), the facet's (d-1)-volume, shape
-            ``(P,)``, float64 (source units^(d-1)).
-        n_samples: M, the samples of the pass.
+            ``(P,)``, float64 (source units^(d-1)); exact when ``n_samples = 0``.
+        n_samples: M, the samples of the pass; 0 for the exact diagram.
 
     """
 
