@@ -61,6 +61,7 @@ from solver.potential.singular import (
     adjacency_from_estimate,
     dihedral_angles,
     find_singular_set,
+    frame_angles,
 )
 from solver.potential.threshold import (
     DEFAULT_RULE,
@@ -108,6 +109,7 @@ __all__ = [
     "build_extended_map",
     "dihedral_angles",
     "find_singular_set",
+    "frame_angles",
     "CellIndex",
     "FitConfig",
     "FitProgress",
