@@ -320,6 +320,8 @@ def flag_metrics(ext: ExtendedMap, different: np.ndarray) -> dict:
     hits = int(np.count_nonzero(flag & different))
     return {
         "threshold": ext.singular_set.threshold,
+        "gap_ratio": ext.singular_set.gap_ratio,
+        "frame": ext.singular_set.frame,
         "flagged": float(flag.mean()) if flag.size else 0.0,
         "precision": hits / max(int(flag.sum()), 1),
         "recall": hits / max(int(different.sum()), 1),
@@ -385,6 +387,7 @@ def judge(case: Case, args: argparse.Namespace, base: dict) -> list[dict]:
         var = with_rule(ext, rule, frame)
         chosen = var.singular_set.rule.name
         row = {**base, "kind": "rule", "rule": rule_name, "chosen": chosen}
+        row["singular_set_seconds"] = round(time.perf_counter() - t0, 2)
         row |= flag_metrics(var, different) | mixing(var, case.labels, args)
         row |= path_metrics(var, case, args)
         row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -411,7 +414,7 @@ def markdown(rows: list[dict]) -> str:
     )
     lines += [
         "",
-        "| dataset | rule | threshold (rad) | flagged | precision | recall | T~ mixing "
+        "| dataset | rule | threshold | flagged | precision | recall | T~ mixing "
         "| changes at crossings | crossings w/o change |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
