@@ -174,3 +174,19 @@ def test_valley_ratio_is_large_only_across_a_gap():
     np.testing.assert_allclose(s.angles, want)
     np.testing.assert_allclose(s.pair_angles(y, pairs), s.angles)
     np.testing.assert_array_equal(s.singular, [False, True])
+
+
+def test_valley_ratio_candidates_never_underestimate(rng):
+    # The midpoint's neighbours are searched among each end's 16 nearest targets: against an
+    # exhaustive search the ratio can only grow, and for close pairs it is exact.
+    y = rng.normal(size=(400, 4))
+    near = np.array([(i, int(np.argsort(np.linalg.norm(y - y[i], axis=1))[1])) for i in range(50)])
+    far = np.array([(i, 399 - i) for i in range(50)])
+    pairs = np.sort(np.vstack([near, far]), axis=1)
+    radii = neighbour_radii(y)
+    mid = 0.5 * (y[pairs[:, 0]] + y[pairs[:, 1]])
+    exact = np.sort(np.linalg.norm(mid[:, None] - y[None], axis=2), axis=1)[:, 4]
+    exact = exact / np.sqrt(radii[pairs[:, 0]] * radii[pairs[:, 1]])
+    got = valley_ratios(y, pairs, radii=radii)
+    assert (got >= exact * (1 - 1e-12)).all()
+    np.testing.assert_allclose(got[:50], exact[:50], rtol=1e-12)
