@@ -6,10 +6,10 @@ autoencoder's latents, a seeded subset of them when ``--subset`` is below N), on
 pass gives the adjacency, and every singular rule classifies the same observed pairs. Labels
 are used only here, to score; no rule sees them.
 
-- **scores**: ROC AUC of each per-pair score (dihedral angle in the standard and raw frames,
-  latent distance, the angle relative to both cells' median neighbour angle, the facet measure
-  and the mass-centre stretch |y_i - y_j| / |c_i - c_j|) for "the two training images have
-  different labels";
+- **scores**: ROC AUC of each per-pair score (dihedral angle in the standard, raw and valley
+  frames, latent distance, the angle relative to both cells' median neighbour angle, the facet
+  measure and the mass-centre stretch |y_i - y_j| / |c_i - c_j|) for "the two training images
+  have different labels";
 - **rules**: per rule, the flagged share, precision and recall of the singular flag for that
   event; the share of T~ samples putting more than ``--mix-weight`` of their blend weight on
   targets of another label than the top cell's (and the mean such weight); along segments
@@ -21,6 +21,9 @@ Prints one JSON object per line and two markdown tables (written to ``--out`` to
 
     python bench/singular_quality.py --datasets grid digits
     python bench/singular_quality.py --datasets mnist --models /path/with/bundle-mnist
+
+Without a ``bundle-<name>`` in ``--models`` the script trains a small autoencoder (on
+``--ae-subset`` images) and a classifier of its own into ``--out``.
 """
 
 from __future__ import annotations
