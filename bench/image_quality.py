@@ -6,7 +6,7 @@ autoencoder on a training subset, fit semi-discrete OT to the latents, then comp
 - ``real-train``: the training-subset images themselves (the metrics' floor),
 - ``ae-reconstruction``: decoded training latents (what AE-OT can reach at best),
 - ``ae-reconstruction-test``: decoded latents of held-out images,
-- ``ae-ot-extended``: AE-OT with the extended map T~ (singular set by the gap rule),
+- ``ae-ot-extended``: AE-OT with the extended map T~ (singular set by the default rule),
 - ``ae-ot-pure``: AE-OT with the pure OT map T (reproduces training latents),
 - ``gaussian``: one Gaussian fitted to the latents,
 - ``gmm``: a Gaussian mixture (scikit-learn) fitted to the latents,
@@ -177,7 +177,8 @@ def _extended(args, problem, heights: np.ndarray, info: dict) -> tuple[ExtendedM
     )
     info["singular"] = {
         "rule": ext.singular_set.rule.name,
-        "threshold_rad": ext.singular_set.threshold,
+        "threshold": ext.singular_set.threshold,
+        "frame": ext.singular_set.frame,
         "gap_ratio": ext.singular_set.gap_ratio,
         "pairs": ext.singular_set.n_pairs,
         "singular_pairs": ext.singular_set.n_singular,

@@ -30,7 +30,7 @@ class SingularSummary:
         threshold: dihedral angle threshold in radians, ``None`` when a data-driven rule had
             too few adjacent pairs to choose one (then nothing is singular).
         rule: how the threshold was chosen (``fixed``, ``quantile`` or ``gap``).
-        frame: coordinates the angles are measured in (``standard`` or ``raw``).
+        frame: how the angles are measured (``standard``, ``raw`` or ``valley``).
         gap_ratio: for the gap rule and the default choice, how clearly the largest angles
             stand apart; else ``None``.
         reason: how the rule was chosen, in words.

@@ -106,7 +106,9 @@ class CrossingOut(BaseModel):
     t: float
     from_cell: int
     to_cell: int
-    angle: float = Field(description="dihedral angle of the facet, radians")
+    angle: float = Field(
+        description="angle score of the facet in the map's frame (radians in raw and standard)"
+    )
 
 
 class InterpolateResponse(BaseModel):
@@ -143,7 +145,7 @@ class SingularPairOut(BaseModel):
 
     i: int
     j: int
-    angle: float = Field(description="radians")
+    angle: float = Field(description="angle score in the map's frame (radians in raw and standard)")
 
 
 class SingularitiesResponse(BaseModel):
@@ -152,11 +154,14 @@ class SingularitiesResponse(BaseModel):
     model: str
     version: int
     threshold: float | None = Field(
-        description="dihedral angle threshold used, radians (null: too few pairs, none singular)"
+        description="angle score threshold used, in the map's frame (radians in raw and "
+        "standard; null: too few pairs, none singular)"
     )
     rule: Literal["fixed", "quantile", "gap"] = Field(description="how the threshold was chosen")
-    frame: Literal["standard", "raw"] = Field(
-        description="coordinates of the angles: standard (centred, cube-scaled) or raw latents"
+    frame: Literal["standard", "raw", "valley"] = Field(
+        description="how angles are measured: standard (centred, cube-scaled latents), raw "
+        "latents, or valley (standard angle times the pair's valley ratio, the default of the "
+        "data-driven rules)"
     )
     gap_ratio: float | None = Field(
         description="ratio of the angles either side of the largest gap (gap rule and the "

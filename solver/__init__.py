@@ -64,6 +64,7 @@ from solver.potential.singular import (
     adjacency_from_estimate,
     dihedral_angles,
     find_singular_set,
+    frame_angles,
 )
 from solver.potential.threshold import (
     DEFAULT_RULE,
@@ -114,6 +115,7 @@ __all__ = [
     "build_extended_map",
     "dihedral_angles",
     "find_singular_set",
+    "frame_angles",
     "CellIndex",
     "FitConfig",
     "FitProgress",

@@ -101,6 +101,20 @@ def test_segment_between_clusters_crosses_one_singular_facet(clusters):
     assert ext.interpolate_indices(i, k, steps=5).crossings == ()
 
 
+def test_crossing_angles_match_the_pass_in_every_frame(clusters):
+    problem, result, _, label = clusters
+    i, j = int(np.flatnonzero(label == 0)[0]), int(np.flatnonzero(label == 1)[0])
+    for frame in ("raw", "standard", "valley"):
+        ext = build_extended_map(
+            problem.targets, result.heights, n_samples=20_000, seed=1, frame=frame
+        )
+        (c,) = ext.interpolate_indices(i, j, steps=9).crossings
+        row = int(ext.singular_set.lookup(c.from_cell, c.to_cell))
+        assert row >= 0  # the pass saw this facet: the crossing's angle is the set's
+        assert c.angle == pytest.approx(ext.singular_set.angles[row], rel=1e-9)
+        assert ext.singular_set.singular[row] and label[c.from_cell] != label[c.to_cell]
+
+
 def test_cells_without_samples_map_to_their_own_target():
     # Cell 1 is empty with h = 0 (its plane lies below the other two everywhere).
     y = np.array([[-0.5, 0.0], [0.0, 0.0], [0.5, 0.0]])

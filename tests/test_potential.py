@@ -93,6 +93,8 @@ def test_save_load_round_trip_is_exact(built, tmp_path):
     s, t = back.singular_set, pot.singular_set
     assert (s.rule, s.threshold, s.reason, s.frame) == (t.rule, t.threshold, t.reason, t.frame)
     np.testing.assert_array_equal(s.angles, t.angles)
+    assert t.frame == "valley" and t.radii.shape == (3,)
+    np.testing.assert_array_equal(s.radii, t.radii)
     with np.load(tmp_path / "p.npz") as z:
         assert sum(key.endswith("heights") for key in z.files) == 1  # written once
 

@@ -227,7 +227,7 @@ def test_singularities_png_draws_the_2d_power_diagram(flat_client):
     s = flat_client.get("/singularities").json()
     # The default rule: the gap rule when the angles show a clear gap, else their median.
     assert s["rule"] in ("gap", "quantile") and s["reason"].startswith("default")
-    assert s["frame"] == "standard" and s["n_pairs"] > 0
+    assert s["frame"] == "valley" and s["n_pairs"] > 0
     if s["threshold"] is None:  # fewer than 2 adjacent pairs: nothing can be singular
         assert s["n_singular"] == 0
     else:

@@ -19,7 +19,13 @@ from solver import (
     rule_from_dict,
     rule_to_dict,
 )
-from solver.potential.singular import gap_threshold, standardise_targets
+from solver.potential.singular import (
+    frame_angles,
+    gap_threshold,
+    neighbour_radii,
+    standardise_targets,
+    valley_ratios,
+)
 
 
 def _adjacency(pairs):
@@ -142,3 +148,45 @@ def test_bad_targets_and_pairs():
         dihedral_angles(np.eye(2), np.array([[0, 2]]))
     with pytest.raises(ValueError, match="ordered"):
         _adjacency([[1, 0]])
+
+
+def test_neighbour_radii_on_a_line():
+    y = np.array([[0.0], [1.0], [3.0], [7.0]])
+    np.testing.assert_allclose(neighbour_radii(y, 1), [1.0, 1.0, 2.0, 4.0])
+    np.testing.assert_allclose(neighbour_radii(y, 2), [3.0, 2.0, 3.0, 6.0])
+    np.testing.assert_allclose(neighbour_radii(y, 9), [7.0, 6.0, 4.0, 7.0])  # capped at N - 1
+
+
+def test_valley_ratio_is_large_only_across_a_gap():
+    # Two dense rows of 5 points, 0.1 apart, 10 apart from each other: the midpoint of a
+    # pair within a row has neighbours as close as its ends do; a pair across the gap has
+    # its midpoint 5 away from everything.
+    row = np.arange(5) * 0.1
+    y = np.vstack([np.c_[row, np.zeros(5)], np.c_[row, np.full(5, 10.0)]])
+    pairs = np.array([[1, 2], [2, 7]])
+    ratio = valley_ratios(y, pairs, k=2)
+    # Row pair: the midpoint (0.15, 0) has its 2nd nearest at 0.05, the ends at 0.1.
+    np.testing.assert_allclose(ratio[0], 0.05 / 0.1)
+    # Across: midpoint (0.2, 5) is 5 from point 2 (and 7); 2nd nearest also 5 (same column).
+    np.testing.assert_allclose(ratio[1], 5.0 / 0.1)
+    s = find_singular_set(y, _adjacency(pairs), QuantileThreshold(q=0.5), frame="valley")
+    want = frame_angles(y, pairs, "standard") * valley_ratios(standardise_targets(y), pairs)
+    np.testing.assert_allclose(s.angles, want)
+    np.testing.assert_allclose(s.pair_angles(y, pairs), s.angles)
+    np.testing.assert_array_equal(s.singular, [False, True])
+
+
+def test_valley_ratio_candidates_never_underestimate(rng):
+    # The midpoint's neighbours are searched among each end's 16 nearest targets: against an
+    # exhaustive search the ratio can only grow, and for close pairs it is exact.
+    y = rng.normal(size=(400, 4))
+    near = np.array([(i, int(np.argsort(np.linalg.norm(y - y[i], axis=1))[1])) for i in range(50)])
+    far = np.array([(i, 399 - i) for i in range(50)])
+    pairs = np.sort(np.vstack([near, far]), axis=1)
+    radii = neighbour_radii(y)
+    mid = 0.5 * (y[pairs[:, 0]] + y[pairs[:, 1]])
+    exact = np.sort(np.linalg.norm(mid[:, None] - y[None], axis=2), axis=1)[:, 4]
+    exact = exact / np.sqrt(radii[pairs[:, 0]] * radii[pairs[:, 1]])
+    got = valley_ratios(y, pairs, radii=radii)
+    assert (got >= exact * (1 - 1e-12)).all()
+    np.testing.assert_allclose(got[:50], exact[:50], rtol=1e-12)

@@ -37,7 +37,6 @@ from solver.potential.singular import (
     SingularSet,
     adjacency_from_estimate,
     find_singular_set,
-    frame_angles,
 )
 from solver.potential.threshold import DEFAULT_RULE, ThresholdRule
 
@@ -352,7 +351,7 @@ class ExtendedMap:
         if not steps:
             return ()
         pairs = np.array([(f, g) for _, f, g in steps], dtype=np.int64)
-        angles = frame_angles(self._targets, pairs, self.singular_set.frame)
+        angles = self.singular_set.pair_angles(self._targets, pairs)
         return tuple(
             Crossing(t=s[0], from_cell=s[1], to_cell=s[2], angle=float(ang))
             for s, ang in zip(steps, angles, strict=True)
@@ -414,7 +413,7 @@ def build_extended_map(
     batch_size: int = DEFAULT_BATCH,
     source: SourceMeasure | None = None,
     power: float | None = None,
-    frame: AngleFrame = "standard",
+    frame: AngleFrame | None = None,
     index: CellIndex | None = None,
     estimator: Estimator | None = None,
 ) -> ExtendedMap:
@@ -437,7 +436,9 @@ def build_extended_map(
         batch_size: Monte Carlo batch size.
         source: the source measure; uniform on the centred cube (Sobol) when ``None``.
         power: Shepard power of the blending weights; ``None`` for :func:`default_power`.
-        frame: frame of the dihedral angles.
+        frame: frame of the dihedral angles; ``None``: the valley frame for data-driven
+            rules, the standard frame for a fixed threshold (see
+            :func:`solver.potential.singular.find_singular_set`).
         index: a cell index over exactly these targets and heights, reused by the pass and
             by the map (``backend`` is then ignored); one is built when ``None``.
         estimator: the Monte Carlo estimator; ``None`` for this process's own (``"auto"``

@@ -17,6 +17,8 @@ key                 shape         meaning
 ``singular``        ``(P,)``      whether each facet is singular, bool
 ``mass_centres``    ``(N, d)``    cell mass centres, float64, ``nan`` rows without one
 ``centre_counts``   ``(N,)``      Monte Carlo samples per cell, int64
+``radii``           ``(N,)``      valley frame only (else ``(0,)``): each target's k-th
+                                  neighbour distance; optional, recomputed when absent
 ==================  ============  =======================================================
 
 Version 1 (``aeot-potential/1``, written by the service before the solver owned the format)
@@ -102,6 +104,7 @@ def to_bytes(ext: ExtendedMap, inverse: np.ndarray, accuracy: AccuracyReport | N
         singular=s.singular,
         mass_centres=ext.mass_centres,
         centre_counts=ext.centre_counts,
+        radii=s.radii,
         meta=np.array(json.dumps(meta)),
     )
     return buf.getvalue()
@@ -182,6 +185,7 @@ def _decode(
         frame=meta["frame"],
         gap_ratio=float(meta["gap_ratio"]),
         reason=str(meta["reason"]),
+        radii=_radii(arrays, a["targets"].shape[0], meta["frame"]),
     )
     src = meta["source"]
     ext = ExtendedMap(
@@ -198,6 +202,19 @@ def _decode(
     )
     acc = meta.get("accuracy")
     return ext, a["inverse"], None if acc is None else AccuracyReport(**acc)
+
+
+def _radii(arrays: dict[str, np.ndarray], n: int, frame: str) -> np.ndarray:
+    """The valley frame's neighbour radii, shape ``(N,)``.
+
+    Empty for the other frames, or when absent (the set then recomputes them when scoring).
+    """
+    radii = np.asarray(arrays.get("radii", np.zeros(0)), np.float64)
+    if frame != "valley" or radii.size == 0:
+        return np.zeros(0)
+    if radii.shape != (n,) or not np.isfinite(radii).all():
+        raise PotentialFormatError(f"radii must be {n} finite distances, got shape {radii.shape}")
+    return radii
 
 
 def _checked_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

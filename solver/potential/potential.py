@@ -45,7 +45,9 @@ class PotentialConfig:
         check_samples_per_cell: samples per cell of the independent accuracy check (64 per
             cell: an L1 noise floor of about sqrt(2 / (64 pi)) = 0.1 for uniform weights).
         rule: how the singular threshold is chosen.
-        frame: coordinates of the dihedral angles (``"standard"`` or ``"raw"``).
+        frame: how the dihedral angles are measured (``"standard"``, ``"raw"`` or
+            ``"valley"``); ``None``: the valley frame for data-driven rules, the standard
+            frame for a fixed threshold.
         k: cells per query of T~; ``None``: ``min(d + 1, N)``.
         power: Shepard power of T~'s blending weights; ``None``: ``max(1, d - 1)``.
 
@@ -54,7 +56,7 @@ class PotentialConfig:
     samples_per_cell: int = 64
     check_samples_per_cell: int = 64
     rule: ThresholdRule = DEFAULT_RULE
-    frame: AngleFrame = "standard"
+    frame: AngleFrame | None = None
     k: int | None = None
     power: float | None = None
 
@@ -62,8 +64,10 @@ class PotentialConfig:
         for name in ("samples_per_cell", "check_samples_per_cell"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.frame not in ("standard", "raw"):
-            raise ValueError(f"frame must be 'standard' or 'raw', got {self.frame!r}")
+        if self.frame not in (None, "standard", "raw", "valley"):
+            raise ValueError(
+                f"frame must be 'standard', 'raw', 'valley' or None, got {self.frame!r}"
+            )
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1 or None, got {self.k}")
         if self.power is not None and not (self.power > 0 and math.isfinite(self.power)):

@@ -1,0 +1,61 @@
+"""The singular-set quality benchmark on two labelled clusters, where every answer is known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bench.singular_quality import Case, _cell_medians, fit_heights, judge, markdown, parse_args
+
+
+def _two_clusters(tmp_path: Path) -> tuple[Case, object]:
+    rng = np.random.default_rng(3)
+    points = np.vstack(
+        [rng.normal((-3.0, 0.0), 0.3, (15, 2)), rng.normal((3.0, 0.0), 0.3, (15, 2))]
+    )
+    args = parse_args(["--paths", "6", "--steps", "17", "--mix-samples", "3000"])
+    problem, heights, info = fit_heights(args, points, tmp_path / "ot.npz")
+    assert info["converged"]
+    _, _, again = fit_heights(args, points, tmp_path / "ot.npz")
+    assert again["reused"]
+    labels = np.empty(problem.n_targets, dtype=np.int64)
+    labels[problem.inverse] = [0] * 15 + [1] * 15
+
+    def side(z: np.ndarray) -> np.ndarray:
+        return (z[:, 0] > 0).astype(np.int64)
+
+    case = Case(
+        name="clusters",
+        targets=problem.targets,
+        labels=labels,
+        heights=heights,
+        labeler=side,
+        info={},
+    )
+    return case, args
+
+
+def test_judge_two_clusters_scores_every_rule(tmp_path: Path) -> None:
+    case, args = _two_clusters(tmp_path)
+    rows = judge(case, args, {"dataset": "clusters"})
+    head, rules = rows[0], {r["rule"]: r for r in rows[1:]}
+    assert 0 < head["different_share"] < 0.5
+    assert head["auc"]["angle (valley frame)"] == 1.0
+    assert head["auc"]["angle (standard frame)"] == 1.0
+    default = rules["default (valley frame)"]
+    assert default["chosen"] == "gap"
+    assert default["precision"] == 1.0 and default["recall"] == 1.0
+    assert default["mixing"] == 0.0 and default["foreign_weight"] == 0.0
+    # Paths between random pairs: every change of side is a reported crossing, and back.
+    assert default["changes_at_crossings"] == 1.0 and default["crossings_without_change"] == 0.0
+    assert default["label_changes"] == default["crossings"] > 0
+    table = markdown(rows)
+    assert "| angle (valley frame) | 1.000 |" in table
+    assert "| clusters | default (valley frame) |" in table
+
+
+def test_cell_medians() -> None:
+    pairs = np.array([[0, 1], [0, 2], [1, 2]])
+    got = _cell_medians(4, pairs, np.array([1.0, 3.0, 5.0]))
+    np.testing.assert_allclose(got, [2.0, 3.0, 4.0, 3.0])  # cell 3 has no pair: overall median
