@@ -9,7 +9,8 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
 
 from service.errors import AuthError, NotReady
 from service.metrics import Metrics
@@ -46,7 +47,16 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 ServingDep = Annotated[ServingIndex, Depends(get_serving)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-ApiKeyHeader = Annotated[str | None, Header(alias="X-API-Key", include_in_schema=False)]
+# The OpenAPI security scheme "APIKey": Swagger UI's "Authorize" sends it as X-API-Key. The
+# dependency never fails by itself (auto_error=False): _check_key answers 401/403 with a message.
+API_KEY_SCHEME = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="APIKey",
+    description="the server's AEOT_API_KEY: needed by register, refit and delete (and by "
+    "every endpoint when AEOT_REQUIRE_KEY_FOR_READS is set)",
+    auto_error=False,
+)
+ApiKeyHeader = Annotated[str | None, Security(API_KEY_SCHEME)]
 
 
 def _check_key(settings: Settings, key: str | None) -> None:

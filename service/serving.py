@@ -19,12 +19,15 @@ import numpy as np
 
 from models import Bundle, resolve_device
 from service.catalog import ModelRecord
-from service.errors import NotReady
+from service.errors import NotReady, UnknownVersion
 from service.settings import Settings
 from service.store import ModelStore, UnknownModel
 from solver import AccuracyReport, ExtendedMap, Potential, backend_for_device
 
 log = logging.getLogger("aeot.serving")
+
+# Potential versions pinned by requests (``version=``) kept loaded besides the served ones.
+PINNED_CACHE = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +40,8 @@ class Served:
         bundle: decoder and training latents.
         potential: the fitted potential of this version (heights, extended map, ...).
         accuracy: the independent accuracy check the version was published with.
+        cell_labels: the class of each cell (majority label of the training codes it holds),
+            shape ``(N,)`` int64, or ``None`` when the bundle has no labels.
 
     """
 
@@ -45,6 +50,7 @@ class Served:
     bundle: Bundle
     potential: Potential
     accuracy: AccuracyReport | None
+    cell_labels: np.ndarray | None = None
 
     @property
     def ext_map(self) -> ExtendedMap:
@@ -60,6 +66,35 @@ class Served:
     def dim(self) -> int:
         """Latent dimension d."""
         return int(self.bundle.latents.shape[1])
+
+    @property
+    def classes(self) -> list[int]:
+        """Labels that own at least one cell, ascending (empty without labels)."""
+        return [] if self.cell_labels is None else sorted(set(self.cell_labels.tolist()))
+
+
+def cell_labels(inverse: np.ndarray, labels: np.ndarray, n_cells: int) -> np.ndarray:
+    """The majority label of the training codes of each cell (ties: the smaller label).
+
+    Args:
+        inverse: training latent -> cell (distinct target), shape ``(N_train,)``.
+        labels: training labels, shape ``(N_train,)``, non-negative integers.
+        n_cells: number N of cells.
+
+    Returns:
+        Shape ``(N,)`` int64; ``-1`` for a cell that holds no training code.
+
+    """
+    if labels.shape != inverse.shape:
+        raise ValueError(f"labels {labels.shape} and inverse {inverse.shape} differ in shape")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
+    n_classes = int(labels.max()) + 1 if labels.size else 1
+    counts = np.zeros((n_cells, n_classes), dtype=np.int64)
+    np.add.at(counts, (inverse, labels), 1)
+    out = counts.argmax(axis=1).astype(np.int64)
+    out[counts.sum(axis=1) == 0] = -1
+    return out
 
 
 class ServingIndex:
@@ -84,17 +119,22 @@ class ServingIndex:
         self._served: dict[str, Served] = {}
         self._bundles: dict[tuple[str, str], Bundle] = {}
         self._refresh_lock = threading.Lock()
+        self._pinned: dict[tuple[str, int], Served] = {}
+        self._pinned_lock = threading.Lock()
         self._last_poll = -np.inf
         self._device = resolve_device(settings.device)
         self._backend = backend_for_device(self._device)
 
-    def get(self, name: str) -> Served:
-        """Return the served object of model ``name``.
+    def get(self, name: str, version: int | None = None) -> Served:
+        """Return the served object of model ``name`` (or its published ``version``).
 
         Raises:
-            UnknownModel: no such model. NotReady: no potential published (or loaded) yet.
+            UnknownModel: no such model. UnknownVersion: no such published version.
+            NotReady: no potential published (or loaded) yet.
 
         """
+        if version is not None:
+            return self.pinned(name, version)
         served = self.current(name)
         if served is not None:
             return served
@@ -116,6 +156,35 @@ class ServingIndex:
             self.refresh(blocking=True)
             served = self._served.get(name)
         return served
+
+    def pinned(self, name: str, version: int) -> Served:
+        """Model ``name`` at published potential ``version`` (the served one, or loaded for it).
+
+        Pinned versions other than the served one are kept in a small cache
+        (``PINNED_CACHE`` entries, least recently used dropped).
+
+        Raises:
+            UnknownModel: no such model. UnknownVersion: the version was never published, or
+            belongs to a bundle the model no longer has.
+
+        """
+        current = self.current(name)
+        if current is not None and current.version == version:
+            return current
+        key = (name, version)
+        with self._pinned_lock:
+            cached = self._pinned.pop(key, None)
+            served = cached if cached is not None else self._load(name, version)
+            if served is None:  # _load raises for a given version; kept for the type checker
+                raise UnknownVersion(f"model {name!r} has no potential version {version}")
+            self._pinned[key] = served
+            while len(self._pinned) > PINNED_CACHE:
+                self._pinned.pop(next(iter(self._pinned)))
+        return served
+
+    def served(self, name: str) -> Served | None:
+        """What model ``name`` serves now, without polling or waiting (``None``: nothing)."""
+        return self._served.get(name)
 
     def poll_if_due(self) -> None:
         """Refresh when the last poll is older than ``poll_interval`` (never waits on one)."""
@@ -164,17 +233,46 @@ class ServingIndex:
                 self.on_swap(name, version)
         return swaps
 
-    def _load(self, name: str) -> Served | None:
-        record = self.store.potential_record(name)
+    def _load(self, name: str, version: int | None = None) -> Served | None:
+        """Load the published potential (``version=None``) or a given one.
+
+        Raises:
+            UnknownVersion: a given version that is not published for the current bundle, or
+                whose file is unreadable.
+
+        """
+        model = self.store.model(name)  # raises UnknownModel
+        record = self.store.potential_record(name, version)
         if record is None:
-            return None
-        bundle = self._bundle(self.store.model(name), record.bundle_hash)
+            if version is None:
+                return None
+            raise UnknownVersion(
+                f"model {name!r} has no potential version {version}; published versions are "
+                f"1 to {model.published_version}"
+                if model.published_version
+                else f"model {name!r} has no published potential yet"
+            )
+        if version is not None and record.bundle_hash != model.bundle_hash:
+            raise UnknownVersion(
+                f"model {name!r} potential v{version} was fitted to a bundle since replaced"
+            )
+        bundle = self._bundle(model, record.bundle_hash)
+        try:
+            potential = self.store.load_potential(record, backend=self._backend)
+        except (OSError, ValueError) as exc:
+            if version is None:
+                raise
+            raise UnknownVersion(f"model {name!r} potential v{version} is unreadable") from exc
+        labels = None
+        if bundle.labels is not None:
+            labels = cell_labels(potential.inverse, bundle.labels, potential.extended_map.n_targets)
         return Served(
             name=name,
             version=record.version,
             bundle=bundle,
-            potential=self.store.load_potential(record, backend=self._backend),
+            potential=potential,
             accuracy=record.accuracy,
+            cell_labels=labels,
         )
 
     def _bundle(self, model: ModelRecord, bundle_hash: str) -> Bundle:
