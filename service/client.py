@@ -3,6 +3,10 @@
 Both return numpy arrays for latents, PIL images for pictures and plain dicts for status; an
 HTTP error raises :class:`AEOTError` carrying the status code and the server's message.
 
+Each operation is written once in :mod:`service.api_calls` (the request and how to read its
+answer); the two clients only send those calls, so they cannot drift apart (a test
+checks that they expose the same public methods).
+
 Example:
     >>> with AEOTClient("http://127.0.0.1:8000") as client:  # doctest: +SKIP
     ...     client.wait_ready(timeout=120)
@@ -14,113 +18,18 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import numpy as np
 from PIL import Image
 
+from service.api_calls import AEOTError, Call, Calls, InterpolationResult, Sample, check
+
+__all__ = ["AEOTClient", "AEOTError", "AsyncAEOTClient", "InterpolationResult", "Sample"]
+
 DEFAULT_TIMEOUT = 60.0
-
-
-class AEOTError(RuntimeError):
-    """An error answer of the service.
-
-    Attributes:
-        status_code: HTTP status. detail: the server's message. retry_after: seconds (503).
-
-    """
-
-    def __init__(self, status_code: int, detail: str, retry_after: float | None = None) -> None:
-        super().__init__(f"HTTP {status_code}: {detail}")
-        self.status_code = status_code
-        self.detail = detail
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True, kw_only=True)
-class Sample:
-    """Sampled latents and the potential version that produced them."""
-
-    latents: np.ndarray
-    version: int
-    model: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class InterpolationResult:
-    """Frames of an interpolation (see ``/interpolate``).
-
-    Attributes:
-        t: segment parameters, shape ``(steps,)``. z: source points ``(steps, d)``.
-        latents: mapped latents ``(steps, d)``. cells: cells ``(steps,)``.
-        crossings: singular crossings as dicts (t, from_cell, to_cell, angle).
-        strip: decoded frames in one row, when requested.
-        version: potential version.
-
-    """
-
-    t: np.ndarray
-    z: np.ndarray
-    latents: np.ndarray
-    cells: np.ndarray
-    crossings: list[dict[str, Any]]
-    strip: Image.Image | None
-    version: int
-
-
-def _check(response: httpx.Response) -> httpx.Response:
-    if response.is_success:
-        return response
-    try:
-        detail = str(response.json().get("detail", response.text))
-    except ValueError:
-        detail = response.text
-    retry = response.headers.get("Retry-After")
-    raise AEOTError(response.status_code, detail, float(retry) if retry else None)
-
-
-def _params(**kwargs: Any) -> dict[str, Any]:
-    return {k: v for k, v in kwargs.items() if v is not None}
-
-
-def _interp_body(
-    start: Any, end: Any, steps: int, model: str | None, images: bool
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"steps": steps, "images": images, "model": model}
-    if isinstance(start, int | np.integer) and isinstance(end, int | np.integer):
-        body.update(start_index=int(start), end_index=int(end))
-    else:
-        body.update(start=np.asarray(start, float).tolist(), end=np.asarray(end, float).tolist())
-    return _params(**body)
-
-
-def _interp_result(data: dict[str, Any]) -> InterpolationResult:
-    strip = None
-    if data.get("strip_png"):
-        strip = Image.open(io.BytesIO(base64.b64decode(data["strip_png"])))
-    return InterpolationResult(
-        t=np.asarray(data["t"]),
-        z=np.asarray(data["z"], np.float32),
-        latents=np.asarray(data["latents"], np.float32),
-        cells=np.asarray(data["cells"]),
-        crossings=data["crossings"],
-        strip=strip,
-        version=int(data["version"]),
-    )
-
-
-def _sample_result(response: httpx.Response) -> Sample:
-    latents = np.load(io.BytesIO(response.content), allow_pickle=False)
-    return Sample(
-        latents=latents,
-        version=int(response.headers["X-Potential-Version"]),
-        model=response.headers["X-Model"],
-    )
 
 
 class AEOTClient:
@@ -132,6 +41,8 @@ class AEOTClient:
         timeout: seconds per request.
         transport: an httpx transport (tests pass ``httpx.ASGITransport`` or a WSGI one).
 
+    Generation methods take ``model`` (default model when ``None``) and ``version`` (pin a
+    published potential version; ``None``: the served one).
     """
 
     def __init__(
@@ -157,72 +68,144 @@ class AEOTClient:
         """Close the connection pool."""
         self._http.close()
 
-    def _get(self, path: str, **params: Any) -> httpx.Response:
-        return _check(self._http.get(path, params=_params(**params)))
+    def _send(self, call: Call) -> Any:
+        return call.read(check(self._http.request(call.method, call.path, **call.send_kwargs())))
 
     def sample_with_version(
-        self, n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
+        self,
+        n: int,
+        seed: int = 0,
+        *,
+        extended: bool = True,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
     ) -> Sample:
-        """``n`` latents (``.npy`` transfer) and the potential version that made them."""
-        r = self._get("/sample", n=n, seed=seed, extended=extended, model=model, format="npy")
-        return _sample_result(r)
+        """``n`` latents (``.npy`` transfer) and the potential version that made them.
+
+        ``label``: only the cells of that class (bundles with labels).
+        """
+        opts = {"extended": extended, "model": model, "version": version, "label": label}
+        return self._send(Calls.sample_with_version(n, seed, **opts))
 
     def sample(
-        self, n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
+        self,
+        n: int,
+        seed: int = 0,
+        *,
+        extended: bool = True,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
     ) -> np.ndarray:
         """``n`` latents, shape ``(n, d)``, float32."""
-        return self.sample_with_version(n, seed, extended=extended, model=model).latents
+        return self.sample_with_version(
+            n, seed, extended=extended, model=model, version=version, label=label
+        ).latents
 
     def sample_images(
-        self, n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
+        self,
+        n: int,
+        seed: int = 0,
+        *,
+        extended: bool = True,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
     ) -> Image.Image:
         """``n`` decoded samples as one PNG grid."""
-        r = self._get("/sample", n=n, seed=seed, extended=extended, model=model, format="png")
-        return Image.open(io.BytesIO(r.content))
+        opts = {"extended": extended, "model": model, "version": version, "label": label}
+        return self._send(Calls.sample_images(n, seed, **opts))
 
     def interpolate(
         self,
-        start: Any,
-        end: Any,
+        start: Any = None,
+        end: Any = None,
         steps: int = 16,
         *,
         model: str | None = None,
         images: bool = True,
+        version: int | None = None,
+        label: int | None = None,
+        seed: int | None = None,
     ) -> InterpolationResult:
-        """Interpolate between two source points (arrays) or two training indices (ints)."""
-        body = _interp_body(start, end, steps, model, images)
-        return _interp_result(_check(self._http.post("/interpolate", json=body)).json())
+        """Interpolate between points (arrays), training indices (ints) or a class's cells.
 
-    def singularities(self, *, model: str | None = None, limit: int = 100) -> dict[str, Any]:
+        With ``label`` and no endpoints, ``seed`` chooses two cells of that class. The strip
+        (``images``) has a red bar between the frames where a singular crossing lies.
+        """
+        opts = {"model": model, "images": images, "version": version, "label": label}
+        call = Calls.interpolate(start, end, steps, seed=seed, **opts)
+        return self._send(call)
+
+    def singularities(
+        self, *, model: str | None = None, limit: int = 100, version: int | None = None
+    ) -> dict[str, Any]:
         """Singular set summary (threshold, rule, counts, pairs)."""
-        return dict(self._get("/singularities", model=model, limit=limit).json())
+        call = Calls.singularities(model=model, limit=limit, version=version)
+        return self._send(call)
 
-    def singularities_image(self, *, model: str | None = None) -> Image.Image:
-        """Power diagram with singular facets (2D models)."""
-        r = self._get("/singularities", model=model, format="png")
-        return Image.open(io.BytesIO(r.content))
+    def singularities_image(
+        self, *, model: str | None = None, version: int | None = None
+    ) -> Image.Image:
+        """The singular set as a picture: 2D power diagram, or angle histogram + image pairs."""
+        call = Calls.singularities_image(model=model, version=version)
+        return self._send(call)
+
+    def encode(
+        self, images: Any, *, model: str | None = None, version: int | None = None
+    ) -> np.ndarray:
+        """Latent codes ``(n, d)`` of images: an array ``(n, C, H, W)`` or PNG file bytes."""
+        call = Calls.encode(images, model=model, version=version)
+        return self._send(call)
+
+    def decode(
+        self, latents: Any, *, model: str | None = None, version: int | None = None
+    ) -> np.ndarray:
+        """Images ``(n, C, H, W)`` in [0, 1] of latent codes ``(n, d)``."""
+        call = Calls.decode(latents, "npy", model=model, version=version)
+        return self._send(call)
+
+    def decode_images(
+        self, latents: Any, *, model: str | None = None, version: int | None = None
+    ) -> Image.Image:
+        """Decoded latent codes as one PNG grid."""
+        call = Calls.decode(latents, "png", model=model, version=version)
+        return self._send(call)
+
+    def reconstruct(
+        self, images: Any, *, model: str | None = None, version: int | None = None
+    ) -> np.ndarray:
+        """Decoder(encoder(images)): ``(n, C, H, W)`` in [0, 1]."""
+        call = Calls.reconstruct(images, "npy", model=model, version=version)
+        return self._send(call)
+
+    def reconstruct_image(
+        self, images: Any, *, model: str | None = None, version: int | None = None
+    ) -> Image.Image:
+        """Originals (top row) above their reconstructions (bottom row), one PNG."""
+        call = Calls.reconstruct(images, "png", model=model, version=version)
+        return self._send(call)
 
     def models(self) -> dict[str, Any]:
         """``/models``: every model, the default one, active jobs."""
-        return dict(self._get("/models").json())
+        return self._send(Calls.models())
 
     def model(self, name: str) -> dict[str, Any]:
-        """``/models/{name}``: status and fit progress."""
-        return dict(self._get(f"/models/{name}").json())
+        """``/models/{name}``: status, fit progress, classes."""
+        return self._send(Calls.model(name))
 
     def register(self, name: str, archive: bytes) -> dict[str, Any]:
         """Upload a bundle archive (tar/zip) as model ``name`` (needs the API key)."""
-        files = {"bundle": ("bundle.tar.gz", archive, "application/octet-stream")}
-        r = self._http.post("/models", data={"name": name}, files=files)
-        return dict(_check(r).json())
+        return self._send(Calls.register(name, archive))
 
     def refit(self, name: str, **options: Any) -> dict[str, Any]:
         """Queue a refit (options: target_l1, seed, max_iter, time_budget, replace)."""
-        return dict(_check(self._http.post(f"/models/{name}/fit", json=options)).json())
+        return self._send(Calls.refit(name, options))
 
     def delete(self, name: str) -> None:
         """Delete a model (needs the API key)."""
-        _check(self._http.delete(f"/models/{name}"))
+        self._send(Calls.delete(name))
 
     def ready(self) -> bool:
         """Whether ``/readyz`` answers 200."""
@@ -242,7 +225,17 @@ class AEOTClient:
 
 
 class AsyncAEOTClient:
-    """Asynchronous client with the same methods as :class:`AEOTClient` (awaitable)."""
+    """Asynchronous client: the same methods as :class:`AEOTClient`, awaitable.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8000``.
+        api_key: sent as ``X-API-Key`` (needed for register / refit / delete).
+        timeout: seconds per request.
+        transport: an httpx transport (tests pass ``httpx.ASGITransport`` or a WSGI one).
+
+    Generation methods take ``model`` (default model when ``None``) and ``version`` (pin a
+    published potential version; ``None``: the served one).
+    """
 
     def __init__(
         self,
@@ -267,53 +260,146 @@ class AsyncAEOTClient:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def _get(self, path: str, **params: Any) -> httpx.Response:
-        return _check(await self._http.get(path, params=_params(**params)))
+    async def _send(self, call: Call) -> Any:
+        response = await self._http.request(call.method, call.path, **call.send_kwargs())
+        return call.read(check(response))
 
     async def sample_with_version(
-        self, n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
+        self,
+        n: int,
+        seed: int = 0,
+        *,
+        extended: bool = True,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
     ) -> Sample:
-        """``n`` latents and the potential version that made them."""
-        r = await self._get("/sample", n=n, seed=seed, extended=extended, model=model, format="npy")
-        return _sample_result(r)
+        """``n`` latents (``.npy`` transfer) and the potential version that made them.
+
+        ``label``: only the cells of that class (bundles with labels).
+        """
+        opts = {"extended": extended, "model": model, "version": version, "label": label}
+        return await self._send(Calls.sample_with_version(n, seed, **opts))
 
     async def sample(
-        self, n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
+        self,
+        n: int,
+        seed: int = 0,
+        *,
+        extended: bool = True,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
     ) -> np.ndarray:
         """``n`` latents, shape ``(n, d)``, float32."""
-        return (await self.sample_with_version(n, seed, extended=extended, model=model)).latents
+        sample = await self.sample_with_version(
+            n, seed, extended=extended, model=model, version=version, label=label
+        )
+        return sample.latents
 
     async def sample_images(
-        self, n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
+        self,
+        n: int,
+        seed: int = 0,
+        *,
+        extended: bool = True,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
     ) -> Image.Image:
         """``n`` decoded samples as one PNG grid."""
-        r = await self._get("/sample", n=n, seed=seed, extended=extended, model=model, format="png")
-        return Image.open(io.BytesIO(r.content))
+        opts = {"extended": extended, "model": model, "version": version, "label": label}
+        return await self._send(Calls.sample_images(n, seed, **opts))
 
     async def interpolate(
         self,
-        start: Any,
-        end: Any,
+        start: Any = None,
+        end: Any = None,
         steps: int = 16,
         *,
         model: str | None = None,
         images: bool = True,
+        version: int | None = None,
+        label: int | None = None,
+        seed: int | None = None,
     ) -> InterpolationResult:
-        """Interpolate between two source points or two training indices."""
-        body = _interp_body(start, end, steps, model, images)
-        return _interp_result(_check(await self._http.post("/interpolate", json=body)).json())
+        """Interpolate between points (arrays), training indices (ints) or a class's cells.
 
-    async def singularities(self, *, model: str | None = None, limit: int = 100) -> dict[str, Any]:
-        """Singular set summary."""
-        return dict((await self._get("/singularities", model=model, limit=limit)).json())
+        With ``label`` and no endpoints, ``seed`` chooses two cells of that class. The strip
+        (``images``) has a red bar between the frames where a singular crossing lies.
+        """
+        opts = {"model": model, "images": images, "version": version, "label": label}
+        call = Calls.interpolate(start, end, steps, seed=seed, **opts)
+        return await self._send(call)
+
+    async def singularities(
+        self, *, model: str | None = None, limit: int = 100, version: int | None = None
+    ) -> dict[str, Any]:
+        """Singular set summary (threshold, rule, counts, pairs)."""
+        call = Calls.singularities(model=model, limit=limit, version=version)
+        return await self._send(call)
+
+    async def singularities_image(
+        self, *, model: str | None = None, version: int | None = None
+    ) -> Image.Image:
+        """The singular set as a picture: 2D power diagram, or angle histogram + image pairs."""
+        call = Calls.singularities_image(model=model, version=version)
+        return await self._send(call)
+
+    async def encode(
+        self, images: Any, *, model: str | None = None, version: int | None = None
+    ) -> np.ndarray:
+        """Latent codes ``(n, d)`` of images: an array ``(n, C, H, W)`` or PNG file bytes."""
+        call = Calls.encode(images, model=model, version=version)
+        return await self._send(call)
+
+    async def decode(
+        self, latents: Any, *, model: str | None = None, version: int | None = None
+    ) -> np.ndarray:
+        """Images ``(n, C, H, W)`` in [0, 1] of latent codes ``(n, d)``."""
+        call = Calls.decode(latents, "npy", model=model, version=version)
+        return await self._send(call)
+
+    async def decode_images(
+        self, latents: Any, *, model: str | None = None, version: int | None = None
+    ) -> Image.Image:
+        """Decoded latent codes as one PNG grid."""
+        call = Calls.decode(latents, "png", model=model, version=version)
+        return await self._send(call)
+
+    async def reconstruct(
+        self, images: Any, *, model: str | None = None, version: int | None = None
+    ) -> np.ndarray:
+        """Decoder(encoder(images)): ``(n, C, H, W)`` in [0, 1]."""
+        call = Calls.reconstruct(images, "npy", model=model, version=version)
+        return await self._send(call)
+
+    async def reconstruct_image(
+        self, images: Any, *, model: str | None = None, version: int | None = None
+    ) -> Image.Image:
+        """Originals (top row) above their reconstructions (bottom row), one PNG."""
+        call = Calls.reconstruct(images, "png", model=model, version=version)
+        return await self._send(call)
 
     async def models(self) -> dict[str, Any]:
-        """``/models``."""
-        return dict((await self._get("/models")).json())
+        """``/models``: every model, the default one, active jobs."""
+        return await self._send(Calls.models())
 
     async def model(self, name: str) -> dict[str, Any]:
-        """``/models/{name}``."""
-        return dict((await self._get(f"/models/{name}")).json())
+        """``/models/{name}``: status, fit progress, classes."""
+        return await self._send(Calls.model(name))
+
+    async def register(self, name: str, archive: bytes) -> dict[str, Any]:
+        """Upload a bundle archive (tar/zip) as model ``name`` (needs the API key)."""
+        return await self._send(Calls.register(name, archive))
+
+    async def refit(self, name: str, **options: Any) -> dict[str, Any]:
+        """Queue a refit (options: target_l1, seed, max_iter, time_budget, replace)."""
+        return await self._send(Calls.refit(name, options))
+
+    async def delete(self, name: str) -> None:
+        """Delete a model (needs the API key)."""
+        await self._send(Calls.delete(name))
 
     async def ready(self) -> bool:
         """Whether ``/readyz`` answers 200."""
@@ -327,6 +413,6 @@ class AsyncAEOTClient:
                 if await self.ready():
                     return
             except httpx.TransportError:
-                pass
+                pass  # server still starting
             await asyncio.sleep(interval)
         raise TimeoutError(f"service not ready after {timeout:.0f} s")
