@@ -127,10 +127,10 @@ def singular_set_png(
     cols = min(k, 6)
     rows = math.ceil(k / cols) if k else 0
     dpi = 100
-    width = size_px / dpi
-    fig = Figure(figsize=(width, width * (0.42 + 0.15 * rows)), dpi=dpi)
+    # Inches: 3 for the histogram, 1 per row of pairs (a 2:1 pair 1/6 of the width wide + title).
+    fig = Figure(figsize=(size_px / dpi, 3.0 + 1.0 * rows), dpi=dpi)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(1 + rows, max(cols, 1), height_ratios=[2.0] + [1.0] * rows)
+    grid = fig.add_gridspec(1 + rows, max(cols, 1), height_ratios=[3.0] + [1.0] * rows)
     ax = fig.add_subplot(grid[0, :])
     ax.hist(angles, bins=min(60, max(10, angles.size // 5)), color=HIST_COLOUR)
     if threshold is not None:

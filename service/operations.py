@@ -179,6 +179,27 @@ def singularities_png(served: Served, summary: SingularSummary) -> bytes:
     )
 
 
+def pair_pngs(served: Served, pairs: np.ndarray, settings: Settings) -> list[str]:
+    """Each pair ``(i, j)`` of cells as a base64 PNG of their two decoded codes.
+
+    Raises:
+        InvalidRequest: more than ``max_images / 2`` pairs.
+
+    """
+    if 2 * len(pairs) > settings.max_images:
+        raise InvalidRequest(
+            f"images=true decodes 2 codes per pair: limit={len(pairs)} exceeds "
+            f"{settings.max_images // 2} pairs"
+        )
+    if not len(pairs):
+        return []
+    decoded = served.bundle.decode(served.ext_map.targets[pairs.reshape(-1)])
+    return [
+        base64.b64encode(to_png(decoded[2 * k : 2 * k + 2], cols=2)).decode()
+        for k in range(len(pairs))
+    ]
+
+
 def input_images(served: Served, req: ImagesRequest, settings: Settings) -> np.ndarray:
     """The request's images as an array ``(n, C, H, W)`` float32 in [0, 1].
 

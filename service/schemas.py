@@ -218,6 +218,11 @@ class SingularitiesRequest(_Request):
         "red, in higher d the angle histogram with the threshold and the most singular pairs "
         "as decoded image pairs",
     )
+    images: bool = Field(
+        default=False,
+        description="JSON only: each listed pair carries its two decoded training codes as a "
+        "base64 PNG (at most max_images / 2 pairs)",
+    )
     version: Version = None
 
 
@@ -227,6 +232,9 @@ class SingularPairOut(BaseModel):
     i: int
     j: int
     angle: float = Field(description="radians")
+    pair_png: str | None = Field(
+        default=None, description="base64 PNG: cell i's code and cell j's code, decoded"
+    )
 
 
 class SingularitiesResponse(BaseModel):

@@ -8,44 +8,22 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from models.autoencoder import Autoencoder, AutoencoderConfig
-from models.bundle import save_bundle
 from service.app import create_app
 from service.conditional import MAX_DRAWS
 from service.images import CROSSING_RGB, STRIP_PAD, crossing_gaps, strip_png
 from service.serving import cell_labels
-from service.store import ModelStore
-from service.worker import Worker
-from tests.service_helpers import copy_store, fitted_template, make_settings
-
-CENTRES = np.array([[-3.0, -3.0, 0.0], [3.0, -3.0, 0.0], [0.0, 3.0, 2.0], [0.0, 0.0, -4.0]])
-_LABELLED: dict[str, object] = {}
-
-
-def _labelled_template(base):
-    """A store with model "lab": 4 tight clusters in d = 3, label = cluster (fitted once)."""
-    if "root" not in _LABELLED:
-        rng = np.random.default_rng(1)
-        labels = np.repeat(np.arange(4), 30)
-        latents = (CENTRES[labels] + 0.2 * rng.standard_normal((120, 3))).astype(np.float32)
-        torch.manual_seed(0)
-        config = AutoencoderConfig(
-            arch="mlp", image_shape=(1, 8, 8), latent_dim=3, mlp_hidden=(16,)
-        )
-        bundle = base / "labelled-bundle"
-        save_bundle(
-            bundle, model=Autoencoder(config), latents=latents, labels=labels, dataset="lab"
-        )
-        root = base / "labelled-template" / "store"
-        store = ModelStore(root)
-        store.register("lab", bundle)
-        Worker(store, make_settings(root, default_model="lab")).run(idle_exit=True)
-        _LABELLED.update(root=root, labels=labels, latents=latents)
-    return _LABELLED
+from tests.service_helpers import (
+    LABELLED_CENTRES as CENTRES,
+)
+from tests.service_helpers import (
+    copy_store,
+    fitted_template,
+    labelled_template,
+    make_settings,
+)
 
 
 @pytest.fixture
@@ -57,11 +35,11 @@ def tiny(tmp_path_factory, tmp_path):
 
 @pytest.fixture
 def lab(tmp_path_factory, tmp_path):
-    template = _labelled_template(tmp_path_factory.getbasetemp())
-    store = copy_store(template["root"], tmp_path / "store")
+    root = labelled_template(tmp_path_factory.getbasetemp())
+    store = copy_store(root, tmp_path / "store")
     settings = make_settings(store.root, default_model="lab")
     with TestClient(create_app(settings, store=store)) as c:
-        yield c, template
+        yield c, root
 
 
 def test_cell_labels_take_the_majority_and_mark_empty_cells():
@@ -254,3 +232,19 @@ def test_png_upload_of_the_wrong_size(tiny):
     Image.new("L", (9, 8)).save(buf, format="PNG")
     r = client.post("/encode", json={"png": [base64.b64encode(buf.getvalue()).decode()]})
     assert r.status_code == 422 and "must be 8x8 pixels" in r.json()["detail"]
+
+
+def test_singular_pairs_come_with_their_decoded_codes(lab, tmp_path):
+    client, root = lab
+    s = client.get("/singularities", params={"limit": 3, "images": True}).json()
+    assert len(s["pairs"]) == 3
+    for pair in s["pairs"]:
+        img = Image.open(io.BytesIO(base64.b64decode(pair["pair_png"])))
+        assert img.size == (2 * 32 + 3 * 2, 32 + 2 * 2)  # two 8x8 codes upscaled to 32 px
+    plain = client.get("/singularities", params={"limit": 3}).json()
+    assert all(p["pair_png"] is None for p in plain["pairs"])
+    store = copy_store(root, tmp_path / "small")
+    settings = make_settings(store.root, default_model="lab", max_images=4)
+    with TestClient(create_app(settings, store=store)) as small:
+        r = small.get("/singularities", params={"limit": 3, "images": True})
+    assert r.status_code == 422 and "limit=3 exceeds 2 pairs" in r.json()["detail"]

@@ -179,6 +179,8 @@ def singularities(
     if req.format == "png":
         png = ops.singularities_png(served, s)
         return Response(png, media_type="image/png", headers=headers)
+    no_images: list[str | None] = [None] * len(s.pairs)
+    pngs = ops.pair_pngs(served, s.pairs, settings) if req.images else no_images
     body = SingularitiesResponse(
         model=served.name,
         version=served.version,
@@ -192,8 +194,8 @@ def singularities(
         singular_fraction=s.n_singular / s.n_pairs if s.n_pairs else 0.0,
         angle_quantiles=s.quantiles,
         pairs=[
-            SingularPairOut(i=int(i), j=int(j), angle=float(a))
-            for (i, j), a in zip(s.pairs, s.angles, strict=True)
+            SingularPairOut(i=int(i), j=int(j), angle=float(a), pair_png=png)
+            for (i, j), a, png in zip(s.pairs, s.angles, pngs, strict=True)
         ],
         truncated=s.truncated,
     )
