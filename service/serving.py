@@ -70,7 +70,9 @@ class Served:
     @property
     def classes(self) -> list[int]:
         """Labels that own at least one cell, ascending (empty without labels)."""
-        return [] if self.cell_labels is None else sorted(set(self.cell_labels.tolist()))
+        if self.cell_labels is None:
+            return []
+        return [int(c) for c in np.unique(self.cell_labels[self.cell_labels >= 0])]
 
 
 def cell_labels(inverse: np.ndarray, labels: np.ndarray, n_cells: int) -> np.ndarray:

@@ -40,11 +40,12 @@ function setBadge(kind, text) {
 }
 
 function trainingText(job) {
-  const parts = ["training the autoencoder"];
-  if (job.epoch !== undefined && job.epoch !== null) {
-    parts.push(`epoch ${job.epoch}${job.epochs ? "/" + job.epochs : ""}`);
-  }
-  if (job.loss !== undefined && job.loss !== null) parts.push(`loss ${fmt(job.loss)}`);
+  // job.training: {epoch, epochs, phase, loss} after the first epoch, null before it.
+  const t = job.training;
+  const parts = [`training ${job.model || "the autoencoder"}`];
+  if (!t) return parts.concat(job.status === "queued" ? ["queued"] : ["first epoch"]).join(" · ");
+  parts.push(`epoch ${t.epoch}/${t.epochs}${t.phase === "decoder" ? " (decoder)" : ""}`);
+  parts.push(`loss ${fmt(t.loss, 5)}`);
   return parts.join(" · ");
 }
 
@@ -57,7 +58,8 @@ function fitText(job) {
 // The badge tells what the server does now, from /models; "unreachable" when requests fail.
 function badgeFor(model, jobs) {
   if (!model) {
-    const train = jobs.find((j) => j.kind === "train");
+    const train = jobs.find((j) => j.kind === "train" && (!j.model || j.model === state.model))
+      || jobs.find((j) => j.kind === "train");
     return train ? ["waiting", trainingText(train)] : ["waiting", "no model yet"];
   }
   const job = model.job && ["queued", "running"].includes(model.job.status) ? model.job : null;
@@ -96,7 +98,8 @@ function renderTable(data) {
     row.dataset.model = m.name;
   }
   for (const j of data.jobs.filter((x) => x.kind === "train")) {
-    addRow(body, ["(new model)", "train", j.status, j.epoch ?? j.iteration ?? "–"]);
+    const epoch = j.training ? `${j.training.epoch}/${j.training.epochs}` : "–";
+    addRow(body, [j.model || "(new model)", "train", j.status, epoch]);
   }
 }
 
