@@ -22,10 +22,11 @@ from bench.common import emit, machine_info
 from models import ClassifierTrainConfig, load_digits_dataset, train_classifier
 from models.classifier import features_and_predictions
 from service.conditional import sample_class
+from service.job_config import job_config
 from service.serving import ServingIndex
 from service.settings import Settings
 from service.store import ModelStore
-from service.worker import Worker, job_config, train_into_store
+from service.worker import Worker, train_into_store
 
 
 def _serving(root: Path, target_l1: float, seed: int) -> ServingIndex:

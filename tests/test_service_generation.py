@@ -15,6 +15,7 @@ from service.app import create_app
 from service.conditional import MAX_DRAWS
 from service.images import CROSSING_RGB, STRIP_PAD, crossing_gaps, strip_png
 from service.serving import cell_labels
+from solver import Potential, make_problem
 from tests.service_helpers import (
     LABELLED_CENTRES as CENTRES,
 )
@@ -57,11 +58,10 @@ def test_version_pins_a_published_potential(tiny):
     # Publish a different potential (shifted heights) as the next version.
     pot = store.potential("tiny")
     job = store.jobs("tiny")[0]
-    arrays = dict(pot.map_arrays)
-    arrays["heights"] = arrays["heights"] + np.random.default_rng(0).normal(
-        0, 0.5, arrays["heights"].shape
-    )
-    v2 = store.publish(job, arrays["heights"], pot.inverse, arrays, 1, pot.record.accuracy)
+    problem = make_problem(pot.targets)
+    shifted = pot.heights + np.random.default_rng(0).normal(0, 0.5, pot.heights.shape)
+    other = Potential.build(problem, shifted, seed=0, accuracy=pot.accuracy)
+    v2 = store.publish(job, other, 1)
     assert v2 == v1 + 1
     client.app.state.serving.refresh()
     after = client.get("/sample", params={"n": 32, "seed": 4, "format": "npy"})
