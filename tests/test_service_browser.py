@@ -92,6 +92,39 @@ def _check_ready(page) -> None:  # noqa: ANN001
     assert page.locator("#singular-pairs figure img").count() >= 1
 
 
+def _check_badge_states(page) -> None:  # noqa: ANN001
+    """The badge's text for states a fitted store cannot show live, in the API's shapes."""
+    train = {
+        "kind": "train",
+        "model": "mnist",
+        "status": "running",
+        "training": {"epoch": 3, "epochs": 20, "phase": "joint", "loss": 0.0123},
+    }
+    fit = {"kind": "fit", "status": "running", "accuracy": {"l1": 0.18}, "target_l1": 0.03}
+    cases = [
+        ([None, [train]], ["waiting", "training mnist · epoch 3/20 · loss 0.01230"]),
+        (
+            [{"ready": False, "job": {**fit, "eta": 42}}, []],
+            ["waiting", "fitting · L1 0.180 → 0.030 · ETA 42 s"],
+        ),
+        (
+            [
+                {
+                    "ready": True,
+                    "served_version": 5,
+                    "served_accuracy": {"l1": 0.037},
+                    "accuracy": {"l1": 0.037},
+                    "job": {**fit, "eta": None},
+                },
+                [],
+            ],
+            ["ready", "ready · v5 · L1 0.037 · refitting (L1 0.180 → 0.030 · ETA –)"],
+        ),
+    ]
+    for args, expected in cases:
+        assert page.evaluate("(a) => badgeFor(a[0], a[1])", args) == expected
+
+
 def _check_seed_count_class(page) -> None:  # noqa: ANN001
     first = page.get_attribute("#gallery img", "src")
     page.fill("#count", "9")
@@ -165,6 +198,7 @@ def test_page_end_to_end(tmp_path_factory, tmp_path):
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(url + "/")
             _check_ready(page)
+            _check_badge_states(page)
             _check_seed_count_class(page)
             _check_downloads(page, tmp_path)
             _check_crossings(page)
