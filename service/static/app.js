@@ -194,6 +194,9 @@ async function showGallery() {
   await loadImage(img, src);
   if (ticket !== latest.gallery) return;
   if (img.naturalWidth > 0) {
+    // Small grids (few or tiny images) are shown up to twice their size, at most 480 px wide.
+    const w = img.naturalWidth;
+    img.style.width = `${Math.max(w, Math.min(2 * w, 480))}px`;
     $("gallery").replaceChildren(img);
   } else {
     const r = await fetch(src);
