@@ -217,3 +217,29 @@ def test_page_end_to_end(tmp_path_factory, tmp_path):
             assert errors == []
         finally:
             browser.close()
+
+
+def test_api_docs_render_without_the_internet(tmp_path):
+    """Swagger UI and ReDoc draw the API from the server's own assets; nothing else is asked."""
+    with live_server(make_settings(tmp_path / "store")) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            requested: list[str] = []
+            blocked: dict[str, str | None] = {}
+            page.on("request", lambda req: requested.append(req.url))
+            page.on("requestfailed", lambda req: blocked.update({req.url: req.failure}))
+            page.goto(url + "/docs")
+            page.wait_for_selector(".swagger-ui .info .title", timeout=WAIT_MS)
+            assert "AE-OT service" in page.inner_text(".swagger-ui .info .title")
+            page.wait_for_selector(".swagger-ui .authorize", timeout=WAIT_MS)  # X-API-Key
+            assert page.locator(".opblock-summary-path[data-path='/sample']").count() == 2
+            page.goto(url + "/redoc")
+            page.wait_for_selector("h1:has-text('AE-OT service')", timeout=WAIT_MS)
+            local = (url, "data:", f"blob:{url}")
+            outside = [u for u in requested if not u.startswith(local)]
+            # ReDoc's bundle asks a CDN for its footer logo; the page's Content-Security-Policy
+            # stops it in the browser, before any network access.
+            assert all(blocked.get(u) == "csp" for u in outside), (outside, blocked)
+        finally:
+            browser.close()

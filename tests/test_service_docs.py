@@ -28,6 +28,8 @@ def test_doc_pages_reference_only_served_local_assets(client, page):
     assert urls, "the page loads no asset at all?"
     assert not [u for u in urls if "//" in u], "a page asset points off the server"
     assert "fonts.googleapis" not in r.text and "cdn." not in r.text
+    policy = r.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "img-src 'self' data: blob:" in policy
     scripts = [u for u in urls if u.endswith(".js")]
     assert scripts, "no script referenced"
     for url in urls:
