@@ -62,7 +62,15 @@ def serve(
     if settings.web_workers > 1:
         _serve_processes(settings)
         return
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    from service.server import server_options  # noqa: PLC0415
+    from service.store import CatalogueLost  # noqa: PLC0415
+
+    try:
+        app_ = create_app(settings)
+    except CatalogueLost as exc:  # never start over a store whose catalogue is gone
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(app_, **server_options(settings))
 
 
 def _serve_processes(settings: Settings) -> None:
@@ -70,6 +78,7 @@ def _serve_processes(settings: Settings) -> None:
     import uvicorn  # noqa: PLC0415
 
     from service.process import WorkerProcess  # noqa: PLC0415
+    from service.server import server_options  # noqa: PLC0415
 
     own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     metrics_dir = tempfile.mkdtemp(prefix="aeot-metrics-") if own_dir else None
@@ -87,9 +96,7 @@ def _serve_processes(settings: Settings) -> None:
             "service.app:app_from_env",
             factory=True,
             workers=settings.web_workers,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
+            **server_options(settings),
             # A process imports torch and the solver before it answers the supervisor's
             # health check, which takes longer than uvicorn's 5 s on a busy 2-core machine.
             timeout_worker_healthcheck=60,
@@ -105,11 +112,14 @@ def _serve_processes(settings: Settings) -> None:
 def worker_cmd(store: Path = STORE) -> None:
     """Run a fit worker on the store (scale-out; several may share one store)."""
     from service.logs import configure_logging  # noqa: PLC0415
+    from service.ranks import lead_or_follow  # noqa: PLC0415
     from service.worker import run_worker  # noqa: PLC0415
 
     settings = _settings(store=store)
     configure_logging(settings.log_level, settings.log_format)
-    run_worker(settings)
+    followed = lead_or_follow(lambda: run_worker(settings))
+    if followed is not None:
+        typer.echo(f"rank {os.environ.get('RANK')} followed {followed} fit(s)")
 
 
 @app.command()
@@ -135,7 +145,18 @@ def fit_cmd(
     target_l1: float = typer.Option(None, help="stop at this independent L1"),
     store: Path = STORE,
 ) -> None:
-    """Fit (or refit) a model's OT map in the foreground, with a progress bar."""
+    """Fit (or refit) a model's OT map in the foreground, with a progress bar.
+
+    Under ``torchrun --nproc-per-node K`` the fit runs over K processes (see docs/solver.md).
+    """
+    from service.ranks import lead_or_follow  # noqa: PLC0415
+
+    followed = lead_or_follow(lambda: _fit_foreground(name, target_l1, store))
+    if followed is not None:
+        typer.echo(f"rank {os.environ.get('RANK')} followed {followed} fit(s)")
+
+
+def _fit_foreground(name: str, target_l1: float | None, store: Path | None) -> None:
     from service.job_config import job_config  # noqa: PLC0415
     from service.store import ModelStore  # noqa: PLC0415
     from service.worker import Worker  # noqa: PLC0415

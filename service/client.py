@@ -3,9 +3,10 @@
 Both return numpy arrays for latents, PIL images for pictures and plain dicts for status; an
 HTTP error raises :class:`AEOTError` carrying the status code and the server's message.
 
-Each operation is written once in :mod:`service.api_calls` (the request and how to read its
-answer); the two clients only send those calls, so they cannot drift apart (a test
-checks that they expose the same public methods).
+Each API method is written once, in :class:`_Api`, as a function that says which request to
+send and how to read its answer (a :class:`Call`); :class:`endpoint` turns it into a method of
+both clients, which differ only in how they send a call (:meth:`AEOTClient._run` blocks,
+:meth:`AsyncAEOTClient._run` is awaited). A new API method is one function in :class:`_Api`.
 
 Example:
     >>> with AEOTClient("http://127.0.0.1:8000") as client:  # doctest: +SKIP
@@ -18,21 +19,373 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
+import io
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import httpx
 import numpy as np
 from PIL import Image
 
-from service.api_calls import AEOTError, Call, Calls, InterpolationResult, Sample, check
-
-__all__ = ["AEOTClient", "AEOTError", "AsyncAEOTClient", "InterpolationResult", "Sample"]
-
 DEFAULT_TIMEOUT = 60.0
 
 
-class AEOTClient:
+class AEOTError(RuntimeError):
+    """An error answer of the service.
+
+    Attributes:
+        status_code: HTTP status. detail: the server's message. retry_after: seconds (503).
+
+    """
+
+    def __init__(self, status_code: int, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample:
+    """Sampled latents and the potential version that produced them."""
+
+    latents: np.ndarray
+    version: int
+    model: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterpolationResult:
+    """Frames of an interpolation (see ``/interpolate``).
+
+    Attributes:
+        t: segment parameters, shape ``(steps,)``. z: source points ``(steps, d)``.
+        latents: mapped latents ``(steps, d)``. cells: cells ``(steps,)``.
+        crossings: singular crossings as dicts (t, from_cell, to_cell, angle).
+        strip: decoded frames in one row, when requested.
+        version: potential version.
+
+    """
+
+    t: np.ndarray
+    z: np.ndarray
+    latents: np.ndarray
+    cells: np.ndarray
+    crossings: list[dict[str, Any]]
+    strip: Image.Image | None
+    version: int
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.is_success:
+        return response
+    try:
+        detail = str(response.json().get("detail", response.text))
+    except ValueError:
+        detail = response.text
+    retry = response.headers.get("Retry-After")
+    raise AEOTError(response.status_code, detail, float(retry) if retry else None)
+
+
+def _params(**kwargs: Any) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Call(Generic[T]):
+    """One request to send and how to read its answer.
+
+    Attributes:
+        method: HTTP method. path: URL path. parse: turns the (checked) response into the
+        method's result. params, json, data, files: as httpx takes them.
+        check: raise :class:`AEOTError` for an error status before parsing.
+
+    """
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: dict[str, Any] | None = None
+    json: Any = None
+    data: dict[str, Any] | None = None
+    files: dict[str, Any] | None = None
+    check: bool = True
+
+
+class endpoint(Generic[P, T]):  # noqa: N801 - used as a decorator, like property
+    """An API method written once as ``build(*args) -> Call``; a method of both clients.
+
+    On :class:`AEOTClient` it returns the parsed result; on :class:`AsyncAEOTClient` an
+    awaitable of it. Its name, docstring and signature are the builder's.
+    """
+
+    def __init__(self, build: Callable[P, Call[T]]) -> None:
+        self._build = build
+        self.__doc__ = build.__doc__
+
+    @overload
+    def __get__(self, client: AEOTClient, owner: type | None = None) -> Callable[P, T]: ...
+
+    @overload
+    def __get__(
+        self, client: AsyncAEOTClient, owner: type | None = None
+    ) -> Callable[P, Awaitable[T]]: ...
+
+    def __get__(self, client: Any, owner: type | None = None) -> Any:
+        if client is None:
+            return self
+
+        @functools.wraps(self._build)
+        def bound(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return client._run(self._build(*args, **kwargs))
+
+        return bound
+
+
+def _npy_sample(response: httpx.Response) -> Sample:
+    latents = np.load(io.BytesIO(response.content), allow_pickle=False)
+    return Sample(
+        latents=latents,
+        version=int(response.headers["X-Potential-Version"]),
+        model=response.headers["X-Model"],
+    )
+
+
+def _image(response: httpx.Response) -> Image.Image:
+    return Image.open(io.BytesIO(response.content))
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    return dict(response.json())
+
+
+def _interp_result(response: httpx.Response) -> InterpolationResult:
+    data = response.json()
+    strip = None
+    if data.get("strip_png"):
+        strip = Image.open(io.BytesIO(base64.b64decode(data["strip_png"])))
+    return InterpolationResult(
+        t=np.asarray(data["t"]),
+        z=np.asarray(data["z"], np.float32),
+        latents=np.asarray(data["latents"], np.float32),
+        cells=np.asarray(data["cells"]),
+        crossings=data["crossings"],
+        strip=strip,
+        version=int(data["version"]),
+    )
+
+
+def _npy(response: httpx.Response) -> np.ndarray:
+    return np.asarray(np.load(io.BytesIO(response.content), allow_pickle=False))
+
+
+def _sample_call(
+    n: int,
+    seed: int,
+    extended: bool,
+    model: str | None,
+    fmt: str,
+    version: int | None,
+    label: int | None,
+) -> dict[str, Any]:
+    return _params(
+        n=n, seed=seed, extended=extended, model=model, format=fmt, version=version, label=label
+    )
+
+
+def _images_body(images: Any, **options: Any) -> dict[str, Any]:
+    """``images``: an array ``(n, C, H, W)`` in [0, 1], or a list of PNG file bytes."""
+    if isinstance(images, list | tuple) and images and isinstance(images[0], bytes):
+        return _params(png=[base64.b64encode(b).decode() for b in images], **options)
+    return _params(images=np.asarray(images, np.float32).tolist(), **options)
+
+
+class _Api:
+    """Every API method, once; see the module docstring."""
+
+    @endpoint
+    def sample_with_version(
+        n: int,
+        seed: int = 0,
+        *,
+        extended: bool = True,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
+    ) -> Call[Sample]:
+        """``n`` latents (``.npy`` transfer) and the potential version that made them.
+
+        ``version`` pins a published potential; ``label`` samples only that class's cells.
+        """
+        params = _sample_call(n, seed, extended, model, "npy", version, label)
+        return Call(method="GET", path="/sample", params=params, parse=_npy_sample)
+
+    @endpoint
+    def sample(
+        n: int,
+        seed: int = 0,
+        *,
+        extended: bool = True,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
+    ) -> Call[np.ndarray]:
+        """``n`` latents, shape ``(n, d)``, float32."""
+        params = _sample_call(n, seed, extended, model, "npy", version, label)
+        return Call(
+            method="GET", path="/sample", params=params, parse=lambda r: _npy_sample(r).latents
+        )
+
+    @endpoint
+    def sample_images(
+        n: int,
+        seed: int = 0,
+        *,
+        extended: bool = True,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
+    ) -> Call[Image.Image]:
+        """``n`` decoded samples as one PNG grid."""
+        params = _sample_call(n, seed, extended, model, "png", version, label)
+        return Call(method="GET", path="/sample", params=params, parse=_image)
+
+    @endpoint
+    def interpolate(
+        start: Any = None,
+        end: Any = None,
+        steps: int = 16,
+        *,
+        model: str | None = None,
+        images: bool = True,
+        version: int | None = None,
+        label: int | None = None,
+        seed: int | None = None,
+    ) -> Call[InterpolationResult]:
+        """Interpolate between points (arrays), training indices (ints) or a class's cells.
+
+        With ``label`` and no endpoints, ``seed`` chooses two cells of that class. The strip
+        (``images``) has a red bar between the frames where a singular crossing lies.
+        """
+        body: dict[str, Any] = {"steps": steps, "images": images, "model": model}
+        body.update(version=version, label=label, seed=seed)
+        if start is None and end is None:
+            pass  # label= picks the endpoints
+        elif isinstance(start, int | np.integer) and isinstance(end, int | np.integer):
+            body.update(start_index=int(start), end_index=int(end))
+        else:
+            start_point, end_point = np.asarray(start, float), np.asarray(end, float)
+            body.update(start=start_point.tolist(), end=end_point.tolist())
+        return Call(method="POST", path="/interpolate", json=_params(**body), parse=_interp_result)
+
+    @endpoint
+    def singularities(
+        *, model: str | None = None, limit: int = 100, version: int | None = None
+    ) -> Call[dict[str, Any]]:
+        """Singular set summary (threshold, rule, counts, pairs)."""
+        params = _params(model=model, limit=limit, version=version)
+        return Call(method="GET", path="/singularities", params=params, parse=_json)
+
+    @endpoint
+    def singularities_image(
+        *, model: str | None = None, version: int | None = None
+    ) -> Call[Image.Image]:
+        """The singular set as a picture: 2D power diagram, or angle histogram + image pairs."""
+        params = _params(model=model, format="png", version=version)
+        return Call(method="GET", path="/singularities", params=params, parse=_image)
+
+    @endpoint
+    def encode(
+        images: Any, *, model: str | None = None, version: int | None = None
+    ) -> Call[np.ndarray]:
+        """Latent codes ``(n, d)`` of images: an array ``(n, C, H, W)`` or PNG file bytes."""
+        body = _images_body(images, format="npy", model=model, version=version)
+        return Call(method="POST", path="/encode", json=body, parse=_npy)
+
+    @endpoint
+    def decode(
+        latents: Any, *, model: str | None = None, version: int | None = None
+    ) -> Call[np.ndarray]:
+        """Images ``(n, C, H, W)`` in [0, 1] of latent codes ``(n, d)``."""
+        z = np.asarray(latents, np.float32).tolist()
+        body = _params(latents=z, format="npy", model=model, version=version)
+        return Call(method="POST", path="/decode", json=body, parse=_npy)
+
+    @endpoint
+    def decode_images(
+        latents: Any, *, model: str | None = None, version: int | None = None
+    ) -> Call[Image.Image]:
+        """Decoded latent codes as one PNG grid."""
+        z = np.asarray(latents, np.float32).tolist()
+        body = _params(latents=z, format="png", model=model, version=version)
+        return Call(method="POST", path="/decode", json=body, parse=_image)
+
+    @endpoint
+    def reconstruct(
+        images: Any, *, model: str | None = None, version: int | None = None
+    ) -> Call[np.ndarray]:
+        """Decoder(encoder(images)): ``(n, C, H, W)`` in [0, 1]."""
+        body = _images_body(images, format="npy", model=model, version=version)
+        return Call(method="POST", path="/reconstruct", json=body, parse=_npy)
+
+    @endpoint
+    def reconstruct_image(
+        images: Any, *, model: str | None = None, version: int | None = None
+    ) -> Call[Image.Image]:
+        """Originals (top row) above their reconstructions (bottom row), one PNG."""
+        body = _images_body(images, format="png", model=model, version=version)
+        return Call(method="POST", path="/reconstruct", json=body, parse=_image)
+
+    @endpoint
+    def models() -> Call[dict[str, Any]]:
+        """``/models``: every model, the default one, active jobs."""
+        return Call(method="GET", path="/models", parse=_json)
+
+    @endpoint
+    def model(name: str) -> Call[dict[str, Any]]:
+        """``/models/{name}``: status and fit progress."""
+        return Call(method="GET", path=f"/models/{name}", parse=_json)
+
+    @endpoint
+    def register(name: str, archive: bytes) -> Call[dict[str, Any]]:
+        """Upload a bundle archive (tar/zip) as model ``name`` (needs the API key)."""
+        files = {"bundle": ("bundle.tar.gz", archive, "application/octet-stream")}
+        return Call(method="POST", path="/models", data={"name": name}, files=files, parse=_json)
+
+    @endpoint
+    def refit(name: str, **options: Any) -> Call[dict[str, Any]]:
+        """Queue a refit (options: target_l1, seed, max_iter, time_budget, replace)."""
+        return Call(method="POST", path=f"/models/{name}/fit", json=options, parse=_json)
+
+    @endpoint
+    def delete(name: str) -> Call[None]:
+        """Delete a model (needs the API key)."""
+        return Call(method="DELETE", path=f"/models/{name}", parse=lambda r: None)
+
+    @endpoint
+    def ready() -> Call[bool]:
+        """Whether ``/readyz`` answers 200."""
+        return Call(method="GET", path="/readyz", check=False, parse=lambda r: r.status_code == 200)
+
+
+def _send_args(call: Call[Any]) -> dict[str, Any]:
+    return {
+        "params": call.params,
+        "json": call.json,
+        "data": call.data,
+        "files": call.files,
+    }
+
+
+class AEOTClient(_Api):
     """Synchronous client.
 
     Args:
@@ -41,8 +394,6 @@ class AEOTClient:
         timeout: seconds per request.
         transport: an httpx transport (tests pass ``httpx.ASGITransport`` or a WSGI one).
 
-    Generation methods take ``model`` (default model when ``None``) and ``version`` (pin a
-    published potential version; ``None``: the served one).
     """
 
     def __init__(
@@ -68,148 +419,9 @@ class AEOTClient:
         """Close the connection pool."""
         self._http.close()
 
-    def _send(self, call: Call) -> Any:
-        return call.read(check(self._http.request(call.method, call.path, **call.send_kwargs())))
-
-    def sample_with_version(
-        self,
-        n: int,
-        seed: int = 0,
-        *,
-        extended: bool = True,
-        model: str | None = None,
-        version: int | None = None,
-        label: int | None = None,
-    ) -> Sample:
-        """``n`` latents (``.npy`` transfer) and the potential version that made them.
-
-        ``label``: only the cells of that class (bundles with labels).
-        """
-        opts = {"extended": extended, "model": model, "version": version, "label": label}
-        return self._send(Calls.sample_with_version(n, seed, **opts))
-
-    def sample(
-        self,
-        n: int,
-        seed: int = 0,
-        *,
-        extended: bool = True,
-        model: str | None = None,
-        version: int | None = None,
-        label: int | None = None,
-    ) -> np.ndarray:
-        """``n`` latents, shape ``(n, d)``, float32."""
-        return self.sample_with_version(
-            n, seed, extended=extended, model=model, version=version, label=label
-        ).latents
-
-    def sample_images(
-        self,
-        n: int,
-        seed: int = 0,
-        *,
-        extended: bool = True,
-        model: str | None = None,
-        version: int | None = None,
-        label: int | None = None,
-    ) -> Image.Image:
-        """``n`` decoded samples as one PNG grid."""
-        opts = {"extended": extended, "model": model, "version": version, "label": label}
-        return self._send(Calls.sample_images(n, seed, **opts))
-
-    def interpolate(
-        self,
-        start: Any = None,
-        end: Any = None,
-        steps: int = 16,
-        *,
-        model: str | None = None,
-        images: bool = True,
-        version: int | None = None,
-        label: int | None = None,
-        seed: int | None = None,
-    ) -> InterpolationResult:
-        """Interpolate between points (arrays), training indices (ints) or a class's cells.
-
-        With ``label`` and no endpoints, ``seed`` chooses two cells of that class. The strip
-        (``images``) has a red bar between the frames where a singular crossing lies.
-        """
-        opts = {"model": model, "images": images, "version": version, "label": label}
-        call = Calls.interpolate(start, end, steps, seed=seed, **opts)
-        return self._send(call)
-
-    def singularities(
-        self, *, model: str | None = None, limit: int = 100, version: int | None = None
-    ) -> dict[str, Any]:
-        """Singular set summary (threshold, rule, counts, pairs)."""
-        call = Calls.singularities(model=model, limit=limit, version=version)
-        return self._send(call)
-
-    def singularities_image(
-        self, *, model: str | None = None, version: int | None = None
-    ) -> Image.Image:
-        """The singular set as a picture: 2D power diagram, or angle histogram + image pairs."""
-        call = Calls.singularities_image(model=model, version=version)
-        return self._send(call)
-
-    def encode(
-        self, images: Any, *, model: str | None = None, version: int | None = None
-    ) -> np.ndarray:
-        """Latent codes ``(n, d)`` of images: an array ``(n, C, H, W)`` or PNG file bytes."""
-        call = Calls.encode(images, model=model, version=version)
-        return self._send(call)
-
-    def decode(
-        self, latents: Any, *, model: str | None = None, version: int | None = None
-    ) -> np.ndarray:
-        """Images ``(n, C, H, W)`` in [0, 1] of latent codes ``(n, d)``."""
-        call = Calls.decode(latents, "npy", model=model, version=version)
-        return self._send(call)
-
-    def decode_images(
-        self, latents: Any, *, model: str | None = None, version: int | None = None
-    ) -> Image.Image:
-        """Decoded latent codes as one PNG grid."""
-        call = Calls.decode(latents, "png", model=model, version=version)
-        return self._send(call)
-
-    def reconstruct(
-        self, images: Any, *, model: str | None = None, version: int | None = None
-    ) -> np.ndarray:
-        """Decoder(encoder(images)): ``(n, C, H, W)`` in [0, 1]."""
-        call = Calls.reconstruct(images, "npy", model=model, version=version)
-        return self._send(call)
-
-    def reconstruct_image(
-        self, images: Any, *, model: str | None = None, version: int | None = None
-    ) -> Image.Image:
-        """Originals (top row) above their reconstructions (bottom row), one PNG."""
-        call = Calls.reconstruct(images, "png", model=model, version=version)
-        return self._send(call)
-
-    def models(self) -> dict[str, Any]:
-        """``/models``: every model, the default one, active jobs."""
-        return self._send(Calls.models())
-
-    def model(self, name: str) -> dict[str, Any]:
-        """``/models/{name}``: status, fit progress, classes."""
-        return self._send(Calls.model(name))
-
-    def register(self, name: str, archive: bytes) -> dict[str, Any]:
-        """Upload a bundle archive (tar/zip) as model ``name`` (needs the API key)."""
-        return self._send(Calls.register(name, archive))
-
-    def refit(self, name: str, **options: Any) -> dict[str, Any]:
-        """Queue a refit (options: target_l1, seed, max_iter, time_budget, replace)."""
-        return self._send(Calls.refit(name, options))
-
-    def delete(self, name: str) -> None:
-        """Delete a model (needs the API key)."""
-        self._send(Calls.delete(name))
-
-    def ready(self) -> bool:
-        """Whether ``/readyz`` answers 200."""
-        return self._http.get("/readyz").status_code == 200
+    def _run(self, call: Call[T]) -> T:
+        response = self._http.request(call.method, call.path, **_send_args(call))
+        return call.parse(_check(response) if call.check else response)
 
     def wait_ready(self, timeout: float = 300.0, interval: float = 1.0) -> None:
         """Poll ``/readyz`` until ready; raises ``TimeoutError`` after ``timeout`` seconds."""
@@ -224,18 +436,8 @@ class AEOTClient:
         raise TimeoutError(f"service not ready after {timeout:.0f} s")
 
 
-class AsyncAEOTClient:
-    """Asynchronous client: the same methods as :class:`AEOTClient`, awaitable.
-
-    Args:
-        base_url: e.g. ``http://127.0.0.1:8000``.
-        api_key: sent as ``X-API-Key`` (needed for register / refit / delete).
-        timeout: seconds per request.
-        transport: an httpx transport (tests pass ``httpx.ASGITransport`` or a WSGI one).
-
-    Generation methods take ``model`` (default model when ``None``) and ``version`` (pin a
-    published potential version; ``None``: the served one).
-    """
+class AsyncAEOTClient(_Api):
+    """Asynchronous client with the same methods as :class:`AEOTClient` (awaitable)."""
 
     def __init__(
         self,
@@ -260,150 +462,9 @@ class AsyncAEOTClient:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def _send(self, call: Call) -> Any:
-        response = await self._http.request(call.method, call.path, **call.send_kwargs())
-        return call.read(check(response))
-
-    async def sample_with_version(
-        self,
-        n: int,
-        seed: int = 0,
-        *,
-        extended: bool = True,
-        model: str | None = None,
-        version: int | None = None,
-        label: int | None = None,
-    ) -> Sample:
-        """``n`` latents (``.npy`` transfer) and the potential version that made them.
-
-        ``label``: only the cells of that class (bundles with labels).
-        """
-        opts = {"extended": extended, "model": model, "version": version, "label": label}
-        return await self._send(Calls.sample_with_version(n, seed, **opts))
-
-    async def sample(
-        self,
-        n: int,
-        seed: int = 0,
-        *,
-        extended: bool = True,
-        model: str | None = None,
-        version: int | None = None,
-        label: int | None = None,
-    ) -> np.ndarray:
-        """``n`` latents, shape ``(n, d)``, float32."""
-        sample = await self.sample_with_version(
-            n, seed, extended=extended, model=model, version=version, label=label
-        )
-        return sample.latents
-
-    async def sample_images(
-        self,
-        n: int,
-        seed: int = 0,
-        *,
-        extended: bool = True,
-        model: str | None = None,
-        version: int | None = None,
-        label: int | None = None,
-    ) -> Image.Image:
-        """``n`` decoded samples as one PNG grid."""
-        opts = {"extended": extended, "model": model, "version": version, "label": label}
-        return await self._send(Calls.sample_images(n, seed, **opts))
-
-    async def interpolate(
-        self,
-        start: Any = None,
-        end: Any = None,
-        steps: int = 16,
-        *,
-        model: str | None = None,
-        images: bool = True,
-        version: int | None = None,
-        label: int | None = None,
-        seed: int | None = None,
-    ) -> InterpolationResult:
-        """Interpolate between points (arrays), training indices (ints) or a class's cells.
-
-        With ``label`` and no endpoints, ``seed`` chooses two cells of that class. The strip
-        (``images``) has a red bar between the frames where a singular crossing lies.
-        """
-        opts = {"model": model, "images": images, "version": version, "label": label}
-        call = Calls.interpolate(start, end, steps, seed=seed, **opts)
-        return await self._send(call)
-
-    async def singularities(
-        self, *, model: str | None = None, limit: int = 100, version: int | None = None
-    ) -> dict[str, Any]:
-        """Singular set summary (threshold, rule, counts, pairs)."""
-        call = Calls.singularities(model=model, limit=limit, version=version)
-        return await self._send(call)
-
-    async def singularities_image(
-        self, *, model: str | None = None, version: int | None = None
-    ) -> Image.Image:
-        """The singular set as a picture: 2D power diagram, or angle histogram + image pairs."""
-        call = Calls.singularities_image(model=model, version=version)
-        return await self._send(call)
-
-    async def encode(
-        self, images: Any, *, model: str | None = None, version: int | None = None
-    ) -> np.ndarray:
-        """Latent codes ``(n, d)`` of images: an array ``(n, C, H, W)`` or PNG file bytes."""
-        call = Calls.encode(images, model=model, version=version)
-        return await self._send(call)
-
-    async def decode(
-        self, latents: Any, *, model: str | None = None, version: int | None = None
-    ) -> np.ndarray:
-        """Images ``(n, C, H, W)`` in [0, 1] of latent codes ``(n, d)``."""
-        call = Calls.decode(latents, "npy", model=model, version=version)
-        return await self._send(call)
-
-    async def decode_images(
-        self, latents: Any, *, model: str | None = None, version: int | None = None
-    ) -> Image.Image:
-        """Decoded latent codes as one PNG grid."""
-        call = Calls.decode(latents, "png", model=model, version=version)
-        return await self._send(call)
-
-    async def reconstruct(
-        self, images: Any, *, model: str | None = None, version: int | None = None
-    ) -> np.ndarray:
-        """Decoder(encoder(images)): ``(n, C, H, W)`` in [0, 1]."""
-        call = Calls.reconstruct(images, "npy", model=model, version=version)
-        return await self._send(call)
-
-    async def reconstruct_image(
-        self, images: Any, *, model: str | None = None, version: int | None = None
-    ) -> Image.Image:
-        """Originals (top row) above their reconstructions (bottom row), one PNG."""
-        call = Calls.reconstruct(images, "png", model=model, version=version)
-        return await self._send(call)
-
-    async def models(self) -> dict[str, Any]:
-        """``/models``: every model, the default one, active jobs."""
-        return await self._send(Calls.models())
-
-    async def model(self, name: str) -> dict[str, Any]:
-        """``/models/{name}``: status, fit progress, classes."""
-        return await self._send(Calls.model(name))
-
-    async def register(self, name: str, archive: bytes) -> dict[str, Any]:
-        """Upload a bundle archive (tar/zip) as model ``name`` (needs the API key)."""
-        return await self._send(Calls.register(name, archive))
-
-    async def refit(self, name: str, **options: Any) -> dict[str, Any]:
-        """Queue a refit (options: target_l1, seed, max_iter, time_budget, replace)."""
-        return await self._send(Calls.refit(name, options))
-
-    async def delete(self, name: str) -> None:
-        """Delete a model (needs the API key)."""
-        await self._send(Calls.delete(name))
-
-    async def ready(self) -> bool:
-        """Whether ``/readyz`` answers 200."""
-        return (await self._http.get("/readyz")).status_code == 200
+    async def _run(self, call: Call[T]) -> T:
+        response = await self._http.request(call.method, call.path, **_send_args(call))
+        return call.parse(_check(response) if call.check else response)
 
     async def wait_ready(self, timeout: float = 300.0, interval: float = 1.0) -> None:
         """Poll ``/readyz`` until ready; raises ``TimeoutError`` after ``timeout`` seconds."""
@@ -413,6 +474,6 @@ class AsyncAEOTClient:
                 if await self.ready():
                     return
             except httpx.TransportError:
-                pass  # server still starting
+                pass
             await asyncio.sleep(interval)
         raise TimeoutError(f"service not ready after {timeout:.0f} s")

@@ -1,8 +1,11 @@
 """HTTP request and response schemas (pydantic v2), in families per endpoint.
 
 Requests forbid unknown fields and reject NaN/inf, so a typo or a bad number answers 422 with
-a message instead of being ignored. Limits that depend on settings (``max_n``, ...) are checked
-in :mod:`service.operations`; the static bounds here only reject nonsense early.
+a message instead of being ignored. JSON bodies are strict: ``"5"`` is not a number, ``0`` and
+``"yes"`` are not booleans. Query strings carry only text, so each GET route reads its request
+through a lax twin (``SampleQuery``, ...) that parses ``n=5`` and ``extended=true``. Limits that
+depend on settings (``max_n``, ...) are checked in :mod:`service.operations`, and the app writes
+them into the OpenAPI schema as ``maximum`` (:func:`service.openapi.set_limits`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from service.catalog import JobRecord, ModelRecord
+from service.process import WorkerState
 from service.store import NAME_PATTERN
 from solver import AccuracyReport
 
@@ -41,6 +45,7 @@ Version = Annotated[
     Int | None,
     Field(
         ge=1,
+        le=2**31 - 1,
         description="published potential version to answer from (default: the one served "
         "now); a version the model never published answers 404",
         examples=[3],
@@ -56,9 +61,7 @@ Label = Annotated[
         examples=[7],
     ),
 ]
-# Absolute caps whatever the settings say; the configured limits are checked per request.
-_HARD_N = 1_000_000
-_HARD_STEPS = 100_000
+# Images per encode/decode request at most whatever the settings say (max_images applies too).
 _HARD_IMAGES = 100_000
 # Latent coordinates beyond this are nonsense for any trained autoencoder (codes are O(1-100)).
 LATENT_BOUND = 1e6
@@ -67,7 +70,11 @@ PixelValue = Annotated[FiniteFloat, Field(ge=0.0, le=1.0)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# The GET twins: query values are text, so they are parsed (``n=5``, ``extended=true``).
+_QUERY = ConfigDict(extra="forbid", strict=False)
 
 
 class SampleRequest(_Request):
@@ -82,7 +89,6 @@ class SampleRequest(_Request):
     n: Int = Field(
         default=64,
         ge=1,
-        le=_HARD_N,
         description="number of samples (at most max_n; max_images for format=png)",
         examples=[16],
     )
@@ -97,6 +103,12 @@ class SampleRequest(_Request):
     )
     version: Version = None
     label: Label = None
+
+
+class SampleQuery(SampleRequest):
+    """:class:`SampleRequest` read from query parameters."""
+
+    model_config = _QUERY
 
 
 class SampleResponse(BaseModel):
@@ -144,9 +156,7 @@ class InterpolateRequest(_Request):
     end_index: Int | None = Field(
         default=None, ge=0, description="training code index (with start_index)", examples=[42]
     )
-    steps: Int = Field(
-        default=16, ge=2, le=_HARD_STEPS, description="frames, evenly spaced (at most max_steps)"
-    )
+    steps: Int = Field(default=16, ge=2, description="frames, evenly spaced (at most max_steps)")
     format: Literal["json", "png"] = Field(
         default="json",
         description="json: frames, cells and crossings; png: the decoded strip, a red bar "
@@ -180,6 +190,12 @@ class InterpolateRequest(_Request):
         return self
 
 
+class InterpolateQuery(InterpolateRequest):
+    """:class:`InterpolateRequest` read from query parameters."""
+
+    model_config = _QUERY
+
+
 class CrossingOut(BaseModel):
     """Where the segment crosses a singular facet: the map jumps there."""
 
@@ -210,7 +226,10 @@ class SingularitiesRequest(_Request):
 
     model: ModelName = None
     limit: Int = Field(
-        default=100, ge=0, le=1_000_000, description="singular pairs listed at most", examples=[10]
+        default=100,
+        ge=0,
+        description="singular pairs listed at most (capped by the server)",
+        examples=[10],
     )
     format: Literal["json", "png"] = Field(
         default="json",
@@ -224,6 +243,12 @@ class SingularitiesRequest(_Request):
         "base64 PNG (at most max_images / 2 pairs)",
     )
     version: Version = None
+
+
+class SingularitiesQuery(SingularitiesRequest):
+    """:class:`SingularitiesRequest` read from query parameters."""
+
+    model_config = _QUERY
 
 
 class SingularPairOut(BaseModel):
@@ -430,6 +455,11 @@ class ModelStatus(BaseModel):
         default=None, description="(C, H, W) of the model's images, once it is served"
     )
     job: JobOut | None
+    problem: str | None = Field(
+        default=None,
+        description="what is wrong when the model is served degraded or not at all "
+        "(a damaged potential and the version served instead, a bundle that does not load)",
+    )
 
     @classmethod
     def of(
@@ -440,6 +470,7 @@ class ModelStatus(BaseModel):
         served: int | None,
         accuracy: AccuracyReport | None,
         job: JobRecord | None,
+        problem: str | None = None,
     ) -> ModelStatus:
         """Assemble from catalogue rows."""
         return cls(
@@ -453,6 +484,7 @@ class ModelStatus(BaseModel):
             ready=served is not None,
             accuracy=AccuracyOut.of(accuracy),
             job=JobOut.of(job) if job else None,
+            problem=problem,
         )
 
 
@@ -466,6 +498,9 @@ class ModelListResponse(BaseModel):
     default_model: str | None
     models: list[ModelStatus]
     jobs: list[JobOut] = Field(description="queued or running jobs (e.g. training)")
+    worker: WorkerOut | None = Field(
+        default=None, description="the supervised fit worker (null: none in this process)"
+    )
 
 
 class FitRequest(_Request):
@@ -512,8 +547,31 @@ class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class WorkerOut(BaseModel):
+    """The fit worker this server supervises."""
+
+    status: Literal["starting", "running", "restarting", "stopped"] = Field(
+        description="restarting: it died and a new one starts after a back-off"
+    )
+    restarts: int = Field(description="workers started after an unexpected exit")
+    last_exit: str | None = Field(description="how the last worker ended, e.g. 'signal 9'")
+    last_exit_at: float | None = Field(description="when (seconds since the epoch)")
+
+    @classmethod
+    def of(cls, state: WorkerState | None) -> WorkerOut | None:
+        """Convert, keeping ``None`` (no worker supervised by this process)."""
+        if state is None:
+            return None
+        return cls(
+            status=state.status,
+            restarts=state.restarts,
+            last_exit=state.last_exit,
+            last_exit_at=state.last_exit_at,
+        )
+
+
 class ReadyResponse(BaseModel):
-    """Readiness: the default model serves a potential."""
+    """Readiness: the default model serves a potential (and the worker's state, if any)."""
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"ready": True, "default_model": "digits", "version": 5}]}
@@ -522,3 +580,7 @@ class ReadyResponse(BaseModel):
     ready: bool
     default_model: str | None
     version: int | None
+    reason: str | None = Field(default=None, description="why not ready, or what is degraded")
+    worker: WorkerOut | None = Field(
+        default=None, description="the supervised fit worker (null: none in this process)"
+    )

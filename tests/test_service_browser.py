@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -80,7 +81,7 @@ def _red_gap_columns(page) -> int:  # noqa: ANN001
     )
 
 
-def _check_ready(page) -> None:  # noqa: ANN001
+def _check_ready(page, url: str) -> None:  # noqa: ANN001
     page.wait_for_selector("#ready.ready", timeout=WAIT_MS)
     for selector in ("#gallery img", "#strip img", "#singular-picture"):
         page.wait_for_function(_image_loaded(selector), timeout=WAIT_MS)
@@ -89,6 +90,9 @@ def _check_ready(page) -> None:  # noqa: ANN001
     row = page.inner_text("#progress tbody tr[data-model='lab']")
     assert "lab" in row and "done" in row
     assert float(page.inner_text("#threshold")) > 0
+    # The page shows the served singular set: the same count the API reports.
+    summary = httpx.get(f"{url}/singularities", params={"limit": 0}, timeout=30).json()
+    assert int(page.inner_text("#n-singular")) == summary["n_singular"]
     assert page.locator("#singular-pairs figure img").count() >= 1
 
 
@@ -197,7 +201,7 @@ def test_page_end_to_end(tmp_path_factory, tmp_path):
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(url + "/")
-            _check_ready(page)
+            _check_ready(page, url)
             _check_badge_states(page)
             _check_seed_count_class(page)
             _check_downloads(page, tmp_path)

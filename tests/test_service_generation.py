@@ -14,6 +14,7 @@ from PIL import Image
 from service.app import create_app
 from service.conditional import MAX_DRAWS
 from service.images import CROSSING_RGB, STRIP_PAD, crossing_gaps, strip_png
+from service.job_config import job_config
 from service.serving import cell_labels
 from solver import Potential, make_problem
 from tests.service_helpers import (
@@ -57,7 +58,8 @@ def test_version_pins_a_published_potential(tiny):
     v1 = int(before.headers["X-Potential-Version"])
     # Publish a different potential (shifted heights) as the next version.
     pot = store.potential("tiny")
-    job = store.jobs("tiny")[0]
+    store.enqueue_fit("tiny", job_config(make_settings(store.root)))
+    job = store.claim("test-worker", stale_seconds=60.0)  # only a running job may publish
     problem = make_problem(pot.targets)
     shifted = pot.heights + np.random.default_rng(0).normal(0, 0.5, pot.heights.shape)
     other = Potential.build(problem, shifted, seed=0, accuracy=pot.accuracy)
@@ -82,6 +84,7 @@ def test_version_pins_a_published_potential(tiny):
     s = client.get("/singularities", params={"version": v1}).json()
     assert s["version"] == v1
     assert client.get("/sample", params={"version": 0}).status_code == 422
+    assert client.get("/sample", params={"version": 2**31}).status_code == 422
 
 
 def test_label_needs_a_labelled_bundle(tiny):

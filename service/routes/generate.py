@@ -23,13 +23,15 @@ from service.schemas import (
     DecodeRequest,
     EncodeRequest,
     ImagesResponse,
+    InterpolateQuery,
     InterpolateRequest,
     InterpolateResponse,
     LatentsResponse,
     ReconstructRequest,
+    SampleQuery,
     SampleRequest,
     SampleResponse,
-    SingularitiesRequest,
+    SingularitiesQuery,
     SingularitiesResponse,
     SingularPairOut,
 )
@@ -90,7 +92,7 @@ def _sample(
 
 @router.get("/sample", response_model=SampleResponse, responses=_SAMPLE)
 def sample_get(
-    req: Annotated[SampleRequest, Query()],
+    req: Annotated[SampleQuery, Query()],
     settings: SettingsDep,
     store: StoreDep,
     serving: ServingDep,
@@ -140,7 +142,7 @@ def _interpolate(
 
 @router.get("/interpolate", response_model=InterpolateResponse, responses=_PNG)
 def interpolate_get(
-    req: Annotated[InterpolateRequest, Query()],
+    req: Annotated[InterpolateQuery, Query()],
     settings: SettingsDep,
     store: StoreDep,
     serving: ServingDep,
@@ -163,7 +165,7 @@ def interpolate_post(
 
 @router.get("/singularities", response_model=SingularitiesResponse, responses=_PNG)
 def singularities(
-    req: Annotated[SingularitiesRequest, Query()],
+    req: Annotated[SingularitiesQuery, Query()],
     settings: SettingsDep,
     store: StoreDep,
     serving: ServingDep,
