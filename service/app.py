@@ -24,6 +24,7 @@ from service.middleware import BodyLimit, LatencyMetrics
 from service.openapi import set_limits
 from service.process import WorkerProcess
 from service.routes import catalogue, generate, system
+from service.routes.docs import install_docs
 from service.security import KeyThrottle, RequestGate
 from service.serving import Poller, ServingIndex
 from service.settings import Settings
@@ -33,7 +34,18 @@ log = logging.getLogger("aeot.server")
 
 API_DESCRIPTION = """AE-OT generative model service: samples, interpolations and the singular
 set of a semi-discrete optimal transport map in an autoencoder's latent space. Read endpoints
-are open (unless configured otherwise); mutating ones need the `X-API-Key` header."""
+are open (unless configured otherwise); mutating ones need the `X-API-Key` header (in this page:
+**Authorize**, then type the key).
+
+Every generation answer names the potential version it came from (`X-Potential-Version`); the
+same version and seed give the same bytes, and `version=` pins a published version."""
+
+OPENAPI_TAGS = [
+    {"name": "generate", "description": "samples, interpolations and the singular set"},
+    {"name": "autoencoder", "description": "encode, decode and reconstruct images"},
+    {"name": "models", "description": "list, register, refit and delete models"},
+    {"name": "system", "description": "liveness and readiness"},
+]
 
 
 def create_app(
@@ -89,7 +101,13 @@ def create_app(
                 worker.stop()
 
     app = FastAPI(
-        title="AE-OT service", version="0.1.0", description=API_DESCRIPTION, lifespan=lifespan
+        title="AE-OT service",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_tags=OPENAPI_TAGS,
     )
     app.state.settings = settings
     app.state.store = store
@@ -102,6 +120,7 @@ def create_app(
         app.include_router(router)
     # The API routes as declared (paths and dependencies): the gate and the schema read them.
     api_routes = [route for router in routers for route in router.routes]
+    install_docs(app)
     static = resources.files("service").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     app.state.throttle = KeyThrottle(settings.auth_max_failures, settings.auth_window)

@@ -183,8 +183,29 @@ def _interp_result(response: httpx.Response) -> InterpolationResult:
     )
 
 
-def _sample_call(n: int, seed: int, extended: bool, model: str | None, fmt: str) -> dict[str, Any]:
-    return _params(n=n, seed=seed, extended=extended, model=model, format=fmt)
+def _npy(response: httpx.Response) -> np.ndarray:
+    return np.asarray(np.load(io.BytesIO(response.content), allow_pickle=False))
+
+
+def _sample_call(
+    n: int,
+    seed: int,
+    extended: bool,
+    model: str | None,
+    fmt: str,
+    version: int | None,
+    label: int | None,
+) -> dict[str, Any]:
+    return _params(
+        n=n, seed=seed, extended=extended, model=model, format=fmt, version=version, label=label
+    )
+
+
+def _images_body(images: Any, **options: Any) -> dict[str, Any]:
+    """``images``: an array ``(n, C, H, W)`` in [0, 1], or a list of PNG file bytes."""
+    if isinstance(images, list | tuple) and images and isinstance(images[0], bytes):
+        return _params(png=[base64.b64encode(b).decode() for b in images], **options)
+    return _params(images=np.asarray(images, np.float32).tolist(), **options)
 
 
 class _Api:
@@ -192,37 +213,73 @@ class _Api:
 
     @endpoint
     def sample_with_version(
-        n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
+        n: int,
+        seed: int = 0,
+        *,
+        extended: bool = True,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
     ) -> Call[Sample]:
-        """``n`` latents (``.npy`` transfer) and the potential version that made them."""
-        params = _sample_call(n, seed, extended, model, "npy")
+        """``n`` latents (``.npy`` transfer) and the potential version that made them.
+
+        ``version`` pins a published potential; ``label`` samples only that class's cells.
+        """
+        params = _sample_call(n, seed, extended, model, "npy", version, label)
         return Call(method="GET", path="/sample", params=params, parse=_npy_sample)
 
     @endpoint
     def sample(
-        n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
+        n: int,
+        seed: int = 0,
+        *,
+        extended: bool = True,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
     ) -> Call[np.ndarray]:
         """``n`` latents, shape ``(n, d)``, float32."""
-        params = _sample_call(n, seed, extended, model, "npy")
+        params = _sample_call(n, seed, extended, model, "npy", version, label)
         return Call(
             method="GET", path="/sample", params=params, parse=lambda r: _npy_sample(r).latents
         )
 
     @endpoint
     def sample_images(
-        n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
+        n: int,
+        seed: int = 0,
+        *,
+        extended: bool = True,
+        model: str | None = None,
+        version: int | None = None,
+        label: int | None = None,
     ) -> Call[Image.Image]:
         """``n`` decoded samples as one PNG grid."""
-        params = _sample_call(n, seed, extended, model, "png")
+        params = _sample_call(n, seed, extended, model, "png", version, label)
         return Call(method="GET", path="/sample", params=params, parse=_image)
 
     @endpoint
     def interpolate(
-        start: Any, end: Any, steps: int = 16, *, model: str | None = None, images: bool = True
+        start: Any = None,
+        end: Any = None,
+        steps: int = 16,
+        *,
+        model: str | None = None,
+        images: bool = True,
+        version: int | None = None,
+        label: int | None = None,
+        seed: int | None = None,
     ) -> Call[InterpolationResult]:
-        """Interpolate between two source points (arrays) or two training indices (ints)."""
+        """Interpolate between points (arrays), training indices (ints) or a class's cells.
+
+        With ``label`` and no endpoints, ``seed`` chooses two cells of that class. The strip
+        (``images``) has a red bar between the frames where a singular crossing lies.
+        """
         body: dict[str, Any] = {"steps": steps, "images": images, "model": model}
-        if isinstance(start, int | np.integer) and isinstance(end, int | np.integer):
+        body.update(version=version, label=label, seed=seed)
+        if start is None and end is None:
+            pass  # label= picks the endpoints
+        elif isinstance(start, int | np.integer) and isinstance(end, int | np.integer):
             body.update(start_index=int(start), end_index=int(end))
         else:
             start_point, end_point = np.asarray(start, float), np.asarray(end, float)
@@ -230,16 +287,62 @@ class _Api:
         return Call(method="POST", path="/interpolate", json=_params(**body), parse=_interp_result)
 
     @endpoint
-    def singularities(*, model: str | None = None, limit: int = 100) -> Call[dict[str, Any]]:
+    def singularities(
+        *, model: str | None = None, limit: int = 100, version: int | None = None
+    ) -> Call[dict[str, Any]]:
         """Singular set summary (threshold, rule, counts, pairs)."""
-        params = _params(model=model, limit=limit)
+        params = _params(model=model, limit=limit, version=version)
         return Call(method="GET", path="/singularities", params=params, parse=_json)
 
     @endpoint
-    def singularities_image(*, model: str | None = None) -> Call[Image.Image]:
-        """Power diagram with singular facets (2D models)."""
-        params = _params(model=model, format="png")
+    def singularities_image(
+        *, model: str | None = None, version: int | None = None
+    ) -> Call[Image.Image]:
+        """The singular set as a picture: 2D power diagram, or angle histogram + image pairs."""
+        params = _params(model=model, format="png", version=version)
         return Call(method="GET", path="/singularities", params=params, parse=_image)
+
+    @endpoint
+    def encode(
+        images: Any, *, model: str | None = None, version: int | None = None
+    ) -> Call[np.ndarray]:
+        """Latent codes ``(n, d)`` of images: an array ``(n, C, H, W)`` or PNG file bytes."""
+        body = _images_body(images, format="npy", model=model, version=version)
+        return Call(method="POST", path="/encode", json=body, parse=_npy)
+
+    @endpoint
+    def decode(
+        latents: Any, *, model: str | None = None, version: int | None = None
+    ) -> Call[np.ndarray]:
+        """Images ``(n, C, H, W)`` in [0, 1] of latent codes ``(n, d)``."""
+        z = np.asarray(latents, np.float32).tolist()
+        body = _params(latents=z, format="npy", model=model, version=version)
+        return Call(method="POST", path="/decode", json=body, parse=_npy)
+
+    @endpoint
+    def decode_images(
+        latents: Any, *, model: str | None = None, version: int | None = None
+    ) -> Call[Image.Image]:
+        """Decoded latent codes as one PNG grid."""
+        z = np.asarray(latents, np.float32).tolist()
+        body = _params(latents=z, format="png", model=model, version=version)
+        return Call(method="POST", path="/decode", json=body, parse=_image)
+
+    @endpoint
+    def reconstruct(
+        images: Any, *, model: str | None = None, version: int | None = None
+    ) -> Call[np.ndarray]:
+        """Decoder(encoder(images)): ``(n, C, H, W)`` in [0, 1]."""
+        body = _images_body(images, format="npy", model=model, version=version)
+        return Call(method="POST", path="/reconstruct", json=body, parse=_npy)
+
+    @endpoint
+    def reconstruct_image(
+        images: Any, *, model: str | None = None, version: int | None = None
+    ) -> Call[Image.Image]:
+        """Originals (top row) above their reconstructions (bottom row), one PNG."""
+        body = _images_body(images, format="png", model=model, version=version)
+        return Call(method="POST", path="/reconstruct", json=body, parse=_image)
 
     @endpoint
     def models() -> Call[dict[str, Any]]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Security
+from fastapi.security import APIKeyHeader
 
 from service.errors import AuthError, NotReady
 from service.metrics import Metrics
@@ -54,6 +55,19 @@ StoreDep = Annotated[ModelStore, Depends(get_store)]
 ServingDep = Annotated[ServingIndex, Depends(get_serving)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WorkerDep = Annotated[WorkerState | None, Depends(get_worker_state)]
+# The OpenAPI security scheme of the key-protected routes: Swagger UI's "Authorize" sends it as
+# X-API-Key. It never fails by itself (auto_error=False): check_key answers 401/403 with a
+# message. Read routes take the header without the scheme (the key is optional there), and the
+# schema marks them secured only when the server requires the key for reads (service.openapi).
+API_KEY_SCHEME_NAME = "APIKey"
+API_KEY_SCHEME = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name=API_KEY_SCHEME_NAME,
+    description="the server's AEOT_API_KEY: needed by register, refit and delete (and by "
+    "every endpoint when AEOT_REQUIRE_KEY_FOR_READS is set)",
+    auto_error=False,
+)
+ApiKeyScheme = Annotated[str | None, Security(API_KEY_SCHEME)]
 ApiKeyHeader = Annotated[str | None, Header(alias="X-API-Key", include_in_schema=False)]
 
 
@@ -68,7 +82,7 @@ def check_key(settings: Settings, key: str | None) -> None:
         raise AuthError("invalid API key", 403)
 
 
-def require_key(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
+def require_key(settings: SettingsDep, x_api_key: ApiKeyScheme = None) -> None:
     """Mutating endpoints: a valid ``X-API-Key`` (401 missing, 403 wrong or unconfigured)."""
     check_key(settings, x_api_key)
 

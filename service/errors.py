@@ -34,6 +34,10 @@ class AuthError(Exception):
         self.status_code = status_code
 
 
+class UnknownVersion(Exception):
+    """A ``version=`` that the model never published (or published for a replaced bundle): 404."""
+
+
 class InvalidRequest(ValueError):
     """A well-typed request the service cannot honour (over a limit, wrong for the model)."""
 
@@ -55,7 +59,7 @@ _MEANING = {
     408: "the request body stalled longer than the server's body timeout",
     401: "missing API key (X-API-Key)",
     403: "wrong API key, or none configured on the server",
-    404: "unknown model",
+    404: "unknown model, or unknown potential version",
     409: "conflicts with the current state (name taken, active job)",
     413: "request body over the configured limit",
     422: "invalid request: wrong type, out of range, over a limit, wrong for the model, "
@@ -120,6 +124,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UnknownModel)
     async def _unknown(_: Request, exc: UnknownModel) -> JSONResponse:
         return _error(404, f"unknown model {exc.args[0]!r}")
+
+    @app.exception_handler(UnknownVersion)
+    async def _unknown_version(_: Request, exc: UnknownVersion) -> JSONResponse:
+        return _error(404, str(exc))
 
     @app.exception_handler(ModelExists)
     async def _exists(_: Request, exc: ModelExists) -> JSONResponse:

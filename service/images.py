@@ -1,24 +1,37 @@
-"""Decoded images to PNG: grids of samples and interpolation strips."""
+"""Decoded images to PNG and back.
+
+Sample grids, interpolation strips with their singular crossings marked, the singular set of a
+model in any dimension (angle histogram and image pairs), and PNG uploads read into arrays.
+"""
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
 
 # Decoded digits are 8x8: scale small images up so a grid is visible in a browser.
 MIN_CELL_PIXELS = 32
 _PAD = 2
+# Strips leave this many pixels between frames, so a crossing bar is visible between them.
+STRIP_PAD = 6
+CROSSING_RGB = (220, 38, 38)
+THRESHOLD_COLOUR = "#dc2626"
+HIST_COLOUR = "#6b7280"
 
 
-def to_pil(images: np.ndarray, cols: int | None = None) -> Image.Image:
+def to_pil(images: np.ndarray, cols: int | None = None, pad: int = _PAD) -> Image.Image:
     """Tile images into one picture.
 
     Args:
         images: shape ``(n, C, H, W)``, float in [0, 1], C in (1, 3).
         cols: images per row (default: a near-square grid).
+        pad: pixels between tiles and around them.
 
     Returns:
         A grayscale (C = 1) or RGB (C = 3) image; tiles are upscaled (nearest) to at least
@@ -32,12 +45,12 @@ def to_pil(images: np.ndarray, cols: int | None = None) -> Image.Image:
     rows = math.ceil(n / cols)
     scale = max(1, math.ceil(MIN_CELL_PIXELS / max(h, w)))
     th, tw = h * scale, w * scale
-    canvas = np.zeros((rows * (th + _PAD) + _PAD, cols * (tw + _PAD) + _PAD, c), np.uint8)
+    canvas = np.zeros((rows * (th + pad) + pad, cols * (tw + pad) + pad, c), np.uint8)
     pixels = (np.clip(images, 0.0, 1.0) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
     pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
     for i in range(n):
         r, q = divmod(i, cols)
-        y, x = _PAD + r * (th + _PAD), _PAD + q * (tw + _PAD)
+        y, x = pad + r * (th + pad), pad + q * (tw + pad)
         canvas[y : y + th, x : x + tw] = pixels[i]
     mode = "L" if c == 1 else "RGB"
     return Image.fromarray(canvas[..., 0] if c == 1 else canvas, mode=mode)
@@ -48,3 +61,126 @@ def to_png(images: np.ndarray, cols: int | None = None) -> bytes:
     buf = io.BytesIO()
     to_pil(images, cols).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def crossing_gaps(t: Sequence[float], steps: int) -> list[int]:
+    """Gap index k (between frames k and k + 1) of each crossing parameter in ``t``.
+
+    Frames sit at t_k = k / (steps - 1); a crossing in (t_k, t_k+1] lies in gap k.
+    """
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2, got {steps}")
+    return [min(max(math.ceil(x * (steps - 1)) - 1, 0), steps - 2) for x in t]
+
+
+def strip_png(images: np.ndarray, gaps: Sequence[int] = ()) -> bytes:
+    """Frames in one row, a red bar in each gap of ``gaps`` (a singular crossing there).
+
+    Args:
+        images: frames, shape ``(n, C, H, W)`` in [0, 1].
+        gaps: gap indices k in ``[0, n - 2]``: the bar goes between frames k and k + 1.
+
+    Returns:
+        PNG bytes of an RGB picture (grayscale frames are converted).
+
+    """
+    n = images.shape[0]
+    strip = np.asarray(to_pil(images, cols=n, pad=STRIP_PAD).convert("RGB")).copy()
+    tile = (strip.shape[1] - STRIP_PAD) // n - STRIP_PAD
+    for k in gaps:
+        if not 0 <= k <= n - 2:
+            raise ValueError(f"gap {k} is not between two of {n} frames")
+        x = STRIP_PAD + (k + 1) * (tile + STRIP_PAD) - STRIP_PAD
+        strip[:, x : x + STRIP_PAD] = CROSSING_RGB
+    return _encode(Image.fromarray(strip, mode="RGB"))
+
+
+def singular_set_png(
+    *,
+    angles: np.ndarray,
+    threshold: float | None,
+    title: str,
+    pair_images: np.ndarray,
+    pair_angles: np.ndarray,
+    size_px: int = 720,
+) -> bytes:
+    """The singular set of a model in any dimension, as one picture.
+
+    Top: the histogram of the dihedral angles of adjacent cell pairs with the threshold as a
+    red line (pairs right of it are singular). Below: the most singular pairs, each as the two
+    decoded training codes side by side with its angle, so one sees which modes the map
+    separates.
+
+    Args:
+        angles: angles of all observed adjacent pairs, radians, shape ``(P,)``.
+        threshold: the threshold in radians, or ``None`` (nothing singular).
+        title: one line above the histogram.
+        pair_images: decoded pairs, shape ``(k, 2, C, H, W)`` in [0, 1] (k may be 0).
+        pair_angles: their angles, radians, shape ``(k,)``.
+        size_px: picture width in pixels.
+
+    Returns:
+        PNG bytes.
+
+    """
+    k = pair_images.shape[0]
+    cols = min(k, 6)
+    rows = math.ceil(k / cols) if k else 0
+    dpi = 100
+    # Inches: 3 for the histogram, 1 per row of pairs (a 2:1 pair 1/6 of the width wide + title).
+    fig = Figure(figsize=(size_px / dpi, 3.0 + 1.0 * rows), dpi=dpi)
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(1 + rows, max(cols, 1), height_ratios=[3.0] + [1.0] * rows)
+    ax = fig.add_subplot(grid[0, :])
+    ax.hist(angles, bins=min(60, max(10, angles.size // 5)), color=HIST_COLOUR)
+    if threshold is not None:
+        ax.axvline(threshold, color=THRESHOLD_COLOUR, linewidth=2, label="threshold")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("dihedral angle of adjacent cells (rad)", fontsize=8)
+    ax.set_ylabel("pairs", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=9)
+    for p in range(k):
+        sub = fig.add_subplot(grid[1 + p // cols, p % cols])
+        pair = np.asarray(to_pil(pair_images[p], cols=2).convert("RGB"))
+        sub.imshow(pair, interpolation="nearest")
+        sub.set_title(f"{pair_angles[p]:.3f} rad", fontsize=7)
+        sub.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _encode(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def from_png(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    """Read one PNG of exactly ``shape`` = (C, H, W) pixels into floats in [0, 1].
+
+    Args:
+        data: PNG file bytes.
+        shape: the model's image shape; C = 1 reads grayscale, C = 3 RGB (converting modes).
+
+    Returns:
+        Shape ``(C, H, W)``, float32.
+
+    Raises:
+        ValueError: not a PNG, or not H x W pixels.
+
+    """
+    c, h, w = shape
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+            img.load()
+            size = img.size
+            pixels = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.float32)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"not a readable PNG file: {exc}") from exc
+    if size != (w, h):
+        raise ValueError(f"PNG images must be {w}x{h} pixels (W x H), got {size[0]}x{size[1]}")
+    pixels = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
+    return pixels / np.float32(255.0)

@@ -18,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
+from service.deps import API_KEY_SCHEME_NAME
 from service.errors import error_responses
 from service.security import needs_key
 from service.settings import Settings
@@ -47,7 +48,11 @@ def set_limits(app: FastAPI, settings: Settings, routes: Sequence[BaseRoute]) ->
         if app.openapi_schema is not None:
             return app.openapi_schema
         spec = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
         )
         _standard_bounds(spec)
         _write_limits(spec, settings)
@@ -116,6 +121,8 @@ def _write_gate_answers(
                 codes += [401, 403, 429, 507]
             elif needs_key(route, settings):
                 codes += [401, 403, 429]
+            if needs_key(route, settings):  # reads too when the server requires the key
+                op.setdefault("security", [{API_KEY_SCHEME_NAME: []}])
             for code, answer in error_responses(*codes).items():
                 op["responses"].setdefault(str(code), _plain(answer))
 

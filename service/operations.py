@@ -13,13 +13,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.conditional import class_endpoints, sample_class
 from service.errors import InvalidRequest
-from service.images import to_png
-from service.schemas import InterpolateRequest, SampleRequest, SingularitiesRequest
+from service.images import crossing_gaps, from_png, singular_set_png, strip_png, to_png
+from service.schemas import (
+    DecodeRequest,
+    ImagesRequest,
+    InterpolateRequest,
+    SampleRequest,
+    SingularitiesRequest,
+)
 from service.serving import Served
 from service.settings import Settings
 from solver import AngleFrame, Interpolation, RuleName
 from solver.plots import power_diagram_png
+
+# Singular pairs drawn as decoded image pairs in the picture of a model with d > 2.
+PICTURE_PAIRS = 12
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,7 +70,10 @@ def sample_latents(served: Served, req: SampleRequest, settings: Settings) -> np
     if req.n > limit:
         what = "images (format=png)" if req.format == "png" else "samples"
         raise InvalidRequest(f"n={req.n} exceeds the limit of {limit} {what}")
-    latents = served.ext_map.sample(req.n, seed=req.seed, extended=req.extended)
+    if req.label is not None:
+        latents = sample_class(served, req.label, req.n, req.seed, req.extended)
+    else:
+        latents = served.ext_map.sample(req.n, seed=req.seed, extended=req.extended)
     return np.ascontiguousarray(latents, dtype=np.float32)
 
 
@@ -80,6 +93,9 @@ def interpolate(served: Served, req: InterpolateRequest, settings: Settings) -> 
     """Map a segment of the source cube (or between two training codes) with the map."""
     if req.steps > settings.max_steps:
         raise InvalidRequest(f"steps={req.steps} exceeds the limit of {settings.max_steps}")
+    if req.label is not None:
+        i, j = class_endpoints(served, req.label, req.seed)
+        return served.ext_map.interpolate_indices(i, j, req.steps)
     if req.start is not None and req.end is not None:
         start, end = np.asarray(req.start, np.float32), np.asarray(req.end, np.float32)
         for name, point in (("start", start), ("end", end)):
@@ -97,9 +113,15 @@ def interpolate(served: Served, req: InterpolateRequest, settings: Settings) -> 
     )
 
 
-def strip_base64(served: Served, latents: np.ndarray) -> str:
-    """Decode frames into a one-row PNG, base64-encoded for JSON."""
-    return base64.b64encode(images_png(served, latents, cols=latents.shape[0])).decode()
+def interpolation_png(served: Served, path: Interpolation) -> bytes:
+    """Decoded frames in one row, a red bar between the frames where a crossing lies."""
+    gaps = crossing_gaps([c.t for c in path.crossings], len(path.t))
+    return strip_png(served.bundle.decode(path.latents), gaps)
+
+
+def strip_base64(served: Served, path: Interpolation) -> str:
+    """:func:`interpolation_png`, base64-encoded for JSON."""
+    return base64.b64encode(interpolation_png(served, path)).decode()
 
 
 def singularities(served: Served, req: SingularitiesRequest, settings: Settings) -> SingularSummary:
@@ -131,8 +153,114 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def singularities_png(served: Served) -> bytes:
-    """Power diagram picture with singular facets (2D models only)."""
-    if served.dim != 2:
-        raise InvalidRequest(f"format=png needs a 2D model; {served.name} has d={served.dim}")
-    return power_diagram_png(served.ext_map)
+def singularities_png(served: Served, summary: SingularSummary) -> bytes:
+    """The singular set as a picture.
+
+    2D: the power diagram with singular facets in red. Higher d: the histogram of adjacent-pair
+    angles with the threshold marked, and the most singular pairs as decoded image pairs.
+    """
+    if served.dim == 2:
+        return power_diagram_png(served.ext_map)
+    k = min(PICTURE_PAIRS, summary.pairs.shape[0])
+    targets = served.ext_map.targets[summary.pairs[:k].reshape(-1)]
+    decoded = served.bundle.decode(targets)
+    threshold = summary.threshold
+    rule = f"threshold {threshold:.3g} rad" if threshold is not None else "no threshold"
+    title = (
+        f"{served.name} v{served.version}: {summary.n_singular} of {summary.n_pairs} adjacent "
+        f"pairs singular ({rule}, rule {summary.rule})"
+    )
+    return singular_set_png(
+        angles=served.ext_map.singular_set.angles,
+        threshold=threshold,
+        title=title,
+        pair_images=decoded.reshape(k, 2, *decoded.shape[1:]),
+        pair_angles=summary.angles[:k],
+    )
+
+
+def pair_pngs(served: Served, pairs: np.ndarray, settings: Settings) -> list[str]:
+    """Each pair ``(i, j)`` of cells as a base64 PNG of their two decoded codes.
+
+    Raises:
+        InvalidRequest: more than ``max_images / 2`` pairs.
+
+    """
+    if 2 * len(pairs) > settings.max_images:
+        raise InvalidRequest(
+            f"images=true decodes 2 codes per pair: limit={len(pairs)} exceeds "
+            f"{settings.max_images // 2} pairs"
+        )
+    if not len(pairs):
+        return []
+    decoded = served.bundle.decode(served.ext_map.targets[pairs.reshape(-1)])
+    return [
+        base64.b64encode(to_png(decoded[2 * k : 2 * k + 2], cols=2)).decode()
+        for k in range(len(pairs))
+    ]
+
+
+def input_images(served: Served, req: ImagesRequest, settings: Settings) -> np.ndarray:
+    """The request's images as an array ``(n, C, H, W)`` float32 in [0, 1].
+
+    Raises:
+        InvalidRequest: over ``max_images``, wrong shape or size, unreadable PNG.
+
+    """
+    shape = served.bundle.config.image_shape
+    n = len(req.images) if req.images is not None else len(req.png or [])
+    if n > settings.max_images:
+        raise InvalidRequest(f"{n} images exceed the limit of {settings.max_images}")
+    if req.images is not None:
+        try:
+            images = np.asarray(req.images, dtype=np.float32)
+        except ValueError as exc:  # ragged nesting
+            raise InvalidRequest(f"images must be a regular (n, C, H, W) array: {exc}") from exc
+        if images.ndim != 4 or images.shape[1:] != shape:
+            raise InvalidRequest(
+                f"images must have shape (n, {', '.join(map(str, shape))}) for model "
+                f"{served.name!r}, got {images.shape}"
+            )
+        return images
+    out = np.empty((n, *shape), dtype=np.float32)
+    for k, text in enumerate(req.png or []):
+        try:
+            out[k] = from_png(base64.b64decode(text, validate=True), shape)
+        except ValueError as exc:  # binascii.Error is a ValueError too
+            raise InvalidRequest(f"png[{k}]: {exc}") from exc
+    return out
+
+
+def encode(served: Served, images: np.ndarray) -> np.ndarray:
+    """Latent codes of images ``(n, C, H, W)``: shape ``(n, d)`` float32."""
+    return np.ascontiguousarray(served.bundle.encode(images), dtype=np.float32)
+
+
+def decode(served: Served, req: DecodeRequest, settings: Settings) -> np.ndarray:
+    """Images ``(n, C, H, W)`` in [0, 1] of the request's latents.
+
+    Raises:
+        InvalidRequest: over ``max_images``, or rows that are not d long.
+
+    """
+    n = len(req.latents)
+    if n > settings.max_images:
+        raise InvalidRequest(f"{n} latents exceed the limit of {settings.max_images}")
+    bad = next((k for k, row in enumerate(req.latents) if len(row) != served.dim), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"latents[{bad}] has {len(req.latents[bad])} coordinates; model {served.name!r} "
+            f"has d={served.dim}"
+        )
+    return served.bundle.decode(np.asarray(req.latents, dtype=np.float32))
+
+
+def grid_png(images: np.ndarray) -> bytes:
+    """Images ``(n, C, H, W)`` as one near-square PNG grid."""
+    return to_png(images)
+
+
+def comparison_png(originals: np.ndarray, reconstructions: np.ndarray) -> bytes:
+    """Originals (top row) above their reconstructions (bottom row)."""
+    n = originals.shape[0]
+    return to_png(np.concatenate([originals, reconstructions]), cols=n)

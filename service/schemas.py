@@ -29,10 +29,44 @@ def _not_bool(value: Any) -> Any:
 
 Int = Annotated[int, BeforeValidator(_not_bool)]
 FiniteFloat = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
-Seed = Annotated[Int, Field(ge=0, le=2**31 - 1, description="seed: same seed, same answer")]
-ModelName = Annotated[
-    str | None, Field(pattern=NAME_PATTERN, description="model name (default model if omitted)")
+Seed = Annotated[
+    Int,
+    Field(ge=0, le=2**31 - 1, description="seed: same seed, same answer", examples=[1]),
 ]
+ModelName = Annotated[
+    str | None,
+    Field(
+        pattern=NAME_PATTERN,
+        description="model name (default model if omitted)",
+        examples=["digits"],
+    ),
+]
+Version = Annotated[
+    Int | None,
+    Field(
+        ge=1,
+        le=2**31 - 1,
+        description="published potential version to answer from (default: the one served "
+        "now); a version the model never published answers 404",
+        examples=[3],
+    ),
+]
+Label = Annotated[
+    Int | None,
+    Field(
+        ge=0,
+        le=2**31 - 1,
+        description="class-conditional: only the cells whose training codes have this label "
+        "(models whose bundle has labels; see /models classes)",
+        examples=[7],
+    ),
+]
+# Images per encode/decode request at most whatever the settings say (max_images applies too).
+_HARD_IMAGES = 100_000
+# Latent coordinates beyond this are nonsense for any trained autoencoder (codes are O(1-100)).
+LATENT_BOUND = 1e6
+LatentValue = Annotated[FiniteFloat, Field(ge=-LATENT_BOUND, le=LATENT_BOUND)]
+PixelValue = Annotated[FiniteFloat, Field(ge=0.0, le=1.0)]
 
 
 class _Request(BaseModel):
@@ -46,11 +80,29 @@ _QUERY = ConfigDict(extra="forbid", strict=False)
 class SampleRequest(_Request):
     """Draw ``n`` latents from the OT map (and decode them for ``format=png``)."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"n": 16, "seed": 1, "format": "png"}]},
+    )
+
     model: ModelName = None
-    n: Int = Field(default=64, ge=1, description="number of samples")
+    n: Int = Field(
+        default=64,
+        ge=1,
+        description="number of samples (at most max_n; max_images for format=png)",
+        examples=[16],
+    )
     seed: Seed = 0
-    extended: bool = Field(default=True, description="extended map (new codes) or pure map T")
-    format: Literal["json", "npy", "png"] = "json"
+    extended: bool = Field(
+        default=True, description="extended map T~ (new codes between training codes) or pure T"
+    )
+    format: Literal["json", "npy", "png"] = Field(
+        default="json",
+        description="json: latents in the body; npy: a float32 (n, d) .npy file; png: the "
+        "decoded samples as one grid image",
+    )
+    version: Version = None
+    label: Label = None
 
 
 class SampleQuery(SampleRequest):
@@ -66,27 +118,71 @@ class SampleResponse(BaseModel):
     version: int = Field(description="potential version that produced the samples")
     seed: int
     extended: bool
+    label: int | None = Field(default=None, description="the class sampled, if one was asked")
     latents: list[list[float]] = Field(description="shape (n, d)")
 
 
 class InterpolateRequest(_Request):
     """A segment in the source cube mapped by the OT map, between points or training codes."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"start_index": 0, "end_index": 42, "steps": 12, "images": True},
+                {"start": [-0.4, -0.4], "end": [0.4, 0.4], "steps": 16},
+                {"label": 3, "seed": 5, "steps": 12, "format": "png"},
+            ]
+        },
+    )
+
     model: ModelName = None
-    start: list[FiniteFloat] | None = Field(default=None, description="source point (length d)")
-    end: list[FiniteFloat] | None = Field(default=None, description="source point (length d)")
-    start_index: Int | None = Field(default=None, ge=0, description="training latent index")
-    end_index: Int | None = Field(default=None, ge=0, description="training latent index")
-    steps: Int = Field(default=16, ge=2)
-    format: Literal["json", "png"] = "json"
-    images: bool = Field(default=False, description="JSON only: include the decoded strip as PNG")
+    start: list[FiniteFloat] | None = Field(
+        default=None,
+        description="source point in the source cube, length d (with end)",
+        examples=[[-0.4, -0.4]],
+    )
+    end: list[FiniteFloat] | None = Field(
+        default=None,
+        description="source point in the source cube, length d (with start)",
+        examples=[[0.4, 0.4]],
+    )
+    start_index: Int | None = Field(
+        default=None,
+        ge=0,
+        description="training code index: the segment starts at its cell's mass centre",
+        examples=[0],
+    )
+    end_index: Int | None = Field(
+        default=None, ge=0, description="training code index (with start_index)", examples=[42]
+    )
+    steps: Int = Field(default=16, ge=2, description="frames, evenly spaced (at most max_steps)")
+    format: Literal["json", "png"] = Field(
+        default="json",
+        description="json: frames, cells and crossings; png: the decoded strip, a red bar "
+        "between frames where the segment crosses a singular facet",
+    )
+    images: bool = Field(
+        default=False, description="JSON only: include the decoded strip (with crossing marks)"
+    )
+    version: Version = None
+    label: Label = None
+    seed: Seed = Field(
+        default=0, description="with label: chooses the two cells of that class to join"
+    )
 
     @model_validator(mode="after")
     def _one_kind_of_endpoint(self) -> InterpolateRequest:
         points = self.start is not None or self.end is not None
         indices = self.start_index is not None or self.end_index is not None
+        if self.label is not None:
+            if points or indices:
+                raise ValueError("label picks the endpoints: give no start/end or indices")
+            return self
         if points == indices:
-            raise ValueError("give either start and end (points) or start_index and end_index")
+            raise ValueError(
+                "give either start and end (points), start_index and end_index, or label"
+            )
         if points and (self.start is None or self.end is None):
             raise ValueError("give both start and end")
         if indices and (self.start_index is None or self.end_index is None):
@@ -103,11 +199,14 @@ class InterpolateQuery(InterpolateRequest):
 class CrossingOut(BaseModel):
     """Where the segment crosses a singular facet: the map jumps there."""
 
-    t: float
+    t: float = Field(description="segment parameter in [0, 1] where the facet is crossed")
     from_cell: int
     to_cell: int
     angle: float = Field(
         description="angle score of the facet in the map's frame (radians in raw and standard)"
+    )
+    gap: int = Field(
+        description="the crossing lies between frames gap and gap + 1 (the red bar in the strip)"
     )
 
 
@@ -125,13 +224,27 @@ class InterpolateResponse(BaseModel):
 
 
 class SingularitiesRequest(_Request):
-    """Summary of the singular set (``format=png``: a picture, 2D models only)."""
+    """Summary of the singular set (``format=png``: a picture of it)."""
 
     model: ModelName = None
     limit: Int = Field(
-        default=100, ge=0, description="singular pairs listed at most (capped by the server)"
+        default=100,
+        ge=0,
+        description="singular pairs listed at most (capped by the server)",
+        examples=[10],
     )
-    format: Literal["json", "png"] = "json"
+    format: Literal["json", "png"] = Field(
+        default="json",
+        description="json: the summary; png: in 2D the power diagram with singular facets in "
+        "red, in higher d the angle histogram with the threshold and the most singular pairs "
+        "as decoded image pairs",
+    )
+    images: bool = Field(
+        default=False,
+        description="JSON only: each listed pair carries its two decoded training codes as a "
+        "base64 PNG (at most max_images / 2 pairs)",
+    )
+    version: Version = None
 
 
 class SingularitiesQuery(SingularitiesRequest):
@@ -146,6 +259,9 @@ class SingularPairOut(BaseModel):
     i: int
     j: int
     angle: float = Field(description="angle score in the map's frame (radians in raw and standard)")
+    pair_png: str | None = Field(
+        default=None, description="base64 PNG: cell i's code and cell j's code, decoded"
+    )
 
 
 class SingularitiesResponse(BaseModel):
@@ -174,6 +290,96 @@ class SingularitiesResponse(BaseModel):
     angle_quantiles: dict[str, float] = Field(description="angles of adjacent pairs, radians")
     pairs: list[SingularPairOut] = Field(description="singular pairs, largest angle first")
     truncated: bool
+
+
+_PIXELS_DESC = (
+    "images as nested arrays of shape (n, C, H, W) with the model's C, H, W (see /models "
+    "image_shape), values in [0, 1]"
+)
+_PNG_DESC = (
+    "images as base64 PNG files, each exactly the model's H x W pixels (grayscale for C = 1, "
+    "RGB for C = 3)"
+)
+
+
+class ImagesRequest(_Request):
+    """Images to encode (or reconstruct): nested arrays or base64 PNGs, exactly one of them."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"images": [[[[0.0] * 8] * 8]], "format": "json"}]},
+    )
+
+    model: ModelName = None
+    version: Version = None
+    images: list[list[list[list[PixelValue]]]] | None = Field(
+        default=None, max_length=_HARD_IMAGES, description=_PIXELS_DESC
+    )
+    png: list[str] | None = Field(default=None, max_length=_HARD_IMAGES, description=_PNG_DESC)
+
+    @model_validator(mode="after")
+    def _one_kind_of_images(self) -> ImagesRequest:
+        if (self.images is None) == (self.png is None):
+            raise ValueError("give either images (nested arrays) or png (base64 PNG files)")
+        if len(self.images if self.images is not None else self.png or []) == 0:
+            raise ValueError("give at least one image")
+        return self
+
+
+class EncodeRequest(ImagesRequest):
+    """Encode images to latent codes with the model's encoder."""
+
+    format: Literal["json", "npy"] = Field(
+        default="json", description="json: latents in the body; npy: a float32 (n, d) .npy file"
+    )
+
+
+class ReconstructRequest(ImagesRequest):
+    """Encode and decode images: what the autoencoder makes of them."""
+
+    format: Literal["json", "npy", "png"] = Field(
+        default="png",
+        description="json: images in the body; npy: a float32 (n, C, H, W) .npy file; png: "
+        "originals (top row) above reconstructions (bottom row)",
+    )
+
+
+class DecodeRequest(_Request):
+    """Decode latent codes to images with the model's decoder."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"latents": [[0.0, 0.5, -0.5, 1.0]], "format": "png"}]},
+    )
+
+    model: ModelName = None
+    version: Version = None
+    latents: list[list[LatentValue]] = Field(
+        min_length=1,
+        max_length=_HARD_IMAGES,
+        description=f"codes of shape (n, d), finite, |value| <= {LATENT_BOUND:g}",
+    )
+    format: Literal["json", "npy", "png"] = Field(
+        default="png",
+        description="json: images (n, C, H, W) in [0, 1] in the body; npy: the same as a float32 "
+        ".npy file; png: one grid image",
+    )
+
+
+class LatentsResponse(BaseModel):
+    """Latent codes of the given images (``/encode``, ``format=json``)."""
+
+    model: str
+    version: int = Field(description="potential version whose bundle answered")
+    latents: list[list[float]] = Field(description="shape (n, d)")
+
+
+class ImagesResponse(BaseModel):
+    """Decoded images (``/decode`` and ``/reconstruct``, ``format=json``)."""
+
+    model: str
+    version: int = Field(description="potential version whose bundle answered")
+    images: list[list[list[list[float]]]] = Field(description="shape (n, C, H, W), in [0, 1]")
 
 
 class AccuracyOut(BaseModel):
@@ -244,6 +450,15 @@ class ModelStatus(BaseModel):
     served_version: int | None
     ready: bool
     accuracy: AccuracyOut | None = Field(description="check of the published potential")
+    served_accuracy: AccuracyOut | None = Field(
+        default=None, description="check of the potential this server answers with"
+    )
+    classes: list[int] = Field(
+        default_factory=list, description="labels usable as label= (empty: the bundle has none)"
+    )
+    image_shape: list[int] | None = Field(
+        default=None, description="(C, H, W) of the model's images, once it is served"
+    )
     job: JobOut | None
     problem: str | None = Field(
         default=None,
@@ -281,6 +496,10 @@ class ModelStatus(BaseModel):
 class ModelListResponse(BaseModel):
     """Every model, and which one answers when no ``model`` is named."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"default_model": "digits", "models": [], "jobs": []}]}
+    )
+
     default_model: str | None
     models: list[ModelStatus]
     jobs: list[JobOut] = Field(description="queued or running jobs (e.g. training)")
@@ -292,10 +511,30 @@ class ModelListResponse(BaseModel):
 class FitRequest(_Request):
     """Start a refit of a model (defaults: the server's fit settings)."""
 
-    target_l1: FiniteFloat | None = Field(default=None, gt=0, lt=2)
-    seed: Seed | None = None
-    max_iter: Int | None = Field(default=None, ge=1)
-    time_budget: FiniteFloat | None = Field(default=None, gt=0)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"target_l1": 0.03, "time_budget": 600, "replace": True}]},
+    )
+
+    target_l1: FiniteFloat | None = Field(
+        default=None,
+        gt=0,
+        lt=2,
+        description="stop when the L1 error of the cell measures, checked on an independent "
+        "sample, is at most this (default: the server's AEOT_TARGET_L1); the new potential "
+        "is published only if it beats the served one",
+    )
+    seed: Seed | None = Field(
+        default=None, description="seed of the fit's sample streams (default: AEOT_FIT_SEED)"
+    )
+    max_iter: Int | None = Field(
+        default=None, ge=1, description="iterations at most (default: AEOT_FIT_MAX_ITER)"
+    )
+    time_budget: FiniteFloat | None = Field(
+        default=None,
+        gt=0,
+        description="seconds of fitting at most (default: AEOT_FIT_TIME_BUDGET, unlimited)",
+    )
     replace: bool = Field(default=False, description="cancel an active job of the model first")
 
 
@@ -307,6 +546,8 @@ class ErrorResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     """Liveness."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
 
     status: Literal["ok"] = "ok"
 
@@ -336,6 +577,10 @@ class WorkerOut(BaseModel):
 
 class ReadyResponse(BaseModel):
     """Readiness: the default model serves a potential (and the worker's state, if any)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"ready": True, "default_model": "digits", "version": 5}]}
+    )
 
     ready: bool
     default_model: str | None

@@ -10,7 +10,8 @@ One plain ASGI middleware, outermost, so that a request is judged on its head al
 - a client that sent ``auth_max_failures`` wrong keys within ``auth_window`` seconds answers
   429 until the oldest failure leaves the window (key guessing is slowed to a trickle);
 - every answer carries security headers (no sniffing, no framing, no referrer, a content
-  security policy outside the interactive docs, which load their assets from a CDN).
+  security policy; the interactive docs set their own, which admits their inline start-up
+  script and still loads nothing from another origin: :mod:`service.routes.docs`).
 """
 
 from __future__ import annotations

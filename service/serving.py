@@ -20,7 +20,7 @@ import numpy as np
 
 from models import Bundle, resolve_device
 from service.catalog import ModelRecord
-from service.errors import NotReady
+from service.errors import NotReady, UnknownVersion
 from service.settings import Settings
 from service.store import ModelStore, UnknownModel
 from solver import AccuracyReport, ExtendedMap, Potential, backend_for_device
@@ -30,6 +30,8 @@ log = logging.getLogger("aeot.serving")
 
 # Seconds before a bundle that did not load is read again (files may be restored meanwhile).
 _BUNDLE_RETRY = 30.0
+# Potential versions pinned by requests (``version=``) kept loaded besides the served ones.
+PINNED_CACHE = 4
 
 
 class BundleDamaged(Exception):
@@ -50,6 +52,9 @@ class Served:
         bundle: decoder and training latents.
         potential: the fitted potential of this version (heights, extended map, ...).
         accuracy: the independent accuracy check the version was published with.
+        cell_labels: the class of each cell (majority label of the training codes it holds),
+            shape ``(N,)`` int64, ``-1`` for a cell without codes; ``None`` when the bundle
+            has no labels.
 
     """
 
@@ -58,6 +63,7 @@ class Served:
     bundle: Bundle
     potential: Potential
     accuracy: AccuracyReport | None
+    cell_labels: np.ndarray | None = None
 
     @property
     def ext_map(self) -> ExtendedMap:
@@ -73,6 +79,37 @@ class Served:
     def dim(self) -> int:
         """Latent dimension d."""
         return int(self.bundle.latents.shape[1])
+
+    @property
+    def classes(self) -> list[int]:
+        """Labels that own at least one cell, ascending (empty without labels)."""
+        if self.cell_labels is None:
+            return []
+        return [int(c) for c in np.unique(self.cell_labels[self.cell_labels >= 0])]
+
+
+def cell_labels(inverse: np.ndarray, labels: np.ndarray, n_cells: int) -> np.ndarray:
+    """The majority label of the training codes of each cell (ties: the smaller label).
+
+    Args:
+        inverse: training latent -> cell (distinct target), shape ``(N_train,)``.
+        labels: training labels, shape ``(N_train,)``, non-negative integers.
+        n_cells: number N of cells.
+
+    Returns:
+        Shape ``(N,)`` int64; ``-1`` for a cell that holds no training code.
+
+    """
+    if labels.shape != inverse.shape:
+        raise ValueError(f"labels {labels.shape} and inverse {inverse.shape} differ in shape")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
+    n_classes = int(labels.max()) + 1 if labels.size else 1
+    counts = np.zeros((n_cells, n_classes), dtype=np.int64)
+    np.add.at(counts, (inverse, labels), 1)
+    out = counts.argmax(axis=1).astype(np.int64)
+    out[counts.sum(axis=1) == 0] = -1
+    return out
 
 
 class ServingIndex:
@@ -110,17 +147,22 @@ class ServingIndex:
         self._served: dict[str, Served] = {}
         self._bundles: dict[tuple[str, str], Bundle] = {}
         self._refresh_lock = threading.Lock()
+        self._pinned: dict[tuple[str, int], Served] = {}
+        self._pinned_lock = threading.Lock()
         self._last_poll = -np.inf
         self._device = resolve_device(settings.device)
         self._backend = backend_for_device(self._device)
 
-    def get(self, name: str) -> Served:
-        """Return the served object of model ``name``.
+    def get(self, name: str, version: int | None = None) -> Served:
+        """Return the served object of model ``name`` (or its published ``version``).
 
         Raises:
-            UnknownModel: no such model. NotReady: no potential published (or loaded) yet.
+            UnknownModel: no such model. UnknownVersion: no such published version.
+            NotReady: no potential published (or loaded) yet.
 
         """
+        if version is not None:
+            return self.pinned(name, version)
         served = self.current(name)
         if served is not None:
             return served
@@ -145,6 +187,53 @@ class ServingIndex:
             self.refresh(blocking=True)
             served = self._served.get(name)
         return served
+
+    def pinned(self, name: str, version: int) -> Served:
+        """Model ``name`` at published potential ``version`` (the served one, or loaded for it).
+
+        Versions other than the served one are kept in a small cache (``PINNED_CACHE``
+        entries, least recently used dropped).
+
+        Raises:
+            UnknownModel: no such model. UnknownVersion: the version was never published (or
+            was retracted), belongs to a bundle the model no longer has, or does not load.
+
+        """
+        current = self.current(name)
+        if current is not None and current.version == version:
+            return current
+        key = (name, version)
+        with self._pinned_lock:
+            served = self._pinned.pop(key, None) or self._load_pinned(name, version)
+            self._pinned[key] = served
+            while len(self._pinned) > PINNED_CACHE:
+                self._pinned.pop(next(iter(self._pinned)))
+        return served
+
+    def _load_pinned(self, name: str, version: int) -> Served:
+        model = self.store.model(name)  # raises UnknownModel
+        try:
+            served = self._load(name, version)
+        except _StaleBundle:
+            raise UnknownVersion(
+                f"model {name!r} potential v{version} was fitted to a bundle since replaced"
+            ) from None
+        except (BundleDamaged, OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise UnknownVersion(
+                f"model {name!r} potential v{version} does not load: {exc}"
+            ) from exc
+        if served is None:
+            raise UnknownVersion(
+                f"model {name!r} has no potential version {version}; published versions are "
+                f"1 to {model.published_version}"
+                if model.published_version
+                else f"model {name!r} has no published potential yet"
+            )
+        return served
+
+    def served(self, name: str) -> Served | None:
+        """What model ``name`` serves now, without polling or waiting (``None``: nothing)."""
+        return self._served.get(name)
 
     def poll_if_due(self) -> None:
         """Refresh when the last poll is older than ``poll_interval`` (never waits on one)."""
@@ -249,12 +338,17 @@ class ServingIndex:
         if record is None:
             return None
         bundle = self._bundle(self.store.model(name), record.bundle_hash)
+        potential = self.store.load_potential(record, backend=self._backend)
+        labels = None
+        if bundle.labels is not None:
+            labels = cell_labels(potential.inverse, bundle.labels, potential.extended_map.n_targets)
         return Served(
             name=name,
             version=record.version,
             bundle=bundle,
-            potential=self.store.load_potential(record, backend=self._backend),
+            potential=potential,
             accuracy=record.accuracy,
+            cell_labels=labels,
         )
 
     def _bundle(self, model: ModelRecord, bundle_hash: str) -> Bundle:

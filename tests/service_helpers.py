@@ -172,3 +172,33 @@ def child_commands(pid: int) -> list[str]:
         except (OSError, IndexError, ValueError):
             continue  # the process ended meanwhile
     return out
+
+
+LABELLED_CENTRES = np.array(
+    [[-3.0, -3.0, 0.0], [3.0, -3.0, 0.0], [0.0, 3.0, 2.0], [0.0, 0.0, -4.0]]
+)
+
+
+def labelled_template(base: Path) -> Path:
+    """A fitted store made once per session with model "lab": 120 codes in 4 tight clusters
+    around :data:`LABELLED_CENTRES` (d = 3), labelled by cluster (30 each, in order)."""
+    key = ("lab", 120, 3)
+    if key not in _TEMPLATES:
+        rng = np.random.default_rng(1)
+        labels = np.repeat(np.arange(4), 30)
+        noise = 0.2 * rng.standard_normal((120, 3))
+        latents = (LABELLED_CENTRES[labels] + noise).astype(np.float32)
+        torch.manual_seed(0)
+        config = AutoencoderConfig(
+            arch="mlp", image_shape=(1, 8, 8), latent_dim=3, mlp_hidden=(16,)
+        )
+        bundle = base / "labelled-bundle"
+        save_bundle(
+            bundle, model=Autoencoder(config), latents=latents, labels=labels, dataset="lab"
+        )
+        root = base / "labelled-template" / "store"
+        store = ModelStore(root)
+        store.register("lab", bundle)
+        Worker(store, make_settings(root, default_model="lab")).run(idle_exit=True)
+        _TEMPLATES[key] = root
+    return _TEMPLATES[key]

@@ -109,9 +109,9 @@ def test_singularities_summary(client):
     )
 
 
-def test_singularities_png_needs_2d(client):
+def test_singularities_png_of_a_4d_model_is_a_picture(client):
     r = client.get("/singularities", params={"format": "png"})
-    assert r.status_code == 422 and "2D" in r.json()["detail"]
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
 
 
 def test_metrics_expose_latency_swaps_and_fit(client):

@@ -45,7 +45,7 @@ CALLS = [
     ),
     ("post", "/interpolate", "/interpolate", {"json": {"start": [0] * 4, "end": [9] * 4}}),
     ("get", "/singularities", "/singularities", {"params": {"limit": 3}}),
-    ("get", "/singularities", "/singularities", {"params": {"format": "png"}}),  # 422: d = 4
+    ("get", "/singularities", "/singularities", {"params": {"format": "png"}}),  # d = 4 picture
     ("get", "/models", "/models", {}),
     ("get", "/models/{name}", "/models/tiny", {}),
     ("get", "/models/{name}", "/models/nosuch", {}),

@@ -19,26 +19,43 @@ from service.deps import (
 )
 from service.errors import Conflict, error_responses
 from service.job_config import job_config
-from service.schemas import FitRequest, JobOut, ModelListResponse, ModelStatus, WorkerOut
+from service.schemas import (
+    AccuracyOut,
+    FitRequest,
+    JobOut,
+    ModelListResponse,
+    ModelStatus,
+    WorkerOut,
+)
 from service.serving import ServingIndex
 from service.settings import Settings
 from service.store import NAME_PATTERN, ModelStore
 
 router = APIRouter(prefix="/models", tags=["models"])
 
-NamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="model name")]
+NamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="model name", examples=["digits"])]
 
 
 def _status(name: str, settings: Settings, store: ModelStore, serving: ServingIndex) -> ModelStatus:
     model = store.model(name)
     potential = store.potential_record(name)
-    return ModelStatus.of(
+    status = ModelStatus.of(
         model,
         default=default_model(settings, store) == name,
         served=serving.versions().get(name),
         accuracy=potential.accuracy if potential else None,
         job=store.active_job(name),
         problem=serving.problem(name),
+    )
+    served = serving.served(name)
+    if served is None:
+        return status
+    return status.model_copy(
+        update={
+            "served_accuracy": AccuracyOut.of(served.accuracy),
+            "classes": served.classes,
+            "image_shape": list(served.bundle.config.image_shape),
+        }
     )
 
 
@@ -85,8 +102,21 @@ def model_status(
     responses=error_responses(401, 403, 409, 413, 422),
 )
 async def register_model(
-    name: Annotated[str, Form(pattern=NAME_PATTERN)],
-    bundle: Annotated[UploadFile, File(description="bundle as .tar, .tar.gz or .zip")],
+    name: Annotated[
+        str,
+        Form(
+            pattern=NAME_PATTERN,
+            description="name of the new model (lowercase letters, digits, _ -)",
+            examples=["mnist"],
+        ),
+    ],
+    bundle: Annotated[
+        UploadFile,
+        File(
+            description="bundle directory (config.json, encoder/decoder safetensors, "
+            "latents.npy, optional labels.npy) as .tar, .tar.gz or .zip"
+        ),
+    ],
     settings: SettingsDep,
     store: StoreDep,
     serving: ServingDep,

@@ -1,24 +1,33 @@
-"""Generation endpoints: /sample, /interpolate, /singularities (thin: validate, call, shape).
+"""Generation endpoints (thin: validate, call, shape).
 
+/sample, /interpolate, /singularities, and the autoencoder's /encode, /decode, /reconstruct.
 Every response names the potential version it came from (``X-Potential-Version``); with the
-same version and seed the body is the same.
+same version and seed the body is the same, and ``version=`` pins a published one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from service import operations as ops
 from service.deps import ReadAccess, ServingDep, SettingsDep, StoreDep, resolve_model
 from service.errors import error_responses
+from service.images import crossing_gaps
 from service.schemas import (
     CrossingOut,
+    DecodeRequest,
+    EncodeRequest,
+    ImagesResponse,
     InterpolateQuery,
     InterpolateRequest,
     InterpolateResponse,
+    LatentsResponse,
+    ReconstructRequest,
     SampleQuery,
     SampleRequest,
     SampleResponse,
@@ -49,10 +58,21 @@ def _headers(served: Served) -> dict[str, str]:
     return {"X-Model": served.name, "X-Potential-Version": str(served.version)}
 
 
+def _served(
+    name: str | None,
+    version: int | None,
+    settings: SettingsDep,
+    store: StoreDep,
+    serving: ServingDep,
+) -> Served:
+    """The model (default one when unnamed) at the served or the pinned version."""
+    return serving.get(resolve_model(name, settings, store), version)
+
+
 def _sample(
     req: SampleRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
 ) -> Response:
-    served = serving.get(resolve_model(req.model, settings, store))
+    served = _served(req.model, req.version, settings, store, serving)
     latents = ops.sample_latents(served, req, settings)
     headers = _headers(served)
     if req.format == "npy":
@@ -64,6 +84,7 @@ def _sample(
         version=served.version,
         seed=req.seed,
         extended=req.extended,
+        label=req.label,
         latents=latents.tolist(),
     )
     return JSONResponse(body.model_dump(), headers=headers)
@@ -76,7 +97,10 @@ def sample_get(
     store: StoreDep,
     serving: ServingDep,
 ) -> Response:
-    """Draw ``n`` samples (query parameters); JSON latents, ``.npy`` bytes or a PNG grid."""
+    """Draw ``n`` samples (query parameters); JSON latents, ``.npy`` bytes or a PNG grid.
+
+    ``label=`` samples only the cells of that class; ``version=`` pins a published potential.
+    """
     return _sample(req, settings, store, serving)
 
 
@@ -91,16 +115,17 @@ def sample_post(
 def _interpolate(
     req: InterpolateRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
 ) -> Response:
-    served = serving.get(resolve_model(req.model, settings, store))
+    served = _served(req.model, req.version, settings, store, serving)
     path = ops.interpolate(served, req, settings)
+    gaps = crossing_gaps([c.t for c in path.crossings], len(path.t))
     crossings = [
-        CrossingOut(t=c.t, from_cell=c.from_cell, to_cell=c.to_cell, angle=c.angle)
-        for c in path.crossings
+        CrossingOut(t=c.t, from_cell=c.from_cell, to_cell=c.to_cell, angle=c.angle, gap=g)
+        for c, g in zip(path.crossings, gaps, strict=True)
     ]
     headers = _headers(served)
     if req.format == "png":
         headers["X-Crossings"] = ",".join(f"{c.t:.6g}" for c in crossings)
-        png = ops.images_png(served, path.latents, cols=len(path.t))
+        png = ops.interpolation_png(served, path)
         return Response(png, media_type="image/png", headers=headers)
     body = InterpolateResponse(
         model=served.name,
@@ -110,7 +135,7 @@ def _interpolate(
         latents=path.latents.tolist(),
         cells=list(map(int, path.cells)),
         crossings=crossings,
-        strip_png=ops.strip_base64(served, path.latents) if req.images else None,
+        strip_png=ops.strip_base64(served, path) if req.images else None,
     )
     return JSONResponse(body.model_dump(), headers=headers)
 
@@ -122,7 +147,11 @@ def interpolate_get(
     store: StoreDep,
     serving: ServingDep,
 ) -> Response:
-    """Interpolate between source points or training codes; frames and singular crossings."""
+    """Interpolate between source points, training codes or two cells of a class (``label``).
+
+    JSON: frames, cells and the singular crossings; PNG: the decoded strip with a red bar
+    between the frames where the segment crosses a singular facet.
+    """
     return _interpolate(req, settings, store, serving)
 
 
@@ -141,12 +170,19 @@ def singularities(
     store: StoreDep,
     serving: ServingDep,
 ) -> Response:
-    """Singular set summary: threshold and rule, counts, the most singular pairs; PNG in 2D."""
-    served = serving.get(resolve_model(req.model, settings, store))
+    """Singular set summary: threshold and rule, counts, the most singular pairs.
+
+    ``format=png``: the power diagram in 2D; in higher d the angle histogram with the threshold
+    and the most singular pairs as decoded image pairs.
+    """
+    served = _served(req.model, req.version, settings, store, serving)
     headers = _headers(served)
-    if req.format == "png":
-        return Response(ops.singularities_png(served), media_type="image/png", headers=headers)
     s = ops.singularities(served, req, settings)
+    if req.format == "png":
+        png = ops.singularities_png(served, s)
+        return Response(png, media_type="image/png", headers=headers)
+    no_images: list[str | None] = [None] * len(s.pairs)
+    pngs = ops.pair_pngs(served, s.pairs, settings) if req.images else no_images
     body = SingularitiesResponse(
         model=served.name,
         version=served.version,
@@ -160,9 +196,62 @@ def singularities(
         singular_fraction=s.n_singular / s.n_pairs if s.n_pairs else 0.0,
         angle_quantiles=s.quantiles,
         pairs=[
-            SingularPairOut(i=int(i), j=int(j), angle=float(a))
-            for (i, j), a in zip(s.pairs, s.angles, strict=True)
+            SingularPairOut(i=int(i), j=int(j), angle=float(a), pair_png=png)
+            for (i, j), a, png in zip(s.pairs, s.angles, pngs, strict=True)
         ],
         truncated=s.truncated,
     )
     return JSONResponse(body.model_dump(), headers=headers)
+
+
+_NPY_POST = {**_media("application/x-npy"), **_POST_ERRORS}
+_IMAGES_POST = {**_media("application/x-npy", "image/png"), **_POST_ERRORS}
+
+
+def _images_answer(
+    served: Served, images: np.ndarray, fmt: str, png: Callable[[], bytes]
+) -> Response:
+    headers = _headers(served)
+    if fmt == "npy":
+        return Response(ops.npy_bytes(images), media_type="application/x-npy", headers=headers)
+    if fmt == "png":
+        return Response(png(), media_type="image/png", headers=headers)
+    body = ImagesResponse(model=served.name, version=served.version, images=images.tolist())
+    return JSONResponse(body.model_dump(), headers=headers)
+
+
+@router.post("/encode", response_model=LatentsResponse, responses=_NPY_POST, tags=["autoencoder"])
+def encode(
+    req: EncodeRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
+) -> Response:
+    """Encode images (nested arrays or base64 PNGs) to latent codes; JSON or ``.npy``."""
+    served = _served(req.model, req.version, settings, store, serving)
+    latents = ops.encode(served, ops.input_images(served, req, settings))
+    headers = _headers(served)
+    if req.format == "npy":
+        return Response(ops.npy_bytes(latents), media_type="application/x-npy", headers=headers)
+    body = LatentsResponse(model=served.name, version=served.version, latents=latents.tolist())
+    return JSONResponse(body.model_dump(), headers=headers)
+
+
+@router.post("/decode", response_model=ImagesResponse, responses=_IMAGES_POST, tags=["autoencoder"])
+def decode(
+    req: DecodeRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
+) -> Response:
+    """Decode latent codes to images; a PNG grid, JSON arrays or ``.npy``."""
+    served = _served(req.model, req.version, settings, store, serving)
+    images = ops.decode(served, req, settings)
+    return _images_answer(served, images, req.format, lambda: ops.grid_png(images))
+
+
+@router.post(
+    "/reconstruct", response_model=ImagesResponse, responses=_IMAGES_POST, tags=["autoencoder"]
+)
+def reconstruct(
+    req: ReconstructRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
+) -> Response:
+    """Encode and decode images: PNG (originals above reconstructions), JSON or ``.npy``."""
+    served = _served(req.model, req.version, settings, store, serving)
+    images = ops.input_images(served, req, settings)
+    out = served.bundle.decode(ops.encode(served, images))
+    return _images_answer(served, out, req.format, lambda: ops.comparison_png(images, out))
