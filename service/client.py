@@ -220,6 +220,15 @@ class AEOTClient:
         """Queue a refit (options: target_l1, seed, max_iter, time_budget, replace)."""
         return dict(_check(self._http.post(f"/models/{name}/fit", json=options)).json())
 
+    def train(self, name: str, dataset: str, **options: Any) -> dict[str, Any]:
+        """Queue training ``name`` on ``dataset`` (relative to the server's data root; key).
+
+        Options: split, subset, latent_dim, arch, epochs, decoder_epochs, image_size,
+        channels, seed. Returns the job; its epoch and loss show in :meth:`models`.
+        """
+        body = {"dataset": dataset, **_params(**options)}
+        return dict(_check(self._http.post(f"/models/{name}/train", json=body)).json())
+
     def delete(self, name: str) -> None:
         """Delete a model (needs the API key)."""
         _check(self._http.delete(f"/models/{name}"))
@@ -314,6 +323,11 @@ class AsyncAEOTClient:
     async def model(self, name: str) -> dict[str, Any]:
         """``/models/{name}``."""
         return dict((await self._get(f"/models/{name}")).json())
+
+    async def train(self, name: str, dataset: str, **options: Any) -> dict[str, Any]:
+        """Queue training ``name`` on ``dataset`` (relative to the server's data root; key)."""
+        body = {"dataset": dataset, **_params(**options)}
+        return dict(_check(await self._http.post(f"/models/{name}/train", json=body)).json())
 
     async def ready(self) -> bool:
         """Whether ``/readyz`` answers 200."""

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from service.schemas import ErrorResponse
 from service.store import ModelExists, StoreError, UnknownModel
+from service.training import DataRootError
 
 log = logging.getLogger("aeot.http")
 
@@ -41,7 +42,7 @@ class Conflict(Exception):
 
 _MEANING = {
     401: "missing API key (X-API-Key)",
-    403: "wrong API key, or none configured on the server",
+    403: "wrong API key, or none configured on the server (training: no data root)",
     404: "unknown model",
     409: "conflicts with the current state (name taken, active job)",
     413: "request body over the configured limit",
@@ -88,6 +89,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _auth(_: Request, exc: AuthError) -> JSONResponse:
         headers = {"WWW-Authenticate": "X-API-Key"} if exc.status_code == 401 else None
         return _error(exc.status_code, str(exc), headers)
+
+    @app.exception_handler(DataRootError)
+    async def _no_data_root(_: Request, exc: DataRootError) -> JSONResponse:
+        return _error(403, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

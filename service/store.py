@@ -7,6 +7,7 @@ Layout (``root`` is ``Settings.store``)::
     models/<name>/jobs/<id>.npz         fit checkpoints (solver.save_state)
     models/<name>/potentials/<f>.npz    published potentials: heights + extended map arrays
     staging/                            uploads and trainings being assembled
+    training/<name>-<plan>.pt           per-epoch checkpoints of trainings (service.training)
     trash/                              deleted model directories awaiting removal
 
 Every file is written to a temporary name and renamed into place (bundles as whole directories),
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from models import Bundle, load_bundle
+from models import Bundle, TrainPlan, load_bundle
 from service.catalog import (
     Catalog,
     JobConfig,
@@ -96,7 +97,7 @@ class ModelStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        for sub in ("models", "staging", "trash"):
+        for sub in ("models", "staging", "trash", "training"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(self.root / "catalog.sqlite3")
         self._empty_trash()
@@ -207,10 +208,21 @@ class ModelStore:
         model = self.model(name)
         return self.catalog.enqueue(name, "fit", config, model.bundle_hash, replace=replace)
 
-    def enqueue_train(self, name: str, seed: int = 0) -> JobRecord | None:
-        """Queue the training of the default digits model under ``name``."""
+    def enqueue_train(
+        self,
+        name: str,
+        seed: int = 0,
+        *,
+        plan: TrainPlan | None = None,
+        fit: JobConfig | None = None,
+    ) -> JobRecord | None:
+        """Queue a training under ``name``: ``plan`` (default: the digits model), then ``fit``.
+
+        Returns ``None`` when a train job is already active for ``name``.
+        """
         check_name(name)
-        return self.catalog.enqueue(name, "train", JobConfig(seed=seed), None)
+        config = fit if fit is not None else JobConfig(seed=seed)
+        return self.catalog.enqueue(name, "train", config, None, train_plan=plan)
 
     def ensure_fit_jobs(self, config: JobConfig) -> list[JobRecord]:
         """Queue a fit for every model whose potential is missing or stale (other bundle)."""
