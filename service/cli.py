@@ -30,6 +30,7 @@ from service.cli_support import (
     connect,
     friendly,
     open_existing_store,
+    set_debug,
     settings_options,
 )
 from service.cli_train import queue_served_dataset, train
@@ -54,6 +55,7 @@ def main(
     ),
 ) -> None:
     """AE-OT command line."""
+    set_debug(debug)
 
 
 @app.command()

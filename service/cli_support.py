@@ -58,9 +58,17 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# Set by the root command's ``--debug`` before any command runs (one CLI run per process).
+_DEBUG = {"on": False}
+
+
+def set_debug(on: bool) -> None:
+    """Show tracebacks (``True``) or one-line errors (``False``) from now on."""
+    _DEBUG["on"] = on
+
+
 def _debug() -> bool:
-    ctx = click.get_current_context(silent=True)
-    return bool(ctx is not None and ctx.find_root().params.get("debug"))
+    return _DEBUG["on"]
 
 
 def explain(exc: BaseException) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 from tqdm import tqdm
@@ -51,14 +51,17 @@ def train(
 ) -> None:
     """Train an autoencoder on a dataset into the store (resumable); its fit is queued."""
     from models import TrainPlan, dataset_config_for, load_plan_data  # noqa: PLC0415
+    from models.datasets import Split  # noqa: PLC0415
     from service.store import ModelStore  # noqa: PLC0415
     from service.training import checkpoint_path, sanitise_name  # noqa: PLC0415
 
+    if split not in ("train", "test", "all"):
+        raise CliError(f"--split must be train, test or all, got {split!r}")
     config = dataset_config_for(
         data,
-        split=split,
+        split=cast(Split, split),
         image_size=_image_size(image_size),
-        channels=channels,  # type: ignore[arg-type]
+        channels=channels,
     )
     plan = TrainPlan(
         data=config,
