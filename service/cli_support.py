@@ -16,7 +16,7 @@ import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import click
 import httpx
@@ -26,6 +26,9 @@ from pydantic.fields import FieldInfo
 
 from service.client import AEOTClient, AEOTError
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.store import ModelStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 _SETTINGS_PANEL = "Settings (override AEOT_* variables)"
@@ -136,9 +139,9 @@ def no_store_error(store: Path) -> CliError:
     )
 
 
-def open_existing_store(store: Path) -> Any:
+def open_existing_store(store: Path) -> ModelStore:
     """Open the store at ``store`` without creating one (a missing store is a :class:`CliError`)."""
-    from service.store import ModelStore  # noqa: PLC0415 - heavy import (torch)
+    from service.store import ModelStore  # noqa: PLC0415 - imports torch, slow to load
 
     if not (store / "catalog.sqlite3").is_file():
         raise no_store_error(store)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from tqdm import tqdm
 
 from service.cli_support import CliError, build_settings, friendly
+
+if TYPE_CHECKING:  # the runtime imports are inside the commands: torch loads slowly
+    from models import EpochRecord, ImageDataset, TrainPlan
+    from service.catalog import ModelRecord, TrainProgress
+    from service.settings import Settings
+    from service.store import ModelStore
 
 _PANEL = "Model"
 DATA_HELP = (
@@ -19,6 +25,7 @@ DATA_HELP = (
 
 
 def _image_size(text: str | None) -> tuple[int, int] | None:
+    """``"32x28"`` -> ``(32, 28)`` (H, W); ``None`` stays ``None``."""
     if text is None:
         return None
     try:
@@ -99,7 +106,9 @@ def train(
     )
 
 
-def _train_with_bars(store: Any, name: str, plan: Any, images: Any, settings: Any) -> Any:
+def _train_with_bars(
+    store: ModelStore, name: str, plan: TrainPlan, images: ImageDataset, settings: Settings
+) -> ModelRecord:
     """Run the training with an epoch bar (phase, loss) over the per-epoch batch bars."""
     from service.training import train_into_store  # noqa: PLC0415
     from service.worker import job_config  # noqa: PLC0415
@@ -108,7 +117,7 @@ def _train_with_bars(store: Any, name: str, plan: Any, images: Any, settings: An
     total = recipe.max_joint_epochs + recipe.decoder_epochs
     with tqdm(total=total, desc=f"train {name}", unit="epoch", position=0) as bar:
 
-        def on_epoch(record: Any, _report: Any) -> None:
+        def on_epoch(record: EpochRecord, _report: TrainProgress) -> None:
             if record.phase == "decoder" and bar.total != record.epoch - 1 + recipe.decoder_epochs:
                 bar.total = record.epoch - 1 + recipe.decoder_epochs  # plateau ended joint
             bar.update(record.epoch - bar.n)
@@ -128,7 +137,7 @@ def _train_with_bars(store: Any, name: str, plan: Any, images: Any, settings: An
             raise CliError(
                 "interrupted: the same command resumes from the last finished epoch"
             ) from None
-    if record is None:  # pragma: no cover - no callback here stops training
+    if record is None:  # on_epoch never stops training; kept for the type
         raise CliError("training stopped before it finished")
     return record
 
