@@ -176,7 +176,7 @@ def _extended(args, problem, heights: np.ndarray, info: dict) -> tuple[ExtendedM
         seed=args.seed,
     )
     info["singular"] = {
-        "rule": ext.singular_set.rule,
+        "rule": ext.singular_set.rule.name,
         "threshold_rad": ext.singular_set.threshold,
         "gap_ratio": ext.singular_set.gap_ratio,
         "pairs": ext.singular_set.n_pairs,

@@ -31,7 +31,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, machine_info  # noqa: E402
-from solver import FitConfig, build_extended_map, fit, make_problem  # noqa: E402
+from solver import (  # noqa: E402
+    FitConfig,
+    GapThreshold,
+    QuantileThreshold,
+    build_extended_map,
+    fit,
+    make_problem,
+)
 from solver.plots import power_diagram_png, samples_png  # noqa: E402
 
 STD = 0.05
@@ -85,9 +92,9 @@ def run_seed(seed: int, args: argparse.Namespace, pictures: Path | None) -> list
     fit_s = time.perf_counter() - start
     records = []
     variants = {
-        "extended (gap rule)": {"rule": "gap"},
-        "extended (gap rule, p = 2)": {"rule": "gap", "power": 2.0},
-        "extended (0.9 quantile)": {"rule": "quantile", "quantile": 0.9},
+        "extended (gap rule)": {"rule": GapThreshold()},
+        "extended (gap rule, p = 2)": {"rule": GapThreshold(), "power": 2.0},
+        "extended (0.9 quantile)": {"rule": QuantileThreshold(q=0.9)},
         "pure map T": None,
     }
     for name, rule in variants.items():
@@ -97,7 +104,7 @@ def run_seed(seed: int, args: argparse.Namespace, pictures: Path | None) -> list
             result.heights,
             n_samples=args.mc_samples,
             seed=seed + 1,
-            **(rule or {"rule": "gap"}),
+            **(rule or {"rule": GapThreshold()}),
         )
         generated = ext.sample(args.generated, seed=seed + 2, extended=rule is not None)
         gen_s = time.perf_counter() - t0
@@ -113,7 +120,7 @@ def run_seed(seed: int, args: argparse.Namespace, pictures: Path | None) -> list
                 "map_and_sample_s": round(gen_s, 2),
                 "seconds_total": round(fit_s + gen_s, 2),
                 "threshold_rad": ext.singular_set.threshold,
-                "rule": ext.singular_set.rule,
+                "rule": ext.singular_set.rule.name,
                 "singular_pairs": ext.singular_set.n_singular,
                 "pairs": ext.singular_set.n_pairs,
             }

@@ -70,7 +70,8 @@ class AutoencoderConfig:
         if unknown:
             raise ValueError(f"unknown autoencoder config keys {sorted(unknown)}")
         tuples = {"image_shape", "conv_channels", "mlp_hidden"}
-        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+        values: dict[str, Any] = {k: tuple(v) if k in tuples else v for k, v in data.items()}
+        return cls(**values)
 
 
 class ConvEncoder(nn.Module):

@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -233,9 +234,10 @@ def load_classifier(path: str | os.PathLike[str]) -> TrainedClassifier:
             raise ValueError(f"format {meta.get('format')!r}, expected {CLASSIFIER_FORMAT!r}")
         raw = json.loads(meta["config"])
         known = {f.name for f in fields(ClassifierConfig)}
-        config = ClassifierConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known}
-        )
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known
+        }
+        config = ClassifierConfig(**values)
         model = Classifier(config)
         model.load_state_dict(load_file(str(path)), strict=True)
     except (SafetensorError, OSError, RuntimeError, KeyError, json.JSONDecodeError) as exc:

@@ -32,7 +32,7 @@ Split = Literal["train", "test", "all"]
 Source = Literal["digits", "idx", "arrays", "folder"]
 
 # IDX type codes (third byte of the magic number) and their big-endian numpy dtypes.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -259,17 +259,18 @@ def dataset_config_for(
 
 def load_dataset(config: DatasetConfig) -> ImageDataset:
     """Load the data a :class:`DatasetConfig` describes."""
+    path = config.path or ""  # DatasetConfig requires a path for every file-based source
     if config.source == "digits":
         data = load_digits_dataset(split=config.split)
     elif config.source == "idx":
-        data = load_idx_dataset(config.path, split=config.split, name=config.name)
+        data = load_idx_dataset(path, split=config.split, name=config.name)
     elif config.source == "arrays":
         data = load_array_file(
-            config.path, image_size=config.image_size, channels=config.channels, name=config.name
+            path, image_size=config.image_size, channels=config.channels, name=config.name
         )
     else:
         data = load_image_folder(
-            config.path,
+            path,
             image_size=config.image_size,
             channels=config.channels or 1,
             name=config.name,
@@ -580,7 +581,9 @@ def load_image_folder(
     for i, (file, _) in enumerate(files):
         try:
             with Image.open(file) as img:
-                arr = np.asarray(img.convert(mode).resize((width, height), Image.BILINEAR))
+                arr = np.asarray(
+                    img.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
+                )
         except (OSError, UnidentifiedImageError) as exc:
             raise ValueError(f"{file} is not a readable image: {exc}") from exc
         out[i] = (arr.reshape(height, width, channels).transpose(2, 0, 1)) / np.float32(255.0)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 
+TorchDevice = Literal["cpu", "cuda"]
 
-def resolve_device(device: str = "auto") -> str:
+
+def resolve_device(device: str = "auto") -> TorchDevice:
     """Return ``"cuda"`` for ``"auto"`` when CUDA is available, else ``"cpu"``.
 
     Raises:
@@ -21,7 +24,7 @@ def resolve_device(device: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
-    return device
+    return "cuda" if device == "cuda" else "cpu"
 
 
 @contextmanager

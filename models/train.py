@@ -189,7 +189,8 @@ def _train(
         if state.phase == "joint":
             loss = _joint_epoch(model, optimizer, images, config, state.epoch)
         else:
-            loss = _decoder_epoch(model.decoder, optimizer, latents, images, config, state.epoch)
+            codes = _frozen_codes(latents)
+            loss = _decoder_epoch(model.decoder, optimizer, codes, images, config, state.epoch)
         record = EpochRecord(
             epoch=state.epoch + 1,
             phase=state.phase,
@@ -302,7 +303,8 @@ def _advance(
             l2 = _l2(model.decoder, latents, images)
             state = replace(state, phase="decoder", freeze_reason=reason, l2_before=l2)
     if state.phase == "decoder" and state.epoch - state.joint_epochs >= config.decoder_epochs:
-        state = replace(state, phase="done", l2_after=_l2(model.decoder, latents, images))
+        l2_after = _l2(model.decoder, _frozen_codes(latents), images)
+        state = replace(state, phase="done", l2_after=l2_after)
     return state, latents
 
 
@@ -315,6 +317,13 @@ def _freeze(encoder: nn.Module) -> None:
 def _encode(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
     z = batched_apply(encoder, images.cpu().numpy(), device=str(images.device))
     return torch.from_numpy(z).to(images.device)
+
+
+def _frozen_codes(latents: torch.Tensor | None) -> torch.Tensor:
+    """The frozen encoder's latents, which every decoder-phase state holds."""
+    if latents is None:
+        raise RuntimeError("decoder phase without the frozen encoder's latents")
+    return latents
 
 
 def _l2(decoder: nn.Module, latents: torch.Tensor, images: torch.Tensor) -> float:

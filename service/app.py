@@ -19,7 +19,7 @@ from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodyLimit, LatencyMetrics
 from service.process import WorkerProcess
-from service.routes import generate, models, system
+from service.routes import catalogue, generate, system
 from service.serving import Poller, ServingIndex
 from service.settings import Settings
 from service.store import ModelStore
@@ -85,7 +85,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(system.router)
     app.include_router(generate.router)
-    app.include_router(models.router)
+    app.include_router(catalogue.router)
     static = resources.files("service").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     app.add_middleware(LatencyMetrics, metrics=metrics)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from models import TrainPlan
+from service.job_config import JobConfig
 from solver import AccuracyReport
 
 JobKind = Literal["fit", "train"]
@@ -74,24 +75,6 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
 """
 # Columns added after the first release; a catalogue without them gets them on open (NULL).
 _ADDED_JOB_COLUMNS = {"train_plan": "TEXT", "train_progress": "TEXT"}
-
-
-@dataclass(frozen=True, kw_only=True)
-class JobConfig:
-    """What a fit job asks of the solver (stored with the job so a resume uses the same).
-
-    Attributes:
-        target_l1: stop at this L1 on an independent sample.
-        seed: seed of every sample stream of the fit.
-        max_iter: iterations at most.
-        time_budget: seconds of fitting at most, or ``None``.
-
-    """
-
-    target_l1: float = 0.05
-    seed: int = 0
-    max_iter: int = 100000
-    time_budget: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,7 +347,7 @@ class Catalog:
                 (
                     model,
                     kind,
-                    json.dumps(config.__dict__),
+                    config.to_json(),
                     bundle_hash,
                     now,
                     now,
@@ -549,7 +532,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
         model=row["model"],
         kind=row["kind"],
         status=row["status"],
-        config=JobConfig(**json.loads(row["config"])),
+        config=JobConfig.from_json(row["config"]),
         bundle_hash=row["bundle_hash"],
         created=row["created"],
         started=row["started"],

@@ -171,7 +171,8 @@ def fit_cmd(
     name: str = typer.Argument(..., help="model name in the store"),
 ) -> None:
     """Fit (or refit) a model's OT map in the foreground, with a progress bar."""
-    from service.worker import Worker, job_config  # noqa: PLC0415
+    from service.job_config import job_config  # noqa: PLC0415
+    from service.worker import Worker  # noqa: PLC0415
 
     settings = build_settings(**{**overrides, "embedded_default": False})
     model_store = open_existing_store(settings.store)
@@ -187,13 +188,13 @@ def fit_cmd(
     with tqdm(desc=f"fit {name}", unit="it") as bar:
         while thread.is_alive():
             thread.join(0.5)
-            current = model_store.catalog.job(job.id)
+            current = model_store.job(job.id)
             if current is not None:
                 bar.update(current.iteration - bar.n)
                 acc = current.accuracy
                 bar.set_postfix(l1=f"{acc.l1:.4f}" if acc else "-", status=current.status)
-    final = model_store.catalog.job(job.id)
-    potential = model_store.catalog.potential(name)
+    final = model_store.job(job.id)
+    potential = model_store.potential_record(name)
     typer.echo(
         f"job {job.id}: {final.status if final else '?'} ({final.reason if final else ''})"
         f"; published version {potential.version if potential else 0}"

@@ -157,6 +157,8 @@ def _option_type(annotation: Any) -> tuple[Any, str]:
     if get_origin(annotation) in (Union, types.UnionType):
         annotation = next(a for a in args if a is not type(None))
         args = get_args(annotation)
+    if get_origin(annotation) is dict:
+        return str, " (JSON object)"
     if get_origin(annotation) is Literal:
         return str, " (" + " | ".join(str(a) for a in args) + ")"
     if annotation in (bool, int, float, Path):

@@ -110,8 +110,8 @@ def _train_with_bars(
     store: ModelStore, name: str, plan: TrainPlan, images: ImageDataset, settings: Settings
 ) -> ModelRecord:
     """Run the training with an epoch bar (phase, loss) over the per-epoch batch bars."""
+    from service.job_config import job_config  # noqa: PLC0415
     from service.training import train_into_store  # noqa: PLC0415
-    from service.worker import job_config  # noqa: PLC0415
 
     _, recipe = plan.resolve(images.image_shape)
     total = recipe.max_joint_epochs + recipe.decoder_epochs
@@ -157,9 +157,9 @@ def queue_served_dataset(
     Nothing is queued when the model is registered already or being trained.
     """
     from models import TrainPlan, dataset_config_for  # noqa: PLC0415
+    from service.job_config import job_config  # noqa: PLC0415
     from service.store import ModelStore  # noqa: PLC0415
     from service.training import queue_training, sanitise_name  # noqa: PLC0415
-    from service.worker import job_config  # noqa: PLC0415
 
     config = dataset_config_for(data)
     if config.path is not None:  # the worker may run in another directory

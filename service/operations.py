@@ -18,7 +18,7 @@ from service.images import to_png
 from service.schemas import InterpolateRequest, SampleRequest, SingularitiesRequest
 from service.serving import Served
 from service.settings import Settings
-from solver import AngleFrame, Interpolation, Rule
+from solver import AngleFrame, Interpolation, RuleName
 from solver.plots import power_diagram_png
 
 
@@ -42,7 +42,7 @@ class SingularSummary:
     """
 
     threshold: float | None
-    rule: Rule
+    rule: RuleName
     frame: AngleFrame
     gap_ratio: float | None
     reason: str
@@ -113,7 +113,7 @@ def singularities(served: Served, req: SingularitiesRequest, settings: Settings)
     quantiles = {k: float(np.quantile(angles, q)) for k, q in qs.items()} if angles.size else {}
     return SingularSummary(
         threshold=_finite_or_none(sing.threshold),
-        rule=sing.rule,
+        rule=sing.rule.name,
         frame=sing.frame,
         gap_ratio=_finite_or_none(sing.gap_ratio),
         reason=sing.reason,

@@ -207,7 +207,7 @@ class JobOut(BaseModel):
             training=None if progress is None else TrainProgressOut(**progress.__dict__),
             kind=job.kind,
             status=job.status,
-            target_l1=job.config.target_l1,
+            target_l1=job.config.fit.target_l1,
             iteration=job.iteration,
             elapsed=job.elapsed,
             train_l1=job.train_l1,

@@ -1,6 +1,6 @@
 """The serving index: the latest published potential of each model, swapped atomically.
 
-A :class:`Served` object holds everything a request needs (decoder, extended map, version) and
+A :class:`Served` object holds everything a request needs (decoder, potential, version) and
 never changes after it is built. :class:`ServingIndex` keeps a dict of them; a refresh builds
 every new object completely and then replaces the dict with one assignment, so a request that
 took its ``Served`` at the start sees one potential version from start to end, whatever swaps
@@ -17,13 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models import Bundle
+from models import Bundle, resolve_device
 from service.catalog import ModelRecord
-from service.device import index_backend, torch_device
 from service.errors import NotReady
 from service.settings import Settings
 from service.store import ModelStore, UnknownModel
-from solver import AccuracyReport, ExtendedMap
+from solver import AccuracyReport, ExtendedMap, Potential, backend_for_device
 
 log = logging.getLogger("aeot.serving")
 
@@ -36,8 +35,7 @@ class Served:
         name: model name.
         version: potential version (increases with every publication).
         bundle: decoder and training latents.
-        ext_map: the (extended) OT map of this version.
-        inverse: training latent index -> distinct target index, shape ``(N_train,)``.
+        potential: the fitted potential of this version (heights, extended map, ...).
         accuracy: the independent accuracy check the version was published with.
 
     """
@@ -45,9 +43,18 @@ class Served:
     name: str
     version: int
     bundle: Bundle
-    ext_map: ExtendedMap
-    inverse: np.ndarray
+    potential: Potential
     accuracy: AccuracyReport | None
+
+    @property
+    def ext_map(self) -> ExtendedMap:
+        """The pure and extended OT maps of this version."""
+        return self.potential.extended_map
+
+    @property
+    def inverse(self) -> np.ndarray:
+        """Training latent index -> distinct target index, shape ``(N_train,)``."""
+        return self.potential.inverse
 
     @property
     def dim(self) -> int:
@@ -78,8 +85,8 @@ class ServingIndex:
         self._bundles: dict[tuple[str, str], Bundle] = {}
         self._refresh_lock = threading.Lock()
         self._last_poll = -np.inf
-        self._device = torch_device(settings.device)
-        self._backend = index_backend(settings.device)
+        self._device = resolve_device(settings.device)
+        self._backend = backend_for_device(self._device)
 
     def get(self, name: str) -> Served:
         """Return the served object of model ``name``.
@@ -133,7 +140,7 @@ class ServingIndex:
             self._refresh_lock.release()
 
     def _refresh(self) -> list[tuple[str, int]]:
-        published = self.store.catalog.published_versions()
+        published = self.store.published_versions()
         current = self._served
         new = {k: v for k, v in current.items() if k in published}
         swaps = []
@@ -158,18 +165,15 @@ class ServingIndex:
         return swaps
 
     def _load(self, name: str) -> Served | None:
-        potential = self.store.potential(name)
-        if potential is None:
+        record = self.store.potential_record(name)
+        if record is None:
             return None
-        record = potential.record
         bundle = self._bundle(self.store.model(name), record.bundle_hash)
-        ext_map = ExtendedMap.from_arrays(potential.map_arrays, backend=self._backend)
         return Served(
             name=name,
             version=record.version,
             bundle=bundle,
-            ext_map=ext_map,
-            inverse=potential.inverse,
+            potential=self.store.load_potential(record, backend=self._backend),
             accuracy=record.accuracy,
         )
 

@@ -7,17 +7,19 @@ directly instead of touching the environment.
 
 from __future__ import annotations
 
-import math
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from solver import AdamConfig, NewtonConfig, parse_rule
 
 Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
-SingularRule = Literal["fixed", "quantile", "gap"]
+FitMethod = Literal["newton", "adam"]
 
 
 class Settings(BaseSettings):
@@ -71,9 +73,18 @@ class Settings(BaseSettings):
     target_l1: float = Field(
         default=0.05, gt=0, lt=2, description="fit stops at this independent L1"
     )
+    fit_method: FitMethod = Field(default="newton", description="newton (default) or adam")
     fit_seed: int = Field(default=0, ge=0)
+    # The service fits until the target (or the time budget): iterations are a safety net
+    # here, not the budget they are for a direct solver call (FitConfig's default 1000).
     fit_max_iter: int = Field(default=100000, ge=1)
     fit_time_budget: float | None = Field(default=None, gt=0)
+    fit_newton: dict[str, int | float] = Field(
+        default_factory=dict, description='Newton settings as JSON, e.g. {"growth": 2}'
+    )
+    fit_adam: dict[str, int | float] = Field(
+        default_factory=dict, description='Adam baseline settings as JSON, e.g. {"lr": 0.01}'
+    )
     checkpoint_every: int = Field(default=5, ge=1, description="iterations between fit checkpoints")
     publish_interval: float = Field(
         default=10.0, ge=0, description="seconds between publications of improved potentials"
@@ -84,14 +95,13 @@ class Settings(BaseSettings):
     map_samples_per_cell: int = Field(
         default=64, ge=1, description="samples per cell to estimate adjacency and mass centres"
     )
-    # Unset rule: the solver's choice, "fixed" with a threshold, else "gap" (the largest jump of
-    # the adjacent-pair angles) when that jump is clear, the median of the angles when not.
-    singular_rule: SingularRule | None = Field(
-        default=None, description="singular facet rule: fixed, quantile or gap (see solver)"
+    map_power: float | None = Field(
+        default=None, gt=0, description="Shepard power of the extended map (unset: max(1, d-1))"
     )
-    singular_quantile: float = Field(default=0.9, gt=0, lt=1)
-    singular_threshold: float | None = Field(
-        default=None, gt=0, lt=math.pi, description="dihedral angle threshold (radians), rule=fixed"
+    singular_rule: str = Field(
+        default="auto",
+        description="singular threshold: auto (gap rule, median without a clear gap), "
+        "gap[:min_regular], quantile[:q] or fixed:radians",
     )
     poll_interval: float = Field(
         default=1.0, gt=0, description="seconds between catalogue polls (worker queue, index swap)"
@@ -103,18 +113,29 @@ class Settings(BaseSettings):
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "text"
 
-    @model_validator(mode="after")
-    def _rule_matches_threshold(self) -> Settings:
-        fixed = self.singular_rule == "fixed" or (
-            self.singular_rule is None and self.singular_threshold is not None
-        )
-        if fixed and self.singular_threshold is None:
-            raise ValueError("singular_rule 'fixed' needs singular_threshold (radians)")
-        if not fixed and self.singular_threshold is not None:
-            raise ValueError(
-                f"singular_threshold is only used by rule 'fixed', not {self.singular_rule!r}"
-            )
-        return self
+    @field_validator("singular_rule")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        parse_rule(value)  # raises ValueError naming the accepted forms
+        return value
+
+    @field_validator("fit_newton", "fit_adam", mode="before")
+    @classmethod
+    def _json_text(cls, value: object) -> object:
+        """Accept the JSON text ``to_env`` writes, also when passed as an argument."""
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("fit_newton", "fit_adam")
+    @classmethod
+    def _known_fields(
+        cls, value: dict[str, int | float], info: ValidationInfo
+    ) -> dict[str, int | float]:
+        kind = NewtonConfig if info.field_name == "fit_newton" else AdamConfig
+        try:
+            kind(**cast(dict[str, Any], value))
+        except TypeError as exc:
+            raise ValueError(f"{info.field_name}: {exc}") from exc
+        return value
 
     def mutations_enabled(self) -> bool:
         """Whether an API key is configured (without one, mutating endpoints answer 403)."""
@@ -128,5 +149,6 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            env[f"AEOT_{name.upper()}"] = str(value)
+            text = json.dumps(value) if isinstance(value, dict) else str(value)
+            env[f"AEOT_{name.upper()}"] = text
         return env

@@ -5,7 +5,7 @@ Layout (``root`` is ``Settings.store``)::
     catalog.sqlite3                     models, potentials, jobs (service.catalog)
     models/<name>/bundle/               the model bundle (models.load_bundle)
     models/<name>/jobs/<id>.npz         fit checkpoints (solver.save_state)
-    models/<name>/potentials/<f>.npz    published potentials: heights + extended map arrays
+    models/<name>/potentials/<f>.npz    published potentials (solver.Potential.save)
     staging/                            uploads and trainings being assembled
     training/<name>-<plan>.pt           per-epoch checkpoints of trainings (service.training)
     trash/                              deleted model directories awaiting removal
@@ -13,38 +13,36 @@ Layout (``root`` is ``Settings.store``)::
 Every file is written to a temporary name and renamed into place (bundles as whole directories),
 and the catalogue row that makes a file visible is written after the file, in one transaction;
 a crash at any moment leaves the store readable (at worst an unreferenced file or directory).
+The store is the only door to the catalogue: the worker, the routes and the CLI call its methods.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 import shutil
 import tarfile
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from models import Bundle, TrainPlan, load_bundle
 from service.catalog import (
     Catalog,
-    JobConfig,
     JobKind,
     JobRecord,
+    JobStatus,
     ModelRecord,
     PotentialRecord,
+    Progress,
+    TrainProgress,
 )
-from solver import AccuracyReport, FitState, atomic_write_bytes, load_state, save_state
+from service.job_config import JobConfig, train_config
+from solver import FitState, Potential, load_state, save_state
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
-_POTENTIAL_FORMAT = "aeot-potential/1"
 
 
 class StoreError(ValueError):
@@ -57,25 +55,6 @@ class UnknownModel(KeyError):
 
 class ModelExists(StoreError):
     """A model of that name is already registered."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Potential:
-    """A published potential as loaded from the store.
-
-    Attributes:
-        record: its catalogue row (version, accuracy, ...).
-        heights: h, shape ``(N,)``, float64, in the bundle's latent coordinates, one per
-            distinct latent (duplicates are merged by ``solver.make_problem``).
-        inverse: for each training latent, the index of its distinct latent, shape ``(N_train,)``.
-        map_arrays: the extended map's arrays (``ExtendedMap.to_arrays()``).
-
-    """
-
-    record: PotentialRecord
-    heights: np.ndarray
-    inverse: np.ndarray
-    map_arrays: dict[str, np.ndarray]
 
 
 def check_name(name: str) -> str:
@@ -99,7 +78,7 @@ class ModelStore:
         self.root = Path(root)
         for sub in ("models", "staging", "trash", "training"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self.catalog = Catalog(self.root / "catalog.sqlite3")
+        self._catalog = Catalog(self.root / "catalog.sqlite3")
         self._empty_trash()
 
     # Paths ------------------------------------------------------------------------------
@@ -122,11 +101,11 @@ class ModelStore:
     # Models -----------------------------------------------------------------------------
     def models(self) -> list[ModelRecord]:
         """List registered models, oldest first."""
-        return self.catalog.models()
+        return self._catalog.models()
 
     def model(self, name: str) -> ModelRecord:
         """Return the model called ``name``; raises :class:`UnknownModel`."""
-        record = self.catalog.model(name)
+        record = self._catalog.model(name)
         if record is None:
             raise UnknownModel(name)
         return record
@@ -153,7 +132,7 @@ class ModelStore:
 
         """
         check_name(name)
-        if self.catalog.model(name) is not None:
+        if self._catalog.model(name) is not None:
             raise ModelExists(f"model {name!r} already exists; delete it first")
         try:
             bundle = load_bundle(source)
@@ -168,12 +147,12 @@ class ModelStore:
         staged.rename(target / "bundle")
         n, d = bundle.latents.shape
         try:
-            record = self.catalog.add_model(name, digest, int(n), int(d))
+            record = self._catalog.add_model(name, digest, int(n), int(d))
         except Exception:
             self._to_trash(target)
             raise
         if fit is not None:
-            self.catalog.enqueue(name, "fit", fit, digest)
+            self._catalog.enqueue(name, "fit", fit, digest)
         return record
 
     def register_archive(self, name: str, data: bytes, fit: JobConfig | None = None) -> ModelRecord:
@@ -193,7 +172,7 @@ class ModelStore:
 
     def delete(self, name: str) -> None:
         """Delete model ``name``: catalogue rows first, then its directory."""
-        if not self.catalog.delete_model(check_name(name)):
+        if not self._catalog.delete_model(check_name(name)):
             raise UnknownModel(name)
         target = self.model_dir(name)
         if target.exists():
@@ -206,7 +185,7 @@ class ModelStore:
     ) -> JobRecord | None:
         """Queue a fit of model ``name``; ``None`` when one is active and not ``replace``."""
         model = self.model(name)
-        return self.catalog.enqueue(name, "fit", config, model.bundle_hash, replace=replace)
+        return self._catalog.enqueue(name, "fit", config, model.bundle_hash, replace=replace)
 
     def enqueue_train(
         self,
@@ -221,30 +200,30 @@ class ModelStore:
         Returns ``None`` when a train job is already active for ``name``.
         """
         check_name(name)
-        config = fit if fit is not None else JobConfig(seed=seed)
-        return self.catalog.enqueue(name, "train", config, None, train_plan=plan)
+        config = fit if fit is not None else train_config(seed)
+        return self._catalog.enqueue(name, "train", config, None, train_plan=plan)
 
     def ensure_fit_jobs(self, config: JobConfig) -> list[JobRecord]:
         """Queue a fit for every model whose potential is missing or stale (other bundle)."""
         queued = []
         for model in self.models():
-            current = self.catalog.potential(model.name)
+            current = self._catalog.potential(model.name)
             if current is not None and current.bundle_hash == model.bundle_hash:
                 continue
-            if self.catalog.has_job(model.name, "fit", model.bundle_hash):
+            if self._catalog.has_job(model.name, "fit", model.bundle_hash):
                 continue
-            job = self.catalog.enqueue(model.name, "fit", config, model.bundle_hash)
+            job = self._catalog.enqueue(model.name, "fit", config, model.bundle_hash)
             if job is not None:
                 queued.append(job)
         return queued
 
     def jobs(self, name: str | None = None, limit: int = 20) -> list[JobRecord]:
         """Newest jobs first (of one model or all)."""
-        return self.catalog.jobs(name, limit)
+        return self._catalog.jobs(name, limit)
 
     def active_job(self, name: str, kind: JobKind = "fit") -> JobRecord | None:
         """Return the newest job of model ``name`` (any status), or ``None``."""
-        jobs = [j for j in self.catalog.jobs(name, limit=5) if j.kind == kind]
+        jobs = [j for j in self._catalog.jobs(name, limit=5) if j.kind == kind]
         return jobs[0] if jobs else None
 
     def save_checkpoint(self, job: JobRecord, state: FitState) -> None:
@@ -261,16 +240,43 @@ class ModelStore:
         except ValueError:
             return None
 
-    # Potentials -------------------------------------------------------------------------
-    def publish(
+    def claim(self, worker: str, stale_seconds: float) -> JobRecord | None:
+        """Take the oldest queued job, or a running one whose worker is gone; None if idle."""
+        return self._catalog.claim(worker, stale_seconds)
+
+    def job(self, job_id: int) -> JobRecord | None:
+        """Return the job with this id, or ``None``."""
+        return self._catalog.job(job_id)
+
+    def has_job(self, name: str, kind: JobKind, bundle_hash: str | None) -> bool:
+        """Whether a job of this kind (not cancelled) exists for the model's bundle."""
+        return self._catalog.has_job(name, kind, bundle_hash)
+
+    def heartbeat(self, job: JobRecord, worker: str, progress: Progress | None = None) -> bool:
+        """Record a running job's progress; False when it is no longer ``worker``'s."""
+        return self._catalog.heartbeat(job.id, worker, progress)
+
+    def train_heartbeat(self, job: JobRecord, worker: str, progress: TrainProgress) -> bool:
+        """Record a training job's epoch and loss; False when it is no longer ``worker``'s."""
+        return self._catalog.train_heartbeat(job.id, worker, progress)
+
+    def set_resumed(self, job: JobRecord, worker: str, iteration: int) -> bool:
+        """Note that the job resumed from its checkpoint at ``iteration``."""
+        return self._catalog.set_resumed(job.id, worker, iteration)
+
+    def finish(
         self,
         job: JobRecord,
-        heights: np.ndarray,
-        inverse: np.ndarray,
-        map_arrays: dict[str, np.ndarray],
-        iteration: int,
-        accuracy: AccuracyReport | None,
-    ) -> int | None:
+        worker: str,
+        status: JobStatus,
+        reason: str | None,
+        error: str | None = None,
+    ) -> bool:
+        """Close a job (done, failed, cancelled) or hand it back to the queue (queued)."""
+        return self._catalog.finish(job.id, worker, status, reason, error)
+
+    # Potentials -------------------------------------------------------------------------
+    def publish(self, job: JobRecord, potential: Potential, iteration: int) -> int | None:
         """Write a potential file, then make it the model's newest version.
 
         Returns:
@@ -278,34 +284,42 @@ class ModelStore:
             replaced meanwhile (the file is then discarded).
 
         """
-        name = f"job{job.id}-it{iteration}.npz"
-        path = self.model_dir(job.model) / "potentials" / name
-        meta = {"format": _POTENTIAL_FORMAT, "model": job.model, "iteration": iteration}
-        buf = io.BytesIO()
-        arrays: dict[str, Any] = {f"map_{k}": np.asarray(v) for k, v in map_arrays.items()}
-        arrays.update(
-            heights=np.asarray(heights, np.float64),
-            inverse=np.asarray(inverse, np.int64),
-            meta=np.array(json.dumps(meta)),
-        )
-        np.savez(buf, **arrays)
-        atomic_write_bytes(path, buf.getvalue())
+        if job.bundle_hash is None:
+            raise StoreError(f"job {job.id} is not a fit job (no bundle hash); nothing to publish")
+        path = self.model_dir(job.model) / "potentials" / f"job{job.id}-it{iteration}.npz"
+        potential.save(path)
         rel = str(path.relative_to(self.root))
-        assert job.bundle_hash is not None  # fit jobs always carry their bundle's hash
-        version = self.catalog.publish(job.model, rel, job.bundle_hash, job.id, iteration, accuracy)
+        version = self._catalog.publish(
+            job.model, rel, job.bundle_hash, job.id, iteration, potential.accuracy
+        )
         if version is None:
             path.unlink(missing_ok=True)
         return version
 
-    def potential(self, name: str, version: int | None = None) -> Potential | None:
+    def potential_record(self, name: str, version: int | None = None) -> PotentialRecord | None:
+        """Catalogue row of model ``name``'s published potential (or a version); or ``None``."""
+        return self._catalog.potential(name, version)
+
+    def published_versions(self) -> dict[str, int]:
+        """``{model: published version}`` for every model (0: nothing published yet)."""
+        return self._catalog.published_versions()
+
+    def load_potential(self, record: PotentialRecord, *, backend: str = "auto") -> Potential:
+        """Read the potential file of a catalogue row.
+
+        Raises:
+            solver.PotentialFormatError: the file is torn, foreign or of an unknown version.
+            FileNotFoundError: the file is gone (model deleted meanwhile).
+
+        """
+        return Potential.load(self.root / record.path, backend=backend)
+
+    def potential(
+        self, name: str, version: int | None = None, *, backend: str = "auto"
+    ) -> Potential | None:
         """Load model ``name``'s published potential (or a given version); ``None`` if none."""
-        record = self.catalog.potential(name, version)
-        if record is None:
-            return None
-        with np.load(self.root / record.path, allow_pickle=False) as z:
-            heights, inverse = z["heights"], z["inverse"]
-            arrays = {k[4:]: z[k] for k in z.files if k.startswith("map_")}
-        return Potential(record=record, heights=heights, inverse=inverse, map_arrays=arrays)
+        record = self.potential_record(name, version)
+        return None if record is None else self.load_potential(record, backend=backend)
 
     # Internals --------------------------------------------------------------------------
     def _copy_to_staging(self, source: Path) -> Path:

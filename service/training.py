@@ -25,7 +25,8 @@ from pathlib import Path, PurePosixPath
 
 from models import EpochRecord, ImageDataset, TrainPlan, load_plan_data, train_plan
 from models.datasets import DatasetConfig, Split, dataset_config_for
-from service.catalog import JobConfig, JobRecord, JobStatus, ModelRecord, TrainProgress
+from service.catalog import JobRecord, JobStatus, ModelRecord, TrainProgress
+from service.job_config import JobConfig
 from service.store import ModelExists, ModelStore, StoreError, check_name
 
 log = logging.getLogger("aeot.training")
@@ -195,7 +196,7 @@ def run_train_job(
 
     def beat() -> None:  # liveness between epochs, which can take minutes
         while not beating.wait(_HEARTBEAT_EVERY):
-            if not store.catalog.heartbeat(job.id, worker):
+            if not store.heartbeat(job, worker):
                 lost.set()
 
     def on_epoch(record: EpochRecord, report: TrainProgress) -> bool:
@@ -207,7 +208,7 @@ def run_train_job(
             record.phase,
             record.loss,
         )
-        if not store.catalog.train_heartbeat(job.id, worker, report):
+        if not store.train_heartbeat(job, worker, report):
             lost.set()
         return not (lost.is_set() or stop.is_set())
 

@@ -3,9 +3,11 @@
 Lifecycle: the worker polls the catalogue; it queues a fit for every model whose potential is
 missing or stale, claims the oldest queued job (or one whose worker died) and runs it. A fit
 job checkpoints the solver state every ``checkpoint_every`` iterations through the fit callback,
-reports progress with each heartbeat, and publishes a potential (heights + extended map arrays)
-whenever an independent check shows it improved, at most every ``publish_interval`` seconds,
-and at the end. A job that finds a checkpoint resumes from it (``fit(resume=...)``), so a
+reports progress with each heartbeat, and publishes a :class:`solver.Potential` whenever an
+independent check shows it improved, at most every ``publish_interval`` seconds, and at the
+end: claim a job -> ``fit`` -> ``Potential.build`` -> ``store.publish``. The job's stored
+:class:`~service.job_config.JobConfig` drives both the fit and every publication. A job
+that finds a checkpoint resumes from it (``fit(resume=...)``), so a
 worker killed at any moment loses at most ``checkpoint_every`` iterations. SIGTERM sets the
 stop event: the running fit checkpoints, hands its job back to the queue, and the worker exits.
 """
@@ -17,50 +19,33 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from models.runtime import torch_threads
-from service.catalog import JobConfig, JobRecord, JobStatus, Progress, worker_id
-from service.device import index_backend
+from models.runtime import resolve_device, torch_threads
+from service.catalog import JobRecord, JobStatus, Progress, worker_id
+from service.job_config import job_config
 from service.settings import Settings
 from service.store import ModelStore
 from service.training import digits_plan, run_train_job
 from solver import (
     AccuracyReport,
-    CellIndex,
-    FitConfig,
     FitProgress,
     OTProblem,
-    accuracy,
-    build_extended_map,
-    derive_seed,
-    estimate,
+    Potential,
+    backend_for_device,
+    check_accuracy,
     fit,
     make_problem,
 )
 
 log = logging.getLogger("aeot.worker")
 
-# Seed key of the worker's own accuracy checks: a stream the solver never draws from.
-_CHECK_STREAM = 7_000_001
-# Seed key of the Monte Carlo pass that builds the extended map of a publication.
-_MAP_STREAM = 7_000_002
 # Heartbeats without a checkpoint or check are written at most this often (seconds).
 _HEARTBEAT_EVERY = 0.25
 # A new potential is published only when its L1 beats the published one by this factor.
 _IMPROVEMENT = 0.98
-
-
-def job_config(settings: Settings) -> JobConfig:
-    """Return the fit settings a new job is queued with."""
-    return JobConfig(
-        target_l1=settings.target_l1,
-        seed=settings.fit_seed,
-        max_iter=settings.fit_max_iter,
-        time_budget=settings.fit_time_budget,
-    )
 
 
 @dataclass
@@ -69,7 +54,6 @@ class _FitRun:
 
     job: JobRecord
     problem: OTProblem
-    index: CellIndex
     best_l1: float
     last_beat: float = 0.0
     last_publish: float = field(default_factory=time.monotonic)
@@ -97,7 +81,7 @@ class Worker:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.id = worker_id()
-        self.backend = index_backend(settings.device)
+        self.backend = backend_for_device(resolve_device(settings.device))
 
     def run(self, *, max_jobs: int | None = None, idle_exit: bool = False) -> int:
         """Claim and run jobs until stopped; returns the number of jobs run.
@@ -111,7 +95,7 @@ class Worker:
         with torch_threads(self.settings.worker_threads):
             while not self.stop.is_set() and (max_jobs is None or done < max_jobs):
                 self.schedule()
-                job = self.store.catalog.claim(self.id, self.settings.stale_seconds)
+                job = self.store.claim(self.id, self.settings.stale_seconds)
                 if job is None:
                     if idle_exit:
                         break
@@ -125,7 +109,7 @@ class Worker:
         """Queue the default model's training (empty store) and missing or stale fits."""
         s = self.settings
         if s.embedded_default and not self.store.models():
-            if not self.store.catalog.has_job(s.default_model, "train", None):
+            if not self.store.has_job(s.default_model, "train", None):
                 plan = digits_plan(s.fit_seed)
                 self.store.enqueue_train(s.default_model, plan=plan, fit=job_config(s))
         self.store.ensure_fit_jobs(job_config(s))
@@ -140,9 +124,9 @@ class Worker:
                 status, reason = self._fit(job)
         except Exception as exc:  # a failed job must not take the worker down
             log.exception("job %d failed", job.id)
-            self.store.catalog.finish(job.id, self.id, "failed", "error", f"{exc}")
+            self.store.finish(job, self.id, "failed", "error", f"{exc}")
             return
-        self.store.catalog.finish(job.id, self.id, status, reason)
+        self.store.finish(job, self.id, status, reason)
         log.info("job %d %s (%s)", job.id, status, reason)
 
     def _train(self, job: JobRecord) -> tuple[JobStatus, str]:
@@ -151,26 +135,18 @@ class Worker:
     def _fit(self, job: JobRecord) -> tuple[JobStatus, str]:
         bundle = self.store.load_bundle(job.model)
         problem = make_problem(bundle.latents)
-        cfg = job.config
-        config = FitConfig(
-            target_l1=cfg.target_l1,
-            seed=cfg.seed,
-            max_iter=cfg.max_iter,
-            time_budget=cfg.time_budget,
-            backend=self.backend,
-        )
+        config = replace(job.config.fit, backend=self.backend)
         resume = self.store.load_checkpoint(job)
         if resume is not None:
             log.info("job %d resumes from iteration %d", job.id, resume.iteration)
-            self.store.catalog.set_resumed(job.id, self.id, resume.iteration)
-        published = self.store.catalog.potential(job.model)
+            self.store.set_resumed(job, self.id, resume.iteration)
+        published = self.store.potential_record(job.model)
         best = math.inf
         if published is not None and published.bundle_hash == job.bundle_hash:
             best = published.accuracy.l1 if published.accuracy else math.inf
         run = _FitRun(
             job=job,
             problem=problem,
-            index=CellIndex(problem.targets, backend=self.backend),
             best_l1=best,
             checkpoint_iteration=resume.iteration if resume else None,
         )
@@ -215,7 +191,7 @@ class Worker:
                 eta=_eta(run.checks, progress.target_l1, record.elapsed),
                 checkpoint_iteration=run.checkpoint_iteration,
             )
-            if not self.store.catalog.heartbeat(run.job.id, self.id, beat):
+            if not self.store.heartbeat(run.job, self.id, beat):
                 run.lost = True  # cancelled or deleted meanwhile
                 return False
         return not self.stop.is_set()
@@ -230,27 +206,29 @@ class Worker:
     ) -> None:
         """Publish the heights if an independent check shows they beat the published."""
         run.last_publish = time.monotonic()
+        config, problem = run.job.config, run.problem
         if check is None:
-            check = self._own_check(run, heights, iteration)
+            check = check_accuracy(
+                problem,
+                heights,
+                n_samples=config.potential.check_samples_per_cell * problem.n_targets,
+                seed=config.seed,
+                stream=iteration,
+                backend=self.backend,
+            )
             run.checks.append((elapsed, check.l1))
         run.last_check = check
         if check.l1 >= _IMPROVEMENT * run.best_l1:
             return
-        s = self.settings
-        n = run.problem.n_targets
-        ext = build_extended_map(
-            run.problem.targets,
+        potential = Potential.build(
+            problem,
             heights,
-            n_samples=s.map_samples_per_cell * n,
-            seed=derive_seed(run.job.config.seed, _MAP_STREAM),
-            threshold=s.singular_threshold,
-            rule=s.singular_rule,
-            quantile=s.singular_quantile,
+            seed=config.seed,
+            config=config.potential,
+            accuracy=check,
             backend=self.backend,
         )
-        version = self.store.publish(
-            run.job, heights, run.problem.inverse, ext.to_arrays(), iteration, check
-        )
+        version = self.store.publish(run.job, potential, iteration)
         run.best_l1, run.published_iteration = check.l1, iteration
         log.info(
             "model %s: published v%s (iteration %d, L1 %.4f)",
@@ -259,20 +237,6 @@ class Worker:
             iteration,
             check.l1,
         )
-
-    def _own_check(self, run: _FitRun, heights: np.ndarray, iteration: int) -> AccuracyReport:
-        """L1 of the heights on fresh samples the fit never drew (an independent check)."""
-        problem = run.problem
-        m = self.settings.check_samples_per_cell * problem.n_targets
-        run.index.set_heights(heights)
-        est = estimate(
-            run.index,
-            problem.source,
-            m,
-            derive_seed(run.job.config.seed, _CHECK_STREAM, iteration),
-            k=1,
-        )
-        return accuracy(est.counts, m, problem.weights)
 
 
 def _eta(checks: list[tuple[float, float]], target: float, elapsed: float) -> float | None:

@@ -3,11 +3,22 @@
 Data flow: :func:`make_problem` validates targets and weights; :class:`CellIndex` answers
 which cell of the power diagram holds a point; :func:`estimate` measures cells by Monte
 Carlo; :func:`fit` finds the heights; :func:`save_state` / :func:`load_state` make fits
-resumable; :func:`build_extended_map` finds the singular set and gives the pure map T, the
-extended map T~ and interpolation (pictures: :mod:`solver.plots`, imported on demand).
+resumable; :func:`build_extended_map` finds the singular set (its threshold chosen by one
+:data:`ThresholdRule`) and gives the pure map T, the extended map T~ and interpolation;
+:class:`Potential` bundles fitted heights, their accuracy and T~ with ``build`` / ``save`` /
+``load`` (pictures: :mod:`solver.plots`, imported on demand).
 """
 
-from solver.cells.index import CellIndex, available_backends, faiss_version, resolve_backend
+from solver.cells.index import (
+    BACKENDS,
+    BackendSpec,
+    CellIndex,
+    DeviceKind,
+    available_backends,
+    backend_for_device,
+    faiss_version,
+    resolve_backend,
+)
 from solver.cells.triton_index import TritonBackend
 from solver.estimation.host import (
     AccuracyReport,
@@ -32,14 +43,26 @@ from solver.fitting.config import (
 from solver.fitting.driver import fit
 from solver.measures import SourceMeasure
 from solver.potential.extended_map import Crossing, ExtendedMap, Interpolation, build_extended_map
+from solver.potential.file_format import PotentialFormatError
+from solver.potential.potential import Potential, PotentialConfig, check_accuracy
 from solver.potential.singular import (
     Adjacency,
     AngleFrame,
-    Rule,
     SingularSet,
     adjacency_from_estimate,
     dihedral_angles,
     find_singular_set,
+)
+from solver.potential.threshold import (
+    DEFAULT_RULE,
+    FixedThreshold,
+    GapThreshold,
+    QuantileThreshold,
+    RuleName,
+    ThresholdRule,
+    parse_rule,
+    rule_from_dict,
+    rule_to_dict,
 )
 from solver.problem import OTProblem, make_problem
 from solver.seeding import derive_seed
@@ -49,7 +72,19 @@ __all__ = [
     "AdamConfig",
     "Adjacency",
     "AngleFrame",
-    "Rule",
+    "DEFAULT_RULE",
+    "FixedThreshold",
+    "GapThreshold",
+    "Potential",
+    "PotentialConfig",
+    "PotentialFormatError",
+    "QuantileThreshold",
+    "RuleName",
+    "ThresholdRule",
+    "check_accuracy",
+    "parse_rule",
+    "rule_from_dict",
+    "rule_to_dict",
     "Crossing",
     "ExtendedMap",
     "Interpolation",
@@ -71,6 +106,10 @@ __all__ = [
     "accuracy",
     "atomic_write_bytes",
     "available_backends",
+    "BACKENDS",
+    "BackendSpec",
+    "DeviceKind",
+    "backend_for_device",
     "faiss_version",
     "TritonBackend",
     "brenier_potential",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
@@ -72,7 +73,7 @@ def power_diagram_png(
         title
         if title is not None
         else f"{ext_map.n_targets} cells, {int(singular.sum())} singular facets "
-        f"(threshold {sset.threshold:.3g} rad, rule {sset.rule})",
+        f"(threshold {sset.threshold:.3g} rad, rule {sset.rule.name})",
         fontsize=9,
     )
     return _png(fig)
@@ -145,7 +146,7 @@ def _singular_flags(ext_map: ExtendedMap, pairs: np.ndarray) -> np.ndarray:
     return flags
 
 
-def _figure(size_px: int) -> tuple[Figure, object]:
+def _figure(size_px: int) -> tuple[Figure, Axes]:
     dpi = 100
     fig = Figure(figsize=(size_px / dpi, size_px / dpi), dpi=dpi)
     FigureCanvasAgg(fig)

@@ -7,7 +7,7 @@ import torch
 from solver import CellIndex, SourceMeasure, available_backends, estimate
 from solver.estimation.fused import PairTable, fused_estimate, search_device
 
-CPU_BACKENDS = [b for b in available_backends() if b in ("faiss", "torch")]
+CPU_BACKENDS = available_backends("cpu")
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

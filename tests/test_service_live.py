@@ -13,10 +13,8 @@ from typer.testing import CliRunner
 
 from service.cli import app as cli_app
 from service.client import AEOTClient, AEOTError
-from service.device import index_backend
+from service.job_config import job_config
 from service.store import ModelStore
-from service.worker import job_config
-from solver.potential.extended_map import ExtendedMap
 from tests.service_helpers import (
     API_KEY,
     child_commands,
@@ -33,9 +31,8 @@ THREADS = 16
 
 
 def _expected(store: ModelStore, version: int) -> np.ndarray:
-    potential = store.potential("tiny", version)
-    ext = ExtendedMap.from_arrays(potential.map_arrays, backend=index_backend("cpu"))
-    return np.asarray(ext.sample(N, seed=SEED, extended=True), np.float32)
+    potential = store.potential("tiny", version, backend="torch")
+    return np.asarray(potential.extended_map.sample(N, seed=SEED, extended=True), np.float32)
 
 
 def test_concurrent_samples_during_publications_are_each_one_version(tmp_path):

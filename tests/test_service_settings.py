@@ -8,11 +8,20 @@ import logging
 import pytest
 from pydantic import ValidationError
 
-from service.device import index_backend, torch_device
+from models import resolve_device
 from service.logs import JsonFormatter
 from service.settings import Settings
 from service.store import ModelStore
 from service.worker import Worker, _eta
+from solver import (
+    DEFAULT_RULE,
+    FixedThreshold,
+    GapThreshold,
+    QuantileThreshold,
+    available_backends,
+    backend_for_device,
+    parse_rule,
+)
 from tests.service_helpers import make_settings
 
 
@@ -53,9 +62,11 @@ def test_json_log_lines():
 
 
 def test_device_mapping():
-    assert torch_device("cpu") == "cpu"
-    assert index_backend("cpu") in ("faiss", "torch")
-    assert torch_device("auto") in ("cpu", "cuda")
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    assert backend_for_device("cpu") == available_backends("cpu")[0]
+    assert set(available_backends("cpu")) <= {"faiss", "torch"}
+    assert backend_for_device(resolve_device("auto")) == available_backends()[0]
 
 
 def test_empty_store_schedules_the_default_training_once(tmp_path):
@@ -75,18 +86,35 @@ def test_eta_extrapolates_log_l1():
     assert _eta([(0.0, 0.2), (10.0, 0.04)], 0.05, 10.0) == 0.0
 
 
-def test_singular_rule_settings_are_checked_up_front(tmp_path):
-    assert Settings(store=tmp_path).singular_rule is None  # the solver's default (gap)
-    assert Settings(store=tmp_path, singular_threshold=0.75).singular_threshold == 0.75
-    assert Settings(store=tmp_path, singular_rule="quantile", singular_quantile=0.8)
-    with pytest.raises(ValidationError, match="needs singular_threshold"):
-        Settings(store=tmp_path, singular_rule="fixed")
-    with pytest.raises(ValidationError, match="only used by rule 'fixed'"):
-        Settings(store=tmp_path, singular_rule="gap", singular_threshold=0.5)
-    with pytest.raises(ValidationError):
-        Settings(store=tmp_path, singular_rule="largest")
-    with pytest.raises(ValidationError):
-        Settings(store=tmp_path, singular_threshold=4.0)  # radians, below pi
+def test_singular_rule_setting_is_one_value_checked_up_front(tmp_path):
+    assert parse_rule(Settings(store=tmp_path).singular_rule) == DEFAULT_RULE
+    cases = {
+        "fixed:0.75": FixedThreshold(radians=0.75),
+        "quantile": QuantileThreshold(q=0.9),
+        "quantile:0.8": QuantileThreshold(q=0.8),
+        "gap": GapThreshold(),
+        "gap:0.6": GapThreshold(min_regular=0.6),
+    }
+    for text, rule in cases.items():
+        assert parse_rule(Settings(store=tmp_path, singular_rule=text).singular_rule) == rule
+    for bad, message in [
+        ("fixed", "fixed:radians"),  # a fixed rule needs its angle
+        ("fixed:4.0", "radians"),  # radians, below pi
+        ("largest", "singular rule must be"),
+        ("quantile:x", "not a number"),
+        ("quantile:1.5", "quantile must be"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            Settings(store=tmp_path, singular_rule=bad)
+
+
+def test_solver_settings_as_json_are_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("AEOT_FIT_NEWTON", '{"growth": 2, "max_stage_iters": 4}')
+    settings = Settings(store=tmp_path)
+    assert settings.fit_newton == {"growth": 2, "max_stage_iters": 4}
+    assert json.loads(settings.to_env()["AEOT_FIT_NEWTON"]) == settings.fit_newton
+    with pytest.raises(ValidationError, match="grwoth"):
+        Settings(store=tmp_path, fit_newton={"grwoth": 2})
 
 
 def _threads_in_a_new_thread() -> int:

@@ -10,9 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from service.catalog import JobConfig, Progress
+from service.catalog import Catalog, Progress
+from service.job_config import JobConfig
 from service.store import ModelExists, ModelStore, StoreError, UnknownModel
-from solver import AccuracyReport
+from solver import AccuracyReport, FitConfig, Potential, PotentialConfig, make_problem
 from tests.service_helpers import bundle_archive, write_bundle
 
 
@@ -27,12 +28,12 @@ def bundle(tmp_path):
 
 
 def test_register_lists_model_and_queues_fit(store, bundle):
-    record = store.register("tiny", bundle, fit=JobConfig(target_l1=0.2))
+    record = store.register("tiny", bundle, fit=JobConfig(fit=FitConfig(target_l1=0.2)))
     assert (record.name, record.n_latents, record.dim) == ("tiny", 50, 2)
     assert [m.name for m in store.models()] == ["tiny"]
     assert store.load_bundle("tiny").latents.shape == (50, 2)
     jobs = store.jobs("tiny")
-    assert len(jobs) == 1 and jobs[0].status == "queued" and jobs[0].config.target_l1 == 0.2
+    assert len(jobs) == 1 and jobs[0].status == "queued" and jobs[0].config.fit.target_l1 == 0.2
     assert bundle.exists()  # copied, not moved
 
 
@@ -68,38 +69,44 @@ def test_register_archive_and_reject_path_traversal(store, bundle):
 
 def test_publish_roundtrip_and_versions(store, bundle):
     store.register("tiny", bundle, fit=JobConfig())
-    job = store.catalog.claim("me:1", 30.0)
+    job = store.claim("me:1", 30.0)
+    problem = make_problem(store.load_bundle("tiny").latents)
     acc = AccuracyReport(l1=0.1, max_rel_error=0.5, empty_cells=0, noise_floor=0.05, n_samples=99)
-    heights = np.linspace(-1, 1, 50)
-    arrays = {"a": np.arange(3), "b": np.ones((2, 2))}
-    assert store.publish(job, heights, np.arange(50), arrays, 7, acc) == 1
-    assert store.publish(job, heights + 1, np.arange(50), arrays, 9, None) == 2
+    config = PotentialConfig(samples_per_cell=8)
+    heights = np.linspace(-0.1, 0.1, problem.n_targets)
+    first = Potential.build(problem, heights, seed=0, config=config, accuracy=acc)
+    second = Potential.build(problem, heights + 1, seed=0, config=config)
+    assert store.publish(job, first, 7) == 1
+    assert store.publish(job, second, 9) == 2
     latest = store.potential("tiny")
-    assert latest.record.version == 2 and latest.record.iteration == 9
+    assert store.potential_record("tiny").version == 2
+    assert store.potential_record("tiny").iteration == 9
     np.testing.assert_array_equal(latest.heights, heights + 1)
-    np.testing.assert_array_equal(latest.map_arrays["b"], np.ones((2, 2)))
-    first = store.potential("tiny", version=1)
-    assert first.record.accuracy == acc
-    assert store.catalog.published_versions() == {"tiny": 2}
+    np.testing.assert_array_equal(latest.inverse, problem.inverse)
+    assert latest.accuracy == second.accuracy  # measured by build, stored in file and row
+    assert store.potential_record("tiny", version=1).accuracy == acc
+    assert store.potential("tiny", version=1).accuracy == acc
+    assert store.published_versions() == {"tiny": 2}
 
 
 def test_claim_heartbeat_finish_and_dead_worker_reclaim(store, bundle):
     store.register("tiny", bundle, fit=JobConfig())
-    assert store.catalog.claim("w:1", 30.0).status == "running"
-    assert store.catalog.claim("w:2", 30.0) is None  # owned, heartbeat fresh
-    assert store.catalog.heartbeat(1, "w:1", Progress(iteration=5, elapsed=1.0, eta=3.0))
-    assert not store.catalog.heartbeat(1, "w:2")  # not the owner
-    job = store.catalog.job(1)
+    catalog = Catalog(store.root / "catalog.sqlite3")  # the catalogue itself, under the store
+    assert catalog.claim("w:1", 30.0).status == "running"
+    assert catalog.claim("w:2", 30.0) is None  # owned, heartbeat fresh
+    assert catalog.heartbeat(1, "w:1", Progress(iteration=5, elapsed=1.0, eta=3.0))
+    assert not catalog.heartbeat(1, "w:2")  # not the owner
+    job = catalog.job(1)
     assert (job.iteration, job.eta) == (5, 3.0)
     # A worker on this host whose pid is gone: its job is reclaimed at once.
     dead = f"{os.uname().nodename}:{2**22 + 12345}"
-    store.catalog._update_owned(1, "w:1", {"worker": dead})
-    assert store.catalog.claim("w:3", 30.0).worker == "w:3"
+    catalog._update_owned(1, "w:1", {"worker": dead})
+    assert catalog.claim("w:3", 30.0).worker == "w:3"
     # Stale heartbeat (another host): reclaimed after stale_seconds.
-    store.catalog._update_owned(1, "w:3", {"worker": "elsewhere:1", "heartbeat": time.time() - 60})
-    assert store.catalog.claim("w:4", 30.0).id == 1
-    assert store.catalog.finish(1, "w:4", "done", "target")
-    assert store.catalog.job(1).status == "done" and store.catalog.claim("w:5", 30.0) is None
+    catalog._update_owned(1, "w:3", {"worker": "elsewhere:1", "heartbeat": time.time() - 60})
+    assert catalog.claim("w:4", 30.0).id == 1
+    assert catalog.finish(1, "w:4", "done", "target")
+    assert catalog.job(1).status == "done" and catalog.claim("w:5", 30.0) is None
 
 
 def test_ensure_fit_jobs_and_delete(store, bundle):

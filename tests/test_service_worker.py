@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from service.catalog import JobConfig
+from service.job_config import JobConfig, job_config
 from service.store import ModelStore
-from service.worker import Worker, job_config
+from service.worker import Worker
 from solver import FitConfig, fit, make_problem
 from tests.service_helpers import ROOT, env_for, make_settings, wait_for, write_bundle
 
@@ -48,8 +48,10 @@ def test_worker_fits_publishes_and_reports_progress(tmp_path):
     assert job.accuracy.l1 <= settings.target_l1 and job.accuracy.empty_cells == 0
     assert job.checkpoint_iteration is not None and job.elapsed > 0
     potential = store.potential("tiny")
-    assert potential.record.version >= 1 and potential.record.accuracy.l1 <= 0.2
-    assert potential.heights.shape == (200,) and potential.map_arrays
+    record = store.potential_record("tiny")
+    assert record.version >= 1 and record.accuracy.l1 <= 0.2
+    assert potential.accuracy == record.accuracy
+    assert potential.heights.shape == (200,) and potential.singular_set.n_pairs > 0
     # The worker's fit is the solver's fit: same final state as a direct call.
     direct = _uninterrupted(store, settings)
     np.testing.assert_array_equal(store.load_checkpoint(job).heights, direct.state.heights)
@@ -65,7 +67,7 @@ def test_sigkill_mid_fit_then_resume_continues_exactly(tmp_path):
     try:
 
         def checkpointed():
-            job = store.catalog.job(1)
+            job = store.job(1)
             return job.checkpoint_iteration is not None and job.checkpoint_iteration >= 4
 
         assert wait_for(checkpointed, timeout=60)
@@ -75,17 +77,17 @@ def test_sigkill_mid_fit_then_resume_continues_exactly(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    killed = store.catalog.job(1)
+    killed = store.job(1)
     assert killed.status == "running"  # the dead worker could not say anything
     saved = store.load_checkpoint(killed).iteration
     assert saved >= 4
     restarted = _start_worker(settings)
     try:
-        assert wait_for(lambda: store.catalog.job(1).status == "done", timeout=120)
+        assert wait_for(lambda: store.job(1).status == "done", timeout=120)
     finally:
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(timeout=30)
-    job = store.catalog.job(1)
+    job = store.job(1)
     assert job.resumed_from == saved and job.reason == "target"
     direct = _uninterrupted(store, settings)
     np.testing.assert_array_equal(store.load_checkpoint(job).heights, direct.state.heights)
@@ -96,14 +98,14 @@ def test_sigterm_checkpoints_and_hands_the_job_back(tmp_path):
     settings, store = _store_with_model(tmp_path, n=300, d=2, target_l1=0.02, checkpoint_every=50)
     proc = _start_worker(settings)
     try:
-        assert wait_for(lambda: store.catalog.job(1).iteration >= 5, timeout=60)
+        assert wait_for(lambda: store.job(1).iteration >= 5, timeout=60)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    job = store.catalog.job(1)
+    job = store.job(1)
     assert job.status == "queued" and job.reason == "worker stopped"
     state = store.load_checkpoint(job)
     assert state is not None and state.iteration >= job.iteration >= 5
@@ -113,10 +115,10 @@ def test_sigterm_checkpoints_and_hands_the_job_back(tmp_path):
 def test_cancelled_job_stops_the_fit(tmp_path, kind):
     settings, store = _store_with_model(tmp_path, n=300, d=2, target_l1=0.02)
     worker = Worker(store, settings)
-    job = store.catalog.claim(worker.id, 30.0)
+    job = store.claim(worker.id, 30.0)
     calls = []
 
-    original = store.catalog.heartbeat
+    original = store.heartbeat
 
     def heartbeat(*args, **kwargs):
         calls.append(1)
@@ -124,12 +126,12 @@ def test_cancelled_job_stops_the_fit(tmp_path, kind):
             if kind == "delete":
                 store.delete("tiny")
             else:
-                store.enqueue_fit("tiny", JobConfig(target_l1=0.5), replace=True)
+                store.enqueue_fit("tiny", job_config(settings, target_l1=0.5), replace=True)
         return original(*args, **kwargs)
 
-    store.catalog.heartbeat = heartbeat
+    store.heartbeat = heartbeat
     worker.run_job(job)
-    assert store.catalog.job(job.id).status == "cancelled"
+    assert store.job(job.id).status == "cancelled"
     assert len(calls) == 3  # the fit stopped at the first heartbeat after cancellation
 
 
@@ -144,6 +146,6 @@ def test_cli_fit_runs_the_fit_in_the_foreground_and_publishes(tmp_path, monkeypa
     args = ["fit", "tiny", "--store", str(settings.store), "--target-l1", "0.1"]
     run = CliRunner().invoke(cli_app, args)
     assert run.exit_code == 0, run.output
-    potential = store.catalog.potential("tiny")
+    potential = store.potential_record("tiny")
     assert f"done (target); published version {potential.version}" in run.output
     assert potential.version >= 1 and potential.accuracy.l1 <= 0.1

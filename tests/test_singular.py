@@ -8,11 +8,16 @@ import pytest
 from solver import (
     Adjacency,
     CellIndex,
+    FixedThreshold,
+    GapThreshold,
+    QuantileThreshold,
     SourceMeasure,
     adjacency_from_estimate,
     dihedral_angles,
     estimate,
     find_singular_set,
+    rule_from_dict,
+    rule_to_dict,
 )
 from solver.potential.singular import gap_threshold, standardise_targets
 
@@ -37,12 +42,12 @@ def test_dihedral_angle_formula():
 def test_standard_frame_ignores_translation_and_scale(rng):
     y = rng.normal(size=(20, 3))
     pairs = np.array([[0, 1], [2, 5], [3, 19]])
-    a = find_singular_set(y, _adjacency(pairs), rule="quantile").angles
-    b = find_singular_set(7.0 * y + 3.0, _adjacency(pairs), rule="quantile").angles
+    a = find_singular_set(y, _adjacency(pairs), rule=QuantileThreshold()).angles
+    b = find_singular_set(7.0 * y + 3.0, _adjacency(pairs), rule=QuantileThreshold()).angles
     np.testing.assert_allclose(a, b, rtol=1e-9)
     s = standardise_targets(y)
     np.testing.assert_allclose(np.sqrt((s**2).sum(1).mean()), math.sqrt(3 / 12))
-    raw = find_singular_set(y, _adjacency(pairs), rule="quantile", frame="raw")
+    raw = find_singular_set(y, _adjacency(pairs), QuantileThreshold(), frame="raw")
     np.testing.assert_allclose(raw.angles, dihedral_angles(y, pairs))
 
 
@@ -65,14 +70,15 @@ def test_adjacency_from_monte_carlo_top2_of_a_known_diagram():
 def test_rules_report_their_threshold():
     y = np.array([[0.0, 0.0], [0.1, 0.0], [0.2, 0.0], [0.3, 0.0], [3.0, 0.0], [3.1, 0.0]])
     pairs = _adjacency([[0, 1], [1, 2], [2, 3], [3, 4], [4, 5]])
-    fixed = find_singular_set(y, pairs, 0.5, frame="raw")
-    assert fixed.rule == "fixed" and fixed.threshold == 0.5 and math.isnan(fixed.quantile)
+    fixed = find_singular_set(y, pairs, FixedThreshold(radians=0.5), frame="raw")
+    assert fixed.rule == FixedThreshold(radians=0.5) and fixed.threshold == 0.5
+    assert math.isnan(fixed.gap_ratio)
     np.testing.assert_array_equal(fixed.singular_pairs, [[3, 4]])
-    quant = find_singular_set(y, pairs, rule="quantile", quantile=0.5)
-    assert quant.rule == "quantile" and quant.quantile == 0.5
+    quant = find_singular_set(y, pairs, QuantileThreshold(q=0.5))
+    assert quant.rule == QuantileThreshold(q=0.5)
     assert quant.threshold == pytest.approx(np.quantile(quant.angles, 0.5))
     gap = find_singular_set(y, pairs)  # default: the gap rule
-    assert gap.rule == "gap" and gap.gap_ratio > 5 and gap.reason.startswith("default: gap")
+    assert gap.rule.name == "gap" and gap.gap_ratio > 5 and gap.reason.startswith("default: gap")
     np.testing.assert_array_equal(gap.singular_pairs, [[3, 4]])
     assert gap.n_singular == 1 and gap.n_regular == 4
 
@@ -81,40 +87,52 @@ def test_default_falls_back_to_the_median_without_a_clear_gap(rng):
     y = rng.normal(size=(200, 8))
     pairs = np.array([(i, j) for i in range(40) for j in range(i + 1, 40)])
     s = find_singular_set(y, _adjacency(pairs))
-    assert s.rule == "quantile" and s.quantile == 0.5 and s.gap_ratio < 2
+    assert s.rule == QuantileThreshold(q=0.5) and s.gap_ratio < 2
     assert "no clear gap" in s.reason
     assert s.threshold == pytest.approx(np.median(s.angles))
-    explicit = find_singular_set(y, _adjacency(pairs), rule="gap")
-    assert explicit.rule == "gap" and explicit.n_singular < s.n_singular
+    explicit = find_singular_set(y, _adjacency(pairs), GapThreshold())
+    assert explicit.rule == GapThreshold() and explicit.n_singular < s.n_singular
 
 
 def test_gap_rule_with_too_few_pairs_marks_nothing():
-    assert gap_threshold(np.array([0.3])) == (math.inf, pytest.approx(math.nan, nan_ok=True))
+    assert gap_threshold(np.array([0.3]), 0.5) == (math.inf, pytest.approx(math.nan, nan_ok=True))
     s = find_singular_set(np.eye(2), _adjacency([[0, 1]]))
     assert s.threshold == math.inf and s.n_singular == 0
 
 
 def test_lookup_either_order_and_unknown_pairs():
     y = np.array([[0.0, 0.0], [0.1, 0.0], [3.0, 0.0], [3.1, 0.0]])
-    s = find_singular_set(y, _adjacency([[0, 1], [1, 2], [2, 3]]), 0.5, frame="raw")
+    s = find_singular_set(
+        y, _adjacency([[0, 1], [1, 2], [2, 3]]), FixedThreshold(radians=0.5), frame="raw"
+    )
     np.testing.assert_array_equal(s.lookup([1, 2, 0, 3], [0, 1, 3, 3]), [0, 1, -1, -1])
     np.testing.assert_array_equal(s.is_singular([2, 0], [1, 1]), [True, False])
     np.testing.assert_array_equal(s.is_admissible([2, 0, 0], [1, 1, 2]), [False, True, False])
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("make", "message"),
     [
-        ({"threshold": 4.0}, "threshold in"),
-        ({"threshold": 0.5, "rule": "gap"}, "only for rule"),
-        ({"rule": "median"}, "rule must be"),
-        ({"rule": "quantile", "quantile": 1.0}, "quantile must be"),
-        ({"frame": "polar"}, "frame must be"),
+        (lambda: FixedThreshold(radians=4.0), "radians"),
+        (lambda: QuantileThreshold(q=1.0), "quantile must be"),
+        (lambda: GapThreshold(min_regular=1.0), "min_regular must be"),
+        (lambda: GapThreshold(min_ratio=0.5), "min_ratio must be"),
+        (lambda: rule_from_dict({"rule": "median"}), "rule must be one of"),
+        (lambda: rule_from_dict({"rule": "gap", "q": 0.3}), "bad fields"),
+        (lambda: find_singular_set(np.eye(3), _adjacency([[0, 1]]), "gap"), "ThresholdRule"),
+        (lambda: find_singular_set(np.eye(3), _adjacency([[0, 1]]), frame="polar"), "frame"),
     ],
 )
-def test_bad_arguments(kwargs, message):
+def test_bad_rules_and_arguments(make, message):
     with pytest.raises(ValueError, match=message):
-        find_singular_set(np.eye(3), _adjacency([[0, 1], [1, 2]]), **kwargs)
+        make()
+
+
+def test_rules_round_trip_as_dicts():
+    for rule in (FixedThreshold(radians=0.7), QuantileThreshold(q=0.3), GapThreshold()):
+        assert rule_from_dict(rule_to_dict(rule)) == rule
+    default = find_singular_set(np.eye(3), _adjacency([[0, 1], [1, 2]])).rule
+    assert rule_from_dict(rule_to_dict(default)) == default
 
 
 def test_bad_targets_and_pairs():

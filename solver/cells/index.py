@@ -17,7 +17,8 @@ in, numpy out; a torch tensor in, tensors on the same device out.
 from __future__ import annotations
 
 import importlib.util
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol, overload
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ import torch
 try:  # faiss-cpu or faiss-gpu; the torch backend works without either.
     import faiss
 except ImportError:  # pragma: no cover - exercised only on hosts without faiss
-    faiss = None
+    faiss = None  # type: ignore[assignment]  # every use checks for a missing faiss first
 
 Array = np.ndarray | torch.Tensor
 
@@ -45,6 +46,43 @@ class _Backend(Protocol):
         """Top-k scores (descending) and cells of queries x, shape ``(M, k)`` each."""
 
 
+DeviceKind = Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendSpec:
+    """One cell index backend of the registry.
+
+    Attributes:
+        name: what ``backend=`` takes.
+        device: where its scores are computed.
+        needs: what must be installed or present besides torch, in words.
+
+    """
+
+    name: str
+    device: DeviceKind
+    needs: str
+
+
+# Every backend, best first: the fused kernel, then FAISS, then plain torch on each device.
+BACKENDS: tuple[BackendSpec, ...] = (
+    BackendSpec(name="triton", device="cuda", needs="triton and a CUDA GPU"),
+    BackendSpec(name="faiss-gpu", device="cuda", needs="faiss-gpu and a CUDA GPU"),
+    BackendSpec(name="torch-cuda", device="cuda", needs="a CUDA GPU"),
+    BackendSpec(name="faiss", device="cpu", needs="faiss-cpu"),
+    BackendSpec(name="torch", device="cpu", needs="nothing"),
+)
+
+
+def backend_spec(name: str) -> BackendSpec:
+    """The registry entry of backend ``name``; raises ``ValueError`` for an unknown name."""
+    for spec in BACKENDS:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown backend {name!r}; known: {[spec.name for spec in BACKENDS]}")
+
+
 def faiss_version() -> str | None:
     """Version of the installed faiss module, ``None`` without faiss."""
     return None if faiss is None else str(faiss.__version__)
@@ -57,19 +95,33 @@ def faiss_gpu_count() -> int:
     return int(faiss.get_num_gpus())
 
 
-def available_backends() -> list[str]:
-    """Backends usable on this host, best first."""
-    names: list[str] = []
-    if torch.cuda.is_available():
-        if _fused_available():
-            names.append("triton")
-        if faiss_gpu_count() > 0:
-            names.append("faiss-gpu")
-        names.append("torch-cuda")
-    if faiss is not None:
-        names.append("faiss")
-    names.append("torch")
-    return names
+def available_backends(device: DeviceKind | None = None) -> list[str]:
+    """Backends usable on this host (on ``device`` when given), best first."""
+    usable = {
+        "triton": lambda: torch.cuda.is_available() and _fused_available(),
+        "faiss-gpu": lambda: torch.cuda.is_available() and faiss_gpu_count() > 0,
+        "torch-cuda": torch.cuda.is_available,
+        "faiss": lambda: faiss is not None,
+        "torch": lambda: True,
+    }
+    return [
+        spec.name
+        for spec in BACKENDS
+        if (device is None or spec.device == device) and usable[spec.name]()
+    ]
+
+
+def backend_for_device(device: DeviceKind) -> str:
+    """The best backend available on ``device`` (``"cpu"`` always has one).
+
+    Raises:
+        ValueError: no backend runs on ``device`` here (``"cuda"`` without a GPU).
+
+    """
+    names = available_backends(device)
+    if not names:
+        raise ValueError(f"no cell index backend runs on {device!r} here")
+    return names[0]
 
 
 def _fused_available() -> bool:
@@ -83,6 +135,8 @@ def _fused_available() -> bool:
 
 def resolve_backend(backend: str = "auto") -> str:
     """Turn ``"auto"`` into the best available backend, or check that a named one is usable."""
+    if backend != "auto" and backend not in {spec.name for spec in BACKENDS}:
+        raise ValueError(f"unknown backend {backend!r}; known: {[spec.name for spec in BACKENDS]}")
     names = available_backends()
     if backend == "auto":
         return names[0]
@@ -143,6 +197,12 @@ class CellIndex:
         self._heights = self._check_heights(heights)
         self._impl.set_heights(self._heights)
 
+    @overload
+    def search(self, x: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def search(self, x: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def search(self, x: Array, k: int = 1) -> tuple[Array, Array]:
         """Top-k cells of each query point.
 
@@ -160,6 +220,12 @@ class CellIndex:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (M, {self.dim}), got {tuple(x.shape)}")
         return self._impl.search(x, k)
+
+    @overload
+    def assign(self, x: np.ndarray) -> np.ndarray: ...
+
+    @overload
+    def assign(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def assign(self, x: Array) -> Array:
         """Cell index (top-1) of each query, shape ``(M,)``."""
@@ -276,10 +342,10 @@ class _Torch:
         for lo in range(0, xt.shape[0], chunk):
             block = torch.addmm(self._h, xt[lo : lo + chunk], self._yt)
             if k == 1:
-                top = block.max(dim=1, keepdim=True)
+                values, indices = block.max(dim=1, keepdim=True)
             else:
-                top = block.topk(k, dim=1, sorted=True)
-            scores[lo : lo + chunk], cells[lo : lo + chunk] = top.values, top.indices
+                values, indices = block.topk(k, dim=1, sorted=True)
+            scores[lo : lo + chunk], cells[lo : lo + chunk] = values, indices
         if isinstance(x, torch.Tensor):
             return scores.to(x.device), cells.to(x.device)
         return scores.cpu().numpy(), cells.cpu().numpy()
@@ -315,4 +381,5 @@ def kmeans(
     w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
     km.train(x, weights=w)
     _, assignment = km.index.search(x, 1)
-    return km.centroids.copy(), assignment[:, 0].astype(np.int64)
+    centroids = np.asarray(km.centroids, dtype=np.float32).reshape(k, x.shape[1])
+    return centroids.copy(), assignment[:, 0].astype(np.int64)

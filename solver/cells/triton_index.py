@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -223,6 +223,12 @@ class TritonBackend:
             raise ValueError("heights contain NaN or inf")
         self._h.copy_(h)
         self._hmax = float(h.abs().max())
+
+    @overload
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def search(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
         """Top-k scores (descending, fp32) and cells (int64) of queries x, shape ``(M, k)`` each.

@@ -20,6 +20,8 @@ environment; see ``docs/gpu.md``): NCCL with one GPU per rank, or gloo on CPUs.
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -115,6 +117,12 @@ class ShardedIndex:
             raise ValueError(f"heights must have shape ({self.n_targets},), got {h.shape}")
         self._local.set_heights(h[self._lo : self._hi])
 
+    @overload
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def search(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
         """Global top-k over all shards (collective); like :meth:`CellIndex.search`."""
         if not 1 <= k <= self.n_targets:
@@ -192,7 +200,10 @@ def distributed_estimate(
 
 def _broadcast_width(width: float, device: torch.device, group: dist.ProcessGroup | None) -> float:
     value = torch.tensor([width], dtype=torch.float64, device=device)
-    dist.broadcast(value, src=dist.get_global_rank(group or dist.group.WORLD, 0), group=group)
+    world = group if group is not None else dist.group.WORLD
+    if world is None:
+        raise ValueError("the default process group is not initialised")
+    dist.broadcast(value, src=dist.get_global_rank(world, 0), group=group)
     return float(value.item())
 
 

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from solver.cells.index import CellIndex
+from solver.cells.index import CellIndex, backend_spec
 from solver.estimation.host import DEFAULT_SLAB_FRACTION, MeasureEstimate
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 
@@ -30,8 +30,6 @@ Array = np.ndarray | torch.Tensor
 # 2^20 codes long) before a merge, so sorting costs amortised O(P log P) per sample batch.
 _MERGE_FACTOR = 4
 _MERGE_MIN = 1 << 20
-# Index backends that answer on the host; every other backend answers on CUDA.
-_HOST_BACKENDS = ("torch", "faiss")
 
 
 class Searcher(Protocol):
@@ -49,8 +47,8 @@ class Searcher(Protocol):
     def targets(self) -> np.ndarray:
         """y, shape ``(N, d)``, float32."""
 
-    def search(self, x: Array, k: int) -> tuple[Array, Array]:
-        """Top-k scores and cells, tensors on x's device for tensor x."""
+    def search(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k scores and cells, tensors on x's device."""
 
 
 def search_device(searcher: Searcher) -> torch.device:
@@ -58,7 +56,7 @@ def search_device(searcher: Searcher) -> torch.device:
     own = getattr(searcher, "device", None)
     if isinstance(own, torch.device):
         return own
-    if isinstance(searcher, CellIndex) and searcher.backend in _HOST_BACKENDS:
+    if isinstance(searcher, CellIndex) and backend_spec(searcher.backend).device == "cpu":
         return torch.device("cpu")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -144,6 +142,8 @@ class StatsAccumulator:
         if self.sums is not None:
             self.sums.index_add_(0, top, x.to(torch.float64))
         if cells.shape[1] >= 2:
+            if gap_width is None:
+                raise ValueError("gap_width is required for top-2 statistics (k >= 2)")
             gaps = scores[:, 0] - scores[:, 1]
             self.medians.append(float(torch.quantile(gaps.to(torch.float64), 0.5)))
             self.pairs.add_samples(top, cells[:, 1], gaps < gap_width)

@@ -57,7 +57,8 @@ def save_state(path: str | os.PathLike[str], state: FitState) -> None:
     }
     arrays = {f"array_{k}": v for k, v in state.arrays.items()}
     buf = io.BytesIO()
-    np.savez(buf, heights=state.heights, meta=np.array(json.dumps(meta)), **arrays)
+    entries = {"heights": state.heights, "meta": np.array(json.dumps(meta)), **arrays}
+    np.savez(buf, allow_pickle=False, **entries)
     atomic_write_bytes(path, buf.getvalue())
 
 

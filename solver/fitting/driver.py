@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
 from solver.cells.index import CellIndex
 from solver.fitting import adam, newton
-from solver.fitting.config import FitConfig, FitProgress, FitResult, FitState
+from solver.fitting.config import FitConfig, FitProgress, FitRecord, FitResult, FitState
 from solver.problem import OTProblem
 
 ProgressCallback = Callable[[FitProgress], bool | None]
@@ -81,14 +82,18 @@ def fit(
     frame = Frame.for_problem(problem, config.method)
     targets = frame.to_internal(problem.targets)
     index = CellIndex(targets, backend=config.backend)
+    ctx: newton.NewtonContext | adam.AdamContext
+    step: Callable[[FitState], tuple[FitState, FitRecord, str | None]]
     if config.method == "newton":
-        ctx = newton.make_context(targets, problem.weights, problem.source, index, config)
-        state = resume or newton.initial_state(ctx)
-        step = newton.step
+        ctx = newton_ctx = newton.make_context(
+            targets, problem.weights, problem.source, index, config
+        )
+        state = resume or newton.initial_state(newton_ctx)
+        step = partial(newton.step, newton_ctx)
     else:
-        ctx = adam.make_context(problem.weights, problem.source, index, config)
+        ctx = adam_ctx = adam.make_context(problem.weights, problem.source, index, config)
         state = resume or adam.initial_state(problem.n_targets, config)
-        step = adam.step
+        step = partial(adam.step, adam_ctx)
     _check_resume(state, problem, config)
     reason = None
     while reason is None:
@@ -100,7 +105,7 @@ def fit(
             break
         excluded = getattr(ctx, "excluded_seconds", 0.0)
         start = time.perf_counter()
-        state, record, reason = step(ctx, state)
+        state, record, reason = step(state)
         spent = time.perf_counter() - start - (getattr(ctx, "excluded_seconds", 0.0) - excluded)
         record = replace(record, elapsed=state.elapsed + spent)
         state = replace(state, elapsed=record.elapsed, history=(*state.history, record))

@@ -15,7 +15,8 @@ p (default ``max(1, d - 1)``, see :func:`default_power`) trades novelty for fide
 stays closer to T.
 
 One Monte Carlo pass (:func:`build_extended_map`) gives the adjacency, the mass centres and
-the singular set; :meth:`ExtendedMap.to_arrays` stores them so a service need not repeat it.
+the singular set; :class:`solver.Potential` stores them with the heights, so a service need not
+repeat it.
 """
 
 from __future__ import annotations
@@ -31,31 +32,18 @@ from solver.measures import DEFAULT_BATCH, SourceMeasure
 from solver.potential.singular import (
     Adjacency,
     AngleFrame,
-    Rule,
     SingularSet,
     adjacency_from_estimate,
     find_singular_set,
     frame_angles,
 )
+from solver.potential.threshold import DEFAULT_RULE, ThresholdRule
 
 # Distances are floored here (source units) so a query exactly at a mass centre stays finite.
 _DISTANCE_FLOOR = 1e-12
 # Cells with fewer Monte Carlo samples than this have no mass centre: they are never blended
 # in as neighbours, and a query in such a cell maps to its own target.
 MIN_CENTRE_COUNT = 1
-_SCALARS = ("n_samples", "threshold", "quantile", "gap_ratio", "k", "power")
-_STRINGS = ("rule", "frame", "domain", "sampler")
-_ARRAYS = (
-    "targets",
-    "heights",
-    "pairs",
-    "pair_counts",
-    "facet_measures",
-    "angles",
-    "singular",
-    "mass_centres",
-    "centre_counts",
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,7 +87,7 @@ class Interpolation:
 class ExtendedMap:
     """The OT map T and its extension T~ for fitted heights (see the module docstring).
 
-    Build it with :func:`build_extended_map` or :meth:`from_arrays`.
+    Build it with :func:`build_extended_map` (or load a saved :class:`solver.Potential`).
 
     Args:
         targets: y, shape ``(N, d)``; stored as float32.
@@ -112,7 +100,9 @@ class ExtendedMap:
         k: cells considered per query (the top cell and up to k - 1 neighbours).
         power: Shepard power p > 0 of the blending weights; ``None`` for
             :func:`default_power`.
-        backend: cell index backend.
+        backend: cell index backend (ignored when ``index`` is given).
+        index: a cell index already built over exactly these targets and heights, shared
+            instead of building a second one.
 
     """
 
@@ -129,6 +119,7 @@ class ExtendedMap:
         k: int,
         power: float | None = None,
         backend: str = "auto",
+        index: CellIndex | None = None,
     ) -> None:
         y = _check_targets(targets)
         n, d = y.shape
@@ -146,9 +137,11 @@ class ExtendedMap:
                 f"mass_centres {centres.shape} / centre_counts {counts.shape} must be "
                 f"({n}, {d}) / ({n},)"
             )
-        self._index = CellIndex(y, heights, backend=backend)
-        self._targets, self._source = y, source
         self._heights = np.asarray(heights, dtype=np.float64).copy()
+        if self._heights.shape != (n,) or not np.isfinite(self._heights).all():
+            raise ValueError(f"heights must be finite with shape ({n},), got {self._heights.shape}")
+        self._index = _shared_index(index, y, self._heights) or CellIndex(y, heights, backend)
+        self._targets, self._source = y, source
         self.adjacency, self.singular_set = adjacency, singular_set
         self._centres, self._counts = centres, counts
         self._valid = np.isfinite(centres).all(axis=1) & (counts >= MIN_CENTRE_COUNT)
@@ -363,78 +356,6 @@ class ExtendedMap:
             if ang > self.singular_set.threshold
         )
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain arrays (0-d for scalars and strings) that :meth:`from_arrays` rebuilds from.
-
-        Suitable for ``np.savez`` and ``np.load(..., allow_pickle=False)``.
-        """
-        s, adj = self.singular_set, self.adjacency
-        return {
-            "targets": self._targets.copy(),
-            "heights": self._heights.copy(),
-            "pairs": adj.pairs.copy(),
-            "pair_counts": adj.counts.copy(),
-            "facet_measures": adj.facet_measures.copy(),
-            "n_samples": np.array(adj.n_samples),
-            "angles": s.angles.copy(),
-            "singular": s.singular.copy(),
-            "threshold": np.array(s.threshold),
-            "rule": np.array(s.rule),
-            "frame": np.array(s.frame),
-            "quantile": np.array(s.quantile),
-            "gap_ratio": np.array(s.gap_ratio),
-            "reason": np.array(s.reason),
-            "mass_centres": self._centres.copy(),
-            "centre_counts": self._counts.copy(),
-            "k": np.array(self.k),
-            "power": np.array(self.power),
-            "domain": np.array(self._source.domain),
-            "sampler": np.array(self._source.sampler),
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], *, backend: str = "auto") -> ExtendedMap:
-        """Rebuild a map from :meth:`to_arrays` output (no Monte Carlo pass)."""
-        missing = sorted(set(_SCALARS + _STRINGS + _ARRAYS) - set(arrays))
-        if missing:
-            raise ValueError(f"arrays lack keys {missing}")
-        sc = {key: np.asarray(arrays[key]).item() for key in _SCALARS + _STRINGS}
-        targets = np.asarray(arrays["targets"])
-        pairs = np.asarray(arrays["pairs"], dtype=np.int64).reshape(-1, 2)
-        adjacency = Adjacency(
-            pairs=pairs,
-            counts=np.asarray(arrays["pair_counts"], dtype=np.int64),
-            facet_measures=np.asarray(arrays["facet_measures"], dtype=np.float64),
-            n_samples=int(sc["n_samples"]),
-        )
-        singular_set = SingularSet(
-            pairs=pairs,
-            angles=np.asarray(arrays["angles"], dtype=np.float64),
-            singular=np.asarray(arrays["singular"], dtype=bool),
-            threshold=float(sc["threshold"]),
-            rule=str(sc["rule"]),
-            frame=str(sc["frame"]),
-            quantile=float(sc["quantile"]),
-            gap_ratio=float(sc["gap_ratio"]),
-            # Maps stored before the field existed have no reason.
-            reason=str(np.asarray(arrays["reason"]).item()) if "reason" in arrays else "",
-        )
-        source = SourceMeasure(
-            dim=targets.shape[1], domain=str(sc["domain"]), sampler=str(sc["sampler"])
-        )
-        return cls(
-            targets=targets,
-            heights=np.asarray(arrays["heights"]),
-            source=source,
-            adjacency=adjacency,
-            singular_set=singular_set,
-            mass_centres=np.asarray(arrays["mass_centres"]),
-            centre_counts=np.asarray(arrays["centre_counts"]),
-            k=int(sc["k"]),
-            power=float(sc["power"]),
-            backend=backend,
-        )
-
     def _check_points(self, z: np.ndarray) -> np.ndarray:
         z = np.asarray(z)
         if z.ndim != 2 or z.shape[1] != self.dim:
@@ -480,16 +401,14 @@ def build_extended_map(
     *,
     n_samples: int,
     seed: int,
-    threshold: float | None = None,
-    rule: Rule | None = None,
-    quantile: float = 0.9,
+    rule: ThresholdRule = DEFAULT_RULE,
     k: int | None = None,
     backend: str = "auto",
     batch_size: int = DEFAULT_BATCH,
     source: SourceMeasure | None = None,
     power: float | None = None,
     frame: AngleFrame = "standard",
-    min_regular: float = 0.5,
+    index: CellIndex | None = None,
 ) -> ExtendedMap:
     """One Monte Carlo pass (top-2 cells, mass centres), then the singular set, then the map.
 
@@ -499,21 +418,19 @@ def build_extended_map(
         n_samples: Monte Carlo samples; about 100 per cell gives centres to a few per cent of
             a cell's width and finds facets down to ~1 % of a typical facet.
         seed: Monte Carlo stream seed.
-        threshold: fixed angle in radians (selects rule ``"fixed"``).
-        rule: ``"fixed"``, ``"quantile"`` or ``"gap"``; ``None``: fixed with a threshold,
-            else the gap rule when it finds a clear gap, the median otherwise (see
-            :func:`solver.potential.singular.find_singular_set`).
-        quantile: for the quantile rule.
+        rule: how the singular threshold is chosen (default: the gap rule when it finds a
+            clear gap, the median otherwise; see :mod:`solver.potential.threshold`).
         k: cells per query; ``None`` for :func:`default_k`.
         backend: cell index backend.
         batch_size: Monte Carlo batch size.
         source: the source measure; uniform on the centred cube (Sobol) when ``None``.
         power: Shepard power of the blending weights; ``None`` for :func:`default_power`.
         frame: frame of the dihedral angles.
-        min_regular: for the gap rule.
+        index: a cell index over exactly these targets and heights, reused by the pass and
+            by the map (``backend`` is then ignored); one is built when ``None``.
 
     Raises:
-        ValueError: bad shapes, counts or rule arguments.
+        ValueError: bad shapes, counts, rule, or an index over other targets or heights.
 
     """
     y = _check_targets(targets)
@@ -526,18 +443,11 @@ def build_extended_map(
     k = default_k(n, d) if k is None else int(k)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    index = CellIndex(y, heights, backend=backend)
+    h = np.asarray(heights, dtype=np.float64)
+    index = _shared_index(index, y, h) or CellIndex(y, h, backend=backend)
     est = estimate(index, source, n_samples, seed, k=2, centres=True, batch_size=batch_size)
     adjacency = adjacency_from_estimate(est, y)
-    singular_set = find_singular_set(
-        y,
-        adjacency,
-        threshold,
-        rule=rule,
-        quantile=quantile,
-        min_regular=min_regular,
-        frame=frame,
-    )
+    singular_set = find_singular_set(y, adjacency, rule, frame=frame)
     centres, _ = est.mass_centres(MIN_CENTRE_COUNT)
     return ExtendedMap(
         targets=y,
@@ -549,8 +459,20 @@ def build_extended_map(
         centre_counts=est.counts,
         k=k,
         power=power,
-        backend=index.backend,
+        index=index,
     )
+
+
+def _shared_index(index: CellIndex | None, y: np.ndarray, h: np.ndarray) -> CellIndex | None:
+    """``index`` after checking it holds exactly targets ``y`` and heights ``h`` (float32)."""
+    if index is None:
+        return None
+    same = index.targets.shape == y.shape and np.array_equal(index.targets, y)
+    if not (
+        same and h.shape == (y.shape[0],) and np.array_equal(index.heights, h.astype(np.float32))
+    ):
+        raise ValueError("the shared cell index was built over other targets or heights")
+    return index
 
 
 def _check_targets(targets: np.ndarray) -> np.ndarray:

@@ -21,26 +21,18 @@ from typing import Literal
 import numpy as np
 
 from solver.estimation.host import MeasureEstimate
+from solver.potential.threshold import (
+    DEFAULT_RULE,
+    FixedThreshold,
+    GapThreshold,
+    QuantileThreshold,
+    ThresholdRule,
+)
 
-Rule = Literal["fixed", "quantile", "gap"]
 AngleFrame = Literal["raw", "standard"]
 
 # The paper's fixed threshold for MNIST, Fashion-MNIST and CelebA latents (radians, raw frame).
 PAPER_THRESHOLD = 0.75
-# Default quantile rule: the largest 10 % of observed adjacent-pair angles are singular.
-DEFAULT_QUANTILE = 0.9
-# The gap rule splits only where at least this share of observed pairs stays regular: singular
-# facets separate modes, so they are a minority, and log-gaps among the tiniest angles (which
-# are large ratios of small numbers) must not win.
-DEFAULT_MIN_REGULAR = 0.5
-# With no rule given, the gap rule is used when its gap is at least this ratio; below it the
-# angles have no clear gap (measured: ratio 7.4 on the 25-Gaussian grid, 1.02 on MNIST AE
-# latents in d = 32, 1.13 on digits latents in d = 8) and the median of the angles is used.
-MIN_GAP_RATIO = 2.0
-# The quantile of that fallback. Measured on digits latents (d = 8): the share of the extended
-# map's blend weight landing on targets of another digit was 17 % with the gap rule (1 pair of
-# ~30,000 singular), 16 % with the 0.9 quantile, 4.6 % with the median.
-FALLBACK_QUANTILE = 0.5
 # Angles are floored here before logarithms (radians); distinct targets never come closer.
 _ANGLE_FLOOR = 1e-12
 
@@ -164,10 +156,10 @@ class SingularSet:
         singular: whether each pair's facet is singular (angle > threshold), shape ``(P,)``.
         threshold: the angle threshold in radians (``inf`` when a data-driven rule had too
             few pairs to choose one: then nothing is singular).
-        rule: how the threshold was chosen: ``"fixed"``, ``"quantile"`` or ``"gap"``.
+        rule: the rule that chose the threshold, with its parameters (a gap rule's fallback
+            quantile when the gap was unclear); ``rule.name`` is ``"fixed"``, ``"quantile"``
+            or ``"gap"``.
         frame: ``"raw"`` or ``"standard"`` coordinates of the angles.
-        quantile: the quantile of the quantile rule, the minimum regular share of the gap
-            rule, ``nan`` for the fixed rule.
         gap_ratio: the ratio of the angles on either side of the largest gap (how clearly
             the singular pairs stand apart), measured for the gap rule and the default choice;
             ``nan`` otherwise.
@@ -180,9 +172,8 @@ class SingularSet:
     angles: np.ndarray
     singular: np.ndarray
     threshold: float
-    rule: Rule
+    rule: ThresholdRule
     frame: AngleFrame
-    quantile: float = math.nan
     gap_ratio: float = math.nan
     reason: str = ""
     _codes: np.ndarray = field(init=False, repr=False, compare=False)
@@ -268,89 +259,75 @@ class SingularSet:
 def find_singular_set(
     targets: np.ndarray,
     adjacency: Adjacency,
-    threshold: float | None = None,
+    rule: ThresholdRule = DEFAULT_RULE,
     *,
-    rule: Rule | None = None,
-    quantile: float = DEFAULT_QUANTILE,
-    min_regular: float = DEFAULT_MIN_REGULAR,
     frame: AngleFrame = "standard",
 ) -> SingularSet:
     """Classify the observed adjacent pairs by dihedral angle.
 
-    A pair is singular when its angle is strictly above the threshold, chosen by ``rule``:
+    A pair is singular when its angle is strictly above the threshold ``rule`` chooses (see
+    :mod:`solver.potential.threshold`):
 
-    - ``"fixed"``: ``threshold`` radians (the paper: 0.75 for MNIST in its raw latents).
-    - ``"quantile"``: the ``quantile`` of the observed angles (numpy's linear interpolation),
-      so about ``1 - quantile`` of the pairs are singular.
-    - ``None`` without a threshold (the default): the gap rule when its gap ratio is at least
-      ``MIN_GAP_RATIO``, else the ``FALLBACK_QUANTILE`` (median) of the angles; ``reason``
-      says which and why.
-    - ``"gap"``: sort the angles a_1 <= ... <= a_P and take the largest ratio
+    - :class:`FixedThreshold`: its angle (the paper: 0.75 rad for MNIST in its raw latents).
+    - :class:`QuantileThreshold`: the ``q`` quantile of the observed angles (numpy's linear
+      interpolation), so about ``1 - q`` of the pairs are singular.
+    - :class:`GapThreshold`: sort the angles a_1 <= ... <= a_P and take the largest ratio
       a_{k+1} / a_k (the largest gap of log-angles) over splits keeping k >= ceil(min_regular
       * P) pairs regular; the threshold is the geometric midpoint sqrt(a_k a_{k+1}). Log-gaps
       make the rule scale-free, so it finds the jump between within-mode and between-mode
-      pairs rather than the spacing of the few largest angles.
+      pairs rather than the spacing of the few largest angles. With a ``fallback``, a gap
+      ratio below ``min_ratio`` means no clear gap, and the fallback quantile is used.
+      The default (:data:`DEFAULT_RULE`) falls back to the median: on the 25-Gaussian grid the
+      gap rule separates every between-mode facet (gap ratio 7.4) where the 0.9 quantile
+      leaves a third of them regular.
 
     Data-driven rules with fewer than 2 pairs choose ``threshold = inf`` (nothing singular).
+    ``reason`` says in words which rule chose the threshold and why.
 
     Args:
         targets: y, shape ``(N, d)``, in the caller's coordinates.
         adjacency: the observed adjacent pairs.
-        threshold: angle in radians in ``(0, pi)``, only with the fixed rule.
-        rule: ``None``: ``"fixed"`` when ``threshold`` is given, else the default choice
-            above (on the 25-Gaussian grid the gap rule separates every between-mode facet, gap
-            ratio 7.4, where the 0.9 quantile leaves a third of them regular).
-        quantile: in ``(0, 1)``, for the quantile rule.
-        min_regular: in ``[0, 1)``, for the gap rule.
+        rule: how to choose the threshold.
         frame: ``"standard"`` (default: centred, cube-scaled targets) or ``"raw"``.
 
     Raises:
-        ValueError: bad rule, threshold, quantile, min_regular, frame or pair indices.
+        ValueError: bad rule, frame or pair indices.
 
     """
-    auto = rule is None and threshold is None
-    rule = _resolve_rule(threshold, rule)
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
-    if not 0.0 <= min_regular < 1.0:
-        raise ValueError(f"min_regular must be in [0, 1), got {min_regular!r}")
+    if not isinstance(rule, FixedThreshold | QuantileThreshold | GapThreshold):
+        raise ValueError(f"rule must be a ThresholdRule, got {rule!r}")
     angles = frame_angles(targets, adjacency.pairs, frame)
-    gap_ratio, param = math.nan, math.nan
-    reason = f"rule {rule!r} requested"
-    if auto:
-        value, gap_ratio = gap_threshold(angles, min_regular)
-        param = min_regular
-        reason = f"default: gap rule, gap ratio {gap_ratio:.3g} >= {MIN_GAP_RATIO}"
-        if not gap_ratio >= MIN_GAP_RATIO:
-            rule, quantile = "quantile", FALLBACK_QUANTILE
-            reason = (
-                f"default: no clear gap in the angles (ratio {gap_ratio:.3g} < {MIN_GAP_RATIO}),"
-                f" so the {FALLBACK_QUANTILE} quantile"
-            )
-    if rule == "fixed":
-        value = float(threshold)  # type: ignore[arg-type]  # checked by _resolve_rule
-    elif rule == "quantile":
-        value = float(np.quantile(angles, quantile)) if angles.size >= 2 else math.inf
-        param = quantile
-    elif not auto:
-        value, gap_ratio = gap_threshold(angles, min_regular)
-        param = min_regular
+    prefix = "default: " if rule == DEFAULT_RULE else ""
+    applied: ThresholdRule = rule
+    gap_ratio = math.nan
+    reason = f"rule {rule.name!r} requested"
+    if isinstance(rule, GapThreshold):
+        value, gap_ratio = gap_threshold(angles, rule.min_regular)
+        if rule.fallback is not None:
+            reason = f"{prefix}gap rule, gap ratio {gap_ratio:.3g} >= {rule.min_ratio}"
+            if not gap_ratio >= rule.min_ratio:
+                applied = rule.fallback
+                reason = (
+                    f"{prefix}no clear gap in the angles (ratio {gap_ratio:.3g} < "
+                    f"{rule.min_ratio}), so the {rule.fallback.q} quantile"
+                )
+    if isinstance(applied, FixedThreshold):
+        value = float(applied.radians)
+    elif isinstance(applied, QuantileThreshold):
+        value = float(np.quantile(angles, applied.q)) if angles.size >= 2 else math.inf
     return SingularSet(
         pairs=adjacency.pairs,
         angles=angles,
         singular=angles > value,
         threshold=value,
-        rule=rule,
+        rule=applied,
         frame=frame,
-        quantile=param,
         gap_ratio=gap_ratio,
         reason=reason,
     )
 
 
-def gap_threshold(
-    angles: np.ndarray, min_regular: float = DEFAULT_MIN_REGULAR
-) -> tuple[float, float]:
+def gap_threshold(angles: np.ndarray, min_regular: float) -> tuple[float, float]:
     """Threshold of the gap rule (see :func:`find_singular_set`) and the gap's ratio.
 
     Args:
@@ -368,21 +345,6 @@ def gap_threshold(
     log_gaps = np.diff(np.log(a))[first - 1 :]
     k = first - 1 + int(np.argmax(log_gaps))  # 0-based index of a_k
     return float(np.sqrt(a[k] * a[k + 1])), float(a[k + 1] / a[k])
-
-
-def _resolve_rule(threshold: float | None, rule: Rule | None) -> Rule:
-    if rule is None:
-        rule = "fixed" if threshold is not None else "gap"
-    if rule not in ("fixed", "quantile", "gap"):
-        raise ValueError(f"rule must be 'fixed', 'quantile' or 'gap', got {rule!r}")
-    if rule == "fixed":
-        if threshold is None or not 0.0 < float(threshold) < math.pi:
-            raise ValueError(
-                f"rule 'fixed' needs a threshold in (0, pi) radians, got {threshold!r}"
-            )
-    elif threshold is not None:
-        raise ValueError(f"threshold={threshold!r} is only for rule 'fixed', got rule {rule!r}")
-    return rule
 
 
 def _pair_codes(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

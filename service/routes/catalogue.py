@@ -8,7 +8,6 @@ from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from models import TrainPlan
-from service.catalog import JobConfig
 from service.deps import (
     KeyRequired,
     ReadAccess,
@@ -18,12 +17,12 @@ from service.deps import (
     default_model,
 )
 from service.errors import Conflict, error_responses
+from service.job_config import job_config
 from service.schemas import FitRequest, JobOut, ModelListResponse, ModelStatus, TrainRequest
 from service.serving import ServingIndex
 from service.settings import Settings
 from service.store import NAME_PATTERN, ModelStore
 from service.training import api_dataset, queue_training
-from service.worker import job_config
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -32,7 +31,7 @@ NamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="model name")]
 
 def _status(name: str, settings: Settings, store: ModelStore, serving: ServingIndex) -> ModelStatus:
     model = store.model(name)
-    potential = store.catalog.potential(name)
+    potential = store.potential_record(name)
     return ModelStatus.of(
         model,
         default=default_model(settings, store) == name,
@@ -101,12 +100,12 @@ async def register_model(
 )
 def start_fit(name: NamePath, req: FitRequest, settings: SettingsDep, store: StoreDep) -> JobOut:
     """Queue a refit of the model (409 when a fit is active, unless ``replace``)."""
-    base = job_config(settings)
-    config = JobConfig(
-        target_l1=req.target_l1 or base.target_l1,
-        seed=base.seed if req.seed is None else req.seed,
-        max_iter=req.max_iter or base.max_iter,
-        time_budget=req.time_budget or base.time_budget,
+    config = job_config(
+        settings,
+        target_l1=req.target_l1,
+        seed=req.seed,
+        max_iter=req.max_iter,
+        time_budget=req.time_budget,
     )
     job = store.enqueue_fit(name, config, replace=req.replace)
     if job is None:

@@ -1,0 +1,209 @@
+"""The solver's Potential: one index per build, exact save/load, verified reading, old files."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+import solver.potential.extended_map as extended_map_module
+import solver.potential.potential as potential_module
+from solver import (
+    CellIndex,
+    FixedThreshold,
+    Potential,
+    PotentialConfig,
+    PotentialFormatError,
+    accuracy,
+    check_accuracy,
+    derive_seed,
+    estimate,
+    make_problem,
+)
+
+# Three targets on a line with h = -|y|^2 / 2: a Voronoi diagram of strips whose measures are
+# known exactly (1/4, 1/2, 1/4 of the centred unit square); the weights match them, so these
+# heights are the optimum and only Monte Carlo noise separates w from v.
+TARGETS = np.array([[-0.5, 0.0], [0.0, 0.0], [0.5, 0.0]])
+WEIGHTS = np.array([0.25, 0.5, 0.25])
+HEIGHTS = -0.5 * (TARGETS**2).sum(axis=1)
+CONFIG = PotentialConfig(samples_per_cell=2000, check_samples_per_cell=2000)
+
+
+@pytest.fixture(scope="module")
+def built():
+    # Duplicated rows: the problem merges them and the potential keeps the inverse map.
+    problem = make_problem(np.vstack([TARGETS, TARGETS[:1]]), np.array([0.125, 0.5, 0.25, 0.125]))
+    return problem, Potential.build(problem, HEIGHTS, seed=3, config=CONFIG, backend="torch")
+
+
+def test_build_measures_and_maps_the_known_diagram(built):
+    problem, pot = built
+    np.testing.assert_array_equal(pot.inverse, [0, 1, 2, 0])
+    np.testing.assert_allclose(pot.heights, HEIGHTS)
+    np.testing.assert_array_equal(pot.targets, problem.targets)
+    np.testing.assert_allclose(problem.weights, WEIGHTS)
+    # Heights at the optimum: L1 within a few noise floors, no empty cell.
+    assert pot.accuracy.empty_cells == 0 and pot.accuracy.n_samples == 6000
+    assert pot.accuracy.l1 < 3 * pot.accuracy.noise_floor
+    np.testing.assert_array_equal(pot.singular_set.pairs, [[0, 1], [1, 2]])
+    np.testing.assert_allclose(pot.extended_map.mass_centres[:, 0], [-0.375, 0, 0.375], atol=0.01)
+
+
+def test_accuracy_is_measured_on_an_independent_stream():
+    # Off-optimum heights move the facets off dyadic positions, so counts vary with the samples.
+    problem, h = make_problem(TARGETS, WEIGHTS), HEIGHTS + np.array([0.013, 0.0, -0.007])
+    pot = Potential.build(problem, h, seed=3, config=CONFIG, backend="torch")
+    index = CellIndex(problem.targets, h, backend="torch")
+    seed = derive_seed(3, potential_module.CHECK_STREAM)
+    est = estimate(index, problem.source, 6000, seed, k=1)
+    assert pot.accuracy == accuracy(est.counts, 6000, problem.weights)
+    again = check_accuracy(problem, h, n_samples=6000, seed=3, backend="torch")
+    assert again == pot.accuracy  # stream 0 of the check is the stream build measures on
+    other = check_accuracy(problem, h, n_samples=6000, seed=3, stream=1, backend="torch")
+    assert other.l1 != pot.accuracy.l1  # other samples, other counts
+    given = Potential.build(problem, h, seed=3, config=CONFIG, accuracy=other)
+    assert given.accuracy is other
+
+
+def test_build_makes_one_cell_index(monkeypatch):
+    made = []
+
+    class Counting(CellIndex):
+        def __init__(self, *args, **kwargs):
+            made.append(1)
+            super().__init__(*args, **kwargs)
+
+    for module in (potential_module, extended_map_module):
+        monkeypatch.setattr(module, "CellIndex", Counting)
+    Potential.build(make_problem(TARGETS, WEIGHTS), HEIGHTS, seed=0, config=CONFIG)
+    assert len(made) == 1
+
+
+def test_save_load_round_trip_is_exact(built, tmp_path):
+    _, pot = built
+    pot.save(tmp_path / "p.npz")
+    back = Potential.load(tmp_path / "p.npz", backend="torch")
+    assert back.accuracy == pot.accuracy
+    np.testing.assert_array_equal(back.heights, pot.heights)
+    np.testing.assert_array_equal(back.inverse, pot.inverse)
+    np.testing.assert_array_equal(back.extended_map.sample(300, 5), pot.extended_map.sample(300, 5))
+    s, t = back.singular_set, pot.singular_set
+    assert (s.rule, s.threshold, s.reason, s.frame) == (t.rule, t.threshold, t.reason, t.frame)
+    np.testing.assert_array_equal(s.angles, t.angles)
+    with np.load(tmp_path / "p.npz") as z:
+        assert sum(key.endswith("heights") for key in z.files) == 1  # written once
+
+
+def _rewrite(path, tmp_path, change):
+    with np.load(path) as z:
+        arrays = {key: z[key] for key in z.files}
+    change(arrays)
+    out = tmp_path / "changed.npz"
+    np.savez(out, **arrays)
+    return out
+
+
+def _meta(arrays, **changes):
+    meta = json.loads(str(arrays["meta"].item()))
+    meta.update(changes)
+    arrays["meta"] = np.array(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.pop("angles"), "missing entries \\['angles'\\]"),
+        (lambda a: a.pop("meta"), "no metadata"),
+        (lambda a: a.update(heights=np.zeros(5)), "heights has shape \\(5,\\)"),
+        (lambda a: a.update(heights=np.array([0.0, np.nan, 0.0])), "heights contain NaN"),
+        (lambda a: a.update(inverse=np.array([0, 7])), "inverse must be"),
+        (lambda a: a.update(pairs=np.array([[0, 9], [1, 2]])), "pairs must index"),
+        (lambda a: _meta(a, version=3), "version 3; this build reads"),
+        (lambda a: _meta(a, format="other"), "format 'other'"),
+        (lambda a: _meta(a, rule={"rule": "median"}), "rule must be one of"),
+    ],
+)
+def test_load_verifies_the_file(built, tmp_path, change, message):
+    _, pot = built
+    pot.save(tmp_path / "p.npz")
+    with pytest.raises(PotentialFormatError, match=message):
+        Potential.load(_rewrite(tmp_path / "p.npz", tmp_path, change))
+
+
+def test_load_rejects_torn_and_foreign_files(tmp_path):
+    (tmp_path / "torn.npz").write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(PotentialFormatError, match="not a potential file"):
+        Potential.load(tmp_path / "torn.npz")
+    with pytest.raises(FileNotFoundError):
+        Potential.load(tmp_path / "missing.npz")
+    assert issubclass(PotentialFormatError, ValueError)
+
+
+def _version_1_bytes(pot: Potential) -> bytes:
+    """A potential as the service wrote it before the solver owned the format."""
+    ext, s, adj = pot.extended_map, pot.singular_set, pot.extended_map.adjacency
+    rule = s.rule
+    param = getattr(rule, "q", getattr(rule, "min_regular", float("nan")))
+    arrays = {
+        "targets": ext.targets,
+        "heights": ext.heights,
+        "pairs": adj.pairs,
+        "pair_counts": adj.counts,
+        "facet_measures": adj.facet_measures,
+        "n_samples": np.array(adj.n_samples),
+        "angles": s.angles,
+        "singular": s.singular,
+        "threshold": np.array(s.threshold),
+        "rule": np.array(rule.name),
+        "frame": np.array(s.frame),
+        "quantile": np.array(param),
+        "gap_ratio": np.array(s.gap_ratio),
+        "mass_centres": ext.mass_centres,
+        "centre_counts": ext.centre_counts,
+        "k": np.array(ext.k),
+        "power": np.array(ext.power),
+        "domain": np.array(ext.source.domain),
+        "sampler": np.array(ext.source.sampler),
+    }
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        **{f"map_{key}": value for key, value in arrays.items()},
+        heights=ext.heights,
+        inverse=pot.inverse,
+        meta=np.array(json.dumps({"format": "aeot-potential/1", "model": "m", "iteration": 3})),
+    )
+    return buf.getvalue()
+
+
+def test_version_1_files_still_load(tmp_path):
+    problem = make_problem(TARGETS, WEIGHTS)
+    config = PotentialConfig(samples_per_cell=500, rule=FixedThreshold(radians=0.3))
+    pot = Potential.build(problem, HEIGHTS, seed=1, config=config, backend="torch")
+    (tmp_path / "v1.npz").write_bytes(_version_1_bytes(pot))
+    old = Potential.load(tmp_path / "v1.npz", backend="torch")
+    assert old.accuracy is None  # version 1 kept the check in the catalogue only
+    assert old.singular_set.rule == FixedThreshold(radians=0.3)
+    np.testing.assert_array_equal(old.extended_map.sample(200, 4), pot.extended_map.sample(200, 4))
+
+
+def test_bad_heights_and_configs():
+    problem = make_problem(TARGETS, WEIGHTS)
+    with pytest.raises(ValueError, match="heights must be finite with shape \\(3,\\)"):
+        Potential.build(problem, np.zeros(2), seed=0)
+    with pytest.raises(ValueError, match="n_samples"):
+        check_accuracy(problem, HEIGHTS, n_samples=0, seed=0)
+    for bad, message in [
+        ({"samples_per_cell": 0}, "samples_per_cell"),
+        ({"frame": "polar"}, "frame"),
+        ({"power": -1.0}, "power"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            PotentialConfig(**bad)
+    config = PotentialConfig(rule=FixedThreshold(radians=0.5), k=2)
+    assert PotentialConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="bad potential config"):
+        PotentialConfig.from_dict({"samples": 3})
