@@ -36,6 +36,11 @@ BUNDLE_FORMAT = "aeot-bundle/1"
 # Rows per forward pass when encoding/decoding arrays: bounds memory, keeps BLAS calls large.
 DEFAULT_BATCH = 1024
 _REQUIRED = ("config.json", "encoder.safetensors", "decoder.safetensors", "latents.npy")
+# Parameters a loaded autoencoder may have: the MNIST conv model has about 13 M; a config
+# asking for more is refused before any weight tensor is allocated.
+MAX_PARAMETERS = 200_000_000
+# Hidden layers an MLP config may list (each one is a module built before weights load).
+_MAX_LAYERS = 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -296,16 +301,21 @@ def _swap_in(tmp: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_bundle(path: str | os.PathLike[str], *, device: str = "cpu") -> Bundle:
+def load_bundle(
+    path: str | os.PathLike[str], *, device: str = "cpu", max_parameters: int = MAX_PARAMETERS
+) -> Bundle:
     """Load a bundle written by :func:`save_bundle`.
 
     Args:
         path: the bundle directory.
         device: torch device for the modules (``"cpu"`` or ``"cuda"``).
+        max_parameters: refuse a config whose autoencoder has more parameters (counted on
+            PyTorch's meta device, so an absurd architecture allocates nothing).
 
     Raises:
-        ValueError: missing directory or file, unknown format, or contents that do not match
-            the config (weights, latent shape, label count).
+        ValueError: missing directory or file, unknown format, an architecture over
+            ``max_parameters``, or contents that do not match the config (weights, latent
+            shape, label count), or a JSON file of the wrong shape.
 
     """
     path = Path(path)
@@ -315,6 +325,15 @@ def load_bundle(path: str | os.PathLike[str], *, device: str = "cpu") -> Bundle:
     if missing:
         raise ValueError(f"bundle {path} is missing {missing}")
     config = _read_config(path)
+    try:
+        n_params = parameter_count(config.autoencoder)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ValueError(f"config.json describes no buildable autoencoder: {exc}") from exc
+    if n_params > max_parameters:
+        raise ValueError(
+            f"config.json asks for an autoencoder of {n_params:,} parameters; "
+            f"the limit is {max_parameters:,}"
+        )
     model = Autoencoder(config.autoencoder)
     for part in ("encoder", "decoder"):
         file = path / f"{part}.safetensors"
@@ -328,12 +347,7 @@ def load_bundle(path: str | os.PathLike[str], *, device: str = "cpu") -> Bundle:
     labels = None
     if config.has_labels:
         labels = _read_array(path / "labels.npy", (config.n_latents,), np.int64)
-    metrics = None
-    if (path / "metrics.json").is_file():
-        try:
-            metrics = TrainMetrics.from_dict(json.loads((path / "metrics.json").read_text()))
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path / 'metrics.json'} is corrupt: {exc}") from exc
+    metrics = _read_metrics(path / "metrics.json")
     return Bundle(
         path=path,
         config=config,
@@ -345,12 +359,51 @@ def load_bundle(path: str | os.PathLike[str], *, device: str = "cpu") -> Bundle:
     )
 
 
-def _read_config(path: Path) -> BundleConfig:
-    file = path / "config.json"
+def parameter_count(config: AutoencoderConfig) -> int:
+    """Parameters (and BatchNorm buffers) of the autoencoder ``config`` describes.
+
+    The modules are built on PyTorch's meta device: shapes only, no memory, whatever the widths.
+    """
+    if len(config.mlp_hidden) > _MAX_LAYERS:
+        raise ValueError(f"mlp_hidden lists {len(config.mlp_hidden)} layers; at most {_MAX_LAYERS}")
+    with torch.device("meta"):
+        model = Autoencoder(config)
+    return sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+
+
+def _read_json_object(file: Path, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object (a list or a number is a ``ValueError``)."""
     try:
         data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file.name} is not a valid {what} (not JSON: {exc})") from exc
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ValueError(f"{file.name} is not a valid {what} (a JSON {kind}, not an object)")
+    return data
+
+
+def _read_metrics(file: Path) -> TrainMetrics | None:
+    if not file.is_file():
+        return None
+    data = _read_json_object(file, "metrics file")
+    history = data.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise ValueError(f"{file.name}: history must be a list of objects")
+    try:
+        return TrainMetrics.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{file.name} is corrupt: {exc}") from exc
+
+
+def _read_config(path: Path) -> BundleConfig:
+    file = path / "config.json"
+    data = _read_json_object(file, "bundle config")
+    try:
         if data.get("format") != BUNDLE_FORMAT:
             raise ValueError(f"format is {data.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+        if not isinstance(data.get("autoencoder"), dict):
+            raise ValueError("'autoencoder' must be a JSON object")
         config = BundleConfig(
             autoencoder=AutoencoderConfig.from_dict(data["autoencoder"]),
             dataset=str(data["dataset"]),
@@ -358,9 +411,9 @@ def _read_config(path: Path) -> BundleConfig:
             has_labels=bool(data["has_labels"]),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{file} is not a valid bundle config: {exc}") from exc
+        raise ValueError(f"{file.name} is not a valid bundle config: {exc}") from exc
     if tuple(data.get("image_shape", config.image_shape)) != config.image_shape:
-        raise ValueError(f"{file}: image_shape disagrees with the autoencoder config")
+        raise ValueError(f"{file.name}: image_shape disagrees with the autoencoder config")
     return config
 
 

@@ -6,6 +6,7 @@ inject a store in a temporary directory (and a serving index or worker flag) as 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -14,15 +15,21 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from models.runtime import torch_threads
+from service.deps import upload_limits
 from service.errors import install_error_handlers
+from service.job_config import job_config
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodyLimit, LatencyMetrics
+from service.openapi import set_limits
 from service.process import WorkerProcess
 from service.routes import catalogue, generate, system
+from service.security import KeyThrottle, RequestGate
 from service.serving import Poller, ServingIndex
 from service.settings import Settings
 from service.store import ModelStore
+
+log = logging.getLogger("aeot.server")
 
 API_DESCRIPTION = """AE-OT generative model service: samples, interpolations and the singular
 set of a semi-discrete optimal transport map in an autoencoder's latent space. Read endpoints
@@ -50,16 +57,22 @@ def create_app(
 
     """
     settings = settings or Settings()
-    store = store or ModelStore(settings.store)
+    store = store or ModelStore(settings.store, limits=upload_limits(settings))
     metrics = Metrics(store)
     serving = serving or ServingIndex(store, settings, on_swap=metrics.on_swap)
     if serving.on_swap is None:
         serving.on_swap = metrics.on_swap
+    if serving.on_damaged is None and not store.read_only:
+        serving.on_damaged = lambda name: queue_refit(store, settings, name)
     run_worker = settings.worker if start_worker is None else start_worker
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        worker = WorkerProcess(settings) if run_worker else None
+        if run_worker and store.read_only:
+            log.warning("store %s is read-only: serving only, no fit worker", settings.store)
+        worker = WorkerProcess(settings, store) if run_worker and not store.read_only else None
+        app.state.worker = worker
+        metrics.watch_worker(worker)
         poller = Poller(serving, settings.poll_interval) if poll else None
         if worker is not None:
             worker.start()
@@ -82,15 +95,30 @@ def create_app(
     app.state.store = store
     app.state.serving = serving
     app.state.metrics = metrics
+    app.state.worker = None  # the supervised worker while the lifespan runs (run_worker)
     install_error_handlers(app)
-    app.include_router(system.router)
-    app.include_router(generate.router)
-    app.include_router(catalogue.router)
+    routers = (system.router, generate.router, catalogue.router)
+    for router in routers:
+        app.include_router(router)
+    # The API routes as declared (paths and dependencies): the gate and the schema read them.
+    api_routes = [route for router in routers for route in router.routes]
     static = resources.files("service").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.state.throttle = KeyThrottle(settings.auth_max_failures, settings.auth_window)
+    set_limits(app, settings, api_routes)
     app.add_middleware(LatencyMetrics, metrics=metrics)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
+    # Outermost: host and key are judged on the request head, before any body is read.
+    app.add_middleware(
+        RequestGate, settings=settings, routes=api_routes, throttle=app.state.throttle
+    )
     return app
+
+
+def queue_refit(store: ModelStore, settings: Settings, name: str) -> None:
+    """Queue a fit of ``name`` with the server's settings (none if one is already active)."""
+    if store.enqueue_fit(name, job_config(settings)) is not None:
+        log.warning("model %s: refit queued to replace a damaged potential", name)
 
 
 def app_from_env() -> FastAPI:

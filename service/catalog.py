@@ -72,6 +72,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
+CREATE TABLE IF NOT EXISTS damaged (
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (model, version)
+);
 """
 # Columns added after the first release; a catalogue without them gets them on open (NULL).
 _ADDED_JOB_COLUMNS = {"train_plan": "TEXT", "train_progress": "TEXT"}
@@ -173,23 +180,58 @@ class Catalog:
 
     Args:
         path: the SQLite file (created with its schema when missing).
+        read_only: open it for reading only (a store on a read-only filesystem); every write
+            then fails with ``sqlite3.OperationalError`` (the API answers 507).
+
+    Raises:
+        sqlite3.DatabaseError: the file is not a SQLite database (or not this catalogue).
 
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
-        with self._connect() as con:
+        self.read_only = read_only
+        self._uri = f"file:{path}?mode=ro" if read_only else None
+        if read_only:
+            try:
+                self._probe()
+            except sqlite3.OperationalError:
+                # A WAL database on a read-only filesystem cannot create its shared-memory
+                # file; a cleanly closed one has no WAL left, so read it as immutable.
+                self._uri = f"file:{path}?immutable=1"
+                self._probe()
+            return
+        con = self._connect()
+        try:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
             have = {r["name"] for r in con.execute("PRAGMA table_info(jobs)").fetchall()}
             for column, kind in _ADDED_JOB_COLUMNS.items():
                 if column not in have:
                     con.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        finally:
+            con.close()
+        # One connection held open for the catalogue's lifetime keeps the WAL and its
+        # shared-memory file in place: when the last connection closes SQLite deletes them,
+        # and the next short-lived reader must create them again, which fails on a full disk.
+        self._keeper = self._connect(shared=True)
+        self._keeper.execute("SELECT count(*) FROM models").fetchone()
 
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+    def _probe(self) -> None:
+        con = self._connect()
+        try:
+            con.execute("SELECT count(*) FROM models").fetchone()
+        finally:
+            con.close()
+
+    def _connect(self, shared: bool = False) -> sqlite3.Connection:
+        target, uri = (self._uri, True) if self._uri is not None else (str(self.path), False)
+        con = sqlite3.connect(
+            target, uri=uri, timeout=30.0, isolation_level=None, check_same_thread=not shared
+        )
         con.row_factory = sqlite3.Row
-        con.execute("PRAGMA synchronous=NORMAL")
+        if self._uri is None:
+            con.execute("PRAGMA synchronous=NORMAL")
         return con
 
     @contextmanager
@@ -228,14 +270,25 @@ class Catalog:
         return model
 
     def delete_model(self, name: str) -> bool:
-        """Remove a model, its potentials and its jobs' queue entries; False if unknown."""
+        """Remove a model, its potentials and finished jobs (active ones are cancelled).
+
+        Returns False if the model is unknown.
+        """
         with self._write() as con:
             gone = con.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount
             con.execute("DELETE FROM potentials WHERE model = ?", (name,))
+            con.execute("DELETE FROM damaged WHERE model = ?", (name,))
             con.execute(
                 "UPDATE jobs SET status = 'cancelled', finished = ?, reason = 'deleted' "
                 "WHERE model = ? AND status IN ('queued', 'running')",
                 (time.time(), name),
+            )
+            # Its finished jobs go with it: a model registered (or trained) again under this
+            # name starts with no history that would say its training or fit already ran.
+            con.execute(
+                "DELETE FROM jobs WHERE model = ? AND status NOT IN ('queued', 'running')"
+                " AND reason IS NOT 'deleted'",
+                (name,),
             )
         return gone > 0
 
@@ -261,14 +314,25 @@ class Catalog:
         iteration: int,
         accuracy: AccuracyReport | None,
     ) -> int | None:
-        """Record a potential file as the model's newest version; returns it (None: deleted)."""
+        """Record a potential file as the model's newest version; returns it.
+
+        ``None`` (nothing recorded) when the model was deleted, its bundle replaced, or the
+        publishing job is no longer running (cancelled by a refit) - checked in the same
+        transaction, so a cancelled job can never publish afterwards.
+        """
         with self._write() as con:
             row = con.execute(
                 "SELECT published_version, bundle_hash FROM models WHERE name = ?", (model,)
             ).fetchone()
             if row is None or row["bundle_hash"] != bundle_hash:
                 return None
-            version = int(row["published_version"]) + 1
+            if job_id is not None and not _job_running(con, job_id):
+                return None  # cancelled (a refit replaced it) or deleted: never publish
+            # Past the newest ever written: a retracted (damaged) version is never reused.
+            newest = con.execute(
+                "SELECT MAX(version) AS v FROM potentials WHERE model = ?", (model,)
+            ).fetchone()["v"]
+            version = max(int(row["published_version"]), int(newest or 0)) + 1
             con.execute(
                 "INSERT INTO potentials (model, version, path, bundle_hash, job_id, iteration, "
                 "accuracy, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -300,6 +364,45 @@ class Catalog:
                     "SELECT * FROM potentials WHERE model = ? AND version = ?", (model, version)
                 ).fetchone()
         return _potential(row) if row else None
+
+    def retract(self, model: str, version: int, reason: str) -> int | None:
+        """Withdraw a damaged version: the model's current becomes its newest older good one.
+
+        Returns:
+            The version now current (0: none left), or ``None`` when ``version`` is no longer
+            the current one (already retracted elsewhere, or a newer one published).
+
+        """
+        with self._write() as con:
+            row = con.execute(
+                "SELECT published_version FROM models WHERE name = ?", (model,)
+            ).fetchone()
+            if row is None or int(row["published_version"]) != version:
+                return None
+            con.execute(
+                "INSERT OR REPLACE INTO damaged (model, version, reason, created) "
+                "VALUES (?, ?, ?, ?)",
+                (model, version, reason, time.time()),
+            )
+            good = con.execute(
+                "SELECT MAX(version) AS v FROM potentials WHERE model = ? AND version < ? "
+                "AND version NOT IN (SELECT version FROM damaged WHERE model = ?)",
+                (model, version, model),
+            ).fetchone()["v"]
+            fallback = int(good or 0)
+            con.execute("UPDATE models SET published_version = ? WHERE name = ?", (fallback, model))
+        return fallback
+
+    def damage(self, model: str) -> tuple[int, str] | None:
+        """The newest retracted version of ``model`` newer than its current, with the reason."""
+        with self._read() as con:
+            row = con.execute(
+                "SELECT d.version, d.reason FROM damaged d JOIN models m ON m.name = d.model "
+                "WHERE d.model = ? AND d.version > m.published_version "
+                "ORDER BY d.version DESC LIMIT 1",
+                (model,),
+            ).fetchone()
+        return (int(row["version"]), row["reason"]) if row else None
 
     def published_versions(self) -> dict[str, int]:
         """``{model: published version}`` for every model (0: nothing published yet)."""
@@ -428,6 +531,42 @@ class Catalog:
             fields["finished"] = now
         return self._update_owned(job_id, worker, fields)
 
+    def note(self, job_id: int, reason: str) -> None:
+        """Record why a job runs as it does (e.g. resumed from an older checkpoint)."""
+        with self._write() as con:
+            con.execute(
+                "UPDATE jobs SET reason = ?, updated = ? WHERE id = ?",
+                (reason, time.time(), job_id),
+            )
+
+    def job_counts(self, model: str, kind: JobKind, bundle_hash: str | None) -> dict[str, int]:
+        """``{status: jobs}`` of this kind for the model's bundle."""
+        with self._read() as con:
+            rows = con.execute(
+                "SELECT status, count(*) AS n FROM jobs WHERE model = ? AND kind = ? "
+                "AND bundle_hash IS ? GROUP BY status",
+                (model, kind, bundle_hash),
+            ).fetchall()
+        return {r["status"]: int(r["n"]) for r in rows}
+
+    def owns(self, job_id: int, worker: str) -> bool:
+        """Whether ``worker`` holds the job's lease (it runs it and nobody took it over)."""
+        with self._read() as con:
+            row = con.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND worker = ? AND status = 'running'",
+                (job_id, worker),
+            ).fetchone()
+        return row is not None
+
+    def release_worker(self, worker: str, reason: str) -> int:
+        """Queue again the running jobs of a worker known dead; returns how many."""
+        with self._write() as con:
+            return con.execute(
+                "UPDATE jobs SET status = 'queued', worker = NULL, heartbeat = NULL, "
+                "reason = ?, updated = ? WHERE worker = ? AND status = 'running'",
+                (reason, time.time(), worker),
+            ).rowcount
+
     def _update_owned(self, job_id: int, worker: str, fields: dict[str, Any]) -> bool:
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self._write() as con:
@@ -463,6 +602,11 @@ class Catalog:
                 (model, kind, bundle_hash),
             ).fetchone()
         return row is not None
+
+
+def _job_running(con: sqlite3.Connection, job_id: int) -> bool:
+    row = con.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row is not None and row["status"] == "running"
 
 
 def _claimable(row: sqlite3.Row, now: float, stale_seconds: float) -> bool:

@@ -111,7 +111,15 @@ def serve(
     if settings.web_workers > 1:
         _serve_processes(settings)
         return
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    from service.server import server_options  # noqa: PLC0415
+    from service.store import CatalogueLost  # noqa: PLC0415
+
+    try:
+        app_ = create_app(settings)
+    except CatalogueLost as exc:  # never start over a store whose catalogue is gone
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(app_, **server_options(settings))
 
 
 def _serve_processes(settings: Settings) -> None:
@@ -119,6 +127,7 @@ def _serve_processes(settings: Settings) -> None:
     import uvicorn  # noqa: PLC0415
 
     from service.process import WorkerProcess  # noqa: PLC0415
+    from service.server import server_options  # noqa: PLC0415
 
     own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     metrics_dir = tempfile.mkdtemp(prefix="aeot-metrics-") if own_dir else None
@@ -136,9 +145,7 @@ def _serve_processes(settings: Settings) -> None:
             "service.app:app_from_env",
             factory=True,
             workers=settings.web_workers,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
+            **server_options(settings),
             # A process imports torch and the solver before it answers the supervisor's
             # health check, which takes longer than uvicorn's 5 s on a busy 2-core machine.
             timeout_worker_healthcheck=60,
@@ -156,11 +163,14 @@ def _serve_processes(settings: Settings) -> None:
 def worker_cmd(overrides: dict[str, Any]) -> None:
     """Run a fit worker on the store (scale-out; several may share one store)."""
     from service.logs import configure_logging  # noqa: PLC0415
+    from service.ranks import lead_or_follow  # noqa: PLC0415
     from service.worker import run_worker  # noqa: PLC0415
 
     settings = build_settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
-    run_worker(settings)
+    followed = lead_or_follow(lambda: run_worker(settings))
+    if followed is not None:
+        typer.echo(f"rank {os.environ.get('RANK')} followed {followed} fit(s)")
 
 
 @app.command(name="fit")
@@ -170,7 +180,19 @@ def fit_cmd(
     overrides: dict[str, Any],
     name: str = typer.Argument(..., help="model name in the store"),
 ) -> None:
-    """Fit (or refit) a model's OT map in the foreground, with a progress bar."""
+    """Fit (or refit) a model's OT map in the foreground, with a progress bar.
+
+    Under ``torchrun --nproc-per-node K`` the fit runs over K processes (see docs/solver.md).
+    """
+    from service.ranks import lead_or_follow  # noqa: PLC0415
+
+    followed = lead_or_follow(lambda: _fit_foreground(name, overrides))
+    if followed is not None:
+        typer.echo(f"rank {os.environ.get('RANK')} followed {followed} fit(s)")
+
+
+def _fit_foreground(name: str, overrides: dict[str, Any]) -> None:
+    """The fit command's body: queue a fit, run a worker here until it ends, show progress."""
     from service.job_config import job_config  # noqa: PLC0415
     from service.worker import Worker  # noqa: PLC0415
 

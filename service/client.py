@@ -3,6 +3,11 @@
 Both return numpy arrays for latents, PIL images for pictures and plain dicts for status; an
 HTTP error raises :class:`AEOTError` carrying the status code and the server's message.
 
+Each API method is written once, in :class:`_Api`, as a function that says which request to
+send and how to read its answer (a :class:`Call`); :class:`endpoint` turns it into a method of
+both clients, which differ only in how they send a call (:meth:`AEOTClient._run` blocks,
+:meth:`AsyncAEOTClient._run` is awaited). A new API method is one function in :class:`_Api`.
+
 Example:
     >>> with AEOTClient("http://127.0.0.1:8000") as client:  # doctest: +SKIP
     ...     client.wait_ready(timeout=120)
@@ -15,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import httpx
 import numpy as np
@@ -88,18 +95,80 @@ def _params(**kwargs: Any) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def _interp_body(
-    start: Any, end: Any, steps: int, model: str | None, images: bool
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"steps": steps, "images": images, "model": model}
-    if isinstance(start, int | np.integer) and isinstance(end, int | np.integer):
-        body.update(start_index=int(start), end_index=int(end))
-    else:
-        body.update(start=np.asarray(start, float).tolist(), end=np.asarray(end, float).tolist())
-    return _params(**body)
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
-def _interp_result(data: dict[str, Any]) -> InterpolationResult:
+@dataclass(frozen=True, kw_only=True)
+class Call(Generic[T]):
+    """One request to send and how to read its answer.
+
+    Attributes:
+        method: HTTP method. path: URL path. parse: turns the (checked) response into the
+        method's result. params, json, data, files: as httpx takes them.
+        check: raise :class:`AEOTError` for an error status before parsing.
+
+    """
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: dict[str, Any] | None = None
+    json: Any = None
+    data: dict[str, Any] | None = None
+    files: dict[str, Any] | None = None
+    check: bool = True
+
+
+class endpoint(Generic[P, T]):  # noqa: N801 - used as a decorator, like property
+    """An API method written once as ``build(*args) -> Call``; a method of both clients.
+
+    On :class:`AEOTClient` it returns the parsed result; on :class:`AsyncAEOTClient` an
+    awaitable of it. Its name, docstring and signature are the builder's.
+    """
+
+    def __init__(self, build: Callable[P, Call[T]]) -> None:
+        self._build = build
+        self.__doc__ = build.__doc__
+
+    @overload
+    def __get__(self, client: AEOTClient, owner: type | None = None) -> Callable[P, T]: ...
+
+    @overload
+    def __get__(
+        self, client: AsyncAEOTClient, owner: type | None = None
+    ) -> Callable[P, Awaitable[T]]: ...
+
+    def __get__(self, client: Any, owner: type | None = None) -> Any:
+        if client is None:
+            return self
+
+        @functools.wraps(self._build)
+        def bound(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return client._run(self._build(*args, **kwargs))
+
+        return bound
+
+
+def _npy_sample(response: httpx.Response) -> Sample:
+    latents = np.load(io.BytesIO(response.content), allow_pickle=False)
+    return Sample(
+        latents=latents,
+        version=int(response.headers["X-Potential-Version"]),
+        model=response.headers["X-Model"],
+    )
+
+
+def _image(response: httpx.Response) -> Image.Image:
+    return Image.open(io.BytesIO(response.content))
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    return dict(response.json())
+
+
+def _interp_result(response: httpx.Response) -> InterpolationResult:
+    data = response.json()
     strip = None
     if data.get("strip_png"):
         strip = Image.open(io.BytesIO(base64.b64decode(data["strip_png"])))
@@ -114,16 +183,116 @@ def _interp_result(data: dict[str, Any]) -> InterpolationResult:
     )
 
 
-def _sample_result(response: httpx.Response) -> Sample:
-    latents = np.load(io.BytesIO(response.content), allow_pickle=False)
-    return Sample(
-        latents=latents,
-        version=int(response.headers["X-Potential-Version"]),
-        model=response.headers["X-Model"],
-    )
+def _sample_call(n: int, seed: int, extended: bool, model: str | None, fmt: str) -> dict[str, Any]:
+    return _params(n=n, seed=seed, extended=extended, model=model, format=fmt)
 
 
-class AEOTClient:
+class _Api:
+    """Every API method, once; see the module docstring."""
+
+    @endpoint
+    def sample_with_version(
+        n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
+    ) -> Call[Sample]:
+        """``n`` latents (``.npy`` transfer) and the potential version that made them."""
+        params = _sample_call(n, seed, extended, model, "npy")
+        return Call(method="GET", path="/sample", params=params, parse=_npy_sample)
+
+    @endpoint
+    def sample(
+        n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
+    ) -> Call[np.ndarray]:
+        """``n`` latents, shape ``(n, d)``, float32."""
+        params = _sample_call(n, seed, extended, model, "npy")
+        return Call(
+            method="GET", path="/sample", params=params, parse=lambda r: _npy_sample(r).latents
+        )
+
+    @endpoint
+    def sample_images(
+        n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
+    ) -> Call[Image.Image]:
+        """``n`` decoded samples as one PNG grid."""
+        params = _sample_call(n, seed, extended, model, "png")
+        return Call(method="GET", path="/sample", params=params, parse=_image)
+
+    @endpoint
+    def interpolate(
+        start: Any, end: Any, steps: int = 16, *, model: str | None = None, images: bool = True
+    ) -> Call[InterpolationResult]:
+        """Interpolate between two source points (arrays) or two training indices (ints)."""
+        body: dict[str, Any] = {"steps": steps, "images": images, "model": model}
+        if isinstance(start, int | np.integer) and isinstance(end, int | np.integer):
+            body.update(start_index=int(start), end_index=int(end))
+        else:
+            start_point, end_point = np.asarray(start, float), np.asarray(end, float)
+            body.update(start=start_point.tolist(), end=end_point.tolist())
+        return Call(method="POST", path="/interpolate", json=_params(**body), parse=_interp_result)
+
+    @endpoint
+    def singularities(*, model: str | None = None, limit: int = 100) -> Call[dict[str, Any]]:
+        """Singular set summary (threshold, rule, counts, pairs)."""
+        params = _params(model=model, limit=limit)
+        return Call(method="GET", path="/singularities", params=params, parse=_json)
+
+    @endpoint
+    def singularities_image(*, model: str | None = None) -> Call[Image.Image]:
+        """Power diagram with singular facets (2D models)."""
+        params = _params(model=model, format="png")
+        return Call(method="GET", path="/singularities", params=params, parse=_image)
+
+    @endpoint
+    def models() -> Call[dict[str, Any]]:
+        """``/models``: every model, the default one, active jobs."""
+        return Call(method="GET", path="/models", parse=_json)
+
+    @endpoint
+    def model(name: str) -> Call[dict[str, Any]]:
+        """``/models/{name}``: status and fit progress."""
+        return Call(method="GET", path=f"/models/{name}", parse=_json)
+
+    @endpoint
+    def register(name: str, archive: bytes) -> Call[dict[str, Any]]:
+        """Upload a bundle archive (tar/zip) as model ``name`` (needs the API key)."""
+        files = {"bundle": ("bundle.tar.gz", archive, "application/octet-stream")}
+        return Call(method="POST", path="/models", data={"name": name}, files=files, parse=_json)
+
+    @endpoint
+    def refit(name: str, **options: Any) -> Call[dict[str, Any]]:
+        """Queue a refit (options: target_l1, seed, max_iter, time_budget, replace)."""
+        return Call(method="POST", path=f"/models/{name}/fit", json=options, parse=_json)
+
+    @endpoint
+    def train(name: str, dataset: str, **options: Any) -> Call[dict[str, Any]]:
+        """Queue training ``name`` on ``dataset`` (relative to the server's data root; key).
+
+        Options: split, subset, latent_dim, arch, epochs, decoder_epochs, image_size,
+        channels, seed. Returns the job; its epoch and loss show in ``models()``.
+        """
+        body = {"dataset": dataset, **{k: v for k, v in options.items() if v is not None}}
+        return Call(method="POST", path=f"/models/{name}/train", json=body, parse=_json)
+
+    @endpoint
+    def delete(name: str) -> Call[None]:
+        """Delete a model (needs the API key)."""
+        return Call(method="DELETE", path=f"/models/{name}", parse=lambda r: None)
+
+    @endpoint
+    def ready() -> Call[bool]:
+        """Whether ``/readyz`` answers 200."""
+        return Call(method="GET", path="/readyz", check=False, parse=lambda r: r.status_code == 200)
+
+
+def _send_args(call: Call[Any]) -> dict[str, Any]:
+    return {
+        "params": call.params,
+        "json": call.json,
+        "data": call.data,
+        "files": call.files,
+    }
+
+
+class AEOTClient(_Api):
     """Synchronous client.
 
     Args:
@@ -157,85 +326,9 @@ class AEOTClient:
         """Close the connection pool."""
         self._http.close()
 
-    def _get(self, path: str, **params: Any) -> httpx.Response:
-        return _check(self._http.get(path, params=_params(**params)))
-
-    def sample_with_version(
-        self, n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
-    ) -> Sample:
-        """``n`` latents (``.npy`` transfer) and the potential version that made them."""
-        r = self._get("/sample", n=n, seed=seed, extended=extended, model=model, format="npy")
-        return _sample_result(r)
-
-    def sample(
-        self, n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
-    ) -> np.ndarray:
-        """``n`` latents, shape ``(n, d)``, float32."""
-        return self.sample_with_version(n, seed, extended=extended, model=model).latents
-
-    def sample_images(
-        self, n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
-    ) -> Image.Image:
-        """``n`` decoded samples as one PNG grid."""
-        r = self._get("/sample", n=n, seed=seed, extended=extended, model=model, format="png")
-        return Image.open(io.BytesIO(r.content))
-
-    def interpolate(
-        self,
-        start: Any,
-        end: Any,
-        steps: int = 16,
-        *,
-        model: str | None = None,
-        images: bool = True,
-    ) -> InterpolationResult:
-        """Interpolate between two source points (arrays) or two training indices (ints)."""
-        body = _interp_body(start, end, steps, model, images)
-        return _interp_result(_check(self._http.post("/interpolate", json=body)).json())
-
-    def singularities(self, *, model: str | None = None, limit: int = 100) -> dict[str, Any]:
-        """Singular set summary (threshold, rule, counts, pairs)."""
-        return dict(self._get("/singularities", model=model, limit=limit).json())
-
-    def singularities_image(self, *, model: str | None = None) -> Image.Image:
-        """Power diagram with singular facets (2D models)."""
-        r = self._get("/singularities", model=model, format="png")
-        return Image.open(io.BytesIO(r.content))
-
-    def models(self) -> dict[str, Any]:
-        """``/models``: every model, the default one, active jobs."""
-        return dict(self._get("/models").json())
-
-    def model(self, name: str) -> dict[str, Any]:
-        """``/models/{name}``: status and fit progress."""
-        return dict(self._get(f"/models/{name}").json())
-
-    def register(self, name: str, archive: bytes) -> dict[str, Any]:
-        """Upload a bundle archive (tar/zip) as model ``name`` (needs the API key)."""
-        files = {"bundle": ("bundle.tar.gz", archive, "application/octet-stream")}
-        r = self._http.post("/models", data={"name": name}, files=files)
-        return dict(_check(r).json())
-
-    def refit(self, name: str, **options: Any) -> dict[str, Any]:
-        """Queue a refit (options: target_l1, seed, max_iter, time_budget, replace)."""
-        return dict(_check(self._http.post(f"/models/{name}/fit", json=options)).json())
-
-    def train(self, name: str, dataset: str, **options: Any) -> dict[str, Any]:
-        """Queue training ``name`` on ``dataset`` (relative to the server's data root; key).
-
-        Options: split, subset, latent_dim, arch, epochs, decoder_epochs, image_size,
-        channels, seed. Returns the job; its epoch and loss show in :meth:`models`.
-        """
-        body = {"dataset": dataset, **_params(**options)}
-        return dict(_check(self._http.post(f"/models/{name}/train", json=body)).json())
-
-    def delete(self, name: str) -> None:
-        """Delete a model (needs the API key)."""
-        _check(self._http.delete(f"/models/{name}"))
-
-    def ready(self) -> bool:
-        """Whether ``/readyz`` answers 200."""
-        return self._http.get("/readyz").status_code == 200
+    def _run(self, call: Call[T]) -> T:
+        response = self._http.request(call.method, call.path, **_send_args(call))
+        return call.parse(_check(response) if call.check else response)
 
     def wait_ready(self, timeout: float = 300.0, interval: float = 1.0) -> None:
         """Poll ``/readyz`` until ready; raises ``TimeoutError`` after ``timeout`` seconds."""
@@ -250,7 +343,7 @@ class AEOTClient:
         raise TimeoutError(f"service not ready after {timeout:.0f} s")
 
 
-class AsyncAEOTClient:
+class AsyncAEOTClient(_Api):
     """Asynchronous client with the same methods as :class:`AEOTClient` (awaitable)."""
 
     def __init__(
@@ -276,62 +369,9 @@ class AsyncAEOTClient:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def _get(self, path: str, **params: Any) -> httpx.Response:
-        return _check(await self._http.get(path, params=_params(**params)))
-
-    async def sample_with_version(
-        self, n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
-    ) -> Sample:
-        """``n`` latents and the potential version that made them."""
-        r = await self._get("/sample", n=n, seed=seed, extended=extended, model=model, format="npy")
-        return _sample_result(r)
-
-    async def sample(
-        self, n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
-    ) -> np.ndarray:
-        """``n`` latents, shape ``(n, d)``, float32."""
-        return (await self.sample_with_version(n, seed, extended=extended, model=model)).latents
-
-    async def sample_images(
-        self, n: int, seed: int = 0, *, extended: bool = True, model: str | None = None
-    ) -> Image.Image:
-        """``n`` decoded samples as one PNG grid."""
-        r = await self._get("/sample", n=n, seed=seed, extended=extended, model=model, format="png")
-        return Image.open(io.BytesIO(r.content))
-
-    async def interpolate(
-        self,
-        start: Any,
-        end: Any,
-        steps: int = 16,
-        *,
-        model: str | None = None,
-        images: bool = True,
-    ) -> InterpolationResult:
-        """Interpolate between two source points or two training indices."""
-        body = _interp_body(start, end, steps, model, images)
-        return _interp_result(_check(await self._http.post("/interpolate", json=body)).json())
-
-    async def singularities(self, *, model: str | None = None, limit: int = 100) -> dict[str, Any]:
-        """Singular set summary."""
-        return dict((await self._get("/singularities", model=model, limit=limit)).json())
-
-    async def models(self) -> dict[str, Any]:
-        """``/models``."""
-        return dict((await self._get("/models")).json())
-
-    async def model(self, name: str) -> dict[str, Any]:
-        """``/models/{name}``."""
-        return dict((await self._get(f"/models/{name}")).json())
-
-    async def train(self, name: str, dataset: str, **options: Any) -> dict[str, Any]:
-        """Queue training ``name`` on ``dataset`` (relative to the server's data root; key)."""
-        body = {"dataset": dataset, **_params(**options)}
-        return dict(_check(await self._http.post(f"/models/{name}/train", json=body)).json())
-
-    async def ready(self) -> bool:
-        """Whether ``/readyz`` answers 200."""
-        return (await self._http.get("/readyz")).status_code == 200
+    async def _run(self, call: Call[T]) -> T:
+        response = await self._http.request(call.method, call.path, **_send_args(call))
+        return call.parse(_check(response) if call.check else response)
 
     async def wait_ready(self, timeout: float = 300.0, interval: float = 1.0) -> None:
         """Poll ``/readyz`` until ready; raises ``TimeoutError`` after ``timeout`` seconds."""

@@ -13,9 +13,10 @@ from fastapi import Depends, Header, Request
 
 from service.errors import AuthError, NotReady
 from service.metrics import Metrics
+from service.process import WorkerProcess, WorkerState
 from service.serving import ServingIndex
 from service.settings import Settings
-from service.store import ModelStore
+from service.store import ModelStore, UploadLimits
 
 
 def get_settings(request: Request) -> Settings:
@@ -42,14 +43,22 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_worker_state(request: Request) -> WorkerState | None:
+    """Return the supervised worker's state, or ``None`` when this process runs none."""
+    worker: WorkerProcess | None = getattr(request.app.state, "worker", None)
+    return worker.state if worker is not None else None
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 ServingDep = Annotated[ServingIndex, Depends(get_serving)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+WorkerDep = Annotated[WorkerState | None, Depends(get_worker_state)]
 ApiKeyHeader = Annotated[str | None, Header(alias="X-API-Key", include_in_schema=False)]
 
 
-def _check_key(settings: Settings, key: str | None) -> None:
+def check_key(settings: Settings, key: str | None) -> None:
+    """Raise :class:`AuthError` unless ``key`` is the configured API key (constant time)."""
     if not settings.mutations_enabled():
         raise AuthError("this server has no API key configured (set AEOT_API_KEY)", 403)
     if not key:
@@ -61,13 +70,13 @@ def _check_key(settings: Settings, key: str | None) -> None:
 
 def require_key(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
     """Mutating endpoints: a valid ``X-API-Key`` (401 missing, 403 wrong or unconfigured)."""
-    _check_key(settings, x_api_key)
+    check_key(settings, x_api_key)
 
 
 def read_access(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
     """Read endpoints: open unless ``require_key_for_reads`` is set."""
     if settings.require_key_for_reads:
-        _check_key(settings, x_api_key)
+        check_key(settings, x_api_key)
 
 
 def default_model(settings: Settings, store: ModelStore) -> str | None:
@@ -86,6 +95,15 @@ def resolve_model(name: str | None, settings: Settings, store: ModelStore) -> st
     if chosen is None:
         raise NotReady("no model registered yet (the default model may be training)", 10.0)
     return chosen
+
+
+def upload_limits(settings: Settings) -> UploadLimits:
+    """The limits on uploaded bundles, from settings."""
+    return UploadLimits(
+        max_bytes=settings.max_bundle_bytes,
+        max_members=settings.max_bundle_members,
+        max_parameters=settings.max_parameters,
+    )
 
 
 KeyRequired = Depends(require_key)

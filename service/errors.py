@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,15 +43,47 @@ class Conflict(Exception):
     """The request conflicts with the current state (an active job, ...): 409."""
 
 
+class Throttled(Exception):
+    """Too many wrong API keys from this client lately (429 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 _MEANING = {
+    400: "Host header not in the server's allow-list",
+    408: "the request body stalled longer than the server's body timeout",
     401: "missing API key (X-API-Key)",
     403: "wrong API key, or none configured on the server (training: no data root)",
     404: "unknown model",
     409: "conflicts with the current state (name taken, active job)",
     413: "request body over the configured limit",
-    422: "invalid request: wrong type, out of range, over a limit, wrong for the model",
+    422: "invalid request: wrong type, out of range, over a limit, wrong for the model, "
+    "body not UTF-8 JSON",
+    429: "too many wrong API keys from this client (Retry-After says when to try again)",
     503: "no fitted potential yet (Retry-After says when to try again)",
+    507: "the store cannot be written (disk full or read-only); reads keep working",
 }
+
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "the store's disk is full",
+    errno.EDQUOT: "the store's disk quota is exhausted",
+    errno.EROFS: "the store is read-only",
+}
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """Say why a write failed when the store cannot take writes (full, read-only), else None."""
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return _STORAGE_ERRNOS[exc.errno]
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        if "disk is full" in text:
+            return _STORAGE_ERRNOS[errno.ENOSPC]
+        if "readonly" in text or "read-only" in text:
+            return _STORAGE_ERRNOS[errno.EROFS]
+    return None
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -56,13 +91,28 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         out[code] = {"model": ErrorResponse, "description": _MEANING[code]}
-        if code == 503:
+        if code in (429, 503):
             out[code]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
     return out
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The one shape of every error answer: ``{"detail": message}`` (middleware uses it too)."""
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+_error = error_response
+
+
+def auth_response(exc: AuthError | Throttled) -> JSONResponse:
+    """401/403 for a missing or wrong key, 429 for a throttled client."""
+    if isinstance(exc, Throttled):
+        retry = str(max(1, math.ceil(exc.retry_after)))
+        return _error(429, str(exc), {"Retry-After": retry})
+    headers = {"WWW-Authenticate": "X-API-Key"} if exc.status_code == 401 else None
+    return _error(exc.status_code, str(exc), headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -87,8 +137,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AuthError)
     async def _auth(_: Request, exc: AuthError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "X-API-Key"} if exc.status_code == 401 else None
-        return _error(exc.status_code, str(exc), headers)
+        return auth_response(exc)
+
+    @app.exception_handler(Throttled)
+    async def _throttled(_: Request, exc: Throttled) -> JSONResponse:
+        return auth_response(exc)
 
     @app.exception_handler(DataRootError)
     async def _no_data_root(_: Request, exc: DataRootError) -> JSONResponse:
@@ -108,6 +161,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:
         return _error(422, str(exc))
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _storage(_: Request, exc: Exception) -> JSONResponse:
+        problem = storage_problem(exc)
+        if problem is None:
+            log.error("internal error", exc_info=exc)
+            return _error(500, "internal error (logged on the server)")
+        log.warning("write refused: %s (%s)", problem, exc)
+        return _error(507, f"{problem}: the change was not made; reads keep working")
 
     @app.exception_handler(ValueError)
     async def _value(_: Request, exc: ValueError) -> JSONResponse:

@@ -14,10 +14,11 @@ import os
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from service.process import WorkerProcess
 from service.store import ModelStore
 
 # Latency buckets (seconds): the /sample goal is p99 <= 50 ms, so resolve 1-100 ms finely.
@@ -50,6 +51,27 @@ class _FitCollector(Collector):
             if job.eta is not None:
                 fams["eta_seconds"].add_metric([model.name], job.eta)
         yield from fams.values()
+
+
+class _WorkerCollector(Collector):
+    """The supervised worker: up (1/0) and restarts after unexpected exits."""
+
+    def __init__(self) -> None:
+        self.worker: WorkerProcess | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Yield the worker metrics (nothing when this process supervises no worker)."""
+        if self.worker is None:
+            return
+        state = self.worker.state
+        up = GaugeMetricFamily("aeot_worker_up", "the fit worker process is running")
+        up.add_metric([], 1.0 if state.status == "running" else 0.0)
+        restarts = CounterMetricFamily(
+            "aeot_worker_restarts", "fit worker restarts after an unexpected exit"
+        )
+        restarts.add_metric([], state.restarts)
+        yield up
+        yield restarts
 
 
 class Metrics:
@@ -86,6 +108,12 @@ class Metrics:
             multiprocess_mode="livemostrecent",
         )
         self.registry.register(_FitCollector(store))
+        self._worker = _WorkerCollector()
+        self.registry.register(self._worker)
+
+    def watch_worker(self, worker: WorkerProcess | None) -> None:
+        """Report this supervised worker (``aeot_worker_up``, ``aeot_worker_restarts_total``)."""
+        self._worker.worker = worker
 
     def on_swap(self, model: str, version: int) -> None:
         """Record a swap of the serving index."""
@@ -99,4 +127,5 @@ class Metrics:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         registry.register(_FitCollector(self._store))
+        registry.register(self._worker)
         return generate_latest(registry)

@@ -2,67 +2,92 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import error_response
 from service.metrics import Metrics
 
 
 class BodyLimit:
-    """Answer 413 for bodies over ``max_bytes``: by Content-Length, or while streaming.
+    """Read the body whole before the app: 413 over ``max_bytes``, 408 when it stalls.
 
     A declared length over the limit is refused before the body is read. Otherwise the body
     is read here (bounded by the limit) and replayed to the app, so a chunked or lying body
-    is refused with a 413 as soon as it passes the limit, never half-parsed by a route.
+    is refused with a 413 as soon as it passes the limit, never half-parsed by a route. A
+    client that stops sending for ``timeout`` seconds (slowloris) gets a 408 and the
+    connection is freed. A JSON body that is not UTF-8 (RFC 8259) answers 422.
+
+    Args:
+        app: the wrapped app.
+        max_bytes: body size limit.
+        timeout: seconds to wait for each chunk of the body.
+
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check the declared length, then read and count the body before the app sees it."""
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_413(send, self.max_bytes)
+            await self._refuse(413, scope, receive, send)
             return
         chunks: list[bytes] = []
         seen = 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except TimeoutError:
+                await self._refuse(408, scope, receive, send)
+                return
             if message["type"] != "http.request":  # client went away
                 return
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > self.max_bytes:
-                await _send_413(send, self.max_bytes)
+                await self._refuse(413, scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        body = b"".join(chunks)
+        if body and headers.get(b"content-type", b"").startswith(b"application/json"):
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                detail = f"request body is not UTF-8 JSON: byte {exc.start} is invalid"
+                await error_response(422, detail)(scope, receive, send)
+                return
         replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
 
-
-async def _send_413(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body exceeds {limit} bytes"}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, status: int, scope: Scope, receive: Receive, send: Send) -> None:
+        if status == 413:
+            message = f"request body exceeds {self.max_bytes} bytes"
+        else:
+            message = f"request body stalled for {self.timeout:g} s"
+        # The unread rest of the body makes the connection unusable: close it.
+        response = error_response(status, message, {"Connection": "close"})
+        await response(scope, receive, send)
 
 
 class LatencyMetrics:

@@ -1,8 +1,11 @@
 """HTTP request and response schemas (pydantic v2), in families per endpoint.
 
 Requests forbid unknown fields and reject NaN/inf, so a typo or a bad number answers 422 with
-a message instead of being ignored. Limits that depend on settings (``max_n``, ...) are checked
-in :mod:`service.operations`; the static bounds here only reject nonsense early.
+a message instead of being ignored. JSON bodies are strict: ``"5"`` is not a number, ``0`` and
+``"yes"`` are not booleans. Query strings carry only text, so each GET route reads its request
+through a lax twin (``SampleQuery``, ...) that parses ``n=5`` and ``extended=true``. Limits that
+depend on settings (``max_n``, ...) are checked in :mod:`service.operations`, and the app writes
+them into the OpenAPI schema as ``maximum`` (:func:`service.openapi.set_limits`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from service.catalog import JobRecord, ModelRecord
+from service.process import WorkerState
 from service.store import NAME_PATTERN
 from solver import AccuracyReport
 
@@ -29,23 +33,30 @@ Seed = Annotated[Int, Field(ge=0, le=2**31 - 1, description="seed: same seed, sa
 ModelName = Annotated[
     str | None, Field(pattern=NAME_PATTERN, description="model name (default model if omitted)")
 ]
-# Absolute caps whatever the settings say; the configured limits are checked per request.
-_HARD_N = 1_000_000
-_HARD_STEPS = 100_000
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# The GET twins: query values are text, so they are parsed (``n=5``, ``extended=true``).
+_QUERY = ConfigDict(extra="forbid", strict=False)
 
 
 class SampleRequest(_Request):
     """Draw ``n`` latents from the OT map (and decode them for ``format=png``)."""
 
     model: ModelName = None
-    n: Int = Field(default=64, ge=1, le=_HARD_N, description="number of samples")
+    n: Int = Field(default=64, ge=1, description="number of samples")
     seed: Seed = 0
     extended: bool = Field(default=True, description="extended map (new codes) or pure map T")
     format: Literal["json", "npy", "png"] = "json"
+
+
+class SampleQuery(SampleRequest):
+    """:class:`SampleRequest` read from query parameters."""
+
+    model_config = _QUERY
 
 
 class SampleResponse(BaseModel):
@@ -66,7 +77,7 @@ class InterpolateRequest(_Request):
     end: list[FiniteFloat] | None = Field(default=None, description="source point (length d)")
     start_index: Int | None = Field(default=None, ge=0, description="training latent index")
     end_index: Int | None = Field(default=None, ge=0, description="training latent index")
-    steps: Int = Field(default=16, ge=2, le=_HARD_STEPS)
+    steps: Int = Field(default=16, ge=2)
     format: Literal["json", "png"] = "json"
     images: bool = Field(default=False, description="JSON only: include the decoded strip as PNG")
 
@@ -81,6 +92,12 @@ class InterpolateRequest(_Request):
         if indices and (self.start_index is None or self.end_index is None):
             raise ValueError("give both start_index and end_index")
         return self
+
+
+class InterpolateQuery(InterpolateRequest):
+    """:class:`InterpolateRequest` read from query parameters."""
+
+    model_config = _QUERY
 
 
 class CrossingOut(BaseModel):
@@ -109,8 +126,16 @@ class SingularitiesRequest(_Request):
     """Summary of the singular set (``format=png``: a picture, 2D models only)."""
 
     model: ModelName = None
-    limit: Int = Field(default=100, ge=0, le=1_000_000, description="singular pairs listed at most")
+    limit: Int = Field(
+        default=100, ge=0, description="singular pairs listed at most (capped by the server)"
+    )
     format: Literal["json", "png"] = "json"
+
+
+class SingularitiesQuery(SingularitiesRequest):
+    """:class:`SingularitiesRequest` read from query parameters."""
+
+    model_config = _QUERY
 
 
 class SingularPairOut(BaseModel):
@@ -235,6 +260,11 @@ class ModelStatus(BaseModel):
     ready: bool
     accuracy: AccuracyOut | None = Field(description="check of the published potential")
     job: JobOut | None
+    problem: str | None = Field(
+        default=None,
+        description="what is wrong when the model is served degraded or not at all "
+        "(a damaged potential and the version served instead, a bundle that does not load)",
+    )
 
     @classmethod
     def of(
@@ -245,6 +275,7 @@ class ModelStatus(BaseModel):
         served: int | None,
         accuracy: AccuracyReport | None,
         job: JobRecord | None,
+        problem: str | None = None,
     ) -> ModelStatus:
         """Assemble from catalogue rows."""
         return cls(
@@ -258,6 +289,7 @@ class ModelStatus(BaseModel):
             ready=served is not None,
             accuracy=AccuracyOut.of(accuracy),
             job=JobOut.of(job) if job else None,
+            problem=problem,
         )
 
 
@@ -267,6 +299,9 @@ class ModelListResponse(BaseModel):
     default_model: str | None
     models: list[ModelStatus]
     jobs: list[JobOut] = Field(description="queued or running jobs (e.g. training)")
+    worker: WorkerOut | None = Field(
+        default=None, description="the supervised fit worker (null: none in this process)"
+    )
 
 
 class FitRequest(_Request):
@@ -316,9 +351,36 @@ class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class WorkerOut(BaseModel):
+    """The fit worker this server supervises."""
+
+    status: Literal["starting", "running", "restarting", "stopped"] = Field(
+        description="restarting: it died and a new one starts after a back-off"
+    )
+    restarts: int = Field(description="workers started after an unexpected exit")
+    last_exit: str | None = Field(description="how the last worker ended, e.g. 'signal 9'")
+    last_exit_at: float | None = Field(description="when (seconds since the epoch)")
+
+    @classmethod
+    def of(cls, state: WorkerState | None) -> WorkerOut | None:
+        """Convert, keeping ``None`` (no worker supervised by this process)."""
+        if state is None:
+            return None
+        return cls(
+            status=state.status,
+            restarts=state.restarts,
+            last_exit=state.last_exit,
+            last_exit_at=state.last_exit_at,
+        )
+
+
 class ReadyResponse(BaseModel):
-    """Readiness: the default model serves a potential."""
+    """Readiness: the default model serves a potential (and the worker's state, if any)."""
 
     ready: bool
     default_model: str | None
     version: int | None
+    reason: str | None = Field(default=None, description="why not ready, or what is degraded")
+    worker: WorkerOut | None = Field(
+        default=None, description="the supervised fit worker (null: none in this process)"
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,18 @@ from service.store import ModelStore, UnknownModel
 from solver import AccuracyReport, ExtendedMap, Potential, backend_for_device
 
 log = logging.getLogger("aeot.serving")
+
+
+# Seconds before a bundle that did not load is read again (files may be restored meanwhile).
+_BUNDLE_RETRY = 30.0
+
+
+class BundleDamaged(Exception):
+    """A model's bundle (decoder weights, latents, config) does not load."""
+
+
+class _StaleBundle(Exception):
+    """The potential was fitted to a bundle the model no longer has (replaced meanwhile)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,10 +78,18 @@ class Served:
 class ServingIndex:
     """Latest published potential per model, refreshed by polling the catalogue.
 
+    A published version that does not load (torn, garbage or missing file) never breaks
+    serving: the index keeps, or falls back to, the newest older version that loads, records
+    the reason (:meth:`problem`, shown in ``/models``), tries the damaged version only once,
+    retracts it in the catalogue (every process, and every restart, falls back to the last
+    good version) and calls ``on_damaged`` so a refit is queued. A bundle that does not load
+    makes the model not ready with that reason instead of "no fitted potential yet".
+
     Args:
         store: the model store.
         settings: device and poll interval.
         on_swap: called with ``(model, version)`` after each swap (metrics).
+        on_damaged: called with the model name when its published version is damaged.
 
     """
 
@@ -77,10 +98,15 @@ class ServingIndex:
         store: ModelStore,
         settings: Settings,
         on_swap: Callable[[str, int], None] | None = None,
+        on_damaged: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.on_swap = on_swap
+        self.on_damaged = on_damaged
+        self._problems: dict[str, str] = {}
+        self._damaged: dict[tuple[str, int], str] = {}
+        self._bad_bundles: dict[tuple[str, str], tuple[float, str]] = {}
         self._served: dict[str, Served] = {}
         self._bundles: dict[tuple[str, str], Bundle] = {}
         self._refresh_lock = threading.Lock()
@@ -99,10 +125,13 @@ class ServingIndex:
         if served is not None:
             return served
         self.store.model(name)  # raises UnknownModel
-        raise NotReady(
-            f"model {name!r} has no fitted potential yet; see /models/{name} for fit progress",
-            retry_after=max(self.settings.poll_interval, 5.0),
+        problem = self.problem(name)
+        message = (
+            f"model {name!r} cannot be served: {problem}"
+            if problem
+            else f"model {name!r} has no fitted potential yet; see /models/{name} for fit progress"
         )
+        raise NotReady(message, retry_after=max(self.settings.poll_interval, 5.0))
 
     def current(self, name: str) -> Served | None:
         """Return what model ``name`` serves now, or ``None`` (nothing published or unknown).
@@ -143,16 +172,13 @@ class ServingIndex:
         published = self.store.published_versions()
         current = self._served
         new = {k: v for k, v in current.items() if k in published}
+        self._problems = {k: v for k, v in self._problems.items() if k in published}
         swaps = []
         for name, version in published.items():
             old = current.get(name)
             if version == 0 or (old is not None and old.version >= version):
                 continue
-            try:
-                served = self._load(name)
-            except (UnknownModel, OSError, ValueError) as exc:  # deleted or replaced meanwhile
-                log.warning("model %s v%d not loaded: %s", name, version, exc)
-                continue
+            served = self._newest_loadable(name, version, old.version if old else 0)
             if served is not None:
                 new[name] = served
                 swaps.append((name, served.version))
@@ -164,8 +190,62 @@ class ServingIndex:
                 self.on_swap(name, version)
         return swaps
 
-    def _load(self, name: str) -> Served | None:
-        record = self.store.potential_record(name)
+    def _newest_loadable(self, name: str, published: int, served: int) -> Served | None:
+        """The newest version in ``(served, published]`` that loads; damage is recorded once."""
+        for version in range(published, served, -1):
+            if (name, version) in self._damaged:
+                continue
+            try:
+                loaded = self._load(name, version)
+            except (UnknownModel, _StaleBundle):  # deleted or replaced meanwhile
+                return None
+            except BundleDamaged as exc:
+                if self._problems.get(name) != str(exc):
+                    log.error("model %s: %s", name, exc)
+                self._problems[name] = str(exc)
+                return None
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+                if self.store.potential_record(name, version) is None:
+                    return None  # deleted or replaced meanwhile, not damaged
+                self._report_damage(name, version, f"{type(exc).__name__}: {exc}")
+                continue
+            if loaded is not None and version == published:
+                self._problems.pop(name, None)
+            return loaded
+        return None
+
+    def _report_damage(self, name: str, version: int, reason: str) -> None:
+        """Withdraw a damaged version in the catalogue (all processes fall back) and refit."""
+        self._damaged[(name, version)] = reason
+        log.error("model %s: potential v%d is damaged (%s)", name, version, reason)
+        if self.store.read_only:
+            self._problems[name] = (
+                f"potential v{version} is damaged ({reason}); the store is read-only, so no "
+                "refit: an older version is served if one loads"
+            )
+            return
+        try:
+            self.store.retract(name, version, reason)
+            if self.on_damaged is not None:
+                self.on_damaged(name)
+        except Exception:  # a full store cannot record it: keep serving what loads
+            log.exception("model %s: could not retract v%d or queue a refit", name, version)
+
+    def problem(self, name: str) -> str | None:
+        """What is wrong with model ``name`` (served degraded or not at all), or ``None``."""
+        local = self._problems.get(name)
+        if local is not None:
+            return local
+        damage = self.store.damage(name)
+        if damage is None:
+            return None
+        version, reason = damage
+        served = self._served.get(name)
+        now = f"serving v{served.version}" if served else "no older version loads"
+        return f"potential v{version} is damaged ({reason}); {now}; a refit is queued"
+
+    def _load(self, name: str, version: int) -> Served | None:
+        record = self.store.potential_record(name, version)
         if record is None:
             return None
         bundle = self._bundle(self.store.model(name), record.bundle_hash)
@@ -179,11 +259,21 @@ class ServingIndex:
 
     def _bundle(self, model: ModelRecord, bundle_hash: str) -> Bundle:
         if model.bundle_hash != bundle_hash:
-            raise ValueError("the potential belongs to a replaced bundle")
+            raise _StaleBundle("the potential belongs to a replaced bundle")
         key = (model.name, bundle_hash)
         if key not in self._bundles:
+            failed = self._bad_bundles.get(key)
+            if failed is not None and time.monotonic() - failed[0] < _BUNDLE_RETRY:
+                raise BundleDamaged(failed[1])
+            try:
+                bundle = self.store.load_bundle(model.name, device=self._device)
+            except ValueError as exc:
+                message = f"its bundle does not load ({exc}); re-register the model"
+                self._bad_bundles[key] = (time.monotonic(), message)
+                raise BundleDamaged(message) from exc
+            self._bad_bundles.pop(key, None)
             self._bundles = {k: v for k, v in self._bundles.items() if k[0] != model.name}
-            self._bundles[key] = self.store.load_bundle(model.name, device=self._device)
+            self._bundles[key] = bundle
         return self._bundles[key]
 
 

@@ -20,6 +20,8 @@ Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 FitMethod = Literal["newton", "adam"]
+# Host names of a loopback bind (DNS rebinding: a public name resolving to 127.0.0.1 is refused).
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class Settings(BaseSettings):
@@ -47,6 +49,34 @@ class Settings(BaseSettings):
     max_steps: int = Field(default=256, ge=2)
     max_pairs: int = Field(default=10000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    # Uploads: the digits bundle is ~0.3 MB and an MNIST conv bundle ~60 MB unpacked (13 M
+    # parameters); the caps refuse archive bombs and absurd architectures before allocation.
+    max_bundle_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="unpacked size of an uploaded bundle"
+    )
+    max_bundle_members: int = Field(default=32, ge=4, description="files in an uploaded archive")
+    max_parameters: int = Field(
+        default=50_000_000, ge=1, description="autoencoder parameters of an uploaded bundle"
+    )
+
+    # Connections and abuse. Loopback servers answer only loopback Host names by default, so a
+    # web page cannot reach them through DNS rebinding; list public names when binding wider.
+    allowed_hosts: tuple[str, ...] | None = Field(
+        default=None,
+        description="Host header names answered ('*' any); default: loopback names on a "
+        "loopback bind, else any",
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a request body may stall before a 408"
+    )
+    keep_alive_timeout: float = Field(
+        default=5.0, gt=0, description="seconds an idle keep-alive connection stays open"
+    )
+    auth_max_failures: int = Field(
+        default=10, ge=1, description="wrong API keys per client per auth_window before a 429"
+    )
+    auth_window: float = Field(default=60.0, gt=0, description="seconds of the failed-key window")
 
     # Threads: on the 2-core test machine OpenMP teams spinning on busy cores made a 64-sample
     # /sample 10x slower (17 -> 1.7 ms) and the digits fit 3x slower (60 -> 19 s) than one
@@ -141,6 +171,14 @@ class Settings(BaseSettings):
         """Whether an API key is configured (without one, mutating endpoints answer 403)."""
         return self.api_key is not None and bool(self.api_key.get_secret_value())
 
+    def host_names(self) -> tuple[str, ...]:
+        """The Host names this server answers (``("*",)``: any)."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        if self.host in _LOOPBACK:
+            return _LOOPBACK
+        return ("*",)
+
     def to_env(self) -> dict[str, str]:
         """Export these settings as ``AEOT_*`` variables (how the server configures its worker)."""
         env: dict[str, str] = {}
@@ -149,6 +187,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            text = json.dumps(value) if isinstance(value, dict) else str(value)
+            if isinstance(value, tuple | list):
+                value = list(value)  # pydantic-settings reads JSON for sequences
+            text = json.dumps(value) if isinstance(value, dict | list) else str(value)
             env[f"AEOT_{name.upper()}"] = text
         return env

@@ -18,16 +18,27 @@ The store is the only door to the catalogue: the worker, the routes and the CLI 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
+import logging
+import lzma
+import os
 import re
 import shutil
+import sqlite3
 import tarfile
 import tempfile
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from models import Bundle, TrainPlan, load_bundle
+from models.bundle import MAX_PARAMETERS
 from service.catalog import (
     Catalog,
     JobKind,
@@ -41,12 +52,20 @@ from service.catalog import (
 from service.job_config import JobConfig, train_config
 from solver import FitState, Potential, load_state, save_state
 
+log = logging.getLogger("aeot.store")
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# Fits of one bundle queued at most (the first and two retries after failures).
+FIT_ATTEMPTS = 3
 _NAME_RE = re.compile(NAME_PATTERN)
 
 
 class StoreError(ValueError):
     """A request the store cannot honour (bad name, bad bundle); the message says why."""
+
+
+class CatalogueLost(RuntimeError):
+    """The catalogue is missing, empty or unreadable while the store holds models."""
 
 
 class UnknownModel(KeyError):
@@ -55,6 +74,22 @@ class UnknownModel(KeyError):
 
 class ModelExists(StoreError):
     """A model of that name is already registered."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class UploadLimits:
+    """Limits on an uploaded bundle, checked before anything is unpacked or allocated.
+
+    Attributes:
+        max_bytes: total unpacked size of the archive's members, bytes.
+        max_members: entries (files and directories) in the archive.
+        max_parameters: autoencoder parameters the bundle's config may ask for.
+
+    """
+
+    max_bytes: int = 256 * 1024 * 1024
+    max_members: int = 32
+    max_parameters: int = MAX_PARAMETERS
 
 
 def check_name(name: str) -> str:
@@ -71,15 +106,21 @@ class ModelStore:
 
     Args:
         root: store directory, created when missing.
+        limits: limits on registered bundles (uploads and directories alike).
 
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, limits: UploadLimits | None = None) -> None:
         self.root = Path(root)
-        for sub in ("models", "staging", "trash", "training"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self._catalog = Catalog(self.root / "catalog.sqlite3")
-        self._empty_trash()
+        self.limits = limits or UploadLimits()
+        # A store on a read-only filesystem (or directory) is served read-only: writes 507.
+        self.read_only = self.root.is_dir() and not os.access(self.root, os.W_OK)
+        if not self.read_only:
+            for sub in ("models", "staging", "trash", "training"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._catalog = _open_catalog(self.root, self.read_only)
+        if not self.read_only:
+            self._empty_trash()
 
     # Paths ------------------------------------------------------------------------------
     def model_dir(self, name: str) -> Path:
@@ -116,7 +157,13 @@ class ModelStore:
         return load_bundle(self.bundle_dir(name), device=device)
 
     def register(
-        self, name: str, source: Path, *, move: bool = False, fit: JobConfig | None = None
+        self,
+        name: str,
+        source: Path,
+        *,
+        move: bool = False,
+        fit: JobConfig | None = None,
+        limits: UploadLimits | None = None,
     ) -> ModelRecord:
         """Register a bundle directory as model ``name`` (and queue its OT fit).
 
@@ -126,6 +173,7 @@ class ModelStore:
             move: move ``source`` (on the store's filesystem) instead of copying it.
             fit: queue a fit job with this config now (otherwise a worker queues one with
                 its own settings when it next looks for missing potentials).
+            limits: limits on the bundle (default: the store's).
 
         Raises:
             StoreError: invalid name or bundle. ModelExists: the name is taken.
@@ -135,9 +183,12 @@ class ModelStore:
         if self._catalog.model(name) is not None:
             raise ModelExists(f"model {name!r} already exists; delete it first")
         try:
-            bundle = load_bundle(source)
+            max_parameters = (limits or self.limits).max_parameters
+            bundle = load_bundle(source, max_parameters=max_parameters)
         except ValueError as exc:
-            raise StoreError(f"not a valid model bundle: {exc}") from exc
+            # Name files inside the bundle, never the server's directories.
+            message = str(exc).replace(f"{Path(source)}/", "").replace(str(source), "bundle")
+            raise StoreError(f"not a valid model bundle: {message}") from None
         digest = _file_hash(Path(source) / "latents.npy")
         staged = Path(source) if move else self._copy_to_staging(Path(source))
         target = self.model_dir(name)
@@ -145,6 +196,8 @@ class ModelStore:
             self._to_trash(target)
         target.mkdir(parents=True)
         staged.rename(target / "bundle")
+        if not move:
+            staged.parent.rmdir()  # the empty temporary directory of the copy
         n, d = bundle.latents.shape
         try:
             record = self._catalog.add_model(name, digest, int(n), int(d))
@@ -155,17 +208,26 @@ class ModelStore:
             self._catalog.enqueue(name, "fit", fit, digest)
         return record
 
-    def register_archive(self, name: str, data: bytes, fit: JobConfig | None = None) -> ModelRecord:
+    def register_archive(
+        self,
+        name: str,
+        data: bytes,
+        fit: JobConfig | None = None,
+        limits: UploadLimits | None = None,
+    ) -> ModelRecord:
         """Register a bundle uploaded as a ``.tar``/``.tar.gz`` or ``.zip`` archive.
 
-        The archive holds the bundle files at its top level or inside one directory.
+        The archive holds the bundle files at its top level or inside one directory; its
+        member count and unpacked size are checked against ``limits`` (default: the store's)
+        before anything is written.
         """
         check_name(name)
+        limits = limits or self.limits
         staged = self.staging_dir()
         try:
-            _extract(data, staged)
+            _extract(data, staged, limits)
             root = _single_root(staged)
-            record = self.register(name, root, move=True, fit=fit)
+            record = self.register(name, root, move=True, fit=fit, limits=limits)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         return record
@@ -204,13 +266,19 @@ class ModelStore:
         return self._catalog.enqueue(name, "train", config, None, train_plan=plan)
 
     def ensure_fit_jobs(self, config: JobConfig) -> list[JobRecord]:
-        """Queue a fit for every model whose potential is missing or stale (other bundle)."""
+        """Queue a fit for every model whose potential is missing or stale (other bundle).
+
+        A fit that failed is queued again, ``FIT_ATTEMPTS`` times at most per bundle.
+        """
         queued = []
         for model in self.models():
             current = self._catalog.potential(model.name)
             if current is not None and current.bundle_hash == model.bundle_hash:
                 continue
-            if self._catalog.has_job(model.name, "fit", model.bundle_hash):
+            counts = self._catalog.job_counts(model.name, "fit", model.bundle_hash)
+            if any(counts.get(s, 0) for s in ("queued", "running", "done")):
+                continue
+            if counts.get("failed", 0) >= FIT_ATTEMPTS:
                 continue
             job = self._catalog.enqueue(model.name, "fit", config, model.bundle_hash)
             if job is not None:
@@ -226,19 +294,58 @@ class ModelStore:
         jobs = [j for j in self._catalog.jobs(name, limit=5) if j.kind == kind]
         return jobs[0] if jobs else None
 
+    def retract(self, name: str, version: int, reason: str) -> int | None:
+        """Withdraw a damaged current version; returns the version now current (see Catalog)."""
+        return self._catalog.retract(name, version, reason)
+
+    def damage(self, name: str) -> tuple[int, str] | None:
+        """The newest retracted version of ``name`` newer than its current, and why."""
+        return self._catalog.damage(name)
+
+    def owns(self, job: JobRecord, worker: str) -> bool:
+        """Whether ``worker`` holds the job's lease (runs it; nobody took it over)."""
+        return self._catalog.owns(job.id, worker)
+
+    def release_worker(self, worker: str, reason: str) -> int:
+        """Queue again the running jobs of a worker known dead; returns how many."""
+        return self._catalog.release_worker(worker, reason)
+
     def save_checkpoint(self, job: JobRecord, state: FitState) -> None:
-        """Write a fit job's resumable state atomically."""
-        save_state(self.checkpoint_path(job), state)
+        """Write a fit job's resumable state atomically, keeping the previous one beside it."""
+        path = self.checkpoint_path(job)
+        if path.exists():
+            os.replace(path, _previous(path))
+        save_state(path, state)
 
     def load_checkpoint(self, job: JobRecord) -> FitState | None:
-        """Load the job's last checkpoint, or ``None`` (none yet, or unreadable)."""
+        """Load the job's newest readable checkpoint, or ``None`` (none yet, or none readable).
+
+        A damaged checkpoint (truncated, garbage, non-finite heights) is skipped for the
+        previous one; the job's reason says so in ``/models`` and the log warns, so a fit that
+        restarts from iteration 0 never does it silently.
+        """
         path = self.checkpoint_path(job)
-        if not path.exists():
-            return None
-        try:
-            return load_state(path)
-        except ValueError:
-            return None
+        damaged = []
+        for candidate in (path, _previous(path)):
+            if not candidate.exists():
+                continue
+            try:
+                state = load_state(candidate)
+                if not np.isfinite(state.heights).all():
+                    raise ValueError("heights are not finite")
+            except (ValueError, OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+                log.warning("job %d: checkpoint %s is damaged: %s", job.id, candidate.name, exc)
+                damaged.append(candidate.name)
+                continue
+            if damaged:
+                self._catalog.note(
+                    job.id, f"checkpoint damaged; resumed from the previous one ({candidate.name})"
+                )
+            return state
+        if damaged:
+            log.warning("job %d: no readable checkpoint; the fit restarts from iteration 0", job.id)
+            self._catalog.note(job.id, "checkpoints damaged; restarted from iteration 0")
+        return None
 
     def claim(self, worker: str, stale_seconds: float) -> JobRecord | None:
         """Take the oldest queued job, or a running one whose worker is gone; None if idle."""
@@ -288,6 +395,11 @@ class ModelStore:
             raise StoreError(f"job {job.id} is not a fit job (no bundle hash); nothing to publish")
         path = self.model_dir(job.model) / "potentials" / f"job{job.id}-it{iteration}.npz"
         potential.save(path)
+        try:  # verified as a reader will see it, before it can become current
+            Potential.load(path)
+        except (OSError, ValueError) as exc:
+            path.unlink(missing_ok=True)
+            raise StoreError(f"potential of job {job.id} failed verification: {exc}") from exc
         rel = str(path.relative_to(self.root))
         version = self._catalog.publish(
             job.model, rel, job.bundle_hash, job.id, iteration, potential.accuracy
@@ -337,6 +449,48 @@ class ModelStore:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def _open_catalog(root: Path, read_only: bool) -> Catalog:
+    """Open the catalogue; never start a new one over models it has lost.
+
+    Raises:
+        CatalogueLost: the file is missing or empty while model directories exist, or it is
+            not a readable catalogue at all (whatever the directories).
+
+    """
+    path = root / "catalog.sqlite3"
+    models_dir = root / "models"
+    models = (
+        sorted(p.name for p in models_dir.iterdir() if p.is_dir()) if models_dir.is_dir() else []
+    )
+    size = path.stat().st_size if path.exists() else None
+    if models and not size:
+        what = "missing" if size is None else "empty (0 bytes)"
+        raise CatalogueLost(_lost_message(path, what, models))
+    try:
+        return Catalog(path, read_only=read_only)
+    except sqlite3.DatabaseError as exc:
+        raise CatalogueLost(_lost_message(path, f"unreadable ({exc})", models)) from exc
+
+
+def _lost_message(path: Path, what: str, models: list[str]) -> str:
+    held = (
+        f"{len(models)} model directories ({', '.join(models[:5])}) exist beside it; "
+        if models
+        else ""
+    )
+    return (
+        f"the catalogue {path} is {what}; {held}refusing to start a new catalogue over them. "
+        f"To recover, stop every server and worker on this store, then restore {path.name} "
+        f"(and its -wal file) from a backup; or move the store aside and start with an "
+        f"empty one (models re-registered from their bundle directories are fitted again)."
+    )
+
+
+def _previous(path: Path) -> Path:
+    """Where the checkpoint before ``path`` is kept (``<id>.prev.npz``)."""
+    return path.with_suffix(".prev.npz")
+
+
 def _file_hash(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -345,23 +499,45 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _extract(data: bytes, dest: Path) -> None:
-    """Unpack a tar or zip archive safely (no absolute paths, links or ``..``)."""
+def _extract(data: bytes, dest: Path, limits: UploadLimits) -> None:
+    """Unpack a tar or zip archive safely (no absolute paths, links or ``..``; bounded size).
+
+    Member count and declared sizes are checked before anything is written; zip members are
+    also held to their declared sizes while they are read (``zipfile`` stops at them).
+    """
     if zipfile.is_zipfile(io.BytesIO(data)):
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            for info in zf.infolist():
-                _check_member(info.filename)
-            zf.extractall(dest)
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                infos = zf.infolist()
+                _check_sizes(len(infos), (i.file_size for i in infos), limits)
+                for info in infos:
+                    _check_member(info.filename)
+                zf.extractall(dest)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+            raise StoreError(f"upload is not a readable zip archive: {exc}") from exc
         return
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
-            for member in tf.getmembers():
+            members = []
+            for member in tf:  # headers one by one: a bomb is refused at its first excess
+                members.append(member)
+                _check_sizes(len(members), (m.size for m in members), limits)
                 _check_member(member.name)
                 if not (member.isfile() or member.isdir()):
                     raise StoreError(f"archive member {member.name!r} is not a plain file")
-            tf.extractall(dest, filter="data")
-    except tarfile.TarError as exc:
-        raise StoreError(f"upload is not a tar or zip archive: {exc}") from exc
+            tf.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
+        raise StoreError(f"upload is not a readable tar or zip archive: {exc}") from exc
+
+
+def _check_sizes(count: int, sizes: Any, limits: UploadLimits) -> None:
+    if count > limits.max_members:
+        raise StoreError(f"archive has over {limits.max_members} members (the limit)")
+    total = sum(sizes)
+    if total > limits.max_bytes:
+        raise StoreError(
+            f"archive unpacks to over {limits.max_bytes} bytes (the limit); got {total}+"
+        )
 
 
 def _check_member(name: str) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 from models.runtime import resolve_device, torch_threads
 from service.catalog import JobRecord, JobStatus, Progress, worker_id
 from service.job_config import job_config
+from service.process import watch_parent
 from service.settings import Settings
 from service.store import ModelStore
 from service.training import digits_plan, run_train_job
@@ -151,9 +152,12 @@ class Worker:
             checkpoint_iteration=resume.iteration if resume else None,
         )
         result = fit(problem, config, callback=lambda p: self._on_progress(run, p), resume=resume)
-        self.store.save_checkpoint(job, result.state)
-        if run.lost:
+        # Only the lease holder writes the job's files: a worker that lost the job (cancelled,
+        # or taken over after its lease expired) must not overwrite the new owner's checkpoint.
+        if run.lost or not self.store.owns(job, self.id):
             return "cancelled", "cancelled"
+        if result.state.iteration != run.checkpoint_iteration:  # else it is on disk already
+            self.store.save_checkpoint(job, result.state)
         if self.stop.is_set() and result.reason == "callback":
             return "queued", "worker stopped"
         if result.state.iteration != run.published_iteration:
@@ -170,6 +174,9 @@ class Worker:
         stopping = self.stop.is_set()
         checkpoint = state.iteration % self.settings.checkpoint_every == 0
         if checkpoint or stopping:
+            if not self.store.owns(run.job, self.id):
+                run.lost = True  # cancelled, deleted or taken over: the files are not ours
+                return False
             self.store.save_checkpoint(run.job, state)
             run.checkpoint_iteration = state.iteration
         check = record.check
@@ -262,6 +269,7 @@ def run_worker(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    watch_parent(stop)  # started by a server: never outlive it
     worker = Worker(ModelStore(settings.store), settings, stop)
     log.info("worker %s on store %s (backend %s)", worker.id, settings.store, worker.backend)
     worker.run()

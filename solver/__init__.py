@@ -2,8 +2,9 @@
 
 Data flow: :func:`make_problem` validates targets and weights; :class:`CellIndex` answers
 which cell of the power diagram holds a point; :func:`estimate` measures cells by Monte
-Carlo; :func:`fit` finds the heights; :func:`save_state` / :func:`load_state` make fits
-resumable; :func:`build_extended_map` finds the singular set (its threshold chosen by one
+Carlo, through one :class:`Estimator` chosen by :func:`resolve_estimator` (host, fused GPU or
+torch.distributed); :func:`fit` finds the heights; :func:`save_state` / :func:`load_state` make
+fits resumable; :func:`build_extended_map` finds the singular set (its threshold chosen by one
 :data:`ThresholdRule`) and gives the pure map T, the extended map T~ and interpolation;
 :class:`Potential` bundles fitted heights, their accuracy and T~ with ``build`` / ``save`` /
 ``load`` (pictures: :mod:`solver.plots`, imported on demand).
@@ -20,6 +21,14 @@ from solver.cells.index import (
     resolve_backend,
 )
 from solver.cells.triton_index import TritonBackend
+from solver.estimation.estimator import (
+    ESTIMATOR_NAMES,
+    DistributedEstimator,
+    Estimator,
+    FusedEstimator,
+    HostEstimator,
+    resolve_estimator,
+)
 from solver.estimation.host import (
     AccuracyReport,
     MeasureEstimate,
@@ -40,7 +49,7 @@ from solver.fitting.config import (
     FitState,
     NewtonConfig,
 )
-from solver.fitting.driver import fit
+from solver.fitting.driver import fit, follow_fit, release_followers
 from solver.measures import SourceMeasure
 from solver.potential.extended_map import Crossing, ExtendedMap, Interpolation, build_extended_map
 from solver.potential.file_format import PotentialFormatError
@@ -68,6 +77,12 @@ from solver.problem import OTProblem, make_problem
 from solver.seeding import derive_seed
 
 __all__ = [
+    "ESTIMATOR_NAMES",
+    "DistributedEstimator",
+    "Estimator",
+    "FusedEstimator",
+    "HostEstimator",
+    "resolve_estimator",
     "AccuracyReport",
     "AdamConfig",
     "Adjacency",
@@ -117,6 +132,8 @@ __all__ = [
     "dual_value",
     "estimate",
     "fit",
+    "follow_fit",
+    "release_followers",
     "kantorovich_potential",
     "load_state",
     "make_problem",

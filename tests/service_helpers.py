@@ -67,6 +67,8 @@ def make_settings(store: Path, **overrides: object) -> Settings:
         "check_samples_per_cell": 32,
         "map_samples_per_cell": 32,
         "device": "cpu",
+        # Loopback names plus the in-process clients' names (TestClient, ASGITransport).
+        "allowed_hosts": ("127.0.0.1", "localhost", "testserver", "test"),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

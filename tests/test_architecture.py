@@ -67,3 +67,20 @@ def test_solver_reads_no_environment():
     for path in (ROOT / "solver").rglob("*.py"):
         text = path.read_text()
         assert "os.environ" not in text and "getenv" not in text, path
+
+
+def test_the_store_is_the_only_door_to_the_catalogue():
+    for path in imported_modules("service"):
+        if path not in ("service/store.py", "service/catalog.py"):
+            text = (ROOT / path).read_text()
+            assert "Catalog(" not in text and ".catalog." not in text, path
+    for package in ("tests", "bench"):  # tests of the catalogue itself open it under the store
+        for path in (ROOT / package).rglob("*.py"):
+            if path != Path(__file__).resolve():
+                assert "store.catalog" not in path.read_text(), path
+
+
+def test_routes_do_not_reach_into_the_worker():
+    for path, names in imported_modules("service").items():
+        if path.startswith("service/routes/"):
+            assert "service.worker" not in names, path

@@ -25,7 +25,7 @@ def clustered(rng, n, centres=4, spread=0.08):
 
 
 def test_fit_matches_exact_cell_areas_in_2d(rng):
-    problem = make_problem(clustered(rng, 256))
+    problem = make_problem(clustered(rng, 32))
     result = fit(problem, FitConfig(target_l1=0.02, seed=1))
     assert result.converged and result.reason == "target"
     assert result.accuracy.l1 <= 0.02 and result.accuracy.empty_cells == 0
@@ -35,8 +35,8 @@ def test_fit_matches_exact_cell_areas_in_2d(rng):
 
 
 def test_fit_with_non_uniform_weights_and_unit_cube(rng):
-    y = rng.uniform(0, 1, (40, 2))
-    v = rng.uniform(0.5, 2.0, 40)
+    y = rng.uniform(0, 1, (16, 2))
+    v = rng.uniform(0.5, 2.0, 16)
     problem = make_problem(y, v / v.sum(), domain="unit")
     result = fit(problem, FitConfig(target_l1=0.02))
     areas = laguerre_areas(problem.targets, result.heights, low=0.0)
@@ -56,8 +56,8 @@ def test_symmetric_targets_give_symmetric_heights():
 
 
 def test_same_seed_same_heights_other_seed_other_heights(rng):
-    problem = make_problem(clustered(rng, 64))
-    config = FitConfig(target_l1=0.03, seed=5)
+    problem = make_problem(clustered(rng, 24))
+    config = FitConfig(target_l1=0.05, seed=5)
     first, second = fit(problem, config), fit(problem, config)
     np.testing.assert_array_equal(first.heights, second.heights)
     other = fit(problem, dataclasses.replace(config, seed=6))
@@ -127,10 +127,12 @@ def test_adam_step_is_the_authors_update(rng):
 
 
 def test_duality_gap_closes_at_the_optimum(rng):
-    problem = make_problem(clustered(rng, 128))
-    result = fit(problem, FitConfig(target_l1=0.01))
+    problem = make_problem(clustered(rng, 24))
+    result = fit(problem, FitConfig(target_l1=0.02))
     index = CellIndex(problem.targets, result.heights)
-    est = estimate(index, problem.source, 1 << 20, seed=99, k=1)
+    # Primal and dual are measured on the same samples, so their gap carries no sampling noise
+    # of its own: 2^16 samples suffice for the 2e-3 tolerance.
+    est = estimate(index, problem.source, 1 << 16, seed=99, k=1)
     dual = dual_value(est, problem.source, problem.targets, result.heights, problem.weights)
     assert est.transport_cost == pytest.approx(dual, abs=2e-3)
     x = SourceMeasure(dim=2).sample(1000, seed=1)
@@ -155,6 +157,6 @@ def test_fit_converges_on_tight_clusters_with_near_duplicate_targets():
     # |h| swallowed neighbours, so every Newton iteration rescued again (stalled at L1 0.35).
     rng = np.random.default_rng(5)
     means = np.array([(-4 + 2 * i, -4 + 2 * j) for i in range(5) for j in range(5)], float)
-    points = means[rng.integers(0, 25, 256)] + 0.05 * rng.standard_normal((256, 2))
+    points = means[rng.integers(0, 25, 100)] + 0.05 * rng.standard_normal((100, 2))
     result = fit(make_problem(points), FitConfig(target_l1=0.02, seed=5, time_budget=120))
     assert result.converged and result.accuracy.empty_cells == 0

@@ -17,7 +17,7 @@ from solver import FitConfig, FixedThreshold, build_extended_map, fit, make_prob
 from solver.cells.power_diagram import BOUNDARY, power_cells
 from solver.plots import power_diagram_png, samples_png
 
-PER_CLUSTER = 40
+PER_CLUSTER = 20
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def clusters():
     problem = make_problem(np.vstack([a, b]))
     result = fit(problem, FitConfig(target_l1=0.02, seed=0))
     assert result.converged
-    ext = build_extended_map(problem.targets, result.heights, n_samples=100_000, seed=1)
+    ext = build_extended_map(problem.targets, result.heights, n_samples=50_000, seed=1)
     # problem.inverse maps the original rows to the merged targets (a permutation here).
     label = np.empty(len(problem.targets), dtype=int)
     label[problem.inverse] = [0] * PER_CLUSTER + [1] * PER_CLUSTER

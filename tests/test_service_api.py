@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from service.client import AsyncAEOTClient
+from service.client import AEOTClient, AsyncAEOTClient
 from tests.service_helpers import (
     API_KEY,
     bundle_archive,
@@ -176,18 +176,27 @@ def test_async_client_over_asgi_transport(store):
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
-        async with AsyncAEOTClient("http://test", transport=transport) as c:
+        async with AsyncAEOTClient("http://test", transport=transport, api_key=API_KEY) as c:
             sample = await c.sample_with_version(8, seed=5)
             again = await c.sample(8, seed=5)
             path = await c.interpolate(0, 3, steps=4)
             summary = await c.singularities(limit=2)
-            return sample, again, path, summary
+            ready, status = await c.ready(), await c.model("tiny")
+            job = await c.refit("tiny", target_l1=0.3, replace=True)
+            return sample, again, path, summary, ready, status, job
 
-    sample, again, path, summary = asyncio.run(scenario())
+    sample, again, path, summary, ready, status, job = asyncio.run(scenario())
     assert sample.latents.shape == (8, 4) and sample.version >= 1
     np.testing.assert_array_equal(sample.latents, again)
     assert path.latents.shape == (4, 4) and path.strip is not None
     assert summary["model"] == "tiny"
+    assert ready and status["ready"] is True
+    assert job["status"] == "queued" and job["target_l1"] == 0.3
+    # Both clients are built from one list of API methods: none is missing from either.
+    methods = [
+        {n for n in dir(cls) if not n.startswith("_")} for cls in (AEOTClient, AsyncAEOTClient)
+    ]
+    assert methods[0] - {"close"} == methods[1] - {"aclose"}
 
 
 def test_empty_store_is_not_ready(tmp_path):
@@ -196,7 +205,8 @@ def test_empty_store_is_not_ready(tmp_path):
         assert c.get("/readyz").status_code == 503
         r = c.get("/sample")
         assert r.status_code == 503 and "no model" in r.json()["detail"]
-        assert c.get("/models").json() == {"default_model": None, "models": [], "jobs": []}
+        empty = {"default_model": None, "models": [], "jobs": [], "worker": None}
+        assert c.get("/models").json() == empty
 
 
 @pytest.fixture(scope="module")

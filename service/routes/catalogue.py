@@ -14,11 +14,20 @@ from service.deps import (
     ServingDep,
     SettingsDep,
     StoreDep,
+    WorkerDep,
     default_model,
+    upload_limits,
 )
 from service.errors import Conflict, error_responses
 from service.job_config import job_config
-from service.schemas import FitRequest, JobOut, ModelListResponse, ModelStatus, TrainRequest
+from service.schemas import (
+    FitRequest,
+    JobOut,
+    ModelListResponse,
+    ModelStatus,
+    TrainRequest,
+    WorkerOut,
+)
 from service.serving import ServingIndex
 from service.settings import Settings
 from service.store import NAME_PATTERN, ModelStore
@@ -38,6 +47,7 @@ def _status(name: str, settings: Settings, store: ModelStore, serving: ServingIn
         served=serving.versions().get(name),
         accuracy=potential.accuracy if potential else None,
         job=store.active_job(name),
+        problem=serving.problem(name),
     )
 
 
@@ -47,13 +57,18 @@ def _status(name: str, settings: Settings, store: ModelStore, serving: ServingIn
     dependencies=[ReadAccess],
     responses=error_responses(401, 403, 422),
 )
-def list_models(settings: SettingsDep, store: StoreDep, serving: ServingDep) -> ModelListResponse:
-    """Every model with its published potential and fit progress."""
+def list_models(
+    settings: SettingsDep, store: StoreDep, serving: ServingDep, worker: WorkerDep
+) -> ModelListResponse:
+    """Every model with its published potential and fit progress, and the worker's state."""
     serving.poll_if_due()
     models = [_status(m.name, settings, store, serving) for m in store.models()]
     active = [JobOut.of(j) for j in store.jobs(limit=50) if j.status in ("queued", "running")]
     return ModelListResponse(
-        default_model=default_model(settings, store), models=models, jobs=active
+        default_model=default_model(settings, store),
+        models=models,
+        jobs=active,
+        worker=WorkerOut.of(worker),
     )
 
 
@@ -87,7 +102,8 @@ async def register_model(
 ) -> ModelStatus:
     """Upload a model bundle archive; its OT fit is queued for the worker."""
     data = await bundle.read()
-    await run_in_threadpool(store.register_archive, name, data, job_config(settings))
+    limits = upload_limits(settings)
+    await run_in_threadpool(store.register_archive, name, data, job_config(settings), limits)
     return await run_in_threadpool(_status, name, settings, store, serving)
 
 

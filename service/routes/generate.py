@@ -16,11 +16,13 @@ from service.deps import ReadAccess, ServingDep, SettingsDep, StoreDep, resolve_
 from service.errors import error_responses
 from service.schemas import (
     CrossingOut,
+    InterpolateQuery,
     InterpolateRequest,
     InterpolateResponse,
+    SampleQuery,
     SampleRequest,
     SampleResponse,
-    SingularitiesRequest,
+    SingularitiesQuery,
     SingularitiesResponse,
     SingularPairOut,
 )
@@ -69,7 +71,7 @@ def _sample(
 
 @router.get("/sample", response_model=SampleResponse, responses=_SAMPLE)
 def sample_get(
-    req: Annotated[SampleRequest, Query()],
+    req: Annotated[SampleQuery, Query()],
     settings: SettingsDep,
     store: StoreDep,
     serving: ServingDep,
@@ -115,7 +117,7 @@ def _interpolate(
 
 @router.get("/interpolate", response_model=InterpolateResponse, responses=_PNG)
 def interpolate_get(
-    req: Annotated[InterpolateRequest, Query()],
+    req: Annotated[InterpolateQuery, Query()],
     settings: SettingsDep,
     store: StoreDep,
     serving: ServingDep,
@@ -134,7 +136,7 @@ def interpolate_post(
 
 @router.get("/singularities", response_model=SingularitiesResponse, responses=_PNG)
 def singularities(
-    req: Annotated[SingularitiesRequest, Query()],
+    req: Annotated[SingularitiesQuery, Query()],
     settings: SettingsDep,
     store: StoreDep,
     serving: ServingDep,

@@ -349,37 +349,3 @@ class _Torch:
         if isinstance(x, torch.Tensor):
             return scores.to(x.device), cells.to(x.device)
         return scores.cpu().numpy(), cells.cpu().numpy()
-
-
-def kmeans(
-    points: np.ndarray, k: int, *, seed: int, weights: np.ndarray | None = None, niter: int = 20
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted k-means with FAISS (on its GPU when it sees one).
-
-    Args:
-        points: shape ``(N, d)``.
-        k: number of clusters, ``1 <= k <= N``.
-        seed: FAISS k-means seed.
-        weights: optional point weights, shape ``(N,)``.
-        niter: Lloyd iterations.
-
-    Returns:
-        ``(centroids, assignment)`` of shapes ``(k, d)`` float32 and ``(N,)`` int64.
-    """
-    x = np.ascontiguousarray(points, dtype=np.float32)
-    if faiss is None:
-        raise ValueError("kmeans needs faiss (pip install 'aeot[cpu]')")
-    km = faiss.Kmeans(
-        x.shape[1],
-        k,
-        niter=niter,
-        seed=int(seed),
-        gpu=faiss_gpu_count() > 0,
-        max_points_per_centroid=1 << 20,
-        verbose=False,
-    )
-    w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
-    km.train(x, weights=w)
-    _, assignment = km.index.search(x, 1)
-    centroids = np.asarray(km.centroids, dtype=np.float32).reshape(k, x.shape[1])
-    return centroids.copy(), assignment[:, 0].astype(np.int64)

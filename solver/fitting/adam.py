@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from solver.cells.index import CellIndex
-from solver.estimation.host import AccuracyReport, accuracy, estimate, samples_for_noise_floor
+from solver.estimation.estimator import Estimator, resolve_estimator
+from solver.estimation.host import AccuracyReport, accuracy, samples_for_noise_floor
 from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
 from solver.seeding import derive_seed
@@ -23,14 +24,20 @@ from solver.seeding import derive_seed
 
 @dataclass
 class AdamContext:
-    """Fixed inputs of the baseline and the seconds its checks took (excluded from timing)."""
+    """Fixed inputs of the baseline and the seconds its checks took (excluded from timing).
+
+    ``deadline`` (a ``time.perf_counter`` value or ``None``) is set by the driver; one Adam step
+    is one Monte Carlo pass, so the driver's check between steps is enough for the baseline.
+    """
 
     weights: np.ndarray
     source: SourceMeasure
     index: CellIndex
     config: FitConfig
     check_samples: int
+    estimator: Estimator
     excluded_seconds: float = 0.0
+    deadline: float | None = None
 
 
 def initial_state(n: int, config: FitConfig) -> FitState:
@@ -49,11 +56,16 @@ def initial_state(n: int, config: FitConfig) -> FitState:
 
 
 def make_context(
-    weights: np.ndarray, source: SourceMeasure, index: CellIndex, config: FitConfig
+    weights: np.ndarray,
+    source: SourceMeasure,
+    index: CellIndex,
+    config: FitConfig,
+    estimator: Estimator | None = None,
 ) -> AdamContext:
-    """Bundle the baseline's fixed inputs."""
+    """Bundle the baseline's fixed inputs (the estimator resolved from the config if not given)."""
     m_check = samples_for_noise_floor(weights, config.check_floor * config.target_l1)
-    return AdamContext(weights, source, index, config, m_check)
+    estimator = estimator or resolve_estimator(config.estimator)
+    return AdamContext(weights, source, index, config, m_check, estimator)
 
 
 def step(ctx: AdamContext, state: FitState) -> tuple[FitState, FitRecord, str | None]:
@@ -61,7 +73,7 @@ def step(ctx: AdamContext, state: FitState) -> tuple[FitState, FitRecord, str | 
     cfg = ctx.config.adam
     n_samples = int(state.counters["n_samples"])
     ctx.index.set_heights(state.heights)
-    est = estimate(
+    est = ctx.estimator.estimate(
         ctx.index,
         ctx.source,
         n_samples,
@@ -110,7 +122,7 @@ def step(ctx: AdamContext, state: FitState) -> tuple[FitState, FitRecord, str | 
 def _timed_check(ctx: AdamContext, h: np.ndarray, iteration: int) -> AccuracyReport:
     start = time.perf_counter()
     ctx.index.set_heights(h)
-    est = estimate(
+    est = ctx.estimator.estimate(
         ctx.index,
         ctx.source,
         ctx.check_samples,

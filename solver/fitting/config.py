@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 
+from solver.estimation.estimator import ESTIMATOR_NAMES
 from solver.estimation.host import AccuracyReport
 
 Method = Literal["newton", "adam"]
@@ -29,6 +30,8 @@ class NewtonConfig:
         max_stage_iters: Newton steps per stage at most.
         max_backtracks: step halvings before a stage gives up and grows its sample set.
         cg_rtol: relative tolerance of the conjugate-gradient Newton solve (inexact Newton).
+        reuse_candidates: cells kept per sample of a stage for certified reuse (exact; see
+            :mod:`solver.estimation.reuse`); more certify more samples after larger steps.
     """
 
     warmup_samples_per_cell: int = 8
@@ -42,6 +45,7 @@ class NewtonConfig:
     max_stage_iters: int = 8
     max_backtracks: int = 8
     cg_rtol: float = 1e-3
+    reuse_candidates: int = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +82,9 @@ class FitConfig:
         time_budget: seconds of fitting at most, or ``None``.
         seed: seeds every sample stream of the fit.
         backend: cell index backend (``"auto"`` picks the best available).
+        estimator: Monte Carlo estimator (``"auto"``: distributed when torch.distributed runs
+            several ranks, fused on CUDA, else host; see
+            :func:`solver.estimation.estimator.resolve_estimator`).
         batch_size: Monte Carlo batch size (bounds memory).
         newton: settings of the Newton method.
         adam: settings of the baseline.
@@ -90,6 +97,7 @@ class FitConfig:
     time_budget: float | None = None
     seed: int = 0
     backend: str = "auto"
+    estimator: str = "auto"
     batch_size: int = 65536
     newton: NewtonConfig = field(default_factory=NewtonConfig)
     adam: AdamConfig = field(default_factory=AdamConfig)
@@ -103,6 +111,8 @@ class FitConfig:
             raise ValueError(f"check_floor must be in (0, 1], got {self.check_floor}")
         if self.max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+        if self.estimator not in ESTIMATOR_NAMES:
+            raise ValueError(f"estimator must be one of {ESTIMATOR_NAMES}, got {self.estimator!r}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ValueError(f"time_budget must be > 0, got {self.time_budget}")
 
@@ -163,6 +173,7 @@ class FitResult:
         elapsed: seconds of fitting.
         method: the method used.
         backend: the cell index backend used.
+        estimator: the Monte Carlo estimator used (``"host"``, ``"fused"``, ``"distributed"``).
         history: one record per iteration.
         state: the final state (resumable).
     """
@@ -175,6 +186,7 @@ class FitResult:
     elapsed: float
     method: Method
     backend: str
+    estimator: str
     history: tuple[FitRecord, ...]
     state: FitState
 

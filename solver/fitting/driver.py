@@ -1,8 +1,9 @@
 """Fit the heights h of the Brenier potential: the driver shared by every method.
 
 The driver owns what all methods share: the coordinate frame, the cell index, stopping by
-target accuracy / iterations / time, the progress callback and resumable state. Methods
-(``solver.newton``, ``solver.adam``) supply ``step(ctx, state) -> (state, record, reason)``.
+target accuracy / iterations / time (a deadline the methods also check between Monte Carlo
+passes), the Monte Carlo estimator (chosen once), the progress callback and resumable state.
+Methods (``solver.newton``, ``solver.adam``) supply ``step(ctx, state) -> (state, record, reason)``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from functools import partial
 import numpy as np
 
 from solver.cells.index import CellIndex
+from solver.estimation.estimator import Estimator, resolve_estimator
 from solver.fitting import adam, newton
 from solver.fitting.config import FitConfig, FitProgress, FitRecord, FitResult, FitState
 from solver.problem import OTProblem
@@ -66,6 +68,11 @@ def fit(
 ) -> FitResult:
     """Fit h so that the cells of ``[y_i, h_i]`` carry the target weights.
 
+    Under ``torchrun`` with several ranks (and the default ``estimator="auto"``) this process
+    leads a distributed fit: ranks > 0 run :func:`follow_fit`, receive this call's problem,
+    config and resume state, and share every Monte Carlo pass; only the lead calls
+    ``callback``, and its decision to stop is every rank's.
+
     Args:
         problem: targets, weights and source measure (see :func:`solver.make_problem`).
         config: method and stopping rules; defaults to damped Newton with target L1 0.05.
@@ -79,6 +86,44 @@ def fit(
         A :class:`FitResult` with heights in the caller's coordinates.
     """
     config = config or FitConfig()
+    estimator = resolve_estimator(config.estimator)
+    problem, config, resume = estimator.broadcast((problem, config, resume))
+    return _fit(problem, config, estimator, callback, resume)
+
+
+def follow_fit() -> FitResult | None:
+    """On a rank > 0 of a distributed fit: join the lead's next :func:`fit`.
+
+    Returns:
+        The fit's result (the same heights as the lead's), or ``None`` when the lead called
+        :func:`release_followers` instead of starting another fit.
+
+    Raises:
+        ValueError: without an initialised torch.distributed process group.
+    """
+    estimator = resolve_estimator("distributed")
+    job = estimator.broadcast(None)
+    if job is None:
+        return None
+    problem, config, resume = job
+    return _fit(problem, config, estimator, None, resume)
+
+
+def release_followers() -> None:
+    """On the lead of a distributed fit: tell the :func:`follow_fit` ranks there is no more fit.
+
+    Does nothing in a single process.
+    """
+    resolve_estimator("auto").broadcast(None)
+
+
+def _fit(
+    problem: OTProblem,
+    config: FitConfig,
+    estimator: Estimator,
+    callback: ProgressCallback | None,
+    resume: FitState | None,
+) -> FitResult:
     frame = Frame.for_problem(problem, config.method)
     targets = frame.to_internal(problem.targets)
     index = CellIndex(targets, backend=config.backend)
@@ -86,12 +131,14 @@ def fit(
     step: Callable[[FitState], tuple[FitState, FitRecord, str | None]]
     if config.method == "newton":
         ctx = newton_ctx = newton.make_context(
-            targets, problem.weights, problem.source, index, config
+            targets, problem.weights, problem.source, index, config, estimator=estimator
         )
         state = resume or newton.initial_state(newton_ctx)
         step = partial(newton.step, newton_ctx)
     else:
-        ctx = adam_ctx = adam.make_context(problem.weights, problem.source, index, config)
+        ctx = adam_ctx = adam.make_context(
+            problem.weights, problem.source, index, config, estimator
+        )
         state = resume or adam.initial_state(problem.n_targets, config)
         step = partial(adam.step, adam_ctx)
     _check_resume(state, problem, config)
@@ -100,24 +147,30 @@ def fit(
         if state.iteration >= config.max_iter:
             reason = "max_iter"
             break
-        if config.time_budget is not None and state.elapsed >= config.time_budget:
+        budget_left = None if config.time_budget is None else config.time_budget - state.elapsed
+        # Through the estimator: every rank of a distributed fit stops at the same step.
+        if estimator.agree(budget_left is not None and budget_left <= 0):
             reason = "time_budget"
             break
-        excluded = getattr(ctx, "excluded_seconds", 0.0)
+        excluded = ctx.excluded_seconds
         start = time.perf_counter()
+        # Methods check the deadline inside an iteration too (between Monte Carlo passes).
+        ctx.deadline = None if budget_left is None else start + budget_left
         state, record, reason = step(state)
-        spent = time.perf_counter() - start - (getattr(ctx, "excluded_seconds", 0.0) - excluded)
+        spent = time.perf_counter() - start - (ctx.excluded_seconds - excluded)
         record = replace(record, elapsed=state.elapsed + spent)
         state = replace(state, elapsed=record.elapsed, history=(*state.history, record))
-        if callback is not None:
+        stop = False
+        if callback is not None and estimator.lead:
             progress = FitProgress(
                 record=record,
                 state=state,
                 target_l1=config.target_l1,
                 heights=frame.heights_out(state.heights),
             )
-            if callback(progress) is False and reason is None:
-                reason = "callback"
+            stop = callback(progress) is False
+        if estimator.agree(stop) and reason is None:
+            reason = "callback"
     checks = [r.check for r in state.history if r.check is not None]
     last = checks[-1] if checks else None
     return FitResult(
@@ -129,6 +182,7 @@ def fit(
         elapsed=state.elapsed,
         method=config.method,
         backend=index.backend,
+        estimator=estimator.name,
         history=state.history,
         state=state,
     )

@@ -17,6 +17,7 @@ heights have never seen, so it is the independent accuracy check.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -24,13 +25,14 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from solver.cells.index import CellIndex
+from solver.estimation.estimator import Estimator, resolve_estimator
 from solver.estimation.host import (
     AccuracyReport,
     MeasureEstimate,
     accuracy,
-    estimate,
     samples_for_noise_floor,
 )
+from solver.estimation.reuse import ReuseIndex
 from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
 from solver.seeding import derive_seed
@@ -50,7 +52,12 @@ _FIRST_T = 1.0 / 16
 
 @dataclass
 class NewtonContext:
-    """What the steps share: the problem in internal coordinates and a one-entry cache."""
+    """What the steps share.
+
+    The problem in internal coordinates, the estimator, the stage's certified-reuse index
+    (keyed by ``reuse_stage``), a one-entry estimate cache, and the driver's deadline (a
+    ``time.perf_counter`` value or ``None``).
+    """
 
     targets: np.ndarray
     weights: np.ndarray
@@ -58,7 +65,17 @@ class NewtonContext:
     index: CellIndex
     config: FitConfig
     check_samples: int
+    estimator: Estimator
+    reuse: ReuseIndex
     cache: dict[tuple[int, bytes], MeasureEstimate]
+    reuse_stage: int = -1
+    deadline: float | None = None
+    excluded_seconds: float = 0.0
+
+    def out_of_time(self) -> bool:
+        """Whether the deadline has passed (agreed by every process of the estimator)."""
+        late = self.deadline is not None and time.perf_counter() >= self.deadline
+        return self.estimator.agree(late)
 
 
 def make_context(
@@ -67,10 +84,14 @@ def make_context(
     source: SourceMeasure,
     index: CellIndex,
     config: FitConfig,
+    *,
+    estimator: Estimator | None = None,
 ) -> NewtonContext:
     """Bundle the fit's fixed inputs; the check size follows from the target accuracy."""
     m_check = samples_for_noise_floor(weights, config.check_floor * config.target_l1)
-    return NewtonContext(targets, weights, source, index, config, m_check, {})
+    estimator = estimator or resolve_estimator(config.estimator)
+    reuse = ReuseIndex(index, candidates=config.newton.reuse_candidates)
+    return NewtonContext(targets, weights, source, index, config, m_check, estimator, reuse, {})
 
 
 def initial_state(ctx: NewtonContext) -> FitState:
@@ -120,7 +141,7 @@ def _warmup_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitReco
     m = cfg.warmup_samples_per_cell * len(ctx.weights)
     it = state.iteration + 1
     ctx.index.set_heights(state.heights)
-    est = estimate(
+    est = ctx.estimator.estimate(
         ctx.index,
         ctx.source,
         m,
@@ -179,6 +200,12 @@ def _newton_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitReco
         if accepted is not None:
             new = _advance(state, accepted, stage, stage_iter + 1, t=t)
             return new, _record(state, est, g, check), None
+        if ctx.out_of_time():  # the line search stopped at the deadline: keep h, stop
+            return (
+                _advance(state, h, stage, stage_iter),
+                _record(state, est, g, check),
+                "time_budget",
+            )
     return _advance(state, h, stage + 1, 0), _record(state, est, g, check), None
 
 
@@ -227,6 +254,8 @@ def _damped_step(
     empty = int(np.count_nonzero(est.counts == 0))
     t = min(1.0, 2.0 * t_prev)
     for _ in range(cfg.max_backtracks):
+        if ctx.out_of_time():
+            return None, t_prev
         trial = h - t * d
         trial -= trial.mean()
         est_t = _estimate(ctx, trial, m, seed, stage)
@@ -238,13 +267,20 @@ def _damped_step(
 
 
 def _estimate(ctx: NewtonContext, h: np.ndarray, m: int, seed: int, stage: int) -> MeasureEstimate:
-    """Top-2 estimate on the stage's samples; the last one is reused by the next step."""
+    """Top-2 estimate on the stage's samples; the last one is reused by the next step.
+
+    Searches go through the stage's certified-reuse index, so after the first pass over the
+    stage's samples only the samples whose cells a height change may have moved are searched.
+    """
     key = (stage, h.tobytes())
     cached = ctx.cache.get(key)
     if cached is not None:
         return cached
-    ctx.index.set_heights(h)
-    est = estimate(ctx.index, ctx.source, m, seed, k=2, batch_size=ctx.config.batch_size)
+    if ctx.reuse_stage != stage:
+        ctx.reuse.clear()
+        ctx.reuse_stage = stage
+    ctx.reuse.set_heights(h)
+    est = ctx.estimator.estimate(ctx.reuse, ctx.source, m, seed, batch_size=ctx.config.batch_size)
     ctx.cache.clear()
     ctx.cache[key] = est
     return est

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from solver.cells.index import CellIndex
-from solver.estimation.host import estimate
+from solver.estimation.estimator import Estimator, resolve_estimator
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 from solver.potential.singular import (
     Adjacency,
@@ -409,6 +409,7 @@ def build_extended_map(
     power: float | None = None,
     frame: AngleFrame = "standard",
     index: CellIndex | None = None,
+    estimator: Estimator | None = None,
 ) -> ExtendedMap:
     """One Monte Carlo pass (top-2 cells, mass centres), then the singular set, then the map.
 
@@ -428,6 +429,8 @@ def build_extended_map(
         frame: frame of the dihedral angles.
         index: a cell index over exactly these targets and heights, reused by the pass and
             by the map (``backend`` is then ignored); one is built when ``None``.
+        estimator: the Monte Carlo estimator; ``None`` for this process's own (``"auto"``
+            without the collective one: the map is built by one process).
 
     Raises:
         ValueError: bad shapes, counts, rule, or an index over other targets or heights.
@@ -445,7 +448,10 @@ def build_extended_map(
         raise ValueError(f"k must be in [1, {n}], got {k}")
     h = np.asarray(heights, dtype=np.float64)
     index = _shared_index(index, y, h) or CellIndex(y, h, backend=backend)
-    est = estimate(index, source, n_samples, seed, k=2, centres=True, batch_size=batch_size)
+    estimator = estimator or resolve_estimator("auto", collective=False)
+    est = estimator.estimate(
+        index, source, n_samples, seed, k=2, centres=True, batch_size=batch_size
+    )
     adjacency = adjacency_from_estimate(est, y)
     singular_set = find_singular_set(y, adjacency, rule, frame=frame)
     centres, _ = est.mass_centres(MIN_CENTRE_COUNT)

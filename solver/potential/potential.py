@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from solver.cells.index import CellIndex
-from solver.estimation.host import AccuracyReport, accuracy, estimate
+from solver.estimation.estimator import resolve_estimator
+from solver.estimation.host import AccuracyReport, accuracy
 from solver.fitting.checkpoint import atomic_write_bytes
 from solver.measures import SourceMeasure
 from solver.potential import file_format
@@ -225,7 +226,8 @@ def check_accuracy(
 
 
 def _measure(index: CellIndex, problem: OTProblem, n: int, seed: int) -> AccuracyReport:
-    est = estimate(index, problem.source, n, seed, k=1)
+    # This process's own estimator: a check is made by one process, never collectively.
+    est = resolve_estimator("auto", collective=False).estimate(index, problem.source, n, seed, k=1)
     return accuracy(est.counts, n, problem.weights)
 
 

@@ -1,0 +1,195 @@
+"""Fault cases 5, 7 and 8 of the reliability review: a lost catalogue, a full or read-only
+disk, a deleted default model. Disk faults use a real tmpfs (skipped where mounting is not
+allowed); each test is small and bounded.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.store import CatalogueLost, ModelStore
+from service.worker import Worker
+from tests.service_helpers import (
+    API_KEY,
+    bundle_archive,
+    copy_store,
+    fitted_template,
+    make_settings,
+    write_bundle,
+)
+
+KEY = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tmp_path_factory.getbasetemp()
+
+
+@contextmanager
+def tmpfs(path: Path, size: str):
+    """A real small filesystem at ``path`` (needs the right to mount; skips otherwise)."""
+    path.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _fill(directory: Path) -> None:
+    """Write a filler file until the filesystem has not one byte left."""
+    with open(directory / "filler", "wb", buffering=0) as f:
+        for chunk in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    shutil.disk_usage(directory)  # still readable
+
+
+# Case 5: an empty, missing or garbage catalogue beside model directories is never replaced.
+@pytest.mark.parametrize("damage", ["empty", "missing", "garbage"])
+def test_case5_lost_catalogue_is_refused_not_reinitialised(base, tmp_path, damage):
+    store = copy_store(fitted_template(base), tmp_path / "store")
+    path = store.root / "catalog.sqlite3"
+    for extra in ("-wal", "-shm"):
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(b"this is not sqlite" * 64)
+    with pytest.raises(CatalogueLost) as err:
+        ModelStore(store.root)
+    message = str(err.value)
+    assert str(path) in message and "restore" in message and "tiny" in message
+    assert (store.root / "models" / "tiny" / "bundle" / "config.json").exists()
+    assert list((store.root / "trash").iterdir()) == []
+    if damage == "empty":
+        assert path.stat().st_size == 0  # untouched
+
+
+# Case 7: a full disk answers 507 on writes and every read keeps answering.
+def test_case7_disk_full_refuses_writes_and_serves_reads(base, tmp_path):
+    with tmpfs(tmp_path / "fs", "24m") as fs:
+        store = copy_store(fitted_template(base), fs / "store")
+        archive = bundle_archive(write_bundle(tmp_path / "bundle", n=30, d=4))
+        app = create_app(make_settings(store.root), store=store, poll=False)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.get("/sample", params={"n": 4}).status_code == 200
+            _fill(fs)
+            for path in ("/readyz", "/models", "/models/tiny", "/healthz", "/singularities"):
+                assert client.get(path).status_code == 200, path
+            assert client.get("/sample", params={"n": 8, "seed": 3}).status_code == 200
+            files = {"bundle": ("b.tar.gz", archive)}
+            writes = [
+                client.post("/models", data={"name": "new"}, files=files, headers=KEY),
+                client.post("/models/tiny/fit", json={"replace": True}, headers=KEY),
+                client.delete("/models/tiny", headers=KEY),
+            ]
+            for r in writes:
+                assert r.status_code == 507, r.text
+                assert "disk is full" in r.json()["detail"]
+            assert client.get("/models/tiny").status_code == 200
+            assert list((store.root / "staging").iterdir()) == []
+            (fs / "filler").unlink()
+            r = client.post("/models/tiny/fit", json={"replace": True}, headers=KEY)
+            assert r.status_code == 202  # space again: writes work again
+
+
+# Case 7: a store on a read-only filesystem is served read-only (no worker, writes 507).
+def test_case7_read_only_store_serves_read_only(base, tmp_path):
+    with tmpfs(tmp_path / "fs", "24m") as fs:
+        shutil.copytree(fitted_template(base), fs / "store")  # no catalogue left open
+        subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
+        settings = make_settings(fs / "store", worker=True)
+        app = create_app(settings, poll=False)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert app.state.worker is None
+            ready = client.get("/readyz")
+            assert ready.status_code == 200 and "read-only" in ready.json()["reason"]
+            assert client.get("/sample", params={"n": 4}).status_code == 200
+            r = client.post("/models/tiny/fit", json={"replace": True}, headers=KEY)
+            assert r.status_code == 507 and "read-only" in r.json()["detail"]
+
+
+# Case 8: deleting the default model does not leave the server unready for good.
+def test_case8_deleted_default_model_is_trained_again(tmp_path):
+    settings = make_settings(tmp_path / "store", embedded_default=True)
+    store = ModelStore(settings.store)
+    store.enqueue_train("tiny")
+    store.register("tiny", write_bundle(tmp_path / "bundle", n=50, d=2))
+    train = store.claim("w:1", 30.0)
+    store.finish(train, "w:1", "done", "trained")
+    store.delete("tiny")
+    Worker(store, settings).schedule()
+    queued = [j for j in store.jobs("tiny") if j.status == "queued"]
+    assert [j.kind for j in queued] == ["train"]
+
+
+def _potential_file(store: ModelStore, version: int) -> Path:
+    return store.root / store.potential_record("tiny", version).path
+
+
+# Cases 3 and 4: a torn, garbage or missing current potential falls back to the last good
+# version, says why in /models and /readyz, and a refit is queued that repairs it.
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+def test_case3_4_damaged_potential_falls_back_and_refit_repairs(base, tmp_path, damage):
+    store = copy_store(fitted_template(base), tmp_path / "store")
+    latest = store.published_versions()["tiny"]
+    assert latest >= 2
+    path = _potential_file(store, latest)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00garbage" * 100)
+    else:
+        path.unlink()
+    settings = make_settings(store.root)
+    app = create_app(settings, store=store, poll=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/sample", params={"n": 4})
+        assert r.status_code == 200 and int(r.headers["x-potential-version"]) == latest - 1
+        status = client.get("/models/tiny").json()
+        assert f"potential v{latest} is damaged" in status["problem"]
+        assert status["job"]["status"] == "queued"  # the refit
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and "damaged" in ready.json()["reason"]
+        # Retracted in the catalogue: a restart (or another process) serves the good one.
+        assert store.published_versions()["tiny"] == latest - 1
+        Worker(store, settings).run(idle_exit=True)  # the refit runs and publishes
+        app.state.serving.refresh()
+        r = client.get("/sample", params={"n": 4})
+        assert int(r.headers["x-potential-version"]) > latest
+        assert client.get("/models/tiny").json()["problem"] is None
+
+
+def test_case4_damaged_bundle_says_so_once(base, tmp_path, caplog):
+    store = copy_store(fitted_template(base), tmp_path / "store")
+    decoder = store.bundle_dir("tiny") / "decoder.safetensors"
+    decoder.write_bytes(decoder.read_bytes()[:100])
+    app = create_app(make_settings(store.root), store=store, poll=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for _ in range(5):
+            r = client.get("/sample", params={"n": 4})
+            assert r.status_code == 503
+        assert "bundle does not load" in r.json()["detail"]
+        assert "no fitted potential yet" not in r.json()["detail"]
+        assert "bundle does not load" in client.get("/models/tiny").json()["problem"]
+    logged = [rec for rec in caplog.records if "bundle does not load" in rec.getMessage()]
+    assert len(logged) == 1

@@ -1,0 +1,71 @@
+"""Certified reuse returns exactly the cells of a brute-force search, at any height change."""
+
+import numpy as np
+import pytest
+
+from solver import CellIndex, SourceMeasure, estimate
+from solver.estimation.reuse import ReuseIndex
+
+
+def brute_top(x, y, h, k):
+    """Float64 brute force: the top-k cells and the gap from the k-th to the (k+1)-th score."""
+    s = x.astype(np.float64) @ y.astype(np.float64).T + h
+    order = np.argsort(-s, axis=1)[:, : k + 1]
+    top = np.take_along_axis(s, order, axis=1)
+    gaps = np.diff(-top, axis=1).min(axis=1)  # smallest gap among the first k + 1 scores
+    return order[:, :k], top[:, :k], gaps
+
+
+@pytest.mark.parametrize("step", [1e-4, 1e-2, 0.3])
+def test_reuse_returns_the_brute_force_cells(step, rng):
+    n, d = 60, 4
+    y = (0.3 * rng.standard_normal((n, d))).astype(np.float32)
+    h0 = 0.01 * rng.standard_normal(n)
+    x = SourceMeasure(dim=d).sample(5000, seed=3)
+    reuse = ReuseIndex(CellIndex(y, h0, backend="torch"), candidates=4)
+    reuse.search(x, 2)  # first pass: full search, entries at h0
+    h = h0
+    for _ in range(3):  # successive height changes, like a line search
+        h = h + step * rng.standard_normal(n)
+        reuse.set_heights(h)
+        scores, cells = reuse.search(x, 2)
+        h32 = h.astype(np.float32).astype(np.float64)  # the index stores float32 heights
+        want, want_s, gaps = brute_top(x, y, h32, 2)
+        clear = gaps > 1e-5  # float32 ties aside, the cells must be exactly the brute force
+        assert clear.mean() > 0.99
+        np.testing.assert_array_equal(cells[clear], want[clear])
+        np.testing.assert_allclose(scores, want_s, atol=1e-5)
+    stats = reuse.stats
+    assert stats.certified + stats.searched == 4 * 5000
+    if step == 1e-4:  # tiny changes: nearly every sample is certified without a search
+        assert stats.certified >= 0.9 * 3 * 5000
+    if step == 0.3:  # large changes: most samples go back to the full search
+        assert stats.searched >= 5000 + 0.5 * 3 * 5000
+
+
+def test_a_whole_estimate_through_reuse_equals_the_plain_estimate(rng):
+    n, d = 40, 3
+    y = (0.3 * rng.standard_normal((n, d))).astype(np.float32)
+    index = CellIndex(y, backend="torch")
+    reuse = ReuseIndex(CellIndex(y, backend="torch"))
+    source = SourceMeasure(dim=d)
+    for scale in (0.0, 0.003, 0.01):
+        h = scale * rng.standard_normal(n)
+        index.set_heights(h)
+        reuse.set_heights(h)
+        ref = estimate(index, source, 4000, 1, gap_width=0.01, batch_size=1000)
+        got = estimate(reuse, source, 4000, 1, gap_width=0.01, batch_size=1000)
+        np.testing.assert_array_equal(got.counts, ref.counts)
+        np.testing.assert_array_equal(got.pairs, ref.pairs)
+        np.testing.assert_array_equal(got.slab_counts, ref.slab_counts)
+    assert reuse.stats.certified > 0
+
+
+def test_clear_and_bad_candidates():
+    y = np.eye(3, dtype=np.float32)
+    reuse = ReuseIndex(CellIndex(y, backend="torch"), candidates=2)
+    reuse.search(SourceMeasure(dim=3).sample(100, 0), 2)
+    reuse.clear()
+    assert reuse.stats.certified == reuse.stats.searched == 0
+    with pytest.raises(ValueError, match="candidates"):
+        ReuseIndex(CellIndex(y, backend="torch"), candidates=1)
