@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from models.autoencoder import AutoencoderConfig
-from models.bundle import Bundle, load_bundle, save_bundle
+from models.bundle import MAX_PARAMETERS, Bundle, load_bundle, parameter_count, save_bundle
 from models.datasets import DatasetConfig, ImageDataset, load_dataset
 from models.train import (
     DIGITS_AUTOENCODER,
@@ -164,8 +164,17 @@ def train_plan(
     Returns:
         The bundle (``None`` when a callback stopped training before the end) and the result.
 
+    Raises:
+        ValueError: the architecture for these images has more than ``MAX_PARAMETERS``.
+
     """
     model_config, config = plan.resolve(data.image_shape)
+    n_params = parameter_count(model_config)
+    if n_params > MAX_PARAMETERS:  # a bundle this big would be refused when loaded
+        raise ValueError(
+            f"images of shape {data.image_shape} make an autoencoder of {n_params:,} "
+            f"parameters, over the limit of {MAX_PARAMETERS:,}: use a smaller image size"
+        )
     config = replace(config, progress=progress)
     result = train_autoencoder(data, model_config, config, checkpoint=checkpoint, callback=callback)
     if not result.completed or result.latents is None:

@@ -314,6 +314,10 @@ class FitRequest(_Request):
     replace: bool = Field(default=False, description="cancel an active job of the model first")
 
 
+# Image sides a training request may ask for (the conv autoencoder grows with H x W).
+_HARD_IMAGE_SIDE = 256
+
+
 class TrainRequest(_Request):
     """Train an autoencoder on a dataset under the server's data root, then fit its OT map."""
 
@@ -332,7 +336,7 @@ class TrainRequest(_Request):
     arch: Literal["conv", "mlp"] | None = Field(default=None, description="default: by size")
     epochs: Int | None = Field(default=None, ge=1, le=10000, description="joint epochs at most")
     decoder_epochs: Int | None = Field(default=None, ge=0, le=10000)
-    image_size: list[Int] | None = Field(
+    image_size: list[Annotated[Int, Field(ge=4, le=_HARD_IMAGE_SIDE)]] | None = Field(
         default=None, min_length=2, max_length=2, description="(H, W) for image folders / arrays"
     )
     channels: Literal[1, 3] | None = Field(default=None, description="1 gray or 3 RGB")

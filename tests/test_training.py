@@ -11,7 +11,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from models import DatasetConfig, TrainPlan, dataset_config_for, detect_source, load_bundle
+from models import (
+    DatasetConfig,
+    ImageDataset,
+    TrainPlan,
+    dataset_config_for,
+    detect_source,
+    load_bundle,
+    train_plan,
+)
 from service.app import create_app
 from service.store import ModelStore
 from service.training import (
@@ -124,6 +132,13 @@ def test_training_resumes_from_its_checkpoint_and_keeps_labels(tmp_path):
     bundle = load_bundle(store.bundle_dir("shapes"))
     assert bundle.labels is not None and bundle.labels.shape == (32,)
     assert set(bundle.labels.tolist()) <= {0, 1, 2, 3}
+
+
+def test_architectures_over_the_bundle_limit_are_refused_before_training(tmp_path):
+    big = ImageDataset(images=np.zeros((2, 3, 128, 128), np.float32), labels=None, name="big")
+    with pytest.raises(ValueError, match=r"269,436,201 parameters, over the limit"):
+        train_plan(TrainPlan(data=DatasetConfig()), big, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
 
 
 def test_image_folder_classes_become_labels(tmp_path):
