@@ -159,6 +159,8 @@ def _option_type(annotation: Any) -> tuple[Any, str]:
         args = get_args(annotation)
     if get_origin(annotation) is dict:
         return str, " (JSON object)"
+    if get_origin(annotation) in (tuple, list):
+        return list[str], " (repeat the option for several)"
     if get_origin(annotation) is Literal:
         return str, " (" + " | ".join(str(a) for a in args) + ")"
     if annotation in (bool, int, float, Path):
@@ -201,7 +203,7 @@ def settings_options(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> Any:
-        overrides = {n: kwargs.pop(n) for n in names if kwargs.get(n) is not None}
+        overrides = {n: _given(kwargs[n]) for n in names if _given(kwargs.get(n)) is not None}
         for n in names:
             kwargs.pop(n, None)
         return fn(overrides=overrides, **kwargs)
@@ -211,6 +213,13 @@ def settings_options(fn: F) -> F:
     )
     wrapper.__annotations__ = {}  # typer reads the types from the signature above
     return wrapper  # type: ignore[return-value]
+
+
+def _given(value: Any) -> Any:
+    """An option's value, ``None`` when not given (a repeatable option gives ``[]``)."""
+    if isinstance(value, list | tuple):
+        return tuple(value) if value else None
+    return value
 
 
 def build_settings(**overrides: Any) -> Settings:

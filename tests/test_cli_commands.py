@@ -67,6 +67,8 @@ def test_options_override_the_environment(empty_cwd, monkeypatch):
     monkeypatch.setenv("AEOT_STORE", str(empty_cwd / "from-env"))
     run = invoke("fit", "digits", "--store", str(empty_cwd / "from-option"))
     assert run.exit_code == 1 and "from-option" in run.stderr and "from-env" not in run.stderr
+    hosts = invoke("fit", "x", "--store", "s", "--allowed-hosts", "a.test", "--allowed-hosts", "b")
+    assert hosts.exit_code == 1 and "no model store at s" in hosts.stderr  # the hosts parsed
     bad = invoke("fit", "digits", "--store", "s", "--target-l1", "5")
     assert bad.exit_code == 1
     assert bad.stderr.startswith("error: invalid setting: target_l1: Input should be less than 2")
