@@ -99,8 +99,12 @@ def api_dataset(
 
 
 def checkpoint_path(store: ModelStore, name: str, plan: TrainPlan) -> Path:
-    """Per-epoch checkpoint of training ``plan`` as model ``name`` (one file per plan)."""
-    digest = hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
+    """Per-epoch checkpoint of training ``plan`` as model ``name`` (one file per plan).
+
+    The device and thread count stay out of the name: a run may resume on another device.
+    """
+    fields = {k: v for k, v in plan.to_dict().items() if k not in ("device", "threads")}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
     return store.root / "training" / f"{check_name(name)}-{digest[:16]}.pt"
 
 
