@@ -7,10 +7,10 @@ to the queue (they resume from their checkpoints) and starts a new worker after 
 uptime). Its state (:class:`WorkerState`) is what ``/readyz`` and ``/metrics`` report.
 
 A worker never outlives its server: the child asks Linux for SIGTERM when its parent dies
-(``prctl(PR_SET_PDEATHSIG)``, set between fork and exec), and it also watches its parent's
-pid (:func:`watch_parent`) and exits at most ``ORPHAN_GRACE`` seconds after the server is
-gone, checkpoint or not. The parent-death signal follows the *thread* that forked, so every
-child is started from the supervisor thread, which lives as long as the supervision.
+(``prctl(PR_SET_PDEATHSIG)`` at its start, :func:`watch_parent`), and it also watches its
+parent's pid and exits at most ``ORPHAN_GRACE`` seconds after the server is gone, checkpoint
+or not. The parent-death signal follows the *thread* that started the child, so every child
+is started from the supervisor thread, which lives as long as the supervision.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class WorkerState:
     last_exit_at: float | None
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to send SIGTERM to this process when the thread that forked it ends."""
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this process when the thread that started it ends."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -150,9 +150,7 @@ class WorkerProcess:
         env = {**os.environ, **self.settings.to_env()}
         env["AEOT_STORE"] = str(self.settings.store.resolve())
         env[PARENT_ENV] = str(os.getpid())
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service.worker"], env=env, preexec_fn=_die_with_parent
-        )
+        proc = subprocess.Popen([sys.executable, "-m", "service.worker"], env=env)
         self.proc = proc
         with self._lock:
             restarts = self._state.restarts + (self._state.status == "restarting")
@@ -197,7 +195,8 @@ def _replace(state: WorkerState, **changes: object) -> WorkerState:
 def watch_parent(stop: threading.Event, grace: float = ORPHAN_GRACE) -> threading.Thread | None:
     """In a worker started by a server: stop, then exit, when that server is gone.
 
-    Sets ``stop`` (the running fit checkpoints and hands its job back) as soon as the parent
+    Asks for SIGTERM at the parent's death (the worker's handler sets ``stop``), and sets
+    ``stop`` itself (the running fit checkpoints and hands its job back) as soon as the parent
     pid changes, and ends the process ``grace`` seconds later if it is still running, so an
     orphan never keeps a job's lease. Returns the watching thread, or ``None`` outside a
     server (``aeot worker`` runs unwatched).
@@ -206,6 +205,7 @@ def watch_parent(stop: threading.Event, grace: float = ORPHAN_GRACE) -> threadin
     if not parent or not parent.isdigit():
         return None
     expected = int(parent)
+    _die_with_parent()  # then check the parent: it may have died before this line
 
     def loop() -> None:
         while os.getppid() == expected:

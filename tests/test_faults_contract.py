@@ -21,6 +21,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.errors import Throttled
+from service.security import KeyThrottle, host_allowed
 from tests.service_helpers import (
     API_KEY,
     bundle_archive,
@@ -307,3 +309,35 @@ def test_case15_stalled_connections_time_out_on_a_live_server(base, tmp_path):
             assert stalled.recv(4096).startswith(b"HTTP/1.1 408")
         r = httpx.get(f"{url}/healthz", headers={"host": "rebind.example"})
         assert r.status_code == 400
+
+
+def test_throttle_window_slides_with_a_fake_clock():
+    now = [0.0]
+    throttle = KeyThrottle(max_failures=2, window=10.0, clock=lambda: now[0])
+    throttle.failed("a")
+    now[0] = 4.0
+    throttle.failed("a")
+    with pytest.raises(Throttled) as err:
+        throttle.check("a")
+    assert err.value.retry_after == pytest.approx(6.0)
+    throttle.check("b")  # other clients are not affected
+    now[0] = 10.5  # the first failure left the window
+    throttle.check("a")
+
+
+@pytest.mark.parametrize(
+    ("host", "names", "allowed"),
+    [
+        ("localhost:8000", ("localhost",), True),
+        ("[::1]:8000", ("::1",), True),
+        ("127.0.0.1", ("127.0.0.1",), True),
+        ("LOCALHOST", ("localhost",), True),
+        ("attacker.example", ("127.0.0.1", "localhost", "::1"), False),
+        ("api.example.org", ("*.example.org",), True),
+        ("example.org.evil", ("*.example.org",), False),
+        ("", ("localhost",), False),
+        ("anything", ("*",), True),
+    ],
+)
+def test_host_allow_list(host, names, allowed):
+    assert host_allowed(host, names) is allowed
