@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import emit, machine_info  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.store import ModelStore  # noqa: E402
-from service.worker import Worker, train_into_store  # noqa: E402
+from service.training import digits_plan, train_into_store  # noqa: E402
+from service.worker import Worker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def prepare_store(root: Path, fit_seconds: float) -> None:
         publish_interval=fit_seconds / 2,
     )
     store = ModelStore(root)
-    train_into_store(store, settings.default_model, 0)
+    train_into_store(store, settings.default_model, digits_plan(0), fit=None)
     Worker(store, settings).run(idle_exit=True)
 
 

@@ -31,6 +31,8 @@ from models.classifier import (
 from models.datasets import (
     DatasetConfig,
     ImageDataset,
+    dataset_config_for,
+    detect_source,
     find_idx_directory,
     load_array_file,
     load_dataset,
@@ -52,6 +54,7 @@ from models.evaluate import (
     nearest_neighbour_distances,
     precision_recall,
 )
+from models.plan import TrainPlan, load_plan_data, train_plan
 from models.runtime import resolve_device, torch_threads
 from models.train import (
     DIGITS_AUTOENCODER,
@@ -82,10 +85,13 @@ __all__ = [
     "RealReference",
     "TrainConfig",
     "TrainMetrics",
+    "TrainPlan",
     "TrainResult",
     "TrainedClassifier",
     "build_autoencoder",
     "class_histogram",
+    "dataset_config_for",
+    "detect_source",
     "classifier_accuracy",
     "evaluate_images",
     "feature_frechet_distance",
@@ -100,6 +106,7 @@ __all__ = [
     "load_digits_dataset",
     "load_idx_dataset",
     "load_image_folder",
+    "load_plan_data",
     "make_reference",
     "nearest_neighbour_distances",
     "precision_recall",
@@ -112,4 +119,5 @@ __all__ = [
     "train_autoencoder",
     "train_classifier",
     "train_default_digits",
+    "train_plan",
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +43,8 @@ _IDX_DTYPES: dict[int, np.dtype[Any]] = {
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 # Where IDX datasets usually live, tried in order by :func:`find_idx_directory`.
 DEFAULT_IDX_ROOTS = ("data", "~/.cache/aeot/datasets", "/usr/share/datasets")
+# Image folders without an explicit size are resized to MNIST's 28 x 28 (conv-friendly: 4 | 28).
+_FOLDER_DEFAULT_SIZE = (28, 28)
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 # The digits data set has no official split: a fixed permutation keeps 20 % for testing.
 _DIGITS_TEST_FRACTION = 0.2
@@ -148,6 +150,111 @@ class DatasetConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ValueError(f"image_size must be (H, W) with H, W >= 1, got {self.image_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``image_size`` as a list), inverse of :meth:`from_dict`."""
+        data = asdict(self)
+        data["image_size"] = None if self.image_size is None else list(self.image_size)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetConfig:
+        """Build from :meth:`to_dict`'s output; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown dataset config keys {sorted(unknown)}")
+        size = data.get("image_size")
+        return cls(**{**data, "image_size": None if size is None else tuple(size)})
+
+
+def detect_source(path: str | Path) -> Source:
+    """Tell which loader reads ``path``: an IDX directory, an array file or an image folder.
+
+    Raises:
+        ValueError: the path does not exist or holds none of the supported layouts.
+
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        if path.suffix in (".npy", ".npz"):
+            return "arrays"
+        raise ValueError(f"{path} is a file but not .npy or .npz")
+    if not path.is_dir():
+        raise ValueError(f"dataset {path} does not exist")
+    try:
+        find_idx_file(path, "train-images-idx3-ubyte")
+        return "idx"
+    except ValueError:
+        pass
+    try:
+        find_idx_file(path, "t10k-images-idx3-ubyte")
+        return "idx"
+    except ValueError:
+        pass
+    images = any(
+        p.suffix.lower() in _IMAGE_SUFFIXES
+        for d in (path, *(c for c in path.iterdir() if c.is_dir()))
+        for p in d.iterdir()
+    )
+    if images:
+        return "folder"
+    raise ValueError(
+        f"{path} holds no IDX files (train-images-idx3-ubyte[.gz]), no .npy/.npz and no images"
+    )
+
+
+def dataset_config_for(
+    spec: str,
+    *,
+    split: Split = "train",
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    roots: tuple[str, ...] = DEFAULT_IDX_ROOTS,
+) -> DatasetConfig:
+    """Turn what a user types into a :class:`DatasetConfig`.
+
+    Args:
+        spec: ``"digits"`` (scikit-learn, no files), a path (IDX directory, ``.npy``/``.npz``
+            file or image folder), or the name of an IDX data set under one of ``roots``
+            (``"mnist"``, ``"fashion-mnist"``; Debian's ``dataset-fashion-mnist`` installs one
+            under ``/usr/share/datasets``).
+        split: IDX split; IDX directories with only the t10k files fall back to ``"test"``.
+        image_size: ``(H, W)`` for user data; image folders default to 28 x 28.
+        channels: 1 or 3 for user data (``None`` keeps arrays' own, gray for folders).
+        roots: parent folders searched for a named IDX data set.
+
+    Raises:
+        ValueError: nothing readable at ``spec``; the message lists what was tried.
+
+    """
+    if spec == "digits":
+        return DatasetConfig(source="digits", split=split)
+    path = Path(spec).expanduser()
+    if not path.exists() and "/" not in spec:
+        try:
+            path = find_idx_directory(spec, roots)
+        except ValueError as exc:
+            raise ValueError(
+                f"dataset {spec!r} is neither a path nor an IDX data set under {list(roots)}"
+            ) from exc
+    source = detect_source(path)
+    name = path.stem if source == "arrays" else path.resolve().name
+    if source == "idx" and split != "test":
+        try:
+            find_idx_file(path, "train-images-idx3-ubyte")
+        except ValueError:
+            split = "test"
+    if source == "folder" and image_size is None:
+        image_size = _FOLDER_DEFAULT_SIZE
+    return DatasetConfig(
+        source=source,
+        path=str(path),
+        split=split,
+        name=name,
+        image_size=image_size,
+        channels=channels,
+    )
 
 
 def load_dataset(config: DatasetConfig) -> ImageDataset:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from models import TrainPlan
 from service.job_config import JobConfig
 from solver import AccuracyReport
 
@@ -79,6 +80,8 @@ CREATE TABLE IF NOT EXISTS damaged (
     PRIMARY KEY (model, version)
 );
 """
+# Columns added after the first release; a catalogue without them gets them on open (NULL).
+_ADDED_JOB_COLUMNS = {"train_plan": "TEXT", "train_progress": "TEXT"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +111,26 @@ class PotentialRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrainProgress:
+    """Progress of a training job, written by the worker after each epoch.
+
+    Attributes:
+        epoch: epochs done (joint + decoder). epochs: planned epochs at most (the joint phase
+            may end earlier on a plateau). phase: ``"joint"`` or ``"decoder"`` (of the last
+            epoch). loss: that epoch's mean training L2 (MSE per pixel). n_images: training
+            images. elapsed: seconds of training.
+
+    """
+
+    epoch: int
+    epochs: int
+    phase: str
+    loss: float
+    n_images: int
+    elapsed: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class JobRecord:
     """One fit or train job and its last reported progress."""
 
@@ -131,6 +154,8 @@ class JobRecord:
     resumed_from: int | None
     reason: str | None
     error: str | None
+    train_plan: TrainPlan | None = None
+    train_progress: TrainProgress | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +205,10 @@ class Catalog:
         try:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            have = {r["name"] for r in con.execute("PRAGMA table_info(jobs)").fetchall()}
+            for column, kind in _ADDED_JOB_COLUMNS.items():
+                if column not in have:
+                    con.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         finally:
             con.close()
         # One connection held open for the catalogue's lifetime keeps the WAL and its
@@ -390,8 +419,12 @@ class Catalog:
         bundle_hash: str | None,
         *,
         replace: bool = False,
+        train_plan: TrainPlan | None = None,
     ) -> JobRecord | None:
         """Queue a job unless one of its kind is active for the model (``replace`` cancels it).
+
+        A train job carries its ``train_plan`` (none: the embedded digits model), and
+        ``config`` is the fit queued once the trained model is registered.
 
         Returns:
             The new job, or ``None`` when an active job exists and ``replace`` is false.
@@ -412,9 +445,17 @@ class Catalog:
                 (now, model, kind),
             )
             cur = con.execute(
-                "INSERT INTO jobs (model, kind, status, config, bundle_hash, created, updated) "
-                "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                (model, kind, config.to_json(), bundle_hash, now, now),
+                "INSERT INTO jobs (model, kind, status, config, bundle_hash, created, updated, "
+                "train_plan) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (
+                    model,
+                    kind,
+                    config.to_json(),
+                    bundle_hash,
+                    now,
+                    now,
+                    None if train_plan is None else json.dumps(train_plan.to_dict()),
+                ),
             )
             job_id = int(cur.lastrowid or 0)
         job = self.job(job_id)
@@ -451,6 +492,17 @@ class Catalog:
                 fields["accuracy"] = _dump_acc(progress.accuracy)
             if progress.checkpoint_iteration is not None:
                 fields["checkpoint_iteration"] = progress.checkpoint_iteration
+        return self._update_owned(job_id, worker, fields)
+
+    def train_heartbeat(self, job_id: int, worker: str, progress: TrainProgress) -> bool:
+        """Record a training job's epoch; False when the job is no longer this worker's."""
+        now = time.time()
+        fields: dict[str, Any] = {
+            "heartbeat": now,
+            "updated": now,
+            "elapsed": progress.elapsed,
+            "train_progress": json.dumps(progress.__dict__),
+        }
         return self._update_owned(job_id, worker, fields)
 
     def set_resumed(self, job_id: int, worker: str, iteration: int) -> bool:
@@ -640,4 +692,10 @@ def _job(row: sqlite3.Row) -> JobRecord:
         resumed_from=row["resumed_from"],
         reason=row["reason"],
         error=row["error"],
+        train_plan=(
+            TrainPlan.from_dict(json.loads(row["train_plan"])) if row["train_plan"] else None
+        ),
+        train_progress=(
+            TrainProgress(**json.loads(row["train_progress"])) if row["train_progress"] else None
+        ),
     )

@@ -1,10 +1,12 @@
 """Command line of the service: ``aeot serve`` (the main command) and its companions.
 
-Commands: serve, worker, train, fit, sample, interpolate, singularities, and ``demo`` (a 2D
-OT fit with accuracy and time).
+Commands: serve, worker, train, fit, models (list, show, register, train, refit, delete),
+sample, interpolate, singularities, and ``demo`` (a 2D OT fit with accuracy and time).
 
-Server-side commands (serve, worker, train, fit) read the ``AEOT_*`` settings, with options
-overriding them; client commands (sample, interpolate, singularities) talk to a running server.
+Server-side commands (serve, worker, fit) take every ``AEOT_*`` setting as an option that
+overrides the variable; ``train`` trains into a store in the foreground; client commands
+(models, sample, interpolate, singularities) talk to a running server over HTTP. Failures print
+one line saying what to do (``aeot --debug ...`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -21,42 +23,89 @@ import numpy as np
 import typer
 from tqdm import tqdm
 
-from service.client import AEOTClient
+from service.cli_models import API_KEY, URL, models_app
+from service.cli_support import (
+    CliError,
+    build_settings,
+    connect,
+    friendly,
+    open_existing_store,
+    set_debug,
+    settings_options,
+)
+from service.cli_train import queue_served_dataset, train
 from service.settings import Settings
 
-app = typer.Typer(help="AE-OT: autoencoder + semi-discrete optimal transport generative model.")
+app = typer.Typer(
+    help="AE-OT: autoencoder + semi-discrete optimal transport generative model.",
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models_app, name="models")
+app.command()(train)
 
-URL = typer.Option("http://127.0.0.1:8000", "--url", envvar="AEOT_URL", help="server URL")
 MODEL = typer.Option(None, "--model", help="model name (default: the server's default)")
 _SAMPLES_PNG = Path("samples.png")
 _STRIP_PNG = Path("interpolation.png")
-STORE = typer.Option(None, "--store", help="store directory (default: AEOT_STORE or ./store)")
-
-
-def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 @app.callback()
-def main() -> None:
+def main(
+    debug: bool = typer.Option(
+        False, "--debug", envvar="AEOT_DEBUG", help="show tracebacks instead of one-line errors"
+    ),
+) -> None:
     """AE-OT command line."""
+    set_debug(debug)
 
 
 @app.command()
+@friendly
+@settings_options
 def serve(
-    host: str = typer.Option(None, help="bind address (default 127.0.0.1)"),
-    port: int = typer.Option(None, help="port (default 8000)"),
-    store: Path = STORE,
-    worker: bool = typer.Option(None, "--worker/--no-worker", help="run the fit worker"),
-    web_workers: int = typer.Option(None, "--web-workers", help="server processes (default 1)"),
+    overrides: dict[str, Any],
+    data: str = typer.Option(
+        None,
+        "--data",
+        help="train a model on this dataset first (IDX directory such as MNIST's, .npy/.npz, "
+        "image folder, or mnist / fashion-mnist / digits), then fit and serve it",
+        rich_help_panel="Training (--data)",
+    ),
+    name: str = typer.Option(
+        None,
+        "--name",
+        help="name of the --data model (default: the dataset's)",
+        rich_help_panel="Training (--data)",
+    ),
+    subset: int = typer.Option(
+        None,
+        "--subset",
+        help="--data: train on a seeded random subset of this many images",
+        rich_help_panel="Training (--data)",
+    ),
+    epochs: int = typer.Option(
+        None,
+        "--epochs",
+        help="--data: joint epochs at most (default: the recipe's)",
+        rich_help_panel="Training (--data)",
+    ),
+    latent_dim: int = typer.Option(
+        None,
+        "--latent-dim",
+        help="--data: latent dimension (default 8 or 32 by image size)",
+        rich_help_panel="Training (--data)",
+    ),
 ) -> None:
-    """Serve the API and web page; with an empty store, train the digits model and fit it."""
+    """Serve the API and web page; an empty store trains digits (or --data) and fits it."""
     import uvicorn  # noqa: PLC0415 - only this command needs the server
 
     from service.app import create_app  # noqa: PLC0415
     from service.logs import configure_logging  # noqa: PLC0415
 
-    settings = _settings(host=host, port=port, store=store, worker=worker, web_workers=web_workers)
+    if data is not None:
+        overrides = queue_served_dataset(
+            overrides, data, name=name, subset=subset, epochs=epochs, latent_dim=latent_dim
+        )
+    settings = build_settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     typer.echo(f"AE-OT service on http://{settings.host}:{settings.port}/ (store {settings.store})")
     if settings.web_workers > 1:
@@ -109,41 +158,27 @@ def _serve_processes(settings: Settings) -> None:
 
 
 @app.command(name="worker")
-def worker_cmd(store: Path = STORE) -> None:
+@friendly
+@settings_options
+def worker_cmd(overrides: dict[str, Any]) -> None:
     """Run a fit worker on the store (scale-out; several may share one store)."""
     from service.logs import configure_logging  # noqa: PLC0415
     from service.ranks import lead_or_follow  # noqa: PLC0415
     from service.worker import run_worker  # noqa: PLC0415
 
-    settings = _settings(store=store)
+    settings = build_settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     followed = lead_or_follow(lambda: run_worker(settings))
     if followed is not None:
         typer.echo(f"rank {os.environ.get('RANK')} followed {followed} fit(s)")
 
 
-@app.command()
-def train(
-    name: str = typer.Option("digits", help="model name"),
-    seed: int = typer.Option(0, help="training seed"),
-    store: Path = STORE,
-) -> None:
-    """Train the default autoencoder on scikit-learn digits into the store (fit is queued)."""
-    from service.store import ModelStore  # noqa: PLC0415
-    from service.worker import train_into_store  # noqa: PLC0415
-
-    settings = _settings(store=store)
-    with tqdm(total=1, desc=f"training {name}", bar_format="{desc}: {elapsed}") as bar:
-        record = train_into_store(ModelStore(settings.store), name, seed)
-        bar.update(1)
-    typer.echo(f"model {record.name}: {record.n_latents} latents in d={record.dim}")
-
-
 @app.command(name="fit")
+@friendly
+@settings_options
 def fit_cmd(
+    overrides: dict[str, Any],
     name: str = typer.Argument(..., help="model name in the store"),
-    target_l1: float = typer.Option(None, help="stop at this independent L1"),
-    store: Path = STORE,
 ) -> None:
     """Fit (or refit) a model's OT map in the foreground, with a progress bar.
 
@@ -151,18 +186,22 @@ def fit_cmd(
     """
     from service.ranks import lead_or_follow  # noqa: PLC0415
 
-    followed = lead_or_follow(lambda: _fit_foreground(name, target_l1, store))
+    followed = lead_or_follow(lambda: _fit_foreground(name, overrides))
     if followed is not None:
         typer.echo(f"rank {os.environ.get('RANK')} followed {followed} fit(s)")
 
 
-def _fit_foreground(name: str, target_l1: float | None, store: Path | None) -> None:
+def _fit_foreground(name: str, overrides: dict[str, Any]) -> None:
+    """The fit command's body: queue a fit, run a worker here until it ends, show progress."""
     from service.job_config import job_config  # noqa: PLC0415
-    from service.store import ModelStore  # noqa: PLC0415
     from service.worker import Worker  # noqa: PLC0415
 
-    settings = _settings(store=store, target_l1=target_l1, embedded_default=False)
-    model_store = ModelStore(settings.store)
+    settings = build_settings(**{**overrides, "embedded_default": False})
+    model_store = open_existing_store(settings.store)
+    known = [m.name for m in model_store.models()]
+    if name not in known:
+        listed = ", ".join(known) if known else "none yet (`aeot train` makes one)"
+        raise CliError(f"unknown model {name!r} in {settings.store}; known models: {listed}")
     job = model_store.enqueue_fit(name, job_config(settings), replace=True)
     assert job is not None
     worker = Worker(model_store, settings)
@@ -185,6 +224,7 @@ def _fit_foreground(name: str, target_l1: float | None, store: Path | None) -> N
 
 
 @app.command()
+@friendly
 def sample(
     out: Path = typer.Argument(_SAMPLES_PNG, help="PNG (or .npy for latents)"),  # noqa: B008
     n: int = typer.Option(64, help="number of samples"),
@@ -192,9 +232,10 @@ def sample(
     pure: bool = typer.Option(False, "--pure", help="pure map T instead of the extended map"),
     model: str = MODEL,
     url: str = URL,
+    api_key: str = API_KEY,
 ) -> None:
     """Draw samples from a running server and save them as a PNG grid or .npy latents."""
-    with AEOTClient(url) as client:
+    with connect(url, api_key) as client:
         if out.suffix == ".npy":
             np.save(out, client.sample(n, seed, extended=not pure, model=model))
         else:
@@ -203,6 +244,7 @@ def sample(
 
 
 @app.command()
+@friendly
 def interpolate(
     start: int = typer.Argument(..., help="training index of the first code"),
     end: int = typer.Argument(..., help="training index of the last code"),
@@ -210,9 +252,10 @@ def interpolate(
     steps: int = typer.Option(16),
     model: str = MODEL,
     url: str = URL,
+    api_key: str = API_KEY,
 ) -> None:
     """Interpolate between two training codes; save the strip and list singular crossings."""
-    with AEOTClient(url) as client:
+    with connect(url, api_key) as client:
         result = client.interpolate(start, end, steps, model=model, images=True)
     if result.strip is not None:
         result.strip.save(out)
@@ -225,14 +268,19 @@ def interpolate(
 
 
 @app.command()
+@friendly
 def singularities(
     limit: int = typer.Option(10, help="pairs to list"),
-    png: Path = typer.Option(None, help="save the power diagram (2D models)"),  # noqa: B008
+    png: Path = typer.Option(
+        None,
+        help="save the singular-set picture (2D: power diagram; d > 2: angle histogram, pairs)",
+    ),  # noqa: B008
     model: str = MODEL,
     url: str = URL,
+    api_key: str = API_KEY,
 ) -> None:
     """Print the singular set summary of a running server's model."""
-    with AEOTClient(url) as client:
+    with connect(url, api_key) as client:
         s = client.singularities(model=model, limit=limit)
         if png is not None:
             client.singularities_image(model=model).save(png)
@@ -245,6 +293,7 @@ def singularities(
 
 
 @app.command()
+@friendly
 def demo(
     samples: int = typer.Option(512, help="points drawn from the 25-Gaussian grid"),
     target_l1: float = typer.Option(0.02, help="stop at this L1 error (exact in 2D)"),

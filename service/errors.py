@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from service.schemas import ErrorResponse
 from service.store import ModelExists, StoreError, UnknownModel
+from service.training import DataRootError
 
 log = logging.getLogger("aeot.http")
 
@@ -58,7 +59,7 @@ _MEANING = {
     400: "Host header not in the server's allow-list",
     408: "the request body stalled longer than the server's body timeout",
     401: "missing API key (X-API-Key)",
-    403: "wrong API key, or none configured on the server",
+    403: "wrong API key, or none configured on the server (training: no data root)",
     404: "unknown model, or unknown potential version",
     409: "conflicts with the current state (name taken, active job)",
     413: "request body over the configured limit",
@@ -149,6 +150,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Throttled)
     async def _throttled(_: Request, exc: Throttled) -> JSONResponse:
         return auth_response(exc)
+
+    @app.exception_handler(DataRootError)
+    async def _no_data_root(_: Request, exc: DataRootError) -> JSONResponse:
+        return _error(403, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

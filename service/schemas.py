@@ -397,10 +397,22 @@ class AccuracyOut(BaseModel):
         return None if acc is None else cls(**acc.__dict__)
 
 
+class TrainProgressOut(BaseModel):
+    """Progress of a training job (after its last finished epoch)."""
+
+    epoch: int = Field(description="epochs done (joint + decoder)")
+    epochs: int = Field(description="planned epochs at most (a plateau ends the joint phase early)")
+    phase: str = Field(description="joint (encoder and decoder) or decoder (encoder frozen)")
+    loss: float = Field(description="mean training L2 (MSE per pixel) of the last epoch")
+    n_images: int = Field(description="training images")
+    elapsed: float = Field(description="seconds of training")
+
+
 class JobOut(BaseModel):
     """A fit or train job and its progress."""
 
     id: int
+    model: str = Field(description="the model the job fits, or trains and then registers")
     kind: str
     status: str
     target_l1: float
@@ -415,12 +427,20 @@ class JobOut(BaseModel):
     error: str | None
     created: float
     updated: float | None
+    dataset: str | None = Field(default=None, description="train jobs: the dataset's name")
+    training: TrainProgressOut | None = Field(
+        default=None, description="train jobs: epoch and loss (null before the first epoch)"
+    )
 
     @classmethod
     def of(cls, job: JobRecord) -> JobOut:
         """Convert a catalogue row."""
+        plan, progress = job.train_plan, job.train_progress
         return cls(
             id=job.id,
+            model=job.model,
+            dataset=None if plan is None else plan.data.name or plan.data.source,
+            training=None if progress is None else TrainProgressOut(**progress.__dict__),
             kind=job.kind,
             status=job.status,
             target_l1=job.config.fit.target_l1,
@@ -536,6 +556,37 @@ class FitRequest(_Request):
         description="seconds of fitting at most (default: AEOT_FIT_TIME_BUDGET, unlimited)",
     )
     replace: bool = Field(default=False, description="cancel an active job of the model first")
+
+
+# Image sides a training request may ask for (the conv autoencoder grows with H x W).
+_HARD_IMAGE_SIDE = 256
+
+
+class TrainRequest(_Request):
+    """Train an autoencoder on a dataset under the server's data root, then fit its OT map."""
+
+    dataset: str = Field(
+        min_length=1,
+        max_length=512,
+        description="path relative to the data root: an IDX directory (MNIST-style), a "
+        ".npy/.npz file or an image folder",
+        examples=["mnist"],
+    )
+    split: Literal["train", "test", "all"] = Field(default="train", description="IDX split")
+    subset: Int | None = Field(default=None, ge=1, description="train on a seeded random subset")
+    latent_dim: Int | None = Field(
+        default=None, ge=1, le=1024, description="latent dimension (default 8 or 32 by image size)"
+    )
+    arch: Literal["conv", "mlp"] | None = Field(default=None, description="default: by size")
+    epochs: Int | None = Field(default=None, ge=1, le=10000, description="joint epochs at most")
+    decoder_epochs: Int | None = Field(
+        default=None, ge=0, le=10000, description="decoder-only epochs after the encoder freezes"
+    )
+    image_size: list[Annotated[Int, Field(ge=4, le=_HARD_IMAGE_SIDE)]] | None = Field(
+        default=None, min_length=2, max_length=2, description="(H, W) for image folders / arrays"
+    )
+    channels: Literal[1, 3] | None = Field(default=None, description="1 gray or 3 RGB")
+    seed: Seed = 0
 
 
 class ErrorResponse(BaseModel):

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
         default=None, description="key for mutating endpoints (X-API-Key); unset disables them"
     )
     require_key_for_reads: bool = False
+    data_root: Path | None = Field(
+        default=None,
+        description="folder the API may train from (dataset names relative to it); unset: none",
+    )
     device: Device = "auto"
 
     # Request limits: a 4096 x 64 float32 response is 1 MiB; PNG grids cost a decode per image.

@@ -7,6 +7,7 @@ Layout (``root`` is ``Settings.store``)::
     models/<name>/jobs/<id>.npz         fit checkpoints (solver.save_state)
     models/<name>/potentials/<f>.npz    published potentials (solver.Potential.save)
     staging/                            uploads and trainings being assembled
+    training/<name>-<plan>.pt           per-epoch checkpoints of trainings (service.training)
     trash/                              deleted model directories awaiting removal
 
 Every file is written to a temporary name and renamed into place (bundles as whole directories),
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from models import Bundle, load_bundle
+from models import Bundle, TrainPlan, load_bundle
 from models.bundle import MAX_PARAMETERS
 from service.catalog import (
     Catalog,
@@ -46,6 +47,7 @@ from service.catalog import (
     ModelRecord,
     PotentialRecord,
     Progress,
+    TrainProgress,
 )
 from service.job_config import JobConfig, train_config
 from solver import FitState, Potential, load_state, save_state
@@ -114,7 +116,7 @@ class ModelStore:
         # A store on a read-only filesystem (or directory) is served read-only: writes 507.
         self.read_only = self.root.is_dir() and not os.access(self.root, os.W_OK)
         if not self.read_only:
-            for sub in ("models", "staging", "trash"):
+            for sub in ("models", "staging", "trash", "training"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._catalog = _open_catalog(self.root, self.read_only)
         if not self.read_only:
@@ -247,10 +249,21 @@ class ModelStore:
         model = self.model(name)
         return self._catalog.enqueue(name, "fit", config, model.bundle_hash, replace=replace)
 
-    def enqueue_train(self, name: str, seed: int = 0) -> JobRecord | None:
-        """Queue the training of the default digits model under ``name``."""
+    def enqueue_train(
+        self,
+        name: str,
+        seed: int = 0,
+        *,
+        plan: TrainPlan | None = None,
+        fit: JobConfig | None = None,
+    ) -> JobRecord | None:
+        """Queue a training under ``name``: ``plan`` (default: the digits model), then ``fit``.
+
+        Returns ``None`` when a train job is already active for ``name``.
+        """
         check_name(name)
-        return self._catalog.enqueue(name, "train", train_config(seed), None)
+        config = fit if fit is not None else train_config(seed)
+        return self._catalog.enqueue(name, "train", config, None, train_plan=plan)
 
     def ensure_fit_jobs(self, config: JobConfig) -> list[JobRecord]:
         """Queue a fit for every model whose potential is missing or stale (other bundle).
@@ -349,6 +362,10 @@ class ModelStore:
     def heartbeat(self, job: JobRecord, worker: str, progress: Progress | None = None) -> bool:
         """Record a running job's progress; False when it is no longer ``worker``'s."""
         return self._catalog.heartbeat(job.id, worker, progress)
+
+    def train_heartbeat(self, job: JobRecord, worker: str, progress: TrainProgress) -> bool:
+        """Record a training job's epoch and loss; False when it is no longer ``worker``'s."""
+        return self._catalog.train_heartbeat(job.id, worker, progress)
 
     def set_resumed(self, job: JobRecord, worker: str, iteration: int) -> bool:
         """Note that the job resumed from its checkpoint at ``iteration``."""

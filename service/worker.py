@@ -1,4 +1,4 @@
-"""The background worker: trains the default model when asked and fits OT maps, resumably.
+"""The background worker: runs train jobs (service.training) and fits OT maps, resumably.
 
 Lifecycle: the worker polls the catalogue; it queues a fit for every model whose potential is
 missing or stale, claims the oldest queued job (or one whose worker died) and runs it. A fit
@@ -23,13 +23,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from models import train_default_digits
 from models.runtime import resolve_device, torch_threads
-from service.catalog import JobRecord, JobStatus, ModelRecord, Progress, worker_id
-from service.job_config import JobConfig, job_config
+from service.catalog import JobRecord, JobStatus, Progress, worker_id
+from service.job_config import job_config
 from service.process import watch_parent
 from service.settings import Settings
 from service.store import ModelStore
+from service.training import digits_plan, run_train_job
 from solver import (
     AccuracyReport,
     FitProgress,
@@ -63,15 +63,6 @@ class _FitRun:
     checkpoint_iteration: int | None = None
     last_check: AccuracyReport | None = None
     lost: bool = False
-
-
-def train_into_store(
-    store: ModelStore, name: str, seed: int, fit: JobConfig | None = None
-) -> ModelRecord:
-    """Train the default digits autoencoder and register it as ``name``."""
-    out = store.staging_dir() / "bundle"
-    train_default_digits(out, seed=seed)
-    return store.register(name, out, move=True, fit=fit)
 
 
 class Worker:
@@ -120,7 +111,8 @@ class Worker:
         s = self.settings
         if s.embedded_default and not self.store.models():
             if not self.store.has_job(s.default_model, "train", None):
-                self.store.enqueue_train(s.default_model, seed=s.fit_seed)
+                plan = digits_plan(s.fit_seed)
+                self.store.enqueue_train(s.default_model, plan=plan, fit=job_config(s))
         self.store.ensure_fit_jobs(job_config(s))
 
     def run_job(self, job: JobRecord) -> None:
@@ -139,8 +131,7 @@ class Worker:
         log.info("job %d %s (%s)", job.id, status, reason)
 
     def _train(self, job: JobRecord) -> tuple[JobStatus, str]:
-        train_into_store(self.store, job.model, job.config.seed, job_config(self.settings))
-        return "done", "trained"
+        return run_train_job(self.store, job, self.id, self.stop)
 
     def _fit(self, job: JobRecord) -> tuple[JobStatus, str]:
         bundle = self.store.load_bundle(job.model)

@@ -1,4 +1,4 @@
-"""Model endpoints: list and status (open), register / refit / delete (API key)."""
+"""Model endpoints: list and status (open), register / train / refit / delete (API key)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from models import TrainPlan
 from service.deps import (
     KeyRequired,
     ReadAccess,
@@ -25,11 +26,13 @@ from service.schemas import (
     JobOut,
     ModelListResponse,
     ModelStatus,
+    TrainRequest,
     WorkerOut,
 )
 from service.serving import ServingIndex
 from service.settings import Settings
 from service.store import NAME_PATTERN, ModelStore
+from service.training import api_dataset, queue_training
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -147,6 +150,45 @@ def start_fit(name: NamePath, req: FitRequest, settings: SettingsDep, store: Sto
     job = store.enqueue_fit(name, config, replace=req.replace)
     if job is None:
         raise Conflict(f"model {name!r} already has an active job; pass replace=true")
+    return JobOut.of(job)
+
+
+@router.post(
+    "/{name}/train",
+    response_model=JobOut,
+    status_code=202,
+    dependencies=[KeyRequired],
+    responses=error_responses(401, 403, 409, 413, 422),
+)
+def start_training(
+    name: NamePath, req: TrainRequest, settings: SettingsDep, store: StoreDep
+) -> JobOut:
+    """Queue the training of model ``name`` on a dataset under the data root; then its fit.
+
+    The worker trains (epoch and loss in ``/models``), registers the bundle and fits its OT
+    map. 403 when the server has no data root, 409 when the name is taken or being trained.
+    """
+    size = req.image_size
+    data = api_dataset(
+        settings.data_root,
+        req.dataset,
+        split=req.split,
+        image_size=None if size is None else (size[0], size[1]),
+        channels=req.channels,
+    )
+    plan = TrainPlan(
+        data=data,
+        subset=req.subset,
+        latent_dim=req.latent_dim,
+        arch=req.arch,
+        epochs=req.epochs,
+        decoder_epochs=req.decoder_epochs,
+        seed=req.seed,
+        device=settings.device,
+    )
+    job = queue_training(store, name, plan, job_config(settings))
+    if job is None:
+        raise Conflict(f"model {name!r} is already being trained")
     return JobOut.of(job)
 
 

@@ -1,0 +1,190 @@
+"""A training run described by the options a user types: data, architecture, recipe.
+
+``aeot train``, ``aeot serve --data`` and the service's training jobs all describe a run as a
+:class:`TrainPlan` (JSON-serialisable, so a queued job carries it), then call
+:func:`load_plan_data` and :func:`train_plan`. Unset options take defaults that depend on the
+image size: small images (at most 16 x 16, like the 8x8 digits) get the MLP autoencoder and
+recipe of the embedded digits model; larger ones (H and W divisible by 4) the paper's
+convolutional autoencoder and recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from models.autoencoder import AutoencoderConfig
+from models.bundle import MAX_PARAMETERS, Bundle, load_bundle, parameter_count, save_bundle
+from models.datasets import DatasetConfig, ImageDataset, load_dataset
+from models.train import (
+    DIGITS_AUTOENCODER,
+    DIGITS_RECIPE,
+    EpochCallback,
+    TrainConfig,
+    TrainResult,
+    train_autoencoder,
+)
+
+# Images with at most this many pixels per channel get the MLP recipe (8x8 digits: 64).
+_SMALL_PIXELS = 16 * 16
+# Latent dimension of the convolutional default: the AutoencoderConfig default (32).
+_CONV_LATENT_DIM = AutoencoderConfig().latent_dim
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainPlan:
+    """One autoencoder training run.
+
+    Attributes:
+        data: which images (see :class:`models.datasets.DatasetConfig`).
+        subset: train on a seeded random subset of this many images (``None``: all).
+        latent_dim: latent dimension d (``None``: 8 for small images, 32 otherwise).
+        arch: ``"conv"`` or ``"mlp"`` (``None``: by image size, see the module docstring).
+        epochs: joint-phase epochs at most (a plateau ends it earlier); ``None``: the recipe's
+            (120 for small images, 30 otherwise).
+        decoder_epochs: decoder-only epochs after the encoder freezes (``None``: the recipe's,
+            40 for small images, 10 otherwise, scaled by ``epochs`` when it is given).
+        seed: seeds the subset, the initial weights and every epoch's shuffle.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        threads: torch CPU threads while training (``None``: the recipe's).
+
+    """
+
+    data: DatasetConfig
+    subset: int | None = None
+    latent_dim: int | None = None
+    arch: str | None = None
+    epochs: int | None = None
+    decoder_epochs: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for label, value in (
+            ("subset", self.subset),
+            ("latent_dim", self.latent_dim),
+            ("epochs", self.epochs),
+            ("threads", self.threads),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{label} must be >= 1, got {value}")
+        if self.decoder_epochs is not None and self.decoder_epochs < 0:
+            raise ValueError(f"decoder_epochs must be >= 0, got {self.decoder_epochs}")
+        if self.arch not in (None, "conv", "mlp"):
+            raise ValueError(f"arch must be 'conv' or 'mlp', got {self.arch!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; inverse of :meth:`from_dict`."""
+        return {
+            "data": self.data.to_dict(),
+            "subset": self.subset,
+            "latent_dim": self.latent_dim,
+            "arch": self.arch,
+            "epochs": self.epochs,
+            "decoder_epochs": self.decoder_epochs,
+            "seed": self.seed,
+            "device": self.device,
+            "threads": self.threads,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainPlan:
+        """Build from :meth:`to_dict`'s output (``ValueError`` on unknown or bad keys)."""
+        rest = dict(data)
+        try:
+            dataset = DatasetConfig.from_dict(rest.pop("data"))
+            return cls(data=dataset, **rest)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a training plan: {exc}") from exc
+
+    def resolve(self, image_shape: tuple[int, int, int]) -> tuple[AutoencoderConfig, TrainConfig]:
+        """The architecture and recipe for images of shape ``(C, H, W)``."""
+        c, h, w = image_shape
+        small = h * w <= _SMALL_PIXELS
+        arch = self.arch or ("conv" if not small and h % 4 == 0 and w % 4 == 0 else "mlp")
+        if arch == "mlp":
+            base = replace(DIGITS_AUTOENCODER, image_shape=(c, h, w))
+            recipe = replace(DIGITS_RECIPE, progress=True, threads=None)
+        else:
+            base = AutoencoderConfig(
+                arch="conv", image_shape=(c, h, w), latent_dim=_CONV_LATENT_DIM
+            )
+            recipe = TrainConfig()
+        latent_dim = self.latent_dim or (base.latent_dim if small else _CONV_LATENT_DIM)
+        model = replace(base, latent_dim=latent_dim)
+        joint = self.epochs or recipe.max_joint_epochs
+        if self.decoder_epochs is not None:
+            decoder = self.decoder_epochs
+        elif self.epochs is not None:  # keep the recipe's joint : decoder ratio (3 : 1)
+            decoder = max(1, round(self.epochs * recipe.decoder_epochs / recipe.max_joint_epochs))
+        else:
+            decoder = recipe.decoder_epochs
+        config = replace(
+            recipe,
+            max_joint_epochs=joint,
+            decoder_epochs=decoder,
+            seed=self.seed,
+            device=self.device,
+            threads=self.threads if self.threads is not None else recipe.threads,
+        )
+        return model, config
+
+
+def load_plan_data(plan: TrainPlan) -> ImageDataset:
+    """Load the plan's images (and the seeded subset when it asks for one)."""
+    data = load_dataset(plan.data)
+    return data if plan.subset is None else data.subset(plan.subset, seed=plan.seed)
+
+
+def train_plan(
+    plan: TrainPlan,
+    data: ImageDataset,
+    out_dir: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    callback: EpochCallback | None = None,
+    progress: bool = False,
+) -> tuple[Bundle | None, TrainResult]:
+    """Train the plan on ``data`` and write a bundle (labels kept when the data has them).
+
+    Args:
+        plan: the run.
+        data: its images, from :func:`load_plan_data`.
+        out_dir: bundle directory to write.
+        checkpoint: per-epoch checkpoint file; an existing one is resumed (same plan and data).
+        callback: called after each epoch; returning ``False`` stops training.
+        progress: show tqdm bars over each epoch's batches.
+
+    Returns:
+        The bundle (``None`` when a callback stopped training before the end) and the result.
+
+    Raises:
+        ValueError: the architecture for these images has more than ``MAX_PARAMETERS``.
+
+    """
+    model_config, config = plan.resolve(data.image_shape)
+    n_params = parameter_count(model_config)
+    if n_params > MAX_PARAMETERS:  # a bundle this big would be refused when loaded
+        raise ValueError(
+            f"images of shape {data.image_shape} make an autoencoder of {n_params:,} "
+            f"parameters, over the limit of {MAX_PARAMETERS:,}: use a smaller image size"
+        )
+    config = replace(config, progress=progress)
+    result = train_autoencoder(data, model_config, config, checkpoint=checkpoint, callback=callback)
+    if not result.completed or result.latents is None:
+        return None, result
+    save_bundle(
+        out_dir,
+        model=result.model,
+        latents=result.latents,
+        dataset=data.name,
+        labels=data.labels,
+        metrics=result.metrics,
+    )
+    return load_bundle(out_dir), result

@@ -1,0 +1,227 @@
+"""What every ``aeot`` command shares: errors for people, settings as options, the client.
+
+- :func:`friendly` turns any failure into one line on stderr saying what went wrong and what to
+  do, with exit code 1 (130 when interrupted); ``aeot --debug ...`` (or ``AEOT_DEBUG=1``) shows
+  the traceback instead.
+- :func:`settings_options` gives a command one option per :class:`Settings` field (``--api-key``,
+  ``--device``, ``--log-level``, ...), each overriding its ``AEOT_*`` variable.
+- :func:`connect` opens an :class:`AEOTClient` whose "unknown model" answers list the known ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin
+
+import click
+import httpx
+import typer
+from pydantic import SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+
+from service.client import AEOTClient, AEOTError
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.store import ModelStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+_SETTINGS_PANEL = "Settings (override AEOT_* variables)"
+
+
+class CliError(Exception):
+    """A failure the command explains itself; the message says what to do."""
+
+
+def friendly(fn: F) -> F:
+    """Wrap a command so failures print one line (traceback only with ``--debug``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            if _debug():
+                raise
+            typer.echo("error: interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if _debug():
+                raise
+            typer.echo(f"error: {explain(exc)}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# Set by the root command's ``--debug`` before any command runs (one CLI run per process).
+_DEBUG = {"on": False}
+
+
+def set_debug(on: bool) -> None:
+    """Show tracebacks (``True``) or one-line errors (``False``) from now on."""
+    _DEBUG["on"] = on
+
+
+def _debug() -> bool:
+    return _DEBUG["on"]
+
+
+def explain(exc: BaseException) -> str:
+    """One line for a person: what went wrong and, where known, what to do."""
+    if isinstance(exc, CliError):
+        return str(exc)
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"no server at {_base_url(exc)}: start it with `aeot serve` (or pass --url)"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"the server at {_base_url(exc)} did not answer in time; try again"
+    if isinstance(exc, httpx.HTTPError):
+        return f"talking to the server failed: {exc}"
+    if isinstance(exc, AEOTError):
+        return _explain_http(exc)
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()]
+        return "invalid setting: " + "; ".join(parts)
+    if isinstance(exc, ValueError | OSError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc} (run `aeot --debug ...` for the traceback)"
+
+
+def _base_url(exc: httpx.HTTPError) -> str:
+    try:
+        url = exc.request.url
+    except RuntimeError:  # no request attached
+        return "the given URL"
+    return f"{url.scheme}://{url.netloc.decode()}"
+
+
+def _explain_http(exc: AEOTError) -> str:
+    if exc.status_code == 401:
+        return f"{exc.detail}: pass --api-key or set AEOT_API_KEY (the server's key)"
+    if exc.status_code == 403:
+        return f"{exc.detail}: check --api-key / AEOT_API_KEY"
+    if exc.status_code == 503 and exc.retry_after is not None:
+        return (
+            f"{exc.detail}; try again in {exc.retry_after:.0f} s "
+            "(`aeot models list` shows training and fit progress)"
+        )
+    return exc.detail
+
+
+@contextmanager
+def connect(url: str, api_key: str | None = None) -> Iterator[AEOTClient]:
+    """An :class:`AEOTClient` whose 404 "unknown model" errors name the known models."""
+    with AEOTClient(url, api_key=api_key) as client:
+        try:
+            yield client
+        except AEOTError as exc:
+            if exc.status_code != 404 or not exc.detail.startswith("unknown model"):
+                raise
+            try:
+                names = [m["name"] for m in client.models()["models"]]
+            except (AEOTError, httpx.HTTPError):
+                raise exc from None
+            known = ", ".join(names) if names else "none yet"
+            raise CliError(f"{exc.detail}; known models: {known}") from exc
+
+
+def no_store_error(store: Path) -> CliError:
+    """The error of a command that needs an existing store."""
+    return CliError(
+        f"no model store at {store}: train a model first (`aeot train`), or pass --store DIR"
+    )
+
+
+def open_existing_store(store: Path) -> ModelStore:
+    """Open the store at ``store`` without creating one (a missing store is a :class:`CliError`)."""
+    from service.store import ModelStore  # noqa: PLC0415 - imports torch, slow to load
+
+    if not (store / "catalog.sqlite3").is_file():
+        raise no_store_error(store)
+    return ModelStore(store)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _option_type(annotation: Any) -> tuple[Any, str]:
+    """Click-friendly type of a settings field and a note on accepted values."""
+    args = get_args(annotation)
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in args if a is not type(None))
+        args = get_args(annotation)
+    if get_origin(annotation) is dict:
+        return str, " (JSON object)"
+    if get_origin(annotation) in (tuple, list):
+        return list[str], " (repeat the option for several)"
+    if get_origin(annotation) is Literal:
+        return str, " (" + " | ".join(str(a) for a in args) + ")"
+    if annotation in (bool, int, float, Path):
+        return annotation, ""
+    return str, ""  # str, SecretStr
+
+
+def _setting_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
+    kind, values = _option_type(field.annotation)
+    flag = "--" + name.replace("_", "-")
+    decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+    default = field.default
+    shown = "unset" if default is None else default
+    if isinstance(default, SecretStr):
+        shown = "set"
+    description = field.description or name.replace("_", " ")
+    option = typer.Option(
+        None,
+        *decls,
+        help=f"{description}{values} [env AEOT_{name.upper()}; default {shown}]",
+        show_default=False,
+        rich_help_panel=_SETTINGS_PANEL,
+    )
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None
+    )
+
+
+def settings_options(fn: F) -> F:
+    """Give a command one option per :class:`Settings` field, passed as ``overrides``.
+
+    ``fn`` takes ``overrides: dict[str, Any]`` (only the options given) besides its own
+    parameters; a parameter of its own with a field's name wins over the generated option.
+    """
+    own = inspect.signature(fn, eval_str=True)
+    params = [p for p in own.parameters.values() if p.name != "overrides"]
+    taken = {p.name for p in params}
+    names = [n for n in Settings.model_fields if n not in taken]
+    extra = [_setting_parameter(n, Settings.model_fields[n]) for n in names]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        overrides = {n: _given(kwargs[n]) for n in names if _given(kwargs.get(n)) is not None}
+        for n in names:
+            kwargs.pop(n, None)
+        return fn(overrides=overrides, **kwargs)
+
+    wrapper.__signature__ = own.replace(  # type: ignore[attr-defined]
+        parameters=[*(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params), *extra]
+    )
+    wrapper.__annotations__ = {}  # typer reads the types from the signature above
+    return wrapper  # type: ignore[return-value]
+
+
+def _given(value: Any) -> Any:
+    """An option's value, ``None`` when not given (a repeatable option gives ``[]``)."""
+    if isinstance(value, list | tuple):
+        return tuple(value) if value else None
+    return value
+
+
+def build_settings(**overrides: Any) -> Settings:
+    """``Settings`` from the ``AEOT_*`` variables, with the given (non-``None``) overrides."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,240 @@
+"""Training jobs: an autoencoder trained on a dataset and registered in the store.
+
+Three doors lead here. ``aeot train`` runs :func:`train_into_store` in the foreground with
+progress bars; ``aeot serve --data DIR`` and ``POST /models/{name}/train`` queue a train job
+(:func:`queue_training`) that the worker runs with :func:`run_train_job`, reporting epoch and
+loss to the catalogue (shown in ``/models``). Either way the run checkpoints after every epoch
+under ``<store>/training/`` and resumes from there when started again with the same plan; the
+trained bundle is registered (labels kept) with a fit queued, which the worker then runs.
+
+Over the API, datasets are names relative to the configured data root (``AEOT_DATA_ROOT``):
+absolute paths, ``..`` and links leading out of the root are refused, and without a data root
+the API trains nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import string
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from models import EpochRecord, ImageDataset, TrainPlan, load_plan_data, train_plan
+from models.datasets import DatasetConfig, Split, dataset_config_for
+from service.catalog import JobRecord, JobStatus, ModelRecord, TrainProgress
+from service.job_config import JobConfig
+from service.store import ModelExists, ModelStore, StoreError, check_name
+
+log = logging.getLogger("aeot.training")
+
+# Seconds between liveness heartbeats of a running train job (an epoch can take minutes; the
+# catalogue reclaims a job whose heartbeat is older than ``stale_seconds``, 30 s by default).
+_HEARTBEAT_EVERY = 5.0
+# The embedded default: scikit-learn digits, all 1797 images, on one CPU thread.
+_DIGITS_DATA = DatasetConfig(source="digits", split="all")
+
+_NAME_CHARS = frozenset(string.ascii_lowercase + string.digits + "_-")
+
+TrainCallback = Callable[[EpochRecord, TrainProgress], bool | None]
+
+
+class DataRootError(Exception):
+    """The server has no data root, so the API cannot train (403)."""
+
+
+def digits_plan(seed: int = 0) -> TrainPlan:
+    """The embedded default model's plan: MLP autoencoder on the 1797 digits, CPU, 1 thread."""
+    return TrainPlan(data=_DIGITS_DATA, seed=seed, device="cpu", threads=1)
+
+
+def resolve_dataset(data_root: Path | None, name: str) -> Path:
+    """Resolve a dataset ``name`` sent over the API to a path inside ``data_root``.
+
+    Raises:
+        DataRootError: no data root is configured.
+        ValueError: ``name`` is absolute, climbs with ``..``, leads out of the root through a
+            link, or does not exist (messages name only ``name``, never server paths).
+
+    """
+    if data_root is None:
+        raise DataRootError(
+            "this server has no data root: start it with AEOT_DATA_ROOT (or --data-root) to "
+            "train over the API"
+        )
+    pure = PurePosixPath(name)
+    if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name:
+        raise ValueError(f"dataset {name!r} must be a path relative to the data root, without '..'")
+    root = data_root.resolve()
+    path = (root / pure).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"dataset {name!r} leads out of the data root")
+    if not path.exists():
+        raise ValueError(f"dataset {name!r} not found under the data root")
+    return path
+
+
+def api_dataset(
+    data_root: Path | None,
+    name: str,
+    *,
+    split: Split = "train",
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+) -> DatasetConfig:
+    """The :class:`DatasetConfig` of a dataset named over the API (see :func:`resolve_dataset`)."""
+    path = resolve_dataset(data_root, name)
+    try:
+        config = dataset_config_for(
+            str(path), split=split, image_size=image_size, channels=channels, roots=()
+        )
+    except ValueError as exc:  # re-worded: the loader's message carries the server path
+        raise ValueError(
+            f"dataset {name!r} is not an IDX directory, .npy/.npz file or image folder"
+        ) from exc
+    return config
+
+
+def checkpoint_path(store: ModelStore, name: str, plan: TrainPlan) -> Path:
+    """Per-epoch checkpoint of training ``plan`` as model ``name`` (one file per plan).
+
+    The device and thread count stay out of the name: a run may resume on another device.
+    """
+    fields = {k: v for k, v in plan.to_dict().items() if k not in ("device", "threads")}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    return store.root / "training" / f"{check_name(name)}-{digest[:16]}.pt"
+
+
+def queue_training(
+    store: ModelStore, name: str, plan: TrainPlan, fit: JobConfig
+) -> JobRecord | None:
+    """Queue a train job (``None`` when one is already active for ``name``).
+
+    Raises:
+        ModelExists: a model called ``name`` is registered (delete it first).
+
+    """
+    check_name(name)
+    if any(m.name == name for m in store.models()):
+        raise ModelExists(f"model {name!r} already exists; delete it first")
+    return store.enqueue_train(name, seed=plan.seed, plan=plan, fit=fit)
+
+
+def train_into_store(
+    store: ModelStore,
+    name: str,
+    plan: TrainPlan,
+    *,
+    fit: JobConfig | None,
+    data: ImageDataset | None = None,
+    callback: TrainCallback | None = None,
+    progress: bool = False,
+) -> ModelRecord | None:
+    """Train ``plan`` (resuming its checkpoint) and register the bundle as ``name``.
+
+    Args:
+        store: the model store.
+        name: model name; must be free.
+        plan: what to train.
+        fit: the fit queued with the registration (``None``: the worker queues its own).
+        data: the plan's images when the caller loaded them already.
+        callback: after each epoch, with the epoch record and the job-level progress;
+            returning ``False`` stops training (the checkpoint stays for a resume).
+        progress: tqdm bars over each epoch's batches.
+
+    Returns:
+        The registered model, or ``None`` when the callback stopped training.
+
+    """
+    check_name(name)
+    if any(m.name == name for m in store.models()):
+        raise ModelExists(f"model {name!r} already exists; delete it first")
+    data = load_plan_data(plan) if data is None else data
+    _, config = plan.resolve(data.image_shape)
+    epochs = config.max_joint_epochs + config.decoder_epochs
+    started = time.perf_counter()
+
+    def on_epoch(record: EpochRecord) -> bool | None:
+        report = TrainProgress(
+            epoch=record.epoch,
+            epochs=epochs,
+            phase=record.phase,
+            loss=record.loss,
+            n_images=len(data),
+            elapsed=time.perf_counter() - started,
+        )
+        return None if callback is None else callback(record, report)
+
+    checkpoint = checkpoint_path(store, name, plan)
+    out = store.staging_dir() / "bundle"
+    bundle, _ = train_plan(
+        plan, data, out, checkpoint=checkpoint, callback=on_epoch, progress=progress
+    )
+    if bundle is None:
+        return None
+    record = store.register(name, out, move=True, fit=fit)
+    checkpoint.unlink(missing_ok=True)
+    return record
+
+
+def run_train_job(
+    store: ModelStore,
+    job: JobRecord,
+    worker: str,
+    stop: threading.Event,
+) -> tuple[JobStatus, str]:
+    """Run a claimed train job: train, register, queue its fit; epoch and loss to the catalogue.
+
+    Returns:
+        ``("done", "trained")``; ``("queued", "worker stopped")`` when ``stop`` was set (the
+        next run resumes from the epoch checkpoint); ``("cancelled", ...)`` when the job was
+        taken away meanwhile.
+
+    """
+    plan = job.train_plan or digits_plan(job.config.seed)
+    lost = threading.Event()
+    beating = threading.Event()
+
+    def beat() -> None:  # liveness between epochs, which can take minutes
+        while not beating.wait(_HEARTBEAT_EVERY):
+            if not store.heartbeat(job, worker):
+                lost.set()
+
+    def on_epoch(record: EpochRecord, report: TrainProgress) -> bool:
+        log.info(
+            "training %s: epoch %d/%d (%s) loss %.5f",
+            job.model,
+            report.epoch,
+            report.epochs,
+            record.phase,
+            record.loss,
+        )
+        if not store.train_heartbeat(job, worker, report):
+            lost.set()
+        return not (lost.is_set() or stop.is_set())
+
+    thread = threading.Thread(target=beat, name=f"train-{job.id}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        record = train_into_store(store, job.model, plan, fit=job.config, callback=on_epoch)
+    finally:
+        beating.set()
+        thread.join()
+    if lost.is_set():
+        return "cancelled", "cancelled"
+    if record is None:
+        return "queued", "worker stopped"
+    return "done", "trained"
+
+
+def sanitise_name(text: str) -> str:
+    """A valid model name from a dataset name (``"Fashion MNIST"`` -> ``"fashion-mnist"``)."""
+    chars = [c if c in _NAME_CHARS else "-" for c in text.lower()]
+    name = "".join(chars).strip("-_")[:64] or "model"
+    try:
+        return check_name(name)
+    except StoreError:
+        return check_name(f"m-{name}"[:64])

