@@ -271,10 +271,7 @@ def interpolate(
 @friendly
 def singularities(
     limit: int = typer.Option(10, help="pairs to list"),
-    png: Path = typer.Option(
-        None,
-        help="save the singular-set picture (2D: power diagram; d > 2: angle histogram, pairs)",
-    ),  # noqa: B008
+    png: Path = typer.Option(None, help="save the singular-set picture"),  # noqa: B008
     model: str = MODEL,
     url: str = URL,
     api_key: str = API_KEY,
