@@ -35,7 +35,7 @@ def emit(record: dict[str, Any]) -> None:
 
 
 def clustered_latents(n: int, d: int, *, clusters: int = 10, seed: int = 0) -> np.ndarray:
-    """Unit-scale latents in ``clusters`` Gaussian clusters (the DESIGN.md fit benchmark).
+    """Unit-scale latents in ``clusters`` Gaussian clusters (docs/benchmarks.md fit rows).
 
     Cluster centres are standard normal; members spread with std 0.3 around them.
     """

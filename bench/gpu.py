@@ -1,6 +1,6 @@
 """Cell-query throughput per backend, candidate-certificate model, OT fit time-to-accuracy.
 
-Prints one JSON object per line (DESIGN.md section 4 definitions):
+Prints one JSON object per line (definitions in docs/benchmarks.md):
 
 - ``machine``: platform, CPU count, torch / triton / faiss versions, GPU name or none;
 - ``cell_query``: queries/s of every available backend side by side (faiss, faiss-gpu, torch,

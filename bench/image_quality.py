@@ -72,7 +72,7 @@ KL_GOAL = 0.02
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
-    # The workplace keeps verified MNIST / Fashion-MNIST copies in ../shared/data beside the repo.
+    # The team keeps verified MNIST / Fashion-MNIST copies in shared/data beside the repo.
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     p.add_argument("--data-root", default=str(shared))
     p.add_argument("--subset", type=int, default=10000, help="AE/OT training images")

@@ -1,4 +1,4 @@
-"""Mode collapse on the 25-Gaussian grid: the paper's Table 2 protocol (DESIGN.md section 4).
+"""Mode collapse on the 25-Gaussian grid: the paper's Table 2 protocol (docs/benchmarks.md).
 
 Per seed: 512 real samples from 25 Gaussians with means (-4 + 2i, -4 + 2j), i, j in 0..4, and
 std 0.05; the OT map fitted to them (the data are already 2D, so no autoencoder: the map is

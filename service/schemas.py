@@ -383,7 +383,7 @@ class ImagesResponse(BaseModel):
 
 
 class AccuracyOut(BaseModel):
-    """An independent accuracy check (DESIGN.md section 1); exact when ``n_samples`` is 0."""
+    """An independent accuracy check (docs/solver.md); exact when ``n_samples`` is 0."""
 
     l1: float
     max_rel_error: float

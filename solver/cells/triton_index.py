@@ -1,7 +1,7 @@
 """Exact cell queries with a fused Triton kernel: low-precision candidates, fp32 answers.
 
 The cell of x is argmax_i <x, y_i> + h_i (:mod:`solver.cells.index`). Existing GPU paths write the
-whole ``M x N`` score matrix and are memory-bound (DESIGN.md section 4). The kernel in
+whole ``M x N`` score matrix and are memory-bound (docs/gpu.md). The kernel in
 :mod:`solver.cells._triton_kernels` instead streams the keys through tensor cores and keeps a
 running top-``KP`` per query in registers, so only ``M x k`` results leave the chip.
 

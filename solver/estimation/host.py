@@ -8,7 +8,7 @@ each sample:
   F(h) = E_mu[u_h] - <h, v> can be compared between heights on common samples;
 - adjacency: pairs (i, j) seen as a sample's top-2, with counts, and the slab counts of samples
   whose score gap is below ``gap_width``, which estimate mu_{d-1}(facet_ij) / |y_i - y_j| (the
-  Hessian weights of DESIGN.md section 1);
+  Hessian weights of docs/solver.md);
 - optionally mass-centre sums of each cell, and the transport cost 1/2 E|x - T(x)|^2.
 """
 
@@ -89,7 +89,7 @@ class MeasureEstimate:
 
 @dataclass(frozen=True, kw_only=True)
 class AccuracyReport:
-    """How well cell measures w match target weights v (DESIGN.md section 1).
+    """How well cell measures w match target weights v (docs/solver.md).
 
     Attributes:
         l1: sum_i |w_i - v_i|.

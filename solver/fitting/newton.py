@@ -7,7 +7,7 @@ Monte Carlo Hessian a poor model and full steps swallow cells.
 
 Phase 2 (Newton) works in stages. On a stage's fixed sample set S the cell measures w_S(h)
 are exact counts; each step solves H d = w_S - v, with H the weighted graph Laplacian of
-adjacent cells (facet measure over edge length, estimated from top-2 score gaps, DESIGN.md
+adjacent cells (facet measure over edge length, estimated from top-2 score gaps, docs/solver.md
 section 1) by conjugate gradients, and is damped as in Kitagawa, Merigot and Thibert (2019):
 t halves until ||w_S(h - t d) - v||_1 <= (1 - t/2) ||w_S(h) - v||_1 with no new empty cell.
 Stages use fresh samples growing by ``growth`` until a stage's noise floor is the one the

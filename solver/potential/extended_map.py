@@ -1,4 +1,4 @@
-"""Generation with the OT map: pure T, the extended map T~ and interpolation (DESIGN.md section 2).
+"""Generation with the OT map: pure T, the extended map T~ and interpolation (docs/singular.md).
 
 The pure map T(z) = y_argmax reproduces training latents exactly. The extended map T~ blends the
 top cell's target y_i with the targets of neighbouring cells j whose facet with i is observed

@@ -1,4 +1,4 @@
-"""Adjacency of power cells, dihedral angles and the singular set (DESIGN.md section 2).
+"""Adjacency of power cells, dihedral angles and the singular set (docs/singular.md).
 
 The Brenier potential u_h(x) = max_i <x, y_i> + h_i is a convex polyhedron whose faces have
 normals n_i = (y_i, -1) / |(y_i, -1)|. Where two adjacent faces meet at a large dihedral angle
