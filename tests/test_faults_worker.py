@@ -22,8 +22,14 @@ from tests.service_helpers import ROOT, env_for, make_settings, wait_for, write_
 
 
 def _store_with_model(tmp_path, **overrides):
-    # A 2D fit to a tight target: long enough to be killed mid-way, small per iteration.
-    values = {"target_l1": 0.002, "checkpoint_every": 2, "publish_interval": 30.0}
+    # A 2D Monte Carlo fit to a tight target: long enough to be killed mid-way, small per
+    # iteration (the default exact method would finish before any kill).
+    values = {
+        "target_l1": 0.002,
+        "checkpoint_every": 2,
+        "publish_interval": 30.0,
+        "fit_method": "newton",
+    }
     settings = make_settings(tmp_path / "store", **{**values, **overrides})
     store = ModelStore(settings.store)
     bundle = write_bundle(tmp_path / "bundle", n=300, d=2)
