@@ -85,11 +85,25 @@ class Estimator(Protocol):
 
 
 @dataclass(frozen=True, kw_only=True)
-class HostEstimator:
+class _SingleProcess:
+    """What every one-process estimator shares: it leads, agrees with itself, keeps ``obj``."""
+
+    lead: bool = True
+
+    def agree(self, flag: bool) -> bool:
+        """One process: the flag itself."""
+        return flag
+
+    def broadcast(self, obj: T) -> T:
+        """One process: ``obj`` itself."""
+        return obj
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostEstimator(_SingleProcess):
     """The pass on the host (numpy statistics; the index may answer anywhere)."""
 
     name: str = "host"
-    lead: bool = True
 
     def estimate(
         self,
@@ -115,17 +129,9 @@ class HostEstimator:
             batch_size=batch_size,
         )
 
-    def agree(self, flag: bool) -> bool:
-        """One process: the flag itself."""
-        return flag
-
-    def broadcast(self, obj: T) -> T:
-        """One process: ``obj`` itself."""
-        return obj
-
 
 @dataclass(frozen=True, kw_only=True)
-class FusedEstimator:
+class FusedEstimator(_SingleProcess):
     """The pass with every per-sample statistic kept on the search device (a GPU).
 
     Attributes:
@@ -134,7 +140,6 @@ class FusedEstimator:
     """
 
     name: str = "fused"
-    lead: bool = True
     device: str | None = None
 
     def estimate(
@@ -161,14 +166,6 @@ class FusedEstimator:
             batch_size=batch_size,
             device=self.device,
         )
-
-    def agree(self, flag: bool) -> bool:
-        """One process: the flag itself."""
-        return flag
-
-    def broadcast(self, obj: T) -> T:
-        """One process: ``obj`` itself."""
-        return obj
 
 
 @dataclass(frozen=True, kw_only=True)
