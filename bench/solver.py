@@ -7,6 +7,7 @@ Prints one JSON object per line. Usage::
     python bench/solver.py --only fit --sizes 10000x16
     python bench/solver.py --only fit --sizes 2000x16 10000x16 60000x32:0.1   # the d >= 4 table
     python bench/solver.py --exact         # exact-geometry fits in 2D/3D only (bench/exact_fit.py)
+    python bench/solver.py --only ivf      # approximate (IVF) search: recall and speed-up
 
 Time-to-accuracy: wall time until L1 <= target with no empty cell on an independent sample.
 The default method checks itself on fresh samples as part of the algorithm, so its time
@@ -38,6 +39,7 @@ from solver import (  # noqa: E402
     SourceMeasure,
     available_backends,
     fit,
+    ivf_recall,
     make_problem,
 )
 
@@ -56,12 +58,38 @@ def throughput(backend: str, n: int, d: int, k: int, queries: int) -> float:
     return queries / best
 
 
+def ivf_rows(quick: bool) -> None:
+    """IVF recall and speed-up against exact top-2 search, at Voronoi-start heights."""
+    shapes = [(10000, 16)] if quick else [(10000, 16), (60000, 32)]
+    for n, d in shapes:
+        y = clustered_latents(n, d, seed=1).astype(np.float64)
+        y = (y - y.mean(axis=0)) / np.sqrt(np.square(y - y.mean(axis=0)).sum(axis=1).mean())
+        y *= np.sqrt(d / 12.0)  # the fit's frame: spread of the unit cube
+        h = -0.5 * np.square(y).sum(axis=1)
+        x = SourceMeasure(dim=d).sample(65536, seed=1)
+        base = round(np.sqrt(n))
+        for lists in (base, 4 * base):
+            for row in ivf_recall(y, h, x, lists, [1, 2, 4, 8, 16]):
+                emit(
+                    {
+                        "bench": "solver",
+                        "kind": "ivf",
+                        "n": n,
+                        "d": d,
+                        **row.__dict__,
+                        "load": os.getloadavg(),
+                    }
+                )
+
+
 def time_to_accuracy(n: int, d: int, target: float, args: argparse.Namespace) -> None:
     """Default method vs the adam baseline on the same problem, same machine, same run."""
     problem = make_problem(clustered_latents(n, d, seed=1))
     base = {"bench": "solver", "kind": "time_to_accuracy", "n": n, "d": d, "target_l1": target}
     default = fit(problem, FitConfig(target_l1=target, time_budget=args.budget, seed=0))
     emit({**base, **_summary(default), "load": os.getloadavg()})
+    if args.no_baseline:
+        return
     budget = args.baseline_budget or max(args.baseline_factor * default.elapsed, args.baseline_min)
     # The baseline's own rule (||w - v||_2 < 2e-3) fires long before L1 <= 0.05 when N is
     # large (||g||_2 ~ L1 / sqrt(N)): measured at N = 10,000, d = 16 it stopped at L1 0.26.
@@ -126,7 +154,7 @@ def main() -> None:
     """Run the selected benchmarks."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes")
-    parser.add_argument("--only", choices=["throughput", "fit"], default=None)
+    parser.add_argument("--only", choices=["throughput", "fit", "ivf"], default=None)
     parser.add_argument(
         "--sizes", nargs="*", default=None, help="fit sizes as NxD or NxD:TARGET_L1"
     )
@@ -144,11 +172,15 @@ def main() -> None:
         help="baseline's own stop rule: 0 disables it (default); pyOMT: 2e-3",
     )
     parser.add_argument("--exact", action="store_true", help="exact 2D/3D fits to 1e-8 only")
+    parser.add_argument("--no-baseline", action="store_true", help="default method only")
     args = parser.parse_args()
     emit({"bench": "solver", "kind": "machine", **machine_info()})
     if args.exact:
         for row in exact_rows():
             emit(row)
+        return
+    if args.only == "ivf":
+        ivf_rows(args.quick)
         return
     if args.only in (None, "throughput"):
         shapes = [(2000, 2), (10000, 16)]

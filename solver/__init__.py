@@ -16,9 +16,11 @@ from solver.cells.index import (
     BackendSpec,
     CellIndex,
     DeviceKind,
+    IvfRecall,
     available_backends,
     backend_for_device,
     faiss_version,
+    ivf_recall,
     resolve_backend,
 )
 from solver.cells.power_diagram import PowerDiagram, power_diagram
@@ -117,6 +119,7 @@ __all__ = [
     "find_singular_set",
     "frame_angles",
     "CellIndex",
+    "IvfRecall",
     "FitConfig",
     "FitProgress",
     "FitRecord",
@@ -134,6 +137,7 @@ __all__ = [
     "DeviceKind",
     "backend_for_device",
     "faiss_version",
+    "ivf_recall",
     "TritonBackend",
     "brenier_potential",
     "derive_seed",

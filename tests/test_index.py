@@ -99,3 +99,34 @@ def test_cuda_backends_agree_with_cpu(problem):
         cells = CellIndex(y, h, backend=name).search(torch.from_numpy(x).cuda(), 2)[1]
         assert cells.device.type == "cuda"
         np.testing.assert_array_equal(cells.cpu().numpy()[ok], cpu[ok], err_msg=name)
+
+
+def test_faiss_search_is_the_same_across_pool_tasks_and_after_a_fork(rng):
+    """Queries split over the search pool match the torch backend; a forked child searches."""
+    pytest.importorskip("faiss")
+    import multiprocessing as mp
+
+    y = rng.standard_normal((300, 5)).astype(np.float32)
+    h = rng.standard_normal(300).astype(np.float32)
+    x = rng.random((20_000, 5), dtype=np.float32) - 0.5  # several pool tasks
+    faiss_index, torch_index = CellIndex(y, h, backend="faiss"), CellIndex(y, h, backend="torch")
+    s_f, c_f = faiss_index.search(x, 2)
+    s_t, c_t = torch_index.search(x, 2)
+    np.testing.assert_allclose(s_f, s_t, atol=1e-5)
+    assert (c_f[:, 0] == c_t[:, 0]).mean() > 0.999  # float32 ties only
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply_async(faiss_index.assign, (x[:5000],)).get(timeout=60)
+    assert np.array_equal(child, c_f[:5000, 0])
+
+
+def test_ivf_recall_is_exact_when_every_list_is_probed(rng):
+    pytest.importorskip("faiss")
+    from solver import ivf_recall
+
+    y = rng.standard_normal((400, 4))
+    h = -0.5 * np.square(y).sum(axis=1)
+    x = rng.random((2000, 4)) - 0.5
+    few, every = ivf_recall(y, h, x, lists=10, probes=[1, 10])
+    assert every.top1 == 1.0 and every.top2 > 0.999  # float32 ties only
+    assert few.top1 <= every.top1 and few.speedup > 0

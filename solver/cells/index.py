@@ -17,6 +17,9 @@ in, numpy out; a torch tensor in, tensors on the same device out.
 from __future__ import annotations
 
 import importlib.util
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol, overload
 
@@ -32,6 +35,11 @@ Array = np.ndarray | torch.Tensor
 
 # Score-matrix budget of the torch backend: 2^24 float32 = 64 MiB per chunk whatever M and N.
 _TORCH_CHUNK_ELEMENTS = 1 << 24
+# Queries per task of the CPU FAISS search pool. FAISS's own OpenMP split of one search was
+# slower with 2 threads than with 1 on the 2-core box (N = 10,000, d = 16: 60-67k vs 110-130k
+# queries/s); one single-threaded FAISS call per pool thread on its share of the queries gave
+# 157-165k (docs/benchmarks.md, cell-query throughput).
+_FAISS_TASK_QUERIES = 8192
 
 
 class _Backend(Protocol):
@@ -282,7 +290,45 @@ def _like(x: Array, scores: np.ndarray, cells: np.ndarray) -> tuple[Array, Array
     return scores, cells.astype(np.int64, copy=False)
 
 
+def search_threads() -> int:
+    """Threads of the CPU FAISS search pool: torch's intra-op thread count.
+
+    One setting for every CPU kernel of a process: torch takes it from ``OMP_NUM_THREADS``
+    (``torchrun`` sets 1 per rank, so ranks do not oversubscribe the cores) or the cores.
+    """
+    return max(1, torch.get_num_threads())
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:
+    """In a forked child the parent's pool threads do not exist: start a new pool on use."""
+    global _POOL  # noqa: PLW0603
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _single_threaded_faiss() -> None:
+    faiss.omp_set_num_threads(1)
+
+
+def _faiss_pool() -> ThreadPoolExecutor:
+    """One process-wide pool whose threads each run FAISS with one OpenMP thread."""
+    global _POOL  # noqa: PLW0603 - created on first use, shared by every index
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(
+            search_threads(), thread_name_prefix="faiss-search", initializer=_single_threaded_faiss
+        )
+    return _POOL
+
+
 class _FaissCPU:
+    """``IndexFlatIP`` searched by a thread pool (FAISS frees the GIL), one OpenMP thread each."""
+
     name = "faiss"
 
     def __init__(self, y: np.ndarray, h: np.ndarray) -> None:
@@ -298,7 +344,16 @@ class _FaissCPU:
         self._stored[:, -1] = heights
 
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
-        scores, cells = self._index.search(_as_numpy_queries(x), k)
+        q = _as_numpy_queries(x)
+        scores = np.empty((q.shape[0], k), dtype=np.float32)
+        cells = np.empty((q.shape[0], k), dtype=np.int64)
+
+        def task(lo: int) -> None:
+            hi = min(lo + _FAISS_TASK_QUERIES, q.shape[0])
+            scores[lo:hi], cells[lo:hi] = self._index.search(q[lo:hi], k)
+
+        # list() waits for every task and re-raises the first error.
+        list(_faiss_pool().map(task, range(0, q.shape[0], _FAISS_TASK_QUERIES)))
         return _like(x, scores, cells)
 
 
@@ -349,3 +404,83 @@ class _Torch:
         if isinstance(x, torch.Tensor):
             return scores.to(x.device), cells.to(x.device)
         return scores.cpu().numpy(), cells.cpu().numpy()
+
+
+@dataclass(frozen=True, kw_only=True)
+class IvfRecall:
+    """How an inverted-file index compares with the exact search (see :func:`ivf_recall`).
+
+    Attributes:
+        lists: inverted lists (k-means cells over the lifted targets).
+        probes: lists searched per query.
+        top1: share of queries whose best cell is the exact one.
+        top2: share whose two best cells are the exact two, in order.
+        speedup: exact search time over the inverted-file search time (same queries, one run).
+    """
+
+    lists: int
+    probes: int
+    top1: float
+    top2: float
+    speedup: float
+
+
+def ivf_recall(
+    targets: np.ndarray, heights: np.ndarray, queries: np.ndarray, lists: int, probes: list[int]
+) -> list[IvfRecall]:
+    """Recall and speed of FAISS ``IndexIVFFlat`` against exact top-2 cell queries.
+
+    The maximum inner product over ``[y_i, h_i]`` becomes a nearest-neighbour search over the
+    lifted points ``[y_i, h_i, sqrt(R^2 - |y_i|^2 - h_i^2)]`` (R the largest norm) for queries
+    ``[x, 1, 0]``, whose k-means lists an IVF index probes. Measures whether approximate search
+    could replace exact search in the fit's stages (docs/solver.md: it does not pay at d >= 16).
+
+    Args:
+        targets: y, shape ``(N, d)``.
+        heights: h, shape ``(N,)``.
+        queries: x, shape ``(M, d)``.
+        lists: inverted lists.
+        probes: lists searched per query, one result each.
+
+    Raises:
+        ValueError: without faiss.
+    """
+    if faiss is None:
+        raise ValueError("ivf_recall needs faiss-cpu")
+    a = _augmented(np.asarray(targets, np.float32), np.asarray(heights, np.float32))
+    a64 = a.astype(np.float64)
+    norms = np.square(a64).sum(axis=1)
+    lifted = np.hstack([a64, np.sqrt(norms.max() - norms)[:, None]]).astype(np.float32)
+    q = _as_numpy_queries(np.asarray(queries, np.float32))
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # both searches on one thread: a like-for-like ratio
+    try:
+        exact = faiss.IndexFlatIP(a.shape[1])
+        exact.add(a)
+        start = time.perf_counter()
+        _, best = exact.search(q, 2)
+        exact_s = time.perf_counter() - start
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(a.shape[1] + 1), a.shape[1] + 1, lists)
+        ivf.train(lifted)
+        ivf.add(lifted)
+        lifted_q = np.hstack([q, np.zeros((q.shape[0], 1), np.float32)])
+        timed = []
+        for p in probes:
+            ivf.nprobe = p
+            start = time.perf_counter()
+            _, found = ivf.search(lifted_q, 2)
+            timed.append((p, found, time.perf_counter() - start))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    out = []
+    for p, found, ivf_s in timed:
+        out.append(
+            IvfRecall(
+                lists=lists,
+                probes=p,
+                top1=float(np.mean(found[:, 0] == best[:, 0])),
+                top2=float(np.mean((found == best).all(axis=1))),
+                speedup=exact_s / ivf_s,
+            )
+        )
+    return out

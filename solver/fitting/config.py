@@ -66,6 +66,8 @@ class NewtonConfig:
         cg_rtol: relative tolerance of the conjugate-gradient Newton solve (inexact Newton).
         reuse_candidates: cells kept per sample of a stage for certified reuse (exact; see
             :mod:`solver.estimation.reuse`); more certify more samples after larger steps.
+        coarse_clusters: clusters of the hierarchical start (:mod:`solver.fitting.hierarchical`):
+            ``None`` for round(sqrt(N)), 0 for the plain Voronoi start.
     """
 
     warmup_samples_per_cell: int = 8
@@ -80,6 +82,11 @@ class NewtonConfig:
     max_backtracks: int = 8
     cg_rtol: float = 1e-3
     reuse_candidates: int = 4
+    coarse_clusters: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.coarse_clusters is not None and self.coarse_clusters < 0:
+            raise ValueError(f"coarse_clusters must be >= 0 or None, got {self.coarse_clusters}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +121,8 @@ class FitConfig:
         target_l1: stop when L1 on an independent sample (exact L1 for ``"exact"``) is at
             most this with no empty cell.
         check_floor: noise floor of the independent check as a fraction of ``target_l1``
-            (0.5: a perfect fit measures about half the target).
+            (0.7: a perfect fit measures about 0.7 of the target; smaller floors need
+            quadratically more check samples, larger ones a closer fit before the check).
         max_iter: iterations at most (Newton steps or Adam steps).
         time_budget: seconds of fitting at most, or ``None``.
         seed: seeds every sample stream of the fit.
@@ -130,7 +138,7 @@ class FitConfig:
 
     method: Method = "auto"
     target_l1: float = 0.05
-    check_floor: float = 0.5
+    check_floor: float = 0.7
     max_iter: int = 1000
     time_budget: float | None = None
     seed: int = 0

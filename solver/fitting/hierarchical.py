@@ -1,0 +1,149 @@
+"""Hierarchical start of the Monte Carlo fit: transport to cluster centroids first.
+
+From the Voronoi start h_i = -|y_i|^2 / 2 of clustered targets, thousands of cells are empty
+(measured: 4,271 of 10,000 at d = 16) and the first-order warm-up spends most of its steps
+filling them. Instead:
+
+1. Cluster the targets into K groups by k-means (Lloyd iterations whose assignments are cell
+   queries: the nearest centroid c maximises <y, c> - |c|^2 / 2).
+2. Fit OT from the cube to the K centroids mu_c weighted by their groups' masses (a small
+   problem: a few hundred thousand samples), giving heights H_c and regions R_c of mass ~w_c.
+3. Split each region among its members: with offsets delta_i = y_i - mu_c, member heights
+   h_i = H_c - <delta_i, m_c> - lambda_c |delta_i|^2 / 2 make the score
+   <x, y_i> + h_i = <x, mu_c> + H_c + lambda_c (<z, delta_i> - |delta_i|^2 / 2),
+   z = (x - m_c) / lambda_c: the region's score plus the Voronoi diagram of the offsets seen
+   from the region's mass centre m_c, scaled by lambda_c = a * r_c / s_c (r_c the region's rms
+   radius, s_c the members' rms offset) so that it spreads the members over the region.
+
+Measured at N = 10,000, d = 16 (ten Gaussian clusters, K = 100): the start has L1 0.65 and
+153 empty cells against the Voronoi start's 1.40 and 4,271 (a = 0.5 was the best of
+0.15 .. 4). The warm-up then needs a fraction of its steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from solver.cells.index import CellIndex
+from solver.measures import SourceMeasure
+from solver.seeding import derive_seed
+
+# Region spread factor a of the module docstring (best of 0.15, 0.25, 0.35, 0.5, 1, 2, 4).
+_SPREAD = 0.5
+# Samples per cluster of the pass that measures each region's mass centre and radius.
+_REGION_SAMPLES = 256
+_KMEANS_ITERS = 20
+_COARSE_STREAM, _REGION_STREAM, _KMEANS_STREAM = 7, 8, 9
+
+
+def default_clusters(n_targets: int) -> int:
+    """K = round(sqrt(N)), the coarse problem's size (0: too few targets to bother)."""
+    k = round(math.sqrt(n_targets))
+    return k if k >= 8 and n_targets >= 4 * k else 0
+
+
+def kmeans(points: np.ndarray, k: int, seed: int, *, iters: int = _KMEANS_ITERS) -> np.ndarray:
+    """Lloyd's k-means from a k-means++ start; each point's cluster label, shape ``(N,)``.
+
+    k-means++ draws each new centre with probability proportional to the squared distance to
+    the nearest centre so far (``seed`` drives the draws); an emptied cluster keeps its
+    centroid. Assignments are exact cell queries (backend ``"auto"``).
+    """
+    x = np.asarray(points, dtype=np.float64)
+    centres = _kmeans_plus_plus(x, k, np.random.default_rng(seed))
+    labels = np.zeros(x.shape[0], dtype=np.int64)
+    for _ in range(iters):
+        index = CellIndex(centres, -0.5 * np.square(centres).sum(axis=1))
+        new = index.assign(x.astype(np.float32))
+        counts = np.bincount(new, minlength=k)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, new, x)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return labels
+
+
+def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    centres = np.empty((k, x.shape[1]))
+    centres[0] = x[rng.integers(x.shape[0])]
+    nearest = np.square(x - centres[0]).sum(axis=1)
+    for c in range(1, k):
+        total = nearest.sum()
+        pick = rng.choice(x.shape[0], p=nearest / total) if total > 0 else rng.integers(x.shape[0])
+        centres[c] = x[pick]
+        nearest = np.minimum(nearest, np.square(x - centres[c]).sum(axis=1))
+    return centres
+
+
+def hierarchical_heights(
+    targets: np.ndarray,
+    weights: np.ndarray,
+    source: SourceMeasure,
+    labels: np.ndarray,
+    coarse_heights: np.ndarray,
+    seed: int,
+) -> np.ndarray:
+    """Member heights from a fitted coarse problem (step 3 of the module docstring).
+
+    Args:
+        targets: y in the fit's internal frame, shape ``(N, d)``.
+        weights: v, shape ``(N,)``.
+        source: the source measure.
+        labels: cluster of each target, shape ``(N,)``, values in ``0 .. K - 1``.
+        coarse_heights: fitted heights H of the K centroids (same frame), shape ``(K,)``.
+        seed: seed of the region-statistics pass.
+
+    Returns:
+        h, shape ``(N,)``, float64, mean zero.
+    """
+    y = targets.astype(np.float64)
+    k = coarse_heights.shape[0]
+    mass = np.bincount(labels, weights=weights, minlength=k)
+    mu = np.zeros((k, y.shape[1]))
+    np.add.at(mu, labels, weights[:, None] * y)
+    mu /= np.maximum(mass, 1e-300)[:, None]
+    x = source.sample(_REGION_SAMPLES * k, seed).astype(np.float64)
+    region = CellIndex(mu, coarse_heights).assign(x.astype(np.float32))
+    hits = np.bincount(region, minlength=k)
+    centre = np.zeros_like(mu)
+    np.add.at(centre, region, x)
+    seen = hits > 0
+    centre[seen] /= hits[seen, None]
+    centre[~seen] = mu[~seen]
+    sq = np.square(x - centre[region]).sum(axis=1)
+    region_r2 = np.bincount(region, weights=sq, minlength=k) / np.maximum(hits, 1)
+    delta = y - mu[labels]
+    offset2 = np.square(delta).sum(axis=1)
+    member_s2 = np.bincount(labels, weights=weights * offset2, minlength=k) / np.maximum(
+        mass, 1e-300
+    )
+    lam = np.ones(k)
+    ok = seen & (member_s2 > 0) & (region_r2 > 0)
+    lam[ok] = _SPREAD * np.sqrt(region_r2[ok] / member_s2[ok])
+    h = coarse_heights[labels] - (delta * centre[labels]).sum(axis=1) - 0.5 * lam[labels] * offset2
+    return h - h.mean()
+
+
+def coarse_problem(
+    targets: np.ndarray, weights: np.ndarray, k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cluster the targets: labels ``(N,)``, centroids ``(K', d)`` and masses ``(K',)``.
+
+    Clusters that ended empty are dropped and the labels renumbered, so every centroid has mass.
+    """
+    labels = kmeans(targets, k, derive_seed(seed, _KMEANS_STREAM))
+    used, labels = np.unique(labels, return_inverse=True)
+    mass = np.bincount(labels, weights=weights, minlength=used.size)
+    mu = np.zeros((used.size, targets.shape[1]))
+    np.add.at(mu, labels, weights[:, None] * targets.astype(np.float64))
+    return labels, (mu / mass[:, None]).astype(np.float32), mass / mass.sum()
+
+
+def seeds(seed: int) -> tuple[int, int]:
+    """Seeds of the coarse fit and of the region pass, derived from the fit's seed."""
+    return derive_seed(seed, _COARSE_STREAM), derive_seed(seed, _REGION_STREAM)
