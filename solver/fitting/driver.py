@@ -136,6 +136,7 @@ def _fit(
 ) -> FitResult:
     method = resolve_method(config.method, problem.dim)
     frame = Frame.for_problem(problem, method)
+    started = time.perf_counter()
     ctx: newton.NewtonContext | adam.AdamContext | exact_newton.ExactContext
     step: Callable[[FitState], tuple[FitState, FitRecord, str | None]]
     if method == "exact":
@@ -161,6 +162,8 @@ def _fit(
             )
             state = resume or adam.initial_state(problem.n_targets, config)
             step = partial(adam.step, adam_ctx)
+    if resume is None:  # the start (the hierarchical start's coarse fit) counts as fitting time
+        state = replace(state, elapsed=time.perf_counter() - started)
     _check_resume(state, problem, config, method)
     reason = None
     while reason is None:
