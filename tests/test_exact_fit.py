@@ -132,3 +132,13 @@ def test_auto_is_monte_carlo_outside_2d_and_3d_and_exact_refuses_it(rng, d):
     assert fit(problem, FitConfig(max_iter=1)).method == "newton"
     with pytest.raises(ValueError, match="exact"):
         fit(problem, FitConfig(method="exact"))
+
+
+def test_accuracy_after_an_iteration_stop_describes_the_returned_heights(rng):
+    problem = make_problem(rng.random((60, 2)) - 0.5)
+    result = fit(problem, FitConfig(method="exact", target_l1=1e-10, max_iter=2))
+    assert result.reason == "max_iter"
+    cells = power_diagram(problem.targets.astype(np.float64), result.heights).cell_measures
+    assert result.accuracy.l1 == pytest.approx(np.abs(cells - problem.weights).sum(), rel=1e-6)
+    # The last record is the start of the last step: the returned heights are better.
+    assert result.accuracy.l1 < result.history[-1].check.l1

@@ -218,7 +218,8 @@ class FitResult:
         reason: why the fit stopped: ``"target"``, ``"max_iter"``, ``"time_budget"``,
             ``"baseline_rule"`` (the baseline's own ||g|| rule), ``"stalled"`` (the exact
             method's line search found no decrease: float64 round-off) or ``"callback"``.
-        accuracy: the last independent accuracy check, if any.
+        accuracy: the last independent accuracy check, if any (``"exact"``: the exact accuracy
+            of the returned heights).
         iterations: iterations run.
         elapsed: seconds of fitting.
         method: the method used (``"auto"`` resolved).

@@ -196,6 +196,10 @@ def _fit(
             reason = "callback"
     checks = [r.check for r in state.history if r.check is not None]
     last = checks[-1] if checks else None
+    if method == "exact" and state.history:
+        # Stopped after an accepted step (iterations, callback, budget): the last record
+        # describes the heights before it, so measure the returned heights themselves.
+        last = exact_newton.final_accuracy(exact_ctx, state)
     return FitResult(
         heights=frame.heights_out(state.heights),
         converged=reason == "target",

@@ -204,6 +204,14 @@ def exact_accuracy(cell_measures: np.ndarray, weights: np.ndarray) -> AccuracyRe
     )
 
 
+def final_accuracy(ctx: ExactContext, state: FitState) -> AccuracyReport:
+    """Exact accuracy of the state's heights (a record describes the heights its step began at).
+
+    The diagram of an accepted trial is still cached, so after a step this costs nothing.
+    """
+    return exact_accuracy(_diagram(ctx, state.heights).cell_measures, ctx.weights)
+
+
 def _diagram(ctx: ExactContext, h: np.ndarray) -> PowerDiagram:
     """The exact diagram at h; the last one is kept (the accepted trial opens the next step)."""
     key = h.tobytes()
