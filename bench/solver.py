@@ -8,6 +8,7 @@ Prints one JSON object per line. Usage::
     python bench/solver.py --only fit --sizes 2000x16 10000x16 60000x32:0.1   # the d >= 4 table
     python bench/solver.py --exact         # exact-geometry fits in 2D/3D only (bench/exact_fit.py)
     python bench/solver.py --only ivf      # approximate (IVF) search: recall and speed-up
+    python bench/solver.py --peers         # POT and OTT-JAX at equal wall time (bench/peers.py)
 
 Time-to-accuracy: wall time until L1 <= target with no empty cell on an independent sample.
 The default method checks itself on fresh samples as part of the algorithm, so its time
@@ -32,12 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import clustered_latents, emit, machine_info  # noqa: E402
 from bench.exact_fit import exact_rows  # noqa: E402
+from bench.peers import PEERS, PeerResult, run_peer  # noqa: E402
 from solver import (  # noqa: E402
     AdamConfig,
     CellIndex,
     FitConfig,
     SourceMeasure,
     available_backends,
+    check_accuracy,
     fit,
     ivf_recall,
     make_problem,
@@ -131,6 +134,75 @@ def time_to_accuracy(n: int, d: int, target: float, args: argparse.Namespace) ->
     )
 
 
+# Seed of the independent check that grades every method of --peers; no fit draws from it.
+PEER_CHECK_SEED = 1_000_003
+
+
+def peer_comparison(n: int, d: int, target: float, args: argparse.Namespace) -> None:
+    """Default fit vs POT and OTT-JAX at equal wall time, all graded by one independent check.
+
+    Each peer runs for the default's elapsed seconds, then again for ``--peer-factor`` times
+    that. Every heights vector is checked with ``check_accuracy`` on the same fresh samples
+    (the default's own check size, seed :data:`PEER_CHECK_SEED`).
+    """
+    problem = make_problem(clustered_latents(n, d, seed=1))
+    base = {"bench": "solver", "kind": "peers", "n": n, "d": d, "target_l1": target}
+    default = fit(problem, FitConfig(target_l1=target, time_budget=args.budget, seed=0))
+    if default.accuracy is None:
+        raise RuntimeError(f"the default fit made no check: {default.reason}")
+    n_check = default.accuracy.n_samples
+
+    def graded(heights: np.ndarray) -> dict:
+        acc = check_accuracy(problem, heights, n_samples=n_check, seed=PEER_CHECK_SEED)
+        return {
+            "l1": acc.l1,
+            "empty_cells": acc.empty_cells,
+            "noise_floor": acc.noise_floor,
+            "n_samples": acc.n_samples,
+        }
+
+    default_row = {"method": "default", "solver": f"solver.fit ({default.method})"}
+    default_row |= {"seconds": round(default.elapsed, 2), "own_check_l1": default.accuracy.l1}
+    default_grade = graded(default.heights)
+    emit({**base, **default_row, **default_grade, "load": os.getloadavg()})
+    peer_l1: dict[str, float] = {}
+    for factor in (1.0, args.peer_factor):
+        budget = factor * default.elapsed
+        for name in PEERS:
+            run = run_peer(name, problem, budget, seed=0)
+            row = {**base, **_peer_row(run), "budget_factor": factor, "budget": round(budget, 2)}
+            if run.heights is not None and not np.isfinite(run.heights).all():
+                row["failed"] = "non-finite heights"
+            elif run.heights is not None:
+                row |= graded(run.heights)
+                if factor == 1.0:
+                    peer_l1[name] = row["l1"]
+            emit({**row, "load": os.getloadavg()})
+    emit(
+        {
+            **base,
+            "kind": "peers_verdict",
+            "default_l1": default_grade["l1"],
+            "peer_l1_equal_time": peer_l1,
+            "default_beats_all": all(default_grade["l1"] < v for v in peer_l1.values())
+            if peer_l1
+            else None,
+        }
+    )
+
+
+def _peer_row(run: PeerResult) -> dict:
+    if run.skipped is not None:
+        return {"method": run.peer, "peer": run.peer, "skipped": run.skipped}
+    return {
+        "method": run.peer,
+        "solver": run.solver,
+        "seconds": round(run.seconds, 2),
+        "iterations": run.iterations,
+        "settings": run.settings,
+    }
+
+
 def _summary(result) -> dict:  # noqa: ANN001
     acc = result.accuracy
     return {
@@ -173,8 +245,18 @@ def main() -> None:
     )
     parser.add_argument("--exact", action="store_true", help="exact 2D/3D fits to 1e-8 only")
     parser.add_argument("--no-baseline", action="store_true", help="default method only")
+    parser.add_argument("--peers", action="store_true", help="POT and OTT-JAX at equal time")
+    parser.add_argument(
+        "--peer-factor", type=float, default=5.0, help="peers' second, larger budget (x default)"
+    )
     args = parser.parse_args()
     emit({"bench": "solver", "kind": "machine", **machine_info()})
+    if args.peers:
+        for size in args.sizes or ["2000x16"]:
+            shape, _, target = size.partition(":")
+            n, d = map(int, shape.split("x"))
+            peer_comparison(n, d, float(target) if target else args.target, args)
+        return
     if args.exact:
         for row in exact_rows():
             emit(row)
