@@ -13,6 +13,7 @@ The peers are optional (the ``bench`` extra) and imported only inside their runn
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import time
@@ -78,6 +79,14 @@ class PeerResult:
 def installed(peer: str) -> bool:
     """Whether the peer's package can be imported here."""
     return importlib.util.find_spec(_MODULES[peer]) is not None
+
+
+def version(peer: str) -> str | None:
+    """Installed version of the peer's distribution, or None when it is absent."""
+    try:
+        return importlib.metadata.version(_DISTRIBUTIONS[peer])
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def run_peer(
@@ -241,6 +250,7 @@ def _run_ott(problem: OTProblem, budget: float, seed: int, cfg: PeerConfig) -> P
 
 
 _MODULES = {"pot": "ot", "ott-jax": "ott"}
+_DISTRIBUTIONS = {"pot": "pot", "ott-jax": "ott-jax"}
 _RUNNERS: dict[str, Callable[[OTProblem, float, int, PeerConfig], PeerResult]] = {
     "pot": _run_pot,
     "ott-jax": _run_ott,

