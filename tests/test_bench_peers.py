@@ -41,8 +41,9 @@ def test_installed_peer_returns_heights_that_pass_a_sanity_check(peer):
     if not installed(peer):
         pytest.skip(f"{peer} not installed (the bench extra)")
     problem = _tiny_problem()
-    # A small POT sample keeps the test fast; the other settings are the benchmark's.
-    run = run_peer(peer, problem, budget=0.5, seed=0, config=PeerConfig(pot_samples=1 << 14))
+    # A small POT sample and timing run keep the test fast; the rest are the benchmark's.
+    fast = PeerConfig(pot_samples=1 << 14, pot_calibration_steps=2000)
+    run = run_peer(peer, problem, budget=0.5, seed=0, config=fast)
     assert run.skipped is None
     assert run.heights is not None
     assert run.heights.shape == (20,)
