@@ -38,9 +38,8 @@ class PeerConfig:
         pot_samples: size of POT's fixed source sample (it samples rows of a cost matrix);
             2^20 is about the steps it takes in a minute, so few points repeat.
         pot_calibration_steps: steps of the timing run that sizes POT's run to the budget.
-            Its steps measured slower than the run's on the shared box, so POT can under-fill
-            its budget (47 s of 66 s with 20,000 steps, 67 s of 82 s with 2,000); the row
-            reports the seconds it used.
+            On the shared box that run misjudges a step's cost either way (47 s used of 66 s,
+            17.8 s of 16.2 s); the row reports the seconds POT used.
         ott_lr: Adam step of OTT's ``SemidiscreteSolver``.
         ott_batch: fresh source samples per OTT step. With ott_lr, the best pair (L1 0.083 after
             60 s) of (1024, 1e-3), (1024, 3e-3), (2048, 5e-3), (4096, 3e-3), (4096, 1e-2).
