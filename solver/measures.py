@@ -91,6 +91,14 @@ class SourceMeasure:
         """Yield the first ``n`` points of the stream in batches of at most ``batch_size`` rows."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if self.sampler == "sobol":
+            # One engine drawn in sequence: the same points as sample(.., start) per batch,
+            # without fast-forwarding every batch from the stream's start (quadratic in n).
+            engine = torch.quasirandom.SobolEngine(self.dim, scramble=True, seed=int(seed))
+            for start in range(0, n, batch_size):
+                unit = engine.draw(min(batch_size, n - start), dtype=torch.float32).numpy()
+                yield unit - np.float32(0.5) if self.low != 0.0 else unit
+            return
         for start in range(0, n, batch_size):
             yield self.sample(min(batch_size, n - start), seed, start)
 

@@ -34,3 +34,12 @@ def test_bad_measures_are_refused():
         SourceMeasure(dim=2, domain="ball")
     with pytest.raises(ValueError, match="sampler"):
         SourceMeasure(dim=2, sampler="halton")
+
+
+@pytest.mark.parametrize("sampler", ["sobol", "random"])
+def test_batches_are_the_stream_cut_in_pieces(sampler):
+    source = SourceMeasure(dim=3, sampler=sampler)
+    whole = source.sample(1000, seed=5)
+    pieces = np.concatenate(list(source.batches(1000, seed=5, batch_size=96)))
+    assert np.array_equal(whole, pieces)
+    assert np.array_equal(source.sample(96, seed=5, start=192), pieces[192:288])
