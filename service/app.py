@@ -6,6 +6,7 @@ inject a store in a temporary directory (and a serving index or worker flag) as 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -89,6 +90,12 @@ def create_app(
         if worker is not None:
             worker.start()
         if poller is not None:
+            # Serve what is published from the first request on (the poller's own first
+            # refresh raced the first requests); a failed load only logs, as in the poller.
+            try:
+                await asyncio.to_thread(serving.refresh)
+            except Exception:  # noqa: BLE001 - keep starting; the poller retries
+                log.exception("first catalogue load failed")
             poller.start()
         try:
             # Process-wide (torch's count also sizes the OpenMP team FAISS uses); restored after.
