@@ -345,6 +345,17 @@ class _FaissCPU:
 
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
         q = _as_numpy_queries(x)
+        if q.shape[0] <= _FAISS_TASK_QUERIES:
+            # One task: search in the caller's thread, so concurrent small searches (a server's
+            # requests) run side by side instead of queueing for the pool; one OpenMP thread,
+            # as in the pool (the setting is the calling thread's own, restored after).
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                scores, cells = self._index.search(q, k)
+            finally:
+                faiss.omp_set_num_threads(threads)
+            return _like(x, scores, cells)
         scores = np.empty((q.shape[0], k), dtype=np.float32)
         cells = np.empty((q.shape[0], k), dtype=np.int64)
 
