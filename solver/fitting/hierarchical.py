@@ -85,6 +85,7 @@ def hierarchical_heights(
     weights: np.ndarray,
     source: SourceMeasure,
     labels: np.ndarray,
+    centroids: np.ndarray,
     coarse_heights: np.ndarray,
     seed: int,
 ) -> np.ndarray:
@@ -95,6 +96,7 @@ def hierarchical_heights(
         weights: v, shape ``(N,)``.
         source: the source measure.
         labels: cluster of each target, shape ``(N,)``, values in ``0 .. K - 1``.
+        centroids: the clusters' weighted centroids mu (same frame), shape ``(K, d)``.
         coarse_heights: fitted heights H of the K centroids (same frame), shape ``(K,)``.
         seed: seed of the region-statistics pass.
 
@@ -104,9 +106,7 @@ def hierarchical_heights(
     y = targets.astype(np.float64)
     k = coarse_heights.shape[0]
     mass = np.bincount(labels, weights=weights, minlength=k)
-    mu = np.zeros((k, y.shape[1]))
-    np.add.at(mu, labels, weights[:, None] * y)
-    mu /= np.maximum(mass, 1e-300)[:, None]
+    mu = centroids.astype(np.float64)
     x = source.sample(_REGION_SAMPLES * k, seed).astype(np.float64)
     region = CellIndex(mu, coarse_heights).assign(x.astype(np.float32))
     hits = np.bincount(region, minlength=k)

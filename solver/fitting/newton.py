@@ -155,7 +155,7 @@ def _hierarchical_start(ctx: NewtonContext, k: int) -> np.ndarray:
         ),
     )
     return hierarchical.hierarchical_heights(
-        ctx.targets, ctx.weights, ctx.source, labels, coarse.heights, region_seed
+        ctx.targets, ctx.weights, ctx.source, labels, mu, coarse.heights, region_seed
     )
 
 
