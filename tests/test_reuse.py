@@ -69,3 +69,26 @@ def test_clear_and_bad_candidates():
     assert reuse.stats.certified == reuse.stats.searched == 0
     with pytest.raises(ValueError, match="candidates"):
         ReuseIndex(CellIndex(y, backend="torch"), candidates=1)
+
+
+def test_a_few_large_height_increases_are_scored_exactly_not_bounded_for_all(rng):
+    n, d = 400, 4
+    y = (0.3 * rng.standard_normal((n, d))).astype(np.float32)
+    h0 = 0.01 * rng.standard_normal(n)
+    x = SourceMeasure(dim=d).sample(5000, seed=3)
+    h = h0 + 1e-4 * rng.standard_normal(n)
+    h[[7, 99]] += 0.2  # two cells grow a lot (a rescue step), the rest barely move
+    certified = {}
+    for outliers in (0, 4):
+        reuse = ReuseIndex(CellIndex(y, h0, backend="torch"), candidates=4)
+        reuse._outliers = outliers  # 0: the plain bound max_j dh_j for every cell
+        reuse.search(x, 2)
+        reuse.set_heights(h)
+        scores, cells = reuse.search(x, 2)
+        want, want_s, gaps = brute_top(x, y, h.astype(np.float32).astype(np.float64), 2)
+        clear = gaps > 1e-5  # float32 ties aside, exactly the brute force's top 2
+        assert clear.mean() > 0.99
+        np.testing.assert_array_equal(cells[clear], want[clear])
+        np.testing.assert_allclose(scores, want_s, atol=1e-5)
+        certified[outliers] = reuse.stats.certified
+    assert certified[4] > 2 * certified[0]

@@ -10,8 +10,10 @@ score s_{K+1}(x; h0). Every cell j outside C(x) scores at new heights h
     <x, y_j> + h_j = s_j(x; h0) + (h_j - h0_j) <= s_{K+1}(x; h0) + max_j (h_j - h0_j) =: b(x; h).
 
 Re-score the K candidates at h exactly (O(K d)); if the second best of them beats b(x; h), the
-top-2 cells and scores of x are exact without looking at the other N - K cells. Only the
-uncertified samples go to the full index search, which also refreshes their entries.
+top-2 cells and scores of x are exact without looking at the other N - K cells. The 1 % of cells
+with the largest increases h_j - h0_j are scored exactly for every sample instead, and b uses
+the largest increase among the rest (one rescued cell would otherwise void every certificate).
+Only the uncertified samples go to the full index search, which also refreshes their entries.
 
 :class:`ReuseIndex` wraps a cell index and offers the same ``search``: a batch it has seen
 before (recognised by its size and a fingerprint of its rows) is answered from its entry,
@@ -39,6 +41,9 @@ DEFAULT_CANDIDATES = 4
 # Guard against float32 rounding of the index's scores (absolute, in score units; the
 # internal frame keeps scores of order 1): a certificate needs at least this much margin.
 _GUARD = 1e-5
+# Share of the cells, those with the largest height increases, scored exactly by every
+# certificate instead of setting the bound for all (costs about this share of a full search).
+_OUTLIER_SHARE = 0.01
 # A batch whose uncertified share exceeds this is re-searched whole at the new heights, which
 # then become its reference (later bounds are tighter).
 _REFRESH_SHARE = 0.5
@@ -79,6 +84,8 @@ class ReuseIndex:
         self._y = index.targets.astype(np.float64)
         self._h = index.heights.astype(np.float64)
         self._entries: dict[bytes, _Entry] = {}
+        n = index.n_targets
+        self._outliers = int(_OUTLIER_SHARE * n) if n - int(_OUTLIER_SHARE * n) >= 2 else 0
         self._certified = self._searched = 0
 
     @property
@@ -139,8 +146,7 @@ class ReuseIndex:
             self._searched += x.shape[0]
             return self._fresh(x, key, k)
         scores, cells = self._rescore(x, entry.cells, k)
-        bound = entry.bound + float(np.max(self._h - entry.reference))
-        open_ = scores[:, k - 1] - _GUARD <= bound
+        open_ = scores[:, k - 1] - _GUARD <= self._outside_bound(x, entry)
         n_open = int(np.count_nonzero(open_))
         self._certified += x.shape[0] - n_open
         self._searched += n_open
@@ -154,6 +160,29 @@ class ReuseIndex:
             entry.bound[rows] = top_s[:, self._k].astype(np.float64) + shift + _GUARD
             scores[rows], cells[rows] = self._rescore(x[rows], entry.cells[rows], k)
         return scores, cells
+
+    def _outside_bound(self, x: np.ndarray, entry: _Entry) -> np.ndarray:
+        """Per sample, an upper bound on the score of every cell outside its candidates.
+
+        A non-candidate j scores s_j(h0) + dh_j <= bound + dh_j. The few cells with the largest
+        height increases (a rescued or thin cell after a Newton step) would set max_j dh_j for
+        all: they are scored exactly instead (their candidates masked out), and the others
+        share the bound with the largest remaining increase.
+        """
+        dh = self._h - entry.reference
+        u = self._outliers
+        if u == 0:
+            return entry.bound + float(dh.max())
+        cut = dh.size - u
+        order = np.argpartition(dh, cut - 1)
+        big, rest = order[cut:], float(dh[order[cut - 1]])
+        exact = x.astype(np.float64) @ self._y[big].T + self._h[big]
+        slot = np.full(dh.size, -1)
+        slot[big] = np.arange(u)
+        hit = slot[entry.cells]
+        rows, cols = np.nonzero(hit >= 0)
+        exact[rows, hit[rows, cols]] = -np.inf
+        return np.maximum(entry.bound + rest, exact.max(axis=1))
 
     def _fresh(self, x: np.ndarray, key: bytes, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Full search of a batch at the current heights, which become its entry's reference.
