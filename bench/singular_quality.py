@@ -69,6 +69,7 @@ from solver import (  # noqa: E402
     FitConfig,
     FixedThreshold,
     GapThreshold,
+    QuantileThreshold,
     ThresholdRule,
     atomic_write_bytes,
     build_extended_map,
@@ -81,13 +82,16 @@ from solver import (  # noqa: E402
 
 NAME = "singular_quality"
 Labeler = Callable[[np.ndarray], np.ndarray]
-# Rules compared: (threshold rule, angle frame). The default is the gap rule falling back to the
-# median, in the valley frame; before it, the same rule ran in the standard frame.
+# Rules compared: (threshold rule, frame). The default is the gap rule falling back to the
+# spectral clusters' share, in the diffusion frame; before it, the gap rule fell back to the
+# median, in the valley frame (and before that in the standard frame).
+MEDIAN_FALLBACK = GapThreshold(fallback=QuantileThreshold(q=0.5))
 RULES: dict[str, tuple[ThresholdRule, AngleFrame]] = {
-    "default (valley frame)": (DEFAULT_RULE, "valley"),
+    "default (diffusion frame)": (DEFAULT_RULE, "diffusion"),
+    "gap or median, diffusion frame": (MEDIAN_FALLBACK, "diffusion"),
+    "previous default (gap or median, valley frame)": (MEDIAN_FALLBACK, "valley"),
+    "gap or median, standard frame": (MEDIAN_FALLBACK, "standard"),
     "paper: fixed 0.75 rad, raw frame": (FixedThreshold(radians=0.75), "raw"),
-    "previous default (standard frame)": (DEFAULT_RULE, "standard"),
-    "gap only, standard frame": (GapThreshold(), "standard"),
 }
 GOALS = {"auc": 0.95, "precision": 0.9, "recall": 0.85, "mixing": 0.02}
 
@@ -279,6 +283,7 @@ def pair_scores(ext: ExtendedMap) -> dict[str, np.ndarray]:
         "angle (standard frame)": angle,
         "angle (raw frame)": dihedral_angles(y, pairs),
         "angle (valley frame)": frame_angles(y, pairs, "valley"),
+        "diffusion distance": frame_angles(y, pairs, "diffusion"),
         "latent distance": dist,
         "angle / cells' median angle": angle / np.sqrt(typical[i] * typical[j]),
         "facet measure (negated)": -ext.adjacency.facet_measures,
@@ -308,7 +313,7 @@ def with_rule(base: ExtendedMap, rule: ThresholdRule, frame: AngleFrame) -> Exte
         heights=base.heights,
         source=base.source,
         adjacency=base.adjacency,
-        singular_set=find_singular_set(base.targets, base.adjacency, rule, frame=frame),
+        singular_set=find_singular_set(base.targets, base.adjacency, rule, frame=frame, seed=0),
         mass_centres=base.mass_centres,
         centre_counts=base.centre_counts,
         k=base.k,
@@ -390,6 +395,7 @@ def judge(case: Case, args: argparse.Namespace, base: dict) -> list[dict]:
         var = with_rule(ext, rule, frame)
         chosen = var.singular_set.rule.name
         row = {**base, "kind": "rule", "rule": rule_name, "chosen": chosen}
+        row["clusters"] = var.singular_set.clusters
         row["singular_set_seconds"] = round(time.perf_counter() - t0, 2)
         row |= flag_metrics(var, different) | mixing(var, case.labels, args)
         row |= path_metrics(var, case, args)

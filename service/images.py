@@ -102,21 +102,25 @@ def singular_set_png(
     title: str,
     pair_images: np.ndarray,
     pair_angles: np.ndarray,
+    score_label: str = "dihedral angle of adjacent cells (rad)",
+    unit: str = " rad",
     size_px: int = 720,
 ) -> bytes:
     """The singular set of a model in any dimension, as one picture.
 
-    Top: the histogram of the dihedral angles of adjacent cell pairs with the threshold as a
-    red line (pairs right of it are singular). Below: the most singular pairs, each as the two
-    decoded training codes side by side with its angle, so one sees which modes the map
-    separates.
+    Top: the histogram of the scores (dihedral angles, or the frame's score) of adjacent cell
+    pairs with the threshold as a red line (pairs right of it are singular). Below: the most
+    singular pairs, each as the two decoded training codes side by side with its score, so
+    one sees which modes the map separates.
 
     Args:
-        angles: angles of all observed adjacent pairs, radians, shape ``(P,)``.
-        threshold: the threshold in radians, or ``None`` (nothing singular).
+        angles: scores of all observed adjacent pairs, shape ``(P,)``.
+        threshold: the threshold, or ``None`` (nothing singular).
         title: one line above the histogram.
         pair_images: decoded pairs, shape ``(k, 2, C, H, W)`` in [0, 1] (k may be 0).
-        pair_angles: their angles, radians, shape ``(k,)``.
+        pair_angles: their scores, shape ``(k,)``.
+        score_label: the histogram's axis label.
+        unit: appended to each pair's score (" rad" for angles).
         size_px: picture width in pixels.
 
     Returns:
@@ -136,7 +140,7 @@ def singular_set_png(
     if threshold is not None:
         ax.axvline(threshold, color=THRESHOLD_COLOUR, linewidth=2, label="threshold")
         ax.legend(fontsize=8)
-    ax.set_xlabel("dihedral angle of adjacent cells (rad)", fontsize=8)
+    ax.set_xlabel(score_label, fontsize=8)
     ax.set_ylabel("pairs", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.set_title(title, fontsize=9)
@@ -144,7 +148,7 @@ def singular_set_png(
         sub = fig.add_subplot(grid[1 + p // cols, p % cols])
         pair = np.asarray(to_pil(pair_images[p], cols=2).convert("RGB"))
         sub.imshow(pair, interpolation="nearest")
-        sub.set_title(f"{pair_angles[p]:.3f} rad", fontsize=7)
+        sub.set_title(f"{pair_angles[p]:.3g}{unit}", fontsize=7)
         sub.axis("off")
     fig.tight_layout()
     buf = io.BytesIO()

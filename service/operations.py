@@ -30,6 +30,14 @@ from solver.plots import power_diagram_png
 
 # Singular pairs drawn as decoded image pairs in the picture of a model with d > 2.
 PICTURE_PAIRS = 12
+# What a pair score is in each frame, for the picture's axis, and its unit.
+SCORE_LABELS: dict[str, str] = {
+    "raw": "dihedral angle of adjacent cells (rad)",
+    "standard": "dihedral angle of adjacent cells, standard frame (rad)",
+    "valley": "angle x valley ratio of adjacent cells",
+    "diffusion": "diffusion distance of adjacent cells",
+}
+SCORE_UNITS: dict[str, str] = {"raw": " rad", "standard": " rad", "valley": "", "diffusion": ""}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,10 +45,14 @@ class SingularSummary:
     """The singular set of one version, summarised.
 
     Attributes:
-        threshold: dihedral angle threshold in radians, ``None`` when a data-driven rule had
-            too few adjacent pairs to choose one (then nothing is singular).
-        rule: how the threshold was chosen (``fixed``, ``quantile`` or ``gap``).
-        frame: how the angles are measured (``standard``, ``raw`` or ``valley``).
+        threshold: score threshold in the frame's units, ``None`` when a data-driven rule had
+            too few adjacent pairs to choose one or found no cluster boundary (then nothing
+            is singular).
+        rule: how the threshold was chosen (``fixed``, ``quantile``, ``gap`` or
+            ``clusters``).
+        frame: how pairs are scored (``standard``, ``raw``, ``valley`` or ``diffusion``).
+        clusters: spectral clusters found by the eigengap (diffusion frame, cluster rule),
+            else 0.
         gap_ratio: for the gap rule and the default choice, how clearly the largest angles
             stand apart; else ``None``.
         reason: how the rule was chosen, in words.
@@ -54,6 +66,7 @@ class SingularSummary:
     threshold: float | None
     rule: RuleName
     frame: AngleFrame
+    clusters: int
     gap_ratio: float | None
     reason: str
     n_pairs: int
@@ -137,6 +150,7 @@ def singularities(served: Served, req: SingularitiesRequest, settings: Settings)
         threshold=_finite_or_none(sing.threshold),
         rule=sing.rule.name,
         frame=sing.frame,
+        clusters=sing.clusters,
         gap_ratio=_finite_or_none(sing.gap_ratio),
         reason=sing.reason,
         n_pairs=sing.n_pairs,
@@ -165,10 +179,11 @@ def singularities_png(served: Served, summary: SingularSummary) -> bytes:
     targets = served.ext_map.targets[summary.pairs[:k].reshape(-1)]
     decoded = served.bundle.decode(targets)
     threshold = summary.threshold
-    rule = f"threshold {threshold:.3g} rad" if threshold is not None else "no threshold"
+    unit = SCORE_UNITS[summary.frame]
+    rule = f"threshold {threshold:.3g}{unit}" if threshold is not None else "no threshold"
     title = (
         f"{served.name} v{served.version}: {summary.n_singular} of {summary.n_pairs} adjacent "
-        f"pairs singular ({rule}, rule {summary.rule})"
+        f"pairs singular ({rule}, rule {summary.rule}, {summary.frame} frame)"
     )
     return singular_set_png(
         angles=served.ext_map.singular_set.angles,
@@ -176,6 +191,8 @@ def singularities_png(served: Served, summary: SingularSummary) -> bytes:
         title=title,
         pair_images=decoded.reshape(k, 2, *decoded.shape[1:]),
         pair_angles=summary.angles[:k],
+        score_label=SCORE_LABELS[summary.frame],
+        unit=unit,
     )
 
 

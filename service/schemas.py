@@ -258,7 +258,10 @@ class SingularPairOut(BaseModel):
 
     i: int
     j: int
-    angle: float = Field(description="angle score in the map's frame (radians in raw and standard)")
+    angle: float = Field(
+        description="score in the map's frame (radians in raw and standard, diffusion distance "
+        "in diffusion)"
+    )
     pair_png: str | None = Field(
         default=None, description="base64 PNG: cell i's code and cell j's code, decoded"
     )
@@ -270,20 +273,30 @@ class SingularitiesResponse(BaseModel):
     model: str
     version: int
     threshold: float | None = Field(
-        description="angle score threshold used, in the map's frame (radians in raw and "
-        "standard; null: too few pairs, none singular)"
+        description="score threshold used, in the map's frame (radians in raw and standard; "
+        "null: too few pairs or no cluster boundary, none singular)"
     )
-    rule: Literal["fixed", "quantile", "gap"] = Field(description="how the threshold was chosen")
-    frame: Literal["standard", "raw", "valley"] = Field(
-        description="how angles are measured: standard (centred, cube-scaled latents), raw "
-        "latents, or valley (standard angle times the pair's valley ratio, the default of the "
+    rule: Literal["fixed", "quantile", "gap", "clusters"] = Field(
+        description="how the threshold was chosen (clusters: as many pairs as join two "
+        "spectral clusters of the latents)"
+    )
+    frame: Literal["standard", "raw", "valley", "diffusion"] = Field(
+        description="how pairs are scored: standard (dihedral angle of centred, cube-scaled "
+        "latents), raw latents, valley (standard angle times the pair's valley ratio), or "
+        "diffusion (distance in the latents' diffusion coordinates, the default of the "
         "data-driven rules)"
+    )
+    clusters: int = Field(
+        description="spectral clusters of the latents found by the eigengap (diffusion frame "
+        "or cluster rule), else 0"
     )
     gap_ratio: float | None = Field(
         description="ratio of the angles either side of the largest gap (gap rule and the "
         "default choice), else null"
     )
-    reason: str = Field(description="how the rule was chosen, e.g. why the default used the median")
+    reason: str = Field(
+        description="how the rule was chosen, e.g. why the default used the cluster share"
+    )
     n_pairs: int = Field(description="adjacent cell pairs observed")
     n_singular: int
     singular_fraction: float

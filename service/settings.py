@@ -141,8 +141,9 @@ class Settings(BaseSettings):
     singular_rule: str = Field(
         default="auto",
         validate_default=True,
-        description="singular threshold: auto (gap rule, median without a clear gap), "
-        "gap[:min_regular], quantile[:q] or fixed:radians",
+        description="singular threshold: auto (gap rule; without a clear gap, as many pairs as "
+        "join two spectral clusters of the latents), gap[:min_regular], quantile[:q], "
+        "fixed:radians or clusters",
     )
     poll_interval: float = Field(
         default=1.0, gt=0, description="seconds between catalogue polls (worker queue, index swap)"

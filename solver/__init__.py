@@ -56,6 +56,7 @@ from solver.fitting.config import (
 )
 from solver.fitting.driver import fit, follow_fit, release_followers
 from solver.measures import SourceMeasure
+from solver.potential.diffusion import DiffusionEmbedding, diffusion_embedding
 from solver.potential.extended_map import Crossing, ExtendedMap, Interpolation, build_extended_map
 from solver.potential.file_format import PotentialFormatError
 from solver.potential.potential import Potential, PotentialConfig, check_accuracy
@@ -70,6 +71,7 @@ from solver.potential.singular import (
 )
 from solver.potential.threshold import (
     DEFAULT_RULE,
+    ClusterShare,
     FixedThreshold,
     GapThreshold,
     QuantileThreshold,
@@ -103,6 +105,9 @@ __all__ = [
     "PotentialConfig",
     "PotentialFormatError",
     "QuantileThreshold",
+    "ClusterShare",
+    "DiffusionEmbedding",
+    "diffusion_embedding",
     "RuleName",
     "ThresholdRule",
     "check_accuracy",

@@ -43,8 +43,9 @@ def test_judge_two_clusters_scores_every_rule(tmp_path: Path) -> None:
     assert 0 < head["different_share"] < 0.5
     assert head["auc"]["angle (valley frame)"] == 1.0
     assert head["auc"]["angle (standard frame)"] == 1.0
-    default = rules["default (valley frame)"]
-    assert default["chosen"] == "gap"
+    assert head["auc"]["diffusion distance"] == 1.0
+    default = rules["default (diffusion frame)"]
+    assert default["chosen"] == "gap" and default["clusters"] == 2
     assert default["precision"] == 1.0 and default["recall"] == 1.0
     assert default["mixing"] == 0.0 and default["foreign_weight"] == 0.0
     # Paths between random pairs: every change of side is a reported crossing, and back.
@@ -52,7 +53,8 @@ def test_judge_two_clusters_scores_every_rule(tmp_path: Path) -> None:
     assert default["label_changes"] == default["crossings"] > 0
     table = markdown(rows)
     assert "| angle (valley frame) | 1.000 |" in table
-    assert "| clusters | default (valley frame) |" in table
+    assert "| diffusion distance | 1.000 |" in table
+    assert "| clusters | default (diffusion frame) |" in table
 
 
 def test_cell_medians() -> None:

@@ -93,10 +93,39 @@ def test_save_load_round_trip_is_exact(built, tmp_path):
     s, t = back.singular_set, pot.singular_set
     assert (s.rule, s.threshold, s.reason, s.frame) == (t.rule, t.threshold, t.reason, t.frame)
     np.testing.assert_array_equal(s.angles, t.angles)
-    assert t.frame == "valley" and t.radii.shape == (3,)
+    assert t.frame == "valley" and t.radii.shape == (3,)  # 3 targets: one spectral cluster
     np.testing.assert_array_equal(s.radii, t.radii)
     with np.load(tmp_path / "p.npz") as z:
         assert sum(key.endswith("heights") for key in z.files) == 1  # written once
+
+
+def test_round_trip_keeps_the_diffusion_coordinates(tmp_path):
+    # Two groups of targets: two spectral clusters, so the default scores in the diffusion frame.
+    rng = np.random.default_rng(0)
+    y = np.vstack([rng.normal(-0.3, 0.03, (12, 2)), rng.normal(0.3, 0.03, (12, 2))])
+    problem = make_problem(y)
+    pot = Potential.build(problem, -0.5 * (y**2).sum(1), seed=1, config=CONFIG)
+    pot.save(tmp_path / "p.npz")
+    back = Potential.load(tmp_path / "p.npz")
+    s, t = back.singular_set, pot.singular_set
+    assert t.frame == s.frame == "diffusion" and t.clusters == s.clusters == 2
+    assert t.embedding.shape == (24, 1)
+    np.testing.assert_array_equal(s.embedding, t.embedding)
+    # Pairs the pass never saw (a crossing's) score the same from the file's coordinates.
+    far = np.array([[0, 23], [1, 2]])
+    np.testing.assert_array_equal(s.pair_angles(back.targets, far), t.pair_angles(y, far))
+
+
+@pytest.mark.parametrize("frame", ["valley", "standard"])
+def test_round_trip_keeps_each_frames_own_data(built, tmp_path, frame):
+    problem, _ = built
+    config = PotentialConfig(samples_per_cell=200, check_samples_per_cell=200, frame=frame)
+    pot = Potential.build(problem, HEIGHTS, seed=3, config=config, backend="torch")
+    pot.save(tmp_path / "p.npz")
+    s, t = Potential.load(tmp_path / "p.npz", backend="torch").singular_set, pot.singular_set
+    assert s.frame == t.frame == frame and s.embedding.size == 0
+    np.testing.assert_array_equal(s.radii, t.radii)
+    assert s.radii.shape == ((3,) if frame == "valley" else (0,))
 
 
 def _rewrite(path, tmp_path, change):

@@ -225,9 +225,11 @@ def test_singularities_png_draws_the_2d_power_diagram(flat_client):
     assert r.headers["X-Model"] == "flat"
     assert Image.open(io.BytesIO(r.content)).size == (640, 640)
     s = flat_client.get("/singularities").json()
-    # The default rule: the gap rule when the angles show a clear gap, else their median.
-    assert s["rule"] in ("gap", "quantile") and s["reason"].startswith("default")
-    assert s["frame"] == "valley" and s["n_pairs"] > 0
+    # The default rule: the gap rule when the scores show a clear gap, else the share of
+    # pairs joining two spectral clusters (diffusion frame), or with one cluster the median
+    # (valley frame).
+    assert s["rule"] in ("gap", "clusters", "quantile") and s["reason"].startswith("default")
+    assert s["frame"] == ("diffusion" if s["clusters"] > 1 else "valley") and s["n_pairs"] > 0
     if s["threshold"] is None:  # fewer than 2 adjacent pairs: nothing can be singular
         assert s["n_singular"] == 0
     else:

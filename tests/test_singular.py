@@ -89,15 +89,21 @@ def test_rules_report_their_threshold():
     assert gap.n_singular == 1 and gap.n_regular == 4
 
 
-def test_default_falls_back_to_the_median_without_a_clear_gap(rng):
+def test_default_in_one_blob_is_the_median_in_the_valley_frame(rng):
+    # One Gaussian blob: one spectral cluster, so no cluster structure to score distances in
+    # or to count: the default takes the valley frame and, without a clear gap, the median.
     y = rng.normal(size=(200, 8))
     pairs = np.array([(i, j) for i in range(40) for j in range(i + 1, 40)])
     s = find_singular_set(y, _adjacency(pairs))
-    assert s.rule == QuantileThreshold(q=0.5) and s.gap_ratio < 2
-    assert "no clear gap" in s.reason
+    assert s.frame == "valley" and s.clusters == 1 and s.gap_ratio < 2
+    assert s.rule == QuantileThreshold(q=0.5)
+    assert "no clear gap" in s.reason and "1 spectral cluster, so the median" in s.reason
     assert s.threshold == pytest.approx(np.median(s.angles))
-    explicit = find_singular_set(y, _adjacency(pairs), GapThreshold())
+    explicit = find_singular_set(y, _adjacency(pairs), GapThreshold(), frame="valley")
     assert explicit.rule == GapThreshold() and explicit.n_singular < s.n_singular
+    # Asked for explicitly, the diffusion frame has nothing to measure: nothing is singular.
+    d = find_singular_set(y, _adjacency(pairs), frame="diffusion")
+    assert d.n_singular == 0 and d.embedding.shape == (200, 0)
 
 
 def test_gap_rule_with_too_few_pairs_marks_nothing():

@@ -189,6 +189,7 @@ def singularities(
         threshold=s.threshold,
         rule=s.rule,
         frame=s.frame,
+        clusters=s.clusters,
         gap_ratio=s.gap_ratio,
         reason=s.reason,
         n_pairs=s.n_pairs,

@@ -20,6 +20,11 @@ function fmt(x, digits = 4) {
   return x === null || x === undefined ? "–" : Number(x).toFixed(digits);
 }
 
+// Scores span many scales (radians, diffusion distances near 1e-7): significant digits.
+function sig(x, digits = 3) {
+  return x === null || x === undefined ? "–" : Number(x).toPrecision(digits);
+}
+
 function seconds(s) {
   if (s === null || s === undefined) return "–";
   return s < 90 ? `${Math.round(s)} s` : `${Math.round(s / 60)} min`;
@@ -217,7 +222,7 @@ function markCrossings(strip, img, data) {
     const x = STRIP_PAD + (c.gap + 1) * (tile + STRIP_PAD) - STRIP_PAD;
     const mark = document.createElement("div");
     mark.className = "crossing";
-    mark.title = `t=${fmt(c.t, 3)}: cells ${c.from_cell}→${c.to_cell}, angle ${fmt(c.angle, 3)} rad`;
+    mark.title = `t=${fmt(c.t, 3)}: cells ${c.from_cell}→${c.to_cell}, score ${sig(c.angle)}`;
     mark.style.left = `${(x / width) * 100}%`;
     mark.style.width = `${(STRIP_PAD / width) * 100}%`;
     strip.appendChild(mark);
@@ -256,7 +261,7 @@ async function showInterpolation() {
   markCrossings(strip, img, data);
   $("crossing-list").textContent = data.crossings.length
     ? `${data.crossings.length} singular crossing(s), red bars: ` +
-      data.crossings.map((c) => `t=${fmt(c.t, 3)} (${fmt(c.angle, 3)} rad)`).join(", ")
+      data.crossings.map((c) => `t=${fmt(c.t, 3)} (score ${sig(c.angle)})`).join(", ")
     : "no singular crossing on this segment";
 }
 
@@ -267,7 +272,7 @@ function pairFigure(p) {
   img.alt = `cells ${p.i} and ${p.j}`;
   img.src = "data:image/png;base64," + p.pair_png;
   const cap = document.createElement("figcaption");
-  cap.textContent = `${p.i} | ${p.j} · ${fmt(p.angle, 3)} rad`;
+  cap.textContent = `${p.i} | ${p.j} · ${sig(p.angle)}`;
   fig.append(img, cap);
   return fig;
 }
@@ -284,14 +289,16 @@ async function showSingularities() {
     return;
   }
   const q = s.angle_quantiles;
+  const unit = s.frame === "raw" || s.frame === "standard" ? " rad" : "";
+  const clusters = s.clusters > 0 ? `, ${s.clusters} spectral clusters` : "";
   const p = document.createElement("p");
   p.innerHTML =
-    `threshold <b id="threshold"></b> rad (rule ${s.rule}, ${s.frame} frame); ` +
+    `threshold <b id="threshold"></b>${unit} (rule ${s.rule}, ${s.frame} frame${clusters}); ` +
     `<b id="n-singular"></b> of ${s.n_pairs} adjacent pairs singular ` +
-    `(${fmt(100 * s.singular_fraction, 1)} %). Angles: median ${fmt(q.median)}, ` +
-    `p90 ${fmt(q.p90)}, max ${fmt(q.max)} rad. The most singular pairs, decoded:`;
+    `(${fmt(100 * s.singular_fraction, 1)} %). Scores: median ${sig(q.median)}, ` +
+    `p90 ${sig(q.p90)}, max ${sig(q.max)}${unit}. The most singular pairs, decoded:`;
   $("singular-stats").replaceChildren(p);
-  $("threshold").textContent = fmt(s.threshold);
+  $("threshold").textContent = sig(s.threshold);
   $("n-singular").textContent = s.n_singular;
   $("singular-pairs").replaceChildren(...s.pairs.map(pairFigure));
   const picture = $("singular-picture");

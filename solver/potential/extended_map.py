@@ -428,16 +428,18 @@ def build_extended_map(
         heights: fitted h, shape ``(N,)``, in the targets' coordinates.
         n_samples: Monte Carlo samples (d = 1 or d > 3); about 100 per cell gives centres to a
             few per cent of a cell's width and finds facets down to ~1 % of a typical facet.
-        seed: Monte Carlo stream seed.
+        seed: Monte Carlo stream seed (and the spectral clustering's).
         rule: how the singular threshold is chosen (default: the gap rule when it finds a
-            clear gap, the median otherwise; see :mod:`solver.potential.threshold`).
+            clear gap, the spectral clusters' share otherwise; see
+            :mod:`solver.potential.threshold`).
         k: cells per query; ``None`` for :func:`default_k`.
         backend: cell index backend.
         batch_size: Monte Carlo batch size.
         source: the source measure; uniform on the centred cube (Sobol) when ``None``.
         power: Shepard power of the blending weights; ``None`` for :func:`default_power`.
-        frame: frame of the dihedral angles; ``None``: the valley frame for data-driven
-            rules, the standard frame for a fixed threshold (see
+        frame: frame of the pair scores; ``None``: for data-driven rules the diffusion
+            frame (the valley frame for targets without cluster structure), the standard
+            frame for a fixed threshold (see
             :func:`solver.potential.singular.find_singular_set`).
         index: a cell index over exactly these targets and heights, reused by the pass and
             by the map (``backend`` is then ignored); one is built when ``None``.
@@ -469,7 +471,7 @@ def build_extended_map(
         )
         adjacency = adjacency_from_estimate(est, y)
         centres, counts = est.mass_centres(MIN_CENTRE_COUNT)[0], est.counts
-    singular_set = find_singular_set(y, adjacency, rule, frame=frame)
+    singular_set = find_singular_set(y, adjacency, rule, frame=frame, seed=seed)
     return ExtendedMap(
         targets=y,
         heights=heights,

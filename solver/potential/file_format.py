@@ -19,7 +19,13 @@ key                 shape         meaning
 ``centre_counts``   ``(N,)``      Monte Carlo samples per cell, int64
 ``radii``           ``(N,)``      valley frame only (else ``(0,)``): each target's k-th
                                   neighbour distance; optional, recomputed when absent
+``embedding``       ``(N, m)``    diffusion frame only (else absent or ``(0, 0)``): each
+                                  target's diffusion coordinates, float32; optional,
+                                  recomputed when absent
 ==================  ============  =======================================================
+
+``meta`` may also hold ``clusters``, the number of spectral clusters the rule used (0 or
+absent: none).
 
 Version 1 (``aeot-potential/1``, written by the service before the solver owned the format)
 prefixed the map's arrays with ``map_`` and stored the heights twice; it is still read.
@@ -42,7 +48,7 @@ import numpy as np
 from solver.estimation.host import AccuracyReport
 from solver.measures import SourceMeasure
 from solver.potential.extended_map import ExtendedMap
-from solver.potential.singular import Adjacency, SingularSet
+from solver.potential.singular import FRAMES, Adjacency, SingularSet
 from solver.potential.threshold import (
     FixedThreshold,
     GapThreshold,
@@ -90,6 +96,7 @@ def to_bytes(ext: ExtendedMap, inverse: np.ndarray, accuracy: AccuracyReport | N
         "power": ext.power,
         "source": {"dim": src.dim, "domain": src.domain, "sampler": src.sampler},
         "accuracy": None if accuracy is None else asdict(accuracy),
+        "clusters": s.clusters,
     }
     buf = io.BytesIO()
     np.savez(
@@ -105,6 +112,7 @@ def to_bytes(ext: ExtendedMap, inverse: np.ndarray, accuracy: AccuracyReport | N
         mass_centres=ext.mass_centres,
         centre_counts=ext.centre_counts,
         radii=s.radii,
+        embedding=np.asarray(s.embedding, np.float32),
         meta=np.array(json.dumps(meta)),
     )
     return buf.getvalue()
@@ -169,6 +177,8 @@ def _decode(
     if missing:
         raise PotentialFormatError(f"missing entries {missing}")
     a = _checked_arrays(arrays)
+    if meta["frame"] not in FRAMES:
+        raise PotentialFormatError(f"frame must be one of {list(FRAMES)}, got {meta['frame']!r}")
     pairs = a["pairs"]
     adjacency = Adjacency(
         pairs=pairs,
@@ -186,6 +196,8 @@ def _decode(
         gap_ratio=float(meta["gap_ratio"]),
         reason=str(meta["reason"]),
         radii=_radii(arrays, a["targets"].shape[0], meta["frame"]),
+        embedding=_embedding(arrays, a["targets"].shape[0], meta["frame"]),
+        clusters=int(meta.get("clusters") or 0),
     )
     src = meta["source"]
     ext = ExtendedMap(
@@ -215,6 +227,22 @@ def _radii(arrays: dict[str, np.ndarray], n: int, frame: str) -> np.ndarray:
     if radii.shape != (n,) or not np.isfinite(radii).all():
         raise PotentialFormatError(f"radii must be {n} finite distances, got shape {radii.shape}")
     return radii
+
+
+def _embedding(arrays: dict[str, np.ndarray], n: int, frame: str) -> np.ndarray:
+    """The diffusion frame's coordinates, shape ``(N, m)``, float64.
+
+    ``(0, 0)`` for the other frames, or when absent (the set then recomputes them when
+    scoring).
+    """
+    coords = np.asarray(arrays.get("embedding", np.zeros((0, 0))), np.float64)
+    if frame != "diffusion" or coords.size == 0 and coords.shape[0] != n:
+        return np.zeros((0, 0))
+    if coords.ndim != 2 or coords.shape[0] != n or not np.isfinite(coords).all():
+        raise PotentialFormatError(
+            f"embedding must be {n} rows of finite coordinates, got shape {coords.shape}"
+        )
+    return coords
 
 
 def _checked_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

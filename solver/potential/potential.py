@@ -23,7 +23,7 @@ from solver.fitting.checkpoint import atomic_write_bytes
 from solver.measures import SourceMeasure
 from solver.potential import file_format
 from solver.potential.extended_map import ExtendedMap, build_extended_map
-from solver.potential.singular import AngleFrame, SingularSet
+from solver.potential.singular import FRAMES, AngleFrame, SingularSet
 from solver.potential.threshold import DEFAULT_RULE, ThresholdRule, rule_from_dict, rule_to_dict
 from solver.problem import OTProblem
 from solver.seeding import derive_seed
@@ -45,9 +45,10 @@ class PotentialConfig:
         check_samples_per_cell: samples per cell of the independent accuracy check (64 per
             cell: an L1 noise floor of about sqrt(2 / (64 pi)) = 0.1 for uniform weights).
         rule: how the singular threshold is chosen.
-        frame: how the dihedral angles are measured (``"standard"``, ``"raw"`` or
-            ``"valley"``); ``None``: the valley frame for data-driven rules, the standard
-            frame for a fixed threshold.
+        frame: how the pair scores are measured (``"standard"``, ``"raw"``, ``"valley"`` or
+            ``"diffusion"``); ``None``: for data-driven rules the diffusion frame (the
+            valley frame for targets without cluster structure), the standard frame for a
+            fixed threshold.
         k: cells per query of T~; ``None``: ``min(d + 1, N)``.
         power: Shepard power of T~'s blending weights; ``None``: ``max(1, d - 1)``.
 
@@ -64,10 +65,8 @@ class PotentialConfig:
         for name in ("samples_per_cell", "check_samples_per_cell"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.frame not in (None, "standard", "raw", "valley"):
-            raise ValueError(
-                f"frame must be 'standard', 'raw', 'valley' or None, got {self.frame!r}"
-            )
+        if self.frame is not None and self.frame not in FRAMES:
+            raise ValueError(f"frame must be one of {list(FRAMES)} or None, got {self.frame!r}")
         if self.k is not None and self.k < 1:
             raise ValueError(f"k must be >= 1 or None, got {self.k}")
         if self.power is not None and not (self.power > 0 and math.isfinite(self.power)):

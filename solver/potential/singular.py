@@ -16,7 +16,10 @@ the data has a gap between them. The ``"valley"`` frame (the default of the data
 multiplies the standard angle by the pair's valley ratio, how empty the target cloud is at the
 pair's midpoint relative to its two ends (:func:`valley_ratios`). Measured with the training
 labels as the judge (``bench/singular_quality.py``, ``docs/singular.md``), it ranks
-different-label pairs above same-label ones better than the angle alone.
+different-label pairs above same-label ones better than the angle alone. The ``"diffusion"``
+frame (the default of the data-driven rules) goes further: a pair's score is the distance
+of its two targets in diffusion coordinates (:mod:`solver.potential.diffusion`), small when
+the data connects them through dense regions and large across an empty one.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ import numpy as np
 
 from solver.cells.index import CellIndex
 from solver.estimation.host import MeasureEstimate
+from solver.potential.diffusion import DiffusionEmbedding, diffusion_distances, diffusion_embedding
 from solver.potential.threshold import (
     DEFAULT_RULE,
+    FALLBACK_QUANTILE,
+    ClusterShare,
     FixedThreshold,
     GapThreshold,
     QuantileThreshold,
@@ -38,9 +44,11 @@ from solver.potential.threshold import (
 )
 
 # How pair angles are measured: "raw" latents (the paper), the "standard" frame (centred,
-# cube-scaled) or "valley": the standard angle times the pair's valley ratio (see
-# :func:`valley_ratios`).
-AngleFrame = Literal["raw", "standard", "valley"]
+# cube-scaled), "valley": the standard angle times the pair's valley ratio (see
+# :func:`valley_ratios`), or "diffusion": the pair's diffusion distance (not an angle; see
+# :mod:`solver.potential.diffusion`).
+AngleFrame = Literal["raw", "standard", "valley", "diffusion"]
+FRAMES: tuple[AngleFrame, ...] = ("raw", "standard", "valley", "diffusion")
 
 # The paper's fixed threshold for MNIST, Fashion-MNIST and CelebA latents (radians, raw frame).
 PAPER_THRESHOLD = 0.75
@@ -165,23 +173,33 @@ def frame_angles(
     frame: AngleFrame,
     *,
     radii: np.ndarray | None = None,
+    embedding: np.ndarray | None = None,
 ) -> np.ndarray:
     """Angle scores of ``pairs`` in the given frame (see :data:`AngleFrame`).
 
     Args:
         targets: y, shape ``(N, d)``, in the caller's coordinates.
         pairs: index pairs, shape ``(P, 2)``.
-        frame: ``"raw"``, ``"standard"`` or ``"valley"``.
+        frame: ``"raw"``, ``"standard"``, ``"valley"`` or ``"diffusion"``.
         radii: for the valley frame, :func:`neighbour_radii` of the standardised targets
             (computed when ``None``); ignored by the other frames.
+        embedding: for the diffusion frame, the targets' diffusion coordinates, shape
+            ``(N, m)`` (computed when ``None``); ignored by the other frames.
 
     Returns:
         Shape ``(P,)``, float64: radians for ``"raw"`` and ``"standard"``; for ``"valley"``
-        the standard angle times the pair's :func:`valley_ratios` (radians, rescaled).
+        the standard angle times the pair's :func:`valley_ratios` (radians, rescaled); for
+        ``"diffusion"`` the diffusion distance (unitless).
 
     """
-    if frame not in ("raw", "standard", "valley"):
-        raise ValueError(f"frame must be 'raw', 'standard' or 'valley', got {frame!r}")
+    if frame not in FRAMES:
+        raise ValueError(f"frame must be one of {list(FRAMES)}, got {frame!r}")
+    if frame == "diffusion":
+        y = standardise_targets(targets)
+        coords = diffusion_embedding(y).coords if embedding is None else embedding
+        if coords.shape[0] != y.shape[0]:
+            raise ValueError(f"embedding must have {y.shape[0]} rows, got {coords.shape}")
+        return diffusion_distances(coords, _check_pairs(pairs, y.shape[0]))
     if frame == "raw":
         return dihedral_angles(targets, pairs)
     y = standardise_targets(targets)
@@ -294,7 +312,7 @@ class SingularSet:
         rule: the rule that chose the threshold, with its parameters (a gap rule's fallback
             quantile when the gap was unclear); ``rule.name`` is ``"fixed"``, ``"quantile"``
             or ``"gap"``.
-        frame: ``"raw"`` or ``"standard"`` coordinates of the angles.
+        frame: how the scores are measured (:data:`AngleFrame`).
         gap_ratio: the ratio of the angles on either side of the largest gap (how clearly
             the singular pairs stand apart), measured for the gap rule and the default choice;
             ``nan`` otherwise.
@@ -303,6 +321,10 @@ class SingularSet:
         radii: for the valley frame, each target's :func:`neighbour_radii` in the standard
             frame, shape ``(N,)``, so that pairs the pass never saw (crossings) are scored
             alike; empty for the other frames.
+        embedding: for the diffusion frame, each target's diffusion coordinates, shape
+            ``(N, m)``, for the same reason; ``(0, 0)`` for the other frames.
+        clusters: the number of spectral clusters the eigengap chose (when the diffusion
+            frame or the cluster share was used), else 0.
 
     """
 
@@ -315,6 +337,8 @@ class SingularSet:
     gap_ratio: float = math.nan
     reason: str = ""
     radii: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    embedding: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    clusters: int = 0
     _codes: np.ndarray = field(init=False, repr=False, compare=False)
     _order: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -335,8 +359,9 @@ class SingularSet:
 
         Comparable with ``threshold``; the pairs need not be among the observed ones.
         """
-        radii = self.radii if self.frame == "valley" else None
-        return frame_angles(targets, pairs, self.frame, radii=radii)
+        radii = self.radii if self.frame == "valley" and self.radii.size else None
+        embedding = self.embedding if self.frame == "diffusion" and len(self.embedding) else None
+        return frame_angles(targets, pairs, self.frame, radii=radii, embedding=embedding)
 
     @property
     def singular_pairs(self) -> np.ndarray:
@@ -409,24 +434,32 @@ def find_singular_set(
     rule: ThresholdRule = DEFAULT_RULE,
     *,
     frame: AngleFrame | None = None,
+    seed: int = 0,
 ) -> SingularSet:
-    """Classify the observed adjacent pairs by dihedral angle.
+    """Classify the observed adjacent pairs by their score in ``frame``.
 
-    A pair is singular when its angle is strictly above the threshold ``rule`` chooses (see
+    A pair is singular when its score is strictly above the threshold ``rule`` chooses (see
     :mod:`solver.potential.threshold`):
 
     - :class:`FixedThreshold`: its angle (the paper: 0.75 rad for MNIST in its raw latents).
-    - :class:`QuantileThreshold`: the ``q`` quantile of the observed angles (numpy's linear
+    - :class:`QuantileThreshold`: the ``q`` quantile of the observed scores (numpy's linear
       interpolation), so about ``1 - q`` of the pairs are singular.
-    - :class:`GapThreshold`: sort the angles a_1 <= ... <= a_P and take the largest ratio
-      a_{k+1} / a_k (the largest gap of log-angles) over splits keeping k >= ceil(min_regular
+    - :class:`GapThreshold`: sort the scores a_1 <= ... <= a_P and take the largest ratio
+      a_{k+1} / a_k (the largest gap of log-scores) over splits keeping k >= ceil(min_regular
       * P) pairs regular; the threshold is the geometric midpoint sqrt(a_k a_{k+1}). Log-gaps
       make the rule scale-free, so it finds the jump between within-mode and between-mode
-      pairs rather than the spacing of the few largest angles. With a ``fallback``, a gap
-      ratio below ``min_ratio`` means no clear gap, and the fallback quantile is used.
-      The default (:data:`DEFAULT_RULE`) falls back to the median: on the 25-Gaussian grid the
-      gap rule separates every between-mode facet (gap ratio 7.4) where the 0.9 quantile
-      leaves a third of them regular.
+      pairs rather than the spacing of the few largest scores. With a ``fallback``, a gap
+      ratio below ``min_ratio`` means no clear gap, and the fallback is used.
+    - :class:`ClusterShare`: the ``1 - s`` quantile, s the share of observed pairs whose ends
+      lie in different spectral clusters (:func:`solver.potential.diffusion.
+      diffusion_embedding`); with one cluster there is nothing to count, and the median is
+      used.
+
+    The default (:data:`DEFAULT_RULE`, diffusion frame) is the gap rule falling back to the
+    cluster share: on the 25-Gaussian grid the gap is clear and exact; real latents have no
+    clear gap, and there the spectral clusters say how many pairs to flag. Latents without
+    cluster structure (one spectral cluster) are scored in the valley frame instead, with
+    the median: the previous default.
 
     Data-driven rules with fewer than 2 pairs choose ``threshold = inf`` (nothing singular).
     ``reason`` says in words which rule chose the threshold and why.
@@ -435,20 +468,38 @@ def find_singular_set(
         targets: y, shape ``(N, d)``, in the caller's coordinates.
         adjacency: the observed adjacent pairs.
         rule: how to choose the threshold.
-        frame: ``"raw"``, ``"standard"`` (centred, cube-scaled targets) or ``"valley"``
-            (standard angle times valley ratio); ``None``: ``"standard"`` for a fixed
-            threshold (it is in radians), ``"valley"`` for the data-driven rules.
+        frame: ``"raw"``, ``"standard"`` (centred, cube-scaled targets), ``"valley"``
+            (standard angle times valley ratio) or ``"diffusion"`` (diffusion distance);
+            ``None``: ``"standard"`` for a fixed threshold (it is in radians); for the
+            data-driven rules ``"diffusion"`` when the targets form at least two spectral
+            clusters, else ``"valley"`` (no cluster structure to measure distances in).
+        seed: drives the spectral clustering (diffusion frame, cluster share).
 
     Raises:
         ValueError: bad rule, frame or pair indices.
 
     """
-    if not isinstance(rule, FixedThreshold | QuantileThreshold | GapThreshold):
+    if not isinstance(rule, FixedThreshold | QuantileThreshold | GapThreshold | ClusterShare):
         raise ValueError(f"rule must be a ThresholdRule, got {rule!r}")
+    if frame is not None and frame not in FRAMES:
+        raise ValueError(f"frame must be one of {list(FRAMES)}, got {frame!r}")
+    standard = standardise_targets(targets)
+    spectral: DiffusionEmbedding | None = None
+    if frame == "diffusion" or (frame is None and not isinstance(rule, FixedThreshold)):
+        spectral = diffusion_embedding(standard, seed=seed)
+    if _uses_clusters(rule) and spectral is None:
+        spectral = diffusion_embedding(standard, seed=seed)
     if frame is None:
-        frame = "standard" if isinstance(rule, FixedThreshold) else "valley"
-    radii = neighbour_radii(standardise_targets(targets)) if frame == "valley" else np.zeros(0)
-    angles = frame_angles(targets, adjacency.pairs, frame, radii=radii)
+        frame = _default_frame(rule, spectral)
+    radii = neighbour_radii(standard) if frame == "valley" else np.zeros(0)
+    embedding = spectral.coords if frame == "diffusion" and spectral else np.zeros((0, 0))
+    angles = frame_angles(
+        targets,
+        adjacency.pairs,
+        frame,
+        radii=radii,
+        embedding=embedding if len(embedding) else None,
+    )
     prefix = "default: " if rule == DEFAULT_RULE else ""
     applied: ThresholdRule = rule
     gap_ratio = math.nan
@@ -460,13 +511,26 @@ def find_singular_set(
             if not gap_ratio >= rule.min_ratio:
                 applied = rule.fallback
                 reason = (
-                    f"{prefix}no clear gap in the angles (ratio {gap_ratio:.3g} < "
-                    f"{rule.min_ratio}), so the {rule.fallback.q} quantile"
+                    f"{prefix}no clear gap in the scores (ratio {gap_ratio:.3g} < "
+                    f"{rule.min_ratio}), so {_describe(rule.fallback)}"
                 )
     if isinstance(applied, FixedThreshold):
         value = float(applied.radians)
     elif isinstance(applied, QuantileThreshold):
         value = float(np.quantile(angles, applied.q)) if angles.size >= 2 else math.inf
+    elif isinstance(applied, ClusterShare):
+        assert spectral is not None  # computed above for every rule that may apply it
+        if spectral.n_clusters > 1:
+            value, share = cluster_share_threshold(angles, adjacency.pairs, spectral.clusters)
+            detail = (
+                f"{spectral.n_clusters} spectral clusters (eigengap {spectral.gap:.3g}) join "
+                f"{100 * share:.1f} % of the pairs"
+            )
+        else:  # no cluster structure to count: the median, as the rule's own fallback
+            applied = QuantileThreshold(q=FALLBACK_QUANTILE)
+            value = float(np.quantile(angles, applied.q)) if angles.size >= 2 else math.inf
+            detail = "1 spectral cluster, so the median"
+        reason = f"{reason}: {detail}" if rule != ClusterShare() else f"{reason}; {detail}"
     return SingularSet(
         pairs=adjacency.pairs,
         angles=angles,
@@ -477,7 +541,52 @@ def find_singular_set(
         gap_ratio=gap_ratio,
         reason=reason,
         radii=radii,
+        embedding=embedding,
+        clusters=spectral.n_clusters if spectral else 0,
     )
+
+
+def cluster_share_threshold(
+    scores: np.ndarray, pairs: np.ndarray, clusters: np.ndarray
+) -> tuple[float, float]:
+    """The threshold flagging the share of pairs that join two clusters, and that share.
+
+    Returns:
+        ``(threshold, share)``: the ``1 - share`` quantile of ``scores`` (``inf`` when no pair
+        joins two clusters or there are fewer than 2 pairs: nothing singular).
+
+    """
+    p = _check_pairs(pairs, clusters.shape[0])
+    if p.shape[0] < 2:
+        return math.inf, 0.0
+    share = float(np.mean(clusters[p[:, 0]] != clusters[p[:, 1]]))
+    if share <= 0.0:
+        return math.inf, share
+    flagged = max(1, round(share * p.shape[0]))
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    top = ordered[-flagged]  # the smallest flagged score; the threshold lies just below it
+    if flagged == ordered.size:
+        return float(np.nextafter(top, -math.inf)), share
+    return float(0.5 * (ordered[-flagged - 1] + top)), share
+
+
+def _default_frame(rule: ThresholdRule, spectral: DiffusionEmbedding | None) -> AngleFrame:
+    """Standard for a fixed angle; diffusion when the targets form clusters, else valley."""
+    if isinstance(rule, FixedThreshold):
+        return "standard"
+    return "diffusion" if spectral is not None and spectral.n_clusters > 1 else "valley"
+
+
+def _uses_clusters(rule: ThresholdRule) -> bool:
+    return isinstance(rule, ClusterShare) or (
+        isinstance(rule, GapThreshold) and isinstance(rule.fallback, ClusterShare)
+    )
+
+
+def _describe(rule: ThresholdRule) -> str:
+    if isinstance(rule, QuantileThreshold):
+        return f"the {rule.q} quantile"
+    return "the share of pairs joining different spectral clusters"
 
 
 def gap_threshold(angles: np.ndarray, min_regular: float) -> tuple[float, float]:

@@ -1,18 +1,21 @@
 """How the singular set's dihedral-angle threshold is chosen: one typed value, resolved once.
 
-A rule is one of three frozen dataclasses (the :data:`ThresholdRule` union):
+A rule is one of four frozen dataclasses (the :data:`ThresholdRule` union):
 
 - :class:`FixedThreshold`: a given angle in radians (the paper: 0.75 rad for MNIST latents).
 - :class:`QuantileThreshold`: the ``q`` quantile of the observed adjacent-pair angles.
 - :class:`GapThreshold`: the geometric midpoint of the largest log-gap of the sorted angles,
   over splits that keep at least ``min_regular`` of the pairs regular; when the gap's ratio is
-  below ``min_ratio`` and a ``fallback`` quantile is given, that quantile is used instead.
+  below ``min_ratio`` and a ``fallback`` is given, the fallback is used instead.
+- :class:`ClusterShare`: flag as many pairs as join two different spectral clusters of the
+  targets (:mod:`solver.potential.diffusion`): the data says how many facets are singular, the
+  scores say which.
 
-:data:`DEFAULT_RULE` is the gap rule with a median fallback. A rule travels as a plain dict
-(:func:`rule_to_dict` / :func:`rule_from_dict`, for JSON job configs and potential files) and
-is written by people as a short text (:func:`parse_rule`: ``"auto"``, ``"gap"``, ``"gap:0.6"``,
-``"quantile:0.8"``, ``"fixed:0.75"``). A new kind of rule is a new dataclass here plus its
-branch in :func:`solver.potential.singular.find_singular_set`.
+:data:`DEFAULT_RULE` is the gap rule falling back to the cluster share. A rule travels as a
+plain dict (:func:`rule_to_dict` / :func:`rule_from_dict`, for JSON job configs and potential
+files) and is written by people as a short text (:func:`parse_rule`: ``"auto"``, ``"gap"``,
+``"gap:0.6"``, ``"quantile:0.8"``, ``"fixed:0.75"``, ``"clusters"``). A new kind of rule is a
+new dataclass here plus its branch in :func:`solver.potential.singular.find_singular_set`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
-RuleName = Literal["fixed", "quantile", "gap"]
+RuleName = Literal["fixed", "quantile", "gap", "clusters"]
 
 # Default quantile rule: the largest 10 % of observed adjacent-pair angles are singular.
 DEFAULT_QUANTILE = 0.9
@@ -34,9 +37,10 @@ DEFAULT_MIN_REGULAR = 0.5
 # MNIST AE latents in d = 32, 1.13 on digits latents in d = 8; in the valley frame, the default:
 # 57.6 on the grid, 1.07 on digits) and the fallback quantile is used.
 MIN_GAP_RATIO = 2.0
-# The quantile of that fallback. Measured on digits latents (d = 8): the share of the extended
-# map's blend weight landing on targets of another digit was 17 % with the gap rule (1 pair of
-# ~30,000 singular), 16 % with the 0.9 quantile, 4.6 % with the median.
+# The quantile of the median rule, the fallback before the cluster share (kept for
+# ``quantile:0.5``). Measured on digits latents (d = 8): the share of the extended map's blend
+# weight landing on targets of another digit was 17 % with the gap rule (1 pair of ~30,000
+# singular), 16 % with the 0.9 quantile, 4.6 % with the median.
 FALLBACK_QUANTILE = 0.5
 
 
@@ -75,41 +79,66 @@ class QuantileThreshold:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClusterShare:
+    """Flag the share of pairs that join two different spectral clusters of the targets.
+
+    The number of clusters is the eigengap's (:func:`solver.potential.diffusion.
+    diffusion_embedding`); with s the share of observed pairs whose ends lie in different
+    clusters, the threshold is the ``1 - s`` quantile of the pair scores, so the highest
+    scores are flagged in that number. With one cluster there is nothing to count, and the
+    median is used.
+    """
+
+    name: ClassVar[RuleName] = "clusters"
+
+
+@dataclass(frozen=True, kw_only=True)
 class GapThreshold:
-    """The largest gap of the log-angles, optionally falling back to a quantile.
+    """The largest gap of the log-angles, optionally falling back to another rule.
 
     Attributes:
         min_regular: share of pairs, in ``[0, 1)``, that must stay at or below the threshold.
         min_ratio: with a ``fallback``, the gap ratio below which the gap counts as unclear.
-        fallback: the quantile rule used when the gap ratio is below ``min_ratio``; ``None``
-            keeps the gap whatever its ratio.
+        fallback: the rule used when the gap ratio is below ``min_ratio`` (a quantile or the
+            cluster share); ``None`` keeps the gap whatever its ratio.
 
     """
 
     name: ClassVar[RuleName] = "gap"
     min_regular: float = DEFAULT_MIN_REGULAR
     min_ratio: float = MIN_GAP_RATIO
-    fallback: QuantileThreshold | None = None
+    fallback: QuantileThreshold | ClusterShare | None = None
 
     def __post_init__(self) -> None:
+        if self.fallback is not None and not isinstance(
+            self.fallback, QuantileThreshold | ClusterShare
+        ):
+            raise ValueError(f"fallback must be a quantile or cluster rule, got {self.fallback!r}")
         if not 0.0 <= float(self.min_regular) < 1.0:
             raise ValueError(f"min_regular must be in [0, 1), got {self.min_regular!r}")
         if not (math.isfinite(self.min_ratio) and self.min_ratio >= 1.0):
             raise ValueError(f"min_ratio must be a finite ratio >= 1, got {self.min_ratio!r}")
 
 
-ThresholdRule = FixedThreshold | QuantileThreshold | GapThreshold
-DEFAULT_RULE: ThresholdRule = GapThreshold(fallback=QuantileThreshold(q=FALLBACK_QUANTILE))
-_KINDS: dict[str, type[FixedThreshold] | type[QuantileThreshold] | type[GapThreshold]] = {
+ThresholdRule = FixedThreshold | QuantileThreshold | GapThreshold | ClusterShare
+DEFAULT_RULE: ThresholdRule = GapThreshold(fallback=ClusterShare())
+_KINDS: dict[str, type[ThresholdRule]] = {
     "fixed": FixedThreshold,
     "quantile": QuantileThreshold,
     "gap": GapThreshold,
+    "clusters": ClusterShare,
 }
 
 
 def rule_to_dict(rule: ThresholdRule) -> dict[str, Any]:
-    """Plain JSON-ready form of a rule: its fields plus ``"rule"`` (its name)."""
-    return {"rule": rule.name, **asdict(rule)}
+    """Plain JSON-ready form of a rule: its fields plus ``"rule"`` (its name), also nested.
+
+    A gap rule's fallback is written the same way, so the two fallbacks stay distinct.
+    """
+    data = {"rule": rule.name, **asdict(rule)}
+    if isinstance(rule, GapThreshold) and rule.fallback is not None:
+        data["fallback"] = rule_to_dict(rule.fallback)
+    return data
 
 
 def rule_from_dict(data: dict[str, Any]) -> ThresholdRule:
@@ -124,25 +153,33 @@ def rule_from_dict(data: dict[str, Any]) -> ThresholdRule:
     kind = _KINDS.get(str(name))
     if kind is None:
         raise ValueError(f"rule must be one of {sorted(_KINDS)}, got {name!r}")
-    if kind is GapThreshold and fields.get("fallback") is not None:
-        fields["fallback"] = QuantileThreshold(**fields["fallback"])
     try:
+        if kind is GapThreshold and fields.get("fallback") is not None:
+            fields["fallback"] = rule_from_dict(_legacy_fallback(fields["fallback"]))
         return kind(**fields)
     except TypeError as exc:
         raise ValueError(f"bad fields for rule {name!r}: {sorted(fields)}") from exc
 
 
-def parse_rule(text: str) -> ThresholdRule:
-    """Read a rule written as ``auto``, ``gap[:min_regular]``, ``quantile[:q]``, ``fixed:radians``.
+def _legacy_fallback(data: Any) -> dict[str, Any]:
+    """A gap rule's saved fallback; files written before the cluster share saved ``{"q": q}``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a gap rule's fallback must be a rule, got {data!r}")
+    return data if "rule" in data else {"rule": "quantile", **data}
 
-    ``auto`` is :data:`DEFAULT_RULE`; ``gap`` alone has no fallback.
+
+def parse_rule(text: str) -> ThresholdRule:
+    """Read a rule written as ``auto``, ``gap[:min_regular]``, ``quantile[:q]``, ``fixed:r``, ...
+
+    The forms are ``auto``, ``gap[:min_regular]``, ``quantile[:q]``, ``fixed:radians`` and
+    ``clusters``. ``auto`` is :data:`DEFAULT_RULE`; ``gap`` alone has no fallback.
 
     Raises:
         ValueError: naming the text and the accepted forms.
 
     """
     name, _, value = text.strip().lower().partition(":")
-    forms = "auto, gap[:min_regular], quantile[:q] or fixed:radians"
+    forms = "auto, gap[:min_regular], quantile[:q], fixed:radians or clusters"
     try:
         number = float(value) if value else None
     except ValueError:
@@ -155,4 +192,6 @@ def parse_rule(text: str) -> ThresholdRule:
         return QuantileThreshold() if number is None else QuantileThreshold(q=number)
     if name == "gap":
         return GapThreshold() if number is None else GapThreshold(min_regular=number)
+    if name == "clusters" and number is None:
+        return ClusterShare()
     raise ValueError(f"singular rule must be {forms}; got {text!r}")
