@@ -82,12 +82,13 @@ from solver import (  # noqa: E402
 
 NAME = "singular_quality"
 Labeler = Callable[[np.ndarray], np.ndarray]
-# Rules compared: (threshold rule, frame). The default is the gap rule falling back to the
-# spectral clusters' share, in the diffusion frame; before it, the gap rule fell back to the
-# median, in the valley frame (and before that in the standard frame).
+# Rules compared: (threshold rule, frame; None: the rule's default frame). The default is the
+# gap rule falling back to the spectral clusters' share, in the diffusion frame (the valley
+# frame and the median when the targets form one spectral cluster); before it, the gap rule
+# fell back to the median, in the valley frame (and before that in the standard frame).
 MEDIAN_FALLBACK = GapThreshold(fallback=QuantileThreshold(q=0.5))
-RULES: dict[str, tuple[ThresholdRule, AngleFrame]] = {
-    "default (diffusion frame)": (DEFAULT_RULE, "diffusion"),
+RULES: dict[str, tuple[ThresholdRule, AngleFrame | None]] = {
+    "default": (DEFAULT_RULE, None),
     "gap or median, diffusion frame": (MEDIAN_FALLBACK, "diffusion"),
     "previous default (gap or median, valley frame)": (MEDIAN_FALLBACK, "valley"),
     "gap or median, standard frame": (MEDIAN_FALLBACK, "standard"),
@@ -228,16 +229,21 @@ def image_case(args: argparse.Namespace, name: str, out: Path) -> Case:
     directory = Path(args.data_root) / name
     train = load_idx_dataset(directory, split="train", name=name)
     models = Path(args.models)
-    if (models / f"bundle-{name}").is_dir():
-        bundle = load_bundle(models / f"bundle-{name}")
+    source = models / f"bundle-{name}"
+    if source.is_dir():
+        bundle = load_bundle(source)
     else:  # a small model of our own: --ae-subset images, --ae-epochs joint epochs
+        source = out / f"bundle-{name}"
         arch = AutoencoderConfig(image_shape=train.image_shape, latent_dim=32)
         config = TrainConfig(
             max_joint_epochs=args.ae_epochs, decoder_epochs=2, seed=args.seed, progress=False
         )
         data = train.subset(args.ae_subset, args.seed)
-        bundle = train_and_save(data, arch, config, out / f"bundle-{name}")
+        bundle = load_bundle(source) if source.is_dir() else None
+        bundle = bundle or train_and_save(data, arch, config, source)
     clf_path = models / f"classifier-{name}.safetensors"
+    if not clf_path.is_file():  # trained by an earlier run into --out
+        clf_path = out / f"classifier-{name}.safetensors"
     if clf_path.is_file():
         clf = load_classifier(clf_path)
     else:
@@ -257,7 +263,7 @@ def image_case(args: argparse.Namespace, name: str, out: Path) -> Case:
         heights=heights,
         labeler=_classifier_labeler(bundle, clf),
         info={
-            "model": str(models / f"bundle-{name}"),
+            "model": str(source),
             "bundle_latents": len(z),
             "l2_after_freeze": bundle.metrics.l2_after_freeze,
             "classifier_accuracy": clf.test_accuracy,
@@ -306,7 +312,7 @@ def _cell_medians(n: int, pairs: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def with_rule(base: ExtendedMap, rule: ThresholdRule, frame: AngleFrame) -> ExtendedMap:
+def with_rule(base: ExtendedMap, rule: ThresholdRule, frame: AngleFrame | None) -> ExtendedMap:
     """The same pass (adjacency, mass centres) with the singular set of another rule."""
     return ExtendedMap(
         targets=base.targets,
@@ -429,12 +435,19 @@ def markdown(rows: list[dict]) -> str:
     ]
     for r in (r for r in rows if r["kind"] == "rule"):
         lines.append(
-            f"| {r['dataset']} | {r['rule']} | {r['threshold']:.3f} | {100 * r['flagged']:.1f} % "
+            f"| {r['dataset']} | {r['rule']}: {_chosen(r)} | {r['threshold']:.3g} "
+            f"| {100 * r['flagged']:.1f} % "
             f"| {r['precision']:.3f} | {r['recall']:.3f} | {100 * r['mixing']:.1f} % "
             f"| {100 * r['changes_at_crossings']:.0f} % of {r['label_changes']} "
             f"| {100 * r['crossings_without_change']:.0f} % of {r['crossings']} |"
         )
     return "\n".join(lines)
+
+
+def _chosen(row: dict) -> str:
+    """What a rule row applied: its frame, the rule chosen and the clusters found."""
+    clusters = f", {row['clusters']} clusters" if row.get("clusters") else ""
+    return f"{row['frame']} frame, {row['chosen']}{clusters}"
 
 
 def main(argv: list[str] | None = None) -> None:

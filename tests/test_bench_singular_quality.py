@@ -44,7 +44,7 @@ def test_judge_two_clusters_scores_every_rule(tmp_path: Path) -> None:
     assert head["auc"]["angle (valley frame)"] == 1.0
     assert head["auc"]["angle (standard frame)"] == 1.0
     assert head["auc"]["diffusion distance"] == 1.0
-    default = rules["default (diffusion frame)"]
+    default = rules["default"]
     assert default["chosen"] == "gap" and default["clusters"] == 2
     assert default["precision"] == 1.0 and default["recall"] == 1.0
     assert default["mixing"] == 0.0 and default["foreign_weight"] == 0.0
@@ -54,7 +54,7 @@ def test_judge_two_clusters_scores_every_rule(tmp_path: Path) -> None:
     table = markdown(rows)
     assert "| angle (valley frame) | 1.000 |" in table
     assert "| diffusion distance | 1.000 |" in table
-    assert "| clusters | default (diffusion frame) |" in table
+    assert "| clusters | default: diffusion frame, gap, 2 clusters |" in table
 
 
 def test_cell_medians() -> None:
