@@ -159,13 +159,18 @@ def refit(
     seed: int = typer.Option(None, help="fit seed"),
     max_iter: int = typer.Option(None, help="iterations at most"),
     time_budget: float = typer.Option(None, help="seconds at most"),
+    method: str = typer.Option(None, help="auto, exact (d = 2, 3), newton or adam"),
+    singular_rule: str = typer.Option(
+        None, help="auto, gap[:min_regular], quantile[:q], fixed:radians or clusters"
+    ),
     replace: bool = typer.Option(False, "--replace", help="cancel an active fit first"),
     url: str = URL,
     api_key: str = API_KEY,
 ) -> None:
     """Queue a refit of a model's OT map (the served potential stays until a better one)."""
-    options = {"target_l1": target_l1, "seed": seed, "max_iter": max_iter}
-    options.update(time_budget=time_budget, replace=replace)
+    options: dict[str, object] = {"target_l1": target_l1, "seed": seed, "max_iter": max_iter}
+    options.update(time_budget=time_budget, method=method, singular_rule=singular_rule)
+    options.update(replace=replace)
     with connect(url, api_key) as client:
         job = client.refit(name, **{k: v for k, v in options.items() if v is not None})
     typer.echo(f"job {job['id']}: refit of {name} queued (target L1 {job['target_l1']})")

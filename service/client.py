@@ -362,7 +362,10 @@ class _Api:
 
     @endpoint
     def refit(name: str, **options: Any) -> Call[dict[str, Any]]:
-        """Queue a refit (options: target_l1, seed, max_iter, time_budget, replace)."""
+        """Queue a refit of ``name``.
+
+        Options: target_l1, seed, max_iter, time_budget, method, singular_rule, replace.
+        """
         return Call(method="POST", path=f"/models/{name}/fit", json=options, parse=_json)
 
     @endpoint

@@ -14,7 +14,15 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
-from solver import AdamConfig, ExactConfig, FitConfig, NewtonConfig, PotentialConfig, parse_rule
+from solver import (
+    AdamConfig,
+    ExactConfig,
+    FitConfig,
+    NewtonConfig,
+    PotentialConfig,
+    ThresholdRule,
+    parse_rule,
+)
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -71,11 +79,14 @@ class JobConfig:
         )
 
 
-def job_config(settings: Settings, **fit_overrides: Any) -> JobConfig:
+def job_config(
+    settings: Settings, *, rule: ThresholdRule | None = None, **fit_overrides: Any
+) -> JobConfig:
     """The config a job is queued with: the settings' fit and map values.
 
     Args:
         settings: the service settings.
+        rule: the singular threshold rule (``None``: the settings' ``singular_rule``).
         **fit_overrides: :class:`solver.FitConfig` fields to change (``None`` values keep the
             settings' value), e.g. a refit request's ``target_l1``.
 
@@ -96,7 +107,7 @@ def job_config(settings: Settings, **fit_overrides: Any) -> JobConfig:
     potential = PotentialConfig(
         samples_per_cell=settings.map_samples_per_cell,
         check_samples_per_cell=settings.check_samples_per_cell,
-        rule=parse_rule(settings.singular_rule),
+        rule=parse_rule(settings.singular_rule) if rule is None else rule,
         power=settings.map_power,
     )
     return JobConfig(fit=replace(fit, **changes), potential=potential)

@@ -568,6 +568,18 @@ class FitRequest(_Request):
         gt=0,
         description="seconds of fitting at most (default: AEOT_FIT_TIME_BUDGET, unlimited)",
     )
+    method: Literal["auto", "exact", "newton", "adam"] | None = Field(
+        default=None,
+        description="fit method (default: AEOT_FIT_METHOD): auto (exact geometry in 2D and "
+        "3D, Monte Carlo Newton otherwise), exact (d = 2 or 3 only), newton or adam",
+    )
+    singular_rule: str | None = Field(
+        default=None,
+        max_length=64,
+        description="singular threshold of the new potential (default: AEOT_SINGULAR_RULE): "
+        "auto, gap[:min_regular], quantile[:q], fixed:radians or clusters",
+        examples=["clusters"],
+    )
     replace: bool = Field(default=False, description="cancel an active job of the model first")
 
 

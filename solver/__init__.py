@@ -53,6 +53,7 @@ from solver.fitting.config import (
     FitResult,
     FitState,
     NewtonConfig,
+    resolve_method,
 )
 from solver.fitting.driver import fit, follow_fit, release_followers
 from solver.measures import SourceMeasure
@@ -112,6 +113,7 @@ __all__ = [
     "ThresholdRule",
     "check_accuracy",
     "parse_rule",
+    "resolve_method",
     "rule_from_dict",
     "rule_to_dict",
     "Crossing",

@@ -14,6 +14,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.client import AEOTClient, AsyncAEOTClient
+from solver import ClusterShare
 from tests.service_helpers import (
     API_KEY,
     bundle_archive,
@@ -154,6 +155,27 @@ def test_register_refit_delete_need_key(client, tmp_path):
     assert client.delete("/models/new").status_code == 401
     assert client.delete("/models/new", headers=key).status_code == 204
     assert client.get("/models/new").status_code == 404
+
+
+def test_refit_takes_a_method_and_a_singular_rule(client, store, tmp_path):
+    key = {"X-API-Key": API_KEY}
+    for name, d in (("flat2", 2), ("deep4", 4)):
+        files = {"bundle": ("b.tar.gz", bundle_archive(write_bundle(tmp_path / name, n=40, d=d)))}
+        assert client.post("/models", data={"name": name}, files=files, headers=key).is_success
+    body = {"replace": True, "method": "exact", "singular_rule": "clusters"}
+    r = client.post("/models/flat2/fit", json=body, headers=key)
+    assert r.status_code == 202
+    config = store.job(r.json()["id"]).config
+    assert config.fit.method == "exact" and config.potential.rule == ClusterShare()
+    # Exact geometry needs d = 2 or 3; an unreadable rule names the accepted forms.
+    bad = client.post("/models/deep4/fit", json=body, headers=key)
+    assert bad.status_code == 422 and "dimension 2 or 3" in bad.json()["detail"]
+    rule = {"replace": True, "singular_rule": "median"}
+    bad = client.post("/models/deep4/fit", json=rule, headers=key)
+    assert bad.status_code == 422 and "clusters" in bad.json()["detail"]
+    method = {"replace": True, "method": "sgd"}
+    assert client.post("/models/deep4/fit", json=method, headers=key).status_code == 422
+    assert client.post("/models/none/fit", json=body, headers=key).status_code == 404
 
 
 def test_mutations_disabled_without_configured_key(store):

@@ -33,6 +33,7 @@ from service.serving import ServingIndex
 from service.settings import Settings
 from service.store import NAME_PATTERN, ModelStore
 from service.training import api_dataset, queue_training
+from solver import parse_rule, resolve_method
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -139,9 +140,17 @@ async def register_model(
     responses=error_responses(401, 403, 404, 409, 413, 422),
 )
 def start_fit(name: NamePath, req: FitRequest, settings: SettingsDep, store: StoreDep) -> JobOut:
-    """Queue a refit of the model (409 when a fit is active, unless ``replace``)."""
+    """Queue a refit of the model (409 when a fit is active, unless ``replace``).
+
+    422 when the method does not suit the model's latent dimension or the rule is unreadable.
+    """
+    if req.method is not None:
+        resolve_method(req.method, store.model(name).dim)  # exact needs d = 2 or 3
+    rule = None if req.singular_rule is None else parse_rule(req.singular_rule)
     config = job_config(
         settings,
+        rule=rule,
+        method=req.method,
         target_l1=req.target_l1,
         seed=req.seed,
         max_iter=req.max_iter,
