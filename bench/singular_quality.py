@@ -65,6 +65,7 @@ from models.train import train_default_digits  # noqa: E402
 from solver import (  # noqa: E402
     DEFAULT_RULE,
     AngleFrame,
+    CellIndex,
     ExtendedMap,
     FitConfig,
     FixedThreshold,
@@ -73,6 +74,8 @@ from solver import (  # noqa: E402
     ThresholdRule,
     atomic_write_bytes,
     build_extended_map,
+    diffusion_distances,
+    diffusion_embedding,
     dihedral_angles,
     find_singular_set,
     fit,
@@ -137,6 +140,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/out")
+    p.add_argument(
+        "--full-spectrum",
+        action="store_true",
+        help="also the spectral structure of all the model's latents, not only the OT subset",
+    )
     return p.parse_args(argv)
 
 
@@ -254,6 +262,7 @@ def image_case(args: argparse.Namespace, name: str, out: Path) -> Case:
     z, labels = bundle.latents, np.asarray(bundle.labels)
     rows = np.random.default_rng(args.seed).permutation(len(z))[: args.subset]
     rows = np.sort(rows)
+    spectrum = spectrum_figures(z, labels, args.seed) if args.full_spectrum else None
     cache = out / f"singular-ot-{name}-{len(rows)}.npz"
     problem, heights, info = fit_heights(args, z[rows], cache)
     return Case(
@@ -268,8 +277,39 @@ def image_case(args: argparse.Namespace, name: str, out: Path) -> Case:
             "l2_after_freeze": bundle.metrics.l2_after_freeze,
             "classifier_accuracy": clf.test_accuracy,
             "fit": info,
+            "full_spectrum": spectrum,
         },
     )
+
+
+def spectrum_figures(latents: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    """Spectral clusters of all ``latents`` and how the diffusion distance ranks label changes.
+
+    The pairs are each latent's 10 nearest neighbours (the OT subset's adjacency needs a fit
+    of all N); returns the clusters found, their label purity and the ROC AUC of the
+    diffusion and the latent distance for "different labels".
+    """
+    t0 = time.perf_counter()
+    y = np.asarray(latents, dtype=np.float64)
+    emb = diffusion_embedding(y, seed=seed)
+    index = CellIndex(y, -0.5 * np.square(y).sum(axis=1))
+    near = np.asarray(index.search(y.astype(np.float32), 11)[1], dtype=np.int64)
+    pairs = np.sort(np.stack([np.repeat(np.arange(len(y)), 10), near[:, 1:].ravel()], 1), 1)
+    pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
+    different = labels[pairs[:, 0]] != labels[pairs[:, 1]]
+    majority = sum(np.bincount(labels[emb.clusters == c]).max() for c in range(emb.n_clusters))
+    dist = np.linalg.norm(y[pairs[:, 0]] - y[pairs[:, 1]], axis=1)
+    return {
+        "n_latents": len(y),
+        "clusters": emb.n_clusters,
+        "eigengap": emb.gap,
+        "cluster_purity": float(majority / len(y)),
+        "knn_pairs": int(pairs.shape[0]),
+        "different_share": float(different.mean()),
+        "auc_diffusion": float(roc_auc_score(different, diffusion_distances(emb.coords, pairs))),
+        "auc_latent_distance": float(roc_auc_score(different, dist)),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 # ----------------------------------------------------------------------------- measures
@@ -427,6 +467,17 @@ def markdown(rows: list[dict]) -> str:
         + " | ".join(f"{r['pairs']} ({100 * r['different_share']:.0f} %)" for r in heads)
         + " |"
     )
+    for r in heads:
+        full = r["case"].get("full_spectrum")
+        if full:
+            lines.append(
+                f"\n{r['dataset']}, all {full['n_latents']} latents: {full['clusters']} spectral "
+                f"clusters (label purity {full['cluster_purity']:.3f}); over each latent's 10 "
+                f"nearest neighbours ({full['knn_pairs']} pairs, "
+                f"{100 * full['different_share']:.1f} % with different labels) ROC AUC "
+                f"{full['auc_diffusion']:.3f} for the diffusion distance, "
+                f"{full['auc_latent_distance']:.3f} for the latent distance"
+            )
     lines += [
         "",
         "| dataset | rule | threshold | flagged | precision | recall | T~ mixing "

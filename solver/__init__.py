@@ -57,7 +57,11 @@ from solver.fitting.config import (
 )
 from solver.fitting.driver import fit, follow_fit, release_followers
 from solver.measures import SourceMeasure
-from solver.potential.diffusion import DiffusionEmbedding, diffusion_embedding
+from solver.potential.diffusion import (
+    DiffusionEmbedding,
+    diffusion_distances,
+    diffusion_embedding,
+)
 from solver.potential.extended_map import Crossing, ExtendedMap, Interpolation, build_extended_map
 from solver.potential.file_format import PotentialFormatError
 from solver.potential.potential import Potential, PotentialConfig, check_accuracy
@@ -109,6 +113,7 @@ __all__ = [
     "ClusterShare",
     "DiffusionEmbedding",
     "diffusion_embedding",
+    "diffusion_distances",
     "RuleName",
     "ThresholdRule",
     "check_accuracy",

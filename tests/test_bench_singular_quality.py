@@ -6,7 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.singular_quality import Case, _cell_medians, fit_heights, judge, markdown, parse_args
+from bench.singular_quality import (
+    Case,
+    _cell_medians,
+    fit_heights,
+    judge,
+    markdown,
+    parse_args,
+    spectrum_figures,
+)
 
 
 def _two_clusters(tmp_path: Path) -> tuple[Case, object]:
@@ -61,3 +69,14 @@ def test_cell_medians() -> None:
     pairs = np.array([[0, 1], [0, 2], [1, 2]])
     got = _cell_medians(4, pairs, np.array([1.0, 3.0, 5.0]))
     np.testing.assert_allclose(got, [2.0, 3.0, 4.0, 3.0])  # cell 3 has no pair: overall median
+
+
+def test_spectrum_figures_of_two_overlapping_modes() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.normal(0.0, 1.0, (600, 4))
+    y[300:, 0] += 4.0  # two modes 4 sigma apart along one axis
+    labels = np.repeat([0, 1], 300)
+    got = spectrum_figures(y, labels, seed=0)
+    assert got["clusters"] == 2 and got["cluster_purity"] > 0.97
+    assert 0 < got["different_share"] < 0.05
+    assert got["auc_diffusion"] > got["auc_latent_distance"] > 0.5
