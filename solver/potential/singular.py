@@ -310,8 +310,8 @@ class SingularSet:
         threshold: the angle threshold in radians (``inf`` when a data-driven rule had too
             few pairs to choose one: then nothing is singular).
         rule: the rule that chose the threshold, with its parameters (a gap rule's fallback
-            quantile when the gap was unclear); ``rule.name`` is ``"fixed"``, ``"quantile"``
-            or ``"gap"``.
+            when the gap was unclear); ``rule.name`` is ``"fixed"``, ``"quantile"``,
+            ``"gap"`` or ``"clusters"``.
         frame: how the scores are measured (:data:`AngleFrame`).
         gap_ratio: the ratio of the angles on either side of the largest gap (how clearly
             the singular pairs stand apart), measured for the gap rule and the default choice;
@@ -485,9 +485,8 @@ def find_singular_set(
         raise ValueError(f"frame must be one of {list(FRAMES)}, got {frame!r}")
     standard = standardise_targets(targets)
     spectral: DiffusionEmbedding | None = None
-    if frame == "diffusion" or (frame is None and not isinstance(rule, FixedThreshold)):
-        spectral = diffusion_embedding(standard, seed=seed)
-    if _uses_clusters(rule) and spectral is None:
+    default_data_driven = frame is None and not isinstance(rule, FixedThreshold)
+    if frame == "diffusion" or default_data_driven or _uses_clusters(rule):
         spectral = diffusion_embedding(standard, seed=seed)
     if frame is None:
         frame = _default_frame(rule, spectral)
@@ -514,11 +513,7 @@ def find_singular_set(
                     f"{prefix}no clear gap in the scores (ratio {gap_ratio:.3g} < "
                     f"{rule.min_ratio}), so {_describe(rule.fallback)}"
                 )
-    if isinstance(applied, FixedThreshold):
-        value = float(applied.radians)
-    elif isinstance(applied, QuantileThreshold):
-        value = float(np.quantile(angles, applied.q)) if angles.size >= 2 else math.inf
-    elif isinstance(applied, ClusterShare):
+    if isinstance(applied, ClusterShare):
         assert spectral is not None  # computed above for every rule that may apply it
         if spectral.n_clusters > 1:
             value, share = cluster_share_threshold(angles, adjacency.pairs, spectral.clusters)
@@ -528,9 +523,12 @@ def find_singular_set(
             )
         else:  # no cluster structure to count: the median, as the rule's own fallback
             applied = QuantileThreshold(q=FALLBACK_QUANTILE)
-            value = float(np.quantile(angles, applied.q)) if angles.size >= 2 else math.inf
             detail = "1 spectral cluster, so the median"
         reason = f"{reason}: {detail}" if rule != ClusterShare() else f"{reason}; {detail}"
+    if isinstance(applied, FixedThreshold):
+        value = float(applied.radians)
+    elif isinstance(applied, QuantileThreshold):
+        value = float(np.quantile(angles, applied.q)) if angles.size >= 2 else math.inf
     return SingularSet(
         pairs=adjacency.pairs,
         angles=angles,
