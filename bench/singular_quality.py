@@ -65,7 +65,6 @@ from models.train import train_default_digits  # noqa: E402
 from solver import (  # noqa: E402
     DEFAULT_RULE,
     AngleFrame,
-    CellIndex,
     ExtendedMap,
     FitConfig,
     FixedThreshold,
@@ -81,6 +80,7 @@ from solver import (  # noqa: E402
     fit,
     frame_angles,
     make_problem,
+    nearest_neighbours,
 )
 
 NAME = "singular_quality"
@@ -237,8 +237,9 @@ def image_case(args: argparse.Namespace, name: str, out: Path) -> Case:
     directory = Path(args.data_root) / name
     train = load_idx_dataset(directory, split="train", name=name)
     models = Path(args.models)
-    source = models / f"bundle-{name}"
-    if source.is_dir():
+    # --models first, then a model an earlier run trained into --out, else train one there.
+    source = _first_existing(models / f"bundle-{name}", out / f"bundle-{name}")
+    if source is not None:
         bundle = load_bundle(source)
     else:  # a small model of our own: --ae-subset images, --ae-epochs joint epochs
         source = out / f"bundle-{name}"
@@ -247,12 +248,11 @@ def image_case(args: argparse.Namespace, name: str, out: Path) -> Case:
             max_joint_epochs=args.ae_epochs, decoder_epochs=2, seed=args.seed, progress=False
         )
         data = train.subset(args.ae_subset, args.seed)
-        bundle = load_bundle(source) if source.is_dir() else None
-        bundle = bundle or train_and_save(data, arch, config, source)
-    clf_path = models / f"classifier-{name}.safetensors"
-    if not clf_path.is_file():  # trained by an earlier run into --out
-        clf_path = out / f"classifier-{name}.safetensors"
-    if clf_path.is_file():
+        bundle = train_and_save(data, arch, config, source)
+    clf_path = _first_existing(
+        models / f"classifier-{name}.safetensors", out / f"classifier-{name}.safetensors"
+    )
+    if clf_path is not None:
         clf = load_classifier(clf_path)
     else:
         test = load_idx_dataset(directory, split="test", name=name)
@@ -282,6 +282,11 @@ def image_case(args: argparse.Namespace, name: str, out: Path) -> Case:
     )
 
 
+def _first_existing(*paths: Path) -> Path | None:
+    """The first of ``paths`` that exists, else ``None``."""
+    return next((p for p in paths if p.exists()), None)
+
+
 def spectrum_figures(latents: np.ndarray, labels: np.ndarray, seed: int) -> dict:
     """Spectral clusters of all ``latents`` and how the diffusion distance ranks label changes.
 
@@ -292,8 +297,7 @@ def spectrum_figures(latents: np.ndarray, labels: np.ndarray, seed: int) -> dict
     t0 = time.perf_counter()
     y = np.asarray(latents, dtype=np.float64)
     emb = diffusion_embedding(y, seed=seed)
-    index = CellIndex(y, -0.5 * np.square(y).sum(axis=1))
-    near = np.asarray(index.search(y.astype(np.float32), 11)[1], dtype=np.int64)
+    near = nearest_neighbours(y, y, 11)
     pairs = np.sort(np.stack([np.repeat(np.arange(len(y)), 10), near[:, 1:].ravel()], 1), 1)
     pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
     different = labels[pairs[:, 0]] != labels[pairs[:, 1]]

@@ -21,6 +21,7 @@ from solver.cells.index import (
     backend_for_device,
     faiss_version,
     ivf_recall,
+    nearest_neighbours,
     resolve_backend,
 )
 from solver.cells.power_diagram import PowerDiagram, power_diagram
@@ -119,6 +120,7 @@ __all__ = [
     "check_accuracy",
     "parse_rule",
     "resolve_method",
+    "nearest_neighbours",
     "rule_from_dict",
     "rule_to_dict",
     "Crossing",

@@ -153,6 +153,23 @@ def resolve_backend(backend: str = "auto") -> str:
     return backend
 
 
+def nearest_neighbours(points: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` nearest ``points`` (Euclidean) of each query, nearest first.
+
+    A cell index with heights -|y|^2 / 2 ranks points by <x, y> - |y|^2 / 2, which is
+    -|x - y|^2 / 2 up to a term of the query alone, so its top-k cells are the k nearest
+    points (float32 scores; callers needing exact distances recompute them).
+
+    Returns:
+        Shape ``(M, k)``, int64.
+
+    """
+    p = np.asarray(points, dtype=np.float64)
+    index = CellIndex(p, -0.5 * np.square(p).sum(axis=1))
+    found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+    return np.asarray(found, dtype=np.int64)
+
+
 class CellIndex:
     """Maximum inner product index over augmented targets ``[y_i, h_i]``.
 

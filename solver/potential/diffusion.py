@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import eigsh
 
-from solver.cells.index import CellIndex
+from solver.cells.index import nearest_neighbours
 from solver.fitting.hierarchical import kmeans
 
 # Neighbours of each target in the graph; measured on digits latents (ROC AUC of the diffusion
@@ -182,9 +182,7 @@ def _one_cluster(
 def _graph(y: np.ndarray, k: int) -> tuple[sp.csr_matrix, np.ndarray]:
     """Symmetric affinity matrix of the k-nearest-neighbour graph and its degrees."""
     n = y.shape[0]
-    index = CellIndex(y, -0.5 * np.square(y).sum(axis=1))
-    _, found = index.search(np.ascontiguousarray(y, dtype=np.float32), k + 1)
-    found = np.asarray(found, dtype=np.int64)
+    found = nearest_neighbours(y, y, k + 1)
     # Each row's own index is dropped (ties may put it anywhere among equals): keep k others.
     others = np.where(found == np.arange(n)[:, None], -1, found)
     order = np.argsort(others < 0, axis=1, kind="stable")

@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from solver.cells.index import CellIndex
+from solver.cells.index import nearest_neighbours
 from solver.estimation.host import MeasureEstimate
 from solver.potential.diffusion import DiffusionEmbedding, diffusion_distances, diffusion_embedding
 from solver.potential.threshold import (
@@ -266,7 +266,7 @@ def valley_ratios(
     k = max(min(k, y.shape[0] - 1), 1)
     cells, slot = np.unique(pairs, return_inverse=True)
     slot = slot.reshape(pairs.shape)
-    lists = _neighbour_lists(y, cells, min(VALLEY_CANDIDATES + 1, y.shape[0]))
+    lists = nearest_neighbours(y, y[cells], min(VALLEY_CANDIDATES + 1, y.shape[0]))
     r_mid = np.empty(pairs.shape[0])
     for lo in range(0, pairs.shape[0], _VALLEY_BATCH):
         hi = min(lo + _VALLEY_BATCH, pairs.shape[0])
@@ -280,22 +280,14 @@ def valley_ratios(
     return r_mid / np.maximum(scale, _ANGLE_FLOOR)
 
 
-def _neighbour_lists(targets: np.ndarray, cells: np.ndarray, m: int) -> np.ndarray:
-    """The m nearest targets of each of ``cells`` (itself first), shape ``(len(cells), m)``."""
-    index = CellIndex(targets, -0.5 * np.square(targets).sum(axis=1))
-    queries = np.ascontiguousarray(targets[cells], dtype=np.float32)
-    return np.asarray(index.search(queries, m)[1], dtype=np.int64)
-
-
 def _nearest(targets: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Distances from each query to its k nearest targets, shape ``(M, k)``, float64, sorted.
 
-    A cell index with heights -|y|^2 / 2 ranks targets by <x, y> - |y|^2 / 2, i.e. by
-    -|x - y|^2 / 2 + const; the distances are then recomputed in float64.
+    The neighbours come from :func:`nearest_neighbours`; the distances are recomputed in
+    float64.
     """
-    index = CellIndex(targets, -0.5 * np.square(targets).sum(axis=1))
-    _, cells = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    diff = queries[:, None, :] - targets[np.asarray(cells)]
+    cells = nearest_neighbours(targets, queries, k)
+    diff = queries[:, None, :] - targets[cells]
     return np.sqrt(np.sort(np.einsum("mkd,mkd->mk", diff, diff), axis=1))
 
 
