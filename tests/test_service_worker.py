@@ -12,7 +12,7 @@ import pytest
 from service.job_config import JobConfig, job_config
 from service.store import ModelStore
 from service.worker import Worker
-from solver import FitConfig, fit, make_problem
+from solver import FitConfig, backend_for_device, fit, make_problem
 from tests.service_helpers import ROOT, env_for, make_settings, wait_for, write_bundle
 
 
@@ -29,7 +29,7 @@ def _uninterrupted(store, settings):
         target_l1=settings.target_l1,
         seed=settings.fit_seed,
         max_iter=settings.fit_max_iter,
-        backend="faiss",
+        backend=backend_for_device("cpu"),  # the worker's choice on a CPU host
     )
     return fit(problem, config)
 

@@ -1,1 +1,1 @@
-"""Cells of the power diagram: the FAISS cell index, the fused Triton backend, exact 2D geometry."""
+"""Cells of the power diagram: the cell index (CPU kernel, FAISS, Triton), exact 2D geometry."""

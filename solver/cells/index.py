@@ -4,8 +4,13 @@ With a_i = [y_i, h_i] and q(x) = [x, 1], the cell of x is argmax_i <q(x), a_i>: 
 potential u_h(x) = max_i <x, y_i> + h_i is attained there. This is the only module that imports
 FAISS. Backends share one small interface and are chosen once (``backend="auto"``):
 
-- ``faiss``: FAISS ``IndexFlatIP`` on the CPU; new heights are written in place into the
-  index's stored vectors (only the last column changes).
+- ``simd``: the fused CPU kernel of ``solver/cells/_simd.c`` (compiled at install): scores
+  stay in vector registers and each query keeps its k best cells, so a search costs the
+  multiply-adds alone; 5 to 7x FAISS's flat search at N = 10,000, d = 16 (docs/benchmarks.md,
+  cell-query throughput). New heights are written into its padded copy.
+- ``faiss``: FAISS ``IndexFlatIP`` on the CPU (the fallback when the kernel was not built);
+  new heights are written in place into the index's stored vectors (only the last column
+  changes).
 - ``faiss-gpu``: FAISS ``GpuIndexFlatIP`` when FAISS sees a GPU; new heights are re-uploaded.
 - ``torch``: chunked ``x @ y.T + h`` and ``topk`` on any torch device (CPU or CUDA).
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol, overload
@@ -31,15 +37,24 @@ try:  # faiss-cpu or faiss-gpu; the torch backend works without either.
 except ImportError:  # pragma: no cover - exercised only on hosts without faiss
     faiss = None  # type: ignore[assignment]  # every use checks for a missing faiss first
 
+try:  # built by setup.py when the install had a C compiler; FAISS serves the CPU without it.
+    from solver.cells import _simd
+except ImportError:  # pragma: no cover - exercised only on installs without a compiler
+    _simd = None  # type: ignore[assignment]  # every use checks for a missing kernel first
+
 Array = np.ndarray | torch.Tensor
 
 # Score-matrix budget of the torch backend: 2^24 float32 = 64 MiB per chunk whatever M and N.
 _TORCH_CHUNK_ELEMENTS = 1 << 24
-# Queries per task of the CPU FAISS search pool. FAISS's own OpenMP split of one search was
-# slower with 2 threads than with 1 on the 2-core box (N = 10,000, d = 16: 60-67k vs 110-130k
-# queries/s); one single-threaded FAISS call per pool thread on its share of the queries gave
-# 157-165k (docs/benchmarks.md, cell-query throughput).
-_FAISS_TASK_QUERIES = 8192
+# Queries per task of the CPU search pool (the simd kernel and FAISS). FAISS's own OpenMP split
+# of one search was slower with 2 threads than with 1 on the 2-core box (N = 10,000, d = 16:
+# 60-67k vs 110-130k queries/s); one single-threaded call per pool thread on its share of the
+# queries gave 157-165k (docs/benchmarks.md, cell-query throughput).
+_TASK_QUERIES = 8192
+# Cells per vector block of the simd kernel's layout, and the most candidates its re-scoring
+# takes per query (solver/cells/_simd.c).
+_SIMD_LANES = 16
+_SIMD_MAX_CANDIDATES = 64
 
 
 class _Backend(Protocol):
@@ -78,6 +93,7 @@ BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec(name="triton", device="cuda", needs="triton and a CUDA GPU"),
     BackendSpec(name="faiss-gpu", device="cuda", needs="faiss-gpu and a CUDA GPU"),
     BackendSpec(name="torch-cuda", device="cuda", needs="a CUDA GPU"),
+    BackendSpec(name="simd", device="cpu", needs="the kernel compiled at install (a C compiler)"),
     BackendSpec(name="faiss", device="cpu", needs="faiss-cpu"),
     BackendSpec(name="torch", device="cpu", needs="nothing"),
 )
@@ -109,6 +125,7 @@ def available_backends(device: DeviceKind | None = None) -> list[str]:
         "triton": lambda: torch.cuda.is_available() and _fused_available(),
         "faiss-gpu": lambda: torch.cuda.is_available() and faiss_gpu_count() > 0,
         "torch-cuda": torch.cuda.is_available,
+        "simd": lambda: _simd is not None,
         "faiss": lambda: faiss is not None,
         "torch": lambda: True,
     }
@@ -168,6 +185,46 @@ def nearest_neighbours(points: np.ndarray, queries: np.ndarray, k: int) -> np.nd
     index = CellIndex(p, -0.5 * np.square(p).sum(axis=1))
     found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
     return np.asarray(found, dtype=np.int64)
+
+
+def candidate_scores(
+    x: np.ndarray, y: np.ndarray, h: np.ndarray, candidates: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 scores of each query's own candidate cells; the best k of them, best first.
+
+    Args:
+        x: queries, shape ``(M, d)``, float32.
+        y: targets, shape ``(N, d)``, float64.
+        h: heights, shape ``(N,)``, float64.
+        candidates: cells per query, shape ``(M, K)``, int32, ``k <= K``.
+        k: how many to return.
+
+    Returns:
+        ``(scores, cells)``, shape ``(M, k)``: float64 scores and int64 cells (ties keep the
+        candidates' order). The compiled kernel computes them when it was built (no
+        ``(M, K, d)`` gather), numpy otherwise; both sum in float64.
+
+    """
+    m, kc = candidates.shape
+    if _simd is not None and kc <= _SIMD_MAX_CANDIDATES:
+        scores = np.empty((m, k), dtype=np.float64)
+        cells = np.empty((m, k), dtype=np.int64)
+        _simd.rescore(
+            np.ascontiguousarray(x, dtype=np.float32),
+            np.ascontiguousarray(y, dtype=np.float64),
+            np.ascontiguousarray(h, dtype=np.float64),
+            np.ascontiguousarray(candidates, dtype=np.int32),
+            m,
+            y.shape[1],
+            kc,
+            k,
+            scores,
+            cells,
+        )
+        return scores, cells
+    s = np.einsum("bd,bkd->bk", x.astype(np.float64), y[candidates]) + h[candidates]
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(candidates, order, axis=1)
 
 
 class CellIndex:
@@ -269,6 +326,8 @@ class CellIndex:
 
 
 def _make_backend(name: str, y: np.ndarray, h: np.ndarray) -> _Backend:
+    if name == "simd":
+        return _SimdCPU(y, h)
     if name == "faiss":
         return _FaissCPU(y, h)
     if name == "faiss-gpu":
@@ -308,7 +367,7 @@ def _like(x: Array, scores: np.ndarray, cells: np.ndarray) -> tuple[Array, Array
 
 
 def search_threads() -> int:
-    """Threads of the CPU FAISS search pool: torch's intra-op thread count.
+    """Threads of the CPU search pool: torch's intra-op thread count.
 
     One setting for every CPU kernel of a process: torch takes it from ``OMP_NUM_THREADS``
     (``torchrun`` sets 1 per rank, so ranks do not oversubscribe the cores) or the cores.
@@ -330,17 +389,77 @@ if hasattr(os, "register_at_fork"):
 
 
 def _single_threaded_faiss() -> None:
-    faiss.omp_set_num_threads(1)
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
 
 
-def _faiss_pool() -> ThreadPoolExecutor:
-    """One process-wide pool whose threads each run FAISS with one OpenMP thread."""
+def _search_pool() -> ThreadPoolExecutor:
+    """One process-wide pool of CPU search threads (FAISS runs one OpenMP thread in each)."""
     global _POOL  # noqa: PLW0603 - created on first use, shared by every index
     if _POOL is None:
         _POOL = ThreadPoolExecutor(
-            search_threads(), thread_name_prefix="faiss-search", initializer=_single_threaded_faiss
+            search_threads(), thread_name_prefix="cell-search", initializer=_single_threaded_faiss
         )
     return _POOL
+
+
+def _split(m: int, task: Callable[[int, int], None]) -> None:
+    """Run ``task(lo, hi)`` over the query ranges of the search pool's tasks.
+
+    One task runs in the caller's thread, so concurrent small searches (a server's requests)
+    run side by side instead of queueing for the pool.
+    """
+    if m <= _TASK_QUERIES:
+        task(0, m)
+        return
+    # list() waits for every task and re-raises the first error.
+    starts = range(0, m, _TASK_QUERIES)
+    list(_search_pool().map(lambda lo: task(lo, min(lo + _TASK_QUERIES, m)), starts))
+
+
+class _SimdCPU:
+    """The fused kernel (``solver/cells/_simd.c``) over a block-major copy of the targets.
+
+    Cells are padded to a multiple of 16 (padding heights -inf, so they never win) and stored
+    as ``yb[b, c, l] = y[16 b + l, c]``: one vector load holds one coordinate of 16 cells.
+    """
+
+    name = "simd"
+
+    def __init__(self, y: np.ndarray, h: np.ndarray) -> None:
+        if _simd is None:
+            raise ValueError(
+                "backend 'simd' needs the compiled kernel (reinstall with a C compiler)"
+            )
+        n, d = y.shape
+        blocks = -(-n // _SIMD_LANES)
+        padded = np.zeros((blocks * _SIMD_LANES, d), dtype=np.float32)
+        padded[:n] = y
+        self._yb = np.ascontiguousarray(padded.reshape(blocks, _SIMD_LANES, d).transpose(0, 2, 1))
+        self._hb = np.full(blocks * _SIMD_LANES, -np.inf, dtype=np.float32)
+        self._hb[:n] = h
+        self._n, self._d = n, d
+
+    def set_heights(self, heights: np.ndarray) -> None:
+        self._hb[: self._n] = heights
+
+    def search(self, x: Array, k: int) -> tuple[Array, Array]:
+        if isinstance(x, torch.Tensor):
+            q = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        else:
+            q = np.ascontiguousarray(x, dtype=np.float32)
+        m = q.shape[0]
+        scores = np.empty((m, k), dtype=np.float32)
+        cells = np.empty((m, k), dtype=np.int64)
+        assert _simd is not None  # checked in __init__
+
+        def task(lo: int, hi: int) -> None:
+            _simd.topk(
+                q[lo:hi], self._yb, self._hb, hi - lo, self._d, k, scores[lo:hi], cells[lo:hi]
+            )
+
+        _split(m, task)
+        return _like(x, scores, cells)
 
 
 class _FaissCPU:
@@ -362,10 +481,9 @@ class _FaissCPU:
 
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
         q = _as_numpy_queries(x)
-        if q.shape[0] <= _FAISS_TASK_QUERIES:
-            # One task: search in the caller's thread, so concurrent small searches (a server's
-            # requests) run side by side instead of queueing for the pool; one OpenMP thread,
-            # as in the pool (the setting is the calling thread's own, restored after).
+        if q.shape[0] <= _TASK_QUERIES:
+            # One task in the caller's thread, with one OpenMP thread as in the pool (the
+            # setting is the calling thread's own, restored after).
             threads = faiss.omp_get_max_threads()
             faiss.omp_set_num_threads(1)
             try:
@@ -376,12 +494,10 @@ class _FaissCPU:
         scores = np.empty((q.shape[0], k), dtype=np.float32)
         cells = np.empty((q.shape[0], k), dtype=np.int64)
 
-        def task(lo: int) -> None:
-            hi = min(lo + _FAISS_TASK_QUERIES, q.shape[0])
+        def task(lo: int, hi: int) -> None:
             scores[lo:hi], cells[lo:hi] = self._index.search(q[lo:hi], k)
 
-        # list() waits for every task and re-raises the first error.
-        list(_faiss_pool().map(task, range(0, q.shape[0], _FAISS_TASK_QUERIES)))
+        _split(q.shape[0], task)
         return _like(x, scores, cells)
 
 

@@ -30,7 +30,7 @@ from typing import overload
 import numpy as np
 import torch
 
-from solver.cells.index import CellIndex
+from solver.cells.index import CellIndex, candidate_scores
 
 Array = np.ndarray | torch.Tensor
 
@@ -166,8 +166,8 @@ class ReuseIndex:
 
         A non-candidate j scores s_j(h0) + dh_j <= bound + dh_j. The few cells with the largest
         height increases (a rescued or thin cell after a Newton step) would set max_j dh_j for
-        all: they are scored exactly instead (their candidates masked out), and the others
-        share the bound with the largest remaining increase.
+        all: they are scored exactly instead (a search of those cells alone, their candidates
+        masked out), and the others share the bound with the largest remaining increase.
         """
         dh = self._h - entry.reference
         u = self._outliers
@@ -176,13 +176,13 @@ class ReuseIndex:
         cut = dh.size - u
         order = np.argpartition(dh, cut - 1)
         big, rest = order[cut:], float(dh[order[cut - 1]])
-        exact = x.astype(np.float64) @ self._y[big].T + self._h[big]
-        slot = np.full(dh.size, -1)
-        slot[big] = np.arange(u)
-        hit = slot[entry.cells]
-        rows, cols = np.nonzero(hit >= 0)
-        exact[rows, hit[rows, cols]] = -np.inf
-        return np.maximum(entry.bound + rest, exact.max(axis=1))
+        # K + 1 best outliers per sample: at least one of them is not a candidate.
+        outliers = CellIndex(self._y[big], self._h[big], backend=self._index.backend)
+        scores, local = outliers.search(x, min(self._k + 1, u))
+        cells = big[np.asarray(local)]
+        hit = (cells[:, :, None] == entry.cells[:, None, :]).any(axis=2)
+        exact = np.where(hit, -np.inf, np.asarray(scores, dtype=np.float64)).max(axis=1)
+        return np.maximum(entry.bound + rest, exact + _GUARD)
 
     def _fresh(self, x: np.ndarray, key: bytes, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Full search of a batch at the current heights, which become its entry's reference.
@@ -202,10 +202,8 @@ class ReuseIndex:
 
     def _rescore(self, x: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact (float64) scores of the candidates at the current heights; the best k."""
-        s = np.einsum("bd,bkd->bk", x.astype(np.float64), self._y[cand]) + self._h[cand]
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        best = np.take_along_axis(s, order, axis=1)
-        return best.astype(np.float32), np.take_along_axis(cand, order, axis=1).astype(np.int64)
+        best, cells = candidate_scores(x, self._y, self._h, cand, k)
+        return best.astype(np.float32), cells
 
 
 def _fingerprint(x: np.ndarray) -> bytes:

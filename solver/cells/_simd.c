@@ -1,0 +1,356 @@
+/*
+ * Fused exact top-k maximum inner product search on the CPU: the cell index's "simd" backend.
+ *
+ * The score of cell j for query x is <x, y_j> + h_j. A BLAS search (FAISS's flat index) writes
+ * the whole M x N score matrix to memory and then selects from it; with the latent dimensions
+ * of AE-OT (d = 8 to 64) each score costs only d multiply-adds, so that search is bound by
+ * memory traffic. Here the scores of a group of queries against a block of 16 cells stay in
+ * vector registers: each query keeps its k best cells and compares every new score vector
+ * with its current k-th best score, and only the rare vectors that beat it go to a scalar
+ * insertion. The cost is then the multiply-adds alone.
+ *
+ * Layout (built by solver/cells/index.py): the cells are padded to a multiple of 16 and stored
+ * block-major, yb[b][c][l] = y[16 b + l][c] (float32), hb[16 b + l] = h (padding: -inf), so the
+ * 16 lanes of a vector are 16 cells. Queries are row-major float32 (M, d). Results are the k
+ * best scores (descending) and their cells (int64, -1 where fewer than k cells exist).
+ *
+ * Code paths: AVX-512F (8 queries x 16 lanes per step), AVX2 + FMA (4 queries x 2 x 8 lanes),
+ * and portable C that the compiler vectorises for the baseline instruction set (also the path
+ * for the last M mod 8 queries). The path is picked at run time from the CPU's features, so one
+ * build runs on any x86-64 host. Every path computes each score as h_j plus the products added
+ * in coordinate order (fused multiply-adds on AVX, separate roundings in portable C), so the
+ * paths agree to float32 rounding.
+ * The GIL is released while searching: the caller splits the queries over a thread pool.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define AEOT_X86 1
+#endif
+
+#define LANES 16
+#define GROUP 8
+/* Queries per outer chunk and bytes of cell data per inner chunk (held in the L2 cache). */
+#define QUERY_CHUNK 1024
+#define CELL_CHUNK_BYTES (256 * 1024)
+
+enum { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+static const char *ISA_NAMES[] = {"generic", "avx2", "avx512"};
+
+/* Insert score s of cell j into the descending list (ts, ti) of length k; s beats ts[k-1]. */
+static inline void insert(float s, int64_t j, float *ts, int64_t *ti, int k) {
+    int p = k - 1;
+    while (p > 0 && ts[p - 1] < s) {
+        ts[p] = ts[p - 1];
+        ti[p] = ti[p - 1];
+        p--;
+    }
+    ts[p] = s;
+    ti[p] = j;
+}
+
+/* Lanes of one 16-cell block whose score beats the query's k-th best go to the list. */
+static inline void merge_block(const float *acc, int64_t b, int k, float *ts, int64_t *ti) {
+    for (int l = 0; l < LANES; l++)
+        if (acc[l] > ts[k - 1]) insert(acc[l], b * LANES + l, ts, ti, k);
+}
+
+/* Portable path: nq <= GROUP queries against blocks [b0, b1). */
+static void group_generic(const float *xq, int nq, int d, const float *yb, const float *hb,
+                          int64_t b0, int64_t b1, int k, float *ts, int64_t *ti) {
+    float acc[GROUP][LANES];
+    for (int64_t b = b0; b < b1; b++) {
+        const float *yv = yb + b * (int64_t)d * LANES;
+        for (int q = 0; q < nq; q++)
+            for (int l = 0; l < LANES; l++) acc[q][l] = hb[b * LANES + l];
+        for (int c = 0; c < d; c++)
+            for (int q = 0; q < nq; q++) {
+                const float xv = xq[q * d + c];
+                for (int l = 0; l < LANES; l++) acc[q][l] += xv * yv[c * LANES + l];
+            }
+        for (int q = 0; q < nq; q++) merge_block(acc[q], b, k, ts + q * k, ti + q * k);
+    }
+}
+
+#ifdef AEOT_X86
+__attribute__((target("avx512f"))) static void group_avx512(const float *xq, int d,
+                                                             const float *yb, const float *hb,
+                                                             int64_t b0, int64_t b1, int k,
+                                                             float *ts, int64_t *ti) {
+    __m512 thr[GROUP];
+    for (int q = 0; q < GROUP; q++) thr[q] = _mm512_set1_ps(ts[q * k + k - 1]);
+    for (int64_t b = b0; b < b1; b++) {
+        const float *yv = yb + b * (int64_t)d * LANES;
+        const __m512 hv = _mm512_loadu_ps(hb + b * LANES);
+        __m512 acc[GROUP];
+#pragma GCC unroll 8
+        for (int q = 0; q < GROUP; q++) acc[q] = hv;
+        for (int c = 0; c < d; c++) {
+            const __m512 y = _mm512_loadu_ps(yv + c * LANES);
+#pragma GCC unroll 8
+            for (int q = 0; q < GROUP; q++)
+                acc[q] = _mm512_fmadd_ps(_mm512_set1_ps(xq[q * d + c]), y, acc[q]);
+        }
+#pragma GCC unroll 8
+        for (int q = 0; q < GROUP; q++) {
+            if (__builtin_expect(_mm512_cmp_ps_mask(acc[q], thr[q], _CMP_GT_OQ) != 0, 0)) {
+                float tmp[LANES];
+                _mm512_storeu_ps(tmp, acc[q]);
+                merge_block(tmp, b, k, ts + q * k, ti + q * k);
+                thr[q] = _mm512_set1_ps(ts[q * k + k - 1]);
+            }
+        }
+    }
+}
+
+/* Four queries at a time: 8 accumulators of 8 lanes fit the 16 AVX2 registers. */
+__attribute__((target("avx2,fma"))) static void quad_avx2(const float *xq, int d, const float *yb,
+                                                          const float *hb, int64_t b0, int64_t b1,
+                                                          int k, float *ts, int64_t *ti) {
+    __m256 thr[4];
+    for (int q = 0; q < 4; q++) thr[q] = _mm256_set1_ps(ts[q * k + k - 1]);
+    for (int64_t b = b0; b < b1; b++) {
+        const float *yv = yb + b * (int64_t)d * LANES;
+        const __m256 h0 = _mm256_loadu_ps(hb + b * LANES), h1 = _mm256_loadu_ps(hb + b * LANES + 8);
+        __m256 lo[4], hi[4];
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            lo[q] = h0;
+            hi[q] = h1;
+        }
+        for (int c = 0; c < d; c++) {
+            const __m256 y0 = _mm256_loadu_ps(yv + c * LANES);
+            const __m256 y1 = _mm256_loadu_ps(yv + c * LANES + 8);
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++) {
+                const __m256 xv = _mm256_broadcast_ss(xq + q * d + c);
+                lo[q] = _mm256_fmadd_ps(xv, y0, lo[q]);
+                hi[q] = _mm256_fmadd_ps(xv, y1, hi[q]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++) {
+            const int beat = _mm256_movemask_ps(_mm256_cmp_ps(lo[q], thr[q], _CMP_GT_OQ)) |
+                             _mm256_movemask_ps(_mm256_cmp_ps(hi[q], thr[q], _CMP_GT_OQ));
+            if (__builtin_expect(beat != 0, 0)) {
+                float tmp[LANES];
+                _mm256_storeu_ps(tmp, lo[q]);
+                _mm256_storeu_ps(tmp + 8, hi[q]);
+                merge_block(tmp, b, k, ts + q * k, ti + q * k);
+                thr[q] = _mm256_set1_ps(ts[q * k + k - 1]);
+            }
+        }
+    }
+}
+#endif
+
+static int best_isa(void) {
+#ifdef AEOT_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
+#endif
+    return ISA_GENERIC;
+}
+
+static void search(const float *x, int64_t m, int d, const float *yb, const float *hb,
+                   int64_t nb, int k, float *os, int64_t *oi, int isa) {
+    for (int64_t i = 0; i < m * k; i++) {
+        os[i] = -INFINITY;
+        oi[i] = -1;
+    }
+    int64_t chunk = CELL_CHUNK_BYTES / ((int64_t)d * LANES * (int64_t)sizeof(float));
+    if (chunk < 1) chunk = 1;
+    for (int64_t qa = 0; qa < m; qa += QUERY_CHUNK) {
+        const int64_t qb = qa + QUERY_CHUNK < m ? qa + QUERY_CHUNK : m;
+        for (int64_t b0 = 0; b0 < nb; b0 += chunk) {
+            const int64_t b1 = b0 + chunk < nb ? b0 + chunk : nb;
+            int64_t q = qa;
+#ifdef AEOT_X86
+            if (isa == ISA_AVX512) {
+                for (; q + GROUP <= qb; q += GROUP)
+                    group_avx512(x + q * d, d, yb, hb, b0, b1, k, os + q * k, oi + q * k);
+            } else if (isa == ISA_AVX2) {
+                for (; q + 4 <= qb; q += 4)
+                    quad_avx2(x + q * d, d, yb, hb, b0, b1, k, os + q * k, oi + q * k);
+            }
+#endif
+            for (; q < qb; q += GROUP) {
+                const int nq = (int)(qb - q < GROUP ? qb - q : GROUP);
+                group_generic(x + q * d, nq, d, yb, hb, b0, b1, k, os + q * k, oi + q * k);
+            }
+        }
+    }
+}
+
+static int isa_from_name(const char *name) {
+    for (int i = 0; i < 3; i++)
+        if (strcmp(name, ISA_NAMES[i]) == 0) return i;
+    return -1;
+}
+
+static int check_len(Py_buffer *buf, Py_ssize_t want, const char *what) {
+    if (buf->len != want) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd bytes, expected %zd", what, buf->len, want);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(topk_doc,
+             "topk(x, yb, hb, m, d, k, scores, cells, isa=None)\n--\n\n"
+             "Exact top-k of <x, y_j> + h_j for m queries of dimension d.\n\n"
+             "x: float32 (m, d); yb: float32 (nb, d, 16); hb: float32 (16 nb,), padding -inf;\n"
+             "scores: float32 (m, k) and cells: int64 (m, k), written. isa: a name from isas(),\n"
+             "default the best this CPU runs.");
+
+static PyObject *py_topk(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"x", "yb", "hb", "m", "d", "k", "scores", "cells", "isa", NULL};
+    Py_buffer x, yb, hb, os, oi;
+    Py_ssize_t m;
+    int d, k;
+    const char *isa_name = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*y*niiw*w*|z", kwlist, &x, &yb, &hb, &m,
+                                     &d, &k, &os, &oi, &isa_name))
+        return NULL;
+    PyObject *result = NULL;
+    const int best = best_isa();
+    int isa = best;
+    const Py_ssize_t nb = hb.len / (Py_ssize_t)(LANES * sizeof(float));
+    if (isa_name != NULL) {
+        isa = isa_from_name(isa_name);
+        if (isa < 0 || isa > best) {
+            PyErr_Format(PyExc_ValueError, "isa %s is not available on this CPU", isa_name);
+            goto done;
+        }
+    }
+    if (m < 0 || d < 1 || k < 1) {
+        PyErr_SetString(PyExc_ValueError, "need m >= 0, d >= 1 and k >= 1");
+        goto done;
+    }
+    if (check_len(&x, m * d * (Py_ssize_t)sizeof(float), "x") ||
+        check_len(&hb, nb * LANES * (Py_ssize_t)sizeof(float), "hb") ||
+        check_len(&yb, nb * d * LANES * (Py_ssize_t)sizeof(float), "yb") ||
+        check_len(&os, m * k * (Py_ssize_t)sizeof(float), "scores") ||
+        check_len(&oi, m * k * (Py_ssize_t)sizeof(int64_t), "cells"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS search((const float *)x.buf, m, d, (const float *)yb.buf,
+                                  (const float *)hb.buf, nb, k, (float *)os.buf,
+                                  (int64_t *)oi.buf, isa);
+    Py_END_ALLOW_THREADS result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&yb);
+    PyBuffer_Release(&hb);
+    PyBuffer_Release(&os);
+    PyBuffer_Release(&oi);
+    return result;
+}
+
+/* Scores (float64) of each query's kc candidate cells; the best k, best first, ties by position. */
+static int rescore(const float *x, int64_t m, int d, const double *y, const double *h, int64_t n,
+                   const int32_t *cand, int kc, int k, double *os, int64_t *oc) {
+    double s[64];
+    for (int64_t i = 0; i < m; i++) {
+        const float *xi = x + i * d;
+        const int32_t *ci = cand + i * kc;
+        for (int j = 0; j < kc; j++) {
+            if (ci[j] < 0 || ci[j] >= n) return -1;
+            const double *yj = y + (int64_t)ci[j] * d;
+            double acc = h[ci[j]];
+            for (int c = 0; c < d; c++) acc += (double)xi[c] * yj[c];
+            s[j] = acc;
+        }
+        for (int r = 0; r < k; r++) { /* selection of the r-th best; kc is small */
+            int best = -1;
+            for (int j = 0; j < kc; j++)
+                if (s[j] != -INFINITY && (best < 0 || s[j] > s[best])) best = j;
+            os[i * k + r] = best < 0 ? -INFINITY : s[best];
+            oc[i * k + r] = best < 0 ? -1 : ci[best];
+            if (best >= 0) s[best] = -INFINITY;
+        }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(rescore_doc,
+             "rescore(x, y, h, cand, m, d, kc, k, scores, cells)\n--\n\n"
+             "Scores <x, y_j> + h_j of each query's candidate cells, in float64; the best k.\n\n"
+             "x: float32 (m, d); y: float64 (n, d); h: float64 (n,); cand: int32 (m, kc),\n"
+             "kc <= 64; scores: float64 (m, k) and cells: int64 (m, k), written, best first.");
+
+static PyObject *py_rescore(PyObject *self, PyObject *args) {
+    Py_buffer x, y, h, cand, os, oc;
+    Py_ssize_t m;
+    int d, kc, k;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*niiiw*w*", &x, &y, &h, &cand, &m, &d, &kc, &k, &os, &oc))
+        return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t n = h.len / (Py_ssize_t)sizeof(double);
+    int status = 0;
+    if (m < 0 || d < 1 || kc < 1 || kc > 64 || k < 1 || k > kc) {
+        PyErr_SetString(PyExc_ValueError, "need m >= 0, d >= 1 and 1 <= k <= kc <= 64");
+        goto done;
+    }
+    if (check_len(&x, m * d * (Py_ssize_t)sizeof(float), "x") ||
+        check_len(&y, n * d * (Py_ssize_t)sizeof(double), "y") ||
+        check_len(&cand, m * kc * (Py_ssize_t)sizeof(int32_t), "cand") ||
+        check_len(&os, m * k * (Py_ssize_t)sizeof(double), "scores") ||
+        check_len(&oc, m * k * (Py_ssize_t)sizeof(int64_t), "cells"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS status =
+        rescore((const float *)x.buf, m, d, (const double *)y.buf, (const double *)h.buf, n,
+                (const int32_t *)cand.buf, kc, k, (double *)os.buf, (int64_t *)oc.buf);
+    Py_END_ALLOW_THREADS if (status < 0) {
+        PyErr_SetString(PyExc_ValueError, "a candidate cell is out of range");
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&h);
+    PyBuffer_Release(&cand);
+    PyBuffer_Release(&os);
+    PyBuffer_Release(&oc);
+    return result;
+}
+
+PyDoc_STRVAR(isas_doc, "isas()\n--\n\nCode paths this CPU runs, best first.");
+
+static PyObject *py_isas(PyObject *self, PyObject *unused) {
+    const int best = best_isa();
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    for (int i = best; i >= 0; i--) {
+        PyObject *name = PyUnicode_FromString(ISA_NAMES[i]);
+        if (name == NULL || PyList_Append(out, name) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"topk", (PyCFunction)(void (*)(void))py_topk, METH_VARARGS | METH_KEYWORDS, topk_doc},
+    {"rescore", py_rescore, METH_VARARGS, rescore_doc},
+    {"isas", py_isas, METH_NOARGS, isas_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_simd", "Fused exact top-k maximum inner product search (CPU).", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__simd(void) { return PyModule_Create(&module); }

@@ -1,0 +1,33 @@
+"""Types of the compiled CPU search kernel (solver/cells/_simd.c)."""
+
+import numpy as np
+
+def topk(
+    x: np.ndarray,
+    yb: np.ndarray,
+    hb: np.ndarray,
+    m: int,
+    d: int,
+    k: int,
+    scores: np.ndarray,
+    cells: np.ndarray,
+    isa: str | None = None,
+) -> None:
+    """Exact top-k of <x, y_j> + h_j for m queries of dimension d, written into scores/cells."""
+
+def isas() -> list[str]:
+    """Code paths this CPU runs, best first."""
+
+def rescore(
+    x: np.ndarray,
+    y: np.ndarray,
+    h: np.ndarray,
+    cand: np.ndarray,
+    m: int,
+    d: int,
+    kc: int,
+    k: int,
+    scores: np.ndarray,
+    cells: np.ndarray,
+) -> None:
+    """Float64 scores of each query's kc candidate cells; the best k, written into scores/cells."""
