@@ -13,6 +13,8 @@ python3 -m venv "$work/venv"
 cd "$work"
 APP_DIR="$repo" sh "$repo/docker/install.sh" cpu >"$work/install.log" 2>&1 \
     || { tail -20 "$work/install.log"; exit 1; }
+# As in the images: the install built the CPU search kernel.
+python -c "from solver.cells import _simd" || { echo "CPU search kernel not built"; exit 1; }
 
 port="$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 export AEOT_HOST=127.0.0.1 AEOT_PORT="$port" AEOT_STORE="$work/store" AEOT_DEVICE=cpu \

@@ -90,3 +90,22 @@ def test_a_passed_deadline_stops_newton_inside_its_line_search(rng):
     assert reason == "time_budget" and counter.passes == 1  # no trial step was evaluated
     np.testing.assert_array_equal(new.heights, state.heights)
     assert record.train_l1 > 0.01
+
+
+def test_search_ahead_gives_the_sequential_results_in_order(rng):
+    """The pass searches batch i + 1 while batch i is consumed; results and order unchanged."""
+    from solver.estimation.host import searched
+
+    y = rng.standard_normal((40, 3))
+    index = CellIndex(y, rng.standard_normal(40))
+    batches = [rng.random((n, 3), dtype=np.float32) - 0.5 for n in (7, 100, 1, 64)]
+    out = list(searched(index, iter(batches), 2))
+    assert [x.shape[0] for x, _, _ in out] == [7, 100, 1, 64]
+    for (x, scores, cells), batch in zip(out, batches, strict=True):
+        ref_scores, ref_cells = index.search(batch, 2)
+        assert x is batch
+        np.testing.assert_array_equal(cells, ref_cells)
+        np.testing.assert_array_equal(scores, ref_scores)
+    assert list(searched(index, iter([]), 2)) == []
+    with pytest.raises(ValueError, match="queries must have shape"):  # a search error surfaces
+        list(searched(index, iter([batches[0], np.zeros((3, 2), np.float32)]), 2))

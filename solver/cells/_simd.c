@@ -54,10 +54,15 @@ static inline void insert(float s, int64_t j, float *ts, int64_t *ti, int k) {
     ti[p] = j;
 }
 
-/* Lanes of one 16-cell block whose score beats the query's k-th best go to the list. */
-static inline void merge_block(const float *acc, int64_t b, int k, float *ts, int64_t *ti) {
-    for (int l = 0; l < LANES; l++)
+/* Lanes of one 16-cell block whose score beats the query's k-th best go to the list; `lanes`
+ * has a bit set for each lane that beat it when the block was compared (the others cannot). */
+static inline void merge_block(const float *acc, unsigned lanes, int64_t b, int k, float *ts,
+                               int64_t *ti) {
+    while (lanes) {
+        const int l = __builtin_ctz(lanes);
+        lanes &= lanes - 1;
         if (acc[l] > ts[k - 1]) insert(acc[l], b * LANES + l, ts, ti, k);
+    }
 }
 
 /* Portable path: nq <= GROUP queries against blocks [b0, b1). */
@@ -73,7 +78,7 @@ static void group_generic(const float *xq, int nq, int d, const float *yb, const
                 const float xv = xq[q * d + c];
                 for (int l = 0; l < LANES; l++) acc[q][l] += xv * yv[c * LANES + l];
             }
-        for (int q = 0; q < nq; q++) merge_block(acc[q], b, k, ts + q * k, ti + q * k);
+        for (int q = 0; q < nq; q++) merge_block(acc[q], 0xFFFFu, b, k, ts + q * k, ti + q * k);
     }
 }
 
@@ -98,10 +103,11 @@ __attribute__((target("avx512f"))) static void group_avx512(const float *xq, int
         }
 #pragma GCC unroll 8
         for (int q = 0; q < GROUP; q++) {
-            if (__builtin_expect(_mm512_cmp_ps_mask(acc[q], thr[q], _CMP_GT_OQ) != 0, 0)) {
+            const __mmask16 beat = _mm512_cmp_ps_mask(acc[q], thr[q], _CMP_GT_OQ);
+            if (__builtin_expect(beat != 0, 0)) {
                 float tmp[LANES];
                 _mm512_storeu_ps(tmp, acc[q]);
-                merge_block(tmp, b, k, ts + q * k, ti + q * k);
+                merge_block(tmp, beat, b, k, ts + q * k, ti + q * k);
                 thr[q] = _mm512_set1_ps(ts[q * k + k - 1]);
             }
         }
@@ -135,13 +141,14 @@ __attribute__((target("avx2,fma"))) static void quad_avx2(const float *xq, int d
         }
 #pragma GCC unroll 4
         for (int q = 0; q < 4; q++) {
-            const int beat = _mm256_movemask_ps(_mm256_cmp_ps(lo[q], thr[q], _CMP_GT_OQ)) |
-                             _mm256_movemask_ps(_mm256_cmp_ps(hi[q], thr[q], _CMP_GT_OQ));
+            const unsigned beat =
+                (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(lo[q], thr[q], _CMP_GT_OQ)) |
+                ((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(hi[q], thr[q], _CMP_GT_OQ)) << 8);
             if (__builtin_expect(beat != 0, 0)) {
                 float tmp[LANES];
                 _mm256_storeu_ps(tmp, lo[q]);
                 _mm256_storeu_ps(tmp + 8, hi[q]);
-                merge_block(tmp, b, k, ts + q * k, ti + q * k);
+                merge_block(tmp, beat, b, k, ts + q * k, ti + q * k);
                 thr[q] = _mm256_set1_ps(ts[q * k + k - 1]);
             }
         }

@@ -176,12 +176,16 @@ class ReuseIndex:
         cut = dh.size - u
         order = np.argpartition(dh, cut - 1)
         big, rest = order[cut:], float(dh[order[cut - 1]])
-        # K + 1 best outliers per sample: at least one of them is not a candidate.
         outliers = CellIndex(self._y[big], self._h[big], backend=self._index.backend)
-        scores, local = outliers.search(x, min(self._k + 1, u))
-        cells = big[np.asarray(local)]
-        hit = (cells[:, :, None] == entry.cells[:, None, :]).any(axis=2)
-        exact = np.where(hit, -np.inf, np.asarray(scores, dtype=np.float64)).max(axis=1)
+        scores, local = (np.asarray(a) for a in outliers.search(x, 1))
+        exact = scores[:, 0].astype(np.float64)
+        # Where the best outlier is one of the sample's candidates, the best non-candidate
+        # outlier is among its K + 1 best (few samples: those in or beside a moved cell).
+        own = np.flatnonzero((big[local[:, 0], None] == entry.cells).any(axis=1))
+        if own.size:
+            s_own, l_own = (np.asarray(a) for a in outliers.search(x[own], min(self._k + 1, u)))
+            hit = (big[l_own][:, :, None] == entry.cells[own][:, None, :]).any(axis=2)
+            exact[own] = np.where(hit, -np.inf, s_own.astype(np.float64)).max(axis=1)
         return np.maximum(entry.bound + rest, exact + _GUARD)
 
     def _fresh(self, x: np.ndarray, key: bytes, k: int) -> tuple[np.ndarray, np.ndarray]:
