@@ -67,6 +67,25 @@ def test_benchmark_peers_stay_in_bench(package):
         assert not peers, f"{path} imports {peers}"
 
 
+def test_only_the_index_module_loads_the_compiled_kernel():
+    def loads_kernel(path: Path) -> bool:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import) and any(a.name.endswith("._simd") for a in node.names):
+                return True
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module.endswith("_simd") or any(a.name == "_simd" for a in node.names):
+                    return True
+        return False
+
+    loaders = {
+        str(path.relative_to(ROOT))
+        for package in ("solver", "models", "service", "bench", "tests")
+        for path in (ROOT / package).rglob("*.py")
+        if loads_kernel(path)
+    }
+    assert loaders == {"solver/cells/index.py"}
+
+
 def test_the_faiss_allow_list_is_real():
     assert "faiss" in top_level(imported_modules("solver")["solver/cells/index.py"])
 
