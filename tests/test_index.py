@@ -139,9 +139,13 @@ def _simd_layout(y, h):
     return np.ascontiguousarray(padded.reshape(blocks, 16, d).transpose(0, 2, 1)), hb
 
 
-@pytest.mark.parametrize("shape", [(1, 3), (37, 1), (300, 16), (1000, 33)])
+@pytest.mark.parametrize("shape", [(1, 3), (37, 1), (64, 5), (300, 16), (1000, 33), (1700, 40)])
 def test_every_kernel_code_path_matches_brute_force(shape, rng):
-    """Each instruction-set path this CPU runs, with ragged N (padding) and M (tail queries)."""
+    """Each instruction-set path this CPU runs, with ragged N (padding) and M (tail queries).
+
+    Block counts are odd and even, within one cache chunk and across several (1,700 cells of
+    dimension 40: chunks of 102 and 5 blocks).
+    """
     simd = pytest.importorskip("solver.cells._simd")
     n, d = shape
     y = rng.standard_normal((n, d)).astype(np.float32)

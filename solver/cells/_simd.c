@@ -14,9 +14,9 @@
  * 16 lanes of a vector are 16 cells. Queries are row-major float32 (M, d). Results are the k
  * best scores (descending) and their cells (int64, -1 where fewer than k cells exist).
  *
- * Code paths: AVX-512F (8 queries x 16 lanes per step), AVX2 + FMA (4 queries x 2 x 8 lanes),
- * and portable C that the compiler vectorises for the baseline instruction set (also the path
- * for the last M mod 8 queries). The path is picked at run time from the CPU's features, so one
+ * Code paths: AVX-512F (8 queries x 2 blocks of 16 lanes per step), AVX2 + FMA (4 queries x
+ * 2 x 8 lanes), and portable C that the compiler vectorises for the baseline instruction set
+ * (also the path for the last M mod 8 queries). The path is picked at run time from the CPU's features, so one
  * build runs on any x86-64 host. Every path computes each score as h_j plus the products added
  * in coordinate order (fused multiply-adds on AVX, separate roundings in portable C), so the
  * paths agree to float32 rounding.
@@ -83,13 +83,57 @@ static void group_generic(const float *xq, int nq, int d, const float *yb, const
 }
 
 #ifdef AEOT_X86
+/* Compare a block's scores with the query's k-th best; merge the lanes that beat it. */
+__attribute__((target("avx512f"))) static inline void check_avx512(__m512 acc, __m512 *thr,
+                                                                    int64_t b, int k, float *ts,
+                                                                    int64_t *ti) {
+    const __mmask16 beat = _mm512_cmp_ps_mask(acc, *thr, _CMP_GT_OQ);
+    if (__builtin_expect(beat != 0, 0)) {
+        float tmp[LANES];
+        _mm512_storeu_ps(tmp, acc);
+        merge_block(tmp, beat, b, k, ts, ti);
+        *thr = _mm512_set1_ps(ts[k - 1]);
+    }
+}
+
+/* Eight queries against two 16-cell blocks per step: 16 accumulators, and each coordinate
+ * costs 2 cell loads and 8 query broadcasts for 16 multiply-adds (one block per step needed
+ * 9 loads for 8, and waited on loads: 1.1 to 1.9x slower, docs/benchmarks.md). */
 __attribute__((target("avx512f"))) static void group_avx512(const float *xq, int d,
                                                              const float *yb, const float *hb,
                                                              int64_t b0, int64_t b1, int k,
                                                              float *ts, int64_t *ti) {
     __m512 thr[GROUP];
     for (int q = 0; q < GROUP; q++) thr[q] = _mm512_set1_ps(ts[q * k + k - 1]);
-    for (int64_t b = b0; b < b1; b++) {
+    int64_t b = b0;
+    for (; b + 2 <= b1; b += 2) {
+        const float *yv = yb + b * (int64_t)d * LANES;
+        const float *yw = yv + (int64_t)d * LANES;
+        const __m512 hv = _mm512_loadu_ps(hb + b * LANES);
+        const __m512 hw = _mm512_loadu_ps(hb + (b + 1) * LANES);
+        __m512 acc[GROUP], acd[GROUP];
+#pragma GCC unroll 8
+        for (int q = 0; q < GROUP; q++) {
+            acc[q] = hv;
+            acd[q] = hw;
+        }
+        for (int c = 0; c < d; c++) {
+            const __m512 y = _mm512_loadu_ps(yv + c * LANES);
+            const __m512 w = _mm512_loadu_ps(yw + c * LANES);
+#pragma GCC unroll 8
+            for (int q = 0; q < GROUP; q++) {
+                const __m512 xv = _mm512_set1_ps(xq[q * d + c]);
+                acc[q] = _mm512_fmadd_ps(xv, y, acc[q]);
+                acd[q] = _mm512_fmadd_ps(xv, w, acd[q]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int q = 0; q < GROUP; q++) {
+            check_avx512(acc[q], &thr[q], b, k, ts + q * k, ti + q * k);
+            check_avx512(acd[q], &thr[q], b + 1, k, ts + q * k, ti + q * k);
+        }
+    }
+    if (b < b1) { /* an odd last block */
         const float *yv = yb + b * (int64_t)d * LANES;
         const __m512 hv = _mm512_loadu_ps(hb + b * LANES);
         __m512 acc[GROUP];
@@ -102,15 +146,7 @@ __attribute__((target("avx512f"))) static void group_avx512(const float *xq, int
                 acc[q] = _mm512_fmadd_ps(_mm512_set1_ps(xq[q * d + c]), y, acc[q]);
         }
 #pragma GCC unroll 8
-        for (int q = 0; q < GROUP; q++) {
-            const __mmask16 beat = _mm512_cmp_ps_mask(acc[q], thr[q], _CMP_GT_OQ);
-            if (__builtin_expect(beat != 0, 0)) {
-                float tmp[LANES];
-                _mm512_storeu_ps(tmp, acc[q]);
-                merge_block(tmp, beat, b, k, ts + q * k, ti + q * k);
-                thr[q] = _mm512_set1_ps(ts[q * k + k - 1]);
-            }
-        }
+        for (int q = 0; q < GROUP; q++) check_avx512(acc[q], &thr[q], b, k, ts + q * k, ti + q * k);
     }
 }
 
