@@ -68,3 +68,29 @@ def test_under_ci_a_missing_browser_fails_the_page_test():
     )
     assert run.returncode == 1, run.stdout
     assert "CI=true but no chromium" in run.stdout
+
+
+def test_the_wheel_carries_the_compiled_kernel(tmp_path):
+    """What the images install (a wheel built from the checkout) has the CPU search kernel."""
+    import importlib.util
+    import zipfile
+
+    import pytest
+
+    if importlib.util.find_spec("setuptools") is None:
+        pytest.skip("setuptools is needed to build the wheel without network access")
+    if importlib.util.find_spec("solver.cells._simd") is None and os.environ.get("CI") != "true":
+        pytest.skip("no C compiler here: the install falls back to FAISS (CI requires one)")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = tmp_path.glob("aeot-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(re.fullmatch(r"solver/cells/_simd\..*\.so", n) for n in names), names
+    assert "solver/cells/_simd.pyi" in names
