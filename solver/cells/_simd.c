@@ -98,7 +98,7 @@ __attribute__((target("avx512f"))) static inline void check_avx512(__m512 acc, _
 
 /* Eight queries against two 16-cell blocks per step: 16 accumulators, and each coordinate
  * costs 2 cell loads and 8 query broadcasts for 16 multiply-adds (one block per step needed
- * 9 loads for 8, and waited on loads: 1.1 to 1.9x slower, docs/benchmarks.md). */
+ * 9 loads for 8: 1.2 to 1.35x slower on one thread, docs/benchmarks.md). */
 __attribute__((target("avx512f"))) static void group_avx512(const float *xq, int d,
                                                              const float *yb, const float *hb,
                                                              int64_t b0, int64_t b1, int k,

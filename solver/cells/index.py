@@ -6,7 +6,7 @@ FAISS. Backends share one small interface and are chosen once (``backend="auto"`
 
 - ``simd``: the fused CPU kernel of ``solver/cells/_simd.c`` (compiled at install): scores
   stay in vector registers and each query keeps its k best cells, so a search costs the
-  multiply-adds alone; 5 to 7x FAISS's flat search at N = 10,000, d = 16 (docs/benchmarks.md,
+  multiply-adds alone; 4.5 to 7x FAISS's flat search at N = 10,000, d = 16 (docs/benchmarks.md,
   cell-query throughput). New heights are written into its padded copy.
 - ``faiss``: FAISS ``IndexFlatIP`` on the CPU (the fallback when the kernel was not built);
   new heights are written in place into the index's stored vectors (only the last column
