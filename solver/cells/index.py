@@ -2,7 +2,8 @@
 
 With a_i = [y_i, h_i] and q(x) = [x, 1], the cell of x is argmax_i <q(x), a_i>: the Brenier
 potential u_h(x) = max_i <x, y_i> + h_i is attained there. This is the only module that imports
-FAISS. Backends share one small interface and are chosen once (``backend="auto"``):
+FAISS or the compiled kernel. Backends share one small interface and are chosen once
+(``backend="auto"``):
 
 - ``simd``: the fused CPU kernel of ``solver/cells/_simd.c`` (compiled at install): scores
   stay in vector registers and each query keeps its k best cells, so a search costs the
