@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from solver import BACKENDS, CellIndex, available_backends, resolve_backend
+from solver.cells.index import simd_layout
 
 CPU_BACKENDS = available_backends("cpu")
 
@@ -129,16 +130,6 @@ def test_the_cpu_kernel_is_built_in_ci():
     assert available_backends("cpu")[0] == "simd"
 
 
-def _simd_layout(y, h):
-    n, d = y.shape
-    blocks = -(-n // 16)
-    padded = np.zeros((blocks * 16, d), np.float32)
-    padded[:n] = y
-    hb = np.full(blocks * 16, -np.inf, np.float32)
-    hb[:n] = h
-    return np.ascontiguousarray(padded.reshape(blocks, 16, d).transpose(0, 2, 1)), hb
-
-
 @pytest.mark.parametrize("shape", [(1, 3), (37, 1), (64, 5), (300, 16), (1000, 33), (1700, 40)])
 def test_every_kernel_code_path_matches_brute_force(shape, rng):
     """Each instruction-set path this CPU runs, with ragged N (padding) and M (tail queries).
@@ -151,7 +142,7 @@ def test_every_kernel_code_path_matches_brute_force(shape, rng):
     y = rng.standard_normal((n, d)).astype(np.float32)
     h = rng.standard_normal(n).astype(np.float32)
     x = (rng.random((1029, d)) - 0.5).astype(np.float32)  # 128 groups of 8, then 5
-    yb, hb = _simd_layout(y, h)
+    yb, hb = simd_layout(y, h)
     for k in (1, 2, min(n + 2, 20)):
         ref_scores, ref_cells = brute_force(x, y, h, min(k, n))
         ok = unambiguous(x, y, h, min(k, n - 1)) if n > 1 else np.ones(len(x), bool)
@@ -168,7 +159,7 @@ def test_every_kernel_code_path_matches_brute_force(shape, rng):
 
 def test_the_kernel_refuses_buffers_of_the_wrong_size():
     simd = pytest.importorskip("solver.cells._simd")
-    yb, hb = _simd_layout(np.ones((20, 4), np.float32), np.zeros(20, np.float32))
+    yb, hb = simd_layout(np.ones((20, 4), np.float32), np.zeros(20, np.float32))
     x = np.zeros((10, 4), np.float32)
     scores, cells = np.empty((10, 2), np.float32), np.empty((10, 2), np.int64)
     with pytest.raises(ValueError, match="x has"):

@@ -418,6 +418,22 @@ def _split(m: int, task: Callable[[int, int], None]) -> None:
     list(_search_pool().map(lambda lo: task(lo, min(lo + _TASK_QUERIES, m)), starts))
 
 
+def simd_layout(y: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's block-major copy of targets y (N, d) and heights h (N,).
+
+    Returns ``(yb, hb)``: ``yb[b, c, l] = y[16 b + l, c]``, shape ``(ceil(N / 16), d, 16)``, and
+    ``hb``, shape ``(16 ceil(N / 16),)``, both float32; padding cells are zero with height -inf.
+    """
+    n, d = y.shape
+    blocks = -(-n // _SIMD_LANES)
+    padded = np.zeros((blocks * _SIMD_LANES, d), dtype=np.float32)
+    padded[:n] = y
+    yb = np.ascontiguousarray(padded.reshape(blocks, _SIMD_LANES, d).transpose(0, 2, 1))
+    hb = np.full(blocks * _SIMD_LANES, -np.inf, dtype=np.float32)
+    hb[:n] = h
+    return yb, hb
+
+
 class _SimdCPU:
     """The fused kernel (``solver/cells/_simd.c``) over a block-major copy of the targets.
 
@@ -432,14 +448,8 @@ class _SimdCPU:
             raise ValueError(
                 "backend 'simd' needs the compiled kernel (reinstall with a C compiler)"
             )
-        n, d = y.shape
-        blocks = -(-n // _SIMD_LANES)
-        padded = np.zeros((blocks * _SIMD_LANES, d), dtype=np.float32)
-        padded[:n] = y
-        self._yb = np.ascontiguousarray(padded.reshape(blocks, _SIMD_LANES, d).transpose(0, 2, 1))
-        self._hb = np.full(blocks * _SIMD_LANES, -np.inf, dtype=np.float32)
-        self._hb[:n] = h
-        self._n, self._d = n, d
+        self._yb, self._hb = simd_layout(y, h)
+        self._n, self._d = y.shape
 
     def set_heights(self, heights: np.ndarray) -> None:
         self._hb[: self._n] = heights
