@@ -5,7 +5,9 @@ Prints one JSON object per line. Usage::
     python bench/solver.py                 # the issue's CPU sizes (takes a while on 2 cores)
     python bench/solver.py --quick         # small sizes, a minute or two
     python bench/solver.py --only fit --sizes 10000x16
+    python bench/solver.py --only throughput --sizes 60000x32   # search shapes, every backend
     python bench/solver.py --only fit --sizes 2000x16 10000x16 60000x32:0.1   # the d >= 4 table
+    python bench/solver.py --only fit --sizes 60000x32:0.1 --no-baseline --also-backends simd
     python bench/solver.py --exact         # exact-geometry fits in 2D/3D only (bench/exact_fit.py)
     python bench/solver.py --only ivf      # approximate (IVF) search: recall and speed-up
     python bench/solver.py --peers         # POT and OTT-JAX at equal wall time (bench/peers.py)
@@ -45,6 +47,12 @@ from solver import (  # noqa: E402
     ivf_recall,
     make_problem,
 )
+
+
+def _shape(size: str) -> tuple[int, int]:
+    """``"NxD"`` (or ``"NxD:TARGET"``) to ``(N, D)``."""
+    n, d = size.partition(":")[0].split("x")
+    return int(n), int(d)
 
 
 def throughput(backend: str, n: int, d: int, k: int, queries: int) -> float:
@@ -91,6 +99,12 @@ def time_to_accuracy(n: int, d: int, target: float, args: argparse.Namespace) ->
     base = {"bench": "solver", "kind": "time_to_accuracy", "n": n, "d": d, "target_l1": target}
     default = fit(problem, FitConfig(target_l1=target, time_budget=args.budget, seed=0))
     emit({**base, **_summary(default), "load": os.getloadavg()})
+    for backend in args.also_backends:  # the same fit on other cell index backends
+        other = fit(
+            problem,
+            FitConfig(target_l1=target, time_budget=args.budget, seed=0, backend=backend),
+        )
+        emit({**base, **_summary(other), "load": os.getloadavg()})
     if args.no_baseline:
         return
     budget = args.baseline_budget or max(args.baseline_factor * default.elapsed, args.baseline_min)
@@ -161,7 +175,10 @@ def peer_comparison(n: int, d: int, target: float, args: argparse.Namespace) -> 
             "n_samples": acc.n_samples,
         }
 
-    default_row = {"method": "default", "solver": f"solver.fit ({default.method})"}
+    default_row: dict[str, object] = {
+        "method": "default",
+        "solver": f"solver.fit ({default.method})",
+    }
     default_row |= {"seconds": round(default.elapsed, 2), "own_check_l1": default.accuracy.l1}
     default_grade = graded(default.heights)
     emit({**base, **default_row, **default_grade, "load": os.getloadavg()})
@@ -229,7 +246,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes")
     parser.add_argument("--only", choices=["throughput", "fit", "ivf"], default=None)
     parser.add_argument(
-        "--sizes", nargs="*", default=None, help="fit sizes as NxD or NxD:TARGET_L1"
+        "--sizes",
+        nargs="*",
+        default=None,
+        help="fit sizes as NxD or NxD:TARGET_L1 (with --only throughput: search shapes NxD)",
     )
     parser.add_argument("--target", type=float, default=0.05)
     parser.add_argument("--budget", type=float, default=1800.0, help="default method seconds")
@@ -246,6 +266,12 @@ def main() -> None:
     )
     parser.add_argument("--exact", action="store_true", help="exact 2D/3D fits to 1e-8 only")
     parser.add_argument("--no-baseline", action="store_true", help="default method only")
+    parser.add_argument(
+        "--also-backends",
+        nargs="*",
+        default=[],
+        help="fit: run the default method again on these cell index backends (e.g. simd)",
+    )
     parser.add_argument("--peers", action="store_true", help="POT and OTT-JAX at equal time")
     parser.add_argument(
         "--peer-factor", type=float, default=5.0, help="peers' second, larger budget (x default)"
@@ -268,7 +294,9 @@ def main() -> None:
     if args.only in (None, "throughput"):
         shapes = [(2000, 2), (10000, 16)]
         if not args.quick:
-            shapes += [(10000, 64), (60000, 64)]
+            shapes += [(10000, 64), (60000, 32), (60000, 64)]
+        if args.sizes and args.only == "throughput":
+            shapes = [_shape(size) for size in args.sizes]
         queries = 1 << (15 if args.quick else 18)
         for n, d in shapes:
             for backend in available_backends():

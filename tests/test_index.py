@@ -127,7 +127,8 @@ def test_the_cpu_kernel_is_built_in_ci():
     """CI installs with a compiler: a missing kernel there is a build failure, not a skip."""
     if os.environ.get("CI") != "true":
         pytest.skip("outside CI a missing compiler only costs speed (FAISS serves the CPU)")
-    assert available_backends("cpu")[0] == "simd"
+    cpu = available_backends("cpu")
+    assert "simd" in cpu and cpu[0] in ("amx", "simd")
 
 
 @pytest.mark.parametrize("shape", [(1, 3), (37, 1), (64, 5), (300, 16), (1000, 33), (1700, 40)])
@@ -204,7 +205,7 @@ def test_candidate_scores_match_numpy_with_and_without_the_kernel(rng, monkeypat
     np.testing.assert_array_equal(c_fast, c_ref)
     direct = x.astype(np.float64) @ y.T + h
     np.testing.assert_allclose(s_ref[:, 0], direct[np.arange(300)[:, None], cand].max(axis=1))
-    if index_module.available_backends("cpu")[0] == "simd":
+    monkeypatch.undo()
+    if "simd" in index_module.available_backends("cpu"):  # the kernel checks its candidates
         with pytest.raises(ValueError, match="out of range"):
-            monkeypatch.undo()
             index_module.candidate_scores(x, y, h, np.full((300, 5), 50, np.int32), 2)

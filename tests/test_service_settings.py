@@ -65,7 +65,7 @@ def test_device_mapping():
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") in ("cpu", "cuda")
     assert backend_for_device("cpu") == available_backends("cpu")[0]
-    assert set(available_backends("cpu")) <= {"simd", "faiss", "torch"}
+    assert set(available_backends("cpu")) <= {"amx", "simd", "faiss", "torch"}
     assert backend_for_device(resolve_device("auto")) == available_backends()[0]
 
 

@@ -31,3 +31,21 @@ def rescore(
     cells: np.ndarray,
 ) -> None:
     """Float64 scores of each query's kc candidate cells; the best k, written into scores/cells."""
+
+def amx_available() -> bool:
+    """Whether amx_topk runs here (an AMX-BF16 CPU, a kernel that grants it, this build)."""
+
+def amx_topk(
+    x: np.ndarray,
+    ya: np.ndarray,
+    hb: np.ndarray,
+    m: int,
+    d: int,
+    mode: int,
+    nk: int,
+    cw: int,
+    k: int,
+    scores: np.ndarray,
+    cells: np.ndarray,
+) -> None:
+    """Approximate (bfloat16 tile) top-k of <x, y_j> + h_j, written into scores/cells."""

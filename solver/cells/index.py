@@ -9,6 +9,10 @@ FAISS or the compiled kernel. Backends share one small interface and are chosen 
   stay in vector registers and each query keeps its k best cells, so a search costs the
   multiply-adds alone; 4.5 to 7x FAISS's flat search at N = 10,000, d = 16 (docs/benchmarks.md,
   cell-query throughput). New heights are written into its padded copy.
+- ``amx``: on CPUs with AMX-BF16 tiles, the same kernel's bfloat16 tile screen keeps a few
+  more candidates than asked, re-scores them in float64 and certifies each query with a
+  rounding bound (:func:`amx_error_bound`); the rare uncertified queries go to ``simd``. The
+  result is exact; at N = 60,000, d = 32 it is about 2.4 to 3x ``simd`` (docs/solver.md).
 - ``faiss``: FAISS ``IndexFlatIP`` on the CPU (the fallback when the kernel was not built);
   new heights are written in place into the index's stored vectors (only the last column
   changes).
@@ -56,6 +60,16 @@ _TASK_QUERIES = 8192
 # takes per query (solver/cells/_simd.c).
 _SIMD_LANES = 16
 _SIMD_MAX_CANDIDATES = 64
+# Extra cells the AMX screen keeps per query beyond the k asked for, by precision mode, and
+# its switch from mode 1 to mode 3: after this many queries, if more than this share stayed
+# uncertified (each costs a second, exact search). Chosen on the clustered N = 60,000,
+# d = 32 benchmark targets and the MNIST latents (docs/benchmarks.md, cell-query throughput).
+_AMX_EXTRA = {1: 11, 3: 3}
+_AMX_MIN_QUERIES = 16384
+_AMX_OPEN_SHARE = 0.4
+# Below this N d the fixed costs per query (conversion, re-scoring, certificate) outweigh the
+# faster products: the exact kernel answers (at N = 10,000, d = 16 it was as fast as AMX).
+_AMX_MIN_WORK = 1 << 18
 
 
 class _Backend(Protocol):
@@ -94,6 +108,11 @@ BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec(name="triton", device="cuda", needs="triton and a CUDA GPU"),
     BackendSpec(name="faiss-gpu", device="cuda", needs="faiss-gpu and a CUDA GPU"),
     BackendSpec(name="torch-cuda", device="cuda", needs="a CUDA GPU"),
+    BackendSpec(
+        name="amx",
+        device="cpu",
+        needs="the kernel compiled at install, a CPU with AMX-BF16 and Linux >= 5.16",
+    ),
     BackendSpec(name="simd", device="cpu", needs="the kernel compiled at install (a C compiler)"),
     BackendSpec(name="faiss", device="cpu", needs="faiss-cpu"),
     BackendSpec(name="torch", device="cpu", needs="nothing"),
@@ -126,6 +145,7 @@ def available_backends(device: DeviceKind | None = None) -> list[str]:
         "triton": lambda: torch.cuda.is_available() and _fused_available(),
         "faiss-gpu": lambda: torch.cuda.is_available() and faiss_gpu_count() > 0,
         "torch-cuda": torch.cuda.is_available,
+        "amx": lambda: _simd is not None and _simd.amx_available(),
         "simd": lambda: _simd is not None,
         "faiss": lambda: faiss is not None,
         "torch": lambda: True,
@@ -327,6 +347,8 @@ class CellIndex:
 
 
 def _make_backend(name: str, y: np.ndarray, h: np.ndarray) -> _Backend:
+    if name == "amx":
+        return _AmxCPU(y, h)
     if name == "simd":
         return _SimdCPU(y, h)
     if name == "faiss":
@@ -471,6 +493,170 @@ class _SimdCPU:
 
         _split(m, task)
         return _like(x, scores, cells)
+
+
+def amx_layout(y: np.ndarray, mode: int) -> tuple[np.ndarray, int, int]:
+    """The AMX screen's tile copy of targets y (N, d) in precision ``mode`` (1 or 3).
+
+    Each cell's vector is expanded to bfloat16 values (mode 1: ``bf16(y)``; mode 3: the head
+    ``bf16(y)`` twice and the tail ``bf16(y - head)``, to meet the queries' ``[head, tail,
+    head]``), zero-padded to ``nk`` chunks of ``cw`` values (``cw`` even, at most 32), and
+    stored per 16-cell block in the tile multiply's pair-interleaved order. The number of
+    blocks is even (the kernel scores two blocks at a time); padding cells are zero.
+
+    Returns ``(ya, nk, cw)``: ``ya`` uint16 of shape ``(blocks, nk, cw / 2, 16, 2)``.
+    """
+    n, d = y.shape
+    head = _bf16(y)
+    parts = [head] if mode == 1 else [head, head, _bf16(y - _from_bf16(head))]
+    width = len(parts) * d
+    cw = min(32, width + width % 2)
+    nk = -(-width // cw)
+    blocks = -(-n // (2 * _SIMD_LANES)) * 2
+    expanded = np.zeros((blocks * _SIMD_LANES, nk * cw), dtype=np.uint16)
+    expanded[:n, :width] = np.concatenate(parts, axis=1)
+    tiles = expanded.reshape(blocks, _SIMD_LANES, nk, cw // 2, 2).transpose(0, 2, 3, 1, 4)
+    return np.ascontiguousarray(tiles), nk, cw
+
+
+def _bf16(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (to nearest, ties to even), as uint16 bit patterns."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    return ((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+
+
+def _from_bf16(b: np.ndarray) -> np.ndarray:
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def amx_error_bound(
+    x: np.ndarray, y_norm: float, h_norm: float, mode: int, width: int
+) -> np.ndarray:
+    """Per query, a bound on |AMX score - exact score| over all cells (score units).
+
+    For mode 1 each product x_c y_c carries the two bfloat16 roundings (unit roundoff
+    u = 2^-8): error <= (2 u + u^2) |x_c| |y_c|. For mode 3 the head and tail of each factor
+    leave a remainder of at most u^2 of it and the dropped tail product is at most u^2 (1 + u)^2
+    of it: error <= (3 u^2 + 4 u^3) |x_c| |y_c|. Summing over c (Cauchy-Schwarz:
+    sum |x_c| |y_c| <= |x| max_j |y_j|) and adding the float32 accumulation of ``width``
+    products and the height (gamma_{width+1} of the absolute sum), with 2 % to spare.
+
+    Args:
+        x: queries, shape ``(M, d)``.
+        y_norm: ``max_j |y_j|``.
+        h_norm: ``max_j |h_j|``.
+        mode: 1 or 3.
+        width: products per score (``nk cw``).
+
+    """
+    u = 2.0**-8
+    steps = (width + 1) * 2.0**-24
+    gamma = steps / (1.0 - steps)
+    rel = 2 * u + u * u if mode == 1 else 3 * u * u + 4 * u**3
+    s = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)) * y_norm
+    return 1.02 * (rel * s + gamma * (1.05 * s + h_norm)) + 1e-30
+
+
+class _AmxCPU:
+    """AMX tiles screen, float64 re-scoring certifies: exact top-k, faster than ``simd``.
+
+    The kernel's ``amx_topk`` returns each query's ``k + extra`` best cells by bfloat16
+    scores. Their exact (float64) scores are computed, and the query is certified when its
+    k-th best exact score beats the screen's last kept score plus the rounding bound of
+    :func:`amx_error_bound`: then no other cell can reach the top k. Queries the one-product
+    screen (mode 1) leaves uncertified are screened again in the split precision (mode 3,
+    three products, a bound about 170x tighter), and the few left after that are searched by
+    the exact float32 kernel (``simd``). The result is therefore the same as that backend's up
+    to float32 rounding of ties.
+
+    If more than ``_AMX_OPEN_SHARE`` of an index's queries stay uncertified in mode 1
+    (targets whose top scores crowd within its bound), the index screens in mode 3 from then
+    on: past that share the second screen costs more than screening once in mode 3.
+    """
+
+    name = "amx"
+
+    def __init__(self, y: np.ndarray, h: np.ndarray) -> None:
+        if _simd is None or not _simd.amx_available():
+            raise ValueError("backend 'amx' needs the compiled kernel and a CPU with AMX-BF16")
+        self._exact = _SimdCPU(y, h)
+        self._n, self._d = y.shape
+        self._y32 = y
+        self._y = y.astype(np.float64)
+        self._y_norm = float(np.sqrt(np.square(self._y).sum(axis=1).max()))
+        blocks = -(-self._n // (2 * _SIMD_LANES)) * 2
+        self._hb = np.full(blocks * _SIMD_LANES, -np.inf, dtype=np.float32)
+        self.set_heights(h)
+        self._layouts: dict[int, tuple[np.ndarray, int, int]] = {}
+        self.mode = 1
+        self.screened = self.opened = 0
+
+    def set_heights(self, heights: np.ndarray) -> None:
+        self._exact.set_heights(heights)
+        self._hb[: self._n] = heights
+        self._h = heights.astype(np.float64)
+        self._h_norm = float(np.abs(self._h).max())
+
+    def search(self, x: Array, k: int) -> tuple[Array, Array]:
+        if isinstance(x, torch.Tensor):
+            q = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        else:
+            q = np.ascontiguousarray(x, dtype=np.float32)
+        if k + _AMX_EXTRA[3] >= self._n or self._n * self._d < _AMX_MIN_WORK:
+            return self._exact.search(x, k)
+        scores, cells, open_ = self._screen(q, k, self.mode)
+        rows = np.flatnonzero(open_)
+        self._account(q.shape[0], rows.size)
+        if rows.size and self.mode == 1:  # the split precision certifies nearly all of them
+            s3, c3, open3 = self._screen(q[rows], k, 3)
+            scores[rows], cells[rows] = s3, c3
+            rows = rows[open3]
+        if rows.size:
+            scores[rows], cells[rows] = self._exact.search(q[rows], k)
+        return _like(x, scores, cells)
+
+    def _screen(
+        self, q: np.ndarray, k: int, mode: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Screened, re-scored top-k of queries q in precision ``mode``, and which are open."""
+        kc = min(self._n, k + _AMX_EXTRA[mode], _SIMD_MAX_CANDIDATES)
+        m = q.shape[0]
+        ya, nk, cw = self._layout(mode)
+        scores = np.empty((m, k), dtype=np.float32)
+        cells = np.empty((m, k), dtype=np.int64)
+        open_ = np.zeros(m, dtype=bool)
+        assert _simd is not None  # checked in __init__
+
+        def task(lo: int, hi: int) -> None:
+            approx = np.empty((hi - lo, kc), dtype=np.float32)
+            cand = np.empty((hi - lo, kc), dtype=np.int64)
+            _simd.amx_topk(q[lo:hi], ya, self._hb, hi - lo, self._d, mode, nk, cw, kc, approx, cand)
+            best, top = candidate_scores(q[lo:hi], self._y, self._h, cand.astype(np.int32), k)
+            bound = approx[:, -1] + amx_error_bound(
+                q[lo:hi], self._y_norm, self._h_norm, mode, nk * cw
+            )
+            open_[lo:hi] = ~(best[:, -1] > bound)
+            scores[lo:hi] = best
+            cells[lo:hi] = top
+
+        _split(m, task)
+        return scores, cells, open_
+
+    def _layout(self, mode: int) -> tuple[np.ndarray, int, int]:
+        if mode not in self._layouts:
+            self._layouts[mode] = amx_layout(self._y32, mode)
+        return self._layouts[mode]
+
+    def _account(self, m: int, opened: int) -> None:
+        self.screened += m
+        self.opened += opened
+        if (
+            self.mode == 1
+            and self.screened >= _AMX_MIN_QUERIES
+            and self.opened > _AMX_OPEN_SHARE * self.screened
+        ):
+            self.mode = 3
+            self.screened = self.opened = 0
 
 
 class _FaissCPU:
