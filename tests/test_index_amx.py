@@ -117,3 +117,19 @@ def test_the_screen_refuses_bad_arguments():
         _simd.amx_topk(x, ya[:1], hb, 10, 4, 1, nk, cw, 2, scores, cells)
     with pytest.raises(ValueError, match="x has"):
         _simd.amx_topk(x, ya, hb, 11, 4, 1, nk, cw, 2, scores, cells)
+
+
+def test_a_forked_child_screens_too(rng):
+    """The AMX permission is granted per process at import; a forked child inherits it (a
+    child without it would die on the first tile instruction)."""
+    import multiprocessing as mp
+
+    y = rng.standard_normal((9001, 32)).astype(np.float32)
+    h = rng.standard_normal(9001).astype(np.float32)
+    x = rng.random((3000, 32), dtype=np.float32)
+    index = CellIndex(y, h, backend="amx")
+    parent = index.assign(x)
+    assert index._impl.screened == len(x)
+    with mp.get_context("fork").Pool(1) as pool:
+        child = pool.apply_async(index.assign, (x,)).get(timeout=60)
+    np.testing.assert_array_equal(child, parent)

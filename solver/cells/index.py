@@ -11,8 +11,9 @@ FAISS or the compiled kernel. Backends share one small interface and are chosen 
   cell-query throughput). New heights are written into its padded copy.
 - ``amx``: on CPUs with AMX-BF16 tiles, the same kernel's bfloat16 tile screen keeps a few
   more candidates than asked, re-scores them in float64 and certifies each query with a
-  rounding bound (:func:`amx_error_bound`); the rare uncertified queries go to ``simd``. The
-  result is exact; at N = 60,000, d = 32 it is about 2.4 to 3x ``simd`` (docs/solver.md).
+  rounding bound (:func:`amx_error_bound`); uncertified queries are screened again in a
+  split precision, and the few still open go to ``simd``. The result is exact; at
+  N = 60,000, d = 32 it is 2.8 to 4.3x ``simd`` (docs/benchmarks.md).
 - ``faiss``: FAISS ``IndexFlatIP`` on the CPU (the fallback when the kernel was not built);
   new heights are written in place into the index's stored vectors (only the last column
   changes).
