@@ -63,7 +63,7 @@ _SIMD_LANES = 16
 _SIMD_MAX_CANDIDATES = 64
 # Extra cells the AMX screen keeps per query beyond the k asked for, by precision mode, and
 # its switch from mode 1 to mode 3: after this many queries, if more than this share stayed
-# uncertified (each costs a second, exact search). Chosen on the clustered N = 60,000,
+# uncertified (each costs a second screen, in mode 3). Chosen on the clustered N = 60,000,
 # d = 32 benchmark targets and the MNIST latents (docs/benchmarks.md, cell-query throughput).
 _AMX_EXTRA = {1: 11, 3: 3}
 _AMX_MIN_QUERIES = 16384
@@ -381,6 +381,13 @@ def _as_numpy_queries(x: Array) -> np.ndarray:
     return q
 
 
+def _float32_queries(x: Array) -> np.ndarray:
+    """Queries as a contiguous float32 numpy array (the compiled kernel's input)."""
+    if isinstance(x, torch.Tensor):
+        return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def _like(x: Array, scores: np.ndarray, cells: np.ndarray) -> tuple[Array, Array]:
     if isinstance(x, torch.Tensor):
         return (
@@ -478,10 +485,7 @@ class _SimdCPU:
         self._hb[: self._n] = heights
 
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
-        if isinstance(x, torch.Tensor):
-            q = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        else:
-            q = np.ascontiguousarray(x, dtype=np.float32)
+        q = _float32_queries(x)
         m = q.shape[0]
         scores = np.empty((m, k), dtype=np.float32)
         cells = np.empty((m, k), dtype=np.int64)
@@ -599,10 +603,7 @@ class _AmxCPU:
         self._h_norm = float(np.abs(self._h).max())
 
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
-        if isinstance(x, torch.Tensor):
-            q = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        else:
-            q = np.ascontiguousarray(x, dtype=np.float32)
+        q = _float32_queries(x)
         if k + _AMX_EXTRA[3] >= self._n or self._n * self._d < _AMX_MIN_WORK:
             return self._exact.search(x, k)
         scores, cells, open_ = self._screen(q, k, self.mode)
