@@ -49,10 +49,11 @@ from solver import (  # noqa: E402
 )
 
 
-def _shape(size: str) -> tuple[int, int]:
-    """``"NxD"`` (or ``"NxD:TARGET"``) to ``(N, D)``."""
-    n, d = size.partition(":")[0].split("x")
-    return int(n), int(d)
+def _size(size: str, default_target: float) -> tuple[int, int, float]:
+    """``"NxD"`` or ``"NxD:TARGET"`` to ``(N, D, TARGET)``, the target defaulting as given."""
+    shape, _, target = size.partition(":")
+    n, d = shape.split("x")
+    return int(n), int(d), float(target) if target else default_target
 
 
 def throughput(backend: str, n: int, d: int, k: int, queries: int) -> float:
@@ -280,9 +281,7 @@ def main() -> None:
     emit({"bench": "solver", "kind": "machine", **machine_info()})
     if args.peers:
         for size in args.sizes or ["2000x16"]:
-            shape, _, target = size.partition(":")
-            n, d = map(int, shape.split("x"))
-            peer_comparison(n, d, float(target) if target else args.target, args)
+            peer_comparison(*_size(size, args.target), args)
         return
     if args.exact:
         for row in exact_rows():
@@ -296,7 +295,7 @@ def main() -> None:
         if not args.quick:
             shapes += [(10000, 64), (60000, 32), (60000, 64)]
         if args.sizes and args.only == "throughput":
-            shapes = [_shape(size) for size in args.sizes]
+            shapes = [_size(size, args.target)[:2] for size in args.sizes]
         queries = 1 << (15 if args.quick else 18)
         for n, d in shapes:
             for backend in available_backends():
@@ -319,9 +318,7 @@ def main() -> None:
         full = ["2000x2", "10000x16", "10000x64"]
         sizes = args.sizes or (["500x2", "2000x2"] if args.quick else full)
         for size in sizes:
-            shape, _, target = size.partition(":")
-            n, d = map(int, shape.split("x"))
-            time_to_accuracy(n, d, float(target) if target else args.target, args)
+            time_to_accuracy(*_size(size, args.target), args)
 
 
 if __name__ == "__main__":
