@@ -162,3 +162,65 @@ def test_fit_converges_on_tight_clusters_with_near_duplicate_targets():
     config = FitConfig(method="newton", target_l1=0.02, seed=5, time_budget=120)
     result = fit(make_problem(points), config)
     assert result.converged and result.accuracy.empty_cells == 0
+
+
+def _spy_checks(monkeypatch):
+    """Record (targets, heights, source, m, seed, estimate) of every independent check."""
+    from solver.fitting import newton
+
+    seen = []
+    real = newton._check_estimate
+
+    def spy(ctx, h, m, seed):
+        est = real(ctx, h, m, seed)
+        seen.append((ctx.targets, h.copy(), ctx.source, m, seed, est))
+        return est
+
+    monkeypatch.setattr(newton, "_check_estimate", spy)
+    return seen
+
+
+def _exact_counts(targets, h, source, m, seed):
+    """Top-1 cells of the stream's first m samples by a float64 brute force."""
+    y = targets.astype(np.float64)
+    counts = np.zeros(len(h), dtype=np.int64)
+    for x in source.batches(m, seed, 8192):
+        best = np.argmax(x.astype(np.float64) @ y.T + h, axis=1)
+        counts += np.bincount(best, minlength=len(h))
+    return counts
+
+
+def test_independent_check_is_an_exact_top1_count_of_fresh_samples(monkeypatch, rng):
+    # The check is a top-1 pass on the plain index (no reuse entries): its counts must be a
+    # brute-force assignment of the same samples, and the reported L1 their L1.
+    seen = _spy_checks(monkeypatch)
+    y = clustered(np.random.default_rng(3), 64, spread=0.08)
+    y = np.concatenate([y, rng.uniform(-0.3, 0.3, (64, 2))], axis=1)  # d = 4: Monte Carlo
+    result = fit(make_problem(y), FitConfig(method="newton", target_l1=0.03, seed=2))
+    assert result.converged and seen
+    targets, h, source, m, seed, est = seen[-1]
+    assert est.n_samples == m and est.pairs.shape == (0, 2)  # top-1 only
+    exact = _exact_counts(targets, h, source, m, seed)
+    # float32 scores may order near-ties differently from float64: a handful of samples.
+    assert np.abs(exact - est.counts).sum() <= 2e-4 * m
+    assert result.accuracy.l1 == pytest.approx(np.abs(est.counts / m - 1 / 64).sum())
+
+
+def test_a_failed_check_continues_newton_on_its_samples(monkeypatch, rng):
+    # One short fitting stage and one Newton step per stage: the first checks must fail, and
+    # each failed check stage then takes its Newton step on the same fresh samples (top-2).
+    seen = _spy_checks(monkeypatch)
+    y = rng.uniform(-0.4, 0.4, (48, 4))
+    newton_cfg = dataclasses.replace(
+        FitConfig().newton, warmup_max_iters=1, growth=1e9, max_stage_iters=1, coarse_clusters=0
+    )
+    config = FitConfig(method="newton", target_l1=0.03, seed=4, newton=newton_cfg)
+    result = fit(make_problem(y), config)
+    assert result.converged and result.reason == "target"
+    checks = [r for r in result.history if r.check is not None]
+    assert checks[0].check.l1 > 0.03 and checks[-1].check.l1 <= 0.03
+    assert len(seen) == len(checks)
+    # Every failed check's Newton step used its own stage's samples: a new stream per check.
+    assert len({s[4] for s in seen}) == len(seen)
+    for r in checks[:-1]:
+        assert r.n_samples == seen[0][3]
