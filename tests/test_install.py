@@ -58,6 +58,8 @@ def test_under_ci_a_missing_browser_fails_the_page_test():
             "-q",
             "-p",
             "no:cacheprovider",
+            "-n",
+            "0",
             "tests/test_service_browser.py",
         ],
         cwd=ROOT,
