@@ -187,15 +187,15 @@ def main() -> None:
     parser.add_argument("--target-l1", type=float, default=1e-8, help="exact L1 of the fit")
     parser.add_argument(
         "--pictures",
-        type=Path,
-        default=Path("bench/out"),
+        default="bench/out",
         help="directory for the first seed's PNGs ('' to skip)",
     )
     args = parser.parse_args()
     emit({"bench": "mode_collapse", "kind": "machine", **machine_info()})
     records: list[dict] = []
     for seed in range(args.seeds):
-        pictures = args.pictures if seed == 0 and str(args.pictures) else None
+        # Kept a string until here: Path("") is ".", which would write into the working dir.
+        pictures = Path(args.pictures) if seed == 0 and args.pictures else None
         for record in run_seed(seed, args, pictures):
             emit(record)
             records.append(record)
