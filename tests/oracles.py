@@ -1,8 +1,35 @@
-"""Exact answers for small 2D problems: Laguerre cell areas by half-plane clipping."""
+"""Exact answers for the tests: float64 brute-force top-k searches, and Laguerre cell areas of
+small 2D problems by half-plane clipping."""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def brute_force(
+    x: np.ndarray, y: np.ndarray, h: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 top-k scores <x, y_i> + h_i and cells of queries x, best first (k <= N used).
+
+    Exact; equal scores may come in any order (tests compare cells on :func:`separated`
+    queries only).
+    """
+    scores = x.astype(np.float64) @ y.astype(np.float64).T + h
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), 1), 1)
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+def separated(top: np.ndarray, k: int) -> np.ndarray:
+    """Queries whose k + 1 best scores (rows of ``top``, best first) are more than float32
+    rounding apart, so any exact search must return the same k cells in the same order."""
+    return np.all(np.diff(-top[:, : k + 1], axis=1) > 1e-4, axis=1)
+
+
+def unambiguous(x: np.ndarray, y: np.ndarray, h: np.ndarray, k: int) -> np.ndarray:
+    """:func:`separated` queries of a brute-force search."""
+    return separated(brute_force(x, y, h, k + 1)[0], k)
 
 
 def clip(poly: np.ndarray, a: np.ndarray, b: float) -> np.ndarray:

@@ -11,6 +11,7 @@ import fused_worker as worker
 import numpy as np
 import pytest
 import torch
+from oracles import brute_force, unambiguous
 
 from solver import CellIndex, SourceMeasure, available_backends, estimate
 from solver.estimation.fused import fused_estimate
@@ -20,18 +21,6 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(
     not HAS_TRITON, reason="triton is not installed (pip install triton; 'gpu' extra)"
 )
-
-
-def brute_force(x, y, h, k):
-    scores = x.astype(np.float64) @ y.astype(np.float64).T + h
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, axis=1), order
-
-
-def unambiguous(x, y, h, k):
-    """Queries whose k+1 best scores are separated by more than float32 rounding."""
-    s, _ = brute_force(x, y, h, k + 1)
-    return np.all(np.diff(-s, axis=1) > 1e-4, axis=1)
 
 
 # --- the kernel under the interpreter (its own process: TRITON_INTERPRET is process-wide) ---

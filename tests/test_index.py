@@ -3,23 +3,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from oracles import brute_force, unambiguous
 
 from solver import BACKENDS, CellIndex, available_backends, resolve_backend
 from solver.cells.index import simd_layout
 
 CPU_BACKENDS = available_backends("cpu")
-
-
-def brute_force(x, y, h, k):
-    scores = x.astype(np.float64) @ y.astype(np.float64).T + h
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, axis=1), order
-
-
-def unambiguous(x, y, h, k):
-    """Queries whose k+1 best scores are separated by more than float32 rounding."""
-    s, _ = brute_force(x, y, h, k + 1)
-    return np.all(np.diff(-s, axis=1) > 1e-4, axis=1)
 
 
 @pytest.fixture(params=[(50, 2), (300, 16), (257, 65)])

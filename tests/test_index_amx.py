@@ -6,6 +6,7 @@ These need a CPU with AMX-BF16 (and a kernel that grants it); elsewhere they ski
 
 import numpy as np
 import pytest
+from oracles import brute_force, separated
 
 from solver import CellIndex, available_backends
 from solver.cells.index import amx_error_bound, amx_layout
@@ -13,19 +14,6 @@ from solver.cells.index import amx_error_bound, amx_layout
 pytestmark = pytest.mark.skipif(
     "amx" not in available_backends("cpu"), reason="needs a CPU with AMX-BF16"
 )
-
-
-def brute_force(x, y, h, k):
-    """Float64 top-k (best first) by a partial sort of the full score matrix."""
-    scores = x.astype(np.float64) @ y.astype(np.float64).T + h
-    part = np.argpartition(-scores, k, axis=1)[:, : k + 1]
-    order = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), 1), 1)
-    return np.take_along_axis(scores, order, axis=1)[:, :k], order[:, :k]
-
-
-def unambiguous(top, k):
-    """Queries whose k+1 best scores are separated by more than float32 rounding."""
-    return np.all(np.diff(-top[:, : k + 1], axis=1) > 1e-4, axis=1)
 
 
 def screen(x, y, h, mode, k):
@@ -74,7 +62,7 @@ def test_the_backend_is_exact_where_the_screen_runs(mode, rng):
     top, ref_cells = brute_force(x, y, h, 6)
     for k in (1, 2, 5):
         scores, cells = index.search(x, k)
-        ok = unambiguous(top, k)
+        ok = separated(top, k)
         assert ok.mean() > 0.95
         np.testing.assert_array_equal(cells[ok], ref_cells[ok, :k])
         np.testing.assert_allclose(scores, top[:, :k], rtol=1e-5, atol=1e-5)
@@ -95,7 +83,7 @@ def test_crowded_cells_fall_back_to_the_exact_search_and_switch_precision(rng):
     assert index._impl.opened < 0.1 * index._impl.screened
     x, first, second = x[:2000], first[:2000], second[:2000]  # brute force on a share
     top, ref = brute_force(x, y, h, 2)
-    ok = unambiguous(top, 1)
+    ok = separated(top, 1)
     assert ok.mean() > 0.5
     np.testing.assert_array_equal(first[ok], ref[ok, :1])
     np.testing.assert_array_equal(second[ok], ref[ok, :1])

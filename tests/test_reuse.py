@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from oracles import brute_force
 
 from solver import CellIndex, SourceMeasure, estimate
 from solver.estimation.reuse import ReuseIndex
@@ -9,9 +10,7 @@ from solver.estimation.reuse import ReuseIndex
 
 def brute_top(x, y, h, k):
     """Float64 brute force: the top-k cells and the gap from the k-th to the (k+1)-th score."""
-    s = x.astype(np.float64) @ y.astype(np.float64).T + h
-    order = np.argsort(-s, axis=1)[:, : k + 1]
-    top = np.take_along_axis(s, order, axis=1)
+    top, order = brute_force(x, y, h, k + 1)
     gaps = np.diff(-top, axis=1).min(axis=1)  # smallest gap among the first k + 1 scores
     return order[:, :k], top[:, :k], gaps
 
