@@ -7,13 +7,13 @@ FAISS or the compiled kernel. Backends share one small interface and are chosen 
 
 - ``simd``: the fused CPU kernel of ``solver/cells/_simd.c`` (compiled at install): scores
   stay in vector registers and each query keeps its k best cells, so a search costs the
-  multiply-adds alone; 4.5 to 7x FAISS's flat search at N = 10,000, d = 16 (docs/benchmarks.md,
+  multiply-adds alone; 7 to 8x FAISS's flat search at N = 10,000, d = 16 (docs/benchmarks.md,
   cell-query throughput). New heights are written into its padded copy.
 - ``amx``: on CPUs with AMX-BF16 tiles, the same kernel's bfloat16 tile screen keeps a few
   more candidates than asked, re-scores them in float64 and certifies each query with a
   rounding bound (:func:`amx_error_bound`); uncertified queries are screened again in a
   split precision, and the few still open go to ``simd``. The result is exact; at
-  N = 60,000, d = 32 it is 2.8 to 4.3x ``simd`` (docs/benchmarks.md).
+  N = 60,000, d = 32 it is 1.5 to 2.5x ``simd`` (docs/benchmarks.md).
 - ``faiss``: FAISS ``IndexFlatIP`` on the CPU (the fallback when the kernel was not built);
   new heights are written in place into the index's stored vectors (only the last column
   changes).
