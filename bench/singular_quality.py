@@ -63,6 +63,7 @@ from models import (  # noqa: E402
 from models.classifier import features_and_predictions  # noqa: E402
 from models.train import train_default_digits  # noqa: E402
 from solver import (  # noqa: E402
+    DEFAULT_BLEND_MARGIN,
     DEFAULT_RULE,
     AngleFrame,
     ExtendedMap,
@@ -90,12 +91,21 @@ Labeler = Callable[[np.ndarray], np.ndarray]
 # frame and the median when the targets form one spectral cluster); before it, the gap rule
 # fell back to the median, in the valley frame (and before that in the standard frame).
 MEDIAN_FALLBACK = GapThreshold(fallback=QuantileThreshold(q=0.5))
-RULES: dict[str, tuple[ThresholdRule, AngleFrame | None]] = {
-    "default": (DEFAULT_RULE, None),
-    "gap or median, diffusion frame": (MEDIAN_FALLBACK, "diffusion"),
-    "previous default (gap or median, valley frame)": (MEDIAN_FALLBACK, "valley"),
-    "gap or median, standard frame": (MEDIAN_FALLBACK, "standard"),
-    "paper: fixed 0.75 rad, raw frame": (FixedThreshold(radians=0.75), "raw"),
+# Every row blends with the default blend margin except the default rule's rows at other
+# margins (1: blending across every regular facet, the map before the margin existed).
+RULES: dict[str, tuple[ThresholdRule, AngleFrame | None, float]] = {
+    "default": (DEFAULT_RULE, None, DEFAULT_BLEND_MARGIN),
+    "default rule, blend margin 0.5": (DEFAULT_RULE, None, 0.5),
+    "default rule, blend margin 0.7": (DEFAULT_RULE, None, 0.7),
+    "default rule, blend margin 1 (every regular facet)": (DEFAULT_RULE, None, 1.0),
+    "gap or median, diffusion frame": (MEDIAN_FALLBACK, "diffusion", DEFAULT_BLEND_MARGIN),
+    "previous default (gap or median, valley frame)": (
+        MEDIAN_FALLBACK,
+        "valley",
+        DEFAULT_BLEND_MARGIN,
+    ),
+    "gap or median, standard frame": (MEDIAN_FALLBACK, "standard", DEFAULT_BLEND_MARGIN),
+    "paper: fixed 0.75 rad, raw frame": (FixedThreshold(radians=0.75), "raw", DEFAULT_BLEND_MARGIN),
 }
 GOALS = {"auc": 0.95, "precision": 0.9, "recall": 0.85, "mixing": 0.02}
 
@@ -356,8 +366,10 @@ def _cell_medians(n: int, pairs: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def with_rule(base: ExtendedMap, rule: ThresholdRule, frame: AngleFrame | None) -> ExtendedMap:
-    """The same pass (adjacency, mass centres) with the singular set of another rule."""
+def with_rule(
+    base: ExtendedMap, rule: ThresholdRule, frame: AngleFrame | None, blend_margin: float
+) -> ExtendedMap:
+    """The same pass (adjacency, mass centres) with another rule's singular set and margin."""
     return ExtendedMap(
         targets=base.targets,
         heights=base.heights,
@@ -368,6 +380,7 @@ def with_rule(base: ExtendedMap, rule: ThresholdRule, frame: AngleFrame | None) 
         centre_counts=base.centre_counts,
         k=base.k,
         power=base.power,
+        blend_margin=blend_margin,
         backend=base.backend,
     )
 
@@ -387,13 +400,37 @@ def flag_metrics(ext: ExtendedMap, different: np.ndarray) -> dict:
 
 
 def mixing(ext: ExtendedMap, labels: np.ndarray, args: argparse.Namespace) -> dict:
-    """Share of T~ samples blending more than ``--mix-weight`` across labels."""
+    """Share of T~ samples blending more than ``--mix-weight`` across labels, and novelty.
+
+    The novelty is the mean distance from T~(z) to the top cell's target y_i (= T(z)), over
+    the median distance from a target to its nearest other target: what T~ adds to T.
+    """
     z = ext.source.sample(args.mix_samples, args.seed + 3)
     cells, w = ext.blend_weights(z)
     foreign = (labels[cells] != labels[cells[:, :1]]) * w
     share = foreign.sum(axis=1)
     mixed = float(np.mean(share > args.mix_weight))
-    return {"mixing": mixed, "foreign_weight": float(share.mean())}
+    y = ext.targets.astype(np.float64)
+    shift = np.linalg.norm(np.einsum("mk,mkd->md", w, y[cells]) - y[cells[:, 0]], axis=1)
+    return {
+        "mixing": mixed,
+        "foreign_weight": float(share.mean()),
+        "novelty": float(shift.mean() / _median_nn_distance(y)),
+    }
+
+
+_NN_CACHE: dict[bytes, float] = {}
+
+
+def _median_nn_distance(y: np.ndarray) -> float:
+    """Median distance from a target to its nearest other target (cached per target set)."""
+    key = hashlib.blake2b(np.ascontiguousarray(y).tobytes(), digest_size=16).digest()
+    if key not in _NN_CACHE:
+        near = nearest_neighbours(y, y, 2)
+        own = near[:, 0] == np.arange(len(y))
+        other = np.where(own, near[:, 1], near[:, 0])  # the targets are distinct
+        _NN_CACHE[key] = float(np.median(np.linalg.norm(y - y[other], axis=1)))
+    return _NN_CACHE[key]
 
 
 def path_metrics(ext: ExtendedMap, case: Case, args: argparse.Namespace) -> dict:
@@ -440,12 +477,13 @@ def judge(case: Case, args: argparse.Namespace, base: dict) -> list[dict]:
     }
     emit(head)
     rows = [head]
-    for rule_name, (rule, frame) in RULES.items():
+    for rule_name, (rule, frame, margin) in RULES.items():
         t0 = time.perf_counter()
-        var = with_rule(ext, rule, frame)
+        var = with_rule(ext, rule, frame, margin)
         chosen = var.singular_set.rule.name
         row = {**base, "kind": "rule", "rule": rule_name, "chosen": chosen}
         row["clusters"] = var.singular_set.clusters
+        row["blend_margin"] = margin
         row["singular_set_seconds"] = round(time.perf_counter() - t0, 2)
         row |= flag_metrics(var, different) | mixing(var, case.labels, args)
         row |= path_metrics(var, case, args)
@@ -484,15 +522,16 @@ def markdown(rows: list[dict]) -> str:
             )
     lines += [
         "",
-        "| dataset | rule | threshold | flagged | precision | recall | T~ mixing "
+        "| dataset | rule | threshold | flagged | precision | recall | T~ mixing | T~ novelty "
         "| changes at crossings | crossings w/o change |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in (r for r in rows if r["kind"] == "rule"):
         lines.append(
             f"| {r['dataset']} | {r['rule']}: {_chosen(r)} | {r['threshold']:.3g} "
             f"| {100 * r['flagged']:.1f} % "
             f"| {r['precision']:.3f} | {r['recall']:.3f} | {100 * r['mixing']:.1f} % "
+            f"| {r['novelty']:.3f} "
             f"| {100 * r['changes_at_crossings']:.0f} % of {r['label_changes']} "
             f"| {100 * r['crossings_without_change']:.0f} % of {r['crossings']} |"
         )
@@ -502,7 +541,7 @@ def markdown(rows: list[dict]) -> str:
 def _chosen(row: dict) -> str:
     """What a rule row applied: its frame, the rule chosen and the clusters found."""
     clusters = f", {row['clusters']} clusters" if row.get("clusters") else ""
-    return f"{row['frame']} frame, {row['chosen']}{clusters}"
+    return f"{row['frame']} frame, {row['chosen']}{clusters}, blend margin {row['blend_margin']:g}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -109,6 +109,7 @@ def job_config(
         check_samples_per_cell=settings.check_samples_per_cell,
         rule=parse_rule(settings.singular_rule) if rule is None else rule,
         power=settings.map_power,
+        blend_margin=settings.map_blend_margin,
     )
     return JobConfig(fit=replace(fit, **changes), potential=potential)
 

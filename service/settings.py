@@ -15,7 +15,7 @@ from typing import Any, Literal, cast
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from solver import AdamConfig, NewtonConfig, parse_rule
+from solver import DEFAULT_BLEND_MARGIN, AdamConfig, NewtonConfig, parse_rule
 
 Device = Literal["auto", "cpu", "cuda"]
 LogFormat = Literal["text", "json"]
@@ -137,6 +137,13 @@ class Settings(BaseSettings):
     )
     map_power: float | None = Field(
         default=None, gt=0, description="Shepard power of the extended map (unset: max(1, d-1))"
+    )
+    map_blend_margin: float = Field(
+        default=DEFAULT_BLEND_MARGIN,
+        gt=0,
+        le=1,
+        description="the extended map blends a regular neighbour when its pair's score is at most "
+        "this share of the singular threshold (1: every regular facet)",
     )
     singular_rule: str = Field(
         default="auto",

@@ -63,7 +63,13 @@ from solver.potential.diffusion import (
     diffusion_distances,
     diffusion_embedding,
 )
-from solver.potential.extended_map import Crossing, ExtendedMap, Interpolation, build_extended_map
+from solver.potential.extended_map import (
+    DEFAULT_BLEND_MARGIN,
+    Crossing,
+    ExtendedMap,
+    Interpolation,
+    build_extended_map,
+)
 from solver.potential.file_format import PotentialFormatError
 from solver.potential.potential import Potential, PotentialConfig, check_accuracy
 from solver.potential.singular import (
@@ -104,6 +110,7 @@ __all__ = [
     "power_diagram",
     "Adjacency",
     "AngleFrame",
+    "DEFAULT_BLEND_MARGIN",
     "DEFAULT_RULE",
     "FixedThreshold",
     "GapThreshold",

@@ -13,7 +13,16 @@ from oracles import laguerre_areas
 from PIL import Image
 from scipy.spatial import Delaunay
 
-from solver import FitConfig, FixedThreshold, build_extended_map, fit, make_problem
+from solver import (
+    DEFAULT_BLEND_MARGIN,
+    ExtendedMap,
+    FitConfig,
+    FixedThreshold,
+    build_extended_map,
+    find_singular_set,
+    fit,
+    make_problem,
+)
 from solver.cells.polygons import BOUNDARY, power_cells
 from solver.plots import power_diagram_png, samples_png
 
@@ -73,6 +82,72 @@ def test_every_target_cell_receives_generated_mass(clusters):
     np.add.at(mass, cells.ravel(), w.ravel())
     assert (mass > 0).all()
     np.testing.assert_allclose(w.sum(axis=1), 1.0)
+
+
+def _with_margin(ext, margin, singular_set=None):
+    """The same pass (and singular set unless given), blending with another margin."""
+    return ExtendedMap(
+        targets=ext.targets,
+        heights=ext.heights,
+        source=ext.source,
+        adjacency=ext.adjacency,
+        singular_set=singular_set or ext.singular_set,
+        mass_centres=ext.mass_centres,
+        centre_counts=ext.centre_counts,
+        k=ext.k,
+        power=ext.power,
+        blend_margin=margin,
+    )
+
+
+def _blended(ext, z):
+    """Pairs (top cell, neighbour) that get blending weight at some z; checks the weights."""
+    cells, w = ext.blend_weights(z)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    top = np.broadcast_to(cells[:, :1], cells.shape)
+    used = (w > 0) & (cells != top)
+    return {(int(a), int(b)) for a, b in zip(top[used], cells[used], strict=True)}
+
+
+def test_blend_margin_keeps_only_neighbours_well_below_the_threshold(clusters):
+    _, _, ext, _ = clusters
+    z = ext.source.sample(20000, 6)
+    # Standard-frame angles: within a cluster they spread, so a margin has pairs to drop.
+    s = find_singular_set(ext.targets, ext.adjacency, frame="standard")
+    median = float(np.median(s.angles[~s.singular]) / s.threshold)
+    blended = {}
+    for margin in (1.0, 0.5, median):
+        pairs = _blended(_with_margin(ext, margin, s), z)
+        row = s.lookup(*np.array(sorted(pairs)).T)
+        assert (row >= 0).all() and not s.singular[row].any()
+        assert (s.angles[row] <= margin * s.threshold).all()
+        blended[margin] = pairs
+    assert blended[median] < blended[0.5] <= blended[1.0]
+    # Margin 1 blends every observed regular pair between cells with centres.
+    cells, _ = _with_margin(ext, 1.0, s).blend_weights(z)
+    top, others = np.broadcast_to(cells[:, :1], cells[:, 1:].shape), cells[:, 1:]
+    ok = s.is_admissible(top, others) & np.isfinite(ext.mass_centres[others]).all(axis=2)
+    assert {(int(a), int(b)) for a, b in zip(top[ok], others[ok], strict=True)} == blended[1.0]
+
+
+def test_with_a_clear_gap_the_default_margin_changes_nothing(clusters):
+    # In the default (diffusion) frame the clusters are separate components: every regular
+    # score lies far below the default margin's share of the threshold.
+    _, _, ext, _ = clusters
+    z = ext.source.sample(20000, 6)
+    assert ext.blend_margin == DEFAULT_BLEND_MARGIN == 0.4
+    assert _blended(ext, z) == _blended(_with_margin(ext, 1.0), z)
+
+
+@pytest.mark.parametrize("margin", [0.0, -0.5, 1.01, float("nan")])
+def test_blend_margin_outside_0_1_is_refused(clusters, margin):
+    problem, result, ext, _ = clusters
+    with pytest.raises(ValueError, match="blend_margin"):
+        _with_margin(ext, margin)
+    with pytest.raises(ValueError, match="blend_margin"):
+        build_extended_map(
+            problem.targets, result.heights, n_samples=100, seed=1, blend_margin=margin
+        )
 
 
 def test_sample_is_seeded_and_not_capped_by_n(clusters):

@@ -210,13 +210,34 @@ def _version_1_bytes(pot: Potential) -> bytes:
     return buf.getvalue()
 
 
+def test_blend_margin_round_trips_and_older_files_blend_every_regular_facet(built, tmp_path):
+    problem, _ = built
+    config = PotentialConfig(samples_per_cell=500, blend_margin=0.25)
+    pot = Potential.build(problem, HEIGHTS, seed=3, config=config, backend="torch")
+    assert pot.extended_map.blend_margin == 0.25
+    pot.save(tmp_path / "p.npz")
+    assert Potential.load(tmp_path / "p.npz", backend="torch").extended_map.blend_margin == 0.25
+
+    def drop_margin(arrays):
+        meta = json.loads(str(arrays["meta"].item()))
+        del meta["blend_margin"]
+        arrays["meta"] = np.array(json.dumps(meta))
+
+    old = Potential.load(_rewrite(tmp_path / "p.npz", tmp_path, drop_margin), backend="torch")
+    assert old.extended_map.blend_margin == 1.0
+
+
 def test_version_1_files_still_load(tmp_path):
     problem = make_problem(TARGETS, WEIGHTS)
-    config = PotentialConfig(samples_per_cell=500, rule=FixedThreshold(radians=0.3))
+    # Version 1 had no blend margin: its maps blended across every regular facet.
+    config = PotentialConfig(
+        samples_per_cell=500, rule=FixedThreshold(radians=0.3), blend_margin=1.0
+    )
     pot = Potential.build(problem, HEIGHTS, seed=1, config=config, backend="torch")
     (tmp_path / "v1.npz").write_bytes(_version_1_bytes(pot))
     old = Potential.load(tmp_path / "v1.npz", backend="torch")
     assert old.accuracy is None  # version 1 kept the check in the catalogue only
+    assert old.extended_map.blend_margin == 1.0
     assert old.singular_set.rule == FixedThreshold(radians=0.3)
     np.testing.assert_array_equal(old.extended_map.sample(200, 4), pot.extended_map.sample(200, 4))
 
@@ -231,6 +252,9 @@ def test_bad_heights_and_configs():
         ({"samples_per_cell": 0}, "samples_per_cell"),
         ({"frame": "polar"}, "frame"),
         ({"power": -1.0}, "power"),
+        ({"blend_margin": 0.0}, "blend_margin"),
+        ({"blend_margin": 1.5}, "blend_margin"),
+        ({"blend_margin": float("nan")}, "blend_margin"),
     ]:
         with pytest.raises(ValueError, match=message):
             PotentialConfig(**bad)

@@ -94,6 +94,7 @@ def to_bytes(ext: ExtendedMap, inverse: np.ndarray, accuracy: AccuracyReport | N
         "reason": s.reason,
         "k": ext.k,
         "power": ext.power,
+        "blend_margin": ext.blend_margin,
         "source": {"dim": src.dim, "domain": src.domain, "sampler": src.sampler},
         "accuracy": None if accuracy is None else asdict(accuracy),
         "clusters": s.clusters,
@@ -210,6 +211,8 @@ def _decode(
         centre_counts=a["centre_counts"],
         k=int(meta["k"]),
         power=float(meta["power"]),
+        # Files written before the margin existed blended across every regular facet.
+        blend_margin=float(meta.get("blend_margin", 1.0)),
         backend=backend,
     )
     acc = meta.get("accuracy")

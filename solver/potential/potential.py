@@ -22,7 +22,7 @@ from solver.estimation.host import AccuracyReport, accuracy
 from solver.fitting.checkpoint import atomic_write_bytes
 from solver.measures import SourceMeasure
 from solver.potential import file_format
-from solver.potential.extended_map import ExtendedMap, build_extended_map
+from solver.potential.extended_map import DEFAULT_BLEND_MARGIN, ExtendedMap, build_extended_map
 from solver.potential.singular import FRAMES, AngleFrame, SingularSet
 from solver.potential.threshold import DEFAULT_RULE, ThresholdRule, rule_from_dict, rule_to_dict
 from solver.problem import OTProblem
@@ -51,6 +51,8 @@ class PotentialConfig:
             fixed threshold.
         k: cells per query of T~; ``None``: ``min(d + 1, N)``.
         power: Shepard power of T~'s blending weights; ``None``: ``max(1, d - 1)``.
+        blend_margin: T~ blends a regular neighbour when its pair's score is at most this
+            share of the singular threshold, in (0, 1] (docs/singular.md, the blend margin).
 
     """
 
@@ -60,6 +62,7 @@ class PotentialConfig:
     frame: AngleFrame | None = None
     k: int | None = None
     power: float | None = None
+    blend_margin: float = DEFAULT_BLEND_MARGIN
 
     def __post_init__(self) -> None:
         for name in ("samples_per_cell", "check_samples_per_cell"):
@@ -71,6 +74,8 @@ class PotentialConfig:
             raise ValueError(f"k must be >= 1 or None, got {self.k}")
         if self.power is not None and not (self.power > 0 and math.isfinite(self.power)):
             raise ValueError(f"power must be finite and > 0 or None, got {self.power!r}")
+        if not 0 < self.blend_margin <= 1:
+            raise ValueError(f"blend_margin must be in (0, 1], got {self.blend_margin!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the rule as :func:`solver.potential.threshold.rule_to_dict`)."""
@@ -169,6 +174,7 @@ class Potential:
             k=config.k,
             source=problem.source,
             power=config.power,
+            blend_margin=config.blend_margin,
             frame=config.frame,
             index=index,
         )
