@@ -399,11 +399,11 @@ def flag_metrics(ext: ExtendedMap, different: np.ndarray) -> dict:
     }
 
 
-def mixing(ext: ExtendedMap, labels: np.ndarray, args: argparse.Namespace) -> dict:
+def mixing(ext: ExtendedMap, labels: np.ndarray, args: argparse.Namespace, spacing: float) -> dict:
     """Share of T~ samples blending more than ``--mix-weight`` across labels, and novelty.
 
     The novelty is the mean distance from T~(z) to the top cell's target y_i (= T(z)), over
-    the median distance from a target to its nearest other target: what T~ adds to T.
+    ``spacing`` (:func:`median_spacing` of the targets): what T~ adds to T.
     """
     z = ext.source.sample(args.mix_samples, args.seed + 3)
     cells, w = ext.blend_weights(z)
@@ -415,22 +415,16 @@ def mixing(ext: ExtendedMap, labels: np.ndarray, args: argparse.Namespace) -> di
     return {
         "mixing": mixed,
         "foreign_weight": float(share.mean()),
-        "novelty": float(shift.mean() / _median_nn_distance(y)),
+        "novelty": float(shift.mean() / spacing),
     }
 
 
-_NN_CACHE: dict[bytes, float] = {}
-
-
-def _median_nn_distance(y: np.ndarray) -> float:
-    """Median distance from a target to its nearest other target (cached per target set)."""
-    key = hashlib.blake2b(np.ascontiguousarray(y).tobytes(), digest_size=16).digest()
-    if key not in _NN_CACHE:
-        near = nearest_neighbours(y, y, 2)
-        own = near[:, 0] == np.arange(len(y))
-        other = np.where(own, near[:, 1], near[:, 0])  # the targets are distinct
-        _NN_CACHE[key] = float(np.median(np.linalg.norm(y - y[other], axis=1)))
-    return _NN_CACHE[key]
+def median_spacing(targets: np.ndarray) -> float:
+    """Median distance from a target to its nearest other target (the targets are distinct)."""
+    y = targets.astype(np.float64)
+    near = nearest_neighbours(y, y, 2)
+    other = np.where(near[:, 0] == np.arange(len(y)), near[:, 1], near[:, 0])
+    return float(np.median(np.linalg.norm(y - y[other], axis=1)))
 
 
 def path_metrics(ext: ExtendedMap, case: Case, args: argparse.Namespace) -> dict:
@@ -477,6 +471,7 @@ def judge(case: Case, args: argparse.Namespace, base: dict) -> list[dict]:
     }
     emit(head)
     rows = [head]
+    spacing = median_spacing(ext.targets)
     for rule_name, (rule, frame, margin) in RULES.items():
         t0 = time.perf_counter()
         var = with_rule(ext, rule, frame, margin)
@@ -485,7 +480,7 @@ def judge(case: Case, args: argparse.Namespace, base: dict) -> list[dict]:
         row["clusters"] = var.singular_set.clusters
         row["blend_margin"] = margin
         row["singular_set_seconds"] = round(time.perf_counter() - t0, 2)
-        row |= flag_metrics(var, different) | mixing(var, case.labels, args)
+        row |= flag_metrics(var, different) | mixing(var, case.labels, args, spacing)
         row |= path_metrics(var, case, args)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         emit(row)

@@ -166,9 +166,11 @@ class ExtendedMap:
         self._valid = np.isfinite(centres).all(axis=1) & (counts >= MIN_CENTRE_COUNT)
         self.k, self.power = int(k), float(power)
         self.blend_margin = float(blend_margin)
-        # Pairs T~ may blend: regular, with a score within the margin of the threshold.
+        # Pairs T~ may blend: regular, with a score within the margin of the threshold; one
+        # extra False entry answers row -1 (not an observed pair).
         s = singular_set
-        self._blendable = ~s.singular & (s.angles <= self.blend_margin * s.threshold)
+        within = ~s.singular & (s.angles <= self.blend_margin * s.threshold)
+        self._blendable = np.append(within, False)
 
     @property
     def targets(self) -> np.ndarray:
@@ -274,10 +276,7 @@ class ExtendedMap:
 
     def is_blendable(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Whether T~ blends y_i and y_j: observed, regular and within the blend margin."""
-        row = self.singular_set.lookup(i, j)
-        if self.singular_set.n_pairs == 0:
-            return np.zeros(row.shape, dtype=bool)
-        return (row >= 0) & self._blendable[np.maximum(row, 0)]
+        return self._blendable[self.singular_set.lookup(i, j)]
 
     def _extended_batch(self, z: np.ndarray) -> np.ndarray:
         if self.k == 1:
