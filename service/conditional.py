@@ -9,9 +9,10 @@ mu(C) is the class's share of the training set, and
   stream (keep the points whose top cell has class c, in stream order, until n are kept), so
   the answer is a pure function of (version, seed, label), like an unconditional sample;
 - the pure map sends such z to T(z) = y_i, a class-c training code; the extended map blends y_i
-  only with its admissible neighbours that are also of class c (the weights of the others are
-  dropped and the rest renormalised), so a class-c sample never mixes in another class's code
-  even where the singular set missed a class boundary.
+  only with the neighbours T~ blends (regular, within the blend margin) that are also of
+  class c (the weights of the others are dropped and the rest renormalised), so a class-c
+  sample never mixes in another class's code even where the singular set missed a class
+  boundary.
 
 The expected number of draws is n / mu(C): about 10 n for a balanced ten-class dataset.
 """
