@@ -370,19 +370,8 @@ def with_rule(
     base: ExtendedMap, rule: ThresholdRule, frame: AngleFrame | None, blend_margin: float
 ) -> ExtendedMap:
     """The same pass (adjacency, mass centres) with another rule's singular set and margin."""
-    return ExtendedMap(
-        targets=base.targets,
-        heights=base.heights,
-        source=base.source,
-        adjacency=base.adjacency,
-        singular_set=find_singular_set(base.targets, base.adjacency, rule, frame=frame, seed=0),
-        mass_centres=base.mass_centres,
-        centre_counts=base.centre_counts,
-        k=base.k,
-        power=base.power,
-        blend_margin=blend_margin,
-        backend=base.backend,
-    )
+    singular = find_singular_set(base.targets, base.adjacency, rule, frame=frame, seed=0)
+    return base.replace(singular_set=singular, blend_margin=blend_margin)
 
 
 def flag_metrics(ext: ExtendedMap, different: np.ndarray) -> dict:

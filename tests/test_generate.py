@@ -15,7 +15,6 @@ from scipy.spatial import Delaunay
 
 from solver import (
     DEFAULT_BLEND_MARGIN,
-    ExtendedMap,
     FitConfig,
     FixedThreshold,
     build_extended_map,
@@ -86,18 +85,7 @@ def test_every_target_cell_receives_generated_mass(clusters):
 
 def _with_margin(ext, margin, singular_set=None):
     """The same pass (and singular set unless given), blending with another margin."""
-    return ExtendedMap(
-        targets=ext.targets,
-        heights=ext.heights,
-        source=ext.source,
-        adjacency=ext.adjacency,
-        singular_set=singular_set or ext.singular_set,
-        mass_centres=ext.mass_centres,
-        centre_counts=ext.centre_counts,
-        k=ext.k,
-        power=ext.power,
-        blend_margin=margin,
-    )
+    return ext.replace(singular_set=singular_set, blend_margin=margin)
 
 
 def _blended(ext, z):

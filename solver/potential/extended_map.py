@@ -148,7 +148,7 @@ class ExtendedMap:
         power = default_power(d) if power is None else power
         if not (power > 0 and math.isfinite(power)):
             raise ValueError(f"power must be finite and > 0, got {power!r}")
-        _check_blend_margin(blend_margin)
+        check_blend_margin(blend_margin)
         centres = np.asarray(mass_centres, dtype=np.float64)
         counts = np.asarray(centre_counts, dtype=np.int64)
         if centres.shape != (n, d) or counts.shape != (n,):
@@ -273,6 +273,27 @@ class ExtendedMap:
         logw[:, 0] = np.where(self._valid[cells[:, 0]], logw[:, 0], 0.0)
         w = np.exp(logw - logw.max(axis=1, keepdims=True))
         return cells, w / w.sum(axis=1, keepdims=True)
+
+    def replace(
+        self, *, singular_set: SingularSet | None = None, blend_margin: float | None = None
+    ) -> ExtendedMap:
+        """This map with another singular set or blend margin (``None`` keeps this map's).
+
+        The pass (adjacency, mass centres) and the cell index are shared, not rebuilt.
+        """
+        return ExtendedMap(
+            targets=self.targets,
+            heights=self._heights,
+            source=self._source,
+            adjacency=self.adjacency,
+            singular_set=self.singular_set if singular_set is None else singular_set,
+            mass_centres=self._centres,
+            centre_counts=self._counts,
+            k=self.k,
+            power=self.power,
+            blend_margin=self.blend_margin if blend_margin is None else blend_margin,
+            index=self._index,
+        )
 
     def is_blendable(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Whether T~ blends y_i and y_j: observed, regular and within the blend margin."""
@@ -482,7 +503,7 @@ def build_extended_map(
     n, d = y.shape
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    _check_blend_margin(blend_margin)
+    check_blend_margin(blend_margin)
     source = source or SourceMeasure(dim=d)
     if source.dim != d:
         raise ValueError(f"source dim {source.dim} != targets dim {d}")
@@ -551,6 +572,7 @@ def _check_targets(targets: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
-def _check_blend_margin(margin: float) -> None:
+def check_blend_margin(margin: float) -> None:
+    """Raise ``ValueError`` unless ``margin`` is in (0, 1] (NaN included)."""
     if not 0 < margin <= 1:
         raise ValueError(f"blend_margin must be in (0, 1], got {margin!r}")

@@ -22,7 +22,12 @@ from solver.estimation.host import AccuracyReport, accuracy
 from solver.fitting.checkpoint import atomic_write_bytes
 from solver.measures import SourceMeasure
 from solver.potential import file_format
-from solver.potential.extended_map import DEFAULT_BLEND_MARGIN, ExtendedMap, build_extended_map
+from solver.potential.extended_map import (
+    DEFAULT_BLEND_MARGIN,
+    ExtendedMap,
+    build_extended_map,
+    check_blend_margin,
+)
 from solver.potential.singular import FRAMES, AngleFrame, SingularSet
 from solver.potential.threshold import DEFAULT_RULE, ThresholdRule, rule_from_dict, rule_to_dict
 from solver.problem import OTProblem
@@ -74,8 +79,7 @@ class PotentialConfig:
             raise ValueError(f"k must be >= 1 or None, got {self.k}")
         if self.power is not None and not (self.power > 0 and math.isfinite(self.power)):
             raise ValueError(f"power must be finite and > 0 or None, got {self.power!r}")
-        if not 0 < self.blend_margin <= 1:
-            raise ValueError(f"blend_margin must be in (0, 1], got {self.blend_margin!r}")
+        check_blend_margin(self.blend_margin)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the rule as :func:`solver.potential.threshold.rule_to_dict`)."""
