@@ -95,6 +95,7 @@ MEDIAN_FALLBACK = GapThreshold(fallback=QuantileThreshold(q=0.5))
 # margins (1: blending across every regular facet, the map before the margin existed).
 RULES: dict[str, tuple[ThresholdRule, AngleFrame | None, float]] = {
     "default": (DEFAULT_RULE, None, DEFAULT_BLEND_MARGIN),
+    "default rule, blend margin 0.4": (DEFAULT_RULE, None, 0.4),
     "default rule, blend margin 0.5": (DEFAULT_RULE, None, 0.5),
     "default rule, blend margin 0.7": (DEFAULT_RULE, None, 0.7),
     "default rule, blend margin 1 (every regular facet)": (DEFAULT_RULE, None, 1.0),

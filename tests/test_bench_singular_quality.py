@@ -62,10 +62,10 @@ def test_judge_two_clusters_scores_every_rule(tmp_path: Path) -> None:
     table = markdown(rows)
     assert "| angle (valley frame) | 1.000 |" in table
     assert "| diffusion distance | 1.000 |" in table
-    assert "| clusters | default: diffusion frame, gap, 2 clusters, blend margin 0.4 |" in table
+    assert "| clusters | default: diffusion frame, gap, 2 clusters, blend margin 0.35 |" in table
     # T~ adds new codes (novelty > 0); with a clear gap the blend margin removes none of them.
     margins = [r for name, r in rules.items() if name.startswith("default")]
-    assert sorted(r["blend_margin"] for r in margins) == [0.4, 0.5, 0.7, 1.0]
+    assert sorted(r["blend_margin"] for r in margins) == [0.35, 0.4, 0.5, 0.7, 1.0]
     assert default["novelty"] > 0.05
     assert all(r["novelty"] == default["novelty"] for r in margins)
 

@@ -19,7 +19,12 @@ from solver import (
     rule_from_dict,
     rule_to_dict,
 )
-from solver.potential.diffusion import diffusion_distances
+from solver.potential.diffusion import (
+    KMEANS_RESTARTS,
+    SEPARATION_QUORUM,
+    diffusion_distances,
+    separated_pairs,
+)
 from solver.potential.singular import cluster_share_threshold
 
 
@@ -51,6 +56,10 @@ def test_separated_blobs_are_the_clusters_and_far_apart_in_diffusion_distance(rn
     e = diffusion_embedding(y, seed=1)
     assert e.n_clusters == 3 and e.coords.shape == (300, 2)
     assert _same_partition(e.clusters, label)
+    # Every k-means start finds the same three blobs; the first start is ``clusters``.
+    assert e.partitions.shape == (KMEANS_RESTARTS, 300)
+    np.testing.assert_array_equal(e.partitions[0], e.clusters)
+    assert all(_same_partition(row, label) for row in e.partitions)
     pairs = np.array([(i, j) for i in range(0, 300, 7) for j in range(i + 1, 300, 11)])
     dist = diffusion_distances(e.coords, pairs)
     across = label[pairs[:, 0]] != label[pairs[:, 1]]
@@ -100,7 +109,7 @@ def test_cluster_share_flags_as_many_pairs_as_cross_clusters():
     adj = _adjacency(_knn_pairs(y, 6))
     s = find_singular_set(y, adj, ClusterShare(), seed=2)
     e = diffusion_embedding(y - y.mean(0), seed=2)  # the set's own frame is centred
-    cross = e.clusters[adj.pairs[:, 0]] != e.clusters[adj.pairs[:, 1]]
+    cross = e.separated(adj.pairs)
     assert s.frame == "diffusion" and s.clusters == 2 and 0 < cross.sum() == s.n_singular
     truth = label[adj.pairs[:, 0]] != label[adj.pairs[:, 1]]  # 2.3 % of the pairs
     precision = (s.singular & truth).sum() / s.n_singular
@@ -128,6 +137,21 @@ def test_cluster_share_threshold_edges():
     assert cluster_share_threshold(scores, pairs, np.zeros(5, np.int64)) == (math.inf, 0.0)
     value, share = cluster_share_threshold(scores[:2], pairs[:2], np.array([0, 1, 2, 3, 4]))
     assert share == 1.0 and np.all(scores[:2] > value)
+
+
+def test_a_pair_is_separated_when_the_quorum_of_starts_split_it():
+    # Four starts over five targets: the cut between 1 and 2 is in every start, the one between
+    # 2 and 3 in three of four, the one between 0 and 1 in two (it moves), 3-4 in one.
+    partitions = np.array([[0, 1, 2, 3, 3], [0, 0, 1, 2, 2], [0, 0, 1, 2, 3], [1, 1, 0, 0, 0]])
+    pairs = np.array([[0, 1], [1, 2], [2, 3], [3, 4]])
+    assert SEPARATION_QUORUM == 0.75
+    np.testing.assert_array_equal(separated_pairs(pairs, partitions), [False, True, True, False])
+    np.testing.assert_array_equal(separated_pairs(pairs, partitions[1]), [False, True, True, False])
+    scores = np.array([0.1, 0.9, 0.5, 0.2])
+    value, share = cluster_share_threshold(scores, pairs, partitions)
+    assert share == 0.5 and np.count_nonzero(scores > value) == 2 and value == pytest.approx(0.35)
+    with pytest.raises(ValueError, match="pair indices"):
+        separated_pairs(np.array([[0, 5]]), partitions)
 
 
 def test_rules_travel_as_dicts_and_text():

@@ -123,7 +123,7 @@ def test_with_a_clear_gap_the_default_margin_changes_nothing(clusters):
     # score lies far below the default margin's share of the threshold.
     _, _, ext, _ = clusters
     z = ext.source.sample(20000, 6)
-    assert ext.blend_margin == DEFAULT_BLEND_MARGIN == 0.4
+    assert ext.blend_margin == DEFAULT_BLEND_MARGIN == 0.35
     assert _blended(ext, z) == _blended(_with_margin(ext, 1.0), z)
 
 

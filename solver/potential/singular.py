@@ -32,7 +32,13 @@ import numpy as np
 
 from solver.cells.index import nearest_neighbours
 from solver.estimation.host import MeasureEstimate
-from solver.potential.diffusion import DiffusionEmbedding, diffusion_distances, diffusion_embedding
+from solver.potential.diffusion import (
+    SEPARATION_QUORUM,
+    DiffusionEmbedding,
+    diffusion_distances,
+    diffusion_embedding,
+    separated_pairs,
+)
 from solver.potential.threshold import (
     DEFAULT_RULE,
     FALLBACK_QUANTILE,
@@ -443,9 +449,9 @@ def find_singular_set(
       pairs rather than the spacing of the few largest scores. With a ``fallback``, a gap
       ratio below ``min_ratio`` means no clear gap, and the fallback is used.
     - :class:`ClusterShare`: the ``1 - s`` quantile, s the share of observed pairs whose ends
-      lie in different spectral clusters (:func:`solver.potential.diffusion.
-      diffusion_embedding`); with one cluster there is nothing to count, and the median is
-      used.
+      lie in different spectral clusters in 3/4 of the k-means starts (:func:`solver.
+      potential.diffusion.diffusion_embedding`); with one cluster there is nothing to count, and the
+      median is used.
 
     The default (:data:`DEFAULT_RULE`, diffusion frame) is the gap rule falling back to the
     cluster share: on the 25-Gaussian grid the gap is clear and exact; real latents have no
@@ -508,10 +514,11 @@ def find_singular_set(
     if isinstance(applied, ClusterShare):
         assert spectral is not None  # computed above for every rule that may apply it
         if spectral.n_clusters > 1:
-            value, share = cluster_share_threshold(angles, adjacency.pairs, spectral.clusters)
+            value, share = cluster_share_threshold(angles, adjacency.pairs, spectral.partitions)
             detail = (
                 f"{spectral.n_clusters} spectral clusters (eigengap {spectral.gap:.3g}) join "
-                f"{100 * share:.1f} % of the pairs"
+                f"{100 * share:.1f} % of the pairs in {SEPARATION_QUORUM:.0%} of "
+                f"{len(spectral.partitions)} k-means starts"
             )
         else:  # no cluster structure to count: the median, as the rule's own fallback
             applied = QuantileThreshold(q=FALLBACK_QUANTILE)
@@ -541,15 +548,23 @@ def cluster_share_threshold(
 ) -> tuple[float, float]:
     """The threshold flagging the share of pairs that join two clusters, and that share.
 
+    Args:
+        scores: one score per pair, shape ``(P,)``.
+        pairs: target index pairs, shape ``(P, 2)``.
+        clusters: each target's cluster, shape ``(N,)``, or one row per k-means start, shape
+            ``(R, N)``: a pair then joins two clusters when the quorum of the rows splits it
+            (:func:`solver.potential.diffusion.separated_pairs`).
+
     Returns:
         ``(threshold, share)``: the ``1 - share`` quantile of ``scores`` (``inf`` when no pair
         joins two clusters or there are fewer than 2 pairs: nothing singular).
 
     """
-    p = _check_pairs(pairs, clusters.shape[0])
+    labels = np.atleast_2d(np.asarray(clusters))
+    p = _check_pairs(pairs, labels.shape[1])
     if p.shape[0] < 2:
         return math.inf, 0.0
-    share = float(np.mean(clusters[p[:, 0]] != clusters[p[:, 1]]))
+    share = float(np.mean(separated_pairs(p, labels)))
     if share <= 0.0:
         return math.inf, share
     flagged = max(1, round(share * p.shape[0]))
