@@ -106,6 +106,16 @@ def train(
     )
 
 
+def epoch_total(current: int, decoder_epoch: int, decoder_epochs: int) -> int:
+    """The run's epoch count after a decoder-phase epoch (1-based over both phases) is seen.
+
+    A plateau may end the joint phase before its cap: the first decoder epoch then tells how
+    many joint epochs ran, and the count drops to them plus ``decoder_epochs``. It never rises:
+    later decoder epochs, or a run resumed in the decoder phase, keep ``current`` or lower it.
+    """
+    return min(current, decoder_epoch - 1 + decoder_epochs)
+
+
 def _train_with_bars(
     store: ModelStore, name: str, plan: TrainPlan, images: ImageDataset, settings: Settings
 ) -> ModelRecord:
@@ -118,8 +128,8 @@ def _train_with_bars(
     with tqdm(total=total, desc=f"train {name}", unit="epoch", position=0) as bar:
 
         def on_epoch(record: EpochRecord, _report: TrainProgress) -> None:
-            if record.phase == "decoder" and bar.total != record.epoch - 1 + recipe.decoder_epochs:
-                bar.total = record.epoch - 1 + recipe.decoder_epochs  # plateau ended joint
+            if record.phase == "decoder":
+                bar.total = epoch_total(bar.total, record.epoch, recipe.decoder_epochs)
             bar.update(record.epoch - bar.n)
             bar.set_postfix(phase=record.phase, loss=f"{record.loss:.5f}")
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from models import load_bundle
 from service.cli import app as cli_app
-from service.cli_train import queue_served_dataset
+from service.cli_train import epoch_total, queue_served_dataset
 from service.settings import Settings
 from service.store import ModelStore
 from tests.service_helpers import (
@@ -72,6 +72,19 @@ def test_options_override_the_environment(empty_cwd, monkeypatch):
     bad = invoke("fit", "digits", "--store", "s", "--target-l1", "5")
     assert bad.exit_code == 1
     assert bad.stderr.startswith("error: invalid setting: target_l1: Input should be less than 2")
+
+
+def test_the_epoch_bar_total_follows_a_plateau_and_never_grows():
+    # The recipe plans 30 joint + 10 decoder epochs.
+    total = 40
+    for epoch in range(31, 41):  # the joint phase ran to its cap
+        total = epoch_total(total, epoch, 10)
+    assert total == 40
+    total = 40
+    for epoch in range(13, 23):  # a plateau ended the joint phase after 12 epochs
+        total = epoch_total(total, epoch, 10)
+        assert total == 22
+    assert epoch_total(40, 36, 10) == 40  # resumed in the decoder phase after the cap
 
 
 def test_train_registers_the_bundle_with_labels_and_queues_its_fit(empty_cwd):
