@@ -60,7 +60,7 @@ DIFFUSION_TIME = 3
 # Largest number of modes the eigengap may choose (eigenpairs computed: one more).
 MAX_CLUSTERS = 50
 # k-means starts that vote on which pairs are separated. Each costs about 1 s at N = 60,000,
-# K = 15 (one of the eigenpairs' 90 s).
+# K = 15, against about 90 s for the eigenpairs.
 KMEANS_RESTARTS = 8
 # Share of the starts that must split a pair for it to count as separated. Measured on digits
 # and on the 60,000 full-data MNIST latents, four groups of 8 starts each (docs/singular.md):
