@@ -42,13 +42,13 @@ from models import (  # noqa: E402
     ClassifierTrainConfig,
     QualityReport,
     TrainConfig,
+    cpu_threads,
     evaluate_images,
     load_bundle,
     load_classifier,
     load_idx_dataset,
     make_reference,
     save_classifier,
-    torch_threads,
     train_and_save,
     train_classifier,
 )
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    with torch_threads(args.threads):
+    with cpu_threads(args.threads):
         for name in args.datasets:
             rows += run_dataset(args, name, out)
     for verdict in goals(rows):

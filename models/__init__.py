@@ -55,7 +55,7 @@ from models.evaluate import (
     precision_recall,
 )
 from models.plan import TrainPlan, load_plan_data, train_plan
-from models.runtime import resolve_device, torch_threads
+from models.runtime import cpu_threads, resolve_device
 from models.train import (
     DIGITS_AUTOENCODER,
     DIGITS_RECIPE,
@@ -114,7 +114,7 @@ __all__ = [
     "resolve_device",
     "save_bundle",
     "save_classifier",
-    "torch_threads",
+    "cpu_threads",
     "train_and_save",
     "train_autoencoder",
     "train_classifier",

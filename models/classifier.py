@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from models.datasets import ImageDataset
-from models.runtime import resolve_device, torch_threads
+from models.runtime import cpu_threads, resolve_device
 
 CLASSIFIER_FORMAT = "aeot-classifier/1"
 
@@ -169,7 +169,7 @@ def train_classifier(
     arch = ClassifierConfig(image_shape=train.image_shape, n_classes=max(train.n_classes, 2))
     device = resolve_device(config.device)
     start = time.perf_counter()
-    with torch_threads(config.threads), torch.random.fork_rng(devices=[]):
+    with cpu_threads(config.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = Classifier(arch).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from models.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder
 from models.bundle import Bundle, EpochRecord, TrainMetrics, batched_apply, load_bundle, save_bundle
 from models.datasets import ImageDataset, load_digits_dataset
-from models.runtime import resolve_device, torch_threads
+from models.runtime import cpu_threads, resolve_device
 from solver import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "aeot-ae-train/1"
@@ -61,8 +61,8 @@ class TrainConfig:
         seed: seeds the initial weights and every epoch's shuffle.
         device: ``"auto"`` (``cuda`` when available, else ``cpu``), ``"cpu"`` or ``"cuda"``.
         progress: show tqdm progress bars.
-        threads: torch CPU threads while training (restored afterwards), or ``None`` to keep
-            torch's setting (see :func:`models.runtime.torch_threads`).
+        threads: CPU threads (torch and BLAS) while training (restored afterwards), or ``None``
+            to keep the current settings (see :func:`models.runtime.cpu_threads`).
 
     """
 
@@ -155,7 +155,7 @@ def train_autoencoder(
 
     """
     config = config or TrainConfig()
-    with torch_threads(config.threads):
+    with cpu_threads(config.threads):
         return _train(data, model_config, config, checkpoint, callback)
 
 

@@ -15,7 +15,7 @@ from importlib import resources
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from models.runtime import torch_threads
+from models.runtime import cpu_threads
 from service.deps import upload_limits
 from service.errors import install_error_handlers
 from service.job_config import job_config
@@ -99,7 +99,7 @@ def create_app(
             poller.start()
         try:
             # Process-wide (torch's count also sizes the OpenMP team FAISS uses); restored after.
-            with torch_threads(settings.request_threads):
+            with cpu_threads(settings.request_threads):
                 yield
         finally:
             if poller is not None:

@@ -89,10 +89,10 @@ class Settings(BaseSettings):
     # /sample 10x slower (17 -> 1.7 ms) and the digits fit 3x slower (60 -> 19 s) than one
     # thread; a server gets its parallelism from concurrent requests (or AEOT_WEB_WORKERS).
     request_threads: int = Field(
-        default=1, ge=1, description="torch/OpenMP threads of each server process"
+        default=1, ge=1, description="torch and BLAS threads of each server process"
     )
     worker_threads: int = Field(
-        default=1, ge=1, description="torch/OpenMP threads of the fit worker (raise on big hosts)"
+        default=1, ge=1, description="torch and BLAS threads of the fit worker (raise on big hosts)"
     )
 
     web_workers: int = Field(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from models.runtime import resolve_device, torch_threads
+from models.runtime import cpu_threads, resolve_device
 from service.catalog import JobRecord, JobStatus, Progress, worker_id
 from service.job_config import job_config
 from service.process import watch_parent
@@ -93,7 +93,7 @@ class Worker:
 
         """
         done = 0
-        with torch_threads(self.settings.worker_threads):
+        with cpu_threads(self.settings.worker_threads):
             while not self.stop.is_set() and (max_jobs is None or done < max_jobs):
                 self.schedule()
                 job = self.store.claim(self.id, self.settings.stale_seconds)

@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+import torch
 from pydantic import ValidationError
 
 from models import resolve_device
@@ -67,6 +68,37 @@ def test_device_mapping():
     assert backend_for_device("cpu") == available_backends("cpu")[0]
     assert set(available_backends("cpu")) <= {"amx", "simd", "faiss", "torch"}
     assert backend_for_device(resolve_device("auto")) == available_backends()[0]
+
+
+def _pthread_blas_threads() -> set[int]:
+    """Threads of each pthreads-built OpenBLAS (numpy's, scipy's) loaded in this process."""
+    from threadpoolctl import threadpool_info
+
+    pools = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    pools = [p for p in pools if p.get("threading_layer") == "pthreads"]
+    assert pools, "numpy and scipy load no pthreads OpenBLAS here"
+    return {p["num_threads"] for p in pools}
+
+
+def test_cpu_threads_sets_torch_and_blas_and_restores_them():
+    import threading
+
+    import scipy.linalg  # noqa: F401 - loads scipy's own OpenBLAS
+
+    from models import cpu_threads
+
+    torch_before, blas_before = torch.get_num_threads(), _pthread_blas_threads()
+    seen: list[set[int]] = []
+    with cpu_threads(3):
+        assert torch.get_num_threads() == 3 and _pthread_blas_threads() == {3}
+        # Threads started inside the block (a server's request threads) run with the cap.
+        thread = threading.Thread(target=lambda: seen.append(_pthread_blas_threads()))
+        thread.start()
+        thread.join()
+    assert seen == [{3}]
+    assert torch.get_num_threads() == torch_before and _pthread_blas_threads() == blas_before
+    with cpu_threads(None):
+        assert torch.get_num_threads() == torch_before and _pthread_blas_threads() == blas_before
 
 
 def test_empty_store_schedules_the_default_training_once(tmp_path):
