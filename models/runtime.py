@@ -38,7 +38,9 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
     graph run in them. On shared CPUs one thread is often much faster than several contending
     ones (measured here, two cores busy with another process: a 64-image MLP step took 2.6 ms
     on 1 torch thread and 43 ms on 2; a dense 600 x 600 ``eigh`` 0.06 s on 1 BLAS thread and
-    4.7 s on 2). The counts are process-wide while the block runs. ``None`` keeps both.
+    4.7 s on 2). Torch's count is process-wide; the BLAS caps hold in the calling thread and in
+    threads started inside the block (a server's request threads, a fit's helpers). ``None``
+    keeps both.
     """
     if threads is None:
         yield
