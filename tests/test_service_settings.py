@@ -76,7 +76,8 @@ def _pthread_blas_threads() -> set[int]:
 
     pools = [p for p in threadpool_info() if p["user_api"] == "blas"]
     pools = [p for p in pools if p.get("threading_layer") == "pthreads"]
-    assert pools, "numpy and scipy load no pthreads OpenBLAS here"
+    if not pools:
+        pytest.skip("numpy and scipy load no pthreads-built OpenBLAS here (another BLAS)")
     return {p["num_threads"] for p in pools}
 
 
