@@ -1,4 +1,4 @@
-"""Where and how torch runs: device choice and CPU thread counts, shared by the training loops."""
+"""Where and how work runs: device choice and CPU thread counts (torch, BLAS), shared by all."""
 
 from __future__ import annotations
 

@@ -98,7 +98,8 @@ def create_app(
                 log.exception("first catalogue load failed")
             poller.start()
         try:
-            # Process-wide (torch's count also sizes the OpenMP team FAISS uses); restored after.
+            # Torch's count is process-wide (it also sizes FAISS's OpenMP team); the BLAS caps
+            # reach the request threads started after this point. Both restored after.
             with cpu_threads(settings.request_threads):
                 yield
         finally:

@@ -74,8 +74,11 @@ def _pthread_blas_threads() -> set[int]:
     """Threads of each pthreads-built OpenBLAS (numpy's, scipy's) loaded in this process."""
     from threadpoolctl import threadpool_info
 
-    pools = [p for p in threadpool_info() if p["user_api"] == "blas"]
-    pools = [p for p in pools if p.get("threading_layer") == "pthreads"]
+    pools = [
+        p
+        for p in threadpool_info()
+        if p["user_api"] == "blas" and p.get("threading_layer") == "pthreads"
+    ]
     if not pools:
         pytest.skip("numpy and scipy load no pthreads-built OpenBLAS here (another BLAS)")
     return {p["num_threads"] for p in pools}
