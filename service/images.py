@@ -11,8 +11,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
 
 # Decoded digits are 8x8: scale small images up so a grid is visible in a browser.
@@ -127,6 +125,10 @@ def singular_set_png(
         PNG bytes.
 
     """
+    # Matplotlib loads with the first picture that needs it, not with the server (0.3 s).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     k = pair_images.shape[0]
     cols = min(k, 6)
     rows = math.ceil(k / cols) if k else 0

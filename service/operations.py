@@ -26,7 +26,6 @@ from service.schemas import (
 from service.serving import Served
 from service.settings import Settings
 from solver import AngleFrame, Interpolation, RuleName
-from solver.plots import power_diagram_png
 
 # Singular pairs drawn as decoded image pairs in the picture of a model with d > 2.
 PICTURE_PAIRS = 12
@@ -174,6 +173,8 @@ def singularities_png(served: Served, summary: SingularSummary) -> bytes:
     angles with the threshold marked, and the most singular pairs as decoded image pairs.
     """
     if served.dim == 2:
+        from solver.plots import power_diagram_png  # matplotlib, loaded on first use
+
         return power_diagram_png(served.ext_map)
     k = min(PICTURE_PAIRS, summary.pairs.shape[0])
     targets = served.ext_map.targets[summary.pairs[:k].reshape(-1)]

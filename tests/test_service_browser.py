@@ -12,7 +12,9 @@ import io
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -43,13 +45,22 @@ HAVE_CHROMIUM = Path(CHROMIUM).exists() or (
 WAIT_MS = 20000
 
 
-@pytest.fixture(autouse=True)
-def _chromium() -> None:
-    """Skip without Chromium, or fail under CI, where ``.ci/run`` installs it."""
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module (each test opens its own page and context).
+
+    Skips without Chromium, or fails under CI, where ``.ci/run`` installs it.
+    """
     if not HAVE_CHROMIUM:
         if IN_CI:
             pytest.fail("CI=true but no chromium: .ci/run installs Debian's chromium package")
         pytest.skip("needs chromium (Debian package chromium)")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 def _image_loaded(selector: str) -> str:
@@ -193,18 +204,14 @@ def _check_crossings(page) -> None:  # noqa: ANN001
     assert _red_gap_columns(page) >= 6  # at least one full bar of STRIP_PAD = 6 columns
 
 
-def test_page_end_to_end(tmp_path_factory, tmp_path):
+def test_page_end_to_end(browser, tmp_path_factory, tmp_path):
     store = copy_store(labelled_template(tmp_path_factory.getbasetemp()), tmp_path / "store")
     procs: list[subprocess.Popen[bytes]] = []
     settings = make_settings(store.root, default_model="lab")
     screens = _screens_dir(tmp_path)
-    with (
-        live_server(settings, procs=procs) as url,
-        sync_api.sync_playwright() as pw,
-    ):
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with live_server(settings, procs=procs) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(url + "/")
@@ -227,15 +234,14 @@ def test_page_end_to_end(tmp_path_factory, tmp_path):
             assert page.inner_text("#ready") == "server unreachable"
             assert errors == []
         finally:
-            browser.close()
+            page.close()
 
 
-def test_api_docs_render_without_the_internet(tmp_path):
+def test_api_docs_render_without_the_internet(browser, tmp_path):
     """Swagger UI and ReDoc draw the API from the server's own assets; nothing else is asked."""
-    with live_server(make_settings(tmp_path / "store")) as url, sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with live_server(make_settings(tmp_path / "store")) as url:
+        page = browser.new_page()
         try:
-            page = browser.new_page()
             requested: list[str] = []
             blocked: dict[str, str | None] = {}
             page.on("request", lambda req: requested.append(req.url))
@@ -253,4 +259,4 @@ def test_api_docs_render_without_the_internet(tmp_path):
             # stops it in the browser, before any network access.
             assert all(blocked.get(u) == "csp" for u in outside), (outside, blocked)
         finally:
-            browser.close()
+            page.close()
