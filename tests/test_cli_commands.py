@@ -119,6 +119,7 @@ def test_serve_data_queues_the_training_once_and_serves_that_model(empty_cwd, ca
     assert "being trained already" in out.out and "--no-worker" in out.err
 
 
+@pytest.mark.slow
 def test_models_commands_over_a_live_server(tmp_path_factory, tmp_path):
     store = copy_store(fitted_template(tmp_path_factory.getbasetemp()), tmp_path / "store")
     bundle = write_bundle(tmp_path / "extra-bundle")

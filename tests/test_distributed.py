@@ -54,6 +54,7 @@ def rank_results(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(worker.CASES))
 def test_two_ranks_equal_the_single_process_estimate(rank_results, case):
     sharded, k, gap, centres, sampler = worker.CASES[case]
@@ -99,6 +100,7 @@ def test_estimate_without_a_process_group_is_refused():
         distributed_estimate(index, SourceMeasure(dim=2), 10, 0)
 
 
+@pytest.mark.slow
 def test_single_rank_group_matches_the_host_estimate(tmp_path):
     """World size 1 in this process: both modes reduce to the plain estimate."""
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rdv", rank=0, world_size=1)

@@ -34,6 +34,7 @@ def ranks(tmp_path_factory):
     return [dict(np.load(out / f"fit-rank{r}.npz")) for r in range(2)]
 
 
+@pytest.mark.slow
 def test_two_ranks_fit_like_one_process(ranks):
     single = fit(worker.problem(), worker.config())
     assert single.converged and single.estimator == "host"
@@ -50,6 +51,7 @@ def test_two_ranks_fit_like_one_process(ranks):
     assert abs(float(lead["l1"]) - single.accuracy.l1) <= 0.02
 
 
+@pytest.mark.slow
 def test_only_the_lead_calls_back_and_its_stop_stops_every_rank(ranks):
     lead, follower = ranks
     assert int(lead["callback_calls"]) == 3 and int(follower["callback_calls"]) == 0
@@ -57,6 +59,7 @@ def test_only_the_lead_calls_back_and_its_stop_stops_every_rank(ranks):
         assert str(got["stopped_reason"]) == "callback" and int(got["stopped_iterations"]) == 3
 
 
+@pytest.mark.slow
 def test_aeot_fit_over_two_ranks_publishes(tmp_path):
     from service.job_config import job_config
     from service.store import ModelStore

@@ -292,6 +292,7 @@ def _closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") ->
 
 
 # Case 15, over real sockets: idle and trickled heads are cut, a stalled body gets a 408.
+@pytest.mark.slow
 def test_case15_stalled_connections_time_out_on_a_live_server(base, tmp_path):
     store = copy_store(fitted_template(base), tmp_path / "store")
     settings = make_settings(store.root, keep_alive_timeout=1.0, body_timeout=1.0)

@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -43,6 +44,7 @@ def _checkpointed(store, at_least=2):
 
 
 # Case 1: kill -9 of the server's worker: noticed, reported, restarted, the job resumes.
+@pytest.mark.slow
 def test_case1_killed_worker_is_restarted_reported_and_resumes(tmp_path):
     settings, store = _store_with_model(tmp_path, worker=True)
     app = create_app(settings, store=store, poll=False)
@@ -81,6 +83,7 @@ time.sleep(600)
 
 
 # Case 2: kill -9 of the server: its worker is gone within 5 s, the job is free at once.
+@pytest.mark.slow
 def test_case2_worker_never_outlives_its_server(tmp_path):
     settings, store = _store_with_model(tmp_path)
     server = subprocess.Popen([sys.executable, "-c", _STAND_IN], env=env_for(settings), cwd=ROOT)

@@ -46,6 +46,7 @@ def _case(out, name):
     return dict(np.load(out / f"{name}.npz"))
 
 
+@pytest.mark.slow
 @needs_triton
 @pytest.mark.parametrize("name", list(worker.SEARCH_CASES))
 def test_interpreted_kernel_matches_brute_force(interpreted, name):
@@ -60,6 +61,7 @@ def test_interpreted_kernel_matches_brute_force(interpreted, name):
     assert c["cells"].shape == (worker.M, k)
 
 
+@pytest.mark.slow
 @needs_triton
 def test_uncertified_candidates_fall_back_to_exact(interpreted):
     # margin 0 (KP = k = 2) can never certify; the clustered targets defeat bf16 candidates.
@@ -73,6 +75,7 @@ def test_uncertified_candidates_fall_back_to_exact(interpreted):
     assert int(_case(interpreted, "d17-k2-bf16-margin0")["fallbacks"]) == worker.M
 
 
+@pytest.mark.slow
 @needs_triton
 def test_interpreted_refresh_and_tensor_results(interpreted):
     c = _case(interpreted, "refresh")
@@ -81,6 +84,7 @@ def test_interpreted_refresh_and_tensor_results(interpreted):
     assert list(c["tensor_types"]) == ["torch.float32", "torch.int64", "cpu"]
 
 
+@pytest.mark.slow
 @needs_triton
 def test_interpreted_fused_estimate_matches_the_host_estimate(interpreted):
     c = _case(interpreted, "estimate")
@@ -102,6 +106,7 @@ def test_interpreted_fused_estimate_matches_the_host_estimate(interpreted):
     np.testing.assert_allclose(c["mass_sums"], ref.mass_sums, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 @needs_triton
 def test_interpreted_backend_refuses_bad_arguments(interpreted):
     errors = json.loads((interpreted / "errors.json").read_text())

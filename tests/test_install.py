@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.service_helpers import ROOT
 
 
@@ -48,6 +50,7 @@ def test_runtime_dependencies_hold_no_dev_tools():
     assert {"pytest", "ruff", "mypy", "playwright"} <= dev
 
 
+@pytest.mark.slow
 def test_under_ci_a_missing_browser_fails_the_page_test():
     env = {**os.environ, "CI": "true", "AEOT_TEST_CHROMIUM": "/nonexistent/chromium"}
     run = subprocess.run(
@@ -76,8 +79,6 @@ def test_the_wheel_carries_the_compiled_kernel(tmp_path):
     """What the images install (a wheel built from the checkout) has the CPU search kernel."""
     import importlib.util
     import zipfile
-
-    import pytest
 
     if importlib.util.find_spec("setuptools") is None:
         pytest.skip("setuptools is needed to build the wheel without network access")

@@ -204,6 +204,7 @@ def _check_crossings(page) -> None:  # noqa: ANN001
     assert _red_gap_columns(page) >= 6  # at least one full bar of STRIP_PAD = 6 columns
 
 
+@pytest.mark.slow
 def test_page_end_to_end(browser, tmp_path_factory, tmp_path):
     store = copy_store(labelled_template(tmp_path_factory.getbasetemp()), tmp_path / "store")
     procs: list[subprocess.Popen[bytes]] = []
@@ -237,6 +238,7 @@ def test_page_end_to_end(browser, tmp_path_factory, tmp_path):
             page.close()
 
 
+@pytest.mark.slow
 def test_api_docs_render_without_the_internet(browser, tmp_path):
     """Swagger UI and ReDoc draw the API from the server's own assets; nothing else is asked."""
     with live_server(make_settings(tmp_path / "store")) as url:

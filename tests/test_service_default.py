@@ -31,7 +31,7 @@ def test_serve_with_no_model_trains_fits_and_serves_digits(tmp_path):
         deadline = start + 170
         while http.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, http.get("/models").text
-            time.sleep(1.0)
+            time.sleep(0.25)
         seconds_to_ready = time.monotonic() - start
         status = http.get("/models/digits").json()
         png = http.get("/sample", params={"n": 16, "seed": 1, "format": "png"})

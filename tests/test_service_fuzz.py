@@ -49,6 +49,7 @@ def fuzz_app(tmp_path_factory):
         yield app
 
 
+@pytest.mark.slow
 def test_schema_holds(fuzz_app):
     schema = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
     operations = [result.ok() for result in schema.get_all_operations()]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import re
+import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -35,6 +39,7 @@ def _expected(store: ModelStore, version: int) -> np.ndarray:
     return np.asarray(potential.extended_map.sample(N, seed=SEED, extended=True), np.float32)
 
 
+@pytest.mark.slow
 def test_concurrent_samples_during_publications_are_each_one_version(tmp_path):
     settings = make_settings(
         tmp_path / "store",
@@ -72,10 +77,36 @@ def test_concurrent_samples_during_publications_are_each_one_version(tmp_path):
     assert status["published_version"] >= versions[-1]
 
 
-def test_sync_client_and_cli_against_a_live_server(tmp_path_factory, tmp_path):
-    store = copy_store(fitted_template(tmp_path_factory.getbasetemp()), tmp_path / "store")
-    settings = make_settings(store.root)
-    with live_server(settings) as url, AEOTClient(url, api_key=API_KEY) as client:
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """A server of two web processes and one fit worker on a fitted store, once per module."""
+    root = tmp_path_factory.mktemp("two-processes")
+    store = copy_store(fitted_template(tmp_path_factory.getbasetemp()), root / "store")
+    settings = make_settings(store.root, worker=True, web_workers=2)
+    procs: list[subprocess.Popen[bytes]] = []
+    with live_server(settings, procs=procs) as url:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "not ready in 60 s"
+            time.sleep(0.2)
+        yield url, procs
+
+
+def _sample_count(url: str) -> float:
+    """Successful GET /sample requests so far, summed over the server's processes."""
+    text = httpx.get(f"{url}/metrics").text
+    found = re.search(
+        r'^aeot_request_seconds_count\{method="GET",route="/sample",status="200"\} (\S+)$',
+        text,
+        re.MULTILINE,
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.slow
+def test_sync_client_and_cli_against_a_live_server(two_processes, tmp_path):
+    url, _ = two_processes
+    with AEOTClient(url, api_key=API_KEY) as client:
         client.wait_ready(timeout=30)
         assert client.ready()
         sample = client.sample_with_version(10, seed=2)
@@ -107,32 +138,24 @@ def test_sync_client_and_cli_against_a_live_server(tmp_path_factory, tmp_path):
         assert run.exit_code == 0 and "adjacent pairs singular" in run.output, run.output
 
 
-def test_two_server_processes_share_one_store_one_worker_and_their_metrics(
-    tmp_path_factory, tmp_path
-):
-    store = copy_store(fitted_template(tmp_path_factory.getbasetemp()), tmp_path / "store")
-    settings = make_settings(store.root, worker=True, web_workers=2)
-    procs: list = []
-    with live_server(settings, procs=procs) as url:
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{url}/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "not ready in 60 s"
-            time.sleep(0.2)
-        children = child_commands(procs[0].pid)
-        assert sum("service.worker" in c for c in children) == 1, children  # one fit worker
-        assert sum("spawn_main" in c for c in children) == 2, children  # two servers
+@pytest.mark.slow
+def test_two_server_processes_share_one_store_one_worker_and_their_metrics(two_processes):
+    url, procs = two_processes
+    children = child_commands(procs[0].pid)
+    assert sum("service.worker" in c for c in children) == 1, children  # one fit worker
+    assert sum("spawn_main" in c for c in children) == 2, children  # two servers
+    before = _sample_count(url)
 
-        def one(k: int) -> tuple[int, bytes]:
-            # A new connection per request, so the kernel spreads them over both processes.
-            r = httpx.get(f"{url}/sample", params={"n": 8, "seed": k % 3, "format": "npy"})
-            return r.status_code, r.content
+    def one(k: int) -> tuple[int, bytes]:
+        # A new connection per request, so the kernel spreads them over both processes.
+        r = httpx.get(f"{url}/sample", params={"n": 8, "seed": k % 3, "format": "npy"})
+        return r.status_code, r.content
 
-        with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(one, range(60)))
-        assert [s for s, _ in results if s != 200] == []
-        for k, (_, body) in enumerate(results):
-            assert body == results[k % 3][1]  # same seed, same bytes, whichever process
-        # Each scrape lands on either process and sums both processes' samples.
-        line = 'aeot_request_seconds_count{method="GET",route="/sample",status="200"} 60.0'
-        for _ in range(4):
-            assert line in httpx.get(f"{url}/metrics").text
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(60)))
+    assert [s for s, _ in results if s != 200] == []
+    for k, (_, body) in enumerate(results):
+        assert body == results[k % 3][1]  # same seed, same bytes, whichever process
+    # Each scrape lands on either process and sums both processes' samples.
+    for _ in range(4):
+        assert _sample_count(url) == before + 60

@@ -59,6 +59,7 @@ def test_worker_fits_publishes_and_reports_progress(tmp_path):
     assert store.ensure_fit_jobs(JobConfig()) == []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_fit_then_resume_continues_exactly(tmp_path):
     settings, store = _store_with_model(
         tmp_path, target_l1=0.05, checkpoint_every=2, publish_interval=30.0
@@ -94,6 +95,7 @@ def test_sigkill_mid_fit_then_resume_continues_exactly(tmp_path):
     assert store.load_checkpoint(job).iteration == direct.iterations
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_hands_the_job_back(tmp_path):
     # d = 4: a Monte Carlo fit runs long enough to be interrupted (in d <= 3 the exact fit
     # is done in a few iterations).
