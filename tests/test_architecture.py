@@ -111,3 +111,31 @@ def test_routes_do_not_reach_into_the_worker():
     for path, names in imported_modules("service").items():
         if path.startswith("service/routes/"):
             assert "service.worker" not in names, path
+
+
+def test_solver_names_load_on_first_use_and_the_cli_starts_without_torch():
+    """``solver`` exports every name its stub declares; the CLI and settings need no torch."""
+    import subprocess
+    import sys
+
+    import solver
+
+    stub = ast.parse((ROOT / "solver" / "__init__.pyi").read_text())
+    declared = next(
+        ast.literal_eval(node.value)
+        for node in stub.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__all__"
+    )
+    assert sorted(declared) == sorted(solver.__all__)
+    for name in solver.__all__:
+        assert getattr(solver, name) is not None, name
+    probe = (
+        "import sys, service.cli, service.settings; "
+        "from solver import DEFAULT_BLEND_MARGIN, AdamConfig, NewtonConfig, parse_rule; "
+        "print(sorted(m for m in ('torch', 'faiss', 'scipy') if m in sys.modules))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

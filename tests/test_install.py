@@ -76,7 +76,10 @@ def test_under_ci_a_missing_browser_fails_the_page_test():
 
 
 def test_the_wheel_carries_the_compiled_kernel(tmp_path):
-    """What the images install (a wheel built from the checkout) has the CPU search kernel."""
+    """What the images install (a wheel built from the checkout) has the CPU search kernel.
+
+    And the solver's stub, from which ``import solver`` learns where each public name lives.
+    """
     import importlib.util
     import zipfile
 
@@ -97,3 +100,4 @@ def test_the_wheel_carries_the_compiled_kernel(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert any(re.fullmatch(r"solver/cells/_simd\..*\.so", n) for n in names), names
     assert "solver/cells/_simd.pyi" in names
+    assert "solver/__init__.pyi" in names

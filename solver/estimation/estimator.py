@@ -18,7 +18,7 @@ integer statistics exactly, float sums to float64 rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar, get_args
+from typing import Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,10 +26,9 @@ import torch.distributed as dist
 from solver.estimation.distributed import comm_device, distributed_estimate
 from solver.estimation.fused import Searcher, fused_estimate
 from solver.estimation.host import MeasureEstimate, estimate
+from solver.estimation.names import ESTIMATOR_NAMES
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 
-EstimatorName = Literal["auto", "host", "fused", "distributed"]
-ESTIMATOR_NAMES: tuple[str, ...] = get_args(EstimatorName)
 T = TypeVar("T")
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from solver.estimation.estimator import ESTIMATOR_NAMES
-from solver.estimation.host import AccuracyReport
+from solver.estimation.names import ESTIMATOR_NAMES
+
+if TYPE_CHECKING:  # the estimators load torch; a config only names their report
+    from solver.estimation.host import AccuracyReport
 
 Method = Literal["auto", "exact", "newton", "adam"]
 # Dimensions in which "auto" fits on the exact power diagram instead of by Monte Carlo (1D

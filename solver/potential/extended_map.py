@@ -45,20 +45,13 @@ from solver.potential.singular import (
     adjacency_from_estimate,
     find_singular_set,
 )
-from solver.potential.threshold import DEFAULT_RULE, ThresholdRule
+from solver.potential.threshold import DEFAULT_BLEND_MARGIN, DEFAULT_RULE, ThresholdRule
 
 # Distances are floored here (source units) so a query exactly at a mass centre stays finite.
 _DISTANCE_FLOOR = 1e-12
 # Cells with fewer Monte Carlo samples than this have no mass centre: they are never blended
 # in as neighbours, and a query in such a cell maps to its own target.
 MIN_CENTRE_COUNT = 1
-# T~ blends a neighbour only when its pair's score is at most this share of the singular
-# threshold. Chosen with the labels of the benchmark datasets (docs/singular.md, "the blend
-# margin"): of 0.35, 0.4, 0.5, 0.7 and 1 (benchmarks.md, run 8), the largest that keeps
-# digits' T~ samples blending across labels under 2 % with the consensus cluster count (1.5 %,
-# against 2.1 % at 0.4 and 9.0 % at 1), for 21 % less novelty (the mean distance from T~(z)
-# to T(z)). 1.0 blends across every regular facet.
-DEFAULT_BLEND_MARGIN = 0.35
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,14 +22,15 @@ from solver.estimation.host import AccuracyReport, accuracy
 from solver.fitting.checkpoint import atomic_write_bytes
 from solver.measures import SourceMeasure
 from solver.potential import file_format
-from solver.potential.extended_map import (
-    DEFAULT_BLEND_MARGIN,
-    ExtendedMap,
-    build_extended_map,
-    check_blend_margin,
-)
+from solver.potential.extended_map import ExtendedMap, build_extended_map, check_blend_margin
 from solver.potential.singular import FRAMES, AngleFrame, SingularSet
-from solver.potential.threshold import DEFAULT_RULE, ThresholdRule, rule_from_dict, rule_to_dict
+from solver.potential.threshold import (
+    DEFAULT_BLEND_MARGIN,
+    DEFAULT_RULE,
+    ThresholdRule,
+    rule_from_dict,
+    rule_to_dict,
+)
 from solver.problem import OTProblem
 from solver.seeding import derive_seed
 
