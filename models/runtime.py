@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -10,6 +11,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 TorchDevice = Literal["cpu", "cuda"]
+_OPENBLAS_ENV = "OPENBLAS_NUM_THREADS"
 
 
 def resolve_device(device: str = "auto") -> TorchDevice:
@@ -39,16 +41,24 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
     ones (measured here, two cores busy with another process: a 64-image MLP step took 2.6 ms
     on 1 torch thread and 43 ms on 2; a dense 600 x 600 ``eigh`` 0.06 s on 1 BLAS thread and
     4.7 s on 2). Torch's count is process-wide; the BLAS caps hold in the calling thread and in
-    threads started inside the block (a server's request threads, a fit's helpers). ``None``
-    keeps both.
+    threads started inside the block (a server's request threads, a fit's helpers). An OpenBLAS
+    loaded inside the block (the solver loads scipy and FAISS with their first use) starts with
+    ``threads`` too: the block sets ``OPENBLAS_NUM_THREADS``, which OpenBLAS reads when it loads.
+    ``None`` keeps both.
     """
     if threads is None:
         yield
         return
     previous = torch.get_num_threads()
+    previous_env = os.environ.get(_OPENBLAS_ENV)
     torch.set_num_threads(threads)
+    os.environ[_OPENBLAS_ENV] = str(threads)
     try:
         with threadpool_limits(limits=threads, user_api="blas"):
             yield
     finally:
         torch.set_num_threads(previous)
+        if previous_env is None:
+            os.environ.pop(_OPENBLAS_ENV, None)
+        else:
+            os.environ[_OPENBLAS_ENV] = previous_env

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from solver import (
     backend_for_device,
     parse_rule,
 )
-from tests.service_helpers import make_settings
+from tests.service_helpers import ROOT, make_settings
 
 
 def test_settings_read_aeot_environment(monkeypatch, tmp_path):
@@ -103,6 +104,35 @@ def test_cpu_threads_sets_torch_and_blas_and_restores_them():
     assert torch.get_num_threads() == torch_before and _pthread_blas_threads() == blas_before
     with cpu_threads(None):
         assert torch.get_num_threads() == torch_before and _pthread_blas_threads() == blas_before
+
+
+_LATE_BLAS = """
+import os, sys
+from threadpoolctl import threadpool_info
+from models import cpu_threads
+before = {p["filepath"] for p in threadpool_info()}
+with cpu_threads(1):
+    import scipy.linalg  # scipy's own OpenBLAS loads here, inside the block
+late = [p for p in threadpool_info() if p["user_api"] == "blas" and p["filepath"] not in before]
+print(sorted({p["num_threads"] for p in late}), os.environ.get("OPENBLAS_NUM_THREADS"))
+"""
+
+
+def test_cpu_threads_reaches_an_openblas_loaded_inside_the_block():
+    """A BLAS the block loads (the lazy solver loads scipy and FAISS late) starts capped too."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env["PYTHONPATH"] = str(ROOT)
+    run = subprocess.run(
+        [sys.executable, "-c", _LATE_BLAS], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    counts, after = run.stdout.rsplit(" ", 1)
+    if counts == "[]":
+        pytest.skip("scipy shares numpy's BLAS here: nothing loads inside the block")
+    assert counts == "[1]" and after.strip() == "None"
 
 
 def test_empty_store_schedules_the_default_training_once(tmp_path):
