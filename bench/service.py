@@ -5,6 +5,7 @@ Prints one JSON object per line. Usage::
     python bench/service.py                    # startup, then n = 64 at concurrency 1, 8, 32
     python bench/service.py --store DIR        # use an existing store (its default model)
     python bench/service.py --seconds 5 --concurrency 1 8
+    python bench/service.py --cli-only         # only the CLI's start-up (a few seconds)
 
 Without ``--store`` the script first measures the README's main command: ``aeot serve`` with
 default settings on an empty temporary store (it trains the digits model and fits its OT map
@@ -14,6 +15,9 @@ the load runs against a server on the same store without its worker, so the fit 
 compete with the measured requests (the served potential's accuracy does not change the cost
 of a request); the load generator (asyncio + httpx) shares the machine's cores.
 ``--no-startup`` skips the startup measurement and fits for ``--fit-seconds`` instead.
+Every run first times the CLI commands that only talk to a server (``aeot --help`` and
+``aeot models list`` with nothing listening at ``--url``: start-up and a one-line error), the
+median of three runs each, and names the heavy libraries the CLI loads (none is expected).
 """
 
 from __future__ import annotations
@@ -111,6 +115,32 @@ def measure_startup(root: Path, timeout: float = 600.0) -> dict:
     }
 
 
+def measure_cli(repeats: int = 3) -> dict:
+    """Wall seconds of the CLI's client commands (median of ``repeats``) and what they load."""
+    nobody = f"http://127.0.0.1:{_free_port()}"
+    commands = {"help": ["--help"], "models_list_no_server": ["models", "list", "--url", nobody]}
+    result: dict = {}
+    for name, args in commands.items():
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "service.cli", *args],
+                cwd=ROOT,
+                capture_output=True,
+                timeout=120,
+            )
+            times.append(time.perf_counter() - start)
+        result[f"{name}_seconds"] = round(float(np.median(times)), 2)
+    heavy = ("torch", "faiss", "scipy")
+    probe = f"import sys, service.cli; print(*[m for m in {heavy} if m in sys.modules])"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    result["heavy_modules_loaded"] = loaded.stdout.split()
+    return result
+
+
 def wait_ready(url: str, timeout: float = 120.0) -> None:
     """Poll /readyz until 200."""
     deadline = time.monotonic() + timeout
@@ -169,8 +199,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32])
     parser.add_argument("--formats", nargs="*", default=["json", "png"])
+    parser.add_argument("--cli-only", action="store_true", help="only the CLI's start-up")
     args = parser.parse_args()
     emit({"bench": "service", "kind": "machine", **machine_info(), "load_average": os.getloadavg()})
+    emit({"bench": "service", "kind": "cli", **measure_cli(), "load_average": os.getloadavg()})
+    if args.cli_only:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = args.store or Path(tmp) / "store"
         if args.store is None and not args.no_startup:
