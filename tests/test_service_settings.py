@@ -107,7 +107,7 @@ def test_cpu_threads_sets_torch_and_blas_and_restores_them():
 
 
 _LATE_BLAS = """
-import os, sys
+import os
 from threadpoolctl import threadpool_info
 from models import cpu_threads
 before = {p["filepath"] for p in threadpool_info()}
