@@ -18,8 +18,10 @@ from models.autoencoder import AutoencoderConfig
 from models.bundle import MAX_PARAMETERS, Bundle, load_bundle, parameter_count, save_bundle
 from models.datasets import DatasetConfig, ImageDataset, load_dataset
 from models.train import (
+    DECODER_SCHEDULES,
     DIGITS_AUTOENCODER,
     DIGITS_RECIPE,
+    DecoderSchedule,
     EpochCallback,
     TrainConfig,
     TrainResult,
@@ -45,6 +47,8 @@ class TrainPlan:
             (120 for small images, 30 otherwise).
         decoder_epochs: decoder-only epochs after the encoder freezes (``None``: the recipe's,
             40 for small images, 10 otherwise, scaled by ``epochs`` when it is given).
+        decoder_schedule: the decoder phase's step size, ``"constant"`` or ``"cosine"``
+            (``None``: the recipe's, constant; see :class:`models.train.TrainConfig`).
         seed: seeds the subset, the initial weights and every epoch's shuffle.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         threads: torch CPU threads while training (``None``: the recipe's).
@@ -57,6 +61,7 @@ class TrainPlan:
     arch: str | None = None
     epochs: int | None = None
     decoder_epochs: int | None = None
+    decoder_schedule: DecoderSchedule | None = None
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -72,6 +77,11 @@ class TrainPlan:
                 raise ValueError(f"{label} must be >= 1, got {value}")
         if self.decoder_epochs is not None and self.decoder_epochs < 0:
             raise ValueError(f"decoder_epochs must be >= 0, got {self.decoder_epochs}")
+        if self.decoder_schedule not in (None, *DECODER_SCHEDULES):
+            raise ValueError(
+                f"decoder_schedule must be one of {DECODER_SCHEDULES}, got "
+                f"{self.decoder_schedule!r}"
+            )
         if self.arch not in (None, "conv", "mlp"):
             raise ValueError(f"arch must be 'conv' or 'mlp', got {self.arch!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -88,6 +98,7 @@ class TrainPlan:
             "arch": self.arch,
             "epochs": self.epochs,
             "decoder_epochs": self.decoder_epochs,
+            "decoder_schedule": self.decoder_schedule,
             "seed": self.seed,
             "device": self.device,
             "threads": self.threads,
@@ -129,6 +140,7 @@ class TrainPlan:
             recipe,
             max_joint_epochs=joint,
             decoder_epochs=decoder,
+            decoder_schedule=self.decoder_schedule or recipe.decoder_schedule,
             seed=self.seed,
             device=self.device,
             threads=self.threads if self.threads is not None else recipe.threads,

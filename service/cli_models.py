@@ -129,6 +129,9 @@ def train_remote(
     latent_dim: int = typer.Option(None, help="latent dimension"),
     epochs: int = typer.Option(None, help="joint epochs at most"),
     decoder_epochs: int = typer.Option(None, help="decoder-only epochs"),
+    decoder_schedule: str = typer.Option(
+        None, help="decoder-phase step size: constant (default) or cosine"
+    ),
     split: str = typer.Option("train", help="IDX split: train, test or all"),
     seed: int = typer.Option(0, help="training seed"),
     url: str = URL,
@@ -140,6 +143,7 @@ def train_remote(
         "latent_dim": latent_dim,
         "epochs": epochs,
         "decoder_epochs": decoder_epochs,
+        "decoder_schedule": decoder_schedule,
         "split": split,
         "seed": seed,
     }

@@ -46,6 +46,9 @@ def train(
         None, help="joint epochs at most; a plateau ends them early (default: the recipe's)"
     ),
     decoder_epochs: int = typer.Option(None, help="decoder-only epochs (default: epochs / 3)"),
+    decoder_schedule: str = typer.Option(
+        None, help="decoder-phase step size: constant (default) or cosine (falls to zero)"
+    ),
     subset: int = typer.Option(None, help="train on a seeded random subset of this many images"),
     split: str = typer.Option("train", help="IDX split: train, test or all"),
     image_size: str = typer.Option(None, help="HxW to resize user images to (folders: 28x28)"),
@@ -59,11 +62,14 @@ def train(
     """Train an autoencoder on a dataset into the store (resumable); its fit is queued."""
     from models import TrainPlan, dataset_config_for, load_plan_data  # noqa: PLC0415
     from models.datasets import Split  # noqa: PLC0415
+    from models.train import DecoderSchedule  # noqa: PLC0415
     from service.store import ModelStore  # noqa: PLC0415
     from service.training import checkpoint_path, sanitise_name  # noqa: PLC0415
 
     if split not in ("train", "test", "all"):
         raise CliError(f"--split must be train, test or all, got {split!r}")
+    if decoder_schedule not in (None, "constant", "cosine"):
+        raise CliError(f"--decoder-schedule must be constant or cosine, got {decoder_schedule!r}")
     config = dataset_config_for(
         data,
         split=cast(Split, split),
@@ -77,6 +83,7 @@ def train(
         arch=arch,
         epochs=epochs,
         decoder_epochs=decoder_epochs,
+        decoder_schedule=cast(DecoderSchedule | None, decoder_schedule),
         seed=seed,
         device=device,
     )

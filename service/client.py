@@ -372,8 +372,8 @@ class _Api:
     def train(name: str, dataset: str, **options: Any) -> Call[dict[str, Any]]:
         """Queue training ``name`` on ``dataset`` (relative to the server's data root; key).
 
-        Options: split, subset, latent_dim, arch, epochs, decoder_epochs, image_size,
-        channels, seed. Returns the job; its epoch and loss show in ``models()``.
+        Options: split, subset, latent_dim, arch, epochs, decoder_epochs, decoder_schedule,
+        image_size, channels, seed. Returns the job; its epoch and loss show in ``models()``.
         """
         body = {"dataset": dataset, **{k: v for k, v in options.items() if v is not None}}
         return Call(method="POST", path=f"/models/{name}/train", json=body, parse=_json)

@@ -607,6 +607,11 @@ class TrainRequest(_Request):
     decoder_epochs: Int | None = Field(
         default=None, ge=0, le=10000, description="decoder-only epochs after the encoder freezes"
     )
+    decoder_schedule: Literal["constant", "cosine"] | None = Field(
+        default=None,
+        description="the decoder phase's step size: constant (the recipe's default) or cosine "
+        "(falls from the recipe's step to zero over the phase)",
+    )
     image_size: list[Annotated[Int, Field(ge=4, le=_HARD_IMAGE_SIDE)]] | None = Field(
         default=None, min_length=2, max_length=2, description="(H, W) for image folders / arrays"
     )

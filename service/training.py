@@ -98,12 +98,22 @@ def api_dataset(
     return config
 
 
+# TrainPlan fields added after checkpoints were first named (see checkpoint_path).
+_LATER_OPTIONS = ("decoder_schedule",)
+
+
 def checkpoint_path(store: ModelStore, name: str, plan: TrainPlan) -> Path:
     """Per-epoch checkpoint of training ``plan`` as model ``name`` (one file per plan).
 
     The device and thread count stay out of the name: a run may resume on another device.
+    Options added since the first release stay out of it while unset, so a run started
+    before they existed keeps its checkpoint.
     """
-    fields = {k: v for k, v in plan.to_dict().items() if k not in ("device", "threads")}
+    fields = {
+        k: v
+        for k, v in plan.to_dict().items()
+        if k not in ("device", "threads") and not (k in _LATER_OPTIONS and v is None)
+    }
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
     return store.root / "training" / f"{check_name(name)}-{digest[:16]}.pt"
 

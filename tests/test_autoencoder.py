@@ -11,7 +11,7 @@ import torch
 
 from models.autoencoder import AutoencoderConfig, build_autoencoder
 from models.datasets import ImageDataset, load_digits_dataset
-from models.train import TrainConfig, train_autoencoder
+from models.train import TrainConfig, decoder_lr, train_autoencoder
 
 MLP = AutoencoderConfig(arch="mlp", image_shape=(1, 8, 8), latent_dim=4, mlp_hidden=(32, 16))
 TINY = TrainConfig(
@@ -161,3 +161,52 @@ def test_resume_rejects_other_data(digits: ImageDataset, tmp_path: Path) -> None
         train_autoencoder(other, MLP, TINY, checkpoint=ckpt)
     resumed = train_autoencoder(digits, MLP, replace(TINY, threads=2), checkpoint=ckpt)
     assert resumed.completed
+
+
+def test_decoder_schedule_steps() -> None:
+    constant = replace(TINY, decoder_epochs=4)
+    cosine = replace(constant, decoder_schedule="cosine")
+    steps = [(e, s) for e in range(4) for s in range(10)]
+    assert {decoder_lr(constant, e, s, 10) for e, s in steps} == {constant.lr}
+    lrs = [decoder_lr(cosine, e, s, 10) for e, s in steps]
+    assert lrs[0] == cosine.lr
+    assert lrs[20] == pytest.approx(cosine.lr / 2)  # halfway through the phase
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert 0 < lrs[-1] < 0.002 * cosine.lr
+    with pytest.raises(ValueError, match="decoder_schedule"):
+        replace(TINY, decoder_schedule="linear")  # type: ignore[arg-type]
+
+
+def test_cosine_schedule_changes_only_the_decoder_phase_and_resumes(
+    digits: ImageDataset, tmp_path: Path
+) -> None:
+    constant = replace(TINY, decoder_epochs=2)
+    cosine = replace(constant, decoder_schedule="cosine")
+    a = train_autoencoder(digits, MLP, constant)
+    b = train_autoencoder(digits, MLP, cosine)
+    assert [r.loss for r in a.metrics.history[:2]] == [r.loss for r in b.metrics.history[:2]]
+    np.testing.assert_array_equal(a.latents, b.latents)  # the encoder froze in the same state
+    assert a.metrics.history[3].loss != b.metrics.history[3].loss
+    ckpt = tmp_path / "ae.pt"
+    stop = train_autoencoder(digits, MLP, cosine, checkpoint=ckpt, callback=lambda r: r.epoch < 3)
+    assert [r.phase for r in stop.metrics.history] == ["joint", "joint", "decoder"]
+    with pytest.raises(ValueError, match="train config"):
+        train_autoencoder(digits, MLP, constant, checkpoint=ckpt)
+    resumed = train_autoencoder(digits, MLP, cosine, checkpoint=ckpt)
+    assert [r.loss for r in resumed.metrics.history] == [r.loss for r in b.metrics.history]
+    assert resumed.metrics.l2_after_freeze == b.metrics.l2_after_freeze
+
+
+def test_checkpoints_from_before_the_schedule_resume_as_constant(
+    digits: ImageDataset, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "ae.pt"
+    train_autoencoder(digits, MLP, TINY, checkpoint=ckpt, callback=lambda r: False)
+    payload = torch.load(ckpt, weights_only=True)
+    del payload["train_config"]["decoder_schedule"]
+    torch.save(payload, ckpt)
+    with pytest.raises(ValueError, match="train config"):
+        train_autoencoder(digits, MLP, replace(TINY, decoder_schedule="cosine"), checkpoint=ckpt)
+    resumed = train_autoencoder(digits, MLP, TINY, checkpoint=ckpt)
+    reference = train_autoencoder(digits, MLP, TINY)
+    assert [r.loss for r in resumed.metrics.history] == [r.loss for r in reference.metrics.history]

@@ -89,7 +89,12 @@ def test_the_epoch_bar_total_follows_a_plateau_and_never_grows():
 
 def test_train_registers_the_bundle_with_labels_and_queues_its_fit(empty_cwd):
     data = write_npz(empty_cwd / "shapes.npz", n=40)
-    run = invoke("train", str(data), "--epochs", "1", "--decoder-epochs", "1", "--device", "cpu")
+    bad = invoke("train", str(data), "--decoder-schedule", "step")
+    assert bad.exit_code == 1 and "--decoder-schedule must be constant or cosine" in bad.stderr
+    run = invoke(
+        "train", str(data), "--epochs", "1", "--decoder-epochs", "1", "--decoder-schedule",
+        "cosine", "--device", "cpu",
+    )  # fmt: skip
     assert run.exit_code == 0, run.output
     assert "shapes: 40 images of 1x8x8, 4 classes" in run.stdout
     assert "model shapes: 40 latents in d=8" in run.stdout

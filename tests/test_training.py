@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,10 +105,27 @@ def test_plans_round_trip_and_pick_the_recipe_by_image_size(tmp_path):
     small, small_recipe = TrainPlan(data=DatasetConfig(), epochs=9).resolve((1, 8, 8))
     assert small.arch == "mlp" and small.latent_dim == 8
     assert (small_recipe.max_joint_epochs, small_recipe.decoder_epochs) == (9, 3)
+    assert recipe.decoder_schedule == "constant"
+    cosine = replace(plan, decoder_schedule="cosine")
+    assert TrainPlan.from_dict(cosine.to_dict()) == cosine
+    assert cosine.resolve((1, 28, 28))[1].decoder_schedule == "cosine"
+    with pytest.raises(ValueError, match="decoder_schedule"):
+        TrainPlan(data=DatasetConfig(), decoder_schedule="step")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="subset must be >= 1"):
         TrainPlan(data=DatasetConfig(), subset=0)
     with pytest.raises(ValueError, match="unknown dataset config keys"):
         TrainPlan.from_dict({**plan.to_dict(), "data": {"source": "idx", "colour": 1}})
+
+
+def test_checkpoint_names_of_earlier_plans_stay_the_same(tmp_path):
+    # The name a plan's checkpoint had before the decoder schedule option existed: a run
+    # interrupted then resumes after an upgrade.
+    store = ModelStore(tmp_path / "store")
+    data = DatasetConfig(source="idx", path="/data/mnist", name="mnist")
+    plan = TrainPlan(data=data, subset=100, seed=1)
+    assert checkpoint_path(store, "mnist", plan).name == "mnist-8c8fc61e9f3b613c.pt"
+    cosine = checkpoint_path(store, "mnist", replace(plan, decoder_schedule="cosine"))
+    assert cosine.name != "mnist-8c8fc61e9f3b613c.pt"
 
 
 def test_training_resumes_from_its_checkpoint_and_keeps_labels(tmp_path):
@@ -179,9 +197,17 @@ def test_api_train_job_runs_in_the_worker_with_progress(tmp_path):
     write_idx(root / "tiny-idx", n=48)
     settings = make_settings(tmp_path / "store", data_root=root, target_l1=0.3)
     store = ModelStore(settings.store)
-    body = {"dataset": "tiny-idx", "epochs": 2, "decoder_epochs": 1, "latent_dim": 2}
+    body = {
+        "dataset": "tiny-idx",
+        "epochs": 2,
+        "decoder_epochs": 1,
+        "decoder_schedule": "cosine",
+        "latent_dim": 2,
+    }
     with TestClient(create_app(settings, store=store, poll=False)) as client:
         assert client.post("/models/t/train", json=body).status_code == 401
+        bad = client.post("/models/t/train", json={**body, "decoder_schedule": "step"}, headers=KEY)
+        assert bad.status_code == 422 and "decoder_schedule" in bad.text
         accepted = client.post("/models/t/train", json=body, headers=KEY)
         assert accepted.status_code == 202, accepted.text
         job = accepted.json()
@@ -201,6 +227,8 @@ def test_api_train_job_runs_in_the_worker_with_progress(tmp_path):
         Worker(store, settings).run(idle_exit=True)  # trains, registers, then fits
         jobs = {j.kind: j for j in store.jobs("t")}
         assert jobs["train"].status == "done" and jobs["fit"].status == "done"
+        plan = jobs["train"].train_plan
+        assert plan is not None and plan.decoder_schedule == "cosine"
         progress = jobs["train"].train_progress
         assert progress is not None and (progress.epoch, progress.epochs) == (3, 3)
         assert progress.phase == "decoder" and progress.n_images == 48

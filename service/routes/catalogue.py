@@ -192,6 +192,7 @@ def start_training(
         arch=req.arch,
         epochs=req.epochs,
         decoder_epochs=req.decoder_epochs,
+        decoder_schedule=req.decoder_schedule,
         seed=req.seed,
         device=settings.device,
     )
