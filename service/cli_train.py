@@ -62,14 +62,16 @@ def train(
     """Train an autoencoder on a dataset into the store (resumable); its fit is queued."""
     from models import TrainPlan, dataset_config_for, load_plan_data  # noqa: PLC0415
     from models.datasets import Split  # noqa: PLC0415
-    from models.train import DecoderSchedule  # noqa: PLC0415
+    from models.train import DECODER_SCHEDULES, DecoderSchedule  # noqa: PLC0415
     from service.store import ModelStore  # noqa: PLC0415
     from service.training import checkpoint_path, sanitise_name  # noqa: PLC0415
 
     if split not in ("train", "test", "all"):
         raise CliError(f"--split must be train, test or all, got {split!r}")
-    if decoder_schedule not in (None, "constant", "cosine"):
-        raise CliError(f"--decoder-schedule must be constant or cosine, got {decoder_schedule!r}")
+    if decoder_schedule not in (None, *DECODER_SCHEDULES):
+        raise CliError(
+            f"--decoder-schedule must be {' or '.join(DECODER_SCHEDULES)}, got {decoder_schedule!r}"
+        )
     config = dataset_config_for(
         data,
         split=cast(Split, split),
