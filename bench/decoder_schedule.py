@@ -29,23 +29,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, machine_info  # noqa: E402
-from models import TrainPlan, dataset_config_for, load_plan_data  # noqa: E402
+from models import (  # noqa: E402
+    AutoencoderConfig,
+    ImageDataset,
+    TrainPlan,
+    dataset_config_for,
+    load_plan_data,
+)
 from models.train import DECODER_SCHEDULES, TrainConfig, train_autoencoder  # noqa: E402
 
 
-def _joint_phase(plan: TrainPlan, checkpoint: Path) -> None:
+def _joint_phase(
+    images: ImageDataset, model_config: AutoencoderConfig, recipe: TrainConfig, checkpoint: Path
+) -> None:
     """Train the joint phase into ``checkpoint`` (no decoder epochs), unless it is there."""
     if checkpoint.is_file():
         emit({"kind": "joint", "reused": str(checkpoint)})
         return
-    images = load_plan_data(plan)
-    model_config, config = plan.resolve(images.image_shape)
     started = time.perf_counter()
     result = train_autoencoder(
-        images,
-        model_config,
-        replace(config, decoder_epochs=0, progress=False),
-        checkpoint=checkpoint,
+        images, model_config, replace(recipe, decoder_epochs=0), checkpoint=checkpoint
     )
     emit(
         {
@@ -120,7 +123,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         joint = args.joint_checkpoint or Path(tmp) / "joint.pt"
-        _joint_phase(plan, joint)
+        _joint_phase(images, model_config, recipe, joint)
         rows = []
         for count in counts:
             for schedule in schedules:
