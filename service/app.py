@@ -35,8 +35,8 @@ log = logging.getLogger("aeot.server")
 
 API_DESCRIPTION = """AE-OT generative model service: samples, interpolations and the singular
 set of a semi-discrete optimal transport map in an autoencoder's latent space. Read endpoints
-are open (unless configured otherwise); mutating ones need the `X-API-Key` header (in this page:
-**Authorize**, then type the key).
+are open (unless configured otherwise); mutating ones need the `X-API-Key` header (in the
+Swagger UI at `/docs`: **Authorize**, then type the key).
 
 Every generation answer names the potential version it came from (`X-Potential-Version`); the
 same version and seed give the same bytes, and `version=` pins a published version."""
@@ -123,7 +123,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.worker = None  # the supervised worker while the lifespan runs (run_worker)
     install_error_handlers(app)
-    routers = (system.router, generate.router, catalogue.router)
+    routers = (system.router, generate.router, generate.autoencoder, catalogue.router)
     for router in routers:
         app.include_router(router)
     # The API routes as declared (paths and dependencies): the gate and the schema read them.

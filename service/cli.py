@@ -27,13 +27,13 @@ from service.cli_models import API_KEY, URL, models_app
 from service.cli_support import (
     CliError,
     build_settings,
-    connect,
     friendly,
     open_existing_store,
     set_debug,
     settings_options,
 )
 from service.cli_train import queue_served_dataset, train
+from service.client import AEOTClient
 from service.settings import Settings
 
 app = typer.Typer(
@@ -235,7 +235,7 @@ def sample(
     api_key: str = API_KEY,
 ) -> None:
     """Draw samples from a running server and save them as a PNG grid or .npy latents."""
-    with connect(url, api_key) as client:
+    with AEOTClient(url, api_key=api_key) as client:
         if out.suffix == ".npy":
             np.save(out, client.sample(n, seed, extended=not pure, model=model))
         else:
@@ -255,7 +255,7 @@ def interpolate(
     api_key: str = API_KEY,
 ) -> None:
     """Interpolate between two training codes; save the strip and list singular crossings."""
-    with connect(url, api_key) as client:
+    with AEOTClient(url, api_key=api_key) as client:
         result = client.interpolate(start, end, steps, model=model, images=True)
     if result.strip is not None:
         result.strip.save(out)
@@ -277,7 +277,7 @@ def singularities(
     api_key: str = API_KEY,
 ) -> None:
     """Print the singular set summary of a running server's model."""
-    with connect(url, api_key) as client:
+    with AEOTClient(url, api_key=api_key) as client:
         s = client.singularities(model=model, limit=limit)
         if png is not None:
             client.singularities_image(model=model).save(png)

@@ -5,7 +5,6 @@
   the traceback instead.
 - :func:`settings_options` gives a command one option per :class:`Settings` field (``--api-key``,
   ``--device``, ``--log-level``, ...), each overriding its ``AEOT_*`` variable.
-- :func:`connect` opens an :class:`AEOTClient` whose "unknown model" answers list the known ones.
 """
 
 from __future__ import annotations
@@ -13,8 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -24,7 +22,7 @@ import typer
 from pydantic import SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
-from service.client import AEOTClient, AEOTError
+from service.client import AEOTError
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -113,23 +111,6 @@ def _explain_http(exc: AEOTError) -> str:
             "(`aeot models list` shows training and fit progress)"
         )
     return exc.detail
-
-
-@contextmanager
-def connect(url: str, api_key: str | None = None) -> Iterator[AEOTClient]:
-    """An :class:`AEOTClient` whose 404 "unknown model" errors name the known models."""
-    with AEOTClient(url, api_key=api_key) as client:
-        try:
-            yield client
-        except AEOTError as exc:
-            if exc.status_code != 404 or not exc.detail.startswith("unknown model"):
-                raise
-            try:
-                names = [m["name"] for m in client.models()["models"]]
-            except (AEOTError, httpx.HTTPError):
-                raise exc from None
-            known = ", ".join(names) if names else "none yet"
-            raise CliError(f"{exc.detail}; known models: {known}") from exc
 
 
 def no_store_error(store: Path) -> CliError:

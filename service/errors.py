@@ -119,12 +119,28 @@ def auth_response(exc: AuthError | Throttled) -> JSONResponse:
     return _error(exc.status_code, str(exc), headers)
 
 
+# A 404 for an unknown model names at most this many known ones (a typo's neighbours).
+_KNOWN_LISTED = 20
+
+
+def _known_models(request: Request) -> str:
+    """``"; known models: a, b"`` for a 404, or ``""`` when the catalogue cannot list them."""
+    try:
+        names = [m.name for m in request.app.state.store.models()]
+    except Exception:  # a damaged catalogue must not turn the 404 into a 500
+        return ""
+    if not names:
+        return "; no model is registered yet"
+    more = f" and {len(names) - _KNOWN_LISTED} more" if len(names) > _KNOWN_LISTED else ""
+    return f"; known models: {', '.join(names[:_KNOWN_LISTED])}{more}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every service error to its status code and a ``{"detail": message}`` body."""
 
     @app.exception_handler(UnknownModel)
-    async def _unknown(_: Request, exc: UnknownModel) -> JSONResponse:
-        return _error(404, f"unknown model {exc.args[0]!r}")
+    async def _unknown(request: Request, exc: UnknownModel) -> JSONResponse:
+        return _error(404, f"unknown model {exc.args[0]!r}{_known_models(request)}")
 
     @app.exception_handler(UnknownVersion)
     async def _unknown_version(_: Request, exc: UnknownVersion) -> JSONResponse:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -145,7 +146,9 @@ def singular_set_png(
     ax.set_xlabel(score_label, fontsize=8)
     ax.set_ylabel("pairs", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.set_title(title, fontsize=9)
+    # Wrapped to the figure's width (7 px a character at 9 pt, with a margin): a long model name or
+    # rule must not run past the picture's edges.
+    ax.set_title(textwrap.fill(title, width=max(30, size_px // 8)), fontsize=9)
     for p in range(k):
         sub = fig.add_subplot(grid[1 + p // cols, p % cols])
         pair = np.asarray(to_pil(pair_images[p], cols=2).convert("RGB"))

@@ -2,7 +2,7 @@
 
 Skips without chromium or playwright, except under ``CI=true``, where a missing browser fails:
 CI installs both (``.ci/run``), so a skip there would hide an untested page. Screenshots at
-400 px and 1280 px go to ``AEOT_SCREENSHOTS`` (a directory) when set, else to the test's
+400, 1,000 and 1,280 px go to ``AEOT_SCREENSHOTS`` (a directory) when set, else to the test's
 temporary directory.
 """
 
@@ -114,6 +114,28 @@ def _check_ready(page, url: str) -> None:  # noqa: ANN001
     assert page.locator("#singular-pairs figure img").count() >= 1
 
 
+def _check_no_overflow(page, width: int) -> None:  # noqa: ANN001
+    """Nothing is wider than the viewport, and nothing needs a scroll bar inside its section."""
+    page_width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert page_width <= width, f"the page is {page_width} px wide at a {width} px viewport"
+    cut = page.evaluate(
+        """() => [...document.querySelectorAll('section, section *')]
+          .filter((e) => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1
+                         && getComputedStyle(e).overflowX !== 'visible')
+          .map((e) => `${e.tagName}#${e.id}.${e.className}: ${e.scrollWidth} > ${e.clientWidth}`)"""
+    )
+    assert cut == [], f"at {width} px these scroll sideways: {cut}"
+    # Every picture fits its section (a cut strip or figure is cut, scroll bar or not).
+    wide = page.evaluate(
+        """() => [...document.querySelectorAll('section img')]
+          .filter((i) => i.offsetParent !== null
+                         && i.getBoundingClientRect().right
+                            > i.closest('section').getBoundingClientRect().right + 1)
+          .map((i) => i.alt)"""
+    )
+    assert wide == [], f"at {width} px these pictures stick out of their section: {wide}"
+
+
 def _check_badge_states(page) -> None:  # noqa: ANN001
     """The badge's text for states a fitted store cannot show live, in the API's shapes."""
     train = {
@@ -218,17 +240,26 @@ def test_page_end_to_end(browser, tmp_path_factory, tmp_path):
             page.goto(url + "/")
             _check_ready(page, url)
             _check_badge_states(page)
+            # A hidden picture stays hidden (no broken-image box while a model trains), whatever
+            # display the style sheet gives it.
+            assert (
+                page.evaluate(
+                    "() => { const i = document.querySelector('#singular-picture');"
+                    " i.hidden = true; const d = getComputedStyle(i).display; i.hidden = false;"
+                    " return d; }"
+                )
+                == "none"
+            )
             _check_seed_count_class(page)
             _check_downloads(page, tmp_path)
             _check_crossings(page)
-            page.screenshot(path=str(screens / "page-1280.png"), full_page=True)
-            page.set_viewport_size({"width": 400, "height": 900})
-            page.wait_for_timeout(300)
-            overflow = page.evaluate("() => document.documentElement.scrollWidth")
-            assert overflow <= 400, f"the page is {overflow} px wide at a 400 px viewport"
-            page.screenshot(path=str(screens / "page-400.png"), full_page=True)
-            for name in ("page-1280.png", "page-400.png"):
-                assert Image.open(screens / name).size[0] in (400, 1280)
+            for width in (1280, 1000, 400):
+                page.set_viewport_size({"width": width, "height": 900})
+                page.wait_for_timeout(300)
+                shot = screens / f"page-{width}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                _check_no_overflow(page, width)
+                assert Image.open(shot).size[0] == width
             procs[0].terminate()  # the server goes away: the badge must say so
             procs[0].wait(timeout=30)
             page.wait_for_selector("#ready.down", timeout=WAIT_MS)
@@ -253,6 +284,8 @@ def test_api_docs_render_without_the_internet(browser, tmp_path):
             assert "AE-OT service" in page.inner_text(".swagger-ui .info .title")
             page.wait_for_selector(".swagger-ui .authorize", timeout=WAIT_MS)  # X-API-Key
             assert page.locator(".opblock-summary-path[data-path='/sample']").count() == 2
+            for path in ("/encode", "/decode", "/reconstruct"):  # once, under "autoencoder"
+                assert page.locator(f".opblock-summary-path[data-path='{path}']").count() == 1
             page.goto(url + "/redoc")
             page.wait_for_selector("h1:has-text('AE-OT service')", timeout=WAIT_MS)
             local = (url, "data:", f"blob:{url}")

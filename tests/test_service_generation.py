@@ -13,7 +13,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.conditional import MAX_DRAWS
-from service.images import CROSSING_RGB, STRIP_PAD, crossing_gaps, strip_png
+from service.images import CROSSING_RGB, STRIP_PAD, crossing_gaps, singular_set_png, strip_png
 from service.job_config import job_config
 from service.serving import cell_labels
 from solver import Potential, make_problem
@@ -171,6 +171,24 @@ def test_singularities_png_in_higher_dimensions(tiny):
     pixels = np.asarray(img.convert("RGB")).astype(int)
     red = (pixels[..., 0] > 200) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
     assert red.sum() > 50  # the threshold line
+
+
+def test_singular_set_picture_keeps_a_long_title_inside_its_edges():
+    rng = np.random.default_rng(0)
+    title = "a-model-with-a-long-name v12: " + "1234 of 5678 adjacent pairs singular, " * 6
+    png = singular_set_png(
+        angles=rng.uniform(0, 1, 500),
+        threshold=0.5,
+        title=title,
+        pair_images=np.zeros((0, 2, 1, 8, 8)),
+        pair_angles=np.zeros(0),
+        size_px=400,
+    )
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    # The title is the top rows' only ink; its lines stop short of both edges.
+    top = pixels[: pixels.shape[0] // 4]
+    assert (top < 128).any()
+    assert (top[:, :4] > 250).all() and (top[:, -4:] > 250).all()
 
 
 def test_encode_decode_reconstruct(tiny):

@@ -38,6 +38,9 @@ from service.schemas import (
 from service.serving import Served
 
 router = APIRouter(dependencies=[ReadAccess], tags=["generate"])
+# Its own router, so Swagger lists each autoencoder route once (a route's tags add to its
+# router's, and two tags show it twice).
+autoencoder = APIRouter(dependencies=[ReadAccess], tags=["autoencoder"])
 
 _ERRORS = error_responses(401, 403, 404, 422, 503)
 _POST_ERRORS = error_responses(401, 403, 404, 413, 422, 503)
@@ -221,7 +224,7 @@ def _images_answer(
     return JSONResponse(body.model_dump(), headers=headers)
 
 
-@router.post("/encode", response_model=LatentsResponse, responses=_NPY_POST, tags=["autoencoder"])
+@autoencoder.post("/encode", response_model=LatentsResponse, responses=_NPY_POST)
 def encode(
     req: EncodeRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
 ) -> Response:
@@ -235,7 +238,7 @@ def encode(
     return JSONResponse(body.model_dump(), headers=headers)
 
 
-@router.post("/decode", response_model=ImagesResponse, responses=_IMAGES_POST, tags=["autoencoder"])
+@autoencoder.post("/decode", response_model=ImagesResponse, responses=_IMAGES_POST)
 def decode(
     req: DecodeRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
 ) -> Response:
@@ -245,9 +248,7 @@ def decode(
     return _images_answer(served, images, req.format, lambda: ops.grid_png(images))
 
 
-@router.post(
-    "/reconstruct", response_model=ImagesResponse, responses=_IMAGES_POST, tags=["autoencoder"]
-)
+@autoencoder.post("/reconstruct", response_model=ImagesResponse, responses=_IMAGES_POST)
 def reconstruct(
     req: ReconstructRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
 ) -> Response:

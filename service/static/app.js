@@ -302,7 +302,8 @@ async function showSingularities() {
   $("n-singular").textContent = s.n_singular;
   $("singular-pairs").replaceChildren(...s.pairs.map(pairFigure));
   const picture = $("singular-picture");
-  await loadImage(picture, "/singularities?" + query({ ...base, format: "png" }));
+  // The picture is the score histogram alone (limit 0): the pairs are the thumbnails above.
+  await loadImage(picture, "/singularities?" + query({ ...base, limit: 0, format: "png" }));
   if (ticket === latest.singular) picture.hidden = picture.naturalWidth === 0;
 }
 
