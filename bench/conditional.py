@@ -6,27 +6,33 @@ its OT map with the service's worker, then for each class c draws class-c sample
 labels the decoded images: the share it assigns to c is the figure. Unconditional samples of the
 same count give the baseline class histogram (about 10 % per class).
 
-Prints one JSON object per line: the setup, one line per class and map, the summary.
+Prints one JSON object per line: the setup, one line per class and map, the summary. Usage::
+
+    python bench/conditional.py --n 300        # 300 samples per class, a few minutes on 2 cores
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import emit, machine_info
-from models import ClassifierTrainConfig, load_digits_dataset, train_classifier
-from models.classifier import features_and_predictions
-from service.conditional import sample_class
-from service.job_config import job_config
-from service.serving import ServingIndex
-from service.settings import Settings
-from service.store import ModelStore
-from service.worker import Worker, train_into_store
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import emit, machine_info  # noqa: E402
+from models import ClassifierTrainConfig, load_digits_dataset, train_classifier  # noqa: E402
+from models.classifier import features_and_predictions  # noqa: E402
+from service.conditional import sample_class  # noqa: E402
+from service.job_config import job_config  # noqa: E402
+from service.serving import ServingIndex  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from service.store import ModelStore  # noqa: E402
+from service.training import digits_plan, train_into_store  # noqa: E402
+from service.worker import Worker  # noqa: E402
 
 
 def _serving(root: Path, target_l1: float, seed: int) -> ServingIndex:
@@ -35,7 +41,7 @@ def _serving(root: Path, target_l1: float, seed: int) -> ServingIndex:
     )
     store = ModelStore(root)
     started = time.perf_counter()
-    train_into_store(store, "digits", seed, job_config(settings))
+    train_into_store(store, "digits", digits_plan(seed), fit=job_config(settings))
     trained = time.perf_counter()
     Worker(store, settings).run(idle_exit=True)
     emit(

@@ -1,4 +1,4 @@
-"""Exact-geometry fits in 2D and 3D (``python bench/solver.py --exact``): time to L1 <= 1e-8.
+"""Exact-geometry fits in 2D and 3D (``python bench/fit_speed.py --exact``): time to L1 <= 1e-8.
 
 Each row fits one problem with the default ``FitConfig()`` method (``"auto"``: damped Newton
 on the exact power diagram in 2D and 3D) and reports the wall time of ``fit`` as the caller sees

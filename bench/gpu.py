@@ -23,13 +23,21 @@ import importlib.util
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from solver import CellIndex, FitConfig, available_backends, fit, make_problem
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from solver import CellIndex, FitConfig, available_backends, fit, make_problem  # noqa: E402
+
+if TYPE_CHECKING:
+    from solver import TritonBackend
 
 FULL = {"n": [10_000, 60_000, 1_000_000], "d": [16, 64, 128], "queries": 1 << 20}
 QUICK = {"n": [1_000, 10_000], "d": [16, 64], "queries": 1 << 14}
@@ -111,27 +119,32 @@ def reference_top2(x: torch.Tensor, y: np.ndarray, h: np.ndarray) -> tuple[np.nd
     return torch.cat(scores).numpy(), torch.cat(cells).numpy()
 
 
-def query_backends(y: np.ndarray, h: np.ndarray) -> Iterator[tuple[str, str, Callable]]:
-    """(name, where queries live, search function) of every backend available here."""
+def query_backends(
+    y: np.ndarray, h: np.ndarray
+) -> Iterator[tuple[str, str, Callable[..., Any], TritonBackend | None]]:
+    """(name, where queries live, search function, Triton backend or None) of each backend.
+
+    The Triton backend comes along so the caller can read its fallback counter.
+    """
     names = available_backends()
     for name in ("faiss", "faiss-gpu", "torch"):
         if name in names:
-            yield name, "host", CellIndex(y, h, backend=name).search
+            yield name, "host", CellIndex(y, h, backend=name).search, None
     if "torch-cuda" in names:
         index = CellIndex(y, h, backend="torch-cuda")
-        yield "torch-cuda-fp32", "cuda", index.search
+        yield "torch-cuda-fp32", "cuda", index.search, None
 
         def tf32_search(x, k, index=index):
             with tf32(True):
                 return index.search(x, k)
 
-        yield "torch-cuda-tf32", "cuda", tf32_search
+        yield "torch-cuda-tf32", "cuda", tf32_search, None
     if "triton" in names:
         from solver import TritonBackend
 
         for precision in ("tf32", "bf16", "fp32"):
             backend = TritonBackend(y, h, precision=precision)
-            yield f"triton-{precision}", "cuda", backend
+            yield f"triton-{precision}", "cuda", backend.search, backend
 
 
 def bench_queries(sizes: dict, seed: int) -> None:
@@ -144,14 +157,13 @@ def bench_queries(sizes: dict, seed: int) -> None:
             ref_s, ref_c = reference_top2(torch.from_numpy(x_host).to(device), y, h)
             scale = np.abs(ref_s[:, 0]).max()
             ties = int(np.count_nonzero(ref_s[:, 0] - ref_s[:, 1] <= _TIE_ULPS * 2**-24 * scale))
-            for name, where, search in query_backends(y, h):
+            for name, where, search, triton in query_backends(y, h):
                 x = torch.from_numpy(x_host).cuda() if where == "cuda" else x_host
-                call = search.search if hasattr(search, "search") else search
-                call(x[:1024], 1)  # warm-up: compile kernels, allocate workspaces
+                search(x[:1024], 1)  # warm-up: compile kernels, allocate workspaces
                 sync()
-                fallbacks = getattr(search, "fallbacks", None)
+                fallbacks = None if triton is None else triton.fallbacks
                 start = time.perf_counter()
-                _, cells = call(x, 1)
+                _, cells = search(x, 1)
                 sync()
                 seconds = time.perf_counter() - start
                 cells = cells.cpu().numpy() if isinstance(cells, torch.Tensor) else cells
@@ -169,8 +181,8 @@ def bench_queries(sizes: dict, seed: int) -> None:
                     "reference_near_ties": ties,
                     "heights": "voronoi start, normalised frame",
                 }
-                if fallbacks is not None:
-                    record["fallback_fraction"] = (search.fallbacks - fallbacks) / m
+                if triton is not None and fallbacks is not None:
+                    record["fallback_fraction"] = (triton.fallbacks - fallbacks) / m
                 emit(record)
 
 

@@ -162,8 +162,9 @@ def fit_ot(args, latents: np.ndarray, cache: Path | None = None) -> tuple[Extend
     }
     if cache is not None:
         buf = io.BytesIO()
-        meta = {"digest": np.array(digest), "info": np.array(json.dumps(info))}
-        np.savez(buf, heights=result.heights, **meta)
+        np.savez(
+            buf, heights=result.heights, digest=np.array(digest), info=np.array(json.dumps(info))
+        )
         atomic_write_bytes(cache, buf.getvalue())
     return _extended(args, problem, result.heights, info)
 
@@ -213,7 +214,7 @@ def save_grid(images: np.ndarray, path: Path, side: int = 10, zoom: int = 2) -> 
         grid[:, r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = images[i]
     pixels = (grid.transpose(1, 2, 0) * 255).round().astype(np.uint8)
     img = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
-    img.resize((img.width * zoom, img.height * zoom), Image.NEAREST).save(path)
+    img.resize((img.width * zoom, img.height * zoom), Image.Resampling.NEAREST).save(path)
 
 
 def emit(record: dict) -> None:
@@ -246,7 +247,11 @@ def run_dataset(args: argparse.Namespace, name: str, out: Path) -> list[dict]:
             "sizes": sizes,
             "classifier_test_accuracy": clf.test_accuracy,
             "autoencoder": bundle.config.to_dict(),
-            "train_metrics": {k: v for k, v in bundle.metrics.to_dict().items() if k != "history"},
+            "train_metrics": {
+                k: v
+                for k, v in (bundle.metrics.to_dict() if bundle.metrics else {}).items()
+                if k != "history"
+            },
             "ot_fit": ot_info,
             "seconds": time.perf_counter() - start,
         }

@@ -27,6 +27,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +95,7 @@ def run_seed(seed: int, args: argparse.Namespace, pictures: Path | None) -> list
     assert result.method == "exact", result.method
     fit_s = time.perf_counter() - start
     records = []
-    variants = {
+    variants: dict[str, dict[str, Any] | None] = {
         "extended (gap rule)": {"rule": GapThreshold()},
         "extended (gap rule, p = 2)": {"rule": GapThreshold(), "power": 2.0},
         "extended (0.9 quantile)": {"rule": QuantileThreshold(q=0.9)},

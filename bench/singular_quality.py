@@ -267,8 +267,8 @@ def image_case(args: argparse.Namespace, name: str, out: Path) -> Case:
         clf = load_classifier(clf_path)
     else:
         test = load_idx_dataset(directory, split="test", name=name)
-        config = ClassifierTrainConfig(epochs=2, seed=args.seed, progress=False)
-        clf = train_classifier(train.subset(args.ae_subset, args.seed), config, test=test)
+        clf_config = ClassifierTrainConfig(epochs=2, seed=args.seed, progress=False)
+        clf = train_classifier(train.subset(args.ae_subset, args.seed), clf_config, test=test)
         save_classifier(out / f"classifier-{name}.safetensors", clf)
     z, labels = bundle.latents, np.asarray(bundle.labels)
     rows = np.random.default_rng(args.seed).permutation(len(z))[: args.subset]
@@ -285,7 +285,7 @@ def image_case(args: argparse.Namespace, name: str, out: Path) -> Case:
         info={
             "model": str(source),
             "bundle_latents": len(z),
-            "l2_after_freeze": bundle.metrics.l2_after_freeze,
+            "l2_after_freeze": bundle.metrics.l2_after_freeze if bundle.metrics else None,
             "classifier_accuracy": clf.test_accuracy,
             "fit": info,
             "full_spectrum": spectrum,

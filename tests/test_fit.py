@@ -79,6 +79,24 @@ def test_resume_from_checkpoint_equals_uninterrupted(method, rng, tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "state.npz"]  # no temp files left
 
 
+def test_resume_mid_stage_equals_uninterrupted_in_4d():
+    """A Newton fit resumed inside a stage, where the uninterrupted fit reuses the stage's
+    earlier searches and the resumed one searches afresh, ends with the same heights."""
+    gen = np.random.default_rng(0)
+    centres = gen.standard_normal((5, 4))
+    points = centres[gen.integers(0, 5, 200)] + 0.3 * gen.standard_normal((200, 4))
+    problem = make_problem(points.astype(np.float32))
+    config = FitConfig(method="newton", target_l1=0.05, seed=0)
+    states = []
+    whole = fit(problem, config, callback=lambda p: states.append(p.state))
+    mid_stage = [s for s in states[:-1] if s.counters["phase"] == 1 and s.counters["stage_iter"]]
+    assert len(mid_stage) >= 3
+    for state in mid_stage[:3]:
+        resumed = fit(problem, config, resume=state)
+        np.testing.assert_array_equal(resumed.heights, whole.heights, err_msg=f"{state.iteration}")
+        assert resumed.iterations == whole.iterations
+
+
 def test_resume_refuses_a_state_of_another_problem(rng):
     part = fit(make_problem(clustered(rng, 32)), FitConfig(max_iter=2))
     with pytest.raises(ValueError, match="targets"):

@@ -191,13 +191,16 @@ class ReuseIndex:
     def _fresh(self, x: np.ndarray, key: bytes, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Full search of a batch at the current heights, which become its entry's reference.
 
-        Returns the index's own top-k (no re-scoring: the full search is already exact).
+        Returns the top-k re-scored exactly, as a certified answer is: the index's own float32
+        scores differ from those in the last bits, and a fit's next step depends on them, so
+        returning them made a batch's first pass differ from its later ones. A fit resumed
+        from a checkpoint (its entries gone) then drifted from the uninterrupted fit.
         """
         top_s, top_c = self._numpy_search(x, self._k + 1)
         bound = top_s[:, self._k].astype(np.float64) + _GUARD
         cells = np.ascontiguousarray(top_c[:, : self._k], dtype=np.int32)
         self._entries[key] = _Entry(key, self._h.copy(), cells, bound)
-        return np.ascontiguousarray(top_s[:, :k]), np.ascontiguousarray(top_c[:, :k])
+        return self._rescore(x, cells, k)
 
     def _numpy_search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The wrapped index's full search (numpy in, numpy out)."""

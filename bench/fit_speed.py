@@ -2,15 +2,15 @@
 
 Prints one JSON object per line. Usage::
 
-    python bench/solver.py                 # the CPU sizes (takes a while on 2 cores)
-    python bench/solver.py --quick         # small sizes, a minute or two
-    python bench/solver.py --only fit --sizes 10000x16
-    python bench/solver.py --only throughput --sizes 60000x32   # search shapes, every backend
-    python bench/solver.py --only fit --sizes 2000x16 10000x16 60000x32:0.1   # the d >= 4 table
-    python bench/solver.py --only fit --sizes 60000x32:0.1 --no-baseline --also-backends simd
-    python bench/solver.py --exact         # exact-geometry fits in 2D/3D only (bench/exact_fit.py)
-    python bench/solver.py --only ivf      # approximate (IVF) search: recall and speed-up
-    python bench/solver.py --peers         # POT and OTT-JAX at equal wall time (bench/peers.py)
+    python bench/fit_speed.py                 # the CPU sizes (takes a while on 2 cores)
+    python bench/fit_speed.py --quick         # small sizes, a minute or two
+    python bench/fit_speed.py --only fit --sizes 10000x16
+    python bench/fit_speed.py --only throughput --sizes 60000x32   # search shapes, every backend
+    python bench/fit_speed.py --only fit --sizes 2000x16 10000x16 60000x32:0.1   # the d >= 4 table
+    python bench/fit_speed.py --only fit --sizes 60000x32:0.1 --no-baseline --also-backends simd
+    python bench/fit_speed.py --exact         # exact-geometry fits in 2D/3D (bench/exact_fit.py)
+    python bench/fit_speed.py --only ivf      # approximate (IVF) search: recall and speed-up
+    python bench/fit_speed.py --peers         # POT and OTT-JAX at equal wall time (bench/peers.py)
 
 Time-to-accuracy: wall time until L1 <= target with no empty cell on an independent sample.
 The default method checks itself on fresh samples as part of the algorithm, so its time

@@ -2,10 +2,10 @@
 
 Prints one JSON object per line. Usage::
 
-    python bench/service.py                    # startup, then n = 64 at concurrency 1, 8, 32
-    python bench/service.py --store DIR        # use an existing store (its default model)
-    python bench/service.py --seconds 5 --concurrency 1 8
-    python bench/service.py --cli-only         # only the CLI's start-up (a few seconds)
+    python bench/service_speed.py                    # startup, then n = 64 at concurrency 1, 8, 32
+    python bench/service_speed.py --store DIR        # use an existing store (its default model)
+    python bench/service_speed.py --seconds 5 --concurrency 1 8
+    python bench/service_speed.py --cli-only         # only the CLI's start-up (a few seconds)
 
 Without ``--store`` the script first measures the README's main command: ``aeot serve`` with
 default settings on an empty temporary store (it trains the digits model and fits its OT map
@@ -84,11 +84,12 @@ def measure_startup(root: Path, timeout: float = 600.0) -> dict:
     marks: dict[str, float] = {}
     try:
         with httpx.Client(base_url=url, timeout=10) as http:
-            for name, path, params in (
+            checks: tuple[tuple[str, str, dict[str, int | str]], ...] = (
                 ("ready", "/readyz", {}),
                 ("sample_json", "/sample", {"n": 64, "seed": 1}),
                 ("sample_png", "/sample", {"n": 64, "seed": 1, "format": "png"}),
-            ):
+            )
+            for name, path, params in checks:
                 while True:
                     if time.perf_counter() - start > timeout or server.poll() is not None:
                         raise TimeoutError(f"no {name} after {time.perf_counter() - start:.0f} s")
