@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.conditional import class_endpoints, sample_class
 from service.errors import InvalidRequest
 from service.images import crossing_gaps, from_png, singular_set_png, strip_png, to_png
 from service.schemas import (
@@ -82,11 +81,44 @@ def sample_latents(served: Served, req: SampleRequest, settings: Settings) -> np
     if req.n > limit:
         what = "images (format=png)" if req.format == "png" else "samples"
         raise InvalidRequest(f"n={req.n} exceeds the limit of {limit} {what}")
-    if req.label is not None:
-        latents = sample_class(served, req.label, req.n, req.seed, req.extended)
-    else:
-        latents = served.ext_map.sample(req.n, seed=req.seed, extended=req.extended)
+    # label=c: only the cells of class c (the solver draws from them by rejection).
+    cells = None if req.label is None else class_mask(served, req.label)
+    try:
+        latents = served.ext_map.sample(req.n, seed=req.seed, extended=req.extended, cells=cells)
+    except ValueError as exc:  # a rare class would need more than the draw limit
+        raise InvalidRequest(str(exc)) from None
     return np.ascontiguousarray(latents, dtype=np.float32)
+
+
+def class_mask(served: Served, label: int) -> np.ndarray:
+    """Cells of class ``label`` (majority label of their training codes), shape ``(N,)`` bool.
+
+    Raises:
+        InvalidRequest: the bundle has no labels, or no cell has this label.
+
+    """
+    if served.cell_labels is None:
+        raise InvalidRequest(f"model {served.name!r} has no labels: label= needs a labelled bundle")
+    mask = served.cell_labels == label
+    if not mask.any():
+        raise InvalidRequest(
+            f"label={label} owns no cell of model {served.name!r}; classes are {served.classes}"
+        )
+    return mask
+
+
+def class_endpoints(served: Served, label: int, seed: int) -> tuple[int, int]:
+    """Two distinct cells of class ``label`` with mass centres, chosen by ``seed``.
+
+    Raises:
+        InvalidRequest: the class has fewer than two cells with a mass centre.
+
+    """
+    cells = np.flatnonzero(class_mask(served, label) & served.ext_map.has_centre)
+    if cells.size < 2:
+        raise InvalidRequest(f"label={label} has fewer than two cells to interpolate between")
+    i, j = np.random.default_rng(seed).choice(cells, size=2, replace=False)
+    return int(i), int(j)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

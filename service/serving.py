@@ -88,30 +88,6 @@ class Served:
         return [int(c) for c in np.unique(self.cell_labels[self.cell_labels >= 0])]
 
 
-def cell_labels(inverse: np.ndarray, labels: np.ndarray, n_cells: int) -> np.ndarray:
-    """The majority label of the training codes of each cell (ties: the smaller label).
-
-    Args:
-        inverse: training latent -> cell (distinct target), shape ``(N_train,)``.
-        labels: training labels, shape ``(N_train,)``, non-negative integers.
-        n_cells: number N of cells.
-
-    Returns:
-        Shape ``(N,)`` int64; ``-1`` for a cell that holds no training code.
-
-    """
-    if labels.shape != inverse.shape:
-        raise ValueError(f"labels {labels.shape} and inverse {inverse.shape} differ in shape")
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
-    n_classes = int(labels.max()) + 1 if labels.size else 1
-    counts = np.zeros((n_cells, n_classes), dtype=np.int64)
-    np.add.at(counts, (inverse, labels), 1)
-    out = counts.argmax(axis=1).astype(np.int64)
-    out[counts.sum(axis=1) == 0] = -1
-    return out
-
-
 class ServingIndex:
     """Latest published potential per model, refreshed by polling the catalogue.
 
@@ -341,7 +317,7 @@ class ServingIndex:
         potential = self.store.load_potential(record, backend=self._backend)
         labels = None
         if bundle.labels is not None:
-            labels = cell_labels(potential.inverse, bundle.labels, potential.extended_map.n_targets)
+            labels = potential.cell_labels(bundle.labels)
         return Served(
             name=name,
             version=record.version,

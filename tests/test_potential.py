@@ -52,6 +52,46 @@ def test_build_measures_and_maps_the_known_diagram(built):
     np.testing.assert_allclose(pot.extended_map.mass_centres[:, 0], [-0.375, 0, 0.375], atol=0.01)
 
 
+def test_cell_labels_take_the_majority_and_mark_empty_cells(built):
+    _, pot = built  # inverse [0, 1, 2, 0]: cell 0 holds rows 0 and 3
+    assert pot.cell_labels(np.array([2, 5, 1, 2])).tolist() == [2, 5, 1]
+    assert pot.cell_labels(np.array([1, 0, 4, 0])).tolist() == [0, 0, 4]  # tie 0/1 -> 0
+    with pytest.raises(ValueError, match="differ"):
+        pot.cell_labels(np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match=">= 0"):
+        pot.cell_labels(np.array([1, -2, 3, 0]))
+
+
+@pytest.mark.parametrize("extended", [True, False])
+def test_samples_from_chosen_cells_stay_in_them(built, extended):
+    _, pot = built
+    ext = pot.extended_map
+    only_left = np.array([True, False, False])
+    # The left strip's samples all map to its target, blended or not: no neighbour is allowed.
+    z = ext.sample(50, seed=4, extended=extended, cells=only_left)
+    np.testing.assert_array_equal(z, np.repeat(TARGETS[:1], 50, axis=0).astype(np.float32))
+    # Two cells: T~ blends y_0 and y_1 only, never y_2 (x stays in [-0.5, 0]).
+    left_two = np.array([True, True, False])
+    z = ext.sample(200, seed=4, extended=extended, cells=left_two)
+    assert z.shape == (200, 2) and (z[:, 0] <= 1e-6).all() and (z[:, 0] >= -0.5 - 1e-6).all()
+    assert (z[:, 0] < -0.25).any() and (z[:, 0] > -0.25).any()  # both cells are drawn
+    np.testing.assert_array_equal(
+        z, ext.sample(200, seed=4, extended=extended, cells=left_two)
+    )  # same seed, same output
+    assert ext.sample(0, seed=4, extended=extended, cells=left_two).shape == (0, 2)
+
+
+def test_samples_from_chosen_cells_refuse_bad_masks_and_too_many_draws(built):
+    ext = built[1].extended_map
+    with pytest.raises(ValueError, match="bool mask of shape"):
+        ext.sample(5, seed=0, cells=np.array([1, 0, 0]))
+    with pytest.raises(ValueError, match="selects no cell"):
+        ext.sample(5, seed=0, cells=np.zeros(3, bool))
+    # The left strip holds a quarter of the cube: 10,000 samples need ~40,000 draws.
+    with pytest.raises(ValueError, match="need more than 20000 draws"):
+        ext.sample(10_000, seed=0, cells=np.array([True, False, False]), max_draws=20_000)
+
+
 def test_accuracy_is_measured_on_an_independent_stream():
     # Off-optimum heights move the facets off dyadic positions, so counts vary with the samples.
     problem, h = make_problem(TARGETS, WEIGHTS), HEIGHTS + np.array([0.013, 0.0, -0.007])

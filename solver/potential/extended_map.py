@@ -52,6 +52,13 @@ _DISTANCE_FLOOR = 1e-12
 # Cells with fewer Monte Carlo samples than this have no mass centre: they are never blended
 # in as neighbours, and a query in such a cell maps to its own target.
 MIN_CENTRE_COUNT = 1
+# Class-conditional sampling (``sample(..., cells=mask)``) draws source points by rejection:
+# at most this many for one call (4 M points in d = 64 is ~1 GB of float32 work over the call,
+# a few seconds on one core), in rounds of MIN_ROUND (keeps index calls large) to MAX_ROUND
+# (bounds memory to MAX_ROUND x d floats) points.
+MAX_DRAWS = 1 << 22
+MIN_ROUND = 4096
+MAX_ROUND = 65536
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -301,28 +308,95 @@ class ExtendedMap:
         return np.einsum("mk,mkd->md", w, y).astype(np.float32)
 
     def sample(
-        self, n: int, seed: int, *, extended: bool = True, batch_size: int = DEFAULT_BATCH
+        self,
+        n: int,
+        seed: int,
+        *,
+        extended: bool = True,
+        batch_size: int = DEFAULT_BATCH,
+        cells: np.ndarray | None = None,
+        max_draws: int = MAX_DRAWS,
     ) -> np.ndarray:
         """Generate ``n`` latents from the source stream ``seed`` (same seed, same output).
+
+        With ``cells`` (a class's cells, say), the latents come from the union C of those
+        cells only: z is drawn from the source measure conditioned on C, by rejection on the
+        same stream (the points whose top cell is in C, in stream order, until n are kept), so
+        the answer is still a pure function of the seed. The pure map then gives training
+        codes of C; the extended map blends only with neighbours that are also in C (the
+        others' weights are dropped and the rest renormalised), so a sample never mixes in a
+        code from outside C, even where the singular set missed a boundary. Since every cell
+        carries its target weight, about n / v(C) points are drawn.
 
         Args:
             n: number of latents (any n >= 0; not limited by N).
             seed: source sample stream seed (:meth:`SourceMeasure.sample`).
             extended: T~ (default) or the pure map T.
             batch_size: source points per batch.
+            cells: ``None`` (every cell), or the allowed cells as a bool mask of shape ``(N,)``.
+            max_draws: at most this many source points are drawn for a ``cells`` sample.
 
         Returns:
             Shape ``(n, d)``, float32.
 
+        Raises:
+            ValueError: n < 0; ``cells`` of the wrong shape or empty; more than ``max_draws``
+                points would be needed.
+
         """
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
+        if cells is not None:
+            mask = self._check_cell_mask(cells)
+            z = self._draw_in(mask, n, seed, max_draws)
+            return self._map_in(z, mask, extended)
         out = np.empty((n, self.dim), dtype=np.float32)
         for lo, z in zip(
             range(0, n, batch_size), self._source.batches(n, seed, batch_size), strict=True
         ):
             out[lo : lo + z.shape[0]] = self.extended(z) if extended else self.pure(z)[0]
         return out
+
+    def _check_cell_mask(self, cells: np.ndarray) -> np.ndarray:
+        mask = np.asarray(cells)
+        if mask.dtype != np.bool_ or mask.shape != (self.n_targets,):
+            raise ValueError(
+                f"cells must be a bool mask of shape ({self.n_targets},), "
+                f"got {mask.dtype} {mask.shape}"
+            )
+        if not mask.any():
+            raise ValueError("cells selects no cell")
+        return mask
+
+    def _draw_in(self, mask: np.ndarray, n: int, seed: int, max_draws: int) -> np.ndarray:
+        """``n`` source points of stream ``seed`` whose top cell is in ``mask``, in order."""
+        share = float(mask.mean())
+        kept: list[np.ndarray] = [np.empty((0, self.dim), dtype=np.float32)]
+        n_kept, start = 0, 0
+        while n_kept < n:
+            wanted = max(MIN_ROUND, int(1.2 * (n - n_kept) / share) + 1)
+            size = min(wanted, MAX_ROUND, max_draws - start)
+            if size <= 0:
+                raise ValueError(
+                    f"the cells are {share:.2%} of all cells: {n} samples need more than "
+                    f"{max_draws} draws; ask for fewer"
+                )
+            z = self._source.sample(size, seed=seed, start=start)
+            hit = z[mask[self.pure(z)[1]]]
+            kept.append(hit)
+            n_kept += hit.shape[0]
+            start += size
+        return np.concatenate(kept)[:n].astype(np.float32)
+
+    def _map_in(self, z: np.ndarray, mask: np.ndarray, extended: bool) -> np.ndarray:
+        """T(z), or T~(z) blended only with neighbours in ``mask`` (z's top cells are in it)."""
+        if not extended or z.shape[0] == 0:
+            return self.pure(z)[0]
+        cells, weights = self.blend_weights(z)
+        weights = np.where(mask[cells], weights, 0.0)
+        weights /= weights.sum(axis=1, keepdims=True)  # the top cell is in the mask: sum > 0
+        y = self._targets[cells].astype(np.float64)
+        return np.einsum("mk,mkd->md", weights, y).astype(np.float32)
 
     def interpolate(self, start: np.ndarray, end: np.ndarray, steps: int) -> Interpolation:
         """Map the segment from ``start`` to ``end`` (points of the source cube) by T~.

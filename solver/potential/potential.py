@@ -136,6 +136,32 @@ class Potential:
         """The source measure."""
         return self.extended_map.source
 
+    def cell_labels(self, labels: np.ndarray) -> np.ndarray:
+        """The majority label of each cell's training codes (ties: the smaller label).
+
+        Args:
+            labels: one non-negative integer label per original target row (the rows
+                ``inverse`` maps to cells), shape ``(N_in,)``.
+
+        Returns:
+            Shape ``(N,)`` int64; ``-1`` for a cell that holds no training code.
+
+        Raises:
+            ValueError: labels of the wrong shape, or negative.
+
+        """
+        labels = np.asarray(labels)
+        if labels.shape != self.inverse.shape:
+            raise ValueError(f"labels {labels.shape} and inverse {self.inverse.shape} differ")
+        if labels.size and labels.min() < 0:
+            raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
+        n_classes = int(labels.max()) + 1 if labels.size else 1
+        counts = np.zeros((self.extended_map.n_targets, n_classes), dtype=np.int64)
+        np.add.at(counts, (self.inverse, labels.astype(np.int64)), 1)
+        out = counts.argmax(axis=1).astype(np.int64)
+        out[counts.sum(axis=1) == 0] = -1
+        return out
+
     @classmethod
     def build(
         cls,
