@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch.distributed as dist
+from oracles import dyadic_ties
 
 from solver import CellIndex, SourceMeasure
 from solver.estimation.distributed import ShardedIndex, distributed_estimate
@@ -53,6 +54,10 @@ def main(out: Path) -> None:
             median_gap=est.median_gap,
             mass_sums=np.zeros(0) if est.mass_sums is None else est.mass_sums,
         )
+    # The tie rule across shards: exact duplicates on both ranks' slices.
+    x, y, h = dyadic_ties(np.random.default_rng(3), 64, 5, 200, duplicates=True)
+    scores, cells = ShardedIndex(y, h, backend="torch").search(x, 5)
+    np.savez(out / f"sharded-ties-rank{rank}.npz", x=x, y=y, h=h, scores=scores, cells=cells)
     dist.destroy_process_group()
 
 

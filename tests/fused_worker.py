@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from oracles import dyadic_ties
 
 from solver import SourceMeasure
 from solver.cells.triton_index import MAX_K, TileConfig, TritonBackend, interpreting
@@ -35,6 +36,16 @@ SEARCH_CASES = {
     "d17-k5-bf16": (17, 5, "bf16", None),
     "d17-k5-fp32": (17, 5, "fp32", None),
     "d17-k2-bf16-margin0": (17, 2, "bf16", 0),
+}
+
+# name: (d, k, precision, duplicates) on problems full of exactly equal scores (the tie rule).
+TIE_CASES = {
+    "ties-d17-k2-tf32-dup": (17, 2, "tf32", True),
+    "ties-d17-k5-bf16-dup": (17, 5, "bf16", True),
+    "ties-d17-k2-fp32-dup": (17, 2, "fp32", True),
+    "ties-d3-k5-tf32": (3, 5, "tf32", False),
+    "ties-d3-k2-bf16": (3, 2, "bf16", False),
+    "ties-d3-k5-fp32": (3, 5, "fp32", False),
 }
 
 
@@ -69,6 +80,18 @@ def run_search(out: Path) -> None:
             cells=cells,
             fallbacks=backend.fallbacks,
         )
+    for i, (name, (d, k, precision, duplicates)) in enumerate(TIE_CASES.items()):
+        x, y, h = dyadic_ties(np.random.default_rng(i), N, d, M, duplicates=duplicates)
+        backend = TritonBackend(y, h, precision=precision, tiles=TILES)
+        scores, cells = backend.search(x, k)
+        np.savez(out / f"{name}.npz", x=x, y=y, h=h, k=k, scores=scores, cells=cells)
+    # Cells 1 and 2 tie in the first key tile and cell 40 beats both in the second: the running
+    # list (2 slots in fp32) must evict cell 2, not cell 1.
+    y, h = np.zeros((N, 3), np.float32), np.full(N, -1.0, np.float32)
+    h[[1, 2, 40]] = 0.0, 0.0, 0.5
+    x = problem(3, 0)[0]
+    scores, cells = TritonBackend(y, h, precision="fp32", tiles=TILES).search(x, 2)
+    np.savez(out / "ties-evict-fp32.npz", x=x, y=y, h=h, k=2, scores=scores, cells=cells)
     x, y, h = clustered(17)
     backend = TritonBackend(y, h, precision="bf16", tiles=TILES)
     scores, cells = backend.search(x, 2)
@@ -136,6 +159,7 @@ def run_errors(out: Path) -> None:
         "margin": lambda: TritonBackend(y, h, margin=-1),
         "dim": lambda: TritonBackend(np.zeros((4, 300), np.float32), np.zeros(4, np.float32)),
         "heights": lambda: TritonBackend(y, h).set_heights(np.full(N, np.nan, np.float32)),
+        "queries": lambda: TritonBackend(y, h).search(np.where(x > 0.4, np.inf, x), 1),
     }
     errors = {}
     for name, attempt in attempts.items():

@@ -21,6 +21,40 @@ def brute_force(
     return np.take_along_axis(scores, order, axis=1), order
 
 
+def ranked(x: np.ndarray, y: np.ndarray, h: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 top-k by the tie rule: score descending, then cell index ascending.
+
+    For problems whose float32 scores are exact (dyadic values, :func:`dyadic_ties`), every
+    backend must return exactly these cells.
+    """
+    scores = x.astype(np.float64) @ y.astype(np.float64).T + h
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+def dyadic_ties(
+    rng: np.random.Generator, n: int, d: int, m: int, *, duplicates: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A problem full of exactly equal scores that every backend computes exactly.
+
+    Coordinates are multiples of 1/4 (targets) and 1/16 (queries, in the centred cube) with
+    3-4 significant bits, heights multiples of 1/64: products and sums are exact in bfloat16
+    products with float32 sums and in any float32 summation order, so equal scores are equal
+    on every backend. With ``duplicates``, the targets are a quarter as many distinct rows,
+    each repeated at scattered positions with the same height (exact duplicate cells).
+
+    Returns:
+        ``(x, y, h)``: float32 queries ``(m, d)``, targets ``(n, d)``, heights ``(n,)``.
+    """
+    y = rng.integers(-4, 5, size=(n, d)) / 4.0
+    h = rng.integers(-32, 33, size=n) / 64.0
+    if duplicates:
+        base = rng.integers(0, n // 4, size=n)
+        y, h = y[base], h[base]
+    x = rng.integers(-8, 9, size=(m, d)) / 16.0
+    return x.astype(np.float32), y.astype(np.float32), h.astype(np.float32)
+
+
 def separated(top: np.ndarray, k: int) -> np.ndarray:
     """Queries whose k + 1 best scores (rows of ``top``, best first) are more than float32
     rounding apart, so any exact search must return the same k cells in the same order."""

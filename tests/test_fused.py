@@ -11,7 +11,7 @@ import fused_worker as worker
 import numpy as np
 import pytest
 import torch
-from oracles import brute_force, unambiguous
+from oracles import brute_force, ranked, unambiguous
 
 from solver import CellIndex, SourceMeasure, available_backends, estimate
 from solver.estimation.fused import fused_estimate
@@ -59,6 +59,20 @@ def test_interpreted_kernel_matches_brute_force(interpreted, name):
     np.testing.assert_allclose(c["scores"], ref_scores, rtol=1e-5, atol=1e-5)
     assert c["cells"].dtype == np.int64 and c["scores"].dtype == np.float32
     assert c["cells"].shape == (worker.M, k)
+
+
+@pytest.mark.slow
+@needs_triton
+@pytest.mark.parametrize("name", [*worker.TIE_CASES, "ties-evict-fp32"])
+def test_interpreted_kernel_gives_equal_scores_to_the_lower_cell(interpreted, name):
+    """The tie rule (exact equality with the oracle) on scores every precision computes exactly."""
+    c = _case(interpreted, name)
+    x, y, h, k = c["x"], c["y"], c["h"], int(c["k"])
+    ref_scores, ref_cells = ranked(x, y, h, k)
+    np.testing.assert_array_equal(c["cells"], ref_cells)
+    np.testing.assert_array_equal(c["scores"], ref_scores.astype(np.float32))
+    top = ranked(x, y, h, k + 1)[0]
+    assert (top[:, k - 1] == top[:, k]).sum() >= 3  # tied across the k-th place
 
 
 @pytest.mark.slow
@@ -117,6 +131,7 @@ def test_interpreted_backend_refuses_bad_arguments(interpreted):
         "margin": "margin",
         "dim": "d <= 256",
         "heights": "NaN",
+        "queries": "queries contain NaN or inf",
     }
     for name, fragment in expected.items():
         assert errors[name] is not None and fragment in errors[name], (name, errors[name])

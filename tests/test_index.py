@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from oracles import brute_force, unambiguous
+from oracles import brute_force, dyadic_ties, ranked, unambiguous
 
 from solver import BACKENDS, CellIndex, available_backends, resolve_backend
 from solver.cells.index import simd_layout
@@ -62,6 +62,63 @@ def test_torch_queries_give_tensors_on_their_device(backend, problem):
     scores, cells = index.search(torch.from_numpy(x), 2)
     assert isinstance(cells, torch.Tensor) and cells.device.type == "cpu"
     np.testing.assert_array_equal(cells.numpy(), index.search(x, 2)[1])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("duplicates", [False, True], ids=["equal-scores", "duplicate-targets"])
+@pytest.mark.parametrize("shape", [(50, 3), (8192, 32)], ids=["small", "screened"])
+def test_equal_scores_go_to_the_lower_cell_on_every_backend(backend, duplicates, shape, rng):
+    """The tie rule, by exact equality with the oracle, on scores every backend computes
+    exactly: ties inside the top k, across the k-th place, and among exact duplicates.
+
+    8,192 x 32 is above the AMX screen's work threshold, so ``amx`` screens there.
+    """
+    n, d = shape
+    x, y, h = dyadic_ties(rng, n, d, 400, duplicates=duplicates)
+    index = CellIndex(y, h, backend=backend)
+    for k in (1, 2, 5, n) if n <= 50 else (1, 2, 5):
+        ref_scores, ref_cells = ranked(x, y, h, k)
+        scores, cells = index.search(x, k)
+        np.testing.assert_array_equal(cells, ref_cells, err_msg=f"k={k}")
+        np.testing.assert_array_equal(scores, ref_scores.astype(np.float32), err_msg=f"k={k}")
+        tensor_cells = index.search(torch.from_numpy(x), k)[1]
+        np.testing.assert_array_equal(tensor_cells.numpy(), ref_cells, err_msg=f"k={k}")
+    top = ranked(x, y, h, 6)[0]
+    for k in (1, 2, 5):  # at least 8 of the 400 queries are tied across each k-th place
+        assert (top[:, k - 1] == top[:, k]).sum() >= 8, k
+    if backend == "amx" and n * d >= 1 << 18:
+        assert index._impl.screened > 0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_nan_and_inf_are_refused_at_the_index(backend, rng):
+    y = rng.standard_normal((40, 4)).astype(np.float32)
+    index = CellIndex(y, backend=backend)
+    x = rng.random((30, 4), dtype=np.float32) - 0.5
+    for bad in (np.nan, np.inf, -np.inf):
+        x_bad = x.copy()
+        x_bad[17, 2] = bad
+        x_bad[21, 0] = bad
+        for queries in (x_bad, torch.from_numpy(x_bad)):
+            with pytest.raises(
+                ValueError, match=r"queries contain NaN or inf in 2 rows \(first: row 17\)"
+            ):
+                index.search(queries, 2)
+        h = np.zeros(40)
+        h[33] = bad
+        with pytest.raises(
+            ValueError, match=r"heights contain NaN or inf in 1 cells \(first: cell 33\)"
+        ):
+            index.set_heights(h)
+        with pytest.raises(ValueError, match="heights contain NaN"):
+            CellIndex(y, h, backend=backend)
+        y_bad = y.copy()
+        y_bad[5, 1] = bad
+        with pytest.raises(
+            ValueError, match=r"targets contain NaN or inf in 1 rows \(first: row 5\)"
+        ):
+            CellIndex(y_bad, backend=backend)
+    np.testing.assert_array_equal(index.search(x, 2)[1], brute_force(x, y, np.zeros(40), 2)[1])
 
 
 def test_bad_queries_and_heights_are_refused():

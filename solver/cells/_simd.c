@@ -12,7 +12,9 @@
  * Layout (built by solver/cells/index.py): the cells are padded to a multiple of 16 and stored
  * block-major, yb[b][c][l] = y[16 b + l][c] (float32), hb[16 b + l] = h (padding: -inf), so the
  * 16 lanes of a vector are 16 cells. Queries are row-major float32 (M, d). Results are the k
- * best scores (descending) and their cells (int64, -1 where fewer than k cells exist).
+ * best scores (descending) and their cells (int64, -1 where fewer than k cells exist). Equal
+ * scores: the lower cell first (the cells of a query are met in index order, a cell enters a
+ * list only by beating its k-th score, and it is inserted after the equal ones).
  *
  * Code paths: AVX-512F (8 queries x 2 blocks of 16 lanes per step), AVX2 + FMA (4 queries x
  * 2 x 8 lanes), and portable C that the compiler vectorises for the baseline instruction set
@@ -297,7 +299,8 @@ done:
     return result;
 }
 
-/* Scores (float64) of each query's kc candidate cells; the best k, best first, ties by position. */
+/* Scores (float64) of each query's kc candidate cells; the best k, best first, equal scores by
+ * the lower cell (a cell listed twice keeps its first position). */
 static int rescore(const float *x, int64_t m, int d, const double *y, const double *h, int64_t n,
                    const int32_t *cand, int kc, int k, double *os, int64_t *oc) {
     double s[64];
@@ -314,7 +317,9 @@ static int rescore(const float *x, int64_t m, int d, const double *y, const doub
         for (int r = 0; r < k; r++) { /* selection of the r-th best; kc is small */
             int best = -1;
             for (int j = 0; j < kc; j++)
-                if (s[j] != -INFINITY && (best < 0 || s[j] > s[best])) best = j;
+                if (s[j] != -INFINITY &&
+                    (best < 0 || s[j] > s[best] || (s[j] == s[best] && ci[j] < ci[best])))
+                    best = j;
             os[i * k + r] = best < 0 ? -INFINITY : s[best];
             oc[i * k + r] = best < 0 ? -1 : ci[best];
             if (best >= 0) s[best] = -INFINITY;

@@ -5,8 +5,10 @@ One kernel answers the top-k cells of a block of ``BLOCK_M`` queries:
 1. stream the keys in ``BLOCK_N`` tiles: ``s = dot(x, y_tile^T) + h_tile`` on tensor cores
    (tf32 or bf16 inputs, fp32 accumulation; ieee fp32 in the forced-exact mode);
 2. keep a running list of the ``KP`` best (approximate) scores and their cells per query in
-   registers; a tile only costs one compare and one reduction unless some query in the block has
-   a score above its current ``KP``-th best, in which case a short ``while`` loop inserts them;
+   registers (of equal scores, the lower cells: tiles come in index order and the highest cell
+   among the lowest scores is the one evicted); a tile only costs one compare and one
+   reduction unless some query in the block has a score above its current ``KP``-th best, in
+   which case a short ``while`` loop inserts them;
 3. epilogue: re-score the ``KP`` candidates exactly in fp32 (gather ``y[cand]``, ``<x, y> + h``),
    write the best ``K`` in descending order (ties broken by lower cell index), and flag the
    queries whose candidate list cannot be certified to hold the exact top-k (see
@@ -37,8 +39,10 @@ def _merge_tile(s, vals, idxs, start, kcol, ncol):
     pending = tl.sum((s > thr[:, None]).to(tl.int32))
     while pending > 0:
         best = tl.max(s, axis=1)
-        col = tl.argmax(s, axis=1)
-        slot = tl.argmin(vals, axis=1)
+        col = tl.argmax(s, axis=1)  # the first of equal scores: the lowest cell enters first
+        # Evict the highest cell among the lowest scores, so of equal scores the lower cells
+        # stay (the tie rule of solver.cells.ties); empty slots (-inf, cell 0) go first.
+        slot = tl.argmax(tl.where(vals == thr[:, None], idxs, -1), axis=1)
         hit = (kcol[None, :] == slot[:, None]) & (best > thr)[:, None]
         vals = tl.where(hit, best[:, None], vals)
         idxs = tl.where(hit, (start + col)[:, None], idxs)

@@ -20,9 +20,12 @@ FAISS or the compiled kernel. Backends share one small interface and are chosen 
 - ``faiss-gpu``: FAISS ``GpuIndexFlatIP`` when FAISS sees a GPU; new heights are re-uploaded.
 - ``torch``: chunked ``x @ y.T + h`` and ``topk`` on any torch device (CPU or CUDA).
 
-All backends compute the same float32 scores, so they return the same cells up to ties (pairs
-whose scores differ by float32 rounding). Results come back as the caller's array type: numpy
-in, numpy out; a torch tensor in, tensors on the same device out.
+All backends compute the same float32 scores, so they return the same cells up to near-ties
+(pairs whose scores differ by float32 rounding). Equal scores follow one rule on every backend
+(:mod:`solver.cells.ties`): the lower cell index wins, and a top-k list is ordered by score
+descending, then cell index ascending. NaN or infinite queries, targets and heights are refused
+with a ``ValueError`` naming the first bad row. Results come back as the caller's array type:
+numpy in, numpy out; a torch tensor in, tensors on the same device out.
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ from typing import Literal, Protocol, overload
 
 import numpy as np
 import torch
+
+from solver.cells.ties import (
+    check_finite,
+    check_queries,
+    lowest_index_first,
+    topk_lowest_index,
+)
 
 try:  # faiss-cpu or faiss-gpu; the torch backend works without either.
     import faiss
@@ -222,9 +232,10 @@ def candidate_scores(
         k: how many to return.
 
     Returns:
-        ``(scores, cells)``, shape ``(M, k)``: float64 scores and int64 cells (ties keep the
-        candidates' order). The compiled kernel computes them when it was built (no
-        ``(M, K, d)`` gather), numpy otherwise; both sum in float64.
+        ``(scores, cells)``, shape ``(M, k)``: float64 scores and int64 cells (equal scores:
+        the lower cell first; a cell listed twice keeps its first place). The compiled kernel
+        computes them when it was built (no ``(M, K, d)`` gather), numpy otherwise; both sum
+        in float64.
 
     """
     m, kc = candidates.shape
@@ -245,7 +256,7 @@ def candidate_scores(
         )
         return scores, cells
     s = np.einsum("bd,bkd->bk", x.astype(np.float64), y[candidates]) + h[candidates]
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    order = np.lexsort((candidates, -s))[:, :k]
     return np.take_along_axis(s, order, axis=1), np.take_along_axis(candidates, order, axis=1)
 
 
@@ -269,6 +280,7 @@ class CellIndex:
         y = np.ascontiguousarray(targets, dtype=np.float32)
         if y.ndim != 2 or y.shape[0] == 0:
             raise ValueError(f"targets must have shape (N, d) with N >= 1, got {y.shape}")
+        check_finite(y, "targets")
         self._targets = y
         self._heights = self._check_heights(heights)
         self.backend = resolve_backend(backend)
@@ -315,14 +327,14 @@ class CellIndex:
             k: number of cells per query, ``1 <= k <= N``.
 
         Returns:
-            ``(scores, cells)``, each of shape ``(M, k)``, best first: scores
-            ``<x, y_i> + h_i`` (float32) and cell indices (int64), as numpy arrays for numpy
-            input and as tensors on the input's device for torch input.
+            ``(scores, cells)``, each of shape ``(M, k)``, best first (equal scores: lower
+            cell first): scores ``<x, y_i> + h_i`` (float32) and cell indices (int64), as numpy
+            arrays for numpy input and as tensors on the input's device for torch input.
+
+        Raises:
+            ValueError: a bad k or shape, or a query with NaN or inf (its row is named).
         """
-        if not 1 <= k <= self.n_targets:
-            raise ValueError(f"k must be in [1, {self.n_targets}], got {k}")
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape (M, {self.dim}), got {tuple(x.shape)}")
+        check_queries(x, k, self.n_targets, self.dim)
         return self._impl.search(x, k)
 
     @overload
@@ -342,8 +354,7 @@ class CellIndex:
         h = np.ascontiguousarray(heights, dtype=np.float32)
         if h.shape != (n,):
             raise ValueError(f"heights must have shape ({n},), got {h.shape}")
-        if not np.isfinite(h).all():
-            raise ValueError("heights contain NaN or inf")
+        check_finite(h, "heights", "cell")
         return h
 
 
@@ -469,6 +480,8 @@ class _SimdCPU:
 
     Cells are padded to a multiple of 16 (padding heights -inf, so they never win) and stored
     as ``yb[b, c, l] = y[16 b + l, c]``: one vector load holds one coordinate of 16 cells.
+    The kernel follows the tie rule by itself: it meets each query's cells in index order, a
+    cell enters a list only by beating its last score, and it goes after the equal ones.
     """
 
     name = "simd"
@@ -662,7 +675,11 @@ class _AmxCPU:
 
 
 class _FaissCPU:
-    """``IndexFlatIP`` searched by a thread pool (FAISS frees the GIL), one OpenMP thread each."""
+    """``IndexFlatIP`` searched by a thread pool (FAISS frees the GIL), one OpenMP thread each.
+
+    FAISS orders equal scores its own way: each search takes one cell more than asked and
+    :func:`solver.cells.ties.lowest_index_first` applies the tie rule.
+    """
 
     name = "faiss"
 
@@ -672,6 +689,7 @@ class _FaissCPU:
         self._index = faiss.IndexFlatIP(y.shape[1] + 1)
         self._index.add(_augmented(y, h))
         n, width = y.shape[0], y.shape[1] + 1
+        self._n = n
         # A writable view of the index's own storage: a refresh rewrites only the h column.
         self._stored = faiss.rev_swig_ptr(self._index.get_xb(), n * width).reshape(n, width)
 
@@ -680,6 +698,13 @@ class _FaissCPU:
 
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
         q = _as_numpy_queries(x)
+        scores, cells = self._search(q, min(k + 1, self._n))
+        scores, cells = lowest_index_first(
+            scores, cells, k, lambda rows, width: self._search(q[rows], width), self._n
+        )
+        return _like(x, np.ascontiguousarray(scores), np.ascontiguousarray(cells))
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if q.shape[0] <= _TASK_QUERIES:
             # One task in the caller's thread, with one OpenMP thread as in the pool (the
             # setting is the calling thread's own, restored after).
@@ -689,7 +714,7 @@ class _FaissCPU:
                 scores, cells = self._index.search(q, k)
             finally:
                 faiss.omp_set_num_threads(threads)
-            return _like(x, scores, cells)
+            return scores, cells
         scores = np.empty((q.shape[0], k), dtype=np.float32)
         cells = np.empty((q.shape[0], k), dtype=np.int64)
 
@@ -697,7 +722,7 @@ class _FaissCPU:
             scores[lo:hi], cells[lo:hi] = self._index.search(q[lo:hi], k)
 
         _split(q.shape[0], task)
-        return _like(x, scores, cells)
+        return scores, cells
 
 
 class _FaissGPU:  # pragma: no cover - needs faiss-gpu and CUDA
@@ -715,8 +740,13 @@ class _FaissGPU:  # pragma: no cover - needs faiss-gpu and CUDA
         self._index.add(_augmented(self._y, heights))
 
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
-        scores, cells = self._index.search(_as_numpy_queries(x), k)
-        return _like(x, scores, cells)
+        q = _as_numpy_queries(x)
+        n = self._y.shape[0]
+        scores, cells = self._index.search(q, min(k + 1, n))
+        scores, cells = lowest_index_first(
+            scores, cells, k, lambda rows, width: self._index.search(q[rows], width), n
+        )
+        return _like(x, np.ascontiguousarray(scores), np.ascontiguousarray(cells))
 
 
 class _Torch:
@@ -739,11 +769,7 @@ class _Torch:
         cells = torch.empty((xt.shape[0], k), dtype=torch.int64, device=self._device)
         for lo in range(0, xt.shape[0], chunk):
             block = torch.addmm(self._h, xt[lo : lo + chunk], self._yt)
-            if k == 1:
-                values, indices = block.max(dim=1, keepdim=True)
-            else:
-                values, indices = block.topk(k, dim=1, sorted=True)
-            scores[lo : lo + chunk], cells[lo : lo + chunk] = values, indices
+            scores[lo : lo + chunk], cells[lo : lo + chunk] = topk_lowest_index(block, k)
         if isinstance(x, torch.Tensor):
             return scores.to(x.device), cells.to(x.device)
         return scores.cpu().numpy(), cells.cpu().numpy()

@@ -39,6 +39,8 @@ from typing import Literal, overload
 import numpy as np
 import torch
 
+from solver.cells.ties import check_finite, check_queries, topk_lowest_index
+
 Precision = Literal["tf32", "bf16", "fp32"]
 Array = np.ndarray | torch.Tensor
 
@@ -172,8 +174,7 @@ class TritonBackend:
             raise ValueError(
                 f"targets must have shape (N, d), N >= 1, d <= {MAX_DIM}; got {tuple(y.shape)}"
             )
-        if not torch.isfinite(y).all():
-            raise ValueError("targets contain NaN or inf")
+        check_finite(y, "targets")
         self.precision: Precision = precision
         self.margin = int(margin)
         self.tiles = tiles or (INTERPRETER_TILES if self._interpret else GPU_TILES)
@@ -219,8 +220,7 @@ class TritonBackend:
         h = _as_tensor(heights).to(self._device, torch.float32)
         if h.shape != (self.n_targets,):
             raise ValueError(f"heights must have shape ({self.n_targets},), got {tuple(h.shape)}")
-        if not torch.isfinite(h).all():
-            raise ValueError("heights contain NaN or inf")
+        check_finite(h, "heights", "cell")
         self._h.copy_(h)
         self._hmax = float(h.abs().max())
 
@@ -239,12 +239,13 @@ class TritonBackend:
 
         Returns:
             numpy arrays for numpy input; tensors on the input's device for torch input.
+            Equal scores: the lower cell first (:mod:`solver.cells.ties`).
+
+        Raises:
+            ValueError: a bad k or shape, or a query with NaN or inf (its row is named).
 
         """
-        if not 1 <= k <= min(self.n_targets, MAX_K):
-            raise ValueError(f"k must be in [1, {min(self.n_targets, MAX_K)}], got {k}")
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"queries must have shape (M, {self.dim}), got {tuple(x.shape)}")
+        check_queries(x, k, min(self.n_targets, MAX_K), self.dim)
         xt = _as_tensor(x).to(self._device, torch.float32).contiguous()
         scores, cells, flags = self._launch(xt, k)
         rows = flags.nonzero()[:, 0]
@@ -300,15 +301,16 @@ class TritonBackend:
     def _exact(self, xs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k of the few uncertified queries, chunked like the torch backend.
 
-        Computed in float64 and rounded to fp32, so a global TF32 matmul setting cannot leak in.
+        Computed in float64 and rounded to fp32, so a global TF32 matmul setting cannot leak in;
+        equal float64 scores keep the lower cell first.
         """
         chunk = max(1, _FALLBACK_CHUNK_ELEMENTS // self.n_targets)
         y64, h64 = self._y.double().T, self._h.double()
         values, indices = [], []
         for lo in range(0, xs.shape[0], chunk):
-            top = torch.addmm(h64, xs[lo : lo + chunk].double(), y64).topk(k, dim=1, sorted=True)
-            values.append(top.values.float())
-            indices.append(top.indices)
+            top, cells = topk_lowest_index(torch.addmm(h64, xs[lo : lo + chunk].double(), y64), k)
+            values.append(top.float())
+            indices.append(cells)
         return torch.cat(values), torch.cat(indices)
 
 

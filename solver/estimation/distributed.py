@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from solver.cells.index import CellIndex
+from solver.cells.ties import check_queries
 from solver.estimation.fused import (
     PairTable,
     Searcher,
@@ -124,9 +125,13 @@ class ShardedIndex:
     def search(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
-        """Global top-k over all shards (collective); like :meth:`CellIndex.search`."""
-        if not 1 <= k <= self.n_targets:
-            raise ValueError(f"k must be in [1, {self.n_targets}], got {k}")
+        """Global top-k over all shards (collective); like :meth:`CellIndex.search`.
+
+        Equal scores keep the lower cell first across shards too: each rank's list is in that
+        order and the ranks hold ascending slices, so a stable sort of the gathered lists
+        keeps it.
+        """
+        check_queries(x, k, self.n_targets, self.dim)
         xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
         xt = xt.to(self.device, torch.float32)
         local_k = min(k, self._hi - self._lo)
@@ -139,11 +144,11 @@ class ShardedIndex:
         all_c = [torch.empty_like(part_c) for _ in range(self._world)]
         dist.all_gather(all_s, part_s, group=self._group)
         dist.all_gather(all_c, part_c, group=self._group)
-        top = torch.cat(all_s, dim=1).topk(k, dim=1, sorted=True)
-        best_c = torch.cat(all_c, dim=1).gather(1, top.indices)
+        values, order = torch.sort(torch.cat(all_s, dim=1), dim=1, descending=True, stable=True)
+        best_s, best_c = values[:, :k], torch.cat(all_c, dim=1).gather(1, order[:, :k])
         if isinstance(x, torch.Tensor):
-            return top.values.to(x.device), best_c.to(x.device)
-        return top.values.cpu().numpy(), best_c.cpu().numpy()
+            return best_s.to(x.device), best_c.to(x.device)
+        return best_s.cpu().numpy(), best_c.cpu().numpy()
 
 
 def distributed_estimate(

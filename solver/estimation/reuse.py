@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from solver.cells.index import CellIndex, candidate_scores
+from solver.cells.ties import check_queries
 
 Array = np.ndarray | torch.Tensor
 
@@ -131,6 +132,7 @@ class ReuseIndex:
 
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
         """Top-k cells of queries x (shape ``(M, d)``), exactly as a full search, k <= K."""
+        check_queries(x, k, self.n_targets, self.dim)
         if self._k < 2 or not 1 <= k <= self._k:
             return self._index.search(x, k)
         xn = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
