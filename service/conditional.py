@@ -100,10 +100,16 @@ def map_in_class(served: Served, z: np.ndarray, mask: np.ndarray, extended: bool
     return np.einsum("mk,mkd->md", weights, targets).astype(np.float32)
 
 
-def sample_class(served: Served, label: int, n: int, seed: int, extended: bool) -> np.ndarray:
-    """``n`` class-``label`` latents, shape ``(n, d)`` float32 (see the module docstring)."""
+def sample_class(
+    served: Served, label: int, n: int, seed: int, extended: bool, offset: int = 0
+) -> np.ndarray:
+    """``n`` class-``label`` latents, shape ``(n, d)`` float32 (see the module docstring).
+
+    ``offset`` skips the class's first kept points, so pages concatenate like one answer (the
+    skipped points are drawn again: a page costs its offset too, within :data:`MAX_DRAWS`).
+    """
     mask = class_mask(served, label)
-    z = draw_in_class(served, mask, n, seed)
+    z = draw_in_class(served, mask, offset + n, seed)[offset:]
     return map_in_class(served, z, mask, extended)
 
 

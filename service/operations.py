@@ -77,15 +77,21 @@ class SingularSummary:
 
 
 def sample_latents(served: Served, req: SampleRequest, settings: Settings) -> np.ndarray:
-    """``req.n`` latents, shape ``(n, d)`` float32, a pure function of (version, seed)."""
+    """``req.n`` latents, shape ``(n, d)`` float32, a pure function of (version, seed, offset).
+
+    They are samples ``offset .. offset + n - 1`` of the seed's stream: consecutive pages
+    concatenate to one longer answer, bit for bit.
+    """
     limit = settings.max_images if req.format == "png" else settings.max_n
     if req.n > limit:
         what = "images (format=png)" if req.format == "png" else "samples"
         raise InvalidRequest(f"n={req.n} exceeds the limit of {limit} {what}")
     if req.label is not None:
-        latents = sample_class(served, req.label, req.n, req.seed, req.extended)
+        latents = sample_class(served, req.label, req.n, req.seed, req.extended, req.offset)
     else:
-        latents = served.ext_map.sample(req.n, seed=req.seed, extended=req.extended)
+        latents = served.ext_map.sample(
+            req.n, seed=req.seed, extended=req.extended, start=req.offset
+        )
     return np.ascontiguousarray(latents, dtype=np.float32)
 
 

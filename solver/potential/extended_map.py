@@ -301,15 +301,25 @@ class ExtendedMap:
         return np.einsum("mk,mkd->md", w, y).astype(np.float32)
 
     def sample(
-        self, n: int, seed: int, *, extended: bool = True, batch_size: int = DEFAULT_BATCH
+        self,
+        n: int,
+        seed: int,
+        *,
+        extended: bool = True,
+        batch_size: int = DEFAULT_BATCH,
+        start: int = 0,
     ) -> np.ndarray:
         """Generate ``n`` latents from the source stream ``seed`` (same seed, same output).
+
+        Each latent is the map of one stream point, so ``sample(a + b, s)`` is
+        ``sample(a, s)`` followed by ``sample(b, s, start=a)``.
 
         Args:
             n: number of latents (any n >= 0; not limited by N).
             seed: source sample stream seed (:meth:`SourceMeasure.sample`).
             extended: T~ (default) or the pure map T.
             batch_size: source points per batch.
+            start: index in the stream of the first point mapped.
 
         Returns:
             Shape ``(n, d)``, float32.
@@ -318,9 +328,8 @@ class ExtendedMap:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         out = np.empty((n, self.dim), dtype=np.float32)
-        for lo, z in zip(
-            range(0, n, batch_size), self._source.batches(n, seed, batch_size), strict=True
-        ):
+        batches = self._source.batches(n, seed, batch_size, start=start)
+        for lo, z in zip(range(0, n, batch_size), batches, strict=True):
             out[lo : lo + z.shape[0]] = self.extended(z) if extended else self.pure(z)[0]
         return out
 
