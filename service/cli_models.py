@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from service.cli_support import CliError, connect, friendly
+from service.names import sanitise_name
 
 models_app = typer.Typer(help="Manage the models of a running server (over its HTTP API).")
 
@@ -111,8 +112,6 @@ def register(
     api_key: str = API_KEY,
 ) -> None:
     """Upload a bundle directory as a model; the server's worker fits its OT map."""
-    from service.training import sanitise_name  # noqa: PLC0415 - imports torch
-
     archive = pack_bundle(directory)
     chosen = name or sanitise_name(directory.resolve().name)
     with connect(url, api_key) as client:
