@@ -32,7 +32,6 @@ from typing import (
     get_origin,
 )
 
-import click
 import httpx
 import typer
 
@@ -55,6 +54,11 @@ class CliError(Exception):
     """A failure the command explains itself; the message says what to do."""
 
 
+# What a command raises to end itself (an exit code, a declined confirmation, a bad value):
+# typer's own handling applies. Recent typer vendors click, so these are not click's classes.
+_TYPER_SIGNALS = (typer.Exit, typer.Abort, typer.BadParameter)
+
+
 def friendly(fn: F) -> F:
     """Wrap a command so failures print one line (traceback only with ``--debug``)."""
 
@@ -62,7 +66,7 @@ def friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except _TYPER_SIGNALS:
             raise
         except KeyboardInterrupt:
             if _debug():
