@@ -5,43 +5,48 @@ sample, interpolate, singularities, and ``demo`` (a 2D OT fit with accuracy and 
 
 Server-side commands (serve, worker, fit) take every ``AEOT_*`` setting as an option that
 overrides the variable; ``train`` trains into a store in the foreground; client commands
-(models, sample, interpolate, singularities) talk to a running server over HTTP. Failures print
-one line saying what to do (``aeot --debug ...`` shows the traceback).
+(models, sample, interpolate, singularities) talk to a running server over HTTP and need only
+the client install (``pip install aeot``), where the server commands say what to install.
+Failures print one line saying what to do (``aeot --debug ...`` shows the traceback).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import typer
-from tqdm import tqdm
 
 from service.cli_models import API_KEY, URL, models_app
 from service.cli_support import (
     CliError,
     build_settings,
+    connect,
     friendly,
     open_existing_store,
+    server_command,
     set_debug,
     settings_options,
 )
 from service.cli_train import queue_served_dataset, train
 from service.client import AEOTClient
-from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 app = typer.Typer(
     help="AE-OT: autoencoder + semi-discrete optimal transport generative model.",
     pretty_exceptions_enable=False,
 )
 app.add_typer(models_app, name="models")
-app.command()(train)
+server_command(app)(train)
 
 MODEL = typer.Option(None, "--model", help="model name (default: the server's default)")
 _SAMPLES_PNG = Path("samples.png")
@@ -58,7 +63,7 @@ def main(
     set_debug(debug)
 
 
-@app.command()
+@server_command(app)
 @friendly
 @settings_options
 def serve(
@@ -157,7 +162,7 @@ def _serve_processes(settings: Settings) -> None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-@app.command(name="worker")
+@server_command(app, name="worker")
 @friendly
 @settings_options
 def worker_cmd(overrides: dict[str, Any]) -> None:
@@ -173,7 +178,7 @@ def worker_cmd(overrides: dict[str, Any]) -> None:
         typer.echo(f"rank {os.environ.get('RANK')} followed {followed} fit(s)")
 
 
-@app.command(name="fit")
+@server_command(app, name="fit")
 @friendly
 @settings_options
 def fit_cmd(
@@ -193,6 +198,8 @@ def fit_cmd(
 
 def _fit_foreground(name: str, overrides: dict[str, Any]) -> None:
     """The fit command's body: queue a fit, run a worker here until it ends, show progress."""
+    from tqdm import tqdm  # noqa: PLC0415
+
     from service.job_config import job_config  # noqa: PLC0415
     from service.worker import Worker  # noqa: PLC0415
 
@@ -226,7 +233,9 @@ def _fit_foreground(name: str, overrides: dict[str, Any]) -> None:
 @app.command()
 @friendly
 def sample(
-    out: Path = typer.Argument(_SAMPLES_PNG, help="PNG (or .npy for latents)"),  # noqa: B008
+    out: Path = typer.Argument(  # noqa: B008
+        _SAMPLES_PNG, help="PNG grid, or latents as .npy (needs numpy) or .json"
+    ),
     n: int = typer.Option(64, help="number of samples"),
     seed: int = typer.Option(0),
     pure: bool = typer.Option(False, "--pure", help="pure map T instead of the extended map"),
@@ -234,12 +243,24 @@ def sample(
     url: str = URL,
     api_key: str = API_KEY,
 ) -> None:
-    """Draw samples from a running server and save them as a PNG grid or .npy latents."""
-    with AEOTClient(url, api_key=api_key) as client:
+    """Draw samples from a running server and save them as a PNG grid or .npy/.json latents.
+
+    A PNG is saved as the server sent it. Latents beyond the server's limit come in pages,
+    joined into the samples one request for all of them would give.
+    """
+    options: dict[str, Any] = {"extended": not pure, "model": model}
+    with connect(url, api_key) as client:
         if out.suffix == ".npy":
-            np.save(out, client.sample(n, seed, extended=not pure, model=model))
+            latents = client.sample(n, seed, **options)
+            import numpy as np  # noqa: PLC0415 - the client has just needed it
+
+            np.save(out, latents)
+        elif out.suffix == ".json":
+            pages = list(client.iter_samples_json(n, seed, **options))
+            rows = [row for page in pages for row in page["latents"]]
+            out.write_text(json.dumps({**pages[0], "latents": rows}))
         else:
-            client.sample_images(n, seed, extended=not pure, model=model).save(out)
+            out.write_bytes(client.fetch(AEOTClient.sample_images, n, seed, **options).content)
     typer.echo(f"wrote {out}")
 
 
@@ -255,16 +276,17 @@ def interpolate(
     api_key: str = API_KEY,
 ) -> None:
     """Interpolate between two training codes; save the strip and list singular crossings."""
-    with AEOTClient(url, api_key=api_key) as client:
-        result = client.interpolate(start, end, steps, model=model, images=True)
-    if result.strip is not None:
-        result.strip.save(out)
-    for c in result.crossings:
+    with connect(url, api_key) as client:
+        answer = client.fetch(AEOTClient.interpolate, start, end, steps, model=model).json()
+    if answer.get("strip_png"):
+        out.write_bytes(base64.b64decode(answer["strip_png"]))
+    crossings = answer["crossings"]
+    for c in crossings:
         typer.echo(
             f"crossing at t={c['t']:.3f}: cell {c['from_cell']} -> {c['to_cell']}"
             f" (angle {c['angle']:.3f} rad)"
         )
-    typer.echo(f"wrote {out} ({len(result.t)} frames, {len(result.crossings)} crossings)")
+    typer.echo(f"wrote {out} ({len(answer['t'])} frames, {len(crossings)} crossings)")
 
 
 @app.command()
@@ -277,10 +299,10 @@ def singularities(
     api_key: str = API_KEY,
 ) -> None:
     """Print the singular set summary of a running server's model."""
-    with AEOTClient(url, api_key=api_key) as client:
+    with connect(url, api_key) as client:
         s = client.singularities(model=model, limit=limit)
         if png is not None:
-            client.singularities_image(model=model).save(png)
+            png.write_bytes(client.fetch(AEOTClient.singularities_image, model=model).content)
     typer.echo(
         f"model {s['model']} v{s['version']}: threshold {s['threshold']:.4f} rad "
         f"({s['rule']}), {s['n_singular']} of {s['n_pairs']} adjacent pairs singular"
@@ -289,7 +311,7 @@ def singularities(
         typer.echo(f"  {p['i']:6d} {p['j']:6d}  {p['angle']:.4f}")
 
 
-@app.command()
+@server_command(app)
 @friendly
 def demo(
     samples: int = typer.Option(512, help="points drawn from the 25-Gaussian grid"),
@@ -297,6 +319,9 @@ def demo(
     seed: int = typer.Option(0, help="seed of the data and of the fit"),
 ) -> None:
     """Fit the OT map onto the 25-Gaussian grid of the paper's Table 2 and print accuracy/time."""
+    import numpy as np  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
+
     from solver import FitConfig, FitProgress, fit, make_problem  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)

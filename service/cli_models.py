@@ -14,8 +14,8 @@ from typing import Any
 
 import typer
 
-from service.cli_support import CliError, friendly
-from service.client import AEOTClient
+from service.cli_support import CliError, connect, friendly
+from service.names import sanitise_name
 
 models_app = typer.Typer(help="Manage the models of a running server (over its HTTP API).")
 
@@ -65,7 +65,7 @@ def _job_line(job: dict[str, Any] | None) -> str:
 @friendly
 def list_models(url: str = URL, api_key: str = API_KEY) -> None:
     """Every model: size, served version, accuracy and its latest job; trainings underway."""
-    with AEOTClient(url, api_key=api_key) as client:
+    with connect(url, api_key) as client:
         listing = client.models()
     names = set()
     for m in listing["models"]:
@@ -89,7 +89,7 @@ def list_models(url: str = URL, api_key: str = API_KEY) -> None:
 @friendly
 def show(name: str = NAME, url: str = URL, api_key: str = API_KEY) -> None:
     """One model's status: versions, accuracy of the published potential, job progress."""
-    with AEOTClient(url, api_key=api_key) as client:
+    with connect(url, api_key) as client:
         m = client.model(name)
     acc = m["accuracy"]
     typer.echo(f"model {m['name']}{' (default)' if m['default'] else ''}")
@@ -112,11 +112,9 @@ def register(
     api_key: str = API_KEY,
 ) -> None:
     """Upload a bundle directory as a model; the server's worker fits its OT map."""
-    from service.training import sanitise_name  # noqa: PLC0415 - imports torch
-
     archive = pack_bundle(directory)
     chosen = name or sanitise_name(directory.resolve().name)
-    with AEOTClient(url, api_key=api_key) as client:
+    with connect(url, api_key) as client:
         m = client.register(chosen, archive)
     typer.echo(f"registered {m['name']}: {m['n_latents']} latents in d={m['dim']}; fit queued")
 
@@ -148,7 +146,7 @@ def train_remote(
         "split": split,
         "seed": seed,
     }
-    with AEOTClient(url, api_key=api_key) as client:
+    with connect(url, api_key) as client:
         job = client.train(name, dataset, **options)
     typer.echo(
         f"job {job['id']}: training {name} on {dataset!r} queued; "
@@ -176,7 +174,7 @@ def refit(
     options: dict[str, object] = {"target_l1": target_l1, "seed": seed, "max_iter": max_iter}
     options.update(time_budget=time_budget, method=method, singular_rule=singular_rule)
     options.update(replace=replace)
-    with AEOTClient(url, api_key=api_key) as client:
+    with connect(url, api_key) as client:
         job = client.refit(name, **{k: v for k, v in options.items() if v is not None})
     typer.echo(f"job {job['id']}: refit of {name} queued (target L1 {job['target_l1']})")
 
@@ -192,6 +190,6 @@ def delete(
     """Delete a model, its potentials and checkpoints."""
     if not yes:
         typer.confirm(f"delete model {name!r} and its potentials?", abort=True)
-    with AEOTClient(url, api_key=api_key) as client:
+    with connect(url, api_key) as client:
         client.delete(name)
     typer.echo(f"deleted {name}")

@@ -5,6 +5,13 @@
   the traceback instead.
 - :func:`settings_options` gives a command one option per :class:`Settings` field (``--api-key``,
   ``--device``, ``--log-level``, ...), each overriding its ``AEOT_*`` variable.
+- :func:`connect` opens the commands' :class:`AEOTClient`, which does not retry a 503: a person
+  sees at once why and when to try again.
+- :func:`server_command` declares a command that runs the server: on the client-only install
+  (``pip install aeot``, no server packages) it says in one line what to install instead.
+
+This module, like the client commands, imports only the client's packages (httpx, typer);
+pydantic and the settings load when a server command is declared or run.
 """
 
 from __future__ import annotations
@@ -14,26 +21,42 @@ import inspect
 import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    TypeGuard,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
-import click
 import httpx
 import typer
-from pydantic import SecretStr, ValidationError
-from pydantic.fields import FieldInfo
 
-from service.client import AEOTError
-from service.settings import Settings
+from service.client import AEOTClient, AEOTError, MissingExtra
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from pydantic.fields import FieldInfo
+
+    from service.settings import Settings
     from service.store import ModelStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 _SETTINGS_PANEL = "Settings (override AEOT_* variables)"
+# What installs the server: the `cpu` or `gpu` extra (each is `server` plus its FAISS).
+SERVER_INSTALL = "pip install 'aeot[cpu]' (or 'aeot[gpu]' on a CUDA host)"
 
 
 class CliError(Exception):
     """A failure the command explains itself; the message says what to do."""
+
+
+# What a command raises to end itself (an exit code, a declined confirmation, a bad value):
+# typer's own handling applies. Recent typer vendors click, so these are not click's classes.
+_TYPER_SIGNALS = (typer.Exit, typer.Abort, typer.BadParameter)
 
 
 def friendly(fn: F) -> F:
@@ -43,7 +66,7 @@ def friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except _TYPER_SIGNALS:
             raise
         except KeyboardInterrupt:
             if _debug():
@@ -74,8 +97,10 @@ def _debug() -> bool:
 
 def explain(exc: BaseException) -> str:
     """One line for a person: what went wrong and, where known, what to do."""
-    if isinstance(exc, CliError):
+    if isinstance(exc, CliError | MissingExtra):
         return str(exc)
+    if isinstance(exc, ModuleNotFoundError):
+        return server_needed("this command", exc.name)
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return f"no server at {_base_url(exc)}: start it with `aeot serve` (or pass --url)"
     if isinstance(exc, httpx.TimeoutException):
@@ -84,12 +109,67 @@ def explain(exc: BaseException) -> str:
         return f"talking to the server failed: {exc}"
     if isinstance(exc, AEOTError):
         return _explain_http(exc)
-    if isinstance(exc, ValidationError):
+    if _is_validation_error(exc):
         parts = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()]
         return "invalid setting: " + "; ".join(parts)
     if isinstance(exc, ValueError | OSError):
         return str(exc)
     return f"{type(exc).__name__}: {exc} (run `aeot --debug ...` for the traceback)"
+
+
+def _is_validation_error(exc: BaseException) -> TypeGuard[ValidationError]:
+    try:
+        from pydantic import ValidationError  # noqa: PLC0415 - the server's package
+    except ModuleNotFoundError:
+        return False
+    return isinstance(exc, ValidationError)
+
+
+def server_needed(command: str, missing: str | None) -> str:
+    """The one line of a server command run where the server is not installed."""
+    lacking = f" (no module {missing!r} here)" if missing else ""
+    return f"{command} runs the server, which this install lacks{lacking}: {SERVER_INSTALL}"
+
+
+@functools.cache
+def server_missing() -> str | None:
+    """The first module of the server's settings this install lacks (``None``: none)."""
+    try:
+        import service.settings  # noqa: F401, PLC0415 - pydantic-settings, numpy, the solver
+    except ModuleNotFoundError as exc:
+        return exc.name or "?"
+    return None
+
+
+def server_command(app: typer.Typer, name: str | None = None) -> Callable[[F], F]:
+    """``app.command(name)`` for a command that runs the server (serve, worker, fit, train...).
+
+    Where the server is not installed the command is declared all the same, taking any
+    arguments and saying in one line which install it needs (exit code 1); ``aeot --help``
+    marks it so. Apply it outermost: the decorators below it see no settings then
+    (:func:`settings_options` passes the command through).
+    """
+    missing = server_missing()
+    if missing is None:
+        return app.command(name=name)
+
+    def declare(fn: F) -> F:
+        command = name or fn.__name__.replace("_", "-")
+        summary = (inspect.getdoc(fn) or "").split("\n")[0]
+
+        def unavailable() -> None:
+            typer.echo(f"error: {server_needed(f'`aeot {command}`', missing)}", err=True)
+            raise typer.Exit(1)
+
+        app.command(
+            name=command,
+            help=f"{summary} (needs the server install)",
+            add_help_option=False,
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        )(unavailable)
+        return fn
+
+    return declare
 
 
 def _base_url(exc: httpx.HTTPError) -> str:
@@ -111,6 +191,15 @@ def _explain_http(exc: AEOTError) -> str:
             "(`aeot models list` shows training and fit progress)"
         )
     return exc.detail
+
+
+def connect(url: str, api_key: str | None = None) -> AEOTClient:
+    """The commands' :class:`AEOTClient` (use it in a ``with`` block).
+
+    It does not retry a 503: a person sees at once why and when to try again. A 404 for an
+    unknown model already names the known ones (the server says so).
+    """
+    return AEOTClient(url, api_key=api_key, retries=0)
 
 
 def no_store_error(store: Path) -> CliError:
@@ -150,6 +239,8 @@ def _option_type(annotation: Any) -> tuple[Any, str]:
 
 
 def _setting_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
+    from pydantic import SecretStr  # noqa: PLC0415 - the server's package
+
     kind, values = _option_type(field.annotation)
     flag = "--" + name.replace("_", "-")
     decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
@@ -175,7 +266,12 @@ def settings_options(fn: F) -> F:
 
     ``fn`` takes ``overrides: dict[str, Any]`` (only the options given) besides its own
     parameters; a parameter of its own with a field's name wins over the generated option.
+    Without the server installed ``fn`` comes back as it is (see :func:`server_command`).
     """
+    if server_missing() is not None:
+        return fn
+    from service.settings import Settings  # noqa: PLC0415 - the server's settings
+
     own = inspect.signature(fn, eval_str=True)
     params = [p for p in own.parameters.values() if p.name != "overrides"]
     taken = {p.name for p in params}
@@ -205,4 +301,6 @@ def _given(value: Any) -> Any:
 
 def build_settings(**overrides: Any) -> Settings:
     """``Settings`` from the ``AEOT_*`` variables, with the given (non-``None``) overrides."""
+    from service.settings import Settings  # noqa: PLC0415 - the server's settings
+
     return Settings(**{k: v for k, v in overrides.items() if v is not None})

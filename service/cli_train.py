@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import typer
-from tqdm import tqdm
 
 from service.cli_support import CliError, build_settings, friendly
 
@@ -63,8 +62,9 @@ def train(
     from models import TrainPlan, dataset_config_for, load_plan_data  # noqa: PLC0415
     from models.datasets import Split  # noqa: PLC0415
     from models.train import DECODER_SCHEDULES, DecoderSchedule  # noqa: PLC0415
+    from service.names import sanitise_name  # noqa: PLC0415
     from service.store import ModelStore  # noqa: PLC0415
-    from service.training import checkpoint_path, sanitise_name  # noqa: PLC0415
+    from service.training import checkpoint_path  # noqa: PLC0415
 
     if split not in ("train", "test", "all"):
         raise CliError(f"--split must be train, test or all, got {split!r}")
@@ -129,6 +129,8 @@ def _train_with_bars(
     store: ModelStore, name: str, plan: TrainPlan, images: ImageDataset, settings: Settings
 ) -> ModelRecord:
     """Run the training with an epoch bar (phase, loss) over the per-epoch batch bars."""
+    from tqdm import tqdm  # noqa: PLC0415
+
     from service.job_config import job_config  # noqa: PLC0415
     from service.training import train_into_store  # noqa: PLC0415
 
@@ -177,8 +179,9 @@ def queue_served_dataset(
     """
     from models import TrainPlan, dataset_config_for  # noqa: PLC0415
     from service.job_config import job_config  # noqa: PLC0415
+    from service.names import sanitise_name  # noqa: PLC0415
     from service.store import ModelStore  # noqa: PLC0415
-    from service.training import queue_training, sanitise_name  # noqa: PLC0415
+    from service.training import queue_training  # noqa: PLC0415
 
     config = dataset_config_for(data)
     if config.path is not None:  # the worker may run in another directory

@@ -76,7 +76,11 @@ class SingularSummary:
 
 
 def sample_latents(served: Served, req: SampleRequest, settings: Settings) -> np.ndarray:
-    """``req.n`` latents, shape ``(n, d)`` float32, a pure function of (version, seed)."""
+    """``req.n`` latents, shape ``(n, d)`` float32, a pure function of (version, seed, offset).
+
+    They are samples ``offset .. offset + n - 1`` of the seed's stream: consecutive pages
+    concatenate to one longer answer, bit for bit.
+    """
     limit = settings.max_images if req.format == "png" else settings.max_n
     if req.n > limit:
         what = "images (format=png)" if req.format == "png" else "samples"
@@ -84,7 +88,9 @@ def sample_latents(served: Served, req: SampleRequest, settings: Settings) -> np
     # label=c: only the cells of class c (the solver draws from them by rejection).
     cells = None if req.label is None else class_mask(served, req.label)
     try:
-        latents = served.ext_map.sample(req.n, seed=req.seed, extended=req.extended, cells=cells)
+        latents = served.ext_map.sample(
+            req.n, seed=req.seed, extended=req.extended, start=req.offset, cells=cells
+        )
     except ValueError as exc:  # a rare class would need more than the draw limit
         raise InvalidRequest(str(exc)) from None
     return np.ascontiguousarray(latents, dtype=np.float32)

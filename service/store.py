@@ -24,7 +24,6 @@ import io
 import logging
 import lzma
 import os
-import re
 import shutil
 import sqlite3
 import tarfile
@@ -50,14 +49,13 @@ from service.catalog import (
     TrainProgress,
 )
 from service.job_config import JobConfig, train_config
+from service.names import NAME_PATTERN, is_valid_name
 from solver import FitState, Potential, load_state, save_state
 
 log = logging.getLogger("aeot.store")
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # Fits of one bundle queued at most (the first and two retries after failures).
 FIT_ATTEMPTS = 3
-_NAME_RE = re.compile(NAME_PATTERN)
 
 
 class StoreError(ValueError):
@@ -94,7 +92,7 @@ class UploadLimits:
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise :class:`StoreError`."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not is_valid_name(name):
         raise StoreError(
             f"model name {name!r} must match {NAME_PATTERN} (lowercase letters, digits, _ -)"
         )

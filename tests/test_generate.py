@@ -145,6 +145,9 @@ def test_sample_is_seeded_and_not_capped_by_n(clusters):
     assert a.shape == (n, 2)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, ext.sample(n, 5))
+    # Pages from consecutive starts are the whole, bit for bit (the service's paging).
+    pages = [ext.sample(min(40, n - lo), 4, start=lo) for lo in range(0, n, 40)]
+    np.testing.assert_array_equal(np.concatenate(pages), b)
 
 
 def test_segment_between_clusters_crosses_one_singular_facet(clusters):
@@ -200,7 +203,7 @@ def test_bad_inputs(clusters):
         ext.interpolate(np.zeros(2), np.array([0.7, 0.0]), 4)
     with pytest.raises(ValueError, match="steps"):
         ext.interpolate(np.zeros(2), np.zeros(2), 1)
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(ValueError, match="n and start must be"):
         ext.sample(-1, 0)
     with pytest.raises(ValueError, match="cell in"):
         ext.interpolate_indices(0, 10_000, 3)

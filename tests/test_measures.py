@@ -43,3 +43,5 @@ def test_batches_are_the_stream_cut_in_pieces(sampler):
     pieces = np.concatenate(list(source.batches(1000, seed=5, batch_size=96)))
     assert np.array_equal(whole, pieces)
     assert np.array_equal(source.sample(96, seed=5, start=192), pieces[192:288])
+    later = np.concatenate(list(source.batches(300, seed=5, batch_size=96, start=450)))
+    assert np.array_equal(later, whole[450:750])

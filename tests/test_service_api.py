@@ -69,6 +69,24 @@ def test_sample_formats_agree_and_are_reproducible(client):
     assert Image.open(io.BytesIO(png.content)).size[0] > 3 * 8
 
 
+def test_sample_pages_from_offsets_concatenate_to_one_answer(client):
+    whole = client.get("/sample", params={"n": 30, "seed": 3, "format": "npy"})
+    pages = [
+        client.get("/sample", params={"n": n, "seed": 3, "offset": offset, "format": "npy"})
+        for offset, n in ((0, 12), (12, 12), (24, 6))
+    ]
+    joined = np.concatenate([np.load(io.BytesIO(p.content)) for p in pages])
+    np.testing.assert_array_equal(joined, np.load(io.BytesIO(whole.content)))
+    posted = client.post("/sample", json={"n": 6, "seed": 3, "offset": 24}).json()
+    assert posted["offset"] == 24 and posted["seed"] == 3
+    np.testing.assert_array_equal(np.asarray(posted["latents"], np.float32), joined[24:])
+    for bad in (-1, 2**24 + 1):
+        r = client.get("/sample", params={"n": 2, "offset": bad})
+        assert r.status_code == 422 and "offset" in r.text
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["schemas"]["SampleRequest"]["properties"]["n"]["maximum"] == 4096
+
+
 def test_pure_map_reproduces_training_latents(client, store):
     training = store.load_bundle("tiny").latents
     r = client.get("/sample", params={"n": 64, "extended": False})

@@ -101,6 +101,8 @@ def test_class_conditional_samples_stay_in_their_class(lab):
             assert (nearest == label).all(), (label, extended)
             again = client.get("/sample", params=params)
             assert again.content == r.content
+            second = client.get("/sample", params={**params, "n": 15, "offset": 25}).json()
+            assert second["latents"] == r.json()["latents"][25:]
     r = client.get("/sample", params={"label": 9})
     assert r.status_code == 422 and "classes are [0, 1, 2, 3]" in r.json()["detail"]
 

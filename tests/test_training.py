@@ -22,11 +22,11 @@ from models import (
     train_plan,
 )
 from service.app import create_app
+from service.names import sanitise_name
 from service.store import ModelStore
 from service.training import (
     checkpoint_path,
     resolve_dataset,
-    sanitise_name,
     train_into_store,
 )
 from service.worker import Worker

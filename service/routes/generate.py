@@ -86,6 +86,7 @@ def _sample(
         model=served.name,
         version=served.version,
         seed=req.seed,
+        offset=req.offset,
         extended=req.extended,
         label=req.label,
         latents=latents.tolist(),

@@ -314,25 +314,32 @@ class ExtendedMap:
         *,
         extended: bool = True,
         batch_size: int = DEFAULT_BATCH,
+        start: int = 0,
         cells: np.ndarray | None = None,
         max_draws: int = MAX_DRAWS,
     ) -> np.ndarray:
         """Generate ``n`` latents from the source stream ``seed`` (same seed, same output).
 
+        Each latent is the map of one stream point, so ``sample(a + b, s)`` is
+        ``sample(a, s)`` followed by ``sample(b, s, start=a)``.
+
         With ``cells`` (a class's cells, say), the latents come from the union C of those
         cells only: z is drawn from the source measure conditioned on C, by rejection on the
         same stream (the points whose top cell is in C, in stream order, until n are kept), so
-        the answer is still a pure function of the seed. The pure map then gives training
-        codes of C; the extended map blends only with neighbours that are also in C (the
-        others' weights are dropped and the rest renormalised), so a sample never mixes in a
-        code from outside C, even where the singular set missed a boundary. Since every cell
-        carries its target weight, about n / v(C) points are drawn.
+        the answer is still a pure function of the seed, and ``start`` skips C's first kept
+        points (drawn again: a page costs its start too, within ``max_draws``). The pure map
+        then gives training codes of C; the extended map blends only with neighbours that are
+        also in C (the others' weights are dropped and the rest renormalised), so a sample
+        never mixes in a code from outside C, even where the singular set missed a boundary.
+        Since every cell carries its target weight, about n / v(C) points are drawn.
 
         Args:
             n: number of latents (any n >= 0; not limited by N).
             seed: source sample stream seed (:meth:`SourceMeasure.sample`).
             extended: T~ (default) or the pure map T.
             batch_size: source points per batch.
+            start: index in the stream of the first point mapped (of C's kept points with
+                ``cells``).
             cells: ``None`` (every cell), or the allowed cells as a bool mask of shape ``(N,)``.
             max_draws: at most this many source points are drawn for a ``cells`` sample.
 
@@ -344,16 +351,15 @@ class ExtendedMap:
                 points would be needed.
 
         """
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
+        if n < 0 or start < 0:
+            raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
         if cells is not None:
             mask = self._check_cell_mask(cells)
-            z = self._draw_in(mask, n, seed, max_draws)
+            z = self._draw_in(mask, start + n, seed, max_draws)[start:]
             return self._map_in(z, mask, extended)
         out = np.empty((n, self.dim), dtype=np.float32)
-        for lo, z in zip(
-            range(0, n, batch_size), self._source.batches(n, seed, batch_size), strict=True
-        ):
+        batches = self._source.batches(n, seed, batch_size, start=start)
+        for lo, z in zip(range(0, n, batch_size), batches, strict=True):
             out[lo : lo + z.shape[0]] = self.extended(z) if extended else self.pure(z)[0]
         return out
 
