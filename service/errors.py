@@ -75,6 +75,7 @@ _MEANING = {
     422: "invalid request: wrong type, out of range, over a limit, wrong for the model, "
     "body not UTF-8 JSON",
     429: "too many wrong API keys from this client (Retry-After says when to try again)",
+    431: "request head (request line and headers) over 16 KiB; the connection closes",
     503: "no fitted potential yet (Retry-After says when to try again)",
     507: "the store cannot be written (disk full or read-only); reads keep working",
 }

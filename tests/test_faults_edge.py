@@ -372,6 +372,13 @@ def test_request_heads_over_the_limit_are_431_however_they_arrive(pieces):
     assert conn.refusal == 431
 
 
+def test_the_schema_documents_the_431(client):
+    spec = client.get("/openapi.json").json()
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            assert "431" in op["responses"], (method, path)
+
+
 def test_request_heads_under_the_limit_parse():
     conn = HeadLimitedConnection()
     conn.receive_data(_head(MAX_HEAD_BYTES - 200))
