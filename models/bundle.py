@@ -17,6 +17,7 @@ half-written bundle.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -26,7 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from numpy.lib import format as npy_format
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -41,6 +43,11 @@ _REQUIRED = ("config.json", "encoder.safetensors", "decoder.safetensors", "laten
 MAX_PARAMETERS = 200_000_000
 # Hidden layers an MLP config may list (each one is a module built before weights load).
 _MAX_LAYERS = 32
+# config.json is under 1 KB and metrics.json about 100 bytes per epoch: a larger file is not
+# read (parsed JSON takes ~10x its size in memory).
+MAX_JSON_BYTES = 1 << 20
+# Bytes of a .npy header read at most (numpy's own default bound).
+_MAX_NPY_HEADER = 10_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -334,6 +341,7 @@ def load_bundle(
             f"config.json asks for an autoencoder of {n_params:,} parameters; "
             f"the limit is {max_parameters:,}"
         )
+    _check_weight_shapes(path, config.autoencoder)
     model = Autoencoder(config.autoencoder)
     for part in ("encoder", "decoder"):
         file = path / f"{part}.safetensors"
@@ -371,12 +379,46 @@ def parameter_count(config: AutoencoderConfig) -> int:
     return sum(t.numel() for t in (*model.parameters(), *model.buffers()))
 
 
+def _check_weight_shapes(path: Path, config: AutoencoderConfig) -> None:
+    """Compare the tensors each weights file declares in its header with the architecture.
+
+    Only the safetensors headers are read (the files' own bound: 100 MB), so weights of the
+    wrong shape are refused before the autoencoder is allocated.
+    """
+    with torch.device("meta"):
+        model = Autoencoder(config)
+    for part in ("encoder", "decoder"):
+        file = path / f"{part}.safetensors"
+        expected = {k: tuple(v.shape) for k, v in getattr(model, part).state_dict().items()}
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"{file} does not hold weights for {config}: {exc}") from exc
+        if found != expected:
+            wrong = sorted(set(found) ^ set(expected)) or sorted(
+                k for k in found if found[k] != expected[k]
+            )
+            key = wrong[0]
+            raise ValueError(
+                f"{file} does not hold weights for {config}: tensor {key!r} is "
+                f"{found.get(key, 'missing')}, expected {expected.get(key, 'none')}"
+            )
+
+
 def _read_json_object(file: Path, what: str) -> dict[str, Any]:
     """A JSON file that must hold an object (a list or a number is a ``ValueError``)."""
+    size = file.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{file.name} is {size:,} bytes; a {what} is at most {MAX_JSON_BYTES:,}")
     try:
         data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{file.name} is not a valid {what} (not JSON: {exc})") from exc
+    except RecursionError:
+        raise ValueError(f"{file.name} is not a valid {what} (JSON nested too deeply)") from None
+    except ValueError as exc:  # an integer over Python's digit limit
+        raise ValueError(f"{file.name} is not a valid {what} ({exc})") from None
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise ValueError(f"{file.name} is not a valid {what} (a JSON {kind}, not an object)")
@@ -418,6 +460,12 @@ def _read_config(path: Path) -> BundleConfig:
 
 
 def _read_array(file: Path, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """Read a ``.npy`` file of exactly ``shape`` and ``dtype``, judged from its header first.
+
+    The header's shape, dtype and data size (against the file's size) are checked before any
+    array is allocated, so a 200-byte file whose header claims 3 TB allocates nothing.
+    """
+    _check_npy_header(file, shape, np.dtype(dtype))
     try:
         arr = np.load(file, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
@@ -428,3 +476,29 @@ def _read_array(file: Path, shape: tuple[int, ...], dtype: type) -> np.ndarray:
         raise ValueError(f"{file} contains NaN or inf")
     arr.flags.writeable = False
     return arr
+
+
+def _check_npy_header(file: Path, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+    """Refuse a ``.npy`` file whose header is not ``shape``/``dtype`` or whose data is short."""
+    try:
+        with open(file, "rb") as f:
+            version = npy_format.read_magic(f)
+            if version == (1, 0):
+                header = npy_format.read_array_header_1_0(f, max_header_size=_MAX_NPY_HEADER)
+            elif version == (2, 0):
+                header = npy_format.read_array_header_2_0(f, max_header_size=_MAX_NPY_HEADER)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            data_bytes = file.stat().st_size - f.tell()
+    except (OSError, ValueError, EOFError, SyntaxError) as exc:
+        raise ValueError(f"{file} is not a readable .npy file: {exc}") from exc
+    found_shape, _, found_dtype = header
+    if tuple(found_shape) != shape or found_dtype != dtype:
+        raise ValueError(
+            f"{file} must hold {dtype} {shape}, its header says {found_dtype} {tuple(found_shape)}"
+        )
+    claimed = math.prod(shape) * dtype.itemsize
+    if data_bytes != claimed:
+        raise ValueError(
+            f"{file} holds {data_bytes:,} bytes of data; its header promises {claimed:,}"
+        )

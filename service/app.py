@@ -128,6 +128,7 @@ def create_app(
         app.include_router(router)
     # The API routes as declared (paths and dependencies): the gate and the schema read them.
     api_routes = [route for router in routers for route in router.routes]
+    app.state.api_routes = api_routes
     install_docs(app)
     static = resources.files("service").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

@@ -12,12 +12,13 @@ from typing import Annotated
 from fastapi import Depends, Header, Request, Security
 from fastapi.security import APIKeyHeader
 
+from service.archive import UploadLimits
 from service.errors import AuthError, NotReady
 from service.metrics import Metrics
 from service.process import WorkerProcess, WorkerState
 from service.serving import ServingIndex
 from service.settings import Settings
-from service.store import ModelStore, UploadLimits
+from service.store import ModelStore
 
 
 def get_settings(request: Request) -> Settings:

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import sqlite3
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 
 from service.schemas import ErrorResponse
 from service.store import ModelExists, StoreError, UnknownModel
 from service.training import DataRootError
 
 log = logging.getLogger("aeot.http")
+M = TypeVar("M", bound=BaseModel)
+# Validation problems named in one 422 message at most (the rest are counted).
+_MAX_PROBLEMS = 10
 
 
 class NotReady(Exception):
@@ -57,6 +65,7 @@ class Throttled(Exception):
 
 _MEANING = {
     400: "Host header not in the server's allow-list",
+    405: "method not allowed on this path (Allow lists the allowed ones)",
     408: "the request body stalled longer than the server's body timeout",
     401: "missing API key (X-API-Key)",
     403: "wrong API key, or none configured on the server (training: no data root)",
@@ -66,6 +75,7 @@ _MEANING = {
     422: "invalid request: wrong type, out of range, over a limit, wrong for the model, "
     "body not UTF-8 JSON",
     429: "too many wrong API keys from this client (Retry-After says when to try again)",
+    431: "request head (request line and headers) over 16 KiB; the connection closes",
     503: "no fitted potential yet (Retry-After says when to try again)",
     507: "the store cannot be written (disk full or read-only); reads keep working",
 }
@@ -88,6 +98,42 @@ def storage_problem(exc: BaseException) -> str | None:
         if "readonly" in text or "read-only" in text:
             return _STORAGE_ERRNOS[errno.EROFS]
     return None
+
+
+def _store_forms(root: Path) -> set[str]:
+    """The ways a message may spell the store's absolute path."""
+    return {form for form in (str(root.resolve()), str(root.absolute())) if form != "/"}
+
+
+def redact(text: str, root: Path) -> str:
+    """``text`` with the store's absolute path written ``<store>`` (files inside stay named).
+
+    Messages of damaged files name the file the server could not read; a client learns which
+    one (``<store>/models/x/potentials/job3-it40.npz``) but not where the store lives.
+    """
+    for form in _store_forms(root):
+        text = text.replace(form, "<store>")
+    return text
+
+
+def redact_model(body: M, root: Path) -> M:
+    """A response model with :func:`redact` applied to every string in it."""
+    text = body.model_dump_json()
+    clean = text
+    for form in _store_forms(root):
+        clean = clean.replace(json.dumps(form)[1:-1], "<store>")
+    return body if clean == text else type(body).model_validate_json(clean)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on the request's path, sorted."""
+    methods: set[str] = set()
+    # The routers' routes as declared (the app's own list wraps each included router).
+    routes = [*request.app.router.routes, *getattr(request.app.state, "api_routes", ())]
+    for route in routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -138,26 +184,37 @@ def _known_models(request: Request) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     """Map every service error to its status code and a ``{"detail": message}`` body."""
 
+    def public(request: Request, exc: BaseException) -> str:
+        """The exception's message without the store's absolute path."""
+        return redact(str(exc), request.app.state.store.root)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # the router names one route's methods; name them all
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return _error(exc.status_code, str(exc.detail), headers or None)
+
     @app.exception_handler(UnknownModel)
     async def _unknown(request: Request, exc: UnknownModel) -> JSONResponse:
         return _error(404, f"unknown model {exc.args[0]!r}{_known_models(request)}")
 
     @app.exception_handler(UnknownVersion)
-    async def _unknown_version(_: Request, exc: UnknownVersion) -> JSONResponse:
-        return _error(404, str(exc))
+    async def _unknown_version(request: Request, exc: UnknownVersion) -> JSONResponse:
+        return _error(404, public(request, exc))
 
     @app.exception_handler(ModelExists)
-    async def _exists(_: Request, exc: ModelExists) -> JSONResponse:
-        return _error(409, str(exc))
+    async def _exists(request: Request, exc: ModelExists) -> JSONResponse:
+        return _error(409, public(request, exc))
 
     @app.exception_handler(Conflict)
-    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
-        return _error(409, str(exc))
+    async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return _error(409, public(request, exc))
 
     @app.exception_handler(NotReady)
-    async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
+    async def _not_ready(request: Request, exc: NotReady) -> JSONResponse:
         retry = str(max(1, round(exc.retry_after)))
-        return _error(503, str(exc), {"Retry-After": retry})
+        return _error(503, public(request, exc), {"Retry-After": retry})
 
     @app.exception_handler(AuthError)
     async def _auth(_: Request, exc: AuthError) -> JSONResponse:
@@ -173,18 +230,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
         parts = []
-        for err in exc.errors():
+        for err in errors[:_MAX_PROBLEMS]:
             if err.get("type") == "json_invalid":
                 parts.append(f"request body is not valid JSON: {err.get('ctx', {}).get('error')}")
                 continue
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        if len(errors) > _MAX_PROBLEMS:
+            parts.append(f"and {len(errors) - _MAX_PROBLEMS} more problems")
         return _error(422, "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StoreError)
-    async def _store(_: Request, exc: StoreError) -> JSONResponse:
-        return _error(422, str(exc))
+    async def _store(request: Request, exc: StoreError) -> JSONResponse:
+        return _error(422, public(request, exc))
 
     @app.exception_handler(OSError)
     @app.exception_handler(sqlite3.OperationalError)
@@ -197,7 +257,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(507, f"{problem}: the change was not made; reads keep working")
 
     @app.exception_handler(ValueError)
-    async def _value(_: Request, exc: ValueError) -> JSONResponse:
+    async def _value(request: Request, exc: ValueError) -> JSONResponse:
         # Boundary validation in solver/models raises ValueError naming the bad value.
         log.info("invalid request: %s", exc)
-        return _error(422, str(exc))
+        return _error(422, public(request, exc))

@@ -22,6 +22,10 @@ STRIP_PAD = 6
 CROSSING_RGB = (220, 38, 38)
 THRESHOLD_COLOUR = "#dc2626"
 HIST_COLOUR = "#6b7280"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks the decoder needs for the pixels (header, palette, transparency, data, end); text,
+# profiles and the rest are dropped before decoding (a compressed text chunk is a bomb).
+_PIXEL_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"})
 
 
 def to_pil(images: np.ndarray, cols: int | None = None, pad: int = _PAD) -> Image.Image:
@@ -170,6 +174,11 @@ def _encode(image: Image.Image) -> bytes:
 def from_png(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     """Read one PNG of exactly ``shape`` = (C, H, W) pixels into floats in [0, 1].
 
+    The size is read from the PNG's header chunk before anything is decoded, so a picture of
+    the wrong size (a 13,000 x 13,000 one sent as 200 KB) is refused without allocating its
+    pixels. Only the chunks that carry pixels reach the decoder: text, colour profiles and
+    other ancillary chunks are dropped unread, so none of them can expand in memory.
+
     Args:
         data: PNG file bytes.
         shape: the model's image shape; C = 1 reads grayscale, C = 3 RGB (converting modes).
@@ -178,18 +187,50 @@ def from_png(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         Shape ``(C, H, W)``, float32.
 
     Raises:
-        ValueError: not a PNG, or not H x W pixels.
+        ValueError: not a PNG, a damaged one, or not H x W pixels.
 
     """
     c, h, w = shape
+    pixel_png = _pixel_chunks(data, (w, h))
     try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+        with Image.open(io.BytesIO(pixel_png), formats=["PNG"]) as img:
             img.load()
-            size = img.size
             pixels = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.float32)
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a readable PNG file: {exc}") from exc
-    if size != (w, h):
-        raise ValueError(f"PNG images must be {w}x{h} pixels (W x H), got {size[0]}x{size[1]}")
     pixels = pixels[None] if c == 1 else pixels.transpose(2, 0, 1)
     return pixels / np.float32(255.0)
+
+
+def _pixel_chunks(data: bytes, size: tuple[int, int]) -> bytes:
+    """The PNG ``data`` with only its pixel chunks, once its header says it is ``size`` (W, H).
+
+    Walks the chunk list (lengths and types only, nothing decompressed) and refuses a file
+    whose header chunk names another size before anything else is read.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        raise ValueError("not a readable PNG file: no PNG signature")
+    view = memoryview(data)
+    parts = [view[: len(_PNG_SIGNATURE)]]
+    pos = len(_PNG_SIGNATURE)
+    while True:
+        if pos + 8 > len(data):
+            raise ValueError("not a readable PNG file: truncated (no IEND chunk)")
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = bytes(data[pos + 4 : pos + 8])
+        end = pos + 12 + length  # length, type, data, CRC
+        if end > len(data):
+            raise ValueError(f"not a readable PNG file: chunk {kind!r} is truncated")
+        if pos == len(_PNG_SIGNATURE):
+            if kind != b"IHDR" or length != 13:
+                raise ValueError("not a readable PNG file: it does not start with IHDR")
+            width = int.from_bytes(data[pos + 8 : pos + 12], "big")
+            height = int.from_bytes(data[pos + 12 : pos + 16], "big")
+            if (width, height) != size:
+                w, h = size
+                raise ValueError(f"PNG images must be {w}x{h} pixels (W x H), got {width}x{height}")
+        if kind in _PIXEL_CHUNKS:
+            parts.append(view[pos:end])
+        if kind == b"IEND":
+            return b"".join(parts)
+        pos = end

@@ -4,8 +4,9 @@ The request models carry only static bounds; the limits that come from settings 
 ``max_steps``) are written here as JSON Schema ``maximum`` into both the body schemas and the
 GET query parameters, so a client generated from the schema stays inside what the server
 accepts. The answers of the middleware (400 bad Host, 408 stalled body, 413 body too large,
-429 throttled key) and of a store that cannot be written (507, on the key-protected writes)
-are added to every operation that can give them.
+429 throttled key), of the HTTP protocol (431 request head too large) and of a store that
+cannot be written (507, on the key-protected writes) are added to every operation that can
+give them.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _write_gate_answers(
             op = path.get(method.lower())
             if op is None:
                 continue
-            codes = [400]
+            codes = [400, 431]
             if method.lower() in _BODY_METHODS:
                 codes += [408, 413, 422]
             if needs_key(route, settings) and method.lower() != "get":

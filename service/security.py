@@ -7,8 +7,12 @@ One plain ASGI middleware, outermost, so that a request is judged on its head al
 - a route that needs the API key (its dependencies name :func:`service.deps.require_key`, or
   :func:`service.deps.read_access` with ``require_key_for_reads``) is refused with 401/403
   before one byte of its body is read, so unauthenticated uploads cost no memory;
-- a client that sent ``auth_max_failures`` wrong keys within ``auth_window`` seconds answers
-  429 until the oldest failure leaves the window (key guessing is slowed to a trickle);
+- a client that sent ``auth_max_failures`` wrong keys within ``auth_window`` seconds has its
+  further wrong keys answered 429 until the oldest failure leaves the window; the right key is
+  always admitted, so nobody can lock the operator out by guessing from the same address. The
+  client is the connection's peer (uvicorn rewrites it from ``X-Forwarded-For`` only for the
+  proxies named in ``forwarded_allow_ips``: :mod:`service.server`), an IPv6 peer counted by
+  its /64 (one host holds a whole /64);
 - every answer carries security headers (no sniffing, no framing, no referrer, a content
   security policy; the interactive docs set their own, which admits their inline start-up
   script and still loads nothing from another origin: :mod:`service.routes.docs`).
@@ -16,6 +20,7 @@ One plain ASGI middleware, outermost, so that a request is judged on its head al
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -146,17 +151,25 @@ class RequestGate:
             await response(scope, receive, send)
             return
         if self._needs_key(scope):
-            client = (scope.get("client") or ("unknown", 0))[0]
             key = headers.get(b"x-api-key")
             try:
-                self.throttle.check(client)
                 check_key(self.settings, key.decode("latin-1") if key is not None else None)
-            except (AuthError, Throttled) as exc:
-                if isinstance(exc, AuthError) and exc.status_code == 403 and key:
-                    self.throttle.failed(client)
-                await auth_response(exc)(scope, receive, send)
+            except AuthError as exc:
+                refusal: AuthError | Throttled = exc
+                if exc.status_code == 403 and key and self.settings.mutations_enabled():
+                    refusal = self._wrong_key(client_of(scope))
+                await auth_response(refusal)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _wrong_key(self, client: str) -> AuthError | Throttled:
+        """Count a wrong key from ``client``: 403, or 429 once it is over its budget."""
+        try:
+            self.throttle.check(client)
+        except Throttled as exc:
+            return exc
+        self.throttle.failed(client)
+        return AuthError("invalid API key", 403)
 
     def _needs_key(self, scope: Scope) -> bool:
         for route in self.routes:
@@ -164,6 +177,20 @@ class RequestGate:
             if match == Match.FULL:
                 return needs_key(route, self.settings)
         return False
+
+
+def client_of(scope: Scope) -> str:
+    """The throttle's name for the request's client: its address, an IPv6 one by its /64."""
+    host = str((scope.get("client") or ("unknown", 0))[0])
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def needs_key(route: BaseRoute, settings: Settings) -> bool:

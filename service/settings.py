@@ -7,6 +7,7 @@ directly instead of touching the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -84,6 +85,12 @@ class Settings(BaseSettings):
         default=10, ge=1, description="wrong API keys per client per auth_window before a 429"
     )
     auth_window: float = Field(default=60.0, gt=0, description="seconds of the failed-key window")
+    # Anyone can send X-Forwarded-For: it names the client only when a proxy of ours wrote it.
+    forwarded_allow_ips: tuple[str, ...] = Field(
+        default=(),
+        description="reverse proxies (addresses or networks, JSON list) whose X-Forwarded-For "
+        "and X-Forwarded-Proto are trusted; default none: the client is the connection's peer",
+    )
 
     # Threads: on the 2-core test machine OpenMP teams spinning on busy cores made a 64-sample
     # /sample 10x slower (17 -> 1.7 ms) and the digits fit 3x slower (60 -> 19 s) than one
@@ -171,7 +178,21 @@ class Settings(BaseSettings):
         parse_rule(value)  # raises ValueError naming the accepted forms
         return value
 
-    @field_validator("fit_newton", "fit_adam", mode="before")
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"forwarded_allow_ips: {entry!r} is not an IP address or network "
+                    "(e.g. 10.0.0.2 or 10.0.0.0/24; trusting every peer would let any client "
+                    "choose its address)"
+                ) from None
+        return value
+
+    @field_validator("fit_newton", "fit_adam", "forwarded_allow_ips", mode="before")
     @classmethod
     def _json_text(cls, value: object) -> object:
         """Accept the JSON text ``to_env`` writes, also when passed as an argument."""

@@ -18,26 +18,19 @@ The store is the only door to the catalogue: the worker, the routes and the CLI 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import logging
-import lzma
 import os
 import shutil
 import sqlite3
-import tarfile
 import tempfile
 import zipfile
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from models import Bundle, TrainPlan, load_bundle
-from models.bundle import MAX_PARAMETERS
+from service.archive import ArchiveError, UploadLimits, extract_archive
 from service.catalog import (
     Catalog,
     JobKind,
@@ -72,22 +65,6 @@ class UnknownModel(KeyError):
 
 class ModelExists(StoreError):
     """A model of that name is already registered."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class UploadLimits:
-    """Limits on an uploaded bundle, checked before anything is unpacked or allocated.
-
-    Attributes:
-        max_bytes: total unpacked size of the archive's members, bytes.
-        max_members: entries (files and directories) in the archive.
-        max_parameters: autoencoder parameters the bundle's config may ask for.
-
-    """
-
-    max_bytes: int = 256 * 1024 * 1024
-    max_members: int = 32
-    max_parameters: int = MAX_PARAMETERS
 
 
 def check_name(name: str) -> str:
@@ -215,15 +192,18 @@ class ModelStore:
     ) -> ModelRecord:
         """Register a bundle uploaded as a ``.tar``/``.tar.gz`` or ``.zip`` archive.
 
-        The archive holds the bundle files at its top level or inside one directory; its
-        member count and unpacked size are checked against ``limits`` (default: the store's)
-        before anything is written.
+        The archive holds the bundle files at its top level or inside one directory; it is
+        checked against ``limits`` (default: the store's) from its headers before anything is
+        written (:mod:`service.archive`).
         """
         check_name(name)
         limits = limits or self.limits
         staged = self.staging_dir()
         try:
-            _extract(data, staged, limits)
+            try:
+                extract_archive(data, staged, limits)
+            except ArchiveError as exc:
+                raise StoreError(str(exc)) from None
             root = _single_root(staged)
             record = self.register(name, root, move=True, fit=fit, limits=limits)
         finally:
@@ -495,53 +475,6 @@ def _file_hash(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _extract(data: bytes, dest: Path, limits: UploadLimits) -> None:
-    """Unpack a tar or zip archive safely (no absolute paths, links or ``..``; bounded size).
-
-    Member count and declared sizes are checked before anything is written; zip members are
-    also held to their declared sizes while they are read (``zipfile`` stops at them).
-    """
-    if zipfile.is_zipfile(io.BytesIO(data)):
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                infos = zf.infolist()
-                _check_sizes(len(infos), (i.file_size for i in infos), limits)
-                for info in infos:
-                    _check_member(info.filename)
-                zf.extractall(dest)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-            raise StoreError(f"upload is not a readable zip archive: {exc}") from exc
-        return
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
-            members = []
-            for member in tf:  # headers one by one: a bomb is refused at its first excess
-                members.append(member)
-                _check_sizes(len(members), (m.size for m in members), limits)
-                _check_member(member.name)
-                if not (member.isfile() or member.isdir()):
-                    raise StoreError(f"archive member {member.name!r} is not a plain file")
-            tf.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
-        raise StoreError(f"upload is not a readable tar or zip archive: {exc}") from exc
-
-
-def _check_sizes(count: int, sizes: Any, limits: UploadLimits) -> None:
-    if count > limits.max_members:
-        raise StoreError(f"archive has over {limits.max_members} members (the limit)")
-    total = sum(sizes)
-    if total > limits.max_bytes:
-        raise StoreError(
-            f"archive unpacks to over {limits.max_bytes} bytes (the limit); got {total}+"
-        )
-
-
-def _check_member(name: str) -> None:
-    parts = Path(name).parts
-    if name.startswith("/") or ".." in parts:
-        raise StoreError(f"archive member {name!r} escapes the bundle directory")
 
 
 def _single_root(staged: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Shared fixtures and the CUDA marker."""
+"""Shared fixtures, the CUDA marker and, under CI=true, the guard on skipped tests."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import numpy as np
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
+
+from tests.ci_skips import (  # noqa: F401 - hooks: a skip under CI=true fails the run
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

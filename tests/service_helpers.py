@@ -105,15 +105,20 @@ def env_for(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def live_server(
-    settings: Settings, timeout: float = 60.0, procs: list[subprocess.Popen[bytes]] | None = None
+    settings: Settings,
+    timeout: float = 60.0,
+    procs: list[subprocess.Popen[bytes]] | None = None,
+    quiet: bool = False,
 ) -> Iterator[str]:
     """Run ``aeot serve`` as a real uvicorn process on 127.0.0.1; yields its base URL.
 
-    ``procs``, when given, receives the server's ``Popen`` (to inspect its child processes).
+    ``procs``, when given, receives the server's ``Popen`` (to inspect its child processes);
+    ``quiet`` sends the server's standard output (its banner) to /dev/null.
     """
     port = free_port()
     cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env_for(settings), cwd=ROOT)
+    stdout = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(cmd, env=env_for(settings), cwd=ROOT, stdout=stdout)
     if procs is not None:
         procs.append(proc)
     url = f"http://127.0.0.1:{port}"

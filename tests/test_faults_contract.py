@@ -226,12 +226,18 @@ def test_case15_host_allow_list_and_security_headers(client):
     assert "default-src 'self'" in docs_policy and "https:" not in docs_policy
 
 
-def test_case15_wrong_keys_are_throttled(client):
+def test_case15_wrong_keys_are_throttled_and_the_right_key_never_is(client):
     for _ in range(3):
         assert client.delete("/models/tiny", headers={"X-API-Key": "guess"}).status_code == 403
-    r = client.delete("/models/tiny", headers=KEY)
+    r = client.delete("/models/tiny", headers={"X-API-Key": "guess"})
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
     assert client.get("/models/tiny").status_code == 200  # reads stay open
+    # The operator at the same address still gets through, again and again.
+    for _ in range(3):
+        r = client.post("/models/tiny/fit", json={"replace": True}, headers=KEY)
+        assert r.status_code == 202
+    assert client.delete("/models/tiny", headers={"X-API-Key": "guess"}).status_code == 429
+    assert client.post("/models/tiny/fit", json={}, headers={}).status_code == 401  # no key: 401
 
 
 def test_case15_stalled_body_times_out(app_and_store):

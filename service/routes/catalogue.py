@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from models import TrainPlan
+from service.bodies import JSONRoute
 from service.deps import (
     KeyRequired,
     ReadAccess,
@@ -18,7 +19,7 @@ from service.deps import (
     default_model,
     upload_limits,
 )
-from service.errors import Conflict, error_responses
+from service.errors import Conflict, error_responses, redact_model
 from service.job_config import job_config
 from service.schemas import (
     AccuracyOut,
@@ -35,12 +36,19 @@ from service.store import NAME_PATTERN, ModelStore
 from service.training import api_dataset, queue_training
 from solver import parse_rule, resolve_method
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], route_class=JSONRoute)
 
 NamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="model name", examples=["digits"])]
 
 
 def _status(name: str, settings: Settings, store: ModelStore, serving: ServingIndex) -> ModelStatus:
+    """The model's status; messages of damaged files name them inside ``<store>``."""
+    return redact_model(_raw_status(name, settings, store, serving), store.root)
+
+
+def _raw_status(
+    name: str, settings: Settings, store: ModelStore, serving: ServingIndex
+) -> ModelStatus:
     model = store.model(name)
     potential = store.potential_record(name)
     status = ModelStatus.of(
@@ -76,12 +84,13 @@ def list_models(
     serving.poll_if_due()
     models = [_status(m.name, settings, store, serving) for m in store.models()]
     active = [JobOut.of(j) for j in store.jobs(limit=50) if j.status in ("queued", "running")]
-    return ModelListResponse(
+    body = ModelListResponse(
         default_model=default_model(settings, store),
         models=models,
         jobs=active,
         worker=WorkerOut.of(worker),
     )
+    return redact_model(body, store.root)
 
 
 @router.get(

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from service import operations as ops
+from service.bodies import JSONRoute
 from service.deps import ReadAccess, ServingDep, SettingsDep, StoreDep, resolve_model
 from service.errors import error_responses
 from service.images import crossing_gaps
@@ -37,10 +38,10 @@ from service.schemas import (
 )
 from service.serving import Served
 
-router = APIRouter(dependencies=[ReadAccess], tags=["generate"])
+router = APIRouter(dependencies=[ReadAccess], tags=["generate"], route_class=JSONRoute)
 # Its own router, so Swagger lists each autoencoder route once (a route's tags add to its
 # router's, and two tags show it twice).
-autoencoder = APIRouter(dependencies=[ReadAccess], tags=["autoencoder"])
+autoencoder = APIRouter(dependencies=[ReadAccess], tags=["autoencoder"], route_class=JSONRoute)
 
 _ERRORS = error_responses(401, 403, 404, 422, 503)
 _POST_ERRORS = error_responses(401, 403, 404, 413, 422, 503)

@@ -17,6 +17,7 @@ from service.deps import (
     WorkerDep,
     default_model,
 )
+from service.errors import redact
 from service.process import WorkerState
 from service.schemas import HealthResponse, ReadyResponse, WorkerOut
 from service.store import ModelStore
@@ -43,6 +44,7 @@ def readyz(
     served = serving.current(name) if name else None
     version = served.version if served else None
     reason = _reason(name, version, store, worker, serving.problem(name) if name else None)
+    reason = reason and redact(reason, store.root)  # no absolute store path to clients
     body = ReadyResponse(
         ready=version is not None,
         default_model=name,
