@@ -11,12 +11,11 @@ four fit fields and read back with the solver's potential defaults.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from solver import (
     AdamConfig,
-    ExactConfig,
     FitConfig,
     NewtonConfig,
     PotentialConfig,
@@ -52,7 +51,7 @@ class JobConfig:
 
     def to_json(self) -> str:
         """The catalogue's text form."""
-        fit = asdict(self.fit)
+        fit = self.fit.to_dict()
         fit.pop("backend")
         return json.dumps({"fit": fit, "potential": self.potential.to_dict()})
 
@@ -69,12 +68,9 @@ class JobConfig:
             # Those rows were fitted by the default of their time, Monte Carlo Newton; its
             # checkpoints resume only with that method.
             return cls(fit=FitConfig(method="newton", **data))
-        fit = dict(data["fit"])
-        newton, adam = NewtonConfig(**fit.pop("newton")), AdamConfig(**fit.pop("adam"))
         # Rows written before the exact method carry no "exact" settings: its defaults.
-        exact = ExactConfig(**fit.pop("exact", {}))
         return cls(
-            fit=FitConfig(**fit, newton=newton, adam=adam, exact=exact),
+            fit=FitConfig.from_dict(data["fit"]),
             potential=PotentialConfig.from_dict(data["potential"]),
         )
 

@@ -139,3 +139,103 @@ def test_solver_names_load_on_first_use_and_the_cli_starts_without_torch():
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def _project_modules() -> dict[str, Path]:
+    """Dotted name of every module of the packages, with its file (a package: __init__.py)."""
+    out = {}
+    for package in ("solver", "models", "service", "bench"):
+        for path in (ROOT / package).rglob("*.py"):
+            rel = path.relative_to(ROOT).with_suffix("")
+            parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+            out[".".join(parts)] = path
+    return out
+
+
+def _runtime_imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Project modules ``name`` imports when it runs: every import statement, in functions too
+    (a deferred import closes a circle as surely), except under ``if TYPE_CHECKING:``, and
+    relative ones resolved. A package's lazy stub (``__init__.pyi``) counts as its imports."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                found.add(full if full in known else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    stub = path.with_suffix(".pyi")
+    if path.name == "__init__.py" and stub.exists():
+        found.update(
+            node.module
+            for node in ast.walk(ast.parse(stub.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.module
+        )
+    return {module for module in found if module in known and module != name}
+
+
+def _import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` as a path that returns to its start, or ``None``."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in sorted(graph):
+        if root in state:
+            continue
+        path, stack = [root], [iter(sorted(graph[root]))]
+        state[root] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(sorted(graph[nxt])))
+    return None
+
+
+def test_no_import_circle_anywhere_in_the_tree():
+    modules = _project_modules()
+    graph = {name: _runtime_imports(name, path, set(modules)) for name, path in modules.items()}
+    assert graph["solver.fitting.driver"] >= {"solver.fitting.methods"}  # the walk sees imports
+    assert _import_cycle(graph) is None, " -> ".join(_import_cycle(graph) or [])
+
+
+def test_the_walk_counts_deferred_imports_and_skips_type_checking_ones(tmp_path):
+    """The circle newton -> driver -> newton went through an import inside a function."""
+    source = tmp_path / "newton.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from . import config\n"
+        "if TYPE_CHECKING:\n"
+        "    from solver.fitting import adam\n"
+        "def start():\n"
+        "    from solver.fitting import driver\n"
+    )
+    known = {f"solver.fitting.{m}" for m in ("newton", "config", "adam", "driver")}
+    found = _runtime_imports("solver.fitting.newton", source, known)
+    assert found == {"solver.fitting.config", "solver.fitting.driver"}
+    graph = {"solver.fitting.driver": {"solver.fitting.newton"}, "solver.fitting.newton": found}
+    graph["solver.fitting.config"] = set()
+    assert _import_cycle(graph) == [
+        "solver.fitting.driver",
+        "solver.fitting.newton",
+        "solver.fitting.driver",
+    ]
+    assert _import_cycle({"a": {"b"}, "b": set(), "c": {"b"}}) is None

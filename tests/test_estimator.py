@@ -80,9 +80,7 @@ def test_a_passed_deadline_stops_newton_inside_its_line_search(rng):
     config = FitConfig(target_l1=0.01, backend="torch")
     index = CellIndex(problem.targets, backend="torch")
     counter = CountingEstimator()
-    ctx = newton.make_context(
-        problem.targets, problem.weights, problem.source, index, config, estimator=counter
-    )
+    ctx = newton.make_context(problem, config, index=index, estimator=counter, start=None)
     start = newton.initial_state(ctx)
     state = dataclasses.replace(start, counters={**start.counters, "phase": 1})
     ctx.deadline = time.perf_counter() - 1.0  # already passed

@@ -16,6 +16,7 @@ from solver import (
     make_problem,
     save_state,
 )
+from solver.estimation.estimator import HostEstimator
 from solver.fitting import adam as adam_method
 
 
@@ -97,6 +98,54 @@ def test_resume_mid_stage_equals_uninterrupted_in_4d():
         assert resumed.iterations == whole.iterations
 
 
+def test_the_checkpoint_carries_its_config_and_a_resume_compares_it(rng, tmp_path):
+    problem = make_problem(clustered(rng, 64))
+    config = FitConfig(method="newton", target_l1=0.03, max_iter=6, seed=3)
+    part = fit(problem, config)
+    assert part.state.config == config
+    save_state(tmp_path / "state.npz", part.state)
+    saved = load_state(tmp_path / "state.npz")
+    assert saved.config == config
+    # Settings that change the iterations are refused, each named with both values.
+    changed = dataclasses.replace(
+        config, target_l1=0.05, newton=dataclasses.replace(config.newton, growth=2.0)
+    )
+    with pytest.raises(ValueError, match=r"target_l1: 0.03 -> 0.05.*newton"):
+        fit(problem, changed, resume=saved)
+    # Stopping limits may change: the fit goes on as one.
+    longer = dataclasses.replace(config, max_iter=12, time_budget=600.0)
+    resumed = fit(problem, longer, resume=saved)
+    whole = fit(problem, dataclasses.replace(config, max_iter=12))
+    np.testing.assert_array_equal(resumed.heights, whole.heights)
+    assert resumed.state.config == longer
+    # So may the backend and estimator (another machine's worker resumes the job).
+    elsewhere = dataclasses.replace(config, backend="torch", estimator="host")
+    assert fit(problem, elsewhere, resume=saved).state.config == elsewhere
+
+
+def test_a_checkpoint_without_a_config_still_resumes(rng, tmp_path):
+    """States saved before configs were recorded: no comparison, the same continuation."""
+    import io
+    import json
+
+    problem = make_problem(clustered(rng, 64))
+    config = FitConfig(method="newton", target_l1=0.03, max_iter=12, seed=3)
+    save_state(tmp_path / "new.npz", fit(problem, dataclasses.replace(config, max_iter=6)).state)
+    with np.load(tmp_path / "new.npz") as z:
+        entries = {name: z[name] for name in z.files}
+    meta = json.loads(str(entries["meta"]))
+    del meta["config"]
+    entries["meta"] = np.array(json.dumps(meta))
+    buf = io.BytesIO()
+    np.savez(buf, **entries)
+    (tmp_path / "old.npz").write_bytes(buf.getvalue())
+    old = load_state(tmp_path / "old.npz")
+    assert old.config is None
+    resumed = fit(problem, config, resume=old)
+    np.testing.assert_array_equal(resumed.heights, fit(problem, config).heights)
+    assert resumed.state.config == config  # the next checkpoint records it
+
+
 def test_resume_refuses_a_state_of_another_problem(rng):
     part = fit(make_problem(clustered(rng, 32)), FitConfig(max_iter=2))
     with pytest.raises(ValueError, match="targets"):
@@ -134,8 +183,10 @@ def test_adam_step_is_the_authors_update(rng):
     problem = make_problem(clustered(rng, 16))
     config = FitConfig(method="adam")
     index = CellIndex(problem.targets, backend="torch")
-    ctx = adam_method.make_context(problem.weights, problem.source, index, config)
-    state = adam_method.initial_state(16, config)
+    ctx = adam_method.make_context(
+        problem, config, index=index, estimator=HostEstimator(), start=None
+    )
+    state = adam_method.initial_state(ctx)
     new, record, _ = adam_method.step(ctx, state)
     seed = adam_method.derive_seed(0, 2)
     est = estimate(index, problem.source, config.adam.initial_samples, seed, k=1)

@@ -39,29 +39,57 @@ def _empty_and_l1(targets, heights, n_samples=200_000):
     )
 
 
-def _context(targets, config):
+def _context(targets, config, start=None):
     problem = make_problem(targets)
     index = _Index(problem.targets)
-    return newton.make_context(
-        problem.targets,
-        problem.weights,
-        problem.source,
-        index,
-        config,
-        estimator=HostEstimator(),
-    )
+    return newton.make_context(problem, config, index=index, estimator=HostEstimator(), start=start)
+
+
+def _fit_coarse(problem, config):
+    return fit(problem, config).heights
 
 
 def test_hierarchical_start_fills_far_more_cells_than_the_voronoi_start(rng):
     # Five tight, unequal clusters in 6D, already in the fit's frame scale (spread ~ cube's).
     centres = 0.4 * rng.standard_normal((5, 6))
     points, _ = _blobs(rng, 80, centres, 0.05)
+    config = FitConfig(newton=NewtonConfig(coarse_clusters=20))
+    start = hierarchical.start_heights(make_problem(points), config, _fit_coarse)
     voronoi = _context(points, FitConfig(newton=NewtonConfig(coarse_clusters=0)))
-    hier = _context(points, FitConfig(newton=NewtonConfig(coarse_clusters=20)))
+    hier = _context(points, config, start)
     empty_v, l1_v = _empty_and_l1(points, newton.initial_state(voronoi).heights)
     empty_h, l1_h = _empty_and_l1(points, newton.initial_state(hier).heights)
     assert empty_h < 0.5 * empty_v
     assert l1_h < 0.8 * l1_v
+
+
+def test_the_start_is_none_where_the_config_or_n_rule_it_out(rng):
+    problem = make_problem(rng.standard_normal((40, 5)))
+
+    def refuse(problem, config):
+        raise AssertionError("no coarse fit expected")
+
+    for clusters in (0, 11):  # none asked; 4 K > N
+        config = FitConfig(newton=NewtonConfig(coarse_clusters=clusters))
+        assert hierarchical.start_heights(problem, config, refuse) is None
+    assert hierarchical.start_heights(problem, FitConfig(), refuse) is None  # sqrt(40) < 8
+
+
+def test_the_coarse_fit_gets_a_newton_config_without_a_start_of_its_own(rng):
+    problem = make_problem(rng.standard_normal((100, 5)))
+    seen = []
+
+    def record(coarse, config):
+        seen.append((coarse, config))
+        return fit(coarse, config).heights
+
+    config = FitConfig(method="auto", target_l1=0.05, seed=3)
+    h = hierarchical.start_heights(problem, config, record)
+    ((coarse, coarse_config),) = seen
+    assert coarse.n_targets <= 10 and np.isclose(coarse.weights.sum(), 1.0)
+    assert coarse_config.method == "newton" and coarse_config.newton.coarse_clusters == 0
+    assert coarse_config.target_l1 == 0.1 and coarse_config.seed != config.seed
+    assert h.shape == (100,) and abs(h.mean()) < 1e-12
 
 
 def test_stage_schedule_grows_to_the_fit_size_then_checks_on_fresh_streams(rng):

@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from solver.cells.index import CellIndex
-from solver.estimation.estimator import Estimator, resolve_estimator
+from solver.estimation.estimator import Estimator
 from solver.estimation.host import AccuracyReport, accuracy, samples_for_noise_floor
 from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
+from solver.problem import OTProblem
 from solver.seeding import derive_seed
 
 
@@ -40,32 +41,47 @@ class AdamContext:
     deadline: float | None = None
 
 
-def initial_state(n: int, config: FitConfig) -> FitState:
+def make_context(
+    problem: OTProblem,
+    config: FitConfig,
+    *,
+    index: CellIndex | None,
+    estimator: Estimator,
+    start: np.ndarray | None = None,
+) -> AdamContext:
+    """Bundle the baseline's fixed inputs.
+
+    Args:
+        problem: the problem (the baseline runs in the caller's coordinates).
+        config: the fit's settings.
+        index: the cell index over ``problem.targets``.
+        estimator: the Monte Carlo estimator.
+        start: not used: the baseline starts from h = 0, as the authors' code does.
+
+    Raises:
+        ValueError: without a cell index.
+
+    """
+    if index is None:
+        raise ValueError("the Adam baseline needs a cell index")
+    m_check = samples_for_noise_floor(problem.weights, config.check_floor * config.target_l1)
+    return AdamContext(problem.weights, problem.source, index, config, m_check, estimator)
+
+
+def initial_state(ctx: AdamContext) -> FitState:
     """H = 0, zero moments, the configured initial sample set."""
+    n = len(ctx.weights)
     return FitState(
         method="adam",
         heights=np.zeros(n),
         iteration=0,
         elapsed=0.0,
-        counters={"n_samples": config.adam.initial_samples, "stall": 0, "best_gnorm": np.inf},
+        counters={"n_samples": ctx.config.adam.initial_samples, "stall": 0, "best_gnorm": np.inf},
         arrays={"m": np.zeros(n), "v": np.zeros(n)},
         history=(),
-        seed=config.seed,
+        seed=ctx.config.seed,
         n_targets=n,
     )
-
-
-def make_context(
-    weights: np.ndarray,
-    source: SourceMeasure,
-    index: CellIndex,
-    config: FitConfig,
-    estimator: Estimator | None = None,
-) -> AdamContext:
-    """Bundle the baseline's fixed inputs (the estimator resolved from the config if not given)."""
-    m_check = samples_for_noise_floor(weights, config.check_floor * config.target_l1)
-    estimator = estimator or resolve_estimator(config.estimator)
-    return AdamContext(weights, source, index, config, m_check, estimator)
 
 
 def step(ctx: AdamContext, state: FitState) -> tuple[FitState, FitRecord, str | None]:

@@ -1,5 +1,9 @@
 """Atomic save and load of fit states and fitted potentials (the solver's only file I/O).
 
+A fit state's file carries the :class:`~solver.fitting.config.FitConfig` the fit ran with (as
+JSON in its metadata), so a resume can compare settings; files written before that resume
+without the comparison.
+
 Files are ``.npz`` archives with a JSON metadata entry, written to a temporary file in the
 same directory, flushed to disk and renamed over the destination, so a crash at any moment
 leaves either the old file or the new one, never a torn one.
@@ -17,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from solver.estimation.host import AccuracyReport
-from solver.fitting.config import FitRecord, FitState
+from solver.fitting.config import FitConfig, FitRecord, FitState
 
 _FORMAT = "aeot-fit-state/1"
 
@@ -55,6 +59,8 @@ def save_state(path: str | os.PathLike[str], state: FitState) -> None:
         "n_targets": state.n_targets,
         "history": [_record_to_json(r) for r in state.history],
     }
+    if state.config is not None:
+        meta["config"] = state.config.to_dict()
     arrays = {f"array_{k}": v for k, v in state.arrays.items()}
     buf = io.BytesIO()
     entries = {"heights": state.heights, "meta": np.array(json.dumps(meta)), **arrays}
@@ -77,6 +83,10 @@ def load_state(path: str | os.PathLike[str]) -> FitState:
         raise ValueError(f"{path} is not a readable fit state: {exc}") from exc
     if meta.get("format") != _FORMAT:
         raise ValueError(f"{path} has format {meta.get('format')!r}, expected {_FORMAT!r}")
+    try:  # states saved before configs were recorded have none; they still resume
+        config = FitConfig.from_dict(meta["config"]) if "config" in meta else None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path} records an unreadable fit config: {exc}") from exc
     return FitState(
         method=meta["method"],
         heights=heights,
@@ -87,6 +97,7 @@ def load_state(path: str | os.PathLike[str]) -> FitState:
         history=tuple(_record_from_json(r) for r in meta["history"]),
         seed=int(meta["seed"]),
         n_targets=int(meta["n_targets"]),
+        config=config,
     )
 
 

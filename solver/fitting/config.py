@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -167,6 +167,50 @@ class FitConfig:
         if self.time_budget is not None and self.time_budget <= 0:
             raise ValueError(f"time_budget must be > 0, got {self.time_budget}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting as JSON-ready values (the method settings as nested dicts)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitConfig:
+        """Read :meth:`to_dict` output; missing settings (and method sections) take defaults.
+
+        Raises:
+            ValueError: unknown settings, or values the config refuses.
+
+        """
+        data = dict(data)
+        sections = {"newton": NewtonConfig, "adam": AdamConfig, "exact": ExactConfig}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        for name, section in sections.items():
+            part = data.pop(name, {})
+            names = {f.name for f in fields(section)}
+            unknown += [f"{name}.{key}" for key in sorted(set(part) - names)]
+            data[name] = section(**{k: v for k, v in part.items() if k in names})
+        if unknown:
+            raise ValueError(f"unknown fit settings {unknown}")
+        return cls(**data)
+
+    def resume_differences(self, other: FitConfig) -> list[str]:
+        """Settings that differ from ``other`` and would change a resumed fit's course.
+
+        The stopping limits (``max_iter``, ``time_budget``) and where the work runs
+        (``backend``, ``estimator``) may change between a checkpoint and its resume; any other
+        setting changes the iterations themselves. With the same backend and estimator the
+        resumed fit continues exactly as the uninterrupted one; another backend returns the
+        same cells except where float32 rounding decides a near-tie, so the continuation
+        agrees to that rounding.
+        """
+        ours, theirs = self.to_dict(), other.to_dict()
+        return [
+            name for name in ours if name not in RESUME_FREE_SETTINGS and ours[name] != theirs[name]
+        ]
+
+
+# FitConfig settings a resumed fit may change (see FitConfig.resume_differences).
+RESUME_FREE_SETTINGS = frozenset({"max_iter", "time_budget", "backend", "estimator"})
+
 
 @dataclass(frozen=True, kw_only=True)
 class FitRecord:
@@ -195,7 +239,9 @@ class FitState:
 
     Heights are in the fit's internal coordinates (targets centred and scaled, see
     ``scale``); ``arrays`` holds the method's other arrays (Adam moments) and ``counters`` its
-    integer/float counters (stage, sample-set size, stall count, ...).
+    integer/float counters (stage, sample-set size, stall count, ...). ``config`` is the
+    :class:`FitConfig` the fit ran with (a resume compares it); ``None`` in states saved
+    before configs were recorded.
     """
 
     method: Method
@@ -207,6 +253,7 @@ class FitState:
     history: tuple[FitRecord, ...]
     seed: int
     n_targets: int
+    config: FitConfig | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

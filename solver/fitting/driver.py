@@ -1,11 +1,13 @@
 """Fit the heights h of the Brenier potential: the driver shared by every method.
 
-The driver owns what all methods share: the coordinate frame, the cell index, stopping by
+The driver owns what all methods share: the coordinate frame, the cell index, the hierarchical
+start (it fits the coarse problem itself, :mod:`solver.fitting.hierarchical`), stopping by
 target accuracy / iterations / time (a deadline the methods also check between Monte Carlo
 passes or line-search trials), the Monte Carlo estimator (chosen once), the progress callback
-and resumable state. Methods (``exact_newton``, ``newton``, ``adam``) supply
-``step(ctx, state) -> (state, record, reason)``; ``method="auto"`` resolves to the exact method
-for d = 2, 3 and Monte Carlo Newton otherwise.
+and resumable state (which records the config; a resume compares it). Every method
+(``exact_newton``, ``newton``, ``adam``) is a :class:`~solver.fitting.methods.FitMethod` of
+one shape, called the same way; ``method="auto"`` resolves to the exact method for d = 2, 3
+and Monte Carlo Newton otherwise.
 """
 
 from __future__ import annotations
@@ -13,24 +15,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 
 from solver.cells.index import CellIndex
 from solver.estimation.estimator import Estimator, resolve_estimator
-from solver.fitting import adam, exact_newton, newton
+from solver.fitting import hierarchical
 from solver.fitting.config import (
     FitConfig,
     FitProgress,
-    FitRecord,
     FitResult,
     FitState,
     resolve_method,
 )
+from solver.fitting.methods import METHODS, FitMethod, MethodContext
 from solver.problem import OTProblem
 
 ProgressCallback = Callable[[FitProgress], bool | None]
+C = TypeVar("C", bound=MethodContext)
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,10 @@ class Frame:
     scale: float
 
     @classmethod
-    def for_problem(cls, problem: OTProblem, method: str) -> Frame:
-        """Normalising frame for Newton, identity for the baseline."""
+    def for_problem(cls, problem: OTProblem, normalised: bool) -> Frame:
+        """The normalising frame (Newton, exact), or the identity (the baseline)."""
         d = problem.dim
-        if method == "adam":
+        if not normalised:
             return cls(np.zeros(d), 1.0)
         y = problem.targets.astype(np.float64)
         centre = problem.weights @ y
@@ -58,9 +61,14 @@ class Frame:
         scale = spread / cube_spread if spread > 0 else 1.0
         return cls(centre, scale)
 
-    def to_internal(self, y: np.ndarray, dtype: type = np.float32) -> np.ndarray:
-        """Targets in internal coordinates (float32 for the index, float64 for exact geometry)."""
-        return ((y.astype(np.float64) - self.centre) / self.scale).astype(dtype)
+    def to_internal(self, problem: OTProblem) -> OTProblem:
+        """The problem with its targets in internal coordinates, float64.
+
+        Exact geometry keeps them; Monte Carlo methods round them to float32, as the cell
+        index holds them.
+        """
+        y = (problem.targets.astype(np.float64) - self.centre) / self.scale
+        return replace(problem, targets=y)
 
     def heights_out(self, h: np.ndarray) -> np.ndarray:
         """Internal heights to the caller's coordinates, mean zero."""
@@ -134,52 +142,66 @@ def _fit(
     callback: ProgressCallback | None,
     resume: FitState | None,
 ) -> FitResult:
-    method = resolve_method(config.method, problem.dim)
-    frame = Frame.for_problem(problem, method)
+    method = METHODS[resolve_method(config.method, problem.dim)]
+    frame = Frame.for_problem(problem, method.normalised_frame)
+    inner = frame.to_internal(problem)
     started = time.perf_counter()
-    ctx: newton.NewtonContext | adam.AdamContext | exact_newton.ExactContext
-    step: Callable[[FitState], tuple[FitState, FitRecord, str | None]]
-    if method == "exact":
-        targets = frame.to_internal(problem.targets, np.float64)
-        ctx = exact_ctx = exact_newton.make_context(
-            targets, problem.weights, problem.source, config
-        )
-        state = resume or exact_newton.initial_state(exact_ctx)
-        step, backend = partial(exact_newton.step, exact_ctx), "exact"
-    else:
-        targets = frame.to_internal(problem.targets)
-        index = CellIndex(targets, backend=config.backend)
-        backend = index.backend
-        if method == "newton":
-            ctx = newton_ctx = newton.make_context(
-                targets, problem.weights, problem.source, index, config, estimator=estimator
-            )
-            state = resume or newton.initial_state(newton_ctx)
-            step = partial(newton.step, newton_ctx)
-        else:
-            ctx = adam_ctx = adam.make_context(
-                problem.weights, problem.source, index, config, estimator
-            )
-            state = resume or adam.initial_state(problem.n_targets, config)
-            step = partial(adam.step, adam_ctx)
+    index = CellIndex(inner.targets, backend=config.backend) if method.uses_index else None
+    start = None
+    if resume is None and method.hierarchical_start:
+
+        def fit_coarse(coarse: OTProblem, coarse_config: FitConfig) -> np.ndarray:
+            # Every rank of a distributed fit fits the lead's coarse problem.
+            coarse = estimator.broadcast(coarse)
+            return _fit(coarse, coarse_config, estimator, None, None).heights
+
+        start = estimator.broadcast(hierarchical.start_heights(inner, config, fit_coarse))
+    ctx = method.make_context(inner, config, index=index, estimator=estimator, start=start)
     if resume is None:  # the start (the hierarchical start's coarse fit) counts as fitting time
-        state = replace(state, elapsed=time.perf_counter() - started)
-    _check_resume(state, problem, config, method)
+        state = method.initial_state(ctx)
+        state = replace(state, elapsed=time.perf_counter() - started, config=config)
+    else:
+        _check_resume(resume, problem, config, method)
+        state = replace(resume, config=config)
+    state, reason = _iterate(method, ctx, state, config, estimator, frame, callback)
+    return FitResult(
+        heights=frame.heights_out(state.heights),
+        converged=reason == "target",
+        reason=reason,
+        accuracy=method.final_accuracy(ctx, state),
+        iterations=state.iteration,
+        elapsed=state.elapsed,
+        method=method.name,
+        backend=method.name if index is None else index.backend,
+        estimator=estimator.name,
+        history=state.history,
+        state=state,
+    )
+
+
+def _iterate(
+    method: FitMethod[C],
+    ctx: C,
+    state: FitState,
+    config: FitConfig,
+    estimator: Estimator,
+    frame: Frame,
+    callback: ProgressCallback | None,
+) -> tuple[FitState, str]:
+    """Step until a stop reason; returns the final state and the reason."""
     reason = None
     while reason is None:
         if state.iteration >= config.max_iter:
-            reason = "max_iter"
-            break
+            return state, "max_iter"
         budget_left = None if config.time_budget is None else config.time_budget - state.elapsed
         # Through the estimator: every rank of a distributed fit stops at the same step.
         if estimator.agree(budget_left is not None and budget_left <= 0):
-            reason = "time_budget"
-            break
+            return state, "time_budget"
         excluded = ctx.excluded_seconds
         start = time.perf_counter()
         # Methods check the deadline inside an iteration too (between Monte Carlo passes).
         ctx.deadline = None if budget_left is None else start + budget_left
-        state, record, reason = step(state)
+        state, record, reason = method.step(ctx, state)
         spent = time.perf_counter() - start - (ctx.excluded_seconds - excluded)
         record = replace(record, elapsed=state.elapsed + spent)
         state = replace(state, elapsed=record.elapsed, history=(*state.history, record))
@@ -194,33 +216,23 @@ def _fit(
             stop = callback(progress) is False
         if estimator.agree(stop) and reason is None:
             reason = "callback"
-    checks = [r.check for r in state.history if r.check is not None]
-    last = checks[-1] if checks else None
-    if method == "exact" and state.history:
-        # Stopped after an accepted step (iterations, callback, budget): the last record
-        # describes the heights before it, so measure the returned heights themselves.
-        last = exact_newton.final_accuracy(exact_ctx, state)
-    return FitResult(
-        heights=frame.heights_out(state.heights),
-        converged=reason == "target",
-        reason=reason,
-        accuracy=last,
-        iterations=state.iteration,
-        elapsed=state.elapsed,
-        method=method,
-        backend=backend,
-        estimator=estimator.name,
-        history=state.history,
-        state=state,
-    )
+    return state, reason
 
 
-def _check_resume(state: FitState, problem: OTProblem, config: FitConfig, method: str) -> None:
-    if state.method != method:
-        raise ValueError(f"state is from method {state.method!r}, config asks {method!r}")
+def _check_resume(
+    state: FitState, problem: OTProblem, config: FitConfig, method: FitMethod[Any]
+) -> None:
+    if state.method != method.name:
+        raise ValueError(f"state is from method {state.method!r}, config asks {method.name!r}")
     if state.n_targets != problem.n_targets or state.heights.shape != (problem.n_targets,):
         raise ValueError(
             f"state has {state.n_targets} targets, the problem has {problem.n_targets}"
         )
     if state.seed != config.seed:
         raise ValueError(f"state was fitted with seed {state.seed}, config has {config.seed}")
+    if state.config is not None:  # states saved before configs were recorded carry none
+        changed = config.resume_differences(state.config)
+        if changed:
+            saved, asked = state.config.to_dict(), config.to_dict()
+            detail = ", ".join(f"{name}: {saved[name]!r} -> {asked[name]!r}" for name in changed)
+            raise ValueError(f"state was fitted with other settings ({detail})")

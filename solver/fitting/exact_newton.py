@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,7 +30,11 @@ from scipy.spatial import cKDTree
 from solver.cells.power_diagram import PowerDiagram, power_diagram
 from solver.estimation.host import AccuracyReport
 from solver.fitting.config import FitConfig, FitRecord, FitState
-from solver.measures import SourceMeasure
+from solver.problem import OTProblem
+
+if TYPE_CHECKING:  # the shared signature names them; the exact method uses neither
+    from solver.cells.index import CellIndex
+    from solver.estimation.estimator import Estimator
 
 # Voronoi start: weights perturbed by up to this fraction of squared nearest-neighbour distances.
 _JITTER = 1e-3
@@ -56,21 +61,29 @@ class ExactContext:
 
 
 def make_context(
-    targets: np.ndarray, weights: np.ndarray, source: SourceMeasure, config: FitConfig
+    problem: OTProblem,
+    config: FitConfig,
+    *,
+    index: CellIndex | None = None,
+    estimator: Estimator | None = None,
+    start: np.ndarray | None = None,
 ) -> ExactContext:
     """Bundle the fit's fixed inputs.
 
     Args:
-        targets: internal targets y, shape ``(N, d)``, d = 2 or 3 (float64 keeps the exact
-            geometry exact).
-        weights: v, shape ``(N,)``.
-        source: the source measure (its cube is the domain).
+        problem: the problem in the fit's internal frame: targets y, shape ``(N, d)``,
+            d = 2 or 3 (float64 keeps the exact geometry exact), weights v, and the source
+            measure (its cube is the domain).
         config: the fit's settings.
+        index: not used (the cells are computed exactly).
+        estimator: not used (no samples).
+        start: not used (the method starts from its Voronoi start).
     """
-    y = np.asarray(targets, dtype=np.float64)
+    y = np.asarray(problem.targets, dtype=np.float64)
     if y.shape[1] not in (2, 3):
         raise ValueError(f"exact geometry needs dimension 2 or 3, got {y.shape[1]}")
-    return ExactContext(y, np.asarray(weights, np.float64), source.low, source.high, config, {})
+    source, weights = problem.source, np.asarray(problem.weights, np.float64)
+    return ExactContext(y, weights, source.low, source.high, config, {})
 
 
 def initial_state(ctx: ExactContext) -> FitState:

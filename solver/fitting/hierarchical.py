@@ -23,11 +23,15 @@ samples): the start has L1 0.67 and 68 empty cells against the Voronoi start's 1
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
 from solver.cells.index import CellIndex
+from solver.fitting.config import FitConfig
 from solver.measures import SourceMeasure
+from solver.problem import OTProblem
 from solver.seeding import derive_seed
 
 # Region spread factor a of the module docstring (best of 0.15, 0.25, 0.35, 0.5, 1, 2, 4).
@@ -36,6 +40,58 @@ _SPREAD = 0.5
 _REGION_SAMPLES = 256
 _KMEANS_ITERS = 20
 _COARSE_STREAM, _REGION_STREAM, _KMEANS_STREAM = 7, 8, 9
+# Accuracy of the coarse fit (it only has to place the regions), and its own iteration limit:
+# the fit's max_iter counts the fit's iterations, so a resumed fit with another max_iter
+# continues from the same start (a coarse fit of K <= sqrt(N) cells needs a few dozen).
+_COARSE_L1 = 0.1
+_COARSE_MAX_ITER = 1000
+
+# Fits a coarse problem with a config; returns its heights in the problem's coordinates.
+FitCoarse = Callable[[OTProblem, FitConfig], np.ndarray]
+
+
+def start_heights(
+    problem: OTProblem, config: FitConfig, fit_coarse: FitCoarse
+) -> np.ndarray | None:
+    """The hierarchical start of a Monte Carlo fit (steps 1-3 of the module docstring).
+
+    Args:
+        problem: the fit's problem in its internal frame.
+        config: the fit's settings (``newton.coarse_clusters`` sets K; ``None``: round(sqrt(N))).
+        fit_coarse: fits the coarse problem (the driver passes its own fit, so this module
+            needs no driver); it gets a Newton config without a hierarchical start of its own,
+            a target of at least 0.1, its own iteration limit and a seed derived from the
+            fit's (the time budget stays the fit's).
+
+    Returns:
+        h, shape ``(N,)``, float64, mean zero; ``None`` when K is 0 or too large for N.
+
+    """
+    n = problem.n_targets
+    k = config.newton.coarse_clusters
+    k = default_clusters(n) if k is None else k
+    if not (0 < k and 4 * k <= n):
+        return None
+    targets = np.asarray(problem.targets, dtype=np.float32)  # the index's precision
+    coarse_seed, region_seed = seeds(config.seed)
+    labels, mu, mass = coarse_problem(targets, problem.weights, k, coarse_seed)
+    coarse = OTProblem(
+        targets=mu, weights=mass, source=problem.source, inverse=np.arange(mu.shape[0])
+    )
+    heights = fit_coarse(
+        coarse,
+        replace(
+            config,
+            method="newton",
+            target_l1=max(config.target_l1, _COARSE_L1),
+            max_iter=_COARSE_MAX_ITER,
+            seed=coarse_seed,
+            newton=replace(config.newton, coarse_clusters=0),
+        ),
+    )
+    return hierarchical_heights(
+        targets, problem.weights, problem.source, labels, mu, heights, region_seed
+    )
 
 
 def default_clusters(n_targets: int) -> int:

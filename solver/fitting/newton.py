@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from solver.cells.index import CellIndex
-from solver.estimation.estimator import Estimator, resolve_estimator
+from solver.estimation.estimator import Estimator
 from solver.estimation.host import (
     AccuracyReport,
     MeasureEstimate,
@@ -33,7 +33,6 @@ from solver.estimation.host import (
     samples_for_noise_floor,
 )
 from solver.estimation.reuse import ReuseIndex
-from solver.fitting import hierarchical
 from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
 from solver.problem import OTProblem
@@ -56,18 +55,17 @@ _FIRST_T = 1.0 / 16
 # against 3.1M with 0.3 (0.6: 3.1M), same checks.
 _EARLY_TOL = 1.0
 _CHECK_STREAM, _FIT_STREAM, _WARMUP_STREAM = 1, 5, 4
-# Accuracy of the hierarchical start's coarse fit (it only has to place the regions).
-_COARSE_L1 = 0.1
 
 
 @dataclass
 class NewtonContext:
     """What the steps share.
 
-    The problem in internal coordinates, the check size M_c and last fitting-stage size M_f,
-    the estimator, the certified-reuse index (keyed by its sample stream ``reuse_seed``), a
-    one-entry estimate cache, and the driver's deadline (a ``time.perf_counter`` value or
-    ``None``).
+    The problem in internal coordinates (targets float32, as the index holds them), the check
+    size M_c and last fitting-stage size M_f, the estimator, the certified-reuse index (keyed
+    by its sample stream ``reuse_seed``), a one-entry estimate cache, the starting heights the
+    driver gave (``None``: the Voronoi start) and the driver's deadline (a
+    ``time.perf_counter`` value or ``None``).
     """
 
     targets: np.ndarray
@@ -80,6 +78,7 @@ class NewtonContext:
     reuse: ReuseIndex
     fit_samples: int
     cache: dict[tuple[int, int, bytes], MeasureEstimate]
+    start: np.ndarray | None = None
     reuse_seed: int = -1
     deadline: float | None = None
     excluded_seconds: float = 0.0
@@ -91,37 +90,57 @@ class NewtonContext:
 
 
 def make_context(
-    targets: np.ndarray,
-    weights: np.ndarray,
-    source: SourceMeasure,
-    index: CellIndex,
+    problem: OTProblem,
     config: FitConfig,
     *,
-    estimator: Estimator | None = None,
+    index: CellIndex | None,
+    estimator: Estimator,
+    start: np.ndarray | None = None,
 ) -> NewtonContext:
-    """Bundle the fit's fixed inputs; the check size follows from the target accuracy."""
+    """Bundle the fit's fixed inputs; the check size follows from the target accuracy.
+
+    Args:
+        problem: the problem in the fit's internal frame.
+        config: the fit's settings.
+        index: the cell index over ``problem.targets``.
+        estimator: the Monte Carlo estimator.
+        start: starting heights (internal frame, shape ``(N,)``), e.g. the hierarchical start;
+            ``None`` for the Voronoi start.
+
+    Raises:
+        ValueError: without a cell index.
+
+    """
+    if index is None:
+        raise ValueError("Monte Carlo Newton needs a cell index")
+    weights = problem.weights
     m_check = samples_for_noise_floor(weights, config.check_floor * config.target_l1)
     fit_floor = np.sqrt(1.0 - config.check_floor**2) * config.target_l1
     m_fit = samples_for_noise_floor(weights, float(fit_floor))
-    estimator = estimator or resolve_estimator(config.estimator)
     reuse = ReuseIndex(index, candidates=config.newton.reuse_candidates)
     return NewtonContext(
-        targets, weights, source, index, config, m_check, estimator, reuse, m_fit, {}
+        targets=np.asarray(problem.targets, dtype=np.float32),
+        weights=weights,
+        source=problem.source,
+        index=index,
+        config=config,
+        check_samples=m_check,
+        estimator=estimator,
+        reuse=reuse,
+        fit_samples=m_fit,
+        cache={},
+        start=start,
     )
 
 
 def initial_state(ctx: NewtonContext) -> FitState:
-    """The starting heights: the hierarchical start, or the Voronoi diagram of the targets.
+    """The starting heights: the driver's (the hierarchical start), or the Voronoi diagram.
 
-    The Voronoi start is h_i = -|y_i|^2 / 2 (normalised targets); the hierarchical start
-    (:mod:`solver.fitting.hierarchical`) fits the cluster centroids first, and is used when
-    ``NewtonConfig.coarse_clusters`` allows it.
+    The Voronoi start is h_i = -|y_i|^2 / 2 (normalised targets).
     """
     n = len(ctx.weights)
-    k = ctx.config.newton.coarse_clusters
-    k = hierarchical.default_clusters(n) if k is None else k
-    if 0 < k and 4 * k <= n:
-        h = _hierarchical_start(ctx, k)
+    if ctx.start is not None:
+        h = np.asarray(ctx.start, dtype=np.float64)
     else:
         h = -0.5 * np.square(ctx.targets.astype(np.float64)).sum(axis=1)
     return FitState(
@@ -134,28 +153,6 @@ def initial_state(ctx: NewtonContext) -> FitState:
         history=(),
         seed=ctx.config.seed,
         n_targets=n,
-    )
-
-
-def _hierarchical_start(ctx: NewtonContext, k: int) -> np.ndarray:
-    """Fit OT to k cluster centroids, then split each centroid's region among its members."""
-    from solver.fitting import driver  # noqa: PLC0415 - the driver imports this module
-
-    coarse_seed, region_seed = hierarchical.seeds(ctx.config.seed)
-    labels, mu, mass = hierarchical.coarse_problem(ctx.targets, ctx.weights, k, coarse_seed)
-    cfg = ctx.config
-    coarse = driver.fit(
-        OTProblem(targets=mu, weights=mass, source=ctx.source, inverse=np.arange(mu.shape[0])),
-        replace(
-            cfg,
-            method="newton",
-            target_l1=max(cfg.target_l1, _COARSE_L1),
-            seed=coarse_seed,
-            newton=replace(cfg.newton, coarse_clusters=0),
-        ),
-    )
-    return hierarchical.hierarchical_heights(
-        ctx.targets, ctx.weights, ctx.source, labels, mu, coarse.heights, region_seed
     )
 
 
