@@ -1,7 +1,11 @@
-"""Build of the one compiled module, the CPU search kernel (metadata lives in pyproject.toml).
+"""Build of the compiled modules (metadata lives in pyproject.toml).
 
-``optional=True``: without a C compiler the install still succeeds and the cell index falls
-back to FAISS (``solver.cells.index.available_backends`` then omits ``simd``).
+- ``solver.cells._simd``, the CPU search kernel;
+- ``solver.cells._laguerre``, the exact power cells of 2D and 3D diagrams.
+
+``optional=True``: without a C compiler the install still succeeds; the cell index falls back to
+FAISS (``solver.cells.index.available_backends`` then omits ``simd``) and the exact diagram to
+its numpy path (``solver.cells.power_diagram``).
 
 ``-fno-wrapv``: CPython's build flags (which setuptools passes first) include ``-fwrapv``, which
 defines signed overflow and so stops the compiler from turning the kernel's ``int`` index
@@ -19,6 +23,13 @@ setup(
             ["solver/cells/_simd.c"],
             extra_compile_args=["-O3", "-std=c11", "-fno-wrapv"],
             optional=True,
-        )
+        ),
+        Extension(
+            "solver.cells._laguerre",
+            ["solver/cells/_laguerre.c"],
+            extra_compile_args=["-O3", "-std=c11", "-pthread"],
+            extra_link_args=["-pthread"],
+            optional=True,
+        ),
     ]
 )

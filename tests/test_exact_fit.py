@@ -142,3 +142,21 @@ def test_accuracy_after_an_iteration_stop_describes_the_returned_heights(rng):
     assert result.accuracy.l1 == pytest.approx(np.abs(cells - problem.weights).sum(), rel=1e-6)
     # The last record is the start of the last step: the returned heights are better.
     assert result.accuracy.l1 < result.history[-1].check.l1
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_numpy_fallback_fits_the_same_heights_as_the_compiled_kernel(rng, d, monkeypatch):
+    # Without a C compiler the numpy path serves the fit: same iterations, same heights.
+    import solver.cells.power_diagram as pd
+
+    if not pd.kernel_available():
+        pytest.skip("only the numpy path is built here (the diagram tests cover it)")
+    n = 150 if d == 2 else 60
+    weights = rng.uniform(0.5, 2.0, n)
+    problem = make_problem(clustered(rng, n, d), weights / weights.sum())
+    compiled = fit(problem, FitConfig(target_l1=TARGET))
+    monkeypatch.setattr(pd, "_laguerre", None)
+    fallback = fit(problem, FitConfig(target_l1=TARGET))
+    assert_exact_fit(problem, fallback, oracle=halfspace_cells if d == 3 else laguerre_areas)
+    assert compiled.iterations == fallback.iterations
+    np.testing.assert_allclose(compiled.heights, fallback.heights, rtol=0, atol=1e-9)

@@ -76,7 +76,7 @@ def test_under_ci_a_missing_browser_fails_the_page_test():
 
 
 def test_the_wheel_carries_the_compiled_kernel(tmp_path):
-    """What the images install (a wheel built from the checkout) has the CPU search kernel.
+    """What the images install (a wheel built from the checkout) has both compiled kernels.
 
     And the solver's stub, from which ``import solver`` learns where each public name lives.
     """
@@ -98,6 +98,7 @@ def test_the_wheel_carries_the_compiled_kernel(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = tmp_path.glob("aeot-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(re.fullmatch(r"solver/cells/_simd\..*\.so", n) for n in names), names
-    assert "solver/cells/_simd.pyi" in names
+    for kernel in ("_simd", "_laguerre"):  # the search kernel and the power cells
+        assert any(re.fullmatch(rf"solver/cells/{kernel}\..*\.so", n) for n in names), names
+        assert f"solver/cells/{kernel}.pyi" in names
     assert "solver/__init__.pyi" in names

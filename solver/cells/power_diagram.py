@@ -14,18 +14,37 @@ floating point, every cell's measure and mass centre and every facet's (d-1)-mea
    and the cell's mass centre is the volume-weighted mean of the pyramids (x0, F), whose
    centroids are x0 + d / (d + 1) (c_F - x0).
 
+That is the numpy path, batched over all facets. In 2D and 3D the compiled kernel
+(``solver/cells/_laguerre.c``, built at install when a C compiler is present) takes the same
+candidates and clips each cell, starting from the cube, by its candidates' half-spaces, then
+measures the polytope (a cell per call of a loop in C, on a few threads). Both compute every
+cell exactly; the numpy path is the fallback and the reference in the tests.
+
+Any candidate list that contains each cell's true neighbours gives the exact diagram, and a
+smaller one can only give cells too large (each clipped by fewer half-spaces): when every cell
+has candidates, the cells' volumes sum to 1 exactly when no neighbour is missing. So an earlier
+diagram's adjacency (a Newton step moves the heights a little) is tried first when the caller
+passes it, and the lifted hull is taken only when the volumes do not sum to 1 within round-off.
+
 :func:`solver.cells.polygons.power_cells` gives the 2D cells as labelled polygons for
 :mod:`solver.plots`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 
 from solver.cells.clipping import clip_polygons, clip_segments, segment_bounds
 from solver.cells.lifting import candidate_pairs
+
+try:
+    from solver.cells import _laguerre
+except ImportError:  # built without a C compiler: the numpy path computes every diagram
+    _laguerre = None  # type: ignore[assignment]
 
 # Facets below this fraction of the smaller cell's (d-1)-size are round-off of a candidate
 # pair that only touches at a vertex or an edge, not real adjacency.
@@ -36,6 +55,14 @@ _BOUNDARY_TOL = 1e-9
 _TIE_TOL = 1e-12
 # The cells must fill the cube to this accuracy, or a candidate neighbour was missed.
 _MASS_TOL = 1e-9
+# Reused candidates (an earlier diagram's adjacency) are trusted only when the cells fill the
+# cube to this: a missed neighbour makes a cell too large by the piece it should have lost, so
+# no cell measure is off by more (float64 sums of the cells are ~1e-15 off).
+_REUSE_TOL = 1e-12
+# Passes over reused candidates (each doubles the reach of the candidates) before the hull.
+_REUSE_PASSES = 3
+# Below this many cells the compiled kernel runs on one thread (a thread's start costs more).
+_THREAD_MIN_CELLS = 4096
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +80,9 @@ class PowerDiagram:
             shape ``(P,)``.
         low: lower corner coordinate of the cube.
         high: upper corner coordinate.
+        candidates: the candidate pairs the compiled path clipped with (a superset of
+            ``pairs`` that also holds cells adjacent only outside the cube), ``(C, 2)``; None
+            from the numpy path. A later diagram at nearby heights tries them first.
 
     """
 
@@ -62,6 +92,7 @@ class PowerDiagram:
     facet_measures: np.ndarray
     low: float
     high: float
+    candidates: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def empty_cells(self) -> int:
@@ -70,7 +101,13 @@ class PowerDiagram:
 
 
 def power_diagram(
-    targets: np.ndarray, heights: np.ndarray, *, low: float = -0.5, high: float = 0.5
+    targets: np.ndarray,
+    heights: np.ndarray,
+    *,
+    low: float = -0.5,
+    high: float = 0.5,
+    near: PowerDiagram | None = None,
+    compiled: bool | None = None,
 ) -> PowerDiagram:
     """Exact cell measures, mass centres and facets of the power diagram in ``[low, high]^d``.
 
@@ -80,6 +117,11 @@ def power_diagram(
         heights: h, shape ``(N,)``.
         low: lower corner coordinate of the cube.
         high: upper corner coordinate; the cube must have volume 1 (``high - low = 1``).
+        near: the diagram of the same targets at nearby heights (speed only, compiled path):
+            its adjacency is tried as the candidates and its centroids order each cell's clips.
+            The result is the same diagram to round-off.
+        compiled: ``True`` for the compiled kernel (d = 2, 3; raises when it is not built),
+            ``False`` for the numpy path; ``None`` (default) the compiled kernel when built.
 
     Returns:
         The :class:`PowerDiagram`.
@@ -87,17 +129,24 @@ def power_diagram(
     Raises:
         ValueError: d not 1, 2 or 3, shapes disagree, values not finite, or a cube of volume != 1.
         RuntimeError: the cells do not fill the cube (a candidate neighbour was lost to
-            round-off; never returned silently).
+            round-off; never returned silently), or ``compiled=True`` without the kernel.
 
     """
     y, h = _check_input(targets, heights, low, high)
-    cells, centroids, pairs, facets = _diagram(y, h, low, high)
+    d = y.shape[1]
+    use_kernel = (_laguerre is not None and d > 1) if compiled is None else compiled
+    if use_kernel and (_laguerre is None or d == 1):
+        raise RuntimeError("the compiled power-cell kernel is not built (or d = 1)")
+    candidates = None
+    if use_kernel:
+        (cells, centroids, pairs, facets), candidates = _compiled_diagram(y, h, low, high, near)
+    else:
+        cells, centroids, pairs, facets = _diagram(y, h, low, high)
     total = float(cells.sum())
     if abs(total - 1.0) > _MASS_TOL:
         raise RuntimeError(f"power diagram cells fill {total!r} of the cube, expected 1")
     # Round-off facets (cells touching at a vertex or an edge) are ~1e-16 of the cube; real
     # ones scale with the smaller cell, however small: compare with its (d-1)-size.
-    d = y.shape[1]
     smaller = np.minimum(cells[pairs[:, 0]], cells[pairs[:, 1]]) if pairs.size else np.zeros(0)
     keep = facets > _MIN_FACET * smaller ** ((d - 1) / d)
     return PowerDiagram(
@@ -107,6 +156,7 @@ def power_diagram(
         facet_measures=facets[keep],
         low=float(low),
         high=float(high),
+        candidates=candidates,
     )
 
 
@@ -127,6 +177,126 @@ def _check_input(
 
 
 _Diagram = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def kernel_available() -> bool:
+    """Whether the compiled power-cell kernel (``solver/cells/_laguerre.c``) is built."""
+    return _laguerre is not None
+
+
+def _compiled_diagram(
+    y: np.ndarray, h: np.ndarray, low: float, high: float, near: PowerDiagram | None
+) -> tuple[_Diagram, np.ndarray]:
+    """Cell measures, centroids, pairs and facet measures from the compiled kernel.
+
+    The candidates of ``near`` are tried first when every cell has one (then a missed
+    neighbour shows in the total volume); otherwise, or when the total is off, the candidates
+    come from the lifted hull. Also returns the candidates used.
+    """
+    n = y.shape[0]
+    seeds = np.clip(y, low, high)
+    if near is not None and near.cell_measures.shape == (n,):
+        seen = np.isfinite(near.centroids).all(axis=1)
+        seeds[seen] = near.centroids[seen]
+        reuse = near.candidates
+        if n > 1 and reuse is not None and np.bincount(reuse.ravel(), minlength=n).all():
+            # Each pass clips with two rings of the candidates and adds the facets it found:
+            # a neighbour k rings away is within two rings after about log2(k) passes.
+            for _ in range(_REUSE_PASSES):
+                out = _kernel(y, h, low, high, reuse, seeds, rings=2)
+                if out is None:
+                    break
+                grown = _union_pairs(reuse, out[2], n)
+                if abs(float(out[0].sum()) - 1.0) <= _REUSE_TOL:
+                    # Keep the candidates (cells adjacent just outside the cube may come in).
+                    return out, grown
+                if len(grown) == len(reuse):
+                    break
+                reuse = grown
+    pairs = candidate_pairs(y, h)
+    out = _kernel(y, h, low, high, pairs, seeds)
+    if out is None:
+        # Identical targets: keep the highest of each (as the numpy path does), then recompute.
+        keep = _highest_of_duplicates(y, h, None)
+        (cells, cen, sub_pairs, facets), sub_candidates = _compiled_diagram(
+            y[keep], h[keep], low, high, None
+        )
+        out_cells, out_cen = np.zeros(n), np.full(y.shape, np.nan)
+        out_cells[keep], out_cen[keep] = cells, cen
+        return (out_cells, out_cen, keep[sub_pairs], facets), keep[sub_candidates]
+    return out, pairs
+
+
+def _union_pairs(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Pairs (i < j) in ``a`` or ``b``, each once, in (i, j) order; ``a`` is in that order."""
+    codes_a = a[:, 0] * n + a[:, 1]
+    # The kernel reports each facet once, by owner: nearly sorted already.
+    codes_b = np.sort(b[:, 0] * n + b[:, 1], kind="stable")
+    at = np.minimum(np.searchsorted(codes_a, codes_b), max(codes_a.size - 1, 0))
+    new = codes_b[codes_a[at] != codes_b] if codes_a.size else codes_b
+    if new.size == 0:
+        return a
+    codes = np.sort(np.concatenate([codes_a, new]), kind="stable")  # merges two sorted runs
+    return np.stack([codes // n, codes % n], axis=1)
+
+
+def _kernel(
+    y: np.ndarray,
+    h: np.ndarray,
+    low: float,
+    high: float,
+    pairs: np.ndarray,
+    seeds: np.ndarray,
+    rings: int = 1,
+) -> _Diagram | None:
+    """One call of the kernel with the candidate ``pairs``; ``None`` if two targets are equal.
+
+    With ``rings=2`` each cell is also clipped by its candidates' candidates.
+    """
+    assert _laguerre is not None
+    n, d = y.shape
+    # Compressed rows of the symmetric candidate graph (scipy's conversion is a counting sort).
+    graph = sp.coo_matrix(
+        (
+            np.ones(2 * len(pairs), dtype=np.int8),
+            (
+                np.concatenate([pairs[:, 0], pairs[:, 1]]),
+                np.concatenate([pairs[:, 1], pairs[:, 0]]),
+            ),
+        ),
+        shape=(n, n),
+    ).tocsr()
+    indptr = graph.indptr.astype(np.int64)
+    nbr = graph.indices.astype(np.int64)
+    volumes, centroids = np.empty(n), np.empty((n, d))
+    threads = 1 if n < _THREAD_MIN_CELLS else _cpu_count()
+    own, other, measure, duplicate = _laguerre.cells(
+        np.ascontiguousarray(y),
+        np.ascontiguousarray(h),
+        np.ascontiguousarray(seeds),
+        indptr,
+        nbr,
+        n,
+        d,
+        rings,
+        float(low),
+        float(high),
+        threads,
+        volumes,
+        centroids,
+    )
+    if duplicate:
+        return None
+    facet_pairs = np.stack([np.frombuffer(own, np.int64), np.frombuffer(other, np.int64)], axis=1)
+    return volumes, centroids, facet_pairs, np.frombuffer(measure, np.float64).copy()
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _diagram(
