@@ -78,6 +78,11 @@ def test_samples_from_chosen_cells_stay_in_them(built, extended):
     np.testing.assert_array_equal(
         z, ext.sample(200, seed=4, extended=extended, cells=left_two)
     )  # same seed, same output
+    pages = [
+        ext.sample(m, seed=4, extended=extended, cells=left_two, start=a)
+        for a, m in ((0, 70), (70, 70), (140, 60))
+    ]
+    np.testing.assert_array_equal(np.concatenate(pages), z)  # pages from offsets: the whole
     assert ext.sample(0, seed=4, extended=extended, cells=left_two).shape == (0, 2)
 
 
