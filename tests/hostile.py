@@ -91,8 +91,8 @@ def tar_meta_bomb(kind: str, claimed: int = 512 * MIB) -> bytes:
     info = tarfile.TarInfo("././@LongLink" if kind == "gnu" else "././@PaxHeader")
     info.type = tarfile.GNUTYPE_LONGNAME if kind == "gnu" else tarfile.XHDTYPE
     info.size = claimed
-    fmt = tarfile.GNU_FORMAT if kind == "gnu" else tarfile.USTAR_FORMAT
-    return _multistream(bz2.compress, info.tobuf(fmt), claimed + 1024)
+    header = info.tobuf(tarfile.GNU_FORMAT) if kind == "gnu" else info.tobuf(tarfile.USTAR_FORMAT)
+    return _multistream(bz2.compress, header, claimed + 1024)
 
 
 def tar_size_bomb(size: int = 4 * BUNDLE_LIMIT) -> bytes:
