@@ -171,9 +171,10 @@ def _build(source: Path, outdir: Path, *what: str, env: dict[str, str] | None = 
     return sorted(outdir.iterdir())
 
 
-def _has_kernel(wheel: Path) -> bool:
+def _kernels(wheel: Path) -> set[str]:
+    """The compiled modules in ``wheel`` (``_simd``: search; ``_laguerre``: exact cells)."""
     names = zipfile.ZipFile(wheel).namelist()
-    return any(re.fullmatch(r"solver/cells/_simd\..*\.so", n) for n in names)
+    return {m.group(1) for n in names if (m := re.fullmatch(r"solver/cells/(_\w+)\..*\.so", n))}
 
 
 # Run in the client's environment: which modules it can import, and where `service` is from.
@@ -238,7 +239,13 @@ def test_the_wheel_installs_the_client_alone_which_drives_a_live_server(tmp_path
     assert sdist.name == "aeot-0.1.0.tar.gz" and wheel.name.startswith("aeot-0.1.0-")
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
-    for member in ("LICENSE", "pyproject.toml", "setup.py", "solver/cells/_simd.c"):
+    for member in (
+        "LICENSE",
+        "pyproject.toml",
+        "setup.py",
+        "solver/cells/_simd.c",
+        "solver/cells/_laguerre.c",
+    ):
         assert f"aeot-0.1.0/{member}" in names, member
     wheel_names = zipfile.ZipFile(wheel).namelist()
     for member in ("service/py.typed", "solver/py.typed", "aeot-0.1.0.dist-info/licenses/LICENSE"):
@@ -246,10 +253,11 @@ def test_the_wheel_installs_the_client_alone_which_drives_a_live_server(tmp_path
     metadata = zipfile.ZipFile(wheel).read("aeot-0.1.0.dist-info/METADATA").decode()
     assert "License-Expression: MIT" in metadata and "Provides-Extra: server" in metadata
     if shutil.which("gcc") or os.environ.get("CI") == "true":
-        assert _has_kernel(wheel)
-    # Without a C compiler the sdist still builds a wheel, without the kernel (FAISS serves).
+        assert _kernels(wheel) == {"_simd", "_laguerre"}
+    # Without a C compiler the sdist still builds a wheel, without the kernels (FAISS and the
+    # numpy diagram serve instead).
     (plain,) = _build(sdist, tmp_path / "plain", "--wheel", env={"CC": "false"})
-    assert not _has_kernel(plain)
+    assert _kernels(plain) == set()
 
     env = tmp_path / "client-env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
