@@ -106,7 +106,9 @@ def env_for(settings: Settings) -> dict[str, str]:
 @contextmanager
 def live_server(
     settings: Settings,
-    timeout: float = 60.0,
+    # Generous: a server (two processes with AEOT_WEB_WORKERS=2) imports torch first, which took
+    # over 60 s on the 2-core box at load 20; a server that never starts still fails.
+    timeout: float = 180.0,
     procs: list[subprocess.Popen[bytes]] | None = None,
     quiet: bool = False,
 ) -> Iterator[str]:
