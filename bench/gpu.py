@@ -120,14 +120,15 @@ def reference_top2(x: torch.Tensor, y: np.ndarray, h: np.ndarray) -> tuple[np.nd
 
 
 def query_backends(
-    y: np.ndarray, h: np.ndarray
+    y: np.ndarray, h: np.ndarray, *, cpu: bool = True
 ) -> Iterator[tuple[str, str, Callable[..., Any], TritonBackend | None]]:
     """(name, where queries live, search function, Triton backend or None) of each backend.
 
-    The Triton backend comes along so the caller can read its fallback counter.
+    The Triton backend comes along so the caller can read its fallback counter. ``cpu=False``
+    leaves out the backends that search on the CPU (faiss, torch).
     """
     names = available_backends()
-    for name in ("faiss", "faiss-gpu", "torch"):
+    for name in ("faiss", "faiss-gpu", "torch") if cpu else ("faiss-gpu",):
         if name in names:
             yield name, "host", CellIndex(y, h, backend=name).search, None
     if "torch-cuda" in names:
@@ -147,7 +148,7 @@ def query_backends(
             yield f"triton-{precision}", "cuda", backend.search, backend
 
 
-def bench_queries(sizes: dict, seed: int) -> None:
+def bench_queries(sizes: dict, seed: int, *, cpu: bool = True) -> None:
     m = sizes["queries"]
     for n in sizes["n"]:
         for d in sizes["d"]:
@@ -157,7 +158,7 @@ def bench_queries(sizes: dict, seed: int) -> None:
             ref_s, ref_c = reference_top2(torch.from_numpy(x_host).to(device), y, h)
             scale = np.abs(ref_s[:, 0]).max()
             ties = int(np.count_nonzero(ref_s[:, 0] - ref_s[:, 1] <= _TIE_ULPS * 2**-24 * scale))
-            for name, where, search, triton in query_backends(y, h):
+            for name, where, search, triton in query_backends(y, h, cpu=cpu):
                 x = torch.from_numpy(x_host).cuda() if where == "cuda" else x_host
                 search(x[:1024], 1)  # warm-up: compile kernels, allocate workspaces
                 sync()
@@ -290,6 +291,11 @@ def main() -> None:
     parser.add_argument("--d", type=int, nargs="*", help="override the d values of the queries")
     parser.add_argument("--queries", type=int, help="override the number of queries")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-cpu-backends",
+        action="store_true",
+        help="queries: leave out the backends that search on the CPU (faiss, torch)",
+    )
     args = parser.parse_args()
     emit(machine())
     if "queries" not in args.skip:
@@ -297,7 +303,7 @@ def main() -> None:
         for key in ("n", "d", "queries"):
             if getattr(args, key):
                 sizes[key] = getattr(args, key)
-        bench_queries(sizes, args.seed)
+        bench_queries(sizes, args.seed, cpu=not args.no_cpu_backends)
     if "model" not in args.skip:
         if args.quick:
             candidate_model(10_000, 64, 2048, args.seed)

@@ -128,6 +128,12 @@ class ServingIndex:
         self._last_poll = -np.inf
         self._device = resolve_device(settings.device)
         self._backend = backend_for_device(self._device)
+        log.info(
+            "serving on device %s (AEOT_DEVICE=%s, cell index backend %s)",
+            self._device,
+            settings.device,
+            self._backend,
+        )
 
     def get(self, name: str, version: int | None = None) -> Served:
         """Return the served object of model ``name`` (or its published ``version``).

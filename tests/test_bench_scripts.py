@@ -20,21 +20,28 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 FIND = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
 PACKAGES = {p.rstrip("*") for p in FIND["find"]["include"]}
-SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if "__main__" in p.read_text())
-# `python bench/NAME.py` or `python -m bench.NAME`, as written in the docs.
-COMMAND = re.compile(r"python3? (?:(bench/\w+\.py)|-m (bench\.\w+))")
+SCRIPTS = sorted(
+    [p.stem for p in BENCH.glob("*.py") if "__main__" in p.read_text()]
+    + [p.stem for p in BENCH.glob("*.sh")]
+)
+# `python bench/NAME.py`, `python -m bench.NAME` or `bash bench/NAME.sh`, as the docs write them.
+COMMAND = re.compile(r"(?:python3? (?:(bench/\w+\.py)|-m (bench\.\w+))|bash (bench/\w+\.sh))")
 
 
 def cited_commands() -> dict[str, set[tuple[str, ...]]]:
     """Script name -> the command forms that README, docs/ and bench/ docstrings give for it."""
-    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted(BENCH.glob("*.py"))]
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted(BENCH.glob("*.*"))]
     found: dict[str, set[tuple[str, ...]]] = {}
     for path in texts:
-        for by_path, by_module in COMMAND.findall(path.read_text()):
+        for by_path, by_module, shell in COMMAND.findall(path.read_text()):
             if by_path:
-                found.setdefault(Path(by_path).stem, set()).add((by_path,))
+                found.setdefault(Path(by_path).stem, set()).add((sys.executable, by_path))
+            elif by_module:
+                found.setdefault(by_module.split(".")[1], set()).add(
+                    (sys.executable, "-m", by_module)
+                )
             else:
-                found.setdefault(by_module.split(".")[1], set()).add(("-m", by_module))
+                found.setdefault(Path(shell).stem, set()).add(("bash", shell))
     return found
 
 
@@ -60,7 +67,7 @@ def help_runs() -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
 
     def run(form: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, *form, "--help"],
+            [*form, "--help"],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -74,7 +81,7 @@ def help_runs() -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("form", FORMS, ids=" ".join)
+@pytest.mark.parametrize("form", FORMS, ids=lambda form: " ".join(form[1:]))
 def test_cited_command_starts(form, help_runs):
     result = help_runs[form]
     assert result.returncode == 0, result.stderr[-2000:]
