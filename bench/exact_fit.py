@@ -159,7 +159,8 @@ def oracle_measures(
         if slack is None or slack.max() >= -1e-12:
             a, b = halfspaces[:, :d], halfspaces[:, d]
             norm = np.linalg.norm(a, axis=1)
-            lp = linprog(np.r_[np.zeros(d), -1.0], A_ub=np.c_[a, norm], b_ub=-b)
+            free = [(None, None)] * d + [(0, None)]
+            lp = linprog(np.r_[np.zeros(d), -1.0], A_ub=np.c_[a, norm], b_ub=-b, bounds=free)
             if lp.status != 0 or lp.x[-1] <= 1e-12:
                 continue  # no interior: empty
             point = lp.x[:d]
