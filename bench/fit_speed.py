@@ -11,6 +11,7 @@ Prints one JSON object per line. Usage::
     python bench/fit_speed.py --exact         # exact-geometry fits in 2D/3D (bench/exact_fit.py)
     python bench/fit_speed.py --only ivf      # approximate (IVF) search: recall and speed-up
     python bench/fit_speed.py --peers         # POT and OTT-JAX at equal wall time (bench/peers.py)
+    python bench/fit_speed.py --peers --exact-peers  # exact 2D/3D against pysdot (bench/exact_fit.py)
 
 Time-to-accuracy: wall time until L1 <= target with no empty cell on an independent sample.
 The default method checks itself on fresh samples as part of the algorithm, so its time
@@ -34,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import clustered_latents, emit, machine_info  # noqa: E402
-from bench.exact_fit import exact_rows  # noqa: E402
+from bench.exact_fit import PEER_CASES, exact_peer_rows, exact_rows  # noqa: E402
 from bench.peers import PEERS, PeerResult, run_peer, version  # noqa: E402
 from solver import (  # noqa: E402
     AdamConfig,
@@ -277,8 +278,21 @@ def main() -> None:
     parser.add_argument(
         "--peer-factor", type=float, default=5.0, help="peers' second, larger budget (x default)"
     )
+    parser.add_argument(
+        "--exact-peers",
+        action="store_true",
+        help="with --peers: exact 2D/3D fits against pysdot to L1 1e-6 (bench/exact_fit.py)",
+    )
+    parser.add_argument(
+        "--max-n", type=int, default=None, help="--exact-peers: only cases up to this N"
+    )
     args = parser.parse_args()
     emit({"bench": "solver", "kind": "machine", **machine_info()})
+    if args.peers and args.exact_peers:
+        cases = [c for c in PEER_CASES if args.max_n is None or c[1] <= args.max_n]
+        for row in exact_peer_rows(cases=cases):
+            emit(row)
+        return
     if args.peers:
         for size in args.sizes or ["2000x16"]:
             peer_comparison(*_size(size, args.target), args)

@@ -1,4 +1,5 @@
-"""Semi-discrete OT solvers of other libraries (POT, OTT-JAX) run as benchmark peers.
+"""Semi-discrete OT solvers of other libraries run as benchmark peers: POT and OTT-JAX (Monte
+Carlo, at equal wall time) and pysdot (exact power diagrams in 2D and 3D, to a target L1).
 
 Each peer gets an :class:`~solver.OTProblem`, a wall-time budget in seconds and a seed, runs its
 own solver for the budget and returns heights h in this project's convention: the cell of x is
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -258,3 +260,132 @@ _RUNNERS: dict[str, Callable[[OTProblem, float, int, PeerConfig], PeerResult]] =
     "ott-jax": _run_ott,
 }
 PEERS = tuple(_MODULES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact 2D/3D peers: semi-discrete OT solvers on exact power diagrams (bench/exact_fit.py).
+
+EXACT_PEERS = ("pysdot",)
+# sdot (the newer C++ successor of pysdot) does not run here: its 2026 releases use Python
+# 3.12 f-string syntax (this project supports 3.11), and its 2024 releases download Boost when
+# they compile at first use (this machine reaches package registries only).
+SDOT_NOTE = "not run: sdot 2026.x needs Python >= 3.12; sdot 2024.x downloads Boost while compiling"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExactPeerResult:
+    """What an exact peer returned.
+
+    Attributes:
+        peer: distribution name.
+        heights: h in this project's convention (cell of x: ``argmax <x, y_i> + h_i``), or None.
+        seconds: wall time of the solve (the peer's start-up and compilation excluded: see
+            ``warmup_seconds``).
+        cpu_seconds: CPU time of the solve (all threads of the peer's process).
+        iterations: Newton iterations.
+        warmup_seconds: the untimed first call on a tiny problem (module load, compilation).
+        skipped: why there are no heights (not installed, unfinished in the budget, failed).
+    """
+
+    peer: str
+    heights: np.ndarray | None = None
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    iterations: int = 0
+    warmup_seconds: float = 0.0
+    skipped: str | None = None
+
+
+def run_exact_peer(
+    peer: str,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    start: np.ndarray,
+    cube: tuple[float, float],
+    target_l1: float,
+    budget: float,
+) -> ExactPeerResult:
+    """Solve the semi-discrete problem exactly with ``peer``, from the heights ``start``.
+
+    The peer stops by its own rule set to imply the target: max |cell - weight| <= target / N.
+    It runs in a child process killed after ``budget`` seconds.
+
+    Raises:
+        ValueError: an unknown peer.
+    """
+    if peer not in EXACT_PEERS:
+        raise ValueError(f"exact peer must be one of {EXACT_PEERS}, got {peer!r}")
+    if importlib.util.find_spec(peer) is None:
+        return ExactPeerResult(peer=peer, skipped="not installed")
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    args = (targets, weights, start, cube, target_l1)
+    proc = ctx.Process(target=_exact_child, args=(peer, args, child), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(budget):
+            return ExactPeerResult(peer=peer, skipped=f"unfinished at {budget:.0f} s")
+        result: ExactPeerResult = parent.recv()
+        return result
+    finally:
+        proc.kill()
+        proc.join()
+        parent.close()
+
+
+def _exact_child(peer: str, args: tuple[Any, ...], out: Any) -> None:
+    try:
+        result = _run_pysdot(*args)
+    except Exception as err:  # reported, not raised: a peer's failure is a row of the table
+        result = ExactPeerResult(peer=peer, skipped=f"failed: {type(err).__name__}: {err}")
+    out.send(result)
+
+
+def _run_pysdot(
+    targets: np.ndarray,
+    weights: np.ndarray,
+    start: np.ndarray,
+    cube: tuple[float, float],
+    target_l1: float,
+) -> ExactPeerResult:
+    """pysdot's ``OptimalTransport.adjust_weights`` (damped Newton, scipy's sparse solver).
+
+    pysdot's weights w are those of the power distance |x - y|^2 - w, so w = |y|^2 + 2 h.
+    """
+    from pysdot import OptimalTransport
+    from pysdot.domain_types import ConvexPolyhedraAssembly
+
+    n, d = targets.shape
+    low, high = cube
+
+    def solver(y: np.ndarray, v: np.ndarray, h: np.ndarray) -> Any:
+        domain = ConvexPolyhedraAssembly()
+        # cut_id: pysdot 0.2.16 passes its default -1 to np.uint64, which numpy 2 refuses.
+        domain.add_box([low] * d, [high] * d, 1.0, np.iinfo(np.uint64).max)
+        lifted = np.square(y).sum(axis=1)
+        ot = OptimalTransport(
+            positions=y, weights=lifted + 2 * h, domain=domain, masses=v, linear_solver="Scipy"
+        )
+        ot.set_stopping_criterion(target_l1 / len(y), "max delta masses")
+        return ot
+
+    # The first solve in a process loads pysdot's compiled module for this dimension.
+    warm_start = time.perf_counter()
+    grid = np.stack(np.meshgrid(*[np.linspace(low + 0.25, high - 0.25, 2)] * d), -1)
+    tiny = grid.reshape(-1, d) + 1e-3 * np.arange(2**d)[:, None]
+    solver(tiny, np.full(2**d, 0.5**d), -0.5 * np.square(tiny).sum(axis=1)).adjust_weights()
+    warmup = time.perf_counter() - warm_start
+    clock, cpu_clock = time.perf_counter(), time.process_time()
+    ot = solver(targets, weights, start)
+    ot.adjust_weights()
+    seconds, cpu = time.perf_counter() - clock, time.process_time() - cpu_clock
+    heights = 0.5 * (np.asarray(ot.get_weights()) - np.square(targets).sum(axis=1))
+    return ExactPeerResult(
+        peer="pysdot",
+        heights=heights - heights.mean(),
+        seconds=seconds,
+        cpu_seconds=cpu,
+        iterations=len(ot.delta_m),
+        warmup_seconds=warmup,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -54,3 +55,58 @@ def test_installed_peer_returns_heights_that_pass_a_sanity_check(peer):
     # Sanity, not a race: well below 1.5 and below 3/4 of where every peer starts (h = 0).
     assert acc.l1 < 1.5
     assert acc.l1 < 0.75 * start.l1
+
+
+def _exact_case(d):
+    from solver.fitting import exact_newton
+    from solver.fitting.config import FitConfig
+    from solver.measures import SourceMeasure
+
+    rng = np.random.default_rng(5)
+    y = rng.uniform(-0.45, 0.45, (40, d))
+    v = rng.uniform(0.5, 1.5, 40)
+    v /= v.sum()
+    ctx = exact_newton.make_context(y, v, SourceMeasure(dim=d), FitConfig())
+    return y, v, exact_newton.initial_state(ctx).heights
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_exact_oracle_is_the_independent_halfspace_oracle(d):
+    # The benchmark's own oracle (lower hull candidates, total checked) against the tests'
+    # oracle that clips every cell by ALL targets, with heights that leave cells empty.
+    from oracles import halfspace_cells
+
+    from bench.exact_fit import oracle_measures
+
+    y, _, h = _exact_case(d)
+    h = h + 0.02 * np.random.default_rng(1).standard_normal(len(h))
+    ref, centres = halfspace_cells(y, h)
+    assert (ref == 0).any()
+    cells = oracle_measures(y, h, -0.5, 0.5, np.full_like(y, np.nan))  # its own interior points
+    np.testing.assert_allclose(cells, ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(oracle_measures(y, h, -0.5, 0.5, centres), ref, rtol=0, atol=1e-12)
+
+
+def test_absent_exact_peer_is_reported_skipped(monkeypatch):
+    from bench import peers
+
+    monkeypatch.setattr(peers.importlib.util, "find_spec", lambda name: None)
+    y, v, h = _exact_case(2)
+    run = peers.run_exact_peer("pysdot", y, v, h, (-0.5, 0.5), 1e-6, budget=10.0)
+    assert run.skipped == "not installed" and run.heights is None
+    with pytest.raises(ValueError, match="exact peer must be one of"):
+        peers.run_exact_peer("sdot", y, v, h, (-0.5, 0.5), 1e-6, budget=10.0)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_installed_exact_peer_meets_the_target_by_the_oracle(d):
+    from bench.exact_fit import oracle_measures
+    from bench.peers import run_exact_peer
+
+    if importlib.util.find_spec("pysdot") is None:
+        pytest.skip("pysdot not installed (the bench extra)")
+    y, v, h = _exact_case(d)
+    run = run_exact_peer("pysdot", y, v, h, (-0.5, 0.5), 1e-6, budget=120.0)
+    assert run.skipped is None and run.heights is not None and run.iterations > 0
+    cells = oracle_measures(y, run.heights, -0.5, 0.5, np.full_like(y, np.nan))
+    assert np.abs(cells - v).sum() <= 1e-6

@@ -81,6 +81,9 @@ typedef struct {
     Buf fl, fs, fn, fl2, fs2, fn2, pool, pool2;
     Buf cut_a, cut_b, cut_id, ring, ang;
     int64_t nv, nf;
+    /* a ball around the vertices (centre, radius), valid until the next clip */
+    double centre[3], radius;
+    int ball;
 } Poly;
 
 static void poly_init(Poly *P) {
@@ -119,6 +122,7 @@ static int square_init(Poly *P, double lo, double hi) {
         I64(P->lab)[k] = lab[k];
     }
     P->nv = 4;
+    P->ball = 0;
     return 0;
 }
 
@@ -143,6 +147,7 @@ static int cube_init(Poly *P, double lo, double hi) {
     }
     P->nv = 8;
     P->nf = 6;
+    P->ball = 0;
     return 0;
 }
 
@@ -467,7 +472,32 @@ static int clip_by(const Problem *t, int64_t i, Poly *P, int64_t j, Out *out) {
         out->duplicate = 1;
         return 0;
     }
-    return d == 2 ? clip2(P, a, t->h[i] - t->h[j], j) : clip3(P, a, t->h[i] - t->h[j], j);
+    const double b = t->h[i] - t->h[j];
+    /* Most candidates do not cut: the ball around the vertices answers that in O(d). */
+    if (!P->ball) {
+        const double *v = V(P);
+        double r2 = 0.0;
+        for (int c = 0; c < d; c++) P->centre[c] = 0.0;
+        for (int64_t k = 0; k < P->nv; k++)
+            for (int c = 0; c < d; c++) P->centre[c] += v[d * k + c];
+        for (int c = 0; c < d; c++) P->centre[c] /= (double)P->nv;
+        for (int64_t k = 0; k < P->nv; k++) {
+            double e = 0.0;
+            for (int c = 0; c < d; c++) e += (v[d * k + c] - P->centre[c]) * (v[d * k + c] - P->centre[c]);
+            if (e > r2) r2 = e;
+        }
+        /* widened by a relative 1e-9: the test may only keep a candidate, never drop one */
+        P->radius = sqrt(r2) * (1.0 + 1e-9) + 1e-15;
+        P->ball = 1;
+    }
+    double at = b, norm = 0.0;
+    for (int c = 0; c < d; c++) {
+        at += a[c] * P->centre[c];
+        norm += a[c] * a[c];
+    }
+    if (at - P->radius * sqrt(norm) > 1e-12 * (fabs(at) + fabs(b))) return 0;
+    P->ball = 0;
+    return d == 2 ? clip2(P, a, b, j) : clip3(P, a, b, j);
 }
 
 static int one_cell(const Problem *t, int64_t i, Poly *P, Buf *order, Buf *marks, double *vol,

@@ -4,13 +4,13 @@ In dimension 2 and 3 the cells are computed exactly (:func:`solver.cells.power_d
 .power_diagram`), so the gradient G(h) = w(h) - v and its Jacobian are exact: DG is the weighted
 graph Laplacian with off-diagonal entries -|W_i cap W_j| / |y_i - y_j| over adjacent cells and
 rows summing to zero. Each step solves DG d = G with one height fixed (the Laplacian's constant
-null space is the gauge h -> h + c) by a sparse LU factorisation (minimum-degree ordering) and
-moves h -> h - t d with the KMT rule: t = 1, 1/2, 1/4, ... (starting from twice the last
-accepted t) until every cell keeps at least eps and |G(h - t d)|_2 <= (1 - t/2) |G(h)|_2,
-where eps is half the smallest of the target weights and the initial cell measures. Far from
-the solution the rule keeps every cell non-empty (so DG stays invertible on the gauge-fixed
-space); near it full steps are accepted and the convergence is quadratic, down to float64
-round-off.
+null space is the gauge h -> h + c), by a sparse LU factorisation (minimum-degree ordering) in
+2D and Jacobi-preconditioned conjugate gradients in 3D, and moves h -> h - t d with the KMT
+rule: t = 1, 1/2, 1/4, ... (starting from twice the last accepted t) until every cell keeps at
+least eps and |G(h - t d)|_2 <= (1 - t/2) |G(h)|_2, where eps is half the smallest of the
+target weights and the initial cell measures. Far from the solution the rule keeps every cell
+non-empty (so DG stays invertible on the gauge-fixed space); near it full steps are accepted
+and the convergence is quadratic, down to float64 round-off.
 
 The start makes every cell non-empty: the Voronoi diagram of the targets mapped affinely into
 the cube, written as heights for the unmoved targets. Every iteration's record carries the
@@ -41,6 +41,9 @@ if TYPE_CHECKING:  # the shared signature names them; the exact method uses neit
 _JITTER = 1e-3
 # The KMT floor eps on cell measures is set by the first step (from the start's cells).
 _UNSET = -1.0
+# 3D Newton systems: conjugate gradients to this relative residual, within this many steps.
+_CG_RTOL = 1e-10
+_CG_MAX_ITER = 2000
 
 
 @dataclass
@@ -197,10 +200,21 @@ def newton_direction(targets: np.ndarray, diagram: PowerDiagram, g: np.ndarray) 
     rows = np.concatenate([i, j, np.arange(n)])
     cols = np.concatenate([j, i, np.arange(n)])
     hess = sp.csc_matrix((np.concatenate([-w, -w, diag]), (rows, cols)), shape=(n, n))
-    # A minimum-degree ordering of the symmetric pattern: 1.5 to 2.6 times faster than the
-    # default column ordering on these Laplacians (2D N = 100,000 and 3D N = 10,000).
-    lu = spla.splu(hess, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True})
-    d = lu.solve(g)
+    d = None
+    if targets.shape[1] == 3:
+        # 3D Laplacians fill in badly under elimination (0.47 s of LU against 0.06 s of
+        # Jacobi-preconditioned CG at N = 10,000); CG to 1e-10 relative residual, and LU if it
+        # has not converged in its cap.
+        d, info = spla.cg(
+            hess, g, rtol=_CG_RTOL, maxiter=_CG_MAX_ITER, M=sp.diags(1.0 / hess.diagonal())
+        )
+        if info != 0:
+            d = None
+    if d is None:
+        # A minimum-degree ordering of the symmetric pattern: 1.5 to 2.6 times faster than the
+        # default column ordering on these Laplacians (2D N = 100,000, 3D N = 10,000).
+        lu = spla.splu(hess, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True})
+        d = lu.solve(g)
     d[gauge] = 0.0
     return d
 
