@@ -200,13 +200,11 @@ def exact_peer_rows(
     for kind, n, d, goal in cases or PEER_CASES:
         y, v = peer_problem(kind, n, d)
         problem = make_problem(y, v)
-        frame = Frame.for_problem(problem, "exact")
-        internal = frame.to_internal(problem.targets, np.float64)
+        inside = Frame.for_problem(problem, normalised=True).to_internal(problem)
+        internal = inside.targets
         low, high = problem.source.low, problem.source.high
         config = FitConfig(target_l1=target, time_budget=budget)
-        start = exact_newton.initial_state(
-            exact_newton.make_context(internal, problem.weights, problem.source, config)
-        ).heights
+        start = exact_newton.initial_state(exact_newton.make_context(inside, config)).heights
         repeats = 3 if n < _REPEAT_BELOW else 1
         base = {"bench": "solver", "kind": "exact_peers", "problem": kind, "n": n, "d": d}
         base["target_l1"] = target

@@ -11,7 +11,7 @@ Prints one JSON object per line. Usage::
     python bench/fit_speed.py --exact         # exact-geometry fits in 2D/3D (bench/exact_fit.py)
     python bench/fit_speed.py --only ivf      # approximate (IVF) search: recall and speed-up
     python bench/fit_speed.py --peers         # POT and OTT-JAX at equal wall time (bench/peers.py)
-    python bench/fit_speed.py --peers --exact-peers  # exact 2D/3D against pysdot (bench/exact_fit.py)
+    python bench/fit_speed.py --peers --exact-peers  # exact 2D/3D against pysdot (exact_fit.py)
 
 Time-to-accuracy: wall time until L1 <= target with no empty cell on an independent sample.
 The default method checks itself on fresh samples as part of the algorithm, so its time

@@ -60,13 +60,13 @@ def test_installed_peer_returns_heights_that_pass_a_sanity_check(peer):
 def _exact_case(d):
     from solver.fitting import exact_newton
     from solver.fitting.config import FitConfig
-    from solver.measures import SourceMeasure
+    from solver.problem import make_problem
 
     rng = np.random.default_rng(5)
     y = rng.uniform(-0.45, 0.45, (40, d))
     v = rng.uniform(0.5, 1.5, 40)
     v /= v.sum()
-    ctx = exact_newton.make_context(y, v, SourceMeasure(dim=d), FitConfig())
+    ctx = exact_newton.make_context(make_problem(y, v), FitConfig())
     return y, v, exact_newton.initial_state(ctx).heights
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from solver import CellIndex, SourceMeasure, available_backends, estimate
-from solver.estimation.fused import PairTable, fused_estimate, search_device
+from solver.estimation.fused import fused_estimate, search_device
+from solver.estimation.pairs import PairTable
 
 CPU_BACKENDS = available_backends("cpu")
 

@@ -59,35 +59,92 @@ def test_fit_reports_its_estimator_and_fused_fits_like_host(rng):
 
 
 class CountingEstimator(HostEstimator):
-    """The host estimator, counting its passes."""
+    """The host estimator, counting its passes; ``after_pass`` runs after each one."""
 
-    def __init__(self):
+    def __init__(self, after_pass=None):
         super().__init__()
         object.__setattr__(self, "passes", 0)
+        object.__setattr__(self, "after_pass", after_pass)
 
     def estimate(self, *args, **kwargs):
         object.__setattr__(self, "passes", self.passes + 1)
-        return super().estimate(*args, **kwargs)
+        result = super().estimate(*args, **kwargs)
+        if self.after_pass is not None:
+            self.after_pass()
+        return result
 
 
-def test_a_passed_deadline_stops_newton_inside_its_line_search(rng):
+def _newton_step_context(rng, estimator):
     import dataclasses
-    import time
 
     from solver.fitting import newton
 
     problem = make_problem(rng.uniform(-0.4, 0.4, (30, 4)))
     config = FitConfig(target_l1=0.01, backend="torch")
     index = CellIndex(problem.targets, backend="torch")
-    counter = CountingEstimator()
-    ctx = newton.make_context(problem, config, index=index, estimator=counter, start=None)
+    ctx = newton.make_context(problem, config, index=index, estimator=estimator, start=None)
     start = newton.initial_state(ctx)
-    state = dataclasses.replace(start, counters={**start.counters, "phase": 1})
-    ctx.deadline = time.perf_counter() - 1.0  # already passed
+    return ctx, dataclasses.replace(start, counters={**start.counters, "phase": 1})
+
+
+def test_a_deadline_passing_in_the_line_search_stops_newton_there(rng):
+    import time
+
+    from solver.fitting import newton
+
+    box = {}
+
+    def expire():  # the deadline passes right after the step's first pass
+        box["ctx"].deadline = time.perf_counter() - 1.0
+
+    counter = CountingEstimator(after_pass=expire)
+    ctx, state = _newton_step_context(rng, counter)
+    box["ctx"] = ctx
+    ctx.deadline = time.perf_counter() + 3600.0
     new, record, reason = newton.step(ctx, state)
     assert reason == "time_budget" and counter.passes == 1  # no trial step was evaluated
     np.testing.assert_array_equal(new.heights, state.heights)
     assert record.train_l1 > 0.01
+
+
+def test_a_deadline_stops_a_pass_between_its_batches(rng):
+    """A pass of many batches stops at the first batch after its deadline, with no result."""
+    import time
+
+    from solver.estimation.host import DeadlineReached, estimate
+
+    class Slow:
+        def __init__(self, index):
+            self.index, self.calls = index, 0
+            self.n_targets, self.dim, self.targets = index.n_targets, index.dim, index.targets
+
+        def search(self, x, k):
+            self.calls += 1
+            time.sleep(0.02)
+            return self.index.search(x, k)
+
+    slow = Slow(CellIndex(rng.standard_normal((50, 3)), backend="torch"))
+    source = SourceMeasure(dim=3)
+    deadline = time.perf_counter() + 0.1
+    with pytest.raises(DeadlineReached):
+        estimate(slow, source, 100 * 64, 1, batch_size=64, deadline=deadline)
+    assert 2 <= slow.calls <= 8  # of 100: the pass stopped within a batch or two
+    with pytest.raises(DeadlineReached):  # already passed: no batch is counted
+        estimate(slow, source, 640, 1, batch_size=64, deadline=time.perf_counter() - 1)
+
+
+def test_a_fit_whose_passes_outlast_its_budget_stops_inside_them(rng):
+    """Warm-up passes of 3 x 10^8 samples and 2 s of budget: stopped within the first pass."""
+    from solver import NewtonConfig
+
+    problem = make_problem(rng.uniform(-0.4, 0.4, (300, 5)))
+    newton = NewtonConfig(warmup_samples_per_cell=1_000_000, coarse_clusters=0)
+    config = FitConfig(method="newton", time_budget=2.0, seed=1, newton=newton)
+    result = fit(problem, config)
+    assert result.reason == "time_budget" and not result.converged
+    assert result.iterations == 0 and result.history == ()  # the pass left no record
+    assert 2.0 <= result.elapsed < 120.0  # the pass alone takes over 20 minutes here
+    assert result.state.config == config
 
 
 def test_search_ahead_gives_the_sequential_results_in_order(rng):

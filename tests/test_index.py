@@ -239,7 +239,7 @@ def test_candidate_scores_match_numpy_with_and_without_the_kernel(rng, monkeypat
     """The kernel's float64 re-scoring of per-query candidates equals the numpy fallback."""
     from solver.cells import index as index_module
 
-    y = rng.standard_normal((50, 7))
+    y = rng.standard_normal((50, 7)).astype(np.float32)
     h = rng.standard_normal(50)
     x = (rng.random((300, 7)) - 0.5).astype(np.float32)
     cand = rng.integers(0, 50, size=(300, 5)).astype(np.int32)
@@ -249,7 +249,7 @@ def test_candidate_scores_match_numpy_with_and_without_the_kernel(rng, monkeypat
     s_ref, c_ref = index_module.candidate_scores(x, y, h, cand, 3)
     np.testing.assert_allclose(s_fast, s_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(c_fast, c_ref)
-    direct = x.astype(np.float64) @ y.T + h
+    direct = x.astype(np.float64) @ y.astype(np.float64).T + h
     np.testing.assert_allclose(s_ref[:, 0], direct[np.arange(300)[:, None], cand].max(axis=1))
     monkeypatch.undo()
     if "simd" in index_module.available_backends("cpu"):  # the kernel checks its candidates

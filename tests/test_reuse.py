@@ -91,3 +91,42 @@ def test_a_few_large_height_increases_are_scored_exactly_not_bounded_for_all(rng
         np.testing.assert_allclose(scores, want_s, atol=1e-5)
         certified[outliers] = reuse.stats.certified
     assert certified[4] > 2 * certified[0]
+
+
+def test_entries_stay_within_their_byte_budget_and_the_answers_exact(rng):
+    """Past ``max_bytes`` a batch keeps no entry and is searched in full each time."""
+    from solver.estimation.reuse import entry_bytes
+
+    n, d = 60, 3
+    y = (0.3 * rng.standard_normal((n, d))).astype(np.float32)
+    h0 = 0.01 * rng.standard_normal(n)
+    x = SourceMeasure(dim=d).sample(4000, seed=3)
+    per_sample = entry_bytes(n, 4)
+    assert per_sample == 12 and entry_bytes(70_000, 4) == 20  # uint16 cells up to 65,536
+    reuse = ReuseIndex(CellIndex(y, h0, backend="torch"), candidates=4, max_bytes=per_sample * 2500)
+    batches = [x[:1000], x[1000:2000], x[2000:3000], x[3000:]]
+    for b in batches:
+        reuse.search(b, 2)
+    assert reuse.kept_bytes == per_sample * 2000  # two batches fit, the third would not
+    h = h0 + 1e-4 * rng.standard_normal(n)
+    reuse.set_heights(h)
+    h32 = h.astype(np.float32).astype(np.float64)
+    for b in batches:
+        scores, cells = reuse.search(b, 2)
+        want, want_s, gaps = brute_top(b, y, h32, 2)
+        clear = gaps > 1e-5
+        np.testing.assert_array_equal(cells[clear], want[clear])
+        np.testing.assert_allclose(scores, want_s, atol=1e-5)
+    assert reuse.stats.certified >= 1500  # the kept batches were certified
+    assert reuse.kept_bytes <= per_sample * 2500
+    reuse.clear()
+    assert reuse.kept_bytes == 0
+
+
+def test_a_stored_bound_is_never_below_the_float64_bound(rng):
+    from solver.estimation.reuse import _round_up
+
+    b = rng.standard_normal(100_000) * 10.0 ** rng.integers(-8, 3, 100_000)
+    stored = _round_up(b)
+    assert stored.dtype == np.float32 and (stored.astype(np.float64) >= b).all()
+    assert (stored.astype(np.float64) - b <= np.abs(b) * 2**-23).all()

@@ -301,7 +301,7 @@ done:
 
 /* Scores (float64) of each query's kc candidate cells; the best k, best first, equal scores by
  * the lower cell (a cell listed twice keeps its first position). */
-static int rescore(const float *x, int64_t m, int d, const double *y, const double *h, int64_t n,
+static int rescore(const float *x, int64_t m, int d, const float *y, const double *h, int64_t n,
                    const int32_t *cand, int kc, int k, double *os, int64_t *oc) {
     double s[64];
     for (int64_t i = 0; i < m; i++) {
@@ -309,9 +309,9 @@ static int rescore(const float *x, int64_t m, int d, const double *y, const doub
         const int32_t *ci = cand + i * kc;
         for (int j = 0; j < kc; j++) {
             if (ci[j] < 0 || ci[j] >= n) return -1;
-            const double *yj = y + (int64_t)ci[j] * d;
+            const float *yj = y + (int64_t)ci[j] * d;
             double acc = h[ci[j]];
-            for (int c = 0; c < d; c++) acc += (double)xi[c] * yj[c];
+            for (int c = 0; c < d; c++) acc += (double)xi[c] * (double)yj[c];
             s[j] = acc;
         }
         for (int r = 0; r < k; r++) { /* selection of the r-th best; kc is small */
@@ -331,7 +331,7 @@ static int rescore(const float *x, int64_t m, int d, const double *y, const doub
 PyDoc_STRVAR(rescore_doc,
              "rescore(x, y, h, cand, m, d, kc, k, scores, cells)\n--\n\n"
              "Scores <x, y_j> + h_j of each query's candidate cells, in float64; the best k.\n\n"
-             "x: float32 (m, d); y: float64 (n, d); h: float64 (n,); cand: int32 (m, kc),\n"
+             "x: float32 (m, d); y: float32 (n, d); h: float64 (n,); cand: int32 (m, kc),\n"
              "kc <= 64; scores: float64 (m, k) and cells: int64 (m, k), written, best first.");
 
 static PyObject *py_rescore(PyObject *self, PyObject *args) {
@@ -348,13 +348,13 @@ static PyObject *py_rescore(PyObject *self, PyObject *args) {
         goto done;
     }
     if (check_len(&x, m * d * (Py_ssize_t)sizeof(float), "x") ||
-        check_len(&y, n * d * (Py_ssize_t)sizeof(double), "y") ||
+        check_len(&y, n * d * (Py_ssize_t)sizeof(float), "y") ||
         check_len(&cand, m * kc * (Py_ssize_t)sizeof(int32_t), "cand") ||
         check_len(&os, m * k * (Py_ssize_t)sizeof(double), "scores") ||
         check_len(&oc, m * k * (Py_ssize_t)sizeof(int64_t), "cells"))
         goto done;
     Py_BEGIN_ALLOW_THREADS status =
-        rescore((const float *)x.buf, m, d, (const double *)y.buf, (const double *)h.buf, n,
+        rescore((const float *)x.buf, m, d, (const float *)y.buf, (const double *)h.buf, n,
                 (const int32_t *)cand.buf, kc, k, (double *)os.buf, (int64_t *)oc.buf);
     Py_END_ALLOW_THREADS if (status < 0) {
         PyErr_SetString(PyExc_ValueError, "a candidate cell is out of range");

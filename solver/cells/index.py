@@ -226,9 +226,10 @@ def candidate_scores(
 
     Args:
         x: queries, shape ``(M, d)``, float32.
-        y: targets, shape ``(N, d)``, float64.
+        y: targets, shape ``(N, d)``, float32 (each product is formed in float64, so no
+            float64 copy of the targets is needed).
         h: heights, shape ``(N,)``, float64.
-        candidates: cells per query, shape ``(M, K)``, int32, ``k <= K``.
+        candidates: cells per query, shape ``(M, K)``, integers, ``k <= K``.
         k: how many to return.
 
     Returns:
@@ -244,7 +245,7 @@ def candidate_scores(
         cells = np.empty((m, k), dtype=np.int64)
         _simd.rescore(
             np.ascontiguousarray(x, dtype=np.float32),
-            np.ascontiguousarray(y, dtype=np.float64),
+            np.ascontiguousarray(y, dtype=np.float32),
             np.ascontiguousarray(h, dtype=np.float64),
             np.ascontiguousarray(candidates, dtype=np.int32),
             m,
@@ -255,7 +256,8 @@ def candidate_scores(
             cells,
         )
         return scores, cells
-    s = np.einsum("bd,bkd->bk", x.astype(np.float64), y[candidates]) + h[candidates]
+    s = np.einsum("bd,bkd->bk", x.astype(np.float64), y[candidates].astype(np.float64))
+    s += h[candidates]
     order = np.lexsort((candidates, -s))[:, :k]
     return np.take_along_axis(s, order, axis=1), np.take_along_axis(candidates, order, axis=1)
 
@@ -599,9 +601,8 @@ class _AmxCPU:
             raise ValueError("backend 'amx' needs the compiled kernel and a CPU with AMX-BF16")
         self._exact = _SimdCPU(y, h)
         self._n, self._d = y.shape
-        self._y32 = y
-        self._y = y.astype(np.float64)
-        self._y_norm = float(np.sqrt(np.square(self._y).sum(axis=1).max()))
+        self._y = y
+        self._y_norm = float(np.sqrt(np.square(y, dtype=np.float64).sum(axis=1).max()))
         blocks = -(-self._n // (2 * _SIMD_LANES)) * 2
         self._hb = np.full(blocks * _SIMD_LANES, -np.inf, dtype=np.float32)
         self.set_heights(h)
@@ -659,7 +660,7 @@ class _AmxCPU:
 
     def _layout(self, mode: int) -> tuple[np.ndarray, int, int]:
         if mode not in self._layouts:
-            self._layouts[mode] = amx_layout(self._y32, mode)
+            self._layouts[mode] = amx_layout(self._y, mode)
         return self._layouts[mode]
 
     def _account(self, m: int, opened: int) -> None:

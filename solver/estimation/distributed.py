@@ -29,14 +29,14 @@ import torch.distributed as dist
 from solver.cells.index import CellIndex
 from solver.cells.ties import check_queries
 from solver.estimation.fused import (
-    PairTable,
     Searcher,
     StatsAccumulator,
     check_inputs,
     search_device,
     slab_width,
 )
-from solver.estimation.host import MeasureEstimate
+from solver.estimation.host import DeadlineReached, MeasureEstimate, past
+from solver.estimation.pairs import PairTable
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 
 Array = np.ndarray | torch.Tensor
@@ -162,6 +162,7 @@ def distributed_estimate(
     centres: bool = False,
     group: dist.ProcessGroup | None = None,
     batch_size: int = DEFAULT_BATCH,
+    deadline: float | None = None,
 ) -> MeasureEstimate:
     """:func:`solver.estimation.host.estimate` split over the ranks of ``group``, same on all.
 
@@ -176,9 +177,14 @@ def distributed_estimate(
         centres: also accumulate per-cell coordinate sums.
         group: process group (default: the world).
         batch_size: samples per batch, the same on every rank.
+        deadline: ``time.perf_counter`` value after which the pass stops between batches;
+            the ranks agree (all-reduce) before each batch, so all stop at the same one.
 
     Returns:
         The estimate of all ``n_samples`` samples, identical on every rank.
+
+    Raises:
+        DeadlineReached: the deadline passed before the last batch (on every rank).
 
     """
     if not dist.is_initialized():
@@ -190,6 +196,8 @@ def distributed_estimate(
     acc = StatsAccumulator(index.targets, comm, centres=centres)
     search_on = comm if sharded else search_device(index)
     for b in range(-(-n_samples // batch_size)):
+        if deadline is not None and _any_rank(past(deadline), comm, group):
+            raise DeadlineReached(f"the deadline passed during a pass of {n_samples} samples")
         owner = b % world == rank
         if sharded or owner:  # a sharded search is collective: every rank joins every batch
             start = b * batch_size
@@ -201,6 +209,13 @@ def distributed_estimate(
         if owner:
             acc.add(x.to(comm), scores.to(comm), cells.to(comm), gap_width)
     return _reduce(acc, n_samples, gap_width, group, pairs=k >= 2)
+
+
+def _any_rank(flag: bool, device: torch.device, group: dist.ProcessGroup | None) -> bool:
+    """Whether ``flag`` holds on any rank of ``group`` (all-reduce, collective)."""
+    value = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+    return bool(value.item())
 
 
 def _broadcast_width(width: float, device: torch.device, group: dist.ProcessGroup | None) -> float:

@@ -54,6 +54,7 @@ class Estimator(Protocol):
         gap_width: float | None = None,
         centres: bool = False,
         batch_size: int = DEFAULT_BATCH,
+        deadline: float | None = None,
     ) -> MeasureEstimate:
         """One pass over samples ``0 .. n_samples - 1`` of the stream ``seed``.
 
@@ -66,9 +67,14 @@ class Estimator(Protocol):
             gap_width: slab half-width delta; ``None`` takes a quantile of the first batch's gaps.
             centres: also accumulate per-cell coordinate sums.
             batch_size: samples per batch.
+            deadline: ``time.perf_counter`` value after which the pass stops between batches
+                (every process of the estimator stops at the same batch).
 
         Returns:
             The estimate (host arrays), identical on every process of the estimator.
+
+        Raises:
+            DeadlineReached: the deadline passed before the last batch.
 
         """
 
@@ -115,6 +121,7 @@ class HostEstimator(_SingleProcess):
         gap_width: float | None = None,
         centres: bool = False,
         batch_size: int = DEFAULT_BATCH,
+        deadline: float | None = None,
     ) -> MeasureEstimate:
         """See :meth:`Estimator.estimate`."""
         return estimate(
@@ -126,6 +133,7 @@ class HostEstimator(_SingleProcess):
             gap_width=gap_width,
             centres=centres,
             batch_size=batch_size,
+            deadline=deadline,
         )
 
 
@@ -152,6 +160,7 @@ class FusedEstimator(_SingleProcess):
         gap_width: float | None = None,
         centres: bool = False,
         batch_size: int = DEFAULT_BATCH,
+        deadline: float | None = None,
     ) -> MeasureEstimate:
         """See :meth:`Estimator.estimate`."""
         return fused_estimate(
@@ -164,6 +173,7 @@ class FusedEstimator(_SingleProcess):
             centres=centres,
             batch_size=batch_size,
             device=self.device,
+            deadline=deadline,
         )
 
 
@@ -193,6 +203,7 @@ class DistributedEstimator:
         gap_width: float | None = None,
         centres: bool = False,
         batch_size: int = DEFAULT_BATCH,
+        deadline: float | None = None,
     ) -> MeasureEstimate:
         """See :meth:`Estimator.estimate` (collective)."""
         return distributed_estimate(
@@ -204,6 +215,7 @@ class DistributedEstimator:
             gap_width=gap_width,
             centres=centres,
             batch_size=batch_size,
+            deadline=deadline,
         )
 
     def agree(self, flag: bool) -> bool:

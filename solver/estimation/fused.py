@@ -21,15 +21,16 @@ import numpy as np
 import torch
 
 from solver.cells.index import CellIndex, backend_spec
-from solver.estimation.host import DEFAULT_SLAB_FRACTION, MeasureEstimate
+from solver.estimation.host import (
+    DEFAULT_SLAB_FRACTION,
+    DeadlineReached,
+    MeasureEstimate,
+    past,
+)
+from solver.estimation.pairs import PairTable
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 
 Array = np.ndarray | torch.Tensor
-
-# Pair chunks wait until they outnumber the merged table by this factor (and are at least
-# 2^20 codes long) before a merge, so sorting costs amortised O(P log P) per sample batch.
-_MERGE_FACTOR = 4
-_MERGE_MIN = 1 << 20
 
 
 class Searcher(Protocol):
@@ -59,49 +60,6 @@ def search_device(searcher: Searcher) -> torch.device:
     if isinstance(searcher, CellIndex) and backend_spec(searcher.backend).device == "cpu":
         return torch.device("cpu")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class PairTable:
-    """Counts of top-2 pairs {i, j} and of their slab samples, as sorted int64 code tables."""
-
-    def __init__(self, n: int, device: torch.device) -> None:
-        self.n = n
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
-        self.codes, self.totals, self.slabs = empty, empty, empty
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._pending_len = 0
-
-    def add_samples(self, first: torch.Tensor, second: torch.Tensor, in_slab: torch.Tensor) -> None:
-        """Add one batch: top-1 and top-2 cells (shape ``(B,)``) and its slab mask."""
-        codes = torch.minimum(first, second) * self.n + torch.maximum(first, second)
-        self.add_counts(codes, torch.ones_like(codes), in_slab.to(torch.int64))
-
-    def add_counts(self, codes: torch.Tensor, totals: torch.Tensor, slabs: torch.Tensor) -> None:
-        """Add pre-counted codes (any order, repeats allowed)."""
-        self._pending.append((codes, totals, slabs))
-        self._pending_len += int(codes.numel())
-        if self._pending_len > max(_MERGE_MIN, _MERGE_FACTOR * self.codes.numel()):
-            self.compact()
-
-    def compact(self) -> None:
-        """Merge pending chunks into the sorted table."""
-        if not self._pending:
-            return
-        codes = torch.cat([self.codes, *(p[0] for p in self._pending)])
-        totals = torch.cat([self.totals, *(p[1] for p in self._pending)])
-        slabs = torch.cat([self.slabs, *(p[2] for p in self._pending)])
-        self._pending, self._pending_len = [], 0
-        self.codes, inverse = torch.unique(codes, sorted=True, return_inverse=True)
-        size = self.codes.numel()
-        self.totals = totals.new_zeros(size).index_add_(0, inverse, totals)
-        self.slabs = slabs.new_zeros(size).index_add_(0, inverse, slabs)
-
-    def to_numpy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(pairs (P, 2), pair_counts (P,), slab_counts (P,))``, int64, pairs i < j sorted."""
-        self.compact()
-        codes = self.codes.cpu().numpy()
-        pairs = np.stack([codes // self.n, codes % self.n], axis=1).astype(np.int64)
-        return pairs, self.totals.cpu().numpy(), self.slabs.cpu().numpy()
 
 
 class StatsAccumulator:
@@ -194,6 +152,7 @@ def fused_estimate(
     centres: bool = False,
     batch_size: int = DEFAULT_BATCH,
     device: str | torch.device | None = None,
+    deadline: float | None = None,
 ) -> MeasureEstimate:
     """:func:`solver.estimation.host.estimate` with every per-sample result kept on the device.
 
@@ -209,15 +168,21 @@ def fused_estimate(
         batch_size: samples per batch (the batches, hence the data-driven gap width, are those
             of the host estimate with the same ``batch_size``).
         device: where to accumulate; by default where the searcher answers.
+        deadline: ``time.perf_counter`` value after which the pass stops between batches.
 
     Returns:
         The same :class:`MeasureEstimate` as the host estimate (see module docstring).
+
+    Raises:
+        DeadlineReached: the deadline passed before the last batch.
 
     """
     k = check_inputs(searcher, source, n_samples, k)
     dev = torch.device(device) if device is not None else search_device(searcher)
     acc = StatsAccumulator(searcher.targets, dev, centres=centres)
     for batch in source.batches(n_samples, seed, batch_size):
+        if past(deadline):
+            raise DeadlineReached(f"the deadline passed during a pass of {n_samples} samples")
         x = torch.from_numpy(batch).to(dev)
         scores, cells = searcher.search(x, k)
         if k >= 2 and gap_width is None:

@@ -15,18 +15,34 @@ each sample:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from solver.cells.index import CellIndex
+from solver.estimation.pairs import PairTable
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 
 # Fraction of samples whose top-2 score gap falls in the facet slabs when the width is chosen
 # from the data: wide enough for many counts per facet, narrow enough that slabs stay near facets.
 DEFAULT_SLAB_FRACTION = 0.2
+
+
+class DeadlineReached(Exception):  # noqa: N818 - a stop signal, not a fault
+    """A Monte Carlo pass stopped between batches because its deadline passed.
+
+    Passes over millions of samples take minutes; the fit's time budget is checked between
+    their batches too, and the interrupted pass leaves no result.
+    """
+
+
+def past(deadline: float | None) -> bool:
+    """Whether ``deadline`` (a ``time.perf_counter`` value, or ``None`` for none) has passed."""
+    return deadline is not None and time.perf_counter() >= deadline
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +135,7 @@ def estimate(
     gap_width: float | None = None,
     centres: bool = False,
     batch_size: int = DEFAULT_BATCH,
+    deadline: float | None = None,
 ) -> MeasureEstimate:
     """One Monte Carlo pass over ``n_samples`` points of the source stream ``seed``.
 
@@ -131,7 +148,12 @@ def estimate(
         gap_width: slab half-width delta; ``None`` picks the quantile of the first batch's
             top-2 gaps that puts ``DEFAULT_SLAB_FRACTION`` of the samples in slabs.
         centres: also accumulate per-cell coordinate sums (for mass centres).
-        batch_size: samples per batch; memory is O(batch_size * (d + k)).
+        batch_size: samples per batch; memory is O(batch_size * (d + k) + N d + distinct
+            pairs), whatever ``n_samples``.
+        deadline: ``time.perf_counter`` value after which the pass stops between batches.
+
+    Raises:
+        DeadlineReached: the deadline passed before the last batch.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -143,9 +165,11 @@ def estimate(
     counts = np.zeros(n, dtype=np.int64)
     sums = np.zeros((n, d)) if centres else None
     energy = cost = 0.0
-    pair_chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    table = PairTable(n, torch.device("cpu"))
     medians: list[float] = []
     for x, scores, cells in searched(index, source.batches(n_samples, seed, batch_size), k):
+        if past(deadline):
+            raise DeadlineReached(f"the deadline passed during a pass of {n_samples} samples")
         top = cells[:, 0]
         counts += np.bincount(top, minlength=n)
         energy += float(scores[:, 0].sum(dtype=np.float64))
@@ -158,8 +182,12 @@ def estimate(
             medians.append(float(np.median(gaps)))
             if gap_width is None:
                 gap_width = float(np.quantile(gaps, DEFAULT_SLAB_FRACTION))
-            pair_chunks.append(_pair_counts(cells[:, 0], cells[:, 1], gaps < gap_width, n))
-    pairs, pair_counts, slab_counts = _merge_pairs(pair_chunks, n)
+            table.add_samples(
+                torch.from_numpy(np.ascontiguousarray(top)),
+                torch.from_numpy(np.ascontiguousarray(cells[:, 1])),
+                torch.from_numpy(gaps < gap_width),
+            )
+    pairs, pair_counts, slab_counts = table.to_numpy()
     return MeasureEstimate(
         n_samples=n_samples,
         counts=counts,
@@ -196,30 +224,6 @@ def searched(
             x, pending = following, queued
         scores, cells = pending.result()
         yield x, np.asarray(scores), np.asarray(cells)
-
-
-def _pair_counts(
-    first: np.ndarray, second: np.ndarray, in_slab: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    codes = np.minimum(first, second) * n + np.maximum(first, second)
-    uniq, inv = np.unique(codes, return_inverse=True)
-    total = np.bincount(inv, minlength=uniq.size)
-    slab = np.bincount(inv, weights=in_slab, minlength=uniq.size).astype(np.int64)
-    return uniq, total, slab
-
-
-def _merge_pairs(
-    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if not chunks:
-        empty = np.zeros(0, dtype=np.int64)
-        return np.zeros((0, 2), dtype=np.int64), empty, empty
-    codes = np.concatenate([c[0] for c in chunks])
-    uniq, inv = np.unique(codes, return_inverse=True)
-    total = np.bincount(inv, weights=np.concatenate([c[1] for c in chunks]), minlength=uniq.size)
-    slab = np.bincount(inv, weights=np.concatenate([c[2] for c in chunks]), minlength=uniq.size)
-    pairs = np.stack([uniq // n, uniq % n], axis=1).astype(np.int64)
-    return pairs, total.astype(np.int64), slab.astype(np.int64)
 
 
 def accuracy(counts: np.ndarray, n_samples: int, weights: np.ndarray) -> AccuracyReport:

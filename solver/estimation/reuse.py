@@ -19,7 +19,10 @@ Only the uncertified samples go to the full index search, which also refreshes t
 before (recognised by its size and a fingerprint of its rows) is answered from its entry,
 any other batch by a full search that creates the entry. So every estimator (host, fused,
 distributed) reuses without knowing it; callers :meth:`ReuseIndex.clear` it when the sample
-set changes (memory: ``4 K + 8`` bytes per sample).
+set changes. Memory: ``K b + 4`` bytes per sample (cells in ``b = 2`` bytes when N <= 65,536,
+else 4; the bound in float32, rounded up), and the entries of one pass share one copy of
+their reference heights. Past ``max_bytes`` of entries, further batches are searched in full
+every time instead of being kept (exact either way).
 """
 
 from __future__ import annotations
@@ -55,9 +58,26 @@ class _Entry:
     """One batch's candidates at its reference heights."""
 
     fingerprint: bytes
-    reference: np.ndarray  # h0, shape (N,), float64
-    cells: np.ndarray  # (B, K) int32, the K best cells at their search heights
-    bound: np.ndarray  # (B,) float64, s_{K+1} shifted to the reference h0
+    reference: np.ndarray  # h0, shape (N,), float64, shared by the entries made at h0
+    cells: np.ndarray  # (B, K) uint16 or int32, the K best cells at their search heights
+    bound: np.ndarray  # (B,) float32 rounded up, s_{K+1} shifted to the reference h0
+
+
+def entry_bytes(n_targets: int, candidates: int) -> int:
+    """Bytes an entry keeps per sample for N cells and K candidates (see the module docstring)."""
+    return candidates * _cell_dtype(n_targets).itemsize + 4
+
+
+def _cell_dtype(n_targets: int) -> np.dtype:
+    return np.dtype(np.uint16 if n_targets <= 1 << 16 else np.int32)
+
+
+def _round_up(bound: np.ndarray) -> np.ndarray:
+    """float64 bounds as float32 no smaller than them (a stored bound must stay a bound)."""
+    out = bound.astype(np.float32)
+    low = out < bound
+    out[low] = np.nextafter(out[low], np.float32(np.inf))
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,19 +94,30 @@ class ReuseIndex:
     Args:
         index: the exact cell index (its heights are set through this wrapper).
         candidates: K, cells kept per sample (>= 2; at most N - 1 are used).
+        max_bytes: most bytes of entries kept (``None``: no limit); batches past it are
+            searched in full each time.
 
     """
 
-    def __init__(self, index: CellIndex, *, candidates: int = DEFAULT_CANDIDATES) -> None:
+    def __init__(
+        self,
+        index: CellIndex,
+        *,
+        candidates: int = DEFAULT_CANDIDATES,
+        max_bytes: int | None = None,
+    ) -> None:
         if candidates < 2:
             raise ValueError(f"candidates must be >= 2, got {candidates}")
         self._index = index
         self._k = min(candidates, index.n_targets - 1)
-        self._y = index.targets.astype(np.float64)
+        self._y = index.targets
         self._h = index.heights.astype(np.float64)
         self._entries: dict[bytes, _Entry] = {}
         n = index.n_targets
+        self._cells = _cell_dtype(n)
         self._outliers = int(_OUTLIER_SHARE * n) if n - int(_OUTLIER_SHARE * n) >= 2 else 0
+        self._max_bytes = max_bytes
+        self._kept = 0
         self._certified = self._searched = 0
 
     @property
@@ -114,9 +145,15 @@ class ReuseIndex:
         """Certified and searched sample queries since the last :meth:`clear`."""
         return ReuseStats(certified=self._certified, searched=self._searched)
 
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the entries kept now (cells and bounds)."""
+        return self._kept
+
     def clear(self) -> None:
         """Forget every batch (call when the sample set changes)."""
         self._entries.clear()
+        self._kept = 0
         self._certified = self._searched = 0
 
     def set_heights(self, heights: np.ndarray) -> None:
@@ -159,7 +196,7 @@ class ReuseIndex:
             top_s, top_c = self._numpy_search(x[rows], self._k + 1)
             shift = float(np.max(entry.reference - self._h))
             entry.cells[rows] = top_c[:, : self._k]
-            entry.bound[rows] = top_s[:, self._k].astype(np.float64) + shift + _GUARD
+            entry.bound[rows] = _round_up(top_s[:, self._k].astype(np.float64) + shift + _GUARD)
             scores[rows], cells[rows] = self._rescore(x[rows], entry.cells[rows], k)
         return scores, cells
 
@@ -173,8 +210,9 @@ class ReuseIndex:
         """
         dh = self._h - entry.reference
         u = self._outliers
+        bound = entry.bound.astype(np.float64)
         if u == 0:
-            return entry.bound + float(dh.max())
+            return bound + float(dh.max())
         cut = dh.size - u
         order = np.argpartition(dh, cut - 1)
         big, rest = order[cut:], float(dh[order[cut - 1]])
@@ -188,20 +226,30 @@ class ReuseIndex:
             s_own, l_own = (np.asarray(a) for a in outliers.search(x[own], min(self._k + 1, u)))
             hit = (big[l_own][:, :, None] == entry.cells[own][:, None, :]).any(axis=2)
             exact[own] = np.where(hit, -np.inf, s_own.astype(np.float64)).max(axis=1)
-        return np.maximum(entry.bound + rest, exact + _GUARD)
+        return np.maximum(bound + rest, exact + _GUARD)
 
     def _fresh(self, x: np.ndarray, key: bytes, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Full search of a batch at the current heights, which become its entry's reference.
 
         Returns the top-k re-scored exactly, as a certified answer is: the index's own float32
         scores differ from those in the last bits, and a fit's next step depends on them, so
-        returning them made a batch's first pass differ from its later ones. A fit resumed
-        from a checkpoint (its entries gone) then drifted from the uninterrupted fit.
+        returning them made a batch's first pass differ from its later ones, and a fit resumed
+        from a checkpoint (its entries gone) drift from the uninterrupted fit. Past
+        ``max_bytes`` the batch keeps no entry (an entry it had is dropped) but answers the
+        same way, so the answer never depends on what else the budget holds.
         """
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._kept -= old.cells.nbytes + old.bound.nbytes
+        size = x.shape[0] * (self._k * self._cells.itemsize + 4)
         top_s, top_c = self._numpy_search(x, self._k + 1)
-        bound = top_s[:, self._k].astype(np.float64) + _GUARD
-        cells = np.ascontiguousarray(top_c[:, : self._k], dtype=np.int32)
-        self._entries[key] = _Entry(key, self._h.copy(), cells, bound)
+        cells = np.ascontiguousarray(top_c[:, : self._k], dtype=self._cells)
+        if self._max_bytes is not None and self._kept + size > self._max_bytes:
+            return self._rescore(x, cells, k)
+        bound = _round_up(top_s[:, self._k].astype(np.float64) + _GUARD)
+        # self._h is replaced, never written, on new heights: the entries of one pass share it.
+        self._entries[key] = _Entry(key, self._h, cells, bound)
+        self._kept += size
         return self._rescore(x, cells, k)
 
     def _numpy_search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

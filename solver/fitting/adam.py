@@ -96,6 +96,7 @@ def step(ctx: AdamContext, state: FitState) -> tuple[FitState, FitRecord, str | 
         derive_seed(state.seed, 2),
         k=1,
         batch_size=ctx.config.batch_size,
+        deadline=ctx.deadline,
     )
     g = est.cell_measures - ctx.weights
     m = 0.9 * state.arrays["m"] + 0.1 * g

@@ -21,6 +21,7 @@ import numpy as np
 
 from solver.cells.index import CellIndex
 from solver.estimation.estimator import Estimator, resolve_estimator
+from solver.estimation.host import DeadlineReached
 from solver.fitting import hierarchical
 from solver.fitting.config import (
     FitConfig,
@@ -151,8 +152,12 @@ def _fit(
     if resume is None and method.hierarchical_start:
 
         def fit_coarse(coarse: OTProblem, coarse_config: FitConfig) -> np.ndarray:
-            # Every rank of a distributed fit fits the lead's coarse problem.
+            # Every rank of a distributed fit fits the lead's coarse problem, within what is
+            # left of the fit's time budget.
             coarse = estimator.broadcast(coarse)
+            if config.time_budget is not None:
+                left = config.time_budget - (time.perf_counter() - started)
+                coarse_config = replace(coarse_config, time_budget=max(left, 1e-3))
             return _fit(coarse, coarse_config, estimator, None, None).heights
 
         start = estimator.broadcast(hierarchical.start_heights(inner, config, fit_coarse))
@@ -199,9 +204,14 @@ def _iterate(
             return state, "time_budget"
         excluded = ctx.excluded_seconds
         start = time.perf_counter()
-        # Methods check the deadline inside an iteration too (between Monte Carlo passes).
+        # Methods check the deadline inside an iteration too (between Monte Carlo passes and
+        # between the batches of a pass): an iteration cut short leaves the state as it was.
         ctx.deadline = None if budget_left is None else start + budget_left
-        state, record, reason = method.step(ctx, state)
+        try:
+            state, record, reason = method.step(ctx, state)
+        except DeadlineReached:
+            spent = time.perf_counter() - start - (ctx.excluded_seconds - excluded)
+            return replace(state, elapsed=state.elapsed + spent), "time_budget"
         spent = time.perf_counter() - start - (ctx.excluded_seconds - excluded)
         record = replace(record, elapsed=state.elapsed + spent)
         state = replace(state, elapsed=record.elapsed, history=(*state.history, record))

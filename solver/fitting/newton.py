@@ -32,7 +32,7 @@ from solver.estimation.host import (
     accuracy,
     samples_for_noise_floor,
 )
-from solver.estimation.reuse import ReuseIndex
+from solver.estimation.reuse import ReuseIndex, entry_bytes
 from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
 from solver.problem import OTProblem
@@ -55,6 +55,12 @@ _FIRST_T = 1.0 / 16
 # against 3.1M with 0.3 (0.6: 3.1M), same checks.
 _EARLY_TOL = 1.0
 _CHECK_STREAM, _FIT_STREAM, _WARMUP_STREAM = 1, 5, 4
+# Bytes of certified-reuse entries a fit keeps (solver.estimation.reuse). A stage of M samples
+# keeps K b + 4 bytes each: 0.6 GB for N = 200,000 at target 0.1 (K = 4). When the largest
+# stage would not fit with the configured K, the fit keeps 2 candidates (measured on
+# N = 10,000, d = 16: a few per cent slower than 4), and past the budget batches are searched
+# in full every time: memory stays bounded whatever the target.
+_REUSE_BYTES = 1 << 30
 
 
 @dataclass
@@ -117,7 +123,11 @@ def make_context(
     m_check = samples_for_noise_floor(weights, config.check_floor * config.target_l1)
     fit_floor = np.sqrt(1.0 - config.check_floor**2) * config.target_l1
     m_fit = samples_for_noise_floor(weights, float(fit_floor))
-    reuse = ReuseIndex(index, candidates=config.newton.reuse_candidates)
+    candidates = config.newton.reuse_candidates
+    largest = max(m_fit, m_check) * entry_bytes(problem.n_targets, candidates)
+    if largest > _REUSE_BYTES:
+        candidates = min(candidates, 2)
+    reuse = ReuseIndex(index, candidates=candidates, max_bytes=_REUSE_BYTES)
     return NewtonContext(
         targets=np.asarray(problem.targets, dtype=np.float32),
         weights=weights,
@@ -214,6 +224,7 @@ def _warmup_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitReco
         k=2,
         gap_width=np.inf,
         batch_size=ctx.config.batch_size,
+        deadline=ctx.deadline,
     )
     g = est.cell_measures - ctx.weights
     report = accuracy(est.counts, m, ctx.weights)
@@ -349,7 +360,9 @@ def _estimate(ctx: NewtonContext, h: np.ndarray, m: int, seed: int) -> MeasureEs
         ctx.reuse.clear()
         ctx.reuse_seed = seed
     ctx.reuse.set_heights(h)
-    est = ctx.estimator.estimate(ctx.reuse, ctx.source, m, seed, batch_size=ctx.config.batch_size)
+    est = ctx.estimator.estimate(
+        ctx.reuse, ctx.source, m, seed, batch_size=ctx.config.batch_size, deadline=ctx.deadline
+    )
     ctx.cache.clear()
     ctx.cache[key] = est
     return est
@@ -363,7 +376,7 @@ def _check_estimate(ctx: NewtonContext, h: np.ndarray, m: int, seed: int) -> Mea
     """
     ctx.index.set_heights(h)
     return ctx.estimator.estimate(
-        ctx.index, ctx.source, m, seed, k=1, batch_size=ctx.config.batch_size
+        ctx.index, ctx.source, m, seed, k=1, batch_size=ctx.config.batch_size, deadline=ctx.deadline
     )
 
 
