@@ -283,14 +283,18 @@ def main() -> None:
         action="store_true",
         help="with --peers: exact 2D/3D fits against pysdot to L1 1e-6 (bench/exact_fit.py)",
     )
+    parser.add_argument("--min-n", type=int, default=0, help="--exact-peers: cases from this N")
     parser.add_argument(
         "--max-n", type=int, default=None, help="--exact-peers: only cases up to this N"
+    )
+    parser.add_argument(
+        "--exact-budget", type=float, default=360.0, help="--exact-peers: seconds per solve"
     )
     args = parser.parse_args()
     emit({"bench": "solver", "kind": "machine", **machine_info()})
     if args.peers and args.exact_peers:
-        cases = [c for c in PEER_CASES if args.max_n is None or c[1] <= args.max_n]
-        for row in exact_peer_rows(cases=cases):
+        cases = [c for c in PEER_CASES if args.min_n <= c[1] <= (args.max_n or c[1])]
+        for row in exact_peer_rows(budget=args.exact_budget, cases=cases):
             emit(row)
         return
     if args.peers:

@@ -281,3 +281,16 @@ def test_kernel_refuses_bad_candidate_lists():
         _laguerre.cells(y, h[:1], y, good, nbr, 2, 2, 1, -0.5, 0.5, 1, vol, cen)
     with pytest.raises(RuntimeError, match="not built"):
         power_diagram(np.zeros((2, 1)), np.zeros(2), compiled=True)
+
+
+def test_cells_in_morton_order_give_the_same_diagram(rng, monkeypatch):
+    # Large problems hand the kernel their cells along a Z-order curve (memory locality).
+    need_kernel()
+    monkeypatch.setattr(pd, "_LOCALITY_MIN_CELLS", 1)
+    for y, h in problems(rng):
+        ordered = power_diagram(y, h, compiled=True)
+        assert_same_diagram(power_diagram(y, h, compiled=False), ordered)
+        assert (ordered.pairs[:, 0] < ordered.pairs[:, 1]).all()
+        h2 = h + 1e-6 * rng.standard_normal(len(h))
+        reused = power_diagram(y, h2, near=ordered)
+        np.testing.assert_array_equal(reused.cell_measures, power_diagram(y, h2).cell_measures)
