@@ -18,14 +18,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from solver import FitConfig, fit, make_problem
-from solver.cells.power_diagram import power_diagram
-from solver.fitting import exact_newton
-from solver.fitting.driver import Frame
+from solver import FitConfig, fit, make_problem, power_diagram
 
 # (problem, N, d, goal seconds or None) as in the engine issue's goals.
 CASES = [
@@ -189,22 +187,24 @@ def exact_peer_rows(
 ) -> Iterator[dict[str, Any]]:
     """Per case: this project's fit and each exact peer, from the same start, side by side.
 
-    Every method gets the problem in the fit's internal frame (the cells are invariant under
-    it) and the fit's Voronoi start; each stops by its own rule at ``target`` and the oracle
-    grades all of them. Wall times: best of 3 below 5,000 cells, else one run; the CPU time of
-    the same run (all threads: the box is shared, and CPU time shows the work when other jobs
-    stretch the wall time). Rows come as they are measured.
+    Every method gets the problem and the fit's Voronoi start (every cell non-empty); each
+    stops by its own rule at ``target`` and the oracle grades all of them. Wall times: best of
+    3 below 5,000 cells, else one run; the CPU time of the same run (all threads: the box is
+    shared, and CPU time shows the work when other jobs stretch the wall time). Rows come as
+    they are measured.
     """
     from bench.peers import EXACT_PEERS, SDOT_NOTE, run_exact_peer
 
     for kind, n, d, goal in cases or PEER_CASES:
         y, v = peer_problem(kind, n, d)
         problem = make_problem(y, v)
-        inside = Frame.for_problem(problem, normalised=True).to_internal(problem)
-        internal = inside.targets
+        targets = problem.targets.astype(np.float64)
         low, high = problem.source.low, problem.source.high
         config = FitConfig(target_l1=target, time_budget=budget)
-        start = exact_newton.initial_state(exact_newton.make_context(inside, config)).heights
+        # The fit's start: a fit whose budget runs out before its first step returns it.
+        opening = fit(problem, replace(config, time_budget=1e-9))
+        assert opening.iterations == 0 and opening.reason == "time_budget"
+        start = opening.heights
         repeats = 3 if n < _REPEAT_BELOW else 1
         base = {"bench": "solver", "kind": "exact_peers", "problem": kind, "n": n, "d": d}
         base["target_l1"] = target
@@ -233,7 +233,7 @@ def exact_peer_rows(
         for peer in EXACT_PEERS:
             load_before = os.getloadavg()[0]
             runs = [
-                run_exact_peer(peer, internal, problem.weights, start, (low, high), target, budget)
+                run_exact_peer(peer, targets, problem.weights, start, (low, high), target, budget)
                 for _ in range(repeats)
             ]
             done = [r for r in runs if r.heights is not None]
@@ -248,7 +248,7 @@ def exact_peer_rows(
                     cpu_seconds=round(top.cpu_seconds, 4),
                     warmup_seconds=round(top.warmup_seconds, 3),
                     iterations=top.iterations,
-                    **_graded(internal, top.heights, problem.weights, low, high),
+                    **_graded(targets, top.heights, problem.weights, low, high),
                 )
             row["load_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
             yield row
