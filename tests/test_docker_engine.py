@@ -107,18 +107,17 @@ def record(figures: list[dict[str, Any]], name: str, **values: Any) -> None:
     figures.append({"name": name, **values, "load": os.getloadavg()[0], "time": time.time()})
 
 
-def build(variant: str, figures: list[dict[str, Any]]) -> str:
-    """``docker build`` as docs/deployment.md gives it; returns the tag."""
-    tag = f"aeot:{variant}"
+def build(variant: str, figures: list[dict[str, Any]], tmp: Path) -> str:
+    """``docker build`` as docs/deployment.md gives it; returns the image's id.
+
+    The tests run containers by id: another run on the same engine may tag ``aeot:cpu`` anew.
+    """
+    tag, iidfile = f"aeot:{variant}", tmp / f"{variant}.iid"
     started = time.monotonic()
     run = docker(
-        "build",
-        "-f",
-        "docker/Dockerfile",
-        "--build-arg",
-        f"VARIANT={variant}",
-        "-t",
-        tag,
+        *f"build -f docker/Dockerfile --build-arg VARIANT={variant} -t {tag}".split(),
+        "--iidfile",
+        str(iidfile),
         str(ROOT),
         timeout=BUILD_TIMEOUT,
         check=False,
@@ -127,19 +126,20 @@ def build(variant: str, figures: list[dict[str, Any]]) -> str:
         f"build of {tag} failed (without a registry, build python:3.11-slim first with "
         f"docker/stand-in-base.sh):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     )
-    size = int(docker("image", "inspect", "-f", "{{.Size}}", tag).stdout)
+    image = iidfile.read_text().strip()
+    size = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout)
     record(figures, "docker_build", image=tag, seconds=time.monotonic() - started, bytes=size)
-    return tag
+    return image
 
 
 @pytest.fixture(scope="module")
-def cpu_image(engine: str, figures: list[dict[str, Any]]) -> str:
-    return build("cpu", figures)
+def cpu_image(engine: str, figures: list[dict[str, Any]], tmp_path_factory) -> str:
+    return build("cpu", figures, tmp_path_factory.mktemp("cpu"))
 
 
 @pytest.fixture(scope="module")
-def gpu_image(engine: str, figures: list[dict[str, Any]]) -> str:
-    return build("gpu", figures)
+def gpu_image(engine: str, figures: list[dict[str, Any]], tmp_path_factory) -> str:
+    return build("gpu", figures, tmp_path_factory.mktemp("gpu"))
 
 
 def volume(name: str) -> str:
@@ -373,8 +373,9 @@ def test_compose_validates_and_brings_the_cpu_profile_up(cpu_image):
     config = yaml.safe_load(run("--profile", "cpu", "config").stdout)
     gpu = config["services"]["aeot"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
-    assert config["services"]["aeot-cpu"]["image"] == cpu_image
+    assert config["services"]["aeot-cpu"]["image"] == "aeot:cpu"
     try:
+        docker("tag", cpu_image, "aeot:cpu")  # this run's build, whoever tagged it since
         run("--profile", "cpu", "up", "-d", "aeot-cpu")
         server = Container(f"{RUN}-compose", f"http://127.0.0.1:{port}")
         started = time.monotonic()
