@@ -78,7 +78,9 @@ def test_two_ranks_equal_the_single_process_estimate(rank_results, case):
         assert float(got["gap_width"]) == ref.gap_width
         np.testing.assert_allclose(float(got["median_gap"]), ref.median_gap, rtol=1e-12)
         np.testing.assert_allclose(float(got["energy"]), ref.energy, rtol=1e-12)
-        np.testing.assert_allclose(float(got["cost"]), ref.transport_cost, rtol=1e-12)
+        # Sharded: no rank holds every target, so the cost comes from the float32 scores.
+        cost_rtol = 1e-6 if sharded else 1e-12
+        np.testing.assert_allclose(float(got["cost"]), ref.transport_cost, rtol=cost_rtol)
         if centres:
             np.testing.assert_allclose(got["mass_sums"], ref.mass_sums, rtol=1e-12, atol=1e-12)
     if k >= 2:

@@ -224,7 +224,7 @@ def _spy_checks(monkeypatch):
 
     def spy(ctx, h, m, seed):
         est = real(ctx, h, m, seed)
-        seen.append((ctx.targets, h.copy(), ctx.source, m, seed, est))
+        seen.append((ctx.index.targets, h.copy(), ctx.source, m, seed, est))
         return est
 
     monkeypatch.setattr(newton, "_check_estimate", spy)

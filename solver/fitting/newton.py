@@ -33,6 +33,7 @@ from solver.estimation.host import (
     samples_for_noise_floor,
 )
 from solver.estimation.reuse import ReuseIndex, entry_bytes
+from solver.estimation.sharded import ShardedIndex
 from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
 from solver.problem import OTProblem
@@ -67,17 +68,17 @@ _REUSE_BYTES = 1 << 30
 class NewtonContext:
     """What the steps share.
 
-    The problem in internal coordinates (targets float32, as the index holds them), the check
-    size M_c and last fitting-stage size M_f, the estimator, the certified-reuse index (keyed
-    by its sample stream ``reuse_seed``), a one-entry estimate cache, the starting heights the
-    driver gave (``None``: the Voronoi start) and the driver's deadline (a
+    The target weights and source measure, the cell index (the targets in internal
+    coordinates; split over ranks in a sharded fit, so the steps reach targets through it), the
+    check size M_c and last fitting-stage size M_f, the estimator, the certified-reuse index
+    (keyed by its sample stream ``reuse_seed``), a one-entry estimate cache, the starting
+    heights the driver gave (``None``: the Voronoi start) and the driver's deadline (a
     ``time.perf_counter`` value or ``None``).
     """
 
-    targets: np.ndarray
     weights: np.ndarray
     source: SourceMeasure
-    index: CellIndex
+    index: CellIndex | ShardedIndex
     config: FitConfig
     check_samples: int
     estimator: Estimator
@@ -99,16 +100,17 @@ def make_context(
     problem: OTProblem,
     config: FitConfig,
     *,
-    index: CellIndex | None,
+    index: CellIndex | ShardedIndex | None,
     estimator: Estimator,
     start: np.ndarray | None = None,
 ) -> NewtonContext:
     """Bundle the fit's fixed inputs; the check size follows from the target accuracy.
 
     Args:
-        problem: the problem in the fit's internal frame.
+        problem: the problem in the fit's internal frame (only its weights and source are
+            used: the targets are reached through the index).
         config: the fit's settings.
-        index: the cell index over ``problem.targets``.
+        index: the cell index over the targets.
         estimator: the Monte Carlo estimator.
         start: starting heights (internal frame, shape ``(N,)``), e.g. the hierarchical start;
             ``None`` for the Voronoi start.
@@ -124,12 +126,11 @@ def make_context(
     fit_floor = np.sqrt(1.0 - config.check_floor**2) * config.target_l1
     m_fit = samples_for_noise_floor(weights, float(fit_floor))
     candidates = config.newton.reuse_candidates
-    largest = max(m_fit, m_check) * entry_bytes(problem.n_targets, candidates)
+    largest = max(m_fit, m_check) * entry_bytes(index.n_targets, candidates)
     if largest > _REUSE_BYTES:
         candidates = min(candidates, 2)
     reuse = ReuseIndex(index, candidates=candidates, max_bytes=_REUSE_BYTES)
     return NewtonContext(
-        targets=np.asarray(problem.targets, dtype=np.float32),
         weights=weights,
         source=problem.source,
         index=index,
@@ -152,7 +153,7 @@ def initial_state(ctx: NewtonContext) -> FitState:
     if ctx.start is not None:
         h = np.asarray(ctx.start, dtype=np.float64)
     else:
-        h = -0.5 * np.square(ctx.targets.astype(np.float64)).sum(axis=1)
+        h = -0.5 * ctx.index.squared_norms()
     return FitState(
         method="newton",
         heights=h - h.mean(),
@@ -397,7 +398,8 @@ def _rescue_empty(
     h = h.copy()
     for lo in range(0, empty.size, _RESCUE_CHUNK):
         cells = empty[lo : lo + _RESCUE_CHUNK]
-        need = np.sort(best[:, None] - xs @ ctx.targets[cells].astype(np.float64).T, axis=0)
+        y = ctx.index.rows(cells).astype(np.float64)  # collective in a sharded fit
+        need = np.sort(best[:, None] - xs @ y.T, axis=0)
         rank = np.clip(np.round(ctx.weights[cells] * len(x)).astype(int) - 1, 0, len(x) - 2)
         cols = np.arange(cells.size)
         # Midway between the heights at which the cell wins its r-th and (r+1)-th points: it
