@@ -7,6 +7,7 @@ Writes OUT_DIR/{case}-rank{r}.npz for every case of ``CASES``.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from oracles import dyadic_ties
 
 from solver import CellIndex, SourceMeasure
 from solver.estimation.distributed import ShardedIndex, distributed_estimate
+from solver.estimation.host import DeadlineReached
 
 N, DIM, SAMPLES, BATCH = 60, 3, 5000, 512
 # name: (sharded, k, gap_width, centres, sampler)
@@ -54,6 +56,20 @@ def main(out: Path) -> None:
             median_gap=est.median_gap,
             mass_sums=np.zeros(0) if est.mass_sums is None else est.mass_sums,
         )
+    # A deadline: every rank stops at the same batch (here the first: it has passed already).
+    stopped = False
+    try:
+        distributed_estimate(
+            CellIndex(y, h, "torch"),
+            SourceMeasure(dim=DIM),
+            SAMPLES,
+            3,
+            batch_size=BATCH,
+            deadline=time.perf_counter() - 1.0,
+        )
+    except DeadlineReached:
+        stopped = True
+    (out / f"deadline-rank{rank}.txt").write_text(str(stopped))
     # The tie rule across shards: exact duplicates on both ranks' slices.
     x, y, h = dyadic_ties(np.random.default_rng(3), 64, 5, 200, duplicates=True)
     scores, cells = ShardedIndex(y, h, backend="torch").search(x, 5)

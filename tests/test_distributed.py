@@ -49,10 +49,17 @@ def rank_results(tmp_path_factory):
         env={**_clean_env(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    return {
+    results = {
         name: [dict(np.load(out / f"{name}-rank{r}.npz")) for r in range(2)]
         for name in [*worker.CASES, "sharded-ties"]
     }
+    results["deadline"] = [(out / f"deadline-rank{r}.txt").read_text() for r in range(2)]
+    return results
+
+
+@pytest.mark.slow
+def test_a_passed_deadline_stops_the_pass_on_every_rank(rank_results):
+    assert rank_results["deadline"] == ["True", "True"]
 
 
 @pytest.mark.slow
