@@ -70,6 +70,21 @@ def main(out: Path) -> None:
     except DeadlineReached:
         stopped = True
     (out / f"deadline-rank{rank}.txt").write_text(str(stopped))
+    # Rows and candidate scores gathered from their owners equal one process's.
+    sharded = ShardedIndex(y, h, backend="torch")
+    cells = np.random.default_rng(1).integers(0, N, size=(300, 4))
+    x = SourceMeasure(dim=DIM).sample(300, seed=9)
+    h64 = h.astype(np.float64)
+    got_s, got_c = sharded.candidate_scores(x, h64, cells, 2)
+    np.savez(
+        out / f"owners-rank{rank}.npz",
+        rows=sharded.rows(cells[:, 0]),
+        norms=sharded.squared_norms(),
+        scores=got_s,
+        cells=got_c,
+        x=x,
+        candidates=cells,
+    )
     # The tie rule across shards: exact duplicates on both ranks' slices.
     x, y, h = dyadic_ties(np.random.default_rng(3), 64, 5, 200, duplicates=True)
     scores, cells = ShardedIndex(y, h, backend="torch").search(x, 5)

@@ -54,7 +54,21 @@ def rank_results(tmp_path_factory):
         for name in [*worker.CASES, "sharded-ties"]
     }
     results["deadline"] = [(out / f"deadline-rank{r}.txt").read_text() for r in range(2)]
+    results["owners"] = [dict(np.load(out / f"owners-rank{r}.npz")) for r in range(2)]
     return results
+
+
+@pytest.mark.slow
+def test_sharded_rows_and_candidate_scores_equal_one_process(rank_results):
+    y, h = worker.problem()
+    index = CellIndex(y, h, backend="torch")
+    for got in rank_results["owners"]:
+        cells = got["candidates"]
+        np.testing.assert_array_equal(got["rows"], y[cells[:, 0]])
+        np.testing.assert_array_equal(got["norms"], index.squared_norms())
+        want_s, want_c = index.candidate_scores(got["x"], h.astype(np.float64), cells, 2)
+        np.testing.assert_array_equal(got["cells"], want_c)
+        np.testing.assert_array_equal(got["scores"], want_s)
 
 
 @pytest.mark.slow
