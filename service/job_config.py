@@ -96,6 +96,7 @@ def job_config(
         seed=settings.fit_seed,
         max_iter=settings.fit_max_iter,
         time_budget=settings.fit_time_budget,
+        shard_targets=settings.fit_shard_targets,
         newton=NewtonConfig(**cast(dict[str, Any], settings.fit_newton)),
         adam=AdamConfig(**cast(dict[str, Any], settings.fit_adam)),
     )

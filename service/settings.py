@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     # here, not the budget they are for a direct solver call (FitConfig's default 1000).
     fit_max_iter: int = Field(default=100000, ge=1)
     fit_time_budget: float | None = Field(default=None, gt=0)
+    fit_shard_targets: bool | None = Field(
+        default=None,
+        description="split the targets over the ranks of a torchrun fit (unset: above 1 GiB)",
+    )
     fit_newton: dict[str, int | float] = Field(
         default_factory=dict, description='Newton settings as JSON, e.g. {"growth": 2}'
     )

@@ -1,21 +1,36 @@
-"""One rank of the distributed-fit test; launched by tests/test_distributed_fit.py via torchrun.
+"""One rank of the distributed-fit tests; launched by tests/test_distributed_fit.py via torchrun.
 
-Usage: torchrun --standalone --nproc-per-node 2 tests/distributed_fit_worker.py OUT_DIR
+Usage: torchrun --standalone --nproc-per-node W tests/distributed_fit_worker.py OUT_DIR [sharded]
 Rank 0 leads two fits (the second stopped by its callback), the other ranks follow; every rank
-writes OUT_DIR/fit-rank{r}.npz with its heights and the lead's view of the run.
+writes OUT_DIR/fit-rank{r}.npz with its heights and the lead's view of the run. With
+``sharded``, the fits split the targets over the ranks (``shard_targets=True``), and every rank
+also writes OUT_DIR/memory-rank{r}.json: the bytes a sharded index of a larger problem holds on
+it, against a one-process index of the same targets.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import torch.distributed as dist
 
-from solver import FitConfig, fit, follow_fit, make_problem, release_followers
+from solver import (
+    CellIndex,
+    FitConfig,
+    available_backends,
+    fit,
+    follow_fit,
+    make_problem,
+    release_followers,
+)
+from solver.estimation.sharded import ShardedIndex, shard_bounds
 
-N, DIM, TARGET = 24, 4, 0.1
+# 100 targets: split 33 / 33 / 34 over 3 ranks, and a hierarchical start (K = 10).
+N, DIM, TARGET = 100, 4, 0.1
 
 
 def problem():
@@ -23,13 +38,39 @@ def problem():
     return make_problem(y)
 
 
-def config() -> FitConfig:
-    return FitConfig(target_l1=TARGET, seed=2, backend="torch", batch_size=4096)
+def config(*, sharded: bool = False) -> FitConfig:
+    return FitConfig(
+        target_l1=TARGET, seed=2, backend="torch", batch_size=4096, shard_targets=sharded
+    )
 
 
-def main(out: Path) -> None:
+def index_bytes(build) -> int:  # noqa: ANN001
+    """Bytes of numpy memory an index keeps once built (tracemalloc counts numpy's buffers)."""
+    tracemalloc.start()
+    index = build()
+    kept = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del index
+    return kept
+
+
+def memory(out: Path, rank: int, world: int) -> None:
+    y = np.random.default_rng(5).standard_normal((30_001, 32)).astype(np.float32)
+    lo, hi = shard_bounds(len(y), world, rank)
+    local = np.ascontiguousarray(y[lo:hi])
+    backend = "simd" if "simd" in available_backends() else "faiss"  # numpy-held layouts
+    sharded = index_bytes(lambda: ShardedIndex(local, n_targets=len(y), backend=backend))
+    whole = index_bytes(lambda: CellIndex(y, backend=backend))
+    (out / f"memory-rank{rank}.json").write_text(
+        json.dumps({"sharded": sharded, "whole": whole, "rows": hi - lo})
+    )
+
+
+def main(out: Path, sharded: bool) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
+    if sharded:
+        memory(out, rank, dist.get_world_size())
     calls = 0
 
     def stop_at_three(progress) -> bool:  # noqa: ANN001
@@ -38,8 +79,8 @@ def main(out: Path) -> None:
         return progress.record.iteration < 3
 
     if rank == 0:
-        result = fit(problem(), config())
-        stopped = fit(problem(), config(), callback=stop_at_three)
+        result = fit(problem(), config(sharded=sharded))
+        stopped = fit(problem(), config(sharded=sharded), callback=stop_at_three)
         release_followers()
     else:
         result = follow_fit()
@@ -52,6 +93,7 @@ def main(out: Path) -> None:
         l1=result.accuracy.l1 if result.accuracy else np.nan,
         converged=result.converged,
         estimator=result.estimator,
+        backend=result.backend,
         iterations=result.iterations,
         stopped_reason=stopped.reason,
         stopped_iterations=stopped.iterations,
@@ -61,4 +103,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sharded=sys.argv[2:] == ["sharded"])

@@ -7,6 +7,7 @@ Writes OUT_DIR/{case}-rank{r}.npz for every case of ``CASES``.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from oracles import dyadic_ties
 
 from solver import CellIndex, SourceMeasure
 from solver.estimation.distributed import ShardedIndex, distributed_estimate
+from solver.estimation.host import DeadlineReached
 
 N, DIM, SAMPLES, BATCH = 60, 3, 5000, 512
 # name: (sharded, k, gap_width, centres, sampler)
@@ -54,6 +56,35 @@ def main(out: Path) -> None:
             median_gap=est.median_gap,
             mass_sums=np.zeros(0) if est.mass_sums is None else est.mass_sums,
         )
+    # A deadline: every rank stops at the same batch (here the first: it has passed already).
+    stopped = False
+    try:
+        distributed_estimate(
+            CellIndex(y, h, "torch"),
+            SourceMeasure(dim=DIM),
+            SAMPLES,
+            3,
+            batch_size=BATCH,
+            deadline=time.perf_counter() - 1.0,
+        )
+    except DeadlineReached:
+        stopped = True
+    (out / f"deadline-rank{rank}.txt").write_text(str(stopped))
+    # Rows and candidate scores gathered from their owners equal one process's.
+    sharded = ShardedIndex(y, h, backend="torch")
+    cells = np.random.default_rng(1).integers(0, N, size=(300, 4))
+    x = SourceMeasure(dim=DIM).sample(300, seed=9)
+    h64 = h.astype(np.float64)
+    got_s, got_c = sharded.candidate_scores(x, h64, cells, 2)
+    np.savez(
+        out / f"owners-rank{rank}.npz",
+        rows=sharded.rows(cells[:, 0]),
+        norms=sharded.squared_norms(),
+        scores=got_s,
+        cells=got_c,
+        x=x,
+        candidates=cells,
+    )
     # The tie rule across shards: exact duplicates on both ranks' slices.
     x, y, h = dyadic_ties(np.random.default_rng(3), 64, 5, 200, duplicates=True)
     scores, cells = ShardedIndex(y, h, backend="torch").search(x, 5)

@@ -164,3 +164,30 @@ def test_search_ahead_gives_the_sequential_results_in_order(rng):
     assert list(searched(index, iter([]), 2)) == []
     with pytest.raises(ValueError, match="queries must have shape"):  # a search error surfaces
         list(searched(index, iter([batches[0], np.zeros((3, 2), np.float32)]), 2))
+
+
+def test_merged_estimates_add_up_their_samples(rng):
+    from solver.estimation.host import merge_estimates
+
+    index = CellIndex(rng.standard_normal((30, 3)) * 0.3, backend="torch")
+    source = SourceMeasure(dim=3)
+    a = estimate(index, source, 3000, 1, gap_width=0.02, centres=True, batch_size=700)
+    b = estimate(index, source, 5000, 2, gap_width=0.02, centres=True, batch_size=700)
+    both = merge_estimates([a, b])
+    assert both.n_samples == 8000 and both.gap_width == 0.02
+    np.testing.assert_array_equal(both.counts, a.counts + b.counts)
+    np.testing.assert_allclose(both.mass_sums, a.mass_sums + b.mass_sums)
+    assert both.energy == pytest.approx((3000 * a.energy + 5000 * b.energy) / 8000)
+    pairs = {}
+    for est in (a, b):
+        for (i, j), total, slab in zip(est.pairs, est.pair_counts, est.slab_counts, strict=True):
+            old = pairs.get((i, j), (0, 0))
+            pairs[(i, j)] = (old[0] + total, old[1] + slab)
+    assert {tuple(p) for p in both.pairs} == set(pairs)
+    for (i, j), total, slab in zip(both.pairs, both.pair_counts, both.slab_counts, strict=True):
+        assert pairs[(i, j)] == (total, slab)
+    assert np.abs(both.facet_weights).sum() > 0
+    other = estimate(index, source, 1000, 3, gap_width=0.05)
+    with pytest.raises(ValueError, match="slab widths"):
+        merge_estimates([a, other])
+    assert merge_estimates([a]) is a

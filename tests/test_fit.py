@@ -242,7 +242,7 @@ def _spy_checks(monkeypatch):
 
     def spy(ctx, h, m, seed):
         est = real(ctx, h, m, seed)
-        seen.append((ctx.targets, h.copy(), ctx.source, m, seed, est))
+        seen.append((ctx.index.targets, h.copy(), ctx.source, m, seed, est))
         return est
 
     monkeypatch.setattr(newton, "_check_estimate", spy)
@@ -287,7 +287,11 @@ def test_a_failed_check_continues_newton_on_its_samples(monkeypatch, rng):
     checks = [r for r in result.history if r.check is not None]
     assert checks[0].check.l1 > 0.03 and checks[-1].check.l1 <= 0.03
     assert len(seen) == len(checks)
-    # Every failed check's Newton step used its own stage's samples: a new stream per check.
+    # Every check drew a new stream; every failed check's Newton step fitted on the last
+    # fitting stage's samples and those of every check so far (its own included).
     assert len({s[4] for s in seen}) == len(seen)
-    for r in checks[:-1]:
-        assert r.n_samples == seen[0][3]
+    m_check = seen[0][3]
+    first = next(i for i, r in enumerate(result.history) if r.check is not None)
+    m_fit = result.history[first - 1].n_samples  # the last fitting stage's size
+    for j, r in enumerate(checks[:-1]):
+        assert r.n_samples == m_fit + (j + 1) * m_check

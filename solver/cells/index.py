@@ -315,6 +315,25 @@ class CellIndex:
         self._heights = self._check_heights(heights)
         self._impl.set_heights(self._heights)
 
+    @property
+    def sharded(self) -> bool:
+        """False: this process holds every target (see ``ShardedIndex``)."""
+        return False
+
+    def rows(self, cells: np.ndarray) -> np.ndarray:
+        """Targets of the given cells, shape ``(len(cells), d)``, float32."""
+        return self._targets[np.asarray(cells, dtype=np.int64)]
+
+    def squared_norms(self) -> np.ndarray:
+        """|y_i|^2 of every target, shape ``(N,)``, float64."""
+        return np.square(self._targets, dtype=np.float64).sum(axis=1)
+
+    def candidate_scores(
+        self, x: np.ndarray, heights: np.ndarray, candidates: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`candidate_scores` of queries x over this index's targets at ``heights``."""
+        return candidate_scores(x, self._targets, heights, candidates, k)
+
     @overload
     def search(self, x: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]: ...
 

@@ -20,14 +20,9 @@ environment; see ``docs/gpu.md``): NCCL with one GPU per rank, or gloo on CPUs.
 
 from __future__ import annotations
 
-from typing import overload
-
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from solver.cells.index import CellIndex
-from solver.cells.ties import check_queries
 from solver.estimation.fused import (
     Searcher,
     StatsAccumulator,
@@ -37,118 +32,10 @@ from solver.estimation.fused import (
 )
 from solver.estimation.host import DeadlineReached, MeasureEstimate, past
 from solver.estimation.pairs import PairTable
+from solver.estimation.sharded import ShardedIndex, comm_device, shard_bounds
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 
-Array = np.ndarray | torch.Tensor
-
-
-def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
-    """Rows ``[lo, hi)`` of N targets held by ``rank`` of ``world_size`` (sizes differ by <= 1)."""
-    if not 0 <= rank < world_size or n < world_size:
-        raise ValueError(
-            f"need 0 <= rank < world_size <= n, got rank={rank}, world_size={world_size}, n={n}"
-        )
-    return rank * n // world_size, (rank + 1) * n // world_size
-
-
-def comm_device(group: dist.ProcessGroup | None = None) -> torch.device:
-    """Return the device of ``group``'s collectives: this rank's GPU for NCCL, else the CPU."""
-    if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-class ShardedIndex:
-    """A cell index whose targets are split over the ranks of a process group.
-
-    :meth:`search` is collective: every rank must call it with the same queries.
-
-    Args:
-        targets: all N targets y, shape ``(N, d)``; this rank keeps its slice only on the
-            index device (the host copy serves the transport cost).
-        heights: all N heights, shape ``(N,)``; zeros when ``None``.
-        backend: index backend of the local slice (``"auto"`` or a name).
-        group: process group (default: the world).
-
-    """
-
-    def __init__(
-        self,
-        targets: np.ndarray,
-        heights: np.ndarray | None = None,
-        *,
-        backend: str = "auto",
-        group: dist.ProcessGroup | None = None,
-    ) -> None:
-        y = np.ascontiguousarray(targets, dtype=np.float32)
-        if y.ndim != 2:
-            raise ValueError(f"targets must have shape (N, d), got {y.shape}")
-        self._group = group
-        self._world = dist.get_world_size(group)
-        self._lo, self._hi = shard_bounds(y.shape[0], self._world, dist.get_rank(group))
-        self._targets = y
-        h = np.zeros(y.shape[0], np.float32) if heights is None else np.asarray(heights)
-        if h.shape != (y.shape[0],):
-            raise ValueError(f"heights must have shape ({y.shape[0]},), got {h.shape}")
-        self._local = CellIndex(y[self._lo : self._hi], h[self._lo : self._hi], backend=backend)
-        self.backend = self._local.backend
-        self.device = comm_device(group)
-
-    @property
-    def n_targets(self) -> int:
-        """Number of cells N (all shards)."""
-        return int(self._targets.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """Dimension d of queries."""
-        return int(self._targets.shape[1])
-
-    @property
-    def targets(self) -> np.ndarray:
-        """All targets y, shape ``(N, d)``, float32 (read-only view)."""
-        view = self._targets.view()
-        view.flags.writeable = False
-        return view
-
-    def set_heights(self, heights: np.ndarray) -> None:
-        """Refresh this rank's slice for new heights h (all N, shape ``(N,)``)."""
-        h = np.asarray(heights, dtype=np.float32)
-        if h.shape != (self.n_targets,):
-            raise ValueError(f"heights must have shape ({self.n_targets},), got {h.shape}")
-        self._local.set_heights(h[self._lo : self._hi])
-
-    @overload
-    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-    @overload
-    def search(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def search(self, x: Array, k: int) -> tuple[Array, Array]:
-        """Global top-k over all shards (collective); like :meth:`CellIndex.search`.
-
-        Equal scores keep the lower cell first across shards too: each rank's list is in that
-        order and the ranks hold ascending slices, so a stable sort of the gathered lists
-        keeps it.
-        """
-        check_queries(x, k, self.n_targets, self.dim)
-        xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
-        xt = xt.to(self.device, torch.float32)
-        local_k = min(k, self._hi - self._lo)
-        scores, cells = self._local.search(xt, local_k)
-        part_s = torch.full((xt.shape[0], k), float("-inf"), device=self.device)
-        part_c = torch.zeros((xt.shape[0], k), dtype=torch.int64, device=self.device)
-        part_s[:, :local_k] = scores.to(self.device)
-        part_c[:, :local_k] = cells.to(self.device) + self._lo
-        all_s = [torch.empty_like(part_s) for _ in range(self._world)]
-        all_c = [torch.empty_like(part_c) for _ in range(self._world)]
-        dist.all_gather(all_s, part_s, group=self._group)
-        dist.all_gather(all_c, part_c, group=self._group)
-        values, order = torch.sort(torch.cat(all_s, dim=1), dim=1, descending=True, stable=True)
-        best_s, best_c = values[:, :k], torch.cat(all_c, dim=1).gather(1, order[:, :k])
-        if isinstance(x, torch.Tensor):
-            return best_s.to(x.device), best_c.to(x.device)
-        return best_s.cpu().numpy(), best_c.cpu().numpy()
+__all__ = ["ShardedIndex", "comm_device", "distributed_estimate", "shard_bounds"]
 
 
 def distributed_estimate(
@@ -168,7 +55,8 @@ def distributed_estimate(
 
     Args:
         index: this rank's index: a :class:`CellIndex` or backend over all targets
-            (replicated mode) or a :class:`ShardedIndex` (sharded mode).
+            (replicated mode), or a :class:`ShardedIndex` or a wrapper of one with
+            ``sharded = True`` (sharded mode).
         source: the source measure (its dim must equal the index's).
         n_samples: M >= 1 in total over all ranks.
         seed: sample stream seed (the same on every rank).
@@ -191,9 +79,9 @@ def distributed_estimate(
         raise ValueError("distributed_estimate needs an initialised torch.distributed group")
     k = check_inputs(index, source, n_samples, k)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    sharded = isinstance(index, ShardedIndex)
+    sharded = bool(getattr(index, "sharded", False))  # a ShardedIndex, or a wrapper of one
     comm = comm_device(group)
-    acc = StatsAccumulator(index.targets, comm, centres=centres)
+    acc = StatsAccumulator(index, comm, centres=centres)
     search_on = comm if sharded else search_device(index)
     for b in range(-(-n_samples // batch_size)):
         if deadline is not None and _any_rank(past(deadline), comm, group):

@@ -88,6 +88,12 @@ class Estimator(Protocol):
     def broadcast(self, obj: T) -> T:
         """The lead's ``obj`` on every process (a collective for many ranks; picklable)."""
 
+    def scatter(self, parts: list[T] | None) -> T:
+        """Part r of the lead's list on rank r (a collective for many ranks; picklable).
+
+        The lead passes one part per process; the others pass ``None``.
+        """
+
 
 @dataclass(frozen=True, kw_only=True)
 class _SingleProcess:
@@ -102,6 +108,12 @@ class _SingleProcess:
     def broadcast(self, obj: T) -> T:
         """One process: ``obj`` itself."""
         return obj
+
+    def scatter(self, parts: list[T] | None) -> T:
+        """One process: the only part."""
+        if parts is None or len(parts) != 1:
+            raise ValueError("one process scatters a list of exactly one part")
+        return parts[0]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +241,12 @@ class DistributedEstimator:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def scatter(self, parts: list[T] | None) -> T:
+        """Rank 0's ``parts[r]`` on rank r (pickled; collective)."""
+        out: list[T | None] = [None]
+        dist.scatter_object_list(out, parts if dist.get_rank() == 0 else None, src=0)
+        return out[0]  # type: ignore[return-value]  # filled by the collective
 
 
 def distributed_world() -> int:

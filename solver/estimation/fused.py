@@ -34,7 +34,11 @@ Array = np.ndarray | torch.Tensor
 
 
 class Searcher(Protocol):
-    """What the estimate needs from an index: :class:`CellIndex` or a bare backend."""
+    """What the estimate needs from an index: :class:`CellIndex` or a bare backend.
+
+    The transport cost also reads ``targets`` (y, shape ``(N, d)``, float32) or, from an index
+    with ``sharded = True``, ``squared_norms()`` and ``heights`` (see :class:`StatsAccumulator`).
+    """
 
     @property
     def n_targets(self) -> int:
@@ -43,10 +47,6 @@ class Searcher(Protocol):
     @property
     def dim(self) -> int:
         """D."""
-
-    @property
-    def targets(self) -> np.ndarray:
-        """y, shape ``(N, d)``, float32."""
 
     def search(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k scores and cells, tensors on x's device."""
@@ -66,16 +66,26 @@ class StatsAccumulator:
     """Running sums of one Monte Carlo pass, held on ``device``.
 
     Args:
-        targets: y, shape ``(N, d)``, float32 (copied to the device for the transport cost).
+        searcher: the index the pass searches. The transport cost needs each sample's target:
+            taken from ``searcher.targets`` (float32, copied to the device), or, for a sharded
+            index (no rank holds every target), as |x|^2 - 2 (s - h) + |y|^2 from the score s,
+            the height and the squared norm of the sample's cell.
         device: where the sums live (the device the searcher answers on).
         centres: also keep per-cell coordinate sums, shape ``(N, d)``, float64.
 
     """
 
-    def __init__(self, targets: np.ndarray, device: torch.device, *, centres: bool) -> None:
-        n, d = targets.shape
+    def __init__(self, searcher: Searcher, device: torch.device, *, centres: bool) -> None:
+        n, d = searcher.n_targets, searcher.dim
         self.device = device
-        self._y = torch.from_numpy(np.array(targets, dtype=np.float32)).to(device)
+        self._y: torch.Tensor | None = None
+        if getattr(searcher, "sharded", False):
+            norms, heights = searcher.squared_norms(), searcher.heights  # type: ignore[attr-defined]
+            self._norms = torch.from_numpy(norms).to(device)
+            self._h = torch.from_numpy(np.asarray(heights, dtype=np.float64)).to(device)
+        else:
+            y = searcher.targets  # type: ignore[attr-defined]
+            self._y = torch.from_numpy(np.array(y, dtype=np.float32)).to(device)
         self.counts = torch.zeros(n, dtype=torch.int64, device=device)
         # energy and transport-cost sums share one float64 tensor so ranks reduce them together.
         self.totals = torch.zeros(2, dtype=torch.float64, device=device)
@@ -95,8 +105,14 @@ class StatsAccumulator:
         top = cells[:, 0]
         self.counts += torch.bincount(top, minlength=self.counts.numel())
         self.totals[0] += scores[:, 0].to(torch.float64).sum()
-        # Same arithmetic as the host estimate: the difference in fp32, its square in float64.
-        self.totals[1] += 0.5 * (x - self._y[top]).to(torch.float64).square().sum()
+        if self._y is not None:
+            # Same arithmetic as the host estimate: the difference in fp32, squared in float64.
+            self.totals[1] += 0.5 * (x - self._y[top]).to(torch.float64).square().sum()
+        else:
+            x64 = x.to(torch.float64)
+            inner = scores[:, 0].to(torch.float64) - self._h[top]
+            sq = x64.square().sum(dim=1) - 2.0 * inner + self._norms[top]
+            self.totals[1] += 0.5 * sq.sum()
         if self.sums is not None:
             self.sums.index_add_(0, top, x.to(torch.float64))
         if cells.shape[1] >= 2:
@@ -179,7 +195,7 @@ def fused_estimate(
     """
     k = check_inputs(searcher, source, n_samples, k)
     dev = torch.device(device) if device is not None else search_device(searcher)
-    acc = StatsAccumulator(searcher.targets, dev, centres=centres)
+    acc = StatsAccumulator(searcher, dev, centres=centres)
     for batch in source.batches(n_samples, seed, batch_size):
         if past(deadline):
             raise DeadlineReached(f"the deadline passed during a pass of {n_samples} samples")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -199,6 +199,44 @@ def estimate(
         gap_width=float(gap_width or 0.0),
         median_gap=float(np.median(medians)) if medians else 0.0,
         mass_sums=sums,
+    )
+
+
+def merge_estimates(parts: Sequence[MeasureEstimate]) -> MeasureEstimate:
+    """One estimate of the union of disjoint sample sets, each measured with one slab width.
+
+    Counts, pair and slab counts and mass sums add up; energy and transport cost are the
+    sample-weighted means. ``median_gap`` is the first part's (it sets step sizes only).
+
+    Raises:
+        ValueError: no parts, or parts measured with different slab widths.
+    """
+    if not parts:
+        raise ValueError("merge_estimates needs at least one estimate")
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if any(p.gap_width != first.gap_width for p in parts):
+        raise ValueError(f"slab widths differ: {[p.gap_width for p in parts]}")
+    n_cells = first.counts.shape[0]
+    total = sum(p.n_samples for p in parts)
+    table = PairTable(n_cells, torch.device("cpu"))
+    for p in parts:
+        codes = torch.from_numpy(p.pairs[:, 0] * n_cells + p.pairs[:, 1])
+        table.add_counts(codes, torch.from_numpy(p.pair_counts), torch.from_numpy(p.slab_counts))
+    pairs, pair_counts, slab_counts = table.to_numpy()
+    sums = [p.mass_sums for p in parts if p.mass_sums is not None]
+    return MeasureEstimate(
+        n_samples=total,
+        counts=sum((p.counts for p in parts[1:]), start=first.counts.copy()),
+        energy=sum(p.energy * p.n_samples for p in parts) / total,
+        transport_cost=sum(p.transport_cost * p.n_samples for p in parts) / total,
+        pairs=pairs,
+        pair_counts=pair_counts,
+        slab_counts=slab_counts,
+        gap_width=first.gap_width,
+        median_gap=first.median_gap,
+        mass_sums=np.sum(sums, axis=0) if len(sums) == len(parts) else None,
     )
 
 

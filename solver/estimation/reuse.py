@@ -33,8 +33,9 @@ from typing import overload
 import numpy as np
 import torch
 
-from solver.cells.index import CellIndex, candidate_scores
+from solver.cells.index import CellIndex
 from solver.cells.ties import check_queries
+from solver.estimation.sharded import ShardedIndex
 
 Array = np.ndarray | torch.Tensor
 
@@ -101,7 +102,7 @@ class ReuseIndex:
 
     def __init__(
         self,
-        index: CellIndex,
+        index: CellIndex | ShardedIndex,
         *,
         candidates: int = DEFAULT_CANDIDATES,
         max_bytes: int | None = None,
@@ -110,7 +111,6 @@ class ReuseIndex:
             raise ValueError(f"candidates must be >= 2, got {candidates}")
         self._index = index
         self._k = min(candidates, index.n_targets - 1)
-        self._y = index.targets
         self._h = index.heights.astype(np.float64)
         self._entries: dict[bytes, _Entry] = {}
         n = index.n_targets
@@ -132,8 +132,22 @@ class ReuseIndex:
 
     @property
     def targets(self) -> np.ndarray:
-        """y, shape ``(N, d)``, float32 (read-only view)."""
-        return self._index.targets
+        """y, shape ``(N, d)``, float32 (read-only view; not for a sharded index)."""
+        return self._index.targets  # type: ignore[union-attr]
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the wrapped index is split over ranks (then every call is collective)."""
+        return self._index.sharded
+
+    @property
+    def heights(self) -> np.ndarray:
+        """The wrapped index's heights, shape ``(N,)``, float32."""
+        return self._index.heights
+
+    def squared_norms(self) -> np.ndarray:
+        """|y_i|^2 of every target, shape ``(N,)``, float64."""
+        return self._index.squared_norms()
 
     @property
     def backend(self) -> str:
@@ -216,7 +230,7 @@ class ReuseIndex:
         cut = dh.size - u
         order = np.argpartition(dh, cut - 1)
         big, rest = order[cut:], float(dh[order[cut - 1]])
-        outliers = CellIndex(self._y[big], self._h[big], backend=self._index.backend)
+        outliers = CellIndex(self._index.rows(big), self._h[big], backend=self._index.backend)
         scores, local = (np.asarray(a) for a in outliers.search(x, 1))
         exact = scores[:, 0].astype(np.float64)
         # Where the best outlier is one of the sample's candidates, the best non-candidate
@@ -259,7 +273,7 @@ class ReuseIndex:
 
     def _rescore(self, x: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact (float64) scores of the candidates at the current heights; the best k."""
-        best, cells = candidate_scores(x, self._y, self._h, cand, k)
+        best, cells = self._index.candidate_scores(x, self._h, cand, k)
         return best.astype(np.float32), cells
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from solver.cells.index import CellIndex
 from solver.estimation.estimator import Estimator
 from solver.estimation.host import AccuracyReport, accuracy, samples_for_noise_floor
+from solver.estimation.sharded import ShardedIndex
 from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
 from solver.problem import OTProblem
@@ -33,7 +34,7 @@ class AdamContext:
 
     weights: np.ndarray
     source: SourceMeasure
-    index: CellIndex
+    index: CellIndex | ShardedIndex
     config: FitConfig
     check_samples: int
     estimator: Estimator
@@ -45,7 +46,7 @@ def make_context(
     problem: OTProblem,
     config: FitConfig,
     *,
-    index: CellIndex | None,
+    index: CellIndex | ShardedIndex | None,
     estimator: Estimator,
     start: np.ndarray | None = None,
 ) -> AdamContext:

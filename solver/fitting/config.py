@@ -133,6 +133,10 @@ class FitConfig:
             several ranks, fused on CUDA, else host; see
             :func:`solver.estimation.estimator.resolve_estimator`).
         batch_size: Monte Carlo batch size (bounds memory).
+        shard_targets: in a distributed fit (several ranks), split the targets over the ranks
+            (each holds N/W of them and its part of the index; queries are merged across
+            ranks) instead of giving every rank all of them; ``None`` splits them when they
+            take more than :data:`SHARD_BYTES`. Ignored in one process and by ``"exact"``.
         newton: settings of the Newton method.
         adam: settings of the baseline.
         exact: settings of the exact method.
@@ -147,6 +151,7 @@ class FitConfig:
     backend: str = "auto"
     estimator: str = "auto"
     batch_size: int = 65536
+    shard_targets: bool | None = None
     newton: NewtonConfig = field(default_factory=NewtonConfig)
     adam: AdamConfig = field(default_factory=AdamConfig)
     exact: ExactConfig = field(default_factory=ExactConfig)
@@ -196,11 +201,11 @@ class FitConfig:
         """Settings that differ from ``other`` and would change a resumed fit's course.
 
         The stopping limits (``max_iter``, ``time_budget``) and where the work runs
-        (``backend``, ``estimator``) may change between a checkpoint and its resume; any other
-        setting changes the iterations themselves. With the same backend and estimator the
-        resumed fit continues exactly as the uninterrupted one; another backend returns the
-        same cells except where float32 rounding decides a near-tie, so the continuation
-        agrees to that rounding.
+        (``backend``, ``estimator``, ``shard_targets``) may change between a checkpoint and its
+        resume; any other setting changes the iterations themselves. With the same backend
+        and estimator the resumed fit continues exactly as the uninterrupted one; another
+        backend returns the same cells except where float32 rounding decides a near-tie, so
+        the continuation agrees to that rounding.
         """
         ours, theirs = self.to_dict(), other.to_dict()
         return [
@@ -209,7 +214,13 @@ class FitConfig:
 
 
 # FitConfig settings a resumed fit may change (see FitConfig.resume_differences).
-RESUME_FREE_SETTINGS = frozenset({"max_iter", "time_budget", "backend", "estimator"})
+RESUME_FREE_SETTINGS = frozenset(
+    {"max_iter", "time_budget", "backend", "estimator", "shard_targets"}
+)
+# Float32 targets above this size are split over the ranks of a distributed fit by default
+# (FitConfig.shard_targets = None): 1 GiB, N d = 2^28 (4.2 M targets of dimension 64). Below
+# it every rank holds them all, which moves less data per query.
+SHARD_BYTES = 1 << 30
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,10 +20,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from solver.cells.index import CellIndex
-from solver.estimation.estimator import Estimator, resolve_estimator
+from solver.estimation.estimator import Estimator, distributed_world, resolve_estimator
 from solver.estimation.host import DeadlineReached
+from solver.estimation.sharded import ShardedIndex, shard_bounds
 from solver.fitting import hierarchical
 from solver.fitting.config import (
+    SHARD_BYTES,
     FitConfig,
     FitProgress,
     FitResult,
@@ -106,8 +108,21 @@ def fit(
     """
     config = config or FitConfig()
     estimator = resolve_estimator(config.estimator)
-    problem, config, resume = estimator.broadcast((problem, config, resume))
-    return _fit(problem, config, estimator, callback, resume)
+    if not _sharded(problem, config, estimator):
+        problem, config, resume, _ = estimator.broadcast((problem, config, resume, None))
+        return _fit(problem, config, estimator, callback, resume)
+    # Sharded: the lead moves the targets into the fit's frame and hands each rank its rows
+    # only; the O(N) parts of the problem go to every rank.
+    method = METHODS[resolve_method(config.method, problem.dim)]
+    frame = Frame.for_problem(problem, method.normalised_frame)
+    inner = frame.to_internal(problem)
+    n, world = problem.n_targets, distributed_world()
+    stub = replace(inner, targets=inner.targets[:0])
+    estimator.broadcast((stub, config, resume, _Shard(frame=frame, n_targets=n)))
+    parts = [inner.targets[slice(*shard_bounds(n, world, r))] for r in range(world)]
+    local = replace(stub, targets=estimator.scatter(parts))
+    shard = _Shard(frame=frame, n_targets=n, whole=inner)
+    return _fit(local, config, estimator, callback, resume, shard)
 
 
 def follow_fit() -> FitResult | None:
@@ -124,8 +139,10 @@ def follow_fit() -> FitResult | None:
     job = estimator.broadcast(None)
     if job is None:
         return None
-    problem, config, resume = job
-    return _fit(problem, config, estimator, None, resume)
+    problem, config, resume, shard = job
+    if shard is not None:  # this rank's rows of the targets, in the fit's frame
+        problem = replace(problem, targets=estimator.scatter(None))
+    return _fit(problem, config, estimator, None, resume, shard)
 
 
 def release_followers() -> None:
@@ -136,37 +153,85 @@ def release_followers() -> None:
     resolve_estimator("auto").broadcast(None)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Shard:
+    """How a sharded fit's problem reaches a rank: the frame, N, and (the lead's) all targets.
+
+    ``whole`` is the lead's problem in the fit's frame with every target (``None`` on the
+    other ranks: the hierarchical start, which needs them all, runs on the lead).
+    """
+
+    frame: Frame
+    n_targets: int
+    whole: OTProblem | None = None
+
+
+def _sharded(problem: OTProblem, config: FitConfig, estimator: Estimator) -> bool:
+    """Whether the lead splits the targets over the ranks (see ``FitConfig.shard_targets``)."""
+    if (
+        estimator.name != "distributed"
+        or not METHODS[resolve_method(config.method, problem.dim)].uses_index
+    ):
+        return False
+    if config.shard_targets is not None:
+        return config.shard_targets
+    return problem.n_targets * problem.dim * 4 > SHARD_BYTES
+
+
 def _fit(
     problem: OTProblem,
     config: FitConfig,
     estimator: Estimator,
     callback: ProgressCallback | None,
     resume: FitState | None,
+    shard: _Shard | None = None,
 ) -> FitResult:
+    """One fit on this process.
+
+    In a sharded fit ``problem`` is this rank's part of it, in the fit's frame already: its
+    targets are the rank's rows, its weights all N.
+    """
     method = METHODS[resolve_method(config.method, problem.dim)]
-    frame = Frame.for_problem(problem, method.normalised_frame)
-    inner = frame.to_internal(problem)
+    whole: OTProblem | None
+    if shard is None:
+        frame = Frame.for_problem(problem, method.normalised_frame)
+        inner = whole = frame.to_internal(problem)
+        n = problem.n_targets
+    else:
+        frame, inner, whole, n = shard.frame, problem, shard.whole, shard.n_targets
     started = time.perf_counter()
-    index = CellIndex(inner.targets, backend=config.backend) if method.uses_index else None
+    index: CellIndex | ShardedIndex | None = None
+    if method.uses_index:
+        if shard is None:
+            index = CellIndex(inner.targets, backend=config.backend)
+        else:
+            index = ShardedIndex(inner.targets, n_targets=n, backend=config.backend)
     start = None
     if resume is None and method.hierarchical_start:
 
-        def fit_coarse(coarse: OTProblem, coarse_config: FitConfig) -> np.ndarray:
+        def fit_coarse(coarse: OTProblem | None, coarse_config: FitConfig | None) -> np.ndarray:
             # Every rank of a distributed fit fits the lead's coarse problem, within what is
             # left of the fit's time budget.
-            coarse = estimator.broadcast(coarse)
-            if config.time_budget is not None:
-                left = config.time_budget - (time.perf_counter() - started)
+            if coarse_config is not None and coarse_config.time_budget is not None:
+                left = coarse_config.time_budget - (time.perf_counter() - started)
                 coarse_config = replace(coarse_config, time_budget=max(left, 1e-3))
+            coarse, coarse_config = estimator.broadcast((coarse, coarse_config))
+            assert coarse is not None and coarse_config is not None  # sent by the lead
             return _fit(coarse, coarse_config, estimator, None, None).heights
 
-        start = estimator.broadcast(hierarchical.start_heights(inner, config, fit_coarse))
+        # The lead computes the start (k-means needs every target) and shares it; the other
+        # ranks join its coarse fit, if it has one.
+        if estimator.lead and whole is not None:
+            start = hierarchical.start_heights(whole, config, fit_coarse)
+        elif hierarchical.coarse_clusters(n, config):
+            fit_coarse(None, None)
+        start = estimator.broadcast(start)
     ctx = method.make_context(inner, config, index=index, estimator=estimator, start=start)
     if resume is None:  # the start (the hierarchical start's coarse fit) counts as fitting time
         state = method.initial_state(ctx)
         state = replace(state, elapsed=time.perf_counter() - started, config=config)
     else:
-        _check_resume(resume, problem, config, method)
+        _check_resume(resume, n, config, method)
         state = replace(resume, config=config)
     state, reason = _iterate(method, ctx, state, config, estimator, frame, callback)
     return FitResult(
@@ -229,15 +294,11 @@ def _iterate(
     return state, reason
 
 
-def _check_resume(
-    state: FitState, problem: OTProblem, config: FitConfig, method: FitMethod[Any]
-) -> None:
+def _check_resume(state: FitState, n: int, config: FitConfig, method: FitMethod[Any]) -> None:
     if state.method != method.name:
         raise ValueError(f"state is from method {state.method!r}, config asks {method.name!r}")
-    if state.n_targets != problem.n_targets or state.heights.shape != (problem.n_targets,):
-        raise ValueError(
-            f"state has {state.n_targets} targets, the problem has {problem.n_targets}"
-        )
+    if state.n_targets != n or state.heights.shape != (n,):
+        raise ValueError(f"state has {state.n_targets} targets, the problem has {n}")
     if state.seed != config.seed:
         raise ValueError(f"state was fitted with seed {state.seed}, config has {config.seed}")
     if state.config is not None:  # states saved before configs were recorded carry none

@@ -36,6 +36,7 @@ from solver.problem import OTProblem
 if TYPE_CHECKING:  # the shared signature names them; the exact method uses neither
     from solver.cells.index import CellIndex
     from solver.estimation.estimator import Estimator
+    from solver.estimation.sharded import ShardedIndex
 
 # Voronoi start: weights perturbed by up to this fraction of squared nearest-neighbour distances.
 _JITTER = 1e-3
@@ -68,7 +69,7 @@ def make_context(
     problem: OTProblem,
     config: FitConfig,
     *,
-    index: CellIndex | None = None,
+    index: CellIndex | ShardedIndex | None = None,
     estimator: Estimator | None = None,
     start: np.ndarray | None = None,
 ) -> ExactContext:

@@ -50,6 +50,17 @@ _COARSE_MAX_ITER = 1000
 FitCoarse = Callable[[OTProblem, FitConfig], np.ndarray]
 
 
+def coarse_clusters(n_targets: int, config: FitConfig) -> int:
+    """K of a fit's hierarchical start; 0 when the fit has no coarse fit.
+
+    ``newton.coarse_clusters`` (``None``: round(sqrt(N))), or 0 when it is 0 or too large
+    for N (4 K > N).
+    """
+    k = config.newton.coarse_clusters
+    k = default_clusters(n_targets) if k is None else k
+    return k if 0 < k and 4 * k <= n_targets else 0
+
+
 def start_heights(
     problem: OTProblem, config: FitConfig, fit_coarse: FitCoarse
 ) -> np.ndarray | None:
@@ -67,10 +78,8 @@ def start_heights(
         h, shape ``(N,)``, float64, mean zero; ``None`` when K is 0 or too large for N.
 
     """
-    n = problem.n_targets
-    k = config.newton.coarse_clusters
-    k = default_clusters(n) if k is None else k
-    if not (0 < k and 4 * k <= n):
+    k = coarse_clusters(problem.n_targets, config)
+    if k == 0:
         return None
     targets = np.asarray(problem.targets, dtype=np.float32)  # the index's precision
     coarse_seed, region_seed = seeds(config.seed)

@@ -25,6 +25,7 @@ import numpy as np
 from solver.cells.index import CellIndex
 from solver.estimation.estimator import Estimator
 from solver.estimation.host import AccuracyReport
+from solver.estimation.sharded import ShardedIndex
 from solver.fitting import adam, exact_newton, newton
 from solver.fitting.config import FitConfig, FitRecord, FitState, Method
 from solver.problem import OTProblem
@@ -52,7 +53,7 @@ class MakeContext(Protocol[C_co]):
         problem: OTProblem,
         config: FitConfig,
         *,
-        index: CellIndex | None,
+        index: CellIndex | ShardedIndex | None,
         estimator: Estimator,
         start: np.ndarray | None,
     ) -> C_co:

@@ -30,9 +30,11 @@ from solver.estimation.host import (
     AccuracyReport,
     MeasureEstimate,
     accuracy,
+    merge_estimates,
     samples_for_noise_floor,
 )
 from solver.estimation.reuse import ReuseIndex, entry_bytes
+from solver.estimation.sharded import ShardedIndex
 from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
 from solver.problem import OTProblem
@@ -67,25 +69,24 @@ _REUSE_BYTES = 1 << 30
 class NewtonContext:
     """What the steps share.
 
-    The problem in internal coordinates (targets float32, as the index holds them), the check
-    size M_c and last fitting-stage size M_f, the estimator, the certified-reuse index (keyed
-    by its sample stream ``reuse_seed``), a one-entry estimate cache, the starting heights the
-    driver gave (``None``: the Voronoi start) and the driver's deadline (a
+    The target weights and source measure, the cell index (the targets in internal
+    coordinates; split over ranks in a sharded fit, so the steps reach targets through it), the
+    check size M_c and last fitting-stage size M_f, the estimator, the certified-reuse index
+    (its entries, keyed by batch, stay for the whole fit), a one-entry estimate cache, the starting
+    heights the driver gave (``None``: the Voronoi start) and the driver's deadline (a
     ``time.perf_counter`` value or ``None``).
     """
 
-    targets: np.ndarray
     weights: np.ndarray
     source: SourceMeasure
-    index: CellIndex
+    index: CellIndex | ShardedIndex
     config: FitConfig
     check_samples: int
     estimator: Estimator
     reuse: ReuseIndex
     fit_samples: int
-    cache: dict[tuple[int, int, bytes], MeasureEstimate]
+    cache: dict[tuple[tuple[tuple[int, int], ...], bytes], MeasureEstimate]
     start: np.ndarray | None = None
-    reuse_seed: int = -1
     deadline: float | None = None
     excluded_seconds: float = 0.0
 
@@ -99,16 +100,17 @@ def make_context(
     problem: OTProblem,
     config: FitConfig,
     *,
-    index: CellIndex | None,
+    index: CellIndex | ShardedIndex | None,
     estimator: Estimator,
     start: np.ndarray | None = None,
 ) -> NewtonContext:
     """Bundle the fit's fixed inputs; the check size follows from the target accuracy.
 
     Args:
-        problem: the problem in the fit's internal frame.
+        problem: the problem in the fit's internal frame (only its weights and source are
+            used: the targets are reached through the index).
         config: the fit's settings.
-        index: the cell index over ``problem.targets``.
+        index: the cell index over the targets.
         estimator: the Monte Carlo estimator.
         start: starting heights (internal frame, shape ``(N,)``), e.g. the hierarchical start;
             ``None`` for the Voronoi start.
@@ -124,12 +126,12 @@ def make_context(
     fit_floor = np.sqrt(1.0 - config.check_floor**2) * config.target_l1
     m_fit = samples_for_noise_floor(weights, float(fit_floor))
     candidates = config.newton.reuse_candidates
-    largest = max(m_fit, m_check) * entry_bytes(problem.n_targets, candidates)
+    # A failed check's stage fits on M_f + M_c samples (stage_sets).
+    largest = (m_fit + m_check) * entry_bytes(index.n_targets, candidates)
     if largest > _REUSE_BYTES:
         candidates = min(candidates, 2)
     reuse = ReuseIndex(index, candidates=candidates, max_bytes=_REUSE_BYTES)
     return NewtonContext(
-        targets=np.asarray(problem.targets, dtype=np.float32),
         weights=weights,
         source=problem.source,
         index=index,
@@ -152,7 +154,7 @@ def initial_state(ctx: NewtonContext) -> FitState:
     if ctx.start is not None:
         h = np.asarray(ctx.start, dtype=np.float64)
     else:
-        h = -0.5 * np.square(ctx.targets.astype(np.float64)).sum(axis=1)
+        h = -0.5 * ctx.index.squared_norms()
     return FitState(
         method="newton",
         heights=h - h.mean(),
@@ -204,6 +206,25 @@ def stage_seed(ctx: NewtonContext, seed: int, stage: int) -> int:
     return derive_seed(seed, _CHECK_STREAM, stage)
 
 
+def stage_sets(ctx: NewtonContext, seed: int, stage: int) -> tuple[tuple[int, int], ...]:
+    """The sample sets ``(size, stream)`` a stage's Newton steps fit on.
+
+    A fitting stage fits on its own samples. A check stage whose check failed fits on every
+    sample the fit has drawn since its last fitting stage: that stage's M_f, the failed
+    check's fresh M_c and those of the checks that failed before it. Each failed check's
+    samples were independent of the heights it measured, and the union's noise floor is
+    below either set's: heights fitted on M_f + M_c samples are off by F_f / sqrt(2) (with the
+    default check_floor), so the next check measures about 0.87 of the target instead of a
+    coin flip at the target itself.
+    """
+    sizes = stage_sizes(ctx)
+    if stage < len(sizes):
+        return ((sizes[stage], stage_seed(ctx, seed, stage)),)
+    fitted = (ctx.fit_samples, stage_seed(ctx, seed, len(sizes) - 1))
+    checks = range(len(sizes), stage + 1)
+    return (fitted, *((int(ctx.check_samples), stage_seed(ctx, seed, s)) for s in checks))
+
+
 def step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitRecord, str | None]:
     """One iteration: a warm-up step or a Newton step; returns state, record, stop reason."""
     if state.counters["phase"] == _WARMUP:
@@ -252,32 +273,32 @@ def _warmup_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitReco
 
 def _newton_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitRecord, str | None]:
     stage, stage_iter = int(state.counters["stage"]), int(state.counters["stage_iter"])
-    m = stage_size(ctx, stage)
-    seed = stage_seed(ctx, state.seed, stage)
+    sets = stage_sets(ctx, state.seed, stage)
     h = state.heights
     check: AccuracyReport | None = None
     if stage_iter == 0 and stage >= len(stage_sizes(ctx)):
         # Fresh samples the current heights were not fitted on: an independent check. It needs
         # only each sample's best cell, so it is a top-1 pass on the plain index; only a failed
         # check pays for the top-2 pass (and reuse candidates) that a Newton step needs.
+        m, seed = sets[-1]
         first = _check_estimate(ctx, h, m, seed)
         check = accuracy(first.counts, m, ctx.weights)
         if check.l1 <= ctx.config.target_l1 and check.empty_cells == 0:
             g = first.cell_measures - ctx.weights
             return _advance(state, h, stage, stage_iter), _record(state, first, g, check), "target"
-    est = _estimate(ctx, h, m, seed)
+    est = _estimate(ctx, h, sets)
     g = est.cell_measures - ctx.weights
     cfg = ctx.config.newton
     if stage_iter >= cfg.max_stage_iters:
         return _advance(state, h, stage + 1, 0), _record(state, est, g, check), None
     empty = np.flatnonzero(est.counts == 0)
     if empty.size:
-        h = _rescue_empty(ctx, h, empty, m, seed)
+        h = _rescue_empty(ctx, h, empty, *sets[0])
         return _advance(state, h, stage, stage_iter + 1), _record(state, est, g, check), None
-    floor = accuracy(est.counts, m, ctx.weights).noise_floor
+    floor = accuracy(est.counts, est.n_samples, ctx.weights).noise_floor
     tol = cfg.stage_tol if stage >= len(stage_sizes(ctx)) - 1 else _EARLY_TOL
     if np.abs(g).sum() > tol * floor:
-        accepted, t = _damped_step(ctx, h, est, g, float(state.counters["t"]), m, seed)
+        accepted, t = _damped_step(ctx, h, est, g, float(state.counters["t"]), sets)
         if accepted is not None:
             new = _advance(state, accepted, stage, stage_iter + 1, t=t)
             return new, _record(state, est, g, check), None
@@ -320,8 +341,7 @@ def _damped_step(
     est: MeasureEstimate,
     g: np.ndarray,
     t_prev: float,
-    m: int,
-    seed: int,
+    sets: tuple[tuple[int, int], ...],
 ) -> tuple[np.ndarray | None, float]:
     """KMT damping: halve t until the L1 error drops by t/2 without a new empty cell.
 
@@ -338,7 +358,7 @@ def _damped_step(
             return None, t_prev
         trial = h - t * d
         trial -= trial.mean()
-        est_t = _estimate(ctx, trial, m, seed)
+        est_t = _estimate(ctx, trial, sets)
         l1_t = float(np.abs(est_t.cell_measures - ctx.weights).sum())
         if l1_t <= (1.0 - t / 2.0) * l1 and np.count_nonzero(est_t.counts == 0) <= empty:
             return trial, t
@@ -346,23 +366,37 @@ def _damped_step(
     return None, t
 
 
-def _estimate(ctx: NewtonContext, h: np.ndarray, m: int, seed: int) -> MeasureEstimate:
-    """Top-2 estimate on the first ``m`` samples of stream ``seed``; the last one is cached.
+def _estimate(
+    ctx: NewtonContext, h: np.ndarray, sets: tuple[tuple[int, int], ...]
+) -> MeasureEstimate:
+    """Top-2 estimate on the union of sample sets ``(size, stream)``; the last one is cached.
 
-    Searches go through the stream's certified-reuse index, so after the first pass over a
-    sample only the samples whose cells a height change may have moved are searched again.
+    Searches go through the certified-reuse index, so after the first pass over a sample only
+    the samples whose cells a height change may have moved are searched again (its entries
+    stay across stages: a fitting stage's samples start with the previous one's, and a failed
+    check's stage fits on the last fitting stage's samples again). The sets share the first
+    one's slab width, so their slab counts add up.
     """
-    key = (m, seed, h.tobytes())
+    key = (sets, h.tobytes())
     cached = ctx.cache.get(key)
     if cached is not None:
         return cached
-    if ctx.reuse_seed != seed:
-        ctx.reuse.clear()
-        ctx.reuse_seed = seed
     ctx.reuse.set_heights(h)
-    est = ctx.estimator.estimate(
-        ctx.reuse, ctx.source, m, seed, batch_size=ctx.config.batch_size, deadline=ctx.deadline
-    )
+    parts: list[MeasureEstimate] = []
+    for m, seed in sets:
+        width = parts[0].gap_width if parts else None
+        parts.append(
+            ctx.estimator.estimate(
+                ctx.reuse,
+                ctx.source,
+                m,
+                seed,
+                gap_width=width,
+                batch_size=ctx.config.batch_size,
+                deadline=ctx.deadline,
+            )
+        )
+    est = merge_estimates(parts)
     ctx.cache.clear()
     ctx.cache[key] = est
     return est
@@ -397,7 +431,8 @@ def _rescue_empty(
     h = h.copy()
     for lo in range(0, empty.size, _RESCUE_CHUNK):
         cells = empty[lo : lo + _RESCUE_CHUNK]
-        need = np.sort(best[:, None] - xs @ ctx.targets[cells].astype(np.float64).T, axis=0)
+        y = ctx.index.rows(cells).astype(np.float64)  # collective in a sharded fit
+        need = np.sort(best[:, None] - xs @ y.T, axis=0)
         rank = np.clip(np.round(ctx.weights[cells] * len(x)).astype(int) - 1, 0, len(x) - 2)
         cols = np.arange(cells.size)
         # Midway between the heights at which the cell wins its r-th and (r+1)-th points: it
