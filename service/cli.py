@@ -13,9 +13,11 @@ Failures print one line saying what to do (``aeot --debug ...`` shows the traceb
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -24,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from models.options import DataOptions, TrainOptions
 from service.cli_models import API_KEY, URL, models_app
+from service.cli_options import run_options, settings_options
 from service.cli_support import (
     CliError,
     build_settings,
@@ -33,7 +37,6 @@ from service.cli_support import (
     open_existing_store,
     server_command,
     set_debug,
-    settings_options,
 )
 from service.cli_train import queue_served_dataset, train
 from service.client import AEOTClient
@@ -50,6 +53,7 @@ server_command(app)(train)
 
 MODEL = typer.Option(None, "--model", help="model name (default: the server's default)")
 _SAMPLES_PNG = Path("samples.png")
+_DATA_PANEL = "Training (--data)"
 _STRIP_PNG = Path("interpolation.png")
 
 
@@ -66,38 +70,23 @@ def main(
 @server_command(app)
 @friendly
 @settings_options
+@run_options(api=True, panel=_DATA_PANEL)
 def serve(
     overrides: dict[str, Any],
+    train_options: TrainOptions,
+    data_options: DataOptions,
     data: str = typer.Option(
         None,
         "--data",
         help="train a model on this dataset first (IDX directory such as MNIST's, .npy/.npz, "
         "image folder, or mnist / fashion-mnist / digits), then fit and serve it",
-        rich_help_panel="Training (--data)",
+        rich_help_panel=_DATA_PANEL,
     ),
     name: str = typer.Option(
         None,
         "--name",
         help="name of the --data model (default: the dataset's)",
-        rich_help_panel="Training (--data)",
-    ),
-    subset: int = typer.Option(
-        None,
-        "--subset",
-        help="--data: train on a seeded random subset of this many images",
-        rich_help_panel="Training (--data)",
-    ),
-    epochs: int = typer.Option(
-        None,
-        "--epochs",
-        help="--data: joint epochs at most (default: the recipe's)",
-        rich_help_panel="Training (--data)",
-    ),
-    latent_dim: int = typer.Option(
-        None,
-        "--latent-dim",
-        help="--data: latent dimension (default 8 or 32 by image size)",
-        rich_help_panel="Training (--data)",
+        rich_help_panel=_DATA_PANEL,
     ),
 ) -> None:
     """Serve the API and web page; an empty store trains digits (or --data) and fits it."""
@@ -108,9 +97,10 @@ def serve(
 
     if data is not None:
         overrides = queue_served_dataset(
-            overrides, data, name=name, subset=subset, epochs=epochs, latent_dim=latent_dim
+            overrides, data, name=name, train_options=train_options, data_options=data_options
         )
     settings = build_settings(**overrides)
+    _check_port(settings.host, settings.port)
     configure_logging(settings.log_level, settings.log_format)
     typer.echo(f"AE-OT service on http://{settings.host}:{settings.port}/ (store {settings.store})")
     if settings.web_workers > 1:
@@ -125,6 +115,33 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     uvicorn.run(app_, **server_options(settings))
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse in one line a port another process holds, before the banner and the models load.
+
+    Bound and released at once, with the options uvicorn binds with (``SO_REUSEADDR``); a
+    host that does not resolve is left for uvicorn to report.
+    """
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror:
+        return
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(
+                    f"port {port} on {host} is in use (another server?): pass --port with a "
+                    "free one, or stop the other"
+                ) from None
+            raise CliError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
 
 
 def _serve_processes(settings: Settings) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import typer
 
+from models.options import DataOptions, TrainOptions, values_of
+from service.cli_options import run_options
 from service.cli_support import CliError, connect, friendly
 from service.names import sanitise_name
 
@@ -28,6 +30,10 @@ NAME = typer.Argument(..., help="model name")
 
 def pack_bundle(directory: Path) -> bytes:
     """A bundle directory as ``.tar.gz`` bytes (files under ``bundle/``), the upload format."""
+    if not directory.exists():
+        raise CliError(f"{directory} does not exist")
+    if not directory.is_dir():
+        raise CliError(f"{directory} is not a directory: a bundle is a directory")
     if not (directory / "config.json").is_file():
         raise CliError(
             f"{directory} is not a model bundle (no config.json): `aeot train` writes bundles "
@@ -121,30 +127,19 @@ def register(
 
 @models_app.command(name="train")
 @friendly
+@run_options(api=True)
 def train_remote(
+    train_options: TrainOptions,
+    data_options: DataOptions,
     name: str = NAME,
     dataset: str = typer.Argument(..., help="dataset path relative to the server's data root"),
-    subset: int = typer.Option(None, help="seeded random subset of this many images"),
-    latent_dim: int = typer.Option(None, help="latent dimension"),
-    epochs: int = typer.Option(None, help="joint epochs at most"),
-    decoder_epochs: int = typer.Option(None, help="decoder-only epochs"),
-    decoder_schedule: str = typer.Option(
-        None, help="decoder-phase step size: constant (default) or cosine"
-    ),
-    split: str = typer.Option("train", help="IDX split: train, test or all"),
-    seed: int = typer.Option(0, help="training seed"),
     url: str = URL,
     api_key: str = API_KEY,
 ) -> None:
     """Ask the server to train a model on a dataset under its data root (AEOT_DATA_ROOT)."""
     options = {
-        "subset": subset,
-        "latent_dim": latent_dim,
-        "epochs": epochs,
-        "decoder_epochs": decoder_epochs,
-        "decoder_schedule": decoder_schedule,
-        "split": split,
-        "seed": seed,
+        **values_of(data_options, DataOptions, api=True),
+        **values_of(train_options, TrainOptions, api=True),
     }
     with connect(url, api_key) as client:
         job = client.train(name, dataset, **options)
@@ -188,8 +183,9 @@ def delete(
     api_key: str = API_KEY,
 ) -> None:
     """Delete a model, its potentials and checkpoints."""
-    if not yes:
-        typer.confirm(f"delete model {name!r} and its potentials?", abort=True)
+    if not yes and not typer.confirm(f"delete model {name!r} and its potentials?"):
+        typer.echo(f"not deleted: {name}")
+        return
     with connect(url, api_key) as client:
         client.delete(name)
     typer.echo(f"deleted {name}")

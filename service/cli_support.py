@@ -1,10 +1,8 @@
-"""What every ``aeot`` command shares: errors for people, settings as options, the client.
+"""What every ``aeot`` command shares: errors for people, the client, server commands.
 
 - :func:`friendly` turns any failure into one line on stderr saying what went wrong and what to
   do, with exit code 1 (130 when interrupted); ``aeot --debug ...`` (or ``AEOT_DEBUG=1``) shows
   the traceback instead.
-- :func:`settings_options` gives a command one option per :class:`Settings` field (``--api-key``,
-  ``--device``, ``--log-level``, ...), each overriding its ``AEOT_*`` variable.
 - :func:`connect` opens the commands' :class:`AEOTClient`, which does not retry a 503: a person
   sees at once why and when to try again.
 - :func:`server_command` declares a command that runs the server: on the client-only install
@@ -18,18 +16,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
     Any,
-    Literal,
     TypeGuard,
     TypeVar,
-    Union,
-    get_args,
-    get_origin,
 )
 
 import httpx
@@ -39,13 +32,11 @@ from service.client import AEOTClient, AEOTError, MissingExtra
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
-    from pydantic.fields import FieldInfo
 
     from service.settings import Settings
     from service.store import ModelStore
 
 F = TypeVar("F", bound=Callable[..., Any])
-_SETTINGS_PANEL = "Settings (override AEOT_* variables)"
 # What installs the server: the `cpu` or `gpu` extra (each is `server` plus its FAISS).
 SERVER_INSTALL = "pip install 'aeot[cpu]' (or 'aeot[gpu]' on a CUDA host)"
 
@@ -68,10 +59,10 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except _TYPER_SIGNALS:
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # its message, when a command gives one, says what next
             if _debug():
                 raise
-            typer.echo("error: interrupted", err=True)
+            typer.echo(f"error: {str(exc) or 'interrupted'}", err=True)
             raise typer.Exit(130) from None
         except Exception as exc:
             if _debug():
@@ -183,7 +174,7 @@ def _base_url(exc: httpx.HTTPError) -> str:
 def _explain_http(exc: AEOTError) -> str:
     if exc.status_code == 401:
         return f"{exc.detail}: pass --api-key or set AEOT_API_KEY (the server's key)"
-    if exc.status_code == 403:
+    if exc.status_code == 403 and "key" in exc.detail.lower():  # not "no data root" (403 too)
         return f"{exc.detail}: check --api-key / AEOT_API_KEY"
     if exc.status_code == 503 and exc.retry_after is not None:
         return (
@@ -216,87 +207,6 @@ def open_existing_store(store: Path) -> ModelStore:
     if not (store / "catalog.sqlite3").is_file():
         raise no_store_error(store)
     return ModelStore(store)
-
-
-# ----------------------------------------------------------------------------- settings
-
-
-def _option_type(annotation: Any) -> tuple[Any, str]:
-    """Click-friendly type of a settings field and a note on accepted values."""
-    args = get_args(annotation)
-    if get_origin(annotation) in (Union, types.UnionType):
-        annotation = next(a for a in args if a is not type(None))
-        args = get_args(annotation)
-    if get_origin(annotation) is dict:
-        return str, " (JSON object)"
-    if get_origin(annotation) in (tuple, list):
-        return list[str], " (repeat the option for several)"
-    if get_origin(annotation) is Literal:
-        return str, " (" + " | ".join(str(a) for a in args) + ")"
-    if annotation in (bool, int, float, Path):
-        return annotation, ""
-    return str, ""  # str, SecretStr
-
-
-def _setting_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
-    from pydantic import SecretStr  # noqa: PLC0415 - the server's package
-
-    kind, values = _option_type(field.annotation)
-    flag = "--" + name.replace("_", "-")
-    decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-    default = field.default
-    shown = "unset" if default is None else default
-    if isinstance(default, SecretStr):
-        shown = "set"
-    description = field.description or name.replace("_", " ")
-    option = typer.Option(
-        None,
-        *decls,
-        help=f"{description}{values} [env AEOT_{name.upper()}; default {shown}]",
-        show_default=False,
-        rich_help_panel=_SETTINGS_PANEL,
-    )
-    return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None
-    )
-
-
-def settings_options(fn: F) -> F:
-    """Give a command one option per :class:`Settings` field, passed as ``overrides``.
-
-    ``fn`` takes ``overrides: dict[str, Any]`` (only the options given) besides its own
-    parameters; a parameter of its own with a field's name wins over the generated option.
-    Without the server installed ``fn`` comes back as it is (see :func:`server_command`).
-    """
-    if server_missing() is not None:
-        return fn
-    from service.settings import Settings  # noqa: PLC0415 - the server's settings
-
-    own = inspect.signature(fn, eval_str=True)
-    params = [p for p in own.parameters.values() if p.name != "overrides"]
-    taken = {p.name for p in params}
-    names = [n for n in Settings.model_fields if n not in taken]
-    extra = [_setting_parameter(n, Settings.model_fields[n]) for n in names]
-
-    @functools.wraps(fn)
-    def wrapper(**kwargs: Any) -> Any:
-        overrides = {n: _given(kwargs[n]) for n in names if _given(kwargs.get(n)) is not None}
-        for n in names:
-            kwargs.pop(n, None)
-        return fn(overrides=overrides, **kwargs)
-
-    wrapper.__signature__ = own.replace(  # type: ignore[attr-defined]
-        parameters=[*(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params), *extra]
-    )
-    wrapper.__annotations__ = {}  # typer reads the types from the signature above
-    return wrapper  # type: ignore[return-value]
-
-
-def _given(value: Any) -> Any:
-    """An option's value, ``None`` when not given (a repeatable option gives ``[]``)."""
-    if isinstance(value, list | tuple):
-        return tuple(value) if value else None
-    return value
 
 
 def build_settings(**overrides: Any) -> Settings:

@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from subprocess import PIPE
+
 import httpx
 import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from models import load_bundle
+from models import DataOptions, TrainOptions, load_bundle
+from models.options import DECODER_SCHEDULES, options_of
+from models.train import checkpoint_progress
 from service.cli import app as cli_app
 from service.cli_train import epoch_total, queue_served_dataset
+from service.schemas import TrainRequest
 from service.settings import Settings
 from service.store import ModelStore
 from tests.service_helpers import (
     API_KEY,
+    ROOT,
     copy_store,
     fitted_template,
     free_port,
     live_server,
     make_settings,
+    wait_for,
     write_bundle,
 )
 from tests.test_training import write_idx, write_npz
@@ -74,6 +86,39 @@ def test_options_override_the_environment(empty_cwd, monkeypatch):
     assert bad.stderr.startswith("error: invalid setting: target_l1: Input should be less than 2")
 
 
+def _option_names(command) -> set[str]:  # noqa: ANN001
+    return {p.name for p in command.params}
+
+
+def test_every_door_to_training_takes_the_options_declared_once():
+    group = typer.main.get_command(cli_app)
+    every = {o.name for cls in (DataOptions, TrainOptions) for o in options_of(cls)}
+    api = {o.name for cls in (DataOptions, TrainOptions) for o in options_of(cls) if o.api}
+    assert every - api == {"device", "threads"}  # the server's own
+    assert every <= _option_names(group.commands["train"])  # type: ignore[attr-defined]
+    assert api <= _option_names(group.commands["serve"])  # type: ignore[attr-defined]
+    remote = group.commands["models"].commands["train"]  # type: ignore[attr-defined]
+    assert _option_names(remote) - {"name", "dataset", "url", "api_key"} == api
+    assert set(TrainRequest.model_fields) == api | {"dataset"}
+    schedule = TrainRequest.model_json_schema()["properties"]["decoder_schedule"]
+    assert schedule["anyOf"][0]["enum"] == list(DECODER_SCHEDULES)
+
+
+def test_training_options_are_checked_where_they_are_typed(empty_cwd):
+    for args, message in (
+        (("--channels", "2"), "--channels must be 1 or 3, got 2"),
+        (("--image-size", "2x2"), "--image-size must be (H, W) with H, W >= 4, got (2, 2)"),
+        (("--image-size", "big"), "--image-size must look like 28x28, got 'big'"),
+        (("--split", "val"), "--split must be train, test or all, got 'val'"),
+        (("--epochs", "0"), "--epochs must be >= 1, got 0"),
+        (("--class-names", "a,,b"), "--class-names must be names of 1 to 64 characters, got ''"),
+    ):
+        for command in (("train", "digits"), ("models", "train", "m", "mnist")):
+            run = invoke(*command, *args)
+            assert run.exit_code == 1 and run.stderr.splitlines() == [f"error: {message}"], args
+    assert list(empty_cwd.iterdir()) == []
+
+
 def test_the_epoch_bar_total_follows_a_plateau_and_never_grows():
     # The recipe plans 30 joint + 10 decoder epochs.
     total = 40
@@ -111,15 +156,14 @@ def test_train_registers_the_bundle_with_labels_and_queues_its_fit(empty_cwd):
 def test_serve_data_queues_the_training_once_and_serves_that_model(empty_cwd, capsys):
     write_idx(empty_cwd / "data" / "mnist")
     overrides = {"store": empty_cwd / "store", "worker": False}
-    served = queue_served_dataset(
-        overrides, "data/mnist", name=None, subset=20, epochs=1, latent_dim=None
-    )
+    options = {"train_options": TrainOptions(subset=20, epochs=1), "data_options": DataOptions()}
+    served = queue_served_dataset(overrides, "data/mnist", name=None, **options)
     assert served["default_model"] == "mnist" and served["embedded_default"] is False
     (job,) = ModelStore(empty_cwd / "store").jobs("mnist")
     assert job.kind == "train" and job.train_plan is not None
     assert job.train_plan.data.path == str(empty_cwd / "data" / "mnist")  # absolute
     assert job.train_plan.subset == 20
-    queue_served_dataset(overrides, "data/mnist", name=None, subset=20, epochs=1, latent_dim=None)
+    queue_served_dataset(overrides, "data/mnist", name=None, **options)
     out = capsys.readouterr()
     assert "being trained already" in out.out and "--no-worker" in out.err
 
@@ -157,7 +201,51 @@ def test_models_commands_over_a_live_server(tmp_path_factory, tmp_path):
         assert sample.exit_code == 0 and np.load(tmp_path / "s.npy").shape == (5, 4)
 
 
-def test_a_declined_confirmation_aborts_without_an_error_line(empty_cwd):
-    run = CliRunner().invoke(cli_app, ["models", "delete", "x"], input="n\n")
-    assert run.exit_code == 1
-    assert run.output.splitlines()[-1] == "Aborted." and "error" not in run.output
+def test_declining_to_delete_is_no_error(empty_cwd):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: the command must not call
+    run = CliRunner().invoke(cli_app, ["models", "delete", "x", "--url", url], input="n\n")
+    assert run.exit_code == 0
+    assert run.output.splitlines()[-1] == "not deleted: x" and "error" not in run.output
+
+
+def _interrupt_after(proc: subprocess.Popen[str], ready) -> tuple[str, str]:  # noqa: ANN001
+    """Send Ctrl-C (SIGINT) to ``proc`` once ``ready()`` holds; its output after it ends."""
+    assert wait_for(lambda: ready() or proc.poll() is not None, timeout=120)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return out, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_and_the_rerun_names_the_epoch_it_resumes_after(empty_cwd):
+    data = write_npz(empty_cwd / "shapes.npz", n=40)
+    command = [sys.executable, "-m", "service.cli", "train", str(data), "--epochs", "5000"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def train() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            command, cwd=empty_cwd, env=env, text=True, stdout=PIPE, stderr=PIPE
+        )
+
+    def checkpoints() -> list[Path]:
+        return list((empty_cwd / "store" / "training").glob("shapes-*.pt"))
+
+    out, err = _interrupt_after(train(), lambda: bool(checkpoints()))
+    assert err.splitlines()[-1] == (
+        "error: interrupted: the same command resumes from the last finished epoch"
+    )
+    (checkpoint,) = checkpoints()
+    epoch, phase = checkpoint_progress(checkpoint)
+    assert epoch >= 1 and phase == "joint"
+    again = train()
+    assert again.stdout is not None
+    lines: list[str] = []
+
+    def resumed() -> bool:
+        lines.append(again.stdout.readline())  # type: ignore[union-attr]
+        return lines[-1].startswith("resuming")
+
+    _interrupt_after(again, resumed)
+    assert again.returncode == 130
+    assert lines[-1].startswith(f"resuming after epoch {epoch} (joint phase) from the checkpoint")

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from models import (
+    DataOptions,
     DatasetConfig,
     ImageDataset,
     TrainPlan,
@@ -159,13 +160,16 @@ def test_architectures_over_the_bundle_limit_are_refused_before_training(tmp_pat
     assert not (tmp_path / "bundle").exists()
 
 
-def test_image_folder_classes_become_labels(tmp_path):
+def test_image_folder_classes_become_labels_named_by_their_folders(tmp_path):
     store = ModelStore(tmp_path / "store")
-    config = dataset_config_for(str(write_folder(tmp_path / "pets")), image_size=(8, 8))
+    config = dataset_config_for(
+        str(write_folder(tmp_path / "pets")), DataOptions(image_size=(8, 8))
+    )
     record = train_into_store(store, "pets", tiny_plan(config), fit=None)
     assert record is not None and record.n_latents == 12
-    labels = load_bundle(store.bundle_dir("pets")).labels
-    assert labels is not None and labels.tolist() == [0] * 6 + [1] * 6
+    bundle = load_bundle(store.bundle_dir("pets"))
+    assert bundle.labels is not None and bundle.labels.tolist() == [0] * 6 + [1] * 6
+    assert bundle.config.class_names == ("cats", "dogs")
 
 
 def test_dataset_names_stay_inside_the_data_root(tmp_path):
