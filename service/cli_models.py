@@ -16,7 +16,7 @@ import typer
 
 from models.options import DataOptions, TrainOptions, values_of
 from service.cli_options import run_options
-from service.cli_support import CliError, connect, friendly
+from service.cli_support import CliError, calls, connect, friendly
 from service.names import sanitise_name
 
 models_app = typer.Typer(help="Manage the models of a running server (over its HTTP API).")
@@ -67,8 +67,23 @@ def _job_line(job: dict[str, Any] | None) -> str:
     return f"{head}{reason}, iteration {job['iteration']}{l1}{eta}"
 
 
+# Classes listed by `models show` at most (a dataset may name up to a thousand).
+_SHOWN_CLASSES = 50
+
+
+def _classes_line(classes: list[int], names: list[str] | None) -> str:
+    """``"0 T-shirt/top, 1 Trouser, ..."`` (the label= values, each with its name if known)."""
+    shown = [
+        f"{c} {name}" if names else str(c)
+        for c, name in zip(classes, names or classes, strict=True)
+    ][:_SHOWN_CLASSES]
+    more = f" and {len(classes) - _SHOWN_CLASSES} more" if len(classes) > _SHOWN_CLASSES else ""
+    return ", ".join(shown) + more
+
+
 @models_app.command(name="list")
 @friendly
+@calls("GET", "/models")
 def list_models(url: str = URL, api_key: str = API_KEY) -> None:
     """Every model: size, served version, accuracy and its latest job; trainings underway."""
     with connect(url, api_key) as client:
@@ -93,6 +108,7 @@ def list_models(url: str = URL, api_key: str = API_KEY) -> None:
 
 @models_app.command()
 @friendly
+@calls("GET", "/models/{name}")
 def show(name: str = NAME, url: str = URL, api_key: str = API_KEY) -> None:
     """One model's status: versions, accuracy of the published potential, job progress."""
     with connect(url, api_key) as client:
@@ -106,11 +122,14 @@ def show(name: str = NAME, url: str = URL, api_key: str = API_KEY) -> None:
             f"  accuracy      L1 {acc['l1']:.4f} (noise floor {acc['noise_floor']:.4f}), "
             f"max relative error {acc['max_rel_error']:.3f}, empty cells {acc['empty_cells']}"
         )
+    if m.get("classes"):
+        typer.echo(f"  classes       {_classes_line(m['classes'], m.get('class_names'))}")
     typer.echo(f"  job           {_job_line(m['job'])}")
 
 
 @models_app.command()
 @friendly
+@calls("POST", "/models", bundle="directory")
 def register(
     directory: Path = typer.Argument(..., help="bundle directory (config.json, latents.npy...)"),  # noqa: B008
     name: str = typer.Option(None, "--name", help="model name (default: the directory's)"),
@@ -127,6 +146,7 @@ def register(
 
 @models_app.command(name="train")
 @friendly
+@calls("POST", "/models/{name}/train")
 @run_options(api=True)
 def train_remote(
     train_options: TrainOptions,
@@ -151,6 +171,7 @@ def train_remote(
 
 @models_app.command()
 @friendly
+@calls("POST", "/models/{name}/fit")
 def refit(
     name: str = NAME,
     target_l1: float = typer.Option(None, help="stop at this independent L1"),
@@ -176,6 +197,7 @@ def refit(
 
 @models_app.command()
 @friendly
+@calls("DELETE", "/models/{name}")
 def delete(
     name: str = NAME,
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),

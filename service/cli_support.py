@@ -7,6 +7,10 @@
   sees at once why and when to try again.
 - :func:`server_command` declares a command that runs the server: on the client-only install
   (``pip install aeot``, no server packages) it says in one line what to install instead.
+- :func:`calls` declares which API operation a client command calls and which of its
+  parameters sets each API parameter of another name; a test holds every command to its
+  operation's parameters, and a 422 names the command's option (``--n must be >= 1``) instead
+  of the HTTP field (``query.n: Input should be greater than or equal to 1``).
 
 This module, like the client commands, imports only the client's packages (httpx, typer);
 pydantic and the settings load when a server command is declared or run.
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
@@ -67,7 +73,7 @@ def friendly(fn: F) -> F:
         except Exception as exc:
             if _debug():
                 raise
-            typer.echo(f"error: {explain(exc)}", err=True)
+            typer.echo(f"error: {explain(exc, fn)}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -86,8 +92,12 @@ def _debug() -> bool:
     return _DEBUG["on"]
 
 
-def explain(exc: BaseException) -> str:
-    """One line for a person: what went wrong and, where known, what to do."""
+def explain(exc: BaseException, command: Callable[..., Any] | None = None) -> str:
+    """One line for a person: what went wrong and, where known, what to do.
+
+    ``command``: the command that failed; a 422 of the API operation it :func:`calls` names
+    its options.
+    """
     if isinstance(exc, CliError | MissingExtra):
         return str(exc)
     if isinstance(exc, ModuleNotFoundError):
@@ -99,6 +109,8 @@ def explain(exc: BaseException) -> str:
     if isinstance(exc, httpx.HTTPError):
         return f"talking to the server failed: {exc}"
     if isinstance(exc, AEOTError):
+        if exc.status_code == 422 and command is not None:
+            return in_options(exc.detail, command)
         return _explain_http(exc)
     if _is_validation_error(exc):
         parts = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()]
@@ -161,6 +173,94 @@ def server_command(app: typer.Typer, name: str | None = None) -> Callable[[F], F
         return fn
 
     return declare
+
+
+# ----------------------------------------------------------------------------- API parity
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The API operation a client command calls.
+
+    Attributes:
+        method: ``GET``, ``POST``, ... path: as the OpenAPI schema writes it.
+        renamed: the command's parameter that sets each API parameter of another name
+            (``{"extended": "pure"}``: ``--pure`` sets ``extended``).
+
+    """
+
+    method: str
+    path: str
+    renamed: Mapping[str, str] = field(default_factory=dict)
+
+    def parameter(self, api_name: str) -> str:
+        """The command's parameter that sets API parameter ``api_name``."""
+        return self.renamed.get(api_name, api_name)
+
+
+def calls(method: str, path: str, **renamed: str) -> Callable[[F], F]:
+    """Declare the API operation a client command calls (see :class:`Endpoint`).
+
+    Apply it below :func:`friendly`, which reads it to name the command's options in a 422.
+    """
+
+    def mark(fn: F) -> F:
+        fn.endpoint = Endpoint(method, path, renamed)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def option_name(parameter: inspect.Parameter) -> str:
+    """How a person types a command's parameter: ``--latent-dim``, or ``START`` (argument)."""
+    declared = parameter.default
+    if isinstance(declared, typer.models.ArgumentInfo):
+        return declared.metavar or parameter.name.upper()
+    long = [d for d in getattr(declared, "param_decls", None) or () if d.startswith("--")]
+    return long[0].split("/")[0] if long else "--" + parameter.name.replace("_", "-")
+
+
+# The validation messages of the API in a person's words (first match wins).
+_IN_WORDS = (
+    (r"Input should be greater than or equal to (.+)", r"must be >= \1"),
+    (r"Input should be greater than (.+)", r"must be > \1"),
+    (r"Input should be less than or equal to (.+)", r"must be <= \1"),
+    (r"Input should be less than (.+)", r"must be < \1"),
+    (r"Input should be a valid integer.*", "must be an integer"),
+    (r"Input should be a valid number.*", "must be a number"),
+    (r"Input should be (.+)", r"must be \1"),
+    (r"String should match pattern '(.+)'", r"must match \1"),
+    (r"String should have at (most|least) (.+)", r"must have at \1 \2"),
+    (r"List should have at (most|least) (.+)", r"must have at \1 \2"),
+)
+# Where a field sits in a 422 message: the request part, then the field.
+_PARTS = ("query", "body", "path")
+
+
+def in_options(detail: str, command: Callable[..., Any]) -> str:
+    """A 422 message of the API (``query.n: Input should be ...``) in ``command``'s options.
+
+    Each ``field: problem`` part whose field ``command`` sets becomes ``--option problem``
+    (``--n must be >= 1``); other parts (limits, checks across fields) stay as they are.
+    """
+    endpoint = getattr(command, "endpoint", None)
+    if endpoint is None:
+        return detail
+    params = inspect.signature(command).parameters
+    parts = []
+    for part in detail.split("; "):
+        where, sep, problem = part.partition(": ")
+        fields = [f for f in where.split(".") if f not in _PARTS]
+        name = endpoint.parameter(fields[0]) if sep and fields and " " not in where else None
+        if name is None or name not in params:
+            parts.append(part.removeprefix("Value error, "))
+            continue
+        for pattern, words in _IN_WORDS:
+            if re.fullmatch(pattern, problem):
+                problem = re.sub(pattern, words, problem)
+                break
+        parts.append(f"{option_name(params[name])} {problem}")
+    return "; ".join(parts)
 
 
 def _base_url(exc: httpx.HTTPError) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +15,13 @@ import httpx
 import numpy as np
 import pytest
 import typer
+from PIL import Image
 from typer.testing import CliRunner
 
 from models import DataOptions, TrainOptions, load_bundle
 from models.options import DECODER_SCHEDULES, options_of
 from models.train import checkpoint_progress
+from service.app import create_app
 from service.cli import app as cli_app
 from service.cli_train import epoch_total, queue_served_dataset
 from service.schemas import TrainRequest
@@ -29,6 +33,7 @@ from tests.service_helpers import (
     copy_store,
     fitted_template,
     free_port,
+    labelled_template,
     live_server,
     make_settings,
     wait_for,
@@ -193,6 +198,7 @@ def test_models_commands_over_a_live_server(tmp_path_factory, tmp_path):
         assert refit.exit_code == 0 and "refit of tiny queued (target L1 0.09)" in refit.stdout
         remote = invoke("models", "train", "t", "mnist", *key)
         assert remote.exit_code == 1 and "no data root" in remote.stderr
+        assert "key" not in remote.stderr.lower()  # a 403 that is not about the key
         deleted = invoke("models", "delete", "extra", "-y", *key)
         assert deleted.exit_code == 0 and "deleted extra" in deleted.stdout
         names = [m["name"] for m in httpx.get(f"{url}/models").json()["models"]]
@@ -246,6 +252,159 @@ def test_ctrl_c_exits_130_and_the_rerun_names_the_epoch_it_resumes_after(empty_c
         lines.append(again.stdout.readline())  # type: ignore[union-attr]
         return lines[-1].startswith("resuming")
 
-    _interrupt_after(again, resumed)
-    assert again.returncode == 130
+    _, err = _interrupt_after(again, resumed)
+    assert again.returncode == 130, err
     assert lines[-1].startswith(f"resuming after epoch {epoch} (joint phase) from the checkpoint")
+
+
+# ----------------------------------------------------------------------------- API parity
+
+SERVER_COMMANDS = {"serve", "worker", "fit", "train", "demo"}
+
+
+def _leaf_commands(group, prefix: tuple[str, ...] = ()):  # noqa: ANN001, ANN202
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _leaf_commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def _api_parameters(spec: dict, method: str, path: str) -> set[str]:
+    """The query, path and body parameters of one operation of the OpenAPI schema."""
+    operation = spec["paths"][path][method.lower()]
+    names = {p["name"] for p in operation.get("parameters", [])}
+    for media in operation.get("requestBody", {}).get("content", {}).values():
+        schema = spec["components"]["schemas"][media["schema"]["$ref"].rsplit("/", 1)[-1]]
+        names |= set(schema["properties"])
+    return names
+
+
+def test_every_client_command_sets_every_parameter_of_its_endpoint(tmp_path):
+    spec = create_app(make_settings(tmp_path / "store")).openapi()
+    checked = []
+    for name, command in _leaf_commands(typer.main.get_command(cli_app)):
+        endpoint = getattr(command.callback, "endpoint", None)
+        if endpoint is None:  # only the commands that run the server call no endpoint
+            assert len(name) == 1 and name[0] in SERVER_COMMANDS, name
+            continue
+        options = {p.name for p in command.params}
+        for parameter in _api_parameters(spec, endpoint.method, endpoint.path):
+            assert endpoint.parameter(parameter) in options, (name, parameter)
+        checked.append(" ".join(name))
+    assert sorted(checked) == [
+        "interpolate",
+        "models delete",
+        "models list",
+        "models refit",
+        "models register",
+        "models show",
+        "models train",
+        "sample",
+        "singularities",
+    ]
+
+
+def test_every_option_name_is_whole_in_help_at_80_columns():
+    for name, command in _leaf_commands(typer.main.get_command(cli_app)):
+        run = CliRunner().invoke(cli_app, [*name, "--help"], env={"COLUMNS": "80"})
+        assert run.exit_code == 0, name
+        assert "…" not in run.stdout, name
+        assert max(len(line) for line in run.stdout.splitlines()) <= 80, name
+        for param in command.params:
+            for flag in (*param.opts, *param.secondary_opts):
+                if flag.startswith("--"):
+                    assert flag in run.stdout, (name, flag)
+
+
+def test_a_registered_path_that_does_not_exist_says_so(empty_cwd):
+    run = invoke("models", "register", str(empty_cwd / "missing"))
+    assert run.exit_code == 1
+    assert run.stderr.splitlines() == [f"error: {empty_cwd / 'missing'} does not exist"]
+
+
+def test_a_busy_port_is_one_line_with_a_port_hint_before_anything_starts(empty_cwd):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        run = invoke("serve", "--port", str(port), "--no-worker", "--no-embedded-default")
+    assert run.exit_code == 1
+    assert run.stdout == ""  # no banner
+    assert run.stderr.splitlines() == [
+        f"error: port {port} on 127.0.0.1 is in use (another server?): pass --port with a "
+        "free one, or stop the other"
+    ]
+    assert list(empty_cwd.iterdir()) == []
+
+
+def test_bad_array_files_are_one_line_without_warnings_or_unsafe_advice(empty_cwd):
+    np.save(empty_cwd / "nan.npy", np.full((5, 8, 8), np.nan, np.float32))
+    (empty_cwd / "corrupt.npy").write_bytes(b"these bytes are no array")
+    for file, message in (
+        ("nan.npy", "float images must be finite, got 320 NaN or inf values"),
+        ("corrupt.npy", "is not a readable .npy/.npz file: it has no .npy or .npz header"),
+    ):
+        run = CliRunner().invoke(cli_app, ["train", str(empty_cwd / file)])
+        assert run.exit_code == 1
+        (line,) = run.stderr.splitlines()  # one line: no numpy RuntimeWarning before it
+        assert line.startswith("error: ") and message in line, line
+        assert "pickle" not in line
+
+
+@pytest.mark.slow
+def test_client_commands_take_the_api_parameters_and_speak_in_options(tmp_path_factory, tmp_path):
+    store = copy_store(labelled_template(tmp_path_factory.getbasetemp()), tmp_path / "store")
+    with live_server(make_settings(store.root, default_model="lab")) as url:
+        at = ("--url", url)
+        version = httpx.get(f"{url}/models/lab").json()["served_version"]
+        # sample: --label, --version and --offset give what the API gives for them
+        params = {"n": 6, "seed": 3, "label": 2, "version": version, "offset": 4}
+        expected = httpx.get(f"{url}/sample", params={**params, "format": "npy"}).content
+        out = tmp_path / "s.npy"
+        options = [f"--{k}={v}" for k, v in params.items()]
+        assert invoke("sample", str(out), *options, *at).exit_code == 0
+        np.testing.assert_array_equal(np.load(out), np.load(io.BytesIO(expected)))
+        # interpolate: two cells of a class, and two source points (after `--`: a minus sign)
+        body = {"label": 1, "seed": 2, "steps": 5}
+        api = httpx.post(f"{url}/interpolate", json=body).json()
+        strip = tmp_path / "strip.png"
+        run = invoke("interpolate", "--label=1", "--seed=2", "--steps=5", f"--out={strip}", *at)
+        assert run.exit_code == 0 and Image.open(strip).size[0] > 0
+        for c in api["crossings"]:
+            assert f"(score {c['angle']:.3f} {api['unit']})" in run.stdout
+        assert run.stdout.splitlines()[-1].endswith(
+            f"(5 frames, {len(api['crossings'])} crossings)"
+        )
+        points = invoke("interpolate", "--steps=4", *at, "--", "-0.4,-0.4,-0.4", "0.4,0.4,0.4")
+        assert points.exit_code == 0 and "(4 frames," in points.stdout
+        # singularities: the threshold in the frame's unit, and each pair's picture
+        s = httpx.get(f"{url}/singularities", params={"limit": 3, "version": version}).json()
+        pairs = tmp_path / "pairs"
+        run = invoke(
+            "singularities", "--limit=3", f"--version={version}", f"--pair-images={pairs}", *at
+        )
+        assert run.exit_code == 0, run.output
+        threshold = (
+            "no threshold"
+            if s["threshold"] is None
+            else (f"threshold {s['threshold']:.4f} {s['unit']}")
+        )
+        assert run.stdout.startswith(f"model lab v{version}: {threshold} ({s['rule']} rule, ")
+        assert s["frame"] != "diffusion" or " rad" not in run.stdout
+        assert sorted(p.name for p in pairs.iterdir()) == sorted(
+            f"pair-{p['i']}-{p['j']}.png" for p in s["pairs"]
+        )
+        # the class names beside the labels
+        show = invoke("models", "show", "lab", *at)
+        assert "classes       0 south-west, 1 south-east, 2 north, 3 below" in show.stdout
+        # the API's 422s in the command's words
+        refit = ("models", "refit", "lab", "--target-l1", "5", "--api-key", API_KEY)
+        for args, line in (
+            (("sample", "x.png", "--n", "0"), "error: --n must be >= 1"),
+            (("sample", "x.png", "--label", "-1"), "error: --label must be >= 0"),
+            (("interpolate", "0", "1", "--steps", "1"), "error: --steps must be >= 2"),
+            (refit, "error: --target-l1 must be < 2"),
+        ):
+            bad = invoke(*args, *at)
+            assert bad.exit_code == 1 and bad.stderr.splitlines() == [line], args
