@@ -143,15 +143,16 @@ def test_train_registers_the_bundle_with_labels_and_queues_its_fit(empty_cwd):
     assert bad.exit_code == 1 and "--decoder-schedule must be constant or cosine" in bad.stderr
     run = invoke(
         "train", str(data), "--epochs", "1", "--decoder-epochs", "1", "--decoder-schedule",
-        "cosine", "--device", "cpu",
+        "cosine", "--device", "cpu", "--class-names", "disc, ring,square,cross",
     )  # fmt: skip
     assert run.exit_code == 0, run.output
-    assert "shapes: 40 images of 1x8x8, 4 classes" in run.stdout
+    assert "shapes: 40 images of 1x8x8, 4 classes (disc, ring, square, cross)" in run.stdout
     assert "model shapes: 40 latents in d=8" in run.stdout
     store = ModelStore(empty_cwd / "store")
     assert [j.kind for j in store.jobs("shapes")] == ["fit"]
-    labels = load_bundle(store.bundle_dir("shapes")).labels
-    assert labels is not None and labels.shape == (40,)
+    bundle = load_bundle(store.bundle_dir("shapes"))
+    assert bundle.labels is not None and bundle.labels.shape == (40,)
+    assert bundle.config.class_names == ("disc", "ring", "square", "cross")
     again = invoke("train", str(data), "--epochs", "1")
     assert again.exit_code == 1 and "model 'shapes' already exists" in again.stderr
     missing = invoke("train", str(empty_cwd / "nope"))

@@ -201,12 +201,14 @@ def test_api_train_job_runs_in_the_worker_with_progress(tmp_path):
     write_idx(root / "tiny-idx", n=48)
     settings = make_settings(tmp_path / "store", data_root=root, target_l1=0.3)
     store = ModelStore(settings.store)
+    names = ["zero", "one", "two"]
     body = {
         "dataset": "tiny-idx",
         "epochs": 2,
         "decoder_epochs": 1,
         "decoder_schedule": "cosine",
         "latent_dim": 2,
+        "class_names": names,
     }
     with TestClient(create_app(settings, store=store, poll=False)) as client:
         assert client.post("/models/t/train", json=body).status_code == 401
@@ -237,6 +239,7 @@ def test_api_train_job_runs_in_the_worker_with_progress(tmp_path):
         assert progress is not None and (progress.epoch, progress.epochs) == (3, 3)
         assert progress.phase == "decoder" and progress.n_images == 48
         status = client.get("/models/t").json()
+        assert status["classes"] and status["class_names"] == [names[c] for c in status["classes"]]
         assert (status["n_latents"], status["dim"], status["published_version"] >= 1) == (
             48,
             2,
