@@ -85,13 +85,19 @@ def _shape(images: ImageDataset) -> str:
     return f"{c}x{h}x{w}"
 
 
+# Class names printed when training starts at most (a folder may hold a thousand classes).
+_SHOWN_NAMES = 12
+
+
 def _classes(images: ImageDataset) -> str:
     """``", 10 classes (T-shirt/top, Trouser, ...)"``, or ``", no labels"``."""
     if images.labels is None:
         return ", no labels"
+    n = images.n_classes
     if images.class_names is None:
-        return f", {images.n_classes} classes"
-    return f", {images.n_classes} classes ({', '.join(images.class_names[: images.n_classes])})"
+        return f", {n} classes"
+    more = f" and {n - _SHOWN_NAMES} more" if n > _SHOWN_NAMES else ""
+    return f", {n} classes ({', '.join(images.class_names[: min(n, _SHOWN_NAMES)])}{more})"
 
 
 def epoch_total(current: int, decoder_epoch: int, decoder_epochs: int) -> int:
