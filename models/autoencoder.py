@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-Arch = Literal["conv", "mlp"]
+from models.options import ARCHES, Arch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +44,7 @@ class AutoencoderConfig:
     mlp_hidden: tuple[int, ...] = (256, 128)
 
     def __post_init__(self) -> None:
-        if self.arch not in ("conv", "mlp"):
+        if self.arch not in ARCHES:
             raise ValueError(f"arch must be 'conv' or 'mlp', got {self.arch!r}")
         c, h, w = self.image_shape
         if c not in (1, 3) or h < 1 or w < 1:

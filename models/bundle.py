@@ -2,7 +2,8 @@
 
 A bundle is a directory::
 
-    config.json          format tag, autoencoder architecture, dataset name, image shape, d
+    config.json          format tag, autoencoder architecture, dataset name, image shape, d,
+                         class names (only when known)
     encoder.safetensors  encoder weights (and BatchNorm statistics)
     decoder.safetensors  decoder weights (and BatchNorm statistics)
     latents.npy          training-set latents, shape (N, d), float32 (the OT targets)
@@ -33,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
+from models.options import check_class_names
 
 BUNDLE_FORMAT = "aeot-bundle/1"
 # Rows per forward pass when encoding/decoding arrays: bounds memory, keeps BLAS calls large.
@@ -116,6 +118,8 @@ class BundleConfig:
         dataset: dataset name.
         n_latents: N, rows of ``latents.npy``.
         has_labels: whether ``labels.npy`` exists.
+        class_names: the name of each label, label 0 first, or ``None`` (bundles written
+            before names existed, and data without them).
 
     """
 
@@ -123,6 +127,11 @@ class BundleConfig:
     dataset: str
     n_latents: int
     has_labels: bool
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.class_names is not None and not self.has_labels:
+            raise ValueError("class_names need labels")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -143,6 +152,7 @@ class BundleConfig:
             "latent_dim": self.latent_dim,
             "n_latents": self.n_latents,
             "has_labels": self.has_labels,
+            **({} if self.class_names is None else {"class_names": list(self.class_names)}),
             "autoencoder": self.autoencoder.to_dict(),
         }
 
@@ -230,6 +240,7 @@ def save_bundle(
     latents: np.ndarray,
     dataset: str,
     labels: np.ndarray | None = None,
+    class_names: tuple[str, ...] | None = None,
     metrics: TrainMetrics | None = None,
     overwrite: bool = True,
 ) -> Path:
@@ -241,6 +252,7 @@ def save_bundle(
         latents: training-set latents, shape ``(N, d)``.
         dataset: dataset name.
         labels: training-set labels, shape ``(N,)``, or ``None``.
+        class_names: the name of each label, label 0 first (needs ``labels``), or ``None``.
         metrics: training metrics for ``metrics.json``.
         overwrite: replace an existing bundle; otherwise an existing path is a ``ValueError``.
 
@@ -262,7 +274,10 @@ def save_bundle(
         dataset=dataset,
         n_latents=int(z.shape[0]),
         has_labels=labels is not None,
+        class_names=None if class_names is None else check_class_names(class_names),
     )
+    if labels is not None:
+        _check_names_cover(config, np.asarray(labels))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
@@ -355,6 +370,7 @@ def load_bundle(
     labels = None
     if config.has_labels:
         labels = _read_array(path / "labels.npy", (config.n_latents,), np.int64)
+        _check_names_cover(config, labels)
     metrics = _read_metrics(path / "metrics.json")
     return Bundle(
         path=path,
@@ -365,6 +381,20 @@ def load_bundle(
         metrics=metrics,
         device=device,
     )
+
+
+def _check_names_cover(config: BundleConfig, labels: np.ndarray) -> None:
+    """Class names, when the bundle has them, name every label (``ValueError`` otherwise)."""
+    names = config.class_names
+    if (
+        names is not None
+        and labels.size
+        and not 0 <= int(labels.min()) <= int(labels.max()) < len(names)
+    ):
+        raise ValueError(
+            f"labels run from {int(labels.min())} to {int(labels.max())} but the bundle names "
+            f"{len(names)} classes"
+        )
 
 
 def parameter_count(config: AutoencoderConfig) -> int:
@@ -446,11 +476,13 @@ def _read_config(path: Path) -> BundleConfig:
             raise ValueError(f"format is {data.get('format')!r}, expected {BUNDLE_FORMAT!r}")
         if not isinstance(data.get("autoencoder"), dict):
             raise ValueError("'autoencoder' must be a JSON object")
+        names = data.get("class_names")
         config = BundleConfig(
             autoencoder=AutoencoderConfig.from_dict(data["autoencoder"]),
             dataset=str(data["dataset"]),
             n_latents=int(data["n_latents"]),
             has_labels=bool(data["has_labels"]),
+            class_names=None if names is None else check_class_names(names),
         )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"{file.name} is not a valid bundle config: {exc}") from exc

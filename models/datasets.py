@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +28,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-Split = Literal["train", "test", "all"]
+from models.options import (
+    MAX_CLASS_NAME,
+    MAX_CLASSES,
+    DataOptions,
+    Split,
+    check_class_names,
+    pick,
+    values_of,
+)
+
 Source = Literal["digits", "idx", "arrays", "folder"]
 
 # IDX type codes (third byte of the magic number) and their big-endian numpy dtypes.
@@ -49,6 +58,26 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".w
 # The digits data set has no official split: a fixed permutation keeps 20 % for testing.
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_SPLIT_SEED = 0
+# Class names of IDX data sets known by their folder's name (spelled without "-" or "_").
+KNOWN_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "fashionmnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+}
+
+
+def known_class_names(name: str) -> tuple[str, ...] | None:
+    """The class names of a well-known IDX data set by its name (``"fashion-mnist"``), or None."""
+    return KNOWN_CLASS_NAMES.get(name.lower().replace("-", "").replace("_", ""))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,12 +88,15 @@ class ImageDataset:
         images: shape ``(N, C, H, W)``, float32, values in [0, 1].
         labels: shape ``(N,)``, int64, or ``None``.
         name: short name used in bundles and reports (``"mnist"``, ``"digits"``, ...).
+        class_names: the name of each label, label 0 first (at least ``n_classes`` of them),
+            or ``None``.
 
     """
 
     images: np.ndarray
     labels: np.ndarray | None
     name: str
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         x = self.images
@@ -82,6 +114,15 @@ class ImageDataset:
                 raise ValueError(f"labels must have shape ({x.shape[0]},), got {self.labels.shape}")
             if self.labels.dtype != np.int64:
                 raise ValueError(f"labels must be int64, got {self.labels.dtype}")
+        if self.class_names is not None:
+            check_class_names(self.class_names)
+            if self.labels is None:
+                raise ValueError(f"dataset {self.name!r} has class names but no labels")
+            if len(self.class_names) < self.n_classes:
+                raise ValueError(
+                    f"dataset {self.name!r} has {self.n_classes} classes but "
+                    f"{len(self.class_names)} class names"
+                )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -101,7 +142,7 @@ class ImageDataset:
         """Return the rows ``indices`` (shape ``(n,)``, int) as a new dataset."""
         idx = np.asarray(indices, dtype=np.int64)
         labels = None if self.labels is None else self.labels[idx]
-        return ImageDataset(images=self.images[idx], labels=labels, name=self.name)
+        return replace(self, images=self.images[idx], labels=labels)
 
     def subset(self, n: int, seed: int = 0) -> ImageDataset:
         """Return a seeded random subset of ``n`` rows (all rows, in order, if ``n >= len``)."""
@@ -114,7 +155,7 @@ class ImageDataset:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DatasetConfig:
+class DatasetConfig(DataOptions):
     """Which data to load; :func:`load_dataset` turns it into an :class:`ImageDataset`.
 
     Attributes:
@@ -125,36 +166,38 @@ class DatasetConfig:
         name: dataset name; defaults to the directory / file name (``"digits"`` for digits).
         image_size: ``(H, W)`` to resize user data to; required for folders of images.
         channels: 1 (grayscale) or 3 (RGB) for user data; ``None`` keeps the data's own.
+        class_names: names of the labels, label 0 first; ``None`` keeps the data's own (an
+            image folder's sub-folder names, Fashion-MNIST's ten).
         limit: keep only the first ``limit`` images (``None``: all).
 
+    The user-facing options (split, image_size, channels, class_names) are declared in
+    :class:`models.options.DataOptions`.
     """
 
     source: Source = "digits"
     path: str | None = None
-    split: Split = "train"
     name: str | None = None
-    image_size: tuple[int, int] | None = None
-    channels: int | None = None
     limit: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.source not in ("digits", "idx", "arrays", "folder"):
             raise ValueError(f"unknown dataset source {self.source!r}")
         if self.source != "digits" and not self.path:
             raise ValueError(f"dataset source {self.source!r} needs a path")
-        if self.split not in ("train", "test", "all"):
-            raise ValueError(f"split must be 'train', 'test' or 'all', got {self.split!r}")
-        if self.channels not in (None, 1, 3):
-            raise ValueError(f"channels must be 1, 3 or None, got {self.channels}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
-        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise ValueError(f"image_size must be (H, W) with H, W >= 1, got {self.image_size}")
+
+    @property
+    def title(self) -> str:
+        """What to call the data: its name, else its source (``"digits"``)."""
+        return self.name or self.source
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``image_size`` as a list), inverse of :meth:`from_dict`."""
         data = asdict(self)
         data["image_size"] = None if self.image_size is None else list(self.image_size)
+        data["class_names"] = None if self.class_names is None else list(self.class_names)
         return data
 
     @classmethod
@@ -164,8 +207,7 @@ class DatasetConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown dataset config keys {sorted(unknown)}")
-        size = data.get("image_size")
-        return cls(**{**data, "image_size": None if size is None else tuple(size)})
+        return cls(**{**data, **pick(DataOptions, data)})
 
 
 def detect_source(path: str | Path) -> Source:
@@ -206,10 +248,8 @@ def detect_source(path: str | Path) -> Source:
 
 def dataset_config_for(
     spec: str,
+    options: DataOptions | None = None,
     *,
-    split: Split = "train",
-    image_size: tuple[int, int] | None = None,
-    channels: int | None = None,
     roots: tuple[str, ...] = DEFAULT_IDX_ROOTS,
 ) -> DatasetConfig:
     """Turn what a user types into a :class:`DatasetConfig`.
@@ -219,17 +259,19 @@ def dataset_config_for(
             file or image folder), or the name of an IDX data set under one of ``roots``
             (``"mnist"``, ``"fashion-mnist"``; Debian's ``dataset-fashion-mnist`` installs one
             under ``/usr/share/datasets``).
-        split: IDX split; IDX directories with only the t10k files fall back to ``"test"``.
-        image_size: ``(H, W)`` for user data; image folders default to 28 x 28.
-        channels: 1 or 3 for user data (``None`` keeps arrays' own, gray for folders).
+        options: split (IDX directories with only the t10k files fall back to ``"test"``),
+            image size (image folders default to 28 x 28), channels (``None`` keeps arrays'
+            own, gray for folders) and class names (``None``: the data's own).
         roots: parent folders searched for a named IDX data set.
 
     Raises:
         ValueError: nothing readable at ``spec``; the message lists what was tried.
 
     """
+    options = options or DataOptions()
+    values = values_of(options, DataOptions)
     if spec == "digits":
-        return DatasetConfig(source="digits", split=split)
+        return DatasetConfig(source="digits", **values)
     path = Path(spec).expanduser()
     if not path.exists() and "/" not in spec:
         try:
@@ -240,21 +282,14 @@ def dataset_config_for(
             ) from exc
     source = detect_source(path)
     name = path.stem if source == "arrays" else path.resolve().name
-    if source == "idx" and split != "test":
+    if source == "idx" and options.split != "test":
         try:
             find_idx_file(path, "train-images-idx3-ubyte")
         except ValueError:
-            split = "test"
-    if source == "folder" and image_size is None:
-        image_size = _FOLDER_DEFAULT_SIZE
-    return DatasetConfig(
-        source=source,
-        path=str(path),
-        split=split,
-        name=name,
-        image_size=image_size,
-        channels=channels,
-    )
+            values["split"] = "test"
+    if source == "folder" and options.image_size is None:
+        values["image_size"] = _FOLDER_DEFAULT_SIZE
+    return DatasetConfig(source=source, path=str(path), name=name, **values)
 
 
 def load_dataset(config: DatasetConfig) -> ImageDataset:
@@ -275,6 +310,8 @@ def load_dataset(config: DatasetConfig) -> ImageDataset:
             channels=config.channels or 1,
             name=config.name,
         )
+    if config.class_names is not None:
+        data = replace(data, class_names=config.class_names)
     if config.limit is not None and config.limit < len(data):
         data = data.take(np.arange(config.limit))
     return data
@@ -372,6 +409,7 @@ def load_idx_dataset(
             images=np.concatenate([p.images for p in parts]),
             labels=np.concatenate([p.labels for p in parts]),
             name=name,
+            class_names=parts[0].class_names,
         )
     if split not in _IDX_PREFIX:
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
@@ -392,10 +430,13 @@ def load_idx_dataset(
             f"{images_path.name} has {images.shape[0]} images but {labels_path.name} has "
             f"{labels.shape[0]} labels"
         )
+    labels = labels.astype(np.int64)
+    names = known_class_names(name)
     return ImageDataset(
         images=(images[:, None].astype(np.float32) / 255.0),
-        labels=labels.astype(np.int64),
+        labels=labels,
         name=name,
+        class_names=names if names is not None and len(names) > labels.max() else None,
     )
 
 
@@ -458,7 +499,9 @@ def load_array_file(
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable .npy/.npz file: {exc}") from exc
+        # numpy takes a file without a .npy/.npz header for a pickle, which is never loaded
+        reason = "it has no .npy or .npz header" if "pickle" in str(exc) else str(exc)
+        raise ValueError(f"{path} is not a readable .npy/.npz file: {reason}") from exc
     if isinstance(loaded, np.ndarray):
         images = loaded
     else:
@@ -506,10 +549,12 @@ def to_nchw_unit(images: np.ndarray, *, source: str = "images") -> np.ndarray:
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{source}: images must be uint8 or float, got {x.dtype}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0:
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:
+        raise ValueError(f"{source}: float images must be finite, got {bad:,} NaN or inf values")
+    if x.min() < 0.0 or x.max() > 1.0:
         raise ValueError(
-            f"{source}: float images must be finite and in [0, 1], got range "
-            f"[{float(np.nanmin(x))}, {float(np.nanmax(x))}]"
+            f"{source}: float images must be in [0, 1], got range [{x.min()}, {x.max()}]"
         )
     return x
 
@@ -551,8 +596,9 @@ def load_image_folder(
     """Load a folder of image files, resized to ``image_size``.
 
     With sub-folders (``root/<class>/<image>``, the usual classification layout) the sorted
-    sub-folder names become labels 0..K-1; with image files directly in ``directory`` there
-    are no labels. Files are read in sorted order, so the result is reproducible.
+    sub-folder names become labels 0..K-1 and the class names; with image files directly in
+    ``directory`` there are no labels. Files are read in sorted order, so the result is
+    reproducible.
 
     Args:
         directory: the folder.
@@ -588,7 +634,11 @@ def load_image_folder(
             raise ValueError(f"{file} is not a readable image: {exc}") from exc
         out[i] = (arr.reshape(height, width, channels).transpose(2, 0, 1)) / np.float32(255.0)
     labels = np.array([k for _, k in files], dtype=np.int64) if classes else None
-    return ImageDataset(images=out, labels=labels, name=name or directory.name)
+    # Sub-folder names are the class names (cut to the longest a name may be).
+    names = (
+        tuple(c.name[:MAX_CLASS_NAME] for c in classes) if 0 < len(classes) <= MAX_CLASSES else None
+    )
+    return ImageDataset(images=out, labels=labels, name=name or directory.name, class_names=names)
 
 
 def _image_files(directory: Path) -> list[Path]:

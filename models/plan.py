@@ -17,11 +17,10 @@ from typing import Any
 from models.autoencoder import AutoencoderConfig
 from models.bundle import MAX_PARAMETERS, Bundle, load_bundle, parameter_count, save_bundle
 from models.datasets import DatasetConfig, ImageDataset, load_dataset
+from models.options import TrainOptions, values_of
 from models.train import (
-    DECODER_SCHEDULES,
     DIGITS_AUTOENCODER,
     DIGITS_RECIPE,
-    DecoderSchedule,
     EpochCallback,
     TrainConfig,
     TrainResult,
@@ -35,8 +34,8 @@ _CONV_LATENT_DIM = AutoencoderConfig().latent_dim
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainPlan:
-    """One autoencoder training run.
+class TrainPlan(TrainOptions):
+    """One autoencoder training run: the data and the options of :class:`TrainOptions`.
 
     Attributes:
         data: which images (see :class:`models.datasets.DatasetConfig`).
@@ -53,56 +52,20 @@ class TrainPlan:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         threads: torch CPU threads while training (``None``: the recipe's).
 
+    The options' allowed values and defaults are declared once in :mod:`models.options`;
+    a bad value is a ``ValueError`` naming it.
     """
 
     data: DatasetConfig
-    subset: int | None = None
-    latent_dim: int | None = None
-    arch: str | None = None
-    epochs: int | None = None
-    decoder_epochs: int | None = None
-    decoder_schedule: DecoderSchedule | None = None
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
 
-    def __post_init__(self) -> None:
-        for label, value in (
-            ("subset", self.subset),
-            ("latent_dim", self.latent_dim),
-            ("epochs", self.epochs),
-            ("threads", self.threads),
-        ):
-            if value is not None and value < 1:
-                raise ValueError(f"{label} must be >= 1, got {value}")
-        if self.decoder_epochs is not None and self.decoder_epochs < 0:
-            raise ValueError(f"decoder_epochs must be >= 0, got {self.decoder_epochs}")
-        if self.decoder_schedule not in (None, *DECODER_SCHEDULES):
-            raise ValueError(
-                f"decoder_schedule must be one of {DECODER_SCHEDULES}, got "
-                f"{self.decoder_schedule!r}"
-            )
-        if self.arch not in (None, "conv", "mlp"):
-            raise ValueError(f"arch must be 'conv' or 'mlp', got {self.arch!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+    @classmethod
+    def of(cls, options: TrainOptions, data: DatasetConfig, **changes: Any) -> TrainPlan:
+        """The plan of ``options`` on ``data``; ``changes`` set options instead (the device)."""
+        return cls(data=data, **{**values_of(options, TrainOptions), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; inverse of :meth:`from_dict`."""
-        return {
-            "data": self.data.to_dict(),
-            "subset": self.subset,
-            "latent_dim": self.latent_dim,
-            "arch": self.arch,
-            "epochs": self.epochs,
-            "decoder_epochs": self.decoder_epochs,
-            "decoder_schedule": self.decoder_schedule,
-            "seed": self.seed,
-            "device": self.device,
-            "threads": self.threads,
-        }
+        return {"data": self.data.to_dict(), **values_of(self, TrainOptions)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainPlan:
@@ -197,6 +160,7 @@ def train_plan(
         latents=result.latents,
         dataset=data.name,
         labels=data.labels,
+        class_names=data.class_names,
         metrics=result.metrics,
     )
     return load_bundle(out_dir), result

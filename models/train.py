@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -41,12 +40,11 @@ from tqdm.auto import tqdm
 from models.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder
 from models.bundle import Bundle, EpochRecord, TrainMetrics, batched_apply, load_bundle, save_bundle
 from models.datasets import ImageDataset, load_digits_dataset
+from models.options import DECODER_SCHEDULES, DecoderSchedule
 from models.runtime import cpu_threads, resolve_device
 from solver import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "aeot-ae-train/1"
-DecoderSchedule = Literal["constant", "cosine"]
-DECODER_SCHEDULES: tuple[str, ...] = get_args(DecoderSchedule)
 EpochCallback = Callable[[EpochRecord], bool | None]
 
 
@@ -430,6 +428,26 @@ def _load_checkpoint(
     device = next(model.parameters()).device
     latents = payload["latents"]
     return state, None if latents is None else latents.to(device)
+
+
+def checkpoint_progress(path: str | Path) -> tuple[int, str]:
+    """Epochs a training checkpoint holds (both phases) and the phase it was in.
+
+    Only the loop counters are read (the weights are memory-mapped, not loaded).
+
+    Raises:
+        ValueError: ``path`` is not a readable training checkpoint.
+
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{path} is not a readable training checkpoint: {exc}") from exc
+    ours = isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
+    state = payload.get("state") if ours else None
+    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+        raise ValueError(f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT!r}")
+    return state["epoch"], str(state.get("phase"))
 
 
 def _resumable(config: dict) -> dict:

@@ -13,9 +13,11 @@ Failures print one line saying what to do (``aeot --debug ...`` shows the traceb
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -24,16 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from models.options import DataOptions, TrainOptions
 from service.cli_models import API_KEY, URL, models_app
+from service.cli_options import run_options, settings_options
 from service.cli_support import (
     CliError,
     build_settings,
+    calls,
     connect,
     friendly,
     open_existing_store,
     server_command,
     set_debug,
-    settings_options,
 )
 from service.cli_train import queue_served_dataset, train
 from service.client import AEOTClient
@@ -49,7 +53,11 @@ app.add_typer(models_app, name="models")
 server_command(app)(train)
 
 MODEL = typer.Option(None, "--model", help="model name (default: the server's default)")
+VERSION = typer.Option(
+    None, "--version", help="published potential version (default: the one served now)"
+)
 _SAMPLES_PNG = Path("samples.png")
+_DATA_PANEL = "Training (--data)"
 _STRIP_PNG = Path("interpolation.png")
 
 
@@ -66,38 +74,23 @@ def main(
 @server_command(app)
 @friendly
 @settings_options
+@run_options(api=True, panel=_DATA_PANEL)
 def serve(
     overrides: dict[str, Any],
+    train_options: TrainOptions,
+    data_options: DataOptions,
     data: str = typer.Option(
         None,
         "--data",
         help="train a model on this dataset first (IDX directory such as MNIST's, .npy/.npz, "
         "image folder, or mnist / fashion-mnist / digits), then fit and serve it",
-        rich_help_panel="Training (--data)",
+        rich_help_panel=_DATA_PANEL,
     ),
     name: str = typer.Option(
         None,
         "--name",
         help="name of the --data model (default: the dataset's)",
-        rich_help_panel="Training (--data)",
-    ),
-    subset: int = typer.Option(
-        None,
-        "--subset",
-        help="--data: train on a seeded random subset of this many images",
-        rich_help_panel="Training (--data)",
-    ),
-    epochs: int = typer.Option(
-        None,
-        "--epochs",
-        help="--data: joint epochs at most (default: the recipe's)",
-        rich_help_panel="Training (--data)",
-    ),
-    latent_dim: int = typer.Option(
-        None,
-        "--latent-dim",
-        help="--data: latent dimension (default 8 or 32 by image size)",
-        rich_help_panel="Training (--data)",
+        rich_help_panel=_DATA_PANEL,
     ),
 ) -> None:
     """Serve the API and web page; an empty store trains digits (or --data) and fits it."""
@@ -108,9 +101,10 @@ def serve(
 
     if data is not None:
         overrides = queue_served_dataset(
-            overrides, data, name=name, subset=subset, epochs=epochs, latent_dim=latent_dim
+            overrides, data, name=name, train_options=train_options, data_options=data_options
         )
     settings = build_settings(**overrides)
+    _check_port(settings.host, settings.port)
     configure_logging(settings.log_level, settings.log_format)
     typer.echo(f"AE-OT service on http://{settings.host}:{settings.port}/ (store {settings.store})")
     if settings.web_workers > 1:
@@ -125,6 +119,33 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     uvicorn.run(app_, **server_options(settings))
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse in one line a port another process holds, before the banner and the models load.
+
+    Bound and released at once, with the options uvicorn binds with (``SO_REUSEADDR``); a
+    host that does not resolve is left for uvicorn to report.
+    """
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror:
+        return
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(
+                    f"port {port} on {host} is in use (another server?): pass --port with a "
+                    "free one, or stop the other"
+                ) from None
+            raise CliError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
 
 
 def _serve_processes(settings: Settings) -> None:
@@ -232,13 +253,21 @@ def _fit_foreground(name: str, overrides: dict[str, Any]) -> None:
 
 @app.command()
 @friendly
+@calls("GET", "/sample", format="out", extended="pure")
 def sample(
     out: Path = typer.Argument(  # noqa: B008
         _SAMPLES_PNG, help="PNG grid, or latents as .npy (needs numpy) or .json"
     ),
     n: int = typer.Option(64, help="number of samples"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="seed: same seed, same samples"),
+    offset: int = typer.Option(
+        0, help="index of the first sample in the seed's stream (samples OFFSET .. OFFSET + N - 1)"
+    ),
     pure: bool = typer.Option(False, "--pure", help="pure map T instead of the extended map"),
+    label: int = typer.Option(
+        None, help="only this class (its cells; `aeot models show` lists the classes)"
+    ),
+    version: int = VERSION,
     model: str = MODEL,
     url: str = URL,
     api_key: str = API_KEY,
@@ -248,7 +277,8 @@ def sample(
     A PNG is saved as the server sent it. Latents beyond the server's limit come in pages,
     joined into the samples one request for all of them would give.
     """
-    options: dict[str, Any] = {"extended": not pure, "model": model}
+    options: dict[str, Any] = {"extended": not pure, "model": model, "version": version}
+    options.update(label=label, offset=offset)
     with connect(url, api_key) as client:
         if out.suffix == ".npy":
             latents = client.sample(n, seed, **options)
@@ -264,51 +294,114 @@ def sample(
     typer.echo(f"wrote {out}")
 
 
+def _endpoint(text: str | None, which: str) -> int | list[float] | None:
+    """``"7"`` -> 7 (a training index); ``"0.1,-0.4"`` -> ``[0.1, -0.4]`` (a source point)."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise CliError(
+            f"{which} must be a training index (7) or a source point (0.1,-0.4), got {text!r}"
+        ) from None
+
+
 @app.command()
 @friendly
+@calls(
+    "POST",
+    "/interpolate",
+    start_index="start",
+    end_index="end",
+    format="out",
+    images="out",
+)
 def interpolate(
-    start: int = typer.Argument(..., help="training index of the first code"),
-    end: int = typer.Argument(..., help="training index of the last code"),
+    start: str = typer.Argument(
+        None,
+        metavar="START",
+        help="first endpoint: a training index (7) or a source point (0.1,0.4; after `--` when "
+        "it starts with a minus); none with --label",
+    ),
+    end: str = typer.Argument(None, metavar="END", help="last endpoint, like START"),
     out: Path = typer.Option(_STRIP_PNG, help="PNG strip"),  # noqa: B008
-    steps: int = typer.Option(16),
+    steps: int = typer.Option(16, help="frames, evenly spaced"),
+    label: int = typer.Option(
+        None, help="join two cells of this class instead (`aeot models show` lists them)"
+    ),
+    seed: int = typer.Option(None, help="with --label: chooses the two cells"),
+    version: int = VERSION,
     model: str = MODEL,
     url: str = URL,
     api_key: str = API_KEY,
 ) -> None:
-    """Interpolate between two training codes; save the strip and list singular crossings."""
+    """Interpolate between two endpoints; save the strip and list singular crossings."""
+    first, last = _endpoint(start, "START"), _endpoint(end, "END")
+    if label is None and (first is None or last is None):
+        raise CliError("give START and END (training indices or source points), or --label")
+    if label is not None and (first is not None or last is not None):
+        raise CliError("--label picks both endpoints: give no START or END")
+    if type(first) is not type(last):
+        raise CliError("START and END must both be training indices or both source points")
+    options: dict[str, Any] = {"model": model, "version": version, "label": label, "seed": seed}
     with connect(url, api_key) as client:
-        answer = client.fetch(AEOTClient.interpolate, start, end, steps, model=model).json()
+        answer = client.fetch(AEOTClient.interpolate, first, last, steps, **options).json()
     if answer.get("strip_png"):
         out.write_bytes(base64.b64decode(answer["strip_png"]))
+    unit = answer.get("unit", "rad")
     crossings = answer["crossings"]
     for c in crossings:
         typer.echo(
             f"crossing at t={c['t']:.3f}: cell {c['from_cell']} -> {c['to_cell']}"
-            f" (angle {c['angle']:.3f} rad)"
+            f" (score {c['angle']:.3f} {unit})"
         )
     typer.echo(f"wrote {out} ({len(answer['t'])} frames, {len(crossings)} crossings)")
 
 
 @app.command()
 @friendly
+@calls("GET", "/singularities", format="png", images="pair_images")
 def singularities(
     limit: int = typer.Option(10, help="pairs to list"),
     png: Path = typer.Option(None, help="save the singular-set picture"),  # noqa: B008
+    pair_images: Path = typer.Option(  # noqa: B008
+        None, help="save each listed pair's two decoded codes as DIR/pair-I-J.png"
+    ),
+    version: int = VERSION,
     model: str = MODEL,
     url: str = URL,
     api_key: str = API_KEY,
 ) -> None:
     """Print the singular set summary of a running server's model."""
     with connect(url, api_key) as client:
-        s = client.singularities(model=model, limit=limit)
+        s = client.singularities(
+            model=model, limit=limit, version=version, images=pair_images is not None
+        )
         if png is not None:
-            png.write_bytes(client.fetch(AEOTClient.singularities_image, model=model).content)
+            picture = client.fetch(AEOTClient.singularities_image, model=model, version=version)
+            png.write_bytes(picture.content)
+    unit = s.get("unit", "rad")
+    value = s["threshold"]
+    threshold = "no threshold" if value is None else f"threshold {value:.4f} {unit}"
     typer.echo(
-        f"model {s['model']} v{s['version']}: threshold {s['threshold']:.4f} rad "
-        f"({s['rule']}), {s['n_singular']} of {s['n_pairs']} adjacent pairs singular"
+        f"model {s['model']} v{s['version']}: {threshold} ({s['rule']} rule, "
+        f"{s['frame']} frame), {s['n_singular']} of {s['n_pairs']} adjacent pairs singular"
     )
+    if s["pairs"]:
+        typer.echo(f"  {'cell i':>6} {'cell j':>6}  score ({unit})")
     for p in s["pairs"]:
         typer.echo(f"  {p['i']:6d} {p['j']:6d}  {p['angle']:.4f}")
+    if pair_images is not None:
+        pair_images.mkdir(parents=True, exist_ok=True)
+        for p in s["pairs"]:
+            (pair_images / f"pair-{p['i']}-{p['j']}.png").write_bytes(
+                base64.b64decode(p["pair_png"])
+            )
+        typer.echo(f"wrote {len(s['pairs'])} pair pictures to {pair_images}")
 
 
 @server_command(app)

@@ -14,7 +14,9 @@ from typing import Any
 
 import typer
 
-from service.cli_support import CliError, connect, friendly
+from models.options import DataOptions, TrainOptions, values_of
+from service.cli_options import run_options
+from service.cli_support import CliError, calls, connect, friendly
 from service.names import sanitise_name
 
 models_app = typer.Typer(help="Manage the models of a running server (over its HTTP API).")
@@ -28,6 +30,10 @@ NAME = typer.Argument(..., help="model name")
 
 def pack_bundle(directory: Path) -> bytes:
     """A bundle directory as ``.tar.gz`` bytes (files under ``bundle/``), the upload format."""
+    if not directory.exists():
+        raise CliError(f"{directory} does not exist")
+    if not directory.is_dir():
+        raise CliError(f"{directory} is not a directory: a bundle is a directory")
     if not (directory / "config.json").is_file():
         raise CliError(
             f"{directory} is not a model bundle (no config.json): `aeot train` writes bundles "
@@ -61,8 +67,23 @@ def _job_line(job: dict[str, Any] | None) -> str:
     return f"{head}{reason}, iteration {job['iteration']}{l1}{eta}"
 
 
+# Classes listed by `models show` at most (a dataset may name up to a thousand).
+_SHOWN_CLASSES = 50
+
+
+def _classes_line(classes: list[int], names: list[str] | None) -> str:
+    """``"0 T-shirt/top, 1 Trouser, ..."`` (the label= values, each with its name if known)."""
+    shown = [
+        f"{c} {name}" if names else str(c)
+        for c, name in zip(classes, names or classes, strict=True)
+    ][:_SHOWN_CLASSES]
+    more = f" and {len(classes) - _SHOWN_CLASSES} more" if len(classes) > _SHOWN_CLASSES else ""
+    return ", ".join(shown) + more
+
+
 @models_app.command(name="list")
 @friendly
+@calls("GET", "/models")
 def list_models(url: str = URL, api_key: str = API_KEY) -> None:
     """Every model: size, served version, accuracy and its latest job; trainings underway."""
     with connect(url, api_key) as client:
@@ -87,6 +108,7 @@ def list_models(url: str = URL, api_key: str = API_KEY) -> None:
 
 @models_app.command()
 @friendly
+@calls("GET", "/models/{name}")
 def show(name: str = NAME, url: str = URL, api_key: str = API_KEY) -> None:
     """One model's status: versions, accuracy of the published potential, job progress."""
     with connect(url, api_key) as client:
@@ -100,11 +122,14 @@ def show(name: str = NAME, url: str = URL, api_key: str = API_KEY) -> None:
             f"  accuracy      L1 {acc['l1']:.4f} (noise floor {acc['noise_floor']:.4f}), "
             f"max relative error {acc['max_rel_error']:.3f}, empty cells {acc['empty_cells']}"
         )
+    if m.get("classes"):
+        typer.echo(f"  classes       {_classes_line(m['classes'], m.get('class_names'))}")
     typer.echo(f"  job           {_job_line(m['job'])}")
 
 
 @models_app.command()
 @friendly
+@calls("POST", "/models", bundle="directory")
 def register(
     directory: Path = typer.Argument(..., help="bundle directory (config.json, latents.npy...)"),  # noqa: B008
     name: str = typer.Option(None, "--name", help="model name (default: the directory's)"),
@@ -121,30 +146,20 @@ def register(
 
 @models_app.command(name="train")
 @friendly
+@calls("POST", "/models/{name}/train")
+@run_options(api=True)
 def train_remote(
+    train_options: TrainOptions,
+    data_options: DataOptions,
     name: str = NAME,
     dataset: str = typer.Argument(..., help="dataset path relative to the server's data root"),
-    subset: int = typer.Option(None, help="seeded random subset of this many images"),
-    latent_dim: int = typer.Option(None, help="latent dimension"),
-    epochs: int = typer.Option(None, help="joint epochs at most"),
-    decoder_epochs: int = typer.Option(None, help="decoder-only epochs"),
-    decoder_schedule: str = typer.Option(
-        None, help="decoder-phase step size: constant (default) or cosine"
-    ),
-    split: str = typer.Option("train", help="IDX split: train, test or all"),
-    seed: int = typer.Option(0, help="training seed"),
     url: str = URL,
     api_key: str = API_KEY,
 ) -> None:
     """Ask the server to train a model on a dataset under its data root (AEOT_DATA_ROOT)."""
     options = {
-        "subset": subset,
-        "latent_dim": latent_dim,
-        "epochs": epochs,
-        "decoder_epochs": decoder_epochs,
-        "decoder_schedule": decoder_schedule,
-        "split": split,
-        "seed": seed,
+        **values_of(data_options, DataOptions, api=True),
+        **values_of(train_options, TrainOptions, api=True),
     }
     with connect(url, api_key) as client:
         job = client.train(name, dataset, **options)
@@ -156,6 +171,7 @@ def train_remote(
 
 @models_app.command()
 @friendly
+@calls("POST", "/models/{name}/fit")
 def refit(
     name: str = NAME,
     target_l1: float = typer.Option(None, help="stop at this independent L1"),
@@ -181,6 +197,7 @@ def refit(
 
 @models_app.command()
 @friendly
+@calls("DELETE", "/models/{name}")
 def delete(
     name: str = NAME,
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
@@ -188,8 +205,9 @@ def delete(
     api_key: str = API_KEY,
 ) -> None:
     """Delete a model, its potentials and checkpoints."""
-    if not yes:
-        typer.confirm(f"delete model {name!r} and its potentials?", abort=True)
+    if not yes and not typer.confirm(f"delete model {name!r} and its potentials?"):
+        typer.echo(f"not deleted: {name}")
+        return
     with connect(url, api_key) as client:
         client.delete(name)
     typer.echo(f"deleted {name}")

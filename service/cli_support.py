@@ -1,14 +1,16 @@
-"""What every ``aeot`` command shares: errors for people, settings as options, the client.
+"""What every ``aeot`` command shares: errors for people, the client, server commands.
 
 - :func:`friendly` turns any failure into one line on stderr saying what went wrong and what to
   do, with exit code 1 (130 when interrupted); ``aeot --debug ...`` (or ``AEOT_DEBUG=1``) shows
   the traceback instead.
-- :func:`settings_options` gives a command one option per :class:`Settings` field (``--api-key``,
-  ``--device``, ``--log-level``, ...), each overriding its ``AEOT_*`` variable.
 - :func:`connect` opens the commands' :class:`AEOTClient`, which does not retry a 503: a person
   sees at once why and when to try again.
 - :func:`server_command` declares a command that runs the server: on the client-only install
   (``pip install aeot``, no server packages) it says in one line what to install instead.
+- :func:`calls` declares which API operation a client command calls and which of its
+  parameters sets each API parameter of another name; a test holds every command to its
+  operation's parameters, and a 422 names the command's option (``--n must be >= 1``) instead
+  of the HTTP field (``query.n: Input should be greater than or equal to 1``).
 
 This module, like the client commands, imports only the client's packages (httpx, typer);
 pydantic and the settings load when a server command is declared or run.
@@ -18,18 +20,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-import types
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
     Any,
-    Literal,
     TypeGuard,
     TypeVar,
-    Union,
-    get_args,
-    get_origin,
 )
 
 import httpx
@@ -39,13 +38,11 @@ from service.client import AEOTClient, AEOTError, MissingExtra
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
-    from pydantic.fields import FieldInfo
 
     from service.settings import Settings
     from service.store import ModelStore
 
 F = TypeVar("F", bound=Callable[..., Any])
-_SETTINGS_PANEL = "Settings (override AEOT_* variables)"
 # What installs the server: the `cpu` or `gpu` extra (each is `server` plus its FAISS).
 SERVER_INSTALL = "pip install 'aeot[cpu]' (or 'aeot[gpu]' on a CUDA host)"
 
@@ -68,15 +65,15 @@ def friendly(fn: F) -> F:
             return fn(*args, **kwargs)
         except _TYPER_SIGNALS:
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # its message, when a command gives one, says what next
             if _debug():
                 raise
-            typer.echo("error: interrupted", err=True)
+            typer.echo(f"error: {str(exc) or 'interrupted'}", err=True)
             raise typer.Exit(130) from None
         except Exception as exc:
             if _debug():
                 raise
-            typer.echo(f"error: {explain(exc)}", err=True)
+            typer.echo(f"error: {explain(exc, fn)}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -95,8 +92,12 @@ def _debug() -> bool:
     return _DEBUG["on"]
 
 
-def explain(exc: BaseException) -> str:
-    """One line for a person: what went wrong and, where known, what to do."""
+def explain(exc: BaseException, command: Callable[..., Any] | None = None) -> str:
+    """One line for a person: what went wrong and, where known, what to do.
+
+    ``command``: the command that failed; a 422 of the API operation it :func:`calls` names
+    its options.
+    """
     if isinstance(exc, CliError | MissingExtra):
         return str(exc)
     if isinstance(exc, ModuleNotFoundError):
@@ -108,6 +109,8 @@ def explain(exc: BaseException) -> str:
     if isinstance(exc, httpx.HTTPError):
         return f"talking to the server failed: {exc}"
     if isinstance(exc, AEOTError):
+        if exc.status_code == 422 and command is not None:
+            return in_options(exc.detail, command)
         return _explain_http(exc)
     if _is_validation_error(exc):
         parts = [f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()]
@@ -172,6 +175,94 @@ def server_command(app: typer.Typer, name: str | None = None) -> Callable[[F], F
     return declare
 
 
+# ----------------------------------------------------------------------------- API parity
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The API operation a client command calls.
+
+    Attributes:
+        method: ``GET``, ``POST``, ... path: as the OpenAPI schema writes it.
+        renamed: the command's parameter that sets each API parameter of another name
+            (``{"extended": "pure"}``: ``--pure`` sets ``extended``).
+
+    """
+
+    method: str
+    path: str
+    renamed: Mapping[str, str] = field(default_factory=dict)
+
+    def parameter(self, api_name: str) -> str:
+        """The command's parameter that sets API parameter ``api_name``."""
+        return self.renamed.get(api_name, api_name)
+
+
+def calls(method: str, path: str, **renamed: str) -> Callable[[F], F]:
+    """Declare the API operation a client command calls (see :class:`Endpoint`).
+
+    Apply it below :func:`friendly`, which reads it to name the command's options in a 422.
+    """
+
+    def mark(fn: F) -> F:
+        fn.endpoint = Endpoint(method, path, renamed)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def option_name(parameter: inspect.Parameter) -> str:
+    """How a person types a command's parameter: ``--latent-dim``, or ``START`` (argument)."""
+    declared = parameter.default
+    if isinstance(declared, typer.models.ArgumentInfo):
+        return declared.metavar or parameter.name.upper()
+    long = [d for d in getattr(declared, "param_decls", None) or () if d.startswith("--")]
+    return long[0].split("/")[0] if long else "--" + parameter.name.replace("_", "-")
+
+
+# The validation messages of the API in a person's words (first match wins).
+_IN_WORDS = (
+    (r"Input should be greater than or equal to (.+)", r"must be >= \1"),
+    (r"Input should be greater than (.+)", r"must be > \1"),
+    (r"Input should be less than or equal to (.+)", r"must be <= \1"),
+    (r"Input should be less than (.+)", r"must be < \1"),
+    (r"Input should be a valid integer.*", "must be an integer"),
+    (r"Input should be a valid number.*", "must be a number"),
+    (r"Input should be (.+)", r"must be \1"),
+    (r"String should match pattern '(.+)'", r"must match \1"),
+    (r"String should have at (most|least) (.+)", r"must have at \1 \2"),
+    (r"List should have at (most|least) (.+)", r"must have at \1 \2"),
+)
+# Where a field sits in a 422 message: the request part, then the field.
+_PARTS = ("query", "body", "path")
+
+
+def in_options(detail: str, command: Callable[..., Any]) -> str:
+    """A 422 message of the API (``query.n: Input should be ...``) in ``command``'s options.
+
+    Each ``field: problem`` part whose field ``command`` sets becomes ``--option problem``
+    (``--n must be >= 1``); other parts (limits, checks across fields) stay as they are.
+    """
+    endpoint = getattr(command, "endpoint", None)
+    if endpoint is None:
+        return detail
+    params = inspect.signature(command).parameters
+    parts = []
+    for part in detail.split("; "):
+        where, sep, problem = part.partition(": ")
+        fields = [f for f in where.split(".") if f not in _PARTS]
+        name = endpoint.parameter(fields[0]) if sep and fields and " " not in where else None
+        if name is None or name not in params:
+            parts.append(part.removeprefix("Value error, "))
+            continue
+        for pattern, words in _IN_WORDS:
+            if re.fullmatch(pattern, problem):
+                problem = re.sub(pattern, words, problem)
+                break
+        parts.append(f"{option_name(params[name])} {problem}")
+    return "; ".join(parts)
+
+
 def _base_url(exc: httpx.HTTPError) -> str:
     try:
         url = exc.request.url
@@ -183,7 +274,7 @@ def _base_url(exc: httpx.HTTPError) -> str:
 def _explain_http(exc: AEOTError) -> str:
     if exc.status_code == 401:
         return f"{exc.detail}: pass --api-key or set AEOT_API_KEY (the server's key)"
-    if exc.status_code == 403:
+    if exc.status_code == 403 and "key" in exc.detail.lower():  # not "no data root" (403 too)
         return f"{exc.detail}: check --api-key / AEOT_API_KEY"
     if exc.status_code == 503 and exc.retry_after is not None:
         return (
@@ -216,87 +307,6 @@ def open_existing_store(store: Path) -> ModelStore:
     if not (store / "catalog.sqlite3").is_file():
         raise no_store_error(store)
     return ModelStore(store)
-
-
-# ----------------------------------------------------------------------------- settings
-
-
-def _option_type(annotation: Any) -> tuple[Any, str]:
-    """Click-friendly type of a settings field and a note on accepted values."""
-    args = get_args(annotation)
-    if get_origin(annotation) in (Union, types.UnionType):
-        annotation = next(a for a in args if a is not type(None))
-        args = get_args(annotation)
-    if get_origin(annotation) is dict:
-        return str, " (JSON object)"
-    if get_origin(annotation) in (tuple, list):
-        return list[str], " (repeat the option for several)"
-    if get_origin(annotation) is Literal:
-        return str, " (" + " | ".join(str(a) for a in args) + ")"
-    if annotation in (bool, int, float, Path):
-        return annotation, ""
-    return str, ""  # str, SecretStr
-
-
-def _setting_parameter(name: str, field: FieldInfo) -> inspect.Parameter:
-    from pydantic import SecretStr  # noqa: PLC0415 - the server's package
-
-    kind, values = _option_type(field.annotation)
-    flag = "--" + name.replace("_", "-")
-    decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-    default = field.default
-    shown = "unset" if default is None else default
-    if isinstance(default, SecretStr):
-        shown = "set"
-    description = field.description or name.replace("_", " ")
-    option = typer.Option(
-        None,
-        *decls,
-        help=f"{description}{values} [env AEOT_{name.upper()}; default {shown}]",
-        show_default=False,
-        rich_help_panel=_SETTINGS_PANEL,
-    )
-    return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None
-    )
-
-
-def settings_options(fn: F) -> F:
-    """Give a command one option per :class:`Settings` field, passed as ``overrides``.
-
-    ``fn`` takes ``overrides: dict[str, Any]`` (only the options given) besides its own
-    parameters; a parameter of its own with a field's name wins over the generated option.
-    Without the server installed ``fn`` comes back as it is (see :func:`server_command`).
-    """
-    if server_missing() is not None:
-        return fn
-    from service.settings import Settings  # noqa: PLC0415 - the server's settings
-
-    own = inspect.signature(fn, eval_str=True)
-    params = [p for p in own.parameters.values() if p.name != "overrides"]
-    taken = {p.name for p in params}
-    names = [n for n in Settings.model_fields if n not in taken]
-    extra = [_setting_parameter(n, Settings.model_fields[n]) for n in names]
-
-    @functools.wraps(fn)
-    def wrapper(**kwargs: Any) -> Any:
-        overrides = {n: _given(kwargs[n]) for n in names if _given(kwargs.get(n)) is not None}
-        for n in names:
-            kwargs.pop(n, None)
-        return fn(overrides=overrides, **kwargs)
-
-    wrapper.__signature__ = own.replace(  # type: ignore[attr-defined]
-        parameters=[*(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params), *extra]
-    )
-    wrapper.__annotations__ = {}  # typer reads the types from the signature above
-    return wrapper  # type: ignore[return-value]
-
-
-def _given(value: Any) -> Any:
-    """An option's value, ``None`` when not given (a repeatable option gives ``[]``)."""
-    if isinstance(value, list | tuple):
-        return tuple(value) if value else None
-    return value
 
 
 def build_settings(**overrides: Any) -> Settings:

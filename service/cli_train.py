@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+from models.options import DataOptions, TrainOptions
+from service.cli_options import run_options
 from service.cli_support import CliError, build_settings, friendly
 
 if TYPE_CHECKING:  # the runtime imports are inside the commands: torch loads slowly
@@ -23,77 +25,26 @@ DATA_HELP = (
 )
 
 
-def _image_size(text: str | None) -> tuple[int, int] | None:
-    """``"32x28"`` -> ``(32, 28)`` (H, W); ``None`` stays ``None``."""
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise CliError(f"--image-size must look like 28x28, got {text!r}") from exc
-    return h, w
-
-
 @friendly
+@run_options()
 def train(
+    train_options: TrainOptions,
+    data_options: DataOptions,
     data: str = typer.Argument("digits", help=DATA_HELP),
     name: str = typer.Option(None, help="model name (default: the dataset's name)"),
-    latent_dim: int = typer.Option(
-        None, help="latent dimension d (default 8 for small images, 32 otherwise)"
-    ),
-    epochs: int = typer.Option(
-        None, help="joint epochs at most; a plateau ends them early (default: the recipe's)"
-    ),
-    decoder_epochs: int = typer.Option(None, help="decoder-only epochs (default: epochs / 3)"),
-    decoder_schedule: str = typer.Option(
-        None, help="decoder-phase step size: constant (default) or cosine (falls to zero)"
-    ),
-    subset: int = typer.Option(None, help="train on a seeded random subset of this many images"),
-    split: str = typer.Option("train", help="IDX split: train, test or all"),
-    image_size: str = typer.Option(None, help="HxW to resize user images to (folders: 28x28)"),
-    channels: int = typer.Option(None, help="1 (gray) or 3 (RGB) for user images"),
-    arch: str = typer.Option(None, help="conv or mlp (default: by image size)"),
-    device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    seed: int = typer.Option(0, help="seed of the subset, weights and shuffles"),
     fresh: bool = typer.Option(False, "--fresh", help="discard the checkpoint, start over"),
     store: Path = typer.Option(None, help="store directory (default: AEOT_STORE or ./store)"),  # noqa: B008
 ) -> None:
     """Train an autoencoder on a dataset into the store (resumable); its fit is queued."""
     from models import TrainPlan, dataset_config_for, load_plan_data  # noqa: PLC0415
-    from models.datasets import Split  # noqa: PLC0415
-    from models.train import DECODER_SCHEDULES, DecoderSchedule  # noqa: PLC0415
     from service.names import sanitise_name  # noqa: PLC0415
     from service.store import ModelStore  # noqa: PLC0415
     from service.training import checkpoint_path  # noqa: PLC0415
 
-    if split not in ("train", "test", "all"):
-        raise CliError(f"--split must be train, test or all, got {split!r}")
-    if decoder_schedule not in (None, *DECODER_SCHEDULES):
-        raise CliError(
-            f"--decoder-schedule must be {' or '.join(DECODER_SCHEDULES)}, got {decoder_schedule!r}"
-        )
-    config = dataset_config_for(
-        data,
-        split=cast(Split, split),
-        image_size=_image_size(image_size),
-        channels=channels,
-    )
-    plan = TrainPlan(
-        data=config,
-        subset=subset,
-        latent_dim=latent_dim,
-        arch=arch,
-        epochs=epochs,
-        decoder_epochs=decoder_epochs,
-        decoder_schedule=cast(DecoderSchedule | None, decoder_schedule),
-        seed=seed,
-        device=device,
-    )
+    plan = TrainPlan.of(train_options, dataset_config_for(data, data_options))
     images = load_plan_data(plan)
     model_name = name or sanitise_name(images.name)
-    labels = f", {images.n_classes} classes" if images.labels is not None else ", no labels"
-    c, h, w = images.image_shape
-    typer.echo(f"{images.name}: {len(images)} images of {c}x{h}x{w}{labels}")
+    typer.echo(f"{images.name}: {len(images)} images of {_shape(images)}{_classes(images)}")
     settings = build_settings(store=store)
     model_store = ModelStore(settings.store)
     if any(m.name == model_name for m in model_store.models()):
@@ -106,13 +57,47 @@ def train(
         if fresh:
             checkpoint.unlink()
         else:
-            typer.echo("resuming from the checkpoint of an earlier run (--fresh starts over)")
+            typer.echo(_resume_line(checkpoint))
     record = _train_with_bars(model_store, model_name, plan, images, settings)
     typer.echo(
         f"model {record.name}: {record.n_latents} latents in d={record.dim}, registered in "
         f"{settings.store}; fit queued: `aeot serve --store {settings.store}` fits and serves "
         f"it (or `aeot fit {record.name} --store {settings.store}` fits it here)"
     )
+
+
+def _resume_line(checkpoint: Path) -> str:
+    """What the run resumes from: the epochs its checkpoint holds."""
+    from models.train import checkpoint_progress  # noqa: PLC0415
+
+    try:
+        epoch, phase = checkpoint_progress(checkpoint)
+    except ValueError as exc:
+        raise CliError(f"{exc}: --fresh discards it and starts over") from None
+    return (
+        f"resuming after epoch {epoch} ({phase} phase) from the checkpoint of an earlier run "
+        "(--fresh starts over)"
+    )
+
+
+def _shape(images: ImageDataset) -> str:
+    c, h, w = images.image_shape
+    return f"{c}x{h}x{w}"
+
+
+# Class names printed when training starts at most (a folder may hold a thousand classes).
+_SHOWN_NAMES = 12
+
+
+def _classes(images: ImageDataset) -> str:
+    """``", 10 classes (T-shirt/top, Trouser, ...)"``, or ``", no labels"``."""
+    if images.labels is None:
+        return ", no labels"
+    n = images.n_classes
+    if images.class_names is None:
+        return f", {n} classes"
+    more = f" and {n - _SHOWN_NAMES} more" if n > _SHOWN_NAMES else ""
+    return f", {n} classes ({', '.join(images.class_names[: min(n, _SHOWN_NAMES)])}{more})"
 
 
 def epoch_total(current: int, decoder_epoch: int, decoder_epochs: int) -> int:
@@ -154,8 +139,8 @@ def _train_with_bars(
                 callback=on_epoch,
                 progress=True,
             )
-        except KeyboardInterrupt:
-            raise CliError(
+        except KeyboardInterrupt:  # exit code 130, with what to do next
+            raise KeyboardInterrupt(
                 "interrupted: the same command resumes from the last finished epoch"
             ) from None
     if record is None:  # on_epoch never stops training; kept for the type
@@ -168,9 +153,8 @@ def queue_served_dataset(
     data: str,
     *,
     name: str | None,
-    subset: int | None,
-    epochs: int | None,
-    latent_dim: int | None,
+    train_options: TrainOptions,
+    data_options: DataOptions,
 ) -> dict[str, Any]:
     """``aeot serve --data``: queue the model's training for the worker; settings to serve it.
 
@@ -183,16 +167,14 @@ def queue_served_dataset(
     from service.store import ModelStore  # noqa: PLC0415
     from service.training import queue_training  # noqa: PLC0415
 
-    config = dataset_config_for(data)
+    config = dataset_config_for(data, data_options)
     if config.path is not None:  # the worker may run in another directory
         config = type(config).from_dict(
             {**config.to_dict(), "path": str(Path(config.path).resolve())}
         )
-    model_name = name or sanitise_name(config.name or config.source)
+    model_name = name or sanitise_name(config.title)
     settings = build_settings(**{**overrides, "embedded_default": False})
-    plan = TrainPlan(
-        data=config, subset=subset, epochs=epochs, latent_dim=latent_dim, device=settings.device
-    )
+    plan = TrainPlan.of(train_options, config, device=settings.device)
     store = ModelStore(settings.store)
     if any(m.name == model_name for m in store.models()):
         typer.echo(f"model {model_name} is in the store already: serving it")

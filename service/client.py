@@ -437,26 +437,28 @@ def _sample_pages(
     version: int | None,
     label: int | None,
     fmt: str,
+    start: int = 0,
 ) -> Plan:
     """The plan of a paged sample: the server's limit, then pages from consecutive offsets.
 
-    Pages after the first are pinned to the first one's model and potential version, so a
-    publication or a change of default model between pages cannot mix two maps.
+    The samples are ``start .. start + n - 1`` of the seed's stream. Pages after the first are
+    pinned to the first one's model and potential version, so a publication or a change of
+    default model between pages cannot mix two maps.
     """
     limit = yield _LIMIT_CALL
     size = n if limit is None else min(n, limit)
     parse = _npy_sample if fmt == "npy" else _json
-    offset = 0
+    offset = start
     while True:
         params = _sample_call(size, seed, extended, model, fmt, version, label, offset)
         page = yield Call(method="GET", path="/sample", params=params, parse=parse, page=True)
         offset += size
-        if offset >= n:
+        if offset >= start + n:
             return
         model, version = (
             (page.model, page.version) if fmt == "npy" else (page["model"], page["version"])
         )
-        size = min(size, n - offset)
+        size = min(size, start + n - offset)
 
 
 def _join_samples(pages: list[Sample]) -> Sample:
@@ -497,14 +499,16 @@ class _Api:
         model: str | None = None,
         version: int | None = None,
         label: int | None = None,
+        offset: int = 0,
     ) -> Plan:
         """``n`` latents as pages of at most the server's limit, each a :class:`Sample`.
 
         The pages come from one model and potential version (the first page's, unless
-        ``version`` pins one) and concatenate to the latents one request for ``n`` gives.
+        ``version`` pins one) and concatenate to the latents one request for ``n`` gives;
+        ``offset`` starts at that sample of the seed's stream.
         """
         _require(np, "numpy", "latent arrays")
-        yield from _sample_pages(n, seed, extended, model, version, label, "npy")
+        yield from _sample_pages(n, seed, extended, model, version, label, "npy", offset)
 
     @pages_of(dict)
     def iter_samples_json(
@@ -515,12 +519,13 @@ class _Api:
         model: str | None = None,
         version: int | None = None,
         label: int | None = None,
+        offset: int = 0,
     ) -> Plan:
         """:meth:`iter_samples` as the server's JSON answers (dicts, latents as lists of floats).
 
         Needs no numpy: what the light install's ``aeot sample out.json`` writes.
         """
-        yield from _sample_pages(n, seed, extended, model, version, label, "json")
+        yield from _sample_pages(n, seed, extended, model, version, label, "json", offset)
 
     @joined.of(iter_samples)
     def sample_with_version(pages: list[Sample]) -> Sample:
@@ -553,9 +558,10 @@ class _Api:
         model: str | None = None,
         version: int | None = None,
         label: int | None = None,
+        offset: int = 0,
     ) -> Call[Image.Image]:
         """``n`` decoded samples as one PNG grid (at most the server's ``max_images``)."""
-        params = _sample_call(n, seed, extended, model, "png", version, label)
+        params = _sample_call(n, seed, extended, model, "png", version, label, offset)
         return Call(method="GET", path="/sample", params=params, parse=_image)
 
     @endpoint
@@ -587,10 +593,17 @@ class _Api:
 
     @endpoint
     def singularities(
-        *, model: str | None = None, limit: int = 100, version: int | None = None
+        *,
+        model: str | None = None,
+        limit: int = 100,
+        version: int | None = None,
+        images: bool = False,
     ) -> Call[dict[str, Any]]:
-        """Singular set summary (threshold, rule, counts, pairs)."""
-        params = _params(model=model, limit=limit, version=version)
+        """Singular set summary (threshold, rule, frame and unit of the scores, counts, pairs).
+
+        ``images``: each listed pair carries its two decoded codes as a base64 PNG.
+        """
+        params = _params(model=model, limit=limit, version=version, images=images or None)
         return Call(method="GET", path="/singularities", params=params, parse=_json)
 
     @endpoint

@@ -9,22 +9,24 @@ from __future__ import annotations
 import base64
 import io
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from service.errors import InvalidRequest
 from service.images import crossing_gaps, from_png, singular_set_png, strip_png, to_png
 from service.schemas import (
+    SCORE_UNITS,
     DecodeRequest,
     ImagesRequest,
     InterpolateRequest,
     SampleRequest,
     SingularitiesRequest,
+    SingularitiesResponse,
+    SingularPairOut,
 )
 from service.serving import Served
 from service.settings import Settings
-from solver import AngleFrame, Interpolation, RuleName
+from solver import Interpolation
 
 # Singular pairs drawn as decoded image pairs in the picture of a model with d > 2.
 PICTURE_PAIRS = 12
@@ -35,44 +37,6 @@ SCORE_LABELS: dict[str, str] = {
     "valley": "angle x valley ratio of adjacent cells",
     "diffusion": "diffusion distance of adjacent cells",
 }
-SCORE_UNITS: dict[str, str] = {"raw": " rad", "standard": " rad", "valley": "", "diffusion": ""}
-
-
-@dataclass(frozen=True, kw_only=True)
-class SingularSummary:
-    """The singular set of one version, summarised.
-
-    Attributes:
-        threshold: score threshold in the frame's units, ``None`` when a data-driven rule had
-            too few adjacent pairs to choose one or found no cluster boundary (then nothing
-            is singular).
-        rule: how the threshold was chosen (``fixed``, ``quantile``, ``gap`` or
-            ``clusters``).
-        frame: how pairs are scored (``standard``, ``raw``, ``valley`` or ``diffusion``).
-        clusters: spectral clusters found by the eigengap (diffusion frame, cluster rule),
-            else 0.
-        gap_ratio: for the gap rule and the default choice, how clearly the largest angles
-            stand apart; else ``None``.
-        reason: how the rule was chosen, in words.
-        n_pairs: adjacent pairs observed; n_singular: those above the threshold.
-        quantiles: angle quantiles of the adjacent pairs (radians) by name.
-        pairs: singular pairs ``(i, j)`` largest angle first, shape ``(k, 2)``; angles ``(k,)``.
-        truncated: more singular pairs exist than listed.
-
-    """
-
-    threshold: float | None
-    rule: RuleName
-    frame: AngleFrame
-    clusters: int
-    gap_ratio: float | None
-    reason: str
-    n_pairs: int
-    n_singular: int
-    quantiles: dict[str, float]
-    pairs: np.ndarray
-    angles: np.ndarray
-    truncated: bool
 
 
 def sample_latents(served: Served, req: SampleRequest, settings: Settings) -> np.ndarray:
@@ -174,27 +138,41 @@ def strip_base64(served: Served, path: Interpolation) -> str:
     return base64.b64encode(interpolation_png(served, path)).decode()
 
 
-def singularities(served: Served, req: SingularitiesRequest, settings: Settings) -> SingularSummary:
-    """Threshold, counts, angle quantiles and the ``req.limit`` most singular pairs."""
+def singularities(
+    served: Served, req: SingularitiesRequest, settings: Settings
+) -> SingularitiesResponse:
+    """Threshold, counts, score quantiles and the ``req.limit`` most singular pairs.
+
+    With ``images`` (JSON only) each pair carries its two decoded codes as a base64 PNG.
+    """
     limit = min(req.limit, settings.max_pairs)
     sing = served.ext_map.singular_set
     angles = sing.angles
-    singular = sing.singular_pairs
     order = np.argsort(-angles[sing.singular], kind="stable")
+    pairs = sing.singular_pairs[order][:limit]
+    scores = angles[sing.singular][order][:limit]
+    pngs = pair_pngs(served, pairs, settings) if req.images and req.format == "json" else None
     qs = {"min": 0.0, "p10": 0.1, "median": 0.5, "p90": 0.9, "max": 1.0}
-    quantiles = {k: float(np.quantile(angles, q)) for k, q in qs.items()} if angles.size else {}
-    return SingularSummary(
+    return SingularitiesResponse(
+        model=served.name,
+        version=served.version,
         threshold=_finite_or_none(sing.threshold),
         rule=sing.rule.name,
         frame=sing.frame,
+        unit=SCORE_UNITS[sing.frame],
         clusters=sing.clusters,
         gap_ratio=_finite_or_none(sing.gap_ratio),
         reason=sing.reason,
         n_pairs=sing.n_pairs,
         n_singular=sing.n_singular,
-        quantiles=quantiles,
-        pairs=singular[order][:limit],
-        angles=angles[sing.singular][order][:limit],
+        singular_fraction=sing.n_singular / sing.n_pairs if sing.n_pairs else 0.0,
+        angle_quantiles={k: float(np.quantile(angles, q)) for k, q in qs.items() if angles.size},
+        pairs=[
+            SingularPairOut(
+                i=int(i), j=int(j), angle=float(a), pair_png=None if pngs is None else pngs[k]
+            )
+            for k, ((i, j), a) in enumerate(zip(pairs, scores, strict=True))
+        ],
         truncated=sing.n_singular > limit,
     )
 
@@ -204,21 +182,21 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def singularities_png(served: Served, summary: SingularSummary) -> bytes:
+def singularities_png(served: Served, summary: SingularitiesResponse) -> bytes:
     """The singular set as a picture.
 
     2D: the power diagram with singular facets in red. Higher d: the histogram of adjacent-pair
-    angles with the threshold marked, and the most singular pairs as decoded image pairs.
+    scores with the threshold marked, and the most singular pairs as decoded image pairs.
     """
     if served.dim == 2:
         from solver.plots import power_diagram_png  # matplotlib, loaded on first use
 
         return power_diagram_png(served.ext_map)
-    k = min(PICTURE_PAIRS, summary.pairs.shape[0])
-    targets = served.ext_map.targets[summary.pairs[:k].reshape(-1)]
-    decoded = served.bundle.decode(targets)
+    shown = summary.pairs[:PICTURE_PAIRS]
+    cells = np.array([[p.i, p.j] for p in shown], dtype=np.int64).reshape(-1)
+    decoded = served.bundle.decode(served.ext_map.targets[cells])
     threshold = summary.threshold
-    unit = SCORE_UNITS[summary.frame]
+    unit = f" {summary.unit}"
     rule = f"threshold {threshold:.3g}{unit}" if threshold is not None else "no threshold"
     title = (
         f"{served.name} v{served.version}: {summary.n_singular} of {summary.n_pairs} adjacent "
@@ -228,15 +206,15 @@ def singularities_png(served: Served, summary: SingularSummary) -> bytes:
         angles=served.ext_map.singular_set.angles,
         threshold=threshold,
         title=title,
-        pair_images=decoded.reshape(k, 2, *decoded.shape[1:]),
-        pair_angles=summary.angles[:k],
+        pair_images=decoded.reshape(len(shown), 2, *decoded.shape[1:]),
+        pair_angles=np.array([p.angle for p in shown]),
         score_label=SCORE_LABELS[summary.frame],
         unit=unit,
     )
 
 
 def pair_pngs(served: Served, pairs: np.ndarray, settings: Settings) -> list[str]:
-    """Each pair ``(i, j)`` of cells as a base64 PNG of their two decoded codes.
+    """Each pair ``(i, j)`` of cells, shape ``(k, 2)``, as a base64 PNG of its two codes.
 
     Raises:
         InvalidRequest: more than ``max_images / 2`` pairs.

@@ -10,14 +10,27 @@ them into the OpenAPI schema as ``maximum`` (:func:`service.openapi.set_limits`)
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AliasPath,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    create_model,
+    model_validator,
+)
 
-from service.catalog import JobRecord, ModelRecord
-from service.process import WorkerState
-from service.store import NAME_PATTERN
-from solver import AccuracyReport
+from models.options import (
+    MAX_CLASS_NAME,
+    MAX_CLASSES,
+    DataOptions,
+    Option,
+    TrainOptions,
+    options_of,
+)
+from service.names import NAME_PATTERN
 
 
 def _not_bool(value: Any) -> Any:
@@ -225,15 +238,31 @@ class InterpolateQuery(InterpolateRequest):
     model_config = _QUERY
 
 
+# The unit of a pair's score in each frame (angles in radians; the others are what they say).
+SCORE_UNITS: dict[str, str] = {
+    "raw": "rad",
+    "standard": "rad",
+    "valley": "rad x valley ratio",
+    "diffusion": "diffusion distance",
+}
+Frame = Literal["standard", "raw", "valley", "diffusion"]
+_FRAME_DESC = (
+    "how pairs are scored: standard (dihedral angle of centred, cube-scaled latents), raw "
+    "latents, valley (standard angle times the pair's valley ratio), or diffusion (distance "
+    "in the latents' diffusion coordinates, the default of the data-driven rules)"
+)
+_UNIT_DESC = "unit of the scores, by frame: " + ", ".join(
+    f"{unit} ({frame})" for frame, unit in SCORE_UNITS.items()
+)
+
+
 class CrossingOut(BaseModel):
     """Where the segment crosses a singular facet: the map jumps there."""
 
     t: float = Field(description="segment parameter in [0, 1] where the facet is crossed")
     from_cell: int
     to_cell: int
-    angle: float = Field(
-        description="angle score of the facet in the map's frame (radians in raw and standard)"
-    )
+    angle: float = Field(description="score of the facet in the map's frame (see unit)")
     gap: int = Field(
         description="the crossing lies between frames gap and gap + 1 (the red bar in the strip)"
     )
@@ -249,6 +278,8 @@ class InterpolateResponse(BaseModel):
     latents: list[list[float]] = Field(description="mapped latents, shape (steps, d)")
     cells: list[int]
     crossings: list[CrossingOut]
+    frame: Frame = Field(description=_FRAME_DESC)
+    unit: str = Field(description=_UNIT_DESC)
     strip_png: str | None = Field(default=None, description="base64 PNG of the decoded frames")
 
 
@@ -287,10 +318,7 @@ class SingularPairOut(BaseModel):
 
     i: int
     j: int
-    angle: float = Field(
-        description="score in the map's frame (radians in raw and standard, diffusion distance "
-        "in diffusion)"
-    )
+    angle: float = Field(description="score in the map's frame (see unit)")
     pair_png: str | None = Field(
         default=None, description="base64 PNG: cell i's code and cell j's code, decoded"
     )
@@ -302,19 +330,15 @@ class SingularitiesResponse(BaseModel):
     model: str
     version: int
     threshold: float | None = Field(
-        description="score threshold used, in the map's frame (radians in raw and standard; "
-        "null: too few pairs or no cluster boundary, none singular)"
+        description="score threshold used, in the map's frame (see unit; null: too few pairs "
+        "or no cluster boundary, none singular)"
     )
     rule: Literal["fixed", "quantile", "gap", "clusters"] = Field(
         description="how the threshold was chosen (clusters: as many pairs as join two "
         "spectral clusters of the latents)"
     )
-    frame: Literal["standard", "raw", "valley", "diffusion"] = Field(
-        description="how pairs are scored: standard (dihedral angle of centred, cube-scaled "
-        "latents), raw latents, valley (standard angle times the pair's valley ratio), or "
-        "diffusion (distance in the latents' diffusion coordinates, the default of the "
-        "data-driven rules)"
-    )
+    frame: Frame = Field(description=_FRAME_DESC)
+    unit: str = Field(description=_UNIT_DESC)
     clusters: int = Field(
         description="spectral clusters of the latents found by the eigengap (diffusion frame "
         "or cluster rule), else 0"
@@ -329,8 +353,10 @@ class SingularitiesResponse(BaseModel):
     n_pairs: int = Field(description="adjacent cell pairs observed")
     n_singular: int
     singular_fraction: float
-    angle_quantiles: dict[str, float] = Field(description="angles of adjacent pairs, radians")
-    pairs: list[SingularPairOut] = Field(description="singular pairs, largest angle first")
+    angle_quantiles: dict[str, float] = Field(
+        description="quantiles of the adjacent pairs' scores (see unit)"
+    )
+    pairs: list[SingularPairOut] = Field(description="singular pairs, largest score first")
     truncated: bool
 
 
@@ -427,7 +453,18 @@ class ImagesResponse(BaseModel):
     images: list[list[list[list[float]]]] = Field(description="shape (n, C, H, W), in [0, 1]")
 
 
-class AccuracyOut(BaseModel):
+class _Out(BaseModel):
+    """A response read from the service's records by their attributes.
+
+    ``JobOut.model_validate(job)`` takes a ``JobRecord`` as it is (nested records too, and
+    the fields named elsewhere through their ``validation_alias``), so no field is copied by
+    hand; JSON of the response validates by the field names.
+    """
+
+    model_config = ConfigDict(from_attributes=True, populate_by_name=True)
+
+
+class AccuracyOut(_Out):
     """An independent accuracy check (docs/solver.md); exact when ``n_samples`` is 0."""
 
     l1: float
@@ -436,13 +473,8 @@ class AccuracyOut(BaseModel):
     noise_floor: float
     n_samples: int
 
-    @classmethod
-    def of(cls, acc: AccuracyReport | None) -> AccuracyOut | None:
-        """Convert, keeping ``None``."""
-        return None if acc is None else cls(**acc.__dict__)
 
-
-class TrainProgressOut(BaseModel):
+class TrainProgressOut(_Out):
     """Progress of a training job (after its last finished epoch)."""
 
     epoch: int = Field(description="epochs done (joint + decoder)")
@@ -453,14 +485,14 @@ class TrainProgressOut(BaseModel):
     elapsed: float = Field(description="seconds of training")
 
 
-class JobOut(BaseModel):
+class JobOut(_Out):
     """A fit or train job and its progress."""
 
     id: int
     model: str = Field(description="the model the job fits, or trains and then registers")
     kind: str
     status: str
-    target_l1: float
+    target_l1: float = Field(validation_alias=AliasPath("config", "fit", "target_l1"))
     iteration: int
     elapsed: float = Field(description="seconds of fitting")
     train_l1: float | None
@@ -472,38 +504,19 @@ class JobOut(BaseModel):
     error: str | None
     created: float
     updated: float | None
-    dataset: str | None = Field(default=None, description="train jobs: the dataset's name")
+    dataset: str | None = Field(
+        default=None,
+        validation_alias=AliasPath("train_plan", "data", "title"),
+        description="train jobs: the dataset's name",
+    )
     training: TrainProgressOut | None = Field(
-        default=None, description="train jobs: epoch and loss (null before the first epoch)"
+        default=None,
+        validation_alias="train_progress",
+        description="train jobs: epoch and loss (null before the first epoch)",
     )
 
-    @classmethod
-    def of(cls, job: JobRecord) -> JobOut:
-        """Convert a catalogue row."""
-        plan, progress = job.train_plan, job.train_progress
-        return cls(
-            id=job.id,
-            model=job.model,
-            dataset=None if plan is None else plan.data.name or plan.data.source,
-            training=None if progress is None else TrainProgressOut(**progress.__dict__),
-            kind=job.kind,
-            status=job.status,
-            target_l1=job.config.fit.target_l1,
-            iteration=job.iteration,
-            elapsed=job.elapsed,
-            train_l1=job.train_l1,
-            accuracy=AccuracyOut.of(job.accuracy),
-            eta=job.eta,
-            checkpoint_iteration=job.checkpoint_iteration,
-            resumed_from=job.resumed_from,
-            reason=job.reason,
-            error=job.error,
-            created=job.created,
-            updated=job.updated,
-        )
 
-
-class ModelStatus(BaseModel):
+class ModelStatus(_Out):
     """A model, its published potential and its latest job."""
 
     name: str
@@ -521,6 +534,11 @@ class ModelStatus(BaseModel):
     classes: list[int] = Field(
         default_factory=list, description="labels usable as label= (empty: the bundle has none)"
     )
+    class_names: list[str] | None = Field(
+        default=None,
+        description="the name of each label in classes, in the same order (null: the bundle "
+        "names none)",
+    )
     image_shape: list[int] | None = Field(
         default=None, description="(C, H, W) of the model's images, once it is served"
     )
@@ -530,32 +548,6 @@ class ModelStatus(BaseModel):
         description="what is wrong when the model is served degraded or not at all "
         "(a damaged potential and the version served instead, a bundle that does not load)",
     )
-
-    @classmethod
-    def of(
-        cls,
-        model: ModelRecord,
-        *,
-        default: bool,
-        served: int | None,
-        accuracy: AccuracyReport | None,
-        job: JobRecord | None,
-        problem: str | None = None,
-    ) -> ModelStatus:
-        """Assemble from catalogue rows."""
-        return cls(
-            name=model.name,
-            n_latents=model.n_latents,
-            dim=model.dim,
-            created=model.created,
-            default=default,
-            published_version=model.published_version,
-            served_version=served,
-            ready=served is not None,
-            accuracy=AccuracyOut.of(accuracy),
-            job=JobOut.of(job) if job else None,
-            problem=problem,
-        )
 
 
 class ModelListResponse(BaseModel):
@@ -615,11 +607,7 @@ class FitRequest(_Request):
     replace: bool = Field(default=False, description="cancel an active job of the model first")
 
 
-# Image sides a training request may ask for (the conv autoencoder grows with H x W).
-_HARD_IMAGE_SIDE = 256
-
-
-class TrainRequest(_Request):
+class _TrainRequestBase(_Request):
     """Train an autoencoder on a dataset under the server's data root, then fit its OT map."""
 
     dataset: str = Field(
@@ -629,26 +617,41 @@ class TrainRequest(_Request):
         ".npy/.npz file or an image folder",
         examples=["mnist"],
     )
-    split: Literal["train", "test", "all"] = Field(default="train", description="IDX split")
-    subset: Int | None = Field(default=None, ge=1, description="train on a seeded random subset")
-    latent_dim: Int | None = Field(
-        default=None, ge=1, le=1024, description="latent dimension (default 8 or 32 by image size)"
+
+
+def _train_field(option: Option) -> tuple[Any, Any]:
+    """The request field of a training option: its type, bounds and help as the run has them."""
+    bounds: dict[str, Any] = {"ge": option.minimum, "le": option.api_maximum}
+    if option.name == "image_size":
+        side = Annotated[Int, Field(**bounds)]
+        kind: Any = Annotated[list[side], Field(min_length=2, max_length=2)]  # type: ignore[valid-type]
+        bounds = {}
+    elif option.name == "class_names":
+        name = Annotated[str, Field(min_length=1, max_length=MAX_CLASS_NAME)]
+        kind = Annotated[list[name], Field(min_length=1, max_length=MAX_CLASSES)]  # type: ignore[valid-type]
+    elif option.choices:
+        kind = option.base
+    else:
+        kind = Int
+    if option.optional:
+        kind = kind | None
+    return kind, Field(default=option.default, description=option.help, **bounds)
+
+
+if TYPE_CHECKING:
+    TrainRequest = _TrainRequestBase
+else:  # the dataset and every training option a request may set (models.options)
+    TrainRequest = create_model(
+        "TrainRequest",
+        __base__=_TrainRequestBase,
+        __doc__=_TrainRequestBase.__doc__,
+        **{
+            option.name: _train_field(option)
+            for cls in (DataOptions, TrainOptions)
+            for option in options_of(cls)
+            if option.api
+        },
     )
-    arch: Literal["conv", "mlp"] | None = Field(default=None, description="default: by size")
-    epochs: Int | None = Field(default=None, ge=1, le=10000, description="joint epochs at most")
-    decoder_epochs: Int | None = Field(
-        default=None, ge=0, le=10000, description="decoder-only epochs after the encoder freezes"
-    )
-    decoder_schedule: Literal["constant", "cosine"] | None = Field(
-        default=None,
-        description="the decoder phase's step size: constant (the recipe's default) or cosine "
-        "(falls from the recipe's step to zero over the phase)",
-    )
-    image_size: list[Annotated[Int, Field(ge=4, le=_HARD_IMAGE_SIDE)]] | None = Field(
-        default=None, min_length=2, max_length=2, description="(H, W) for image folders / arrays"
-    )
-    channels: Literal[1, 3] | None = Field(default=None, description="1 gray or 3 RGB")
-    seed: Seed = 0
 
 
 class ErrorResponse(BaseModel):
@@ -665,7 +668,7 @@ class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
 
 
-class WorkerOut(BaseModel):
+class WorkerOut(_Out):
     """The fit worker this server supervises."""
 
     status: Literal["starting", "running", "restarting", "stopped"] = Field(
@@ -674,18 +677,6 @@ class WorkerOut(BaseModel):
     restarts: int = Field(description="workers started after an unexpected exit")
     last_exit: str | None = Field(description="how the last worker ended, e.g. 'signal 9'")
     last_exit_at: float | None = Field(description="when (seconds since the epoch)")
-
-    @classmethod
-    def of(cls, state: WorkerState | None) -> WorkerOut | None:
-        """Convert, keeping ``None`` (no worker supervised by this process)."""
-        if state is None:
-            return None
-        return cls(
-            status=state.status,
-            restarts=state.restarts,
-            last_exit=state.last_exit,
-            last_exit_at=state.last_exit_at,
-        )
 
 
 class ReadyResponse(BaseModel):

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from models import EpochRecord, ImageDataset, TrainPlan, load_plan_data, train_plan
-from models.datasets import DatasetConfig, Split, dataset_config_for
+from models.datasets import DatasetConfig, dataset_config_for
+from models.options import DataOptions
 from service.catalog import JobRecord, JobStatus, ModelRecord, TrainProgress
 from service.job_config import JobConfig
 from service.store import ModelExists, ModelStore, check_name
@@ -74,20 +75,11 @@ def resolve_dataset(data_root: Path | None, name: str) -> Path:
     return path
 
 
-def api_dataset(
-    data_root: Path | None,
-    name: str,
-    *,
-    split: Split = "train",
-    image_size: tuple[int, int] | None = None,
-    channels: int | None = None,
-) -> DatasetConfig:
+def api_dataset(data_root: Path | None, name: str, options: DataOptions) -> DatasetConfig:
     """The :class:`DatasetConfig` of a dataset named over the API (see :func:`resolve_dataset`)."""
     path = resolve_dataset(data_root, name)
     try:
-        config = dataset_config_for(
-            str(path), split=split, image_size=image_size, channels=channels, roots=()
-        )
+        config = dataset_config_for(str(path), options, roots=())
     except ValueError as exc:  # re-worded: the loader's message carries the server path
         raise ValueError(
             f"dataset {name!r} is not an IDX directory, .npy/.npz file or image folder"
@@ -102,15 +94,17 @@ _LATER_OPTIONS = ("decoder_schedule",)
 def checkpoint_path(store: ModelStore, name: str, plan: TrainPlan) -> Path:
     """Per-epoch checkpoint of training ``plan`` as model ``name`` (one file per plan).
 
-    The device and thread count stay out of the name: a run may resume on another device.
-    Options added since the first release stay out of it while unset, so a run started
-    before they existed keeps its checkpoint.
+    The device and thread count stay out of the name: a run may resume on another device;
+    so do the class names, which do not change what is trained. Options added since the first
+    release stay out of it while unset, so a run started before they existed keeps its
+    checkpoint.
     """
     fields = {
         k: v
         for k, v in plan.to_dict().items()
         if k not in ("device", "threads") and not (k in _LATER_OPTIONS and v is None)
     }
+    fields["data"] = {k: v for k, v in fields["data"].items() if k != "class_names"}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
     return store.root / "training" / f"{check_name(name)}-{digest[:16]}.pt"
 

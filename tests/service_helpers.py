@@ -184,11 +184,13 @@ def child_commands(pid: int) -> list[str]:
 LABELLED_CENTRES = np.array(
     [[-3.0, -3.0, 0.0], [3.0, -3.0, 0.0], [0.0, 3.0, 2.0], [0.0, 0.0, -4.0]]
 )
+LABELLED_NAMES = ("south-west", "south-east", "north", "below")
 
 
 def labelled_template(base: Path) -> Path:
     """A fitted store made once per session with model "lab": 120 codes in 4 tight clusters
-    around :data:`LABELLED_CENTRES` (d = 3), labelled by cluster (30 each, in order)."""
+    around :data:`LABELLED_CENTRES` (d = 3), labelled by cluster (30 each, in order) and
+    named :data:`LABELLED_NAMES`."""
     key = ("lab", 120, 3)
     if key not in _TEMPLATES:
         rng = np.random.default_rng(1)
@@ -201,7 +203,12 @@ def labelled_template(base: Path) -> Path:
         )
         bundle = base / "labelled-bundle"
         save_bundle(
-            bundle, model=Autoencoder(config), latents=latents, labels=labels, dataset="lab"
+            bundle,
+            model=Autoencoder(config),
+            latents=latents,
+            labels=labels,
+            class_names=LABELLED_NAMES,
+            dataset="lab",
         )
         root = base / "labelled-template" / "store"
         store = ModelStore(root)

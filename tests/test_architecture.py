@@ -114,23 +114,26 @@ def test_routes_do_not_reach_into_the_worker():
 
 
 def test_solver_names_load_on_first_use_and_the_cli_starts_without_torch():
-    """``solver`` exports every name its stub declares; the CLI and settings need no torch."""
+    """``solver`` and ``models`` export every name their stubs declare; the CLI, the settings
+    and the training options need no torch."""
     import subprocess
     import sys
 
+    import models
     import solver
 
-    stub = ast.parse((ROOT / "solver" / "__init__.pyi").read_text())
-    declared = next(
-        ast.literal_eval(node.value)
-        for node in stub.body
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__all__"
-    )
-    assert sorted(declared) == sorted(solver.__all__)
-    for name in solver.__all__:
-        assert getattr(solver, name) is not None, name
+    for package in (solver, models):
+        stub = ast.parse((ROOT / package.__name__ / "__init__.pyi").read_text())
+        declared = next(
+            ast.literal_eval(node.value)
+            for node in stub.body
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__all__"
+        )
+        assert sorted(declared) == sorted(package.__all__)
+        for name in package.__all__:
+            assert getattr(package, name) is not None, name
     probe = (
-        "import sys, service.cli, service.settings; "
+        "import sys, service.cli, service.settings, models.options; "
         "from solver import DEFAULT_BLEND_MARGIN, AdamConfig, NewtonConfig, parse_rule; "
         "print(sorted(m for m in ('torch', 'faiss', 'scipy') if m in sys.modules))"
     )

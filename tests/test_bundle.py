@@ -127,3 +127,35 @@ def test_wrong_architecture_weights_raise(bundle_copy: Path) -> None:
 def test_missing_bundle_raises(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         load_bundle(tmp_path / "nope")
+
+
+def test_class_names_travel_with_the_labels_and_old_bundles_have_none(tmp_path: Path) -> None:
+    model = build_autoencoder(MLP, seed=0)
+    labels = np.array([0, 1, 1, 2, 0])
+    names = ("cat", "dog", "bird")
+    path = save_bundle(
+        tmp_path / "b",
+        model=model,
+        latents=np.zeros((5, 4)),
+        labels=labels,
+        class_names=names,
+        dataset="pets",
+    )
+    assert load_bundle(path).config.class_names == names
+    config = json.loads((path / "config.json").read_text())
+    assert config["class_names"] == list(names)
+    del config["class_names"]  # a bundle written before names existed
+    (path / "config.json").write_text(json.dumps(config))
+    assert load_bundle(path).config.class_names is None
+    for bad, message in (
+        (["cat", "dog"], "labels run from 0 to 2 but the bundle names 2 classes"),
+        (["cat", "x" * 65, "bird"], "class_names must be names of 1 to 64 characters"),
+        ("cat", "class_names must be a non-empty list"),
+    ):
+        (path / "config.json").write_text(json.dumps({**config, "class_names": bad}))
+        with pytest.raises(ValueError, match=message):
+            load_bundle(path)
+    with pytest.raises(ValueError, match="class_names need labels"):
+        save_bundle(
+            tmp_path / "c", model=model, latents=np.zeros((5, 4)), class_names=names, dataset="x"
+        )

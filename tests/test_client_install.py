@@ -118,6 +118,12 @@ def test_without_the_server_packages_the_client_commands_load_and_server_ones_sa
     assert unreachable.stderr.splitlines() == [
         "error: no server at http://127.0.0.1:9: start it with `aeot serve` (or pass --url)"
     ]
+    # `models train` builds its options from models.options (standard library) and checks them
+    remote = _light_cli("models", "train", "m", "mnist", "--image-size", "2x2")
+    assert remote.returncode == 1
+    assert remote.stderr.splitlines() == [
+        "error: --image-size must be (H, W) with H, W >= 4, got (2, 2)"
+    ]
     npy = _light_cli("sample", "out.npy", "--url", "http://127.0.0.1:9")
     assert npy.returncode == 1
     assert npy.stderr.splitlines() == [

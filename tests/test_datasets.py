@@ -69,6 +69,11 @@ def test_real_t10k_files_parse_with_known_md5(name: str) -> None:
     assert data.labels.shape == (10000,) and data.labels.dtype == np.int64
     assert set(np.unique(data.labels)) == set(range(10))
     assert data.name == name
+    if name == "fashion-mnist":  # known by its folder's name
+        assert data.class_names is not None and len(data.class_names) == 10
+        assert (data.class_names[0], data.class_names[9]) == ("T-shirt/top", "Ankle boot")
+    else:  # MNIST's labels are the digits themselves
+        assert data.class_names is None
 
 
 def test_idx_roundtrip_gzipped_and_plain(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -193,6 +198,13 @@ def test_image_folder_with_classes(tmp_path: Path, rng: np.random.Generator) -> 
     data = load_image_folder(tmp_path, image_size=(16, 16), channels=3, name="pets")
     assert data.images.shape == (5, 3, 16, 16)
     assert data.labels.tolist() == [0, 0, 1, 1, 1]
+    assert data.class_names == ("cat", "dog")  # the sub-folders name the classes
+    renamed = load_dataset(
+        DatasetConfig(
+            source="folder", path=str(tmp_path), image_size=(8, 8), class_names=("c", "d")
+        )
+    )
+    assert renamed.class_names == ("c", "d")
     gray = load_dataset(
         DatasetConfig(source="folder", path=str(tmp_path / "dog"), image_size=(8, 12))
     )
@@ -226,3 +238,19 @@ def test_dataset_validation_and_subset(rng: np.random.Generator) -> None:
     sub = data.subset(4, seed=3)
     assert len(sub) == 4 and np.array_equal(sub.labels, data.subset(4, seed=3).labels)
     assert data.subset(50) is data
+
+
+def test_class_names_name_every_label_and_need_labels(rng: np.random.Generator) -> None:
+    images = rng.random((4, 1, 2, 2)).astype(np.float32)
+    labels = np.array([0, 1, 2, 1], np.int64)
+    named = ImageDataset(images=images, labels=labels, name="x", class_names=("a", "b", "c"))
+    assert named.take(np.array([1, 3])).class_names == ("a", "b", "c")  # kept by subsets
+    with pytest.raises(ValueError, match="3 classes but 2 class names"):
+        ImageDataset(images=images, labels=labels, name="x", class_names=("a", "b"))
+    with pytest.raises(ValueError, match="class names but no labels"):
+        ImageDataset(images=images, labels=None, name="x", class_names=("a",))
+    for bad in ((), ("a", ""), ("x" * 65,)):
+        with pytest.raises(ValueError, match="class_names must be"):
+            DatasetConfig(class_names=bad)
+    config = DatasetConfig(class_names=("a", "b"))
+    assert DatasetConfig.from_dict(config.to_dict()) == config  # JSON lists back to tuples

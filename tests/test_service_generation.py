@@ -19,6 +19,7 @@ from tests.service_helpers import (
     LABELLED_CENTRES as CENTRES,
 )
 from tests.service_helpers import (
+    LABELLED_NAMES,
     copy_store,
     fitted_template,
     labelled_template,
@@ -88,6 +89,7 @@ def test_class_conditional_samples_stay_in_their_class(lab):
     client, template = lab
     status = client.get("/models/lab").json()
     assert status["classes"] == [0, 1, 2, 3]
+    assert status["class_names"] == list(LABELLED_NAMES)
     assert status["image_shape"] == [1, 8, 8]
     assert status["served_accuracy"]["l1"] == status["accuracy"]["l1"]
     for label in range(4):

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from models import (
+    DataOptions,
     DatasetConfig,
     ImageDataset,
     TrainPlan,
@@ -159,13 +160,16 @@ def test_architectures_over_the_bundle_limit_are_refused_before_training(tmp_pat
     assert not (tmp_path / "bundle").exists()
 
 
-def test_image_folder_classes_become_labels(tmp_path):
+def test_image_folder_classes_become_labels_named_by_their_folders(tmp_path):
     store = ModelStore(tmp_path / "store")
-    config = dataset_config_for(str(write_folder(tmp_path / "pets")), image_size=(8, 8))
+    config = dataset_config_for(
+        str(write_folder(tmp_path / "pets")), DataOptions(image_size=(8, 8))
+    )
     record = train_into_store(store, "pets", tiny_plan(config), fit=None)
     assert record is not None and record.n_latents == 12
-    labels = load_bundle(store.bundle_dir("pets")).labels
-    assert labels is not None and labels.tolist() == [0] * 6 + [1] * 6
+    bundle = load_bundle(store.bundle_dir("pets"))
+    assert bundle.labels is not None and bundle.labels.tolist() == [0] * 6 + [1] * 6
+    assert bundle.config.class_names == ("cats", "dogs")
 
 
 def test_dataset_names_stay_inside_the_data_root(tmp_path):
@@ -197,12 +201,14 @@ def test_api_train_job_runs_in_the_worker_with_progress(tmp_path):
     write_idx(root / "tiny-idx", n=48)
     settings = make_settings(tmp_path / "store", data_root=root, target_l1=0.3)
     store = ModelStore(settings.store)
+    names = ["zero", "one", "two"]
     body = {
         "dataset": "tiny-idx",
         "epochs": 2,
         "decoder_epochs": 1,
         "decoder_schedule": "cosine",
         "latent_dim": 2,
+        "class_names": names,
     }
     with TestClient(create_app(settings, store=store, poll=False)) as client:
         assert client.post("/models/t/train", json=body).status_code == 401
@@ -233,6 +239,7 @@ def test_api_train_job_runs_in_the_worker_with_progress(tmp_path):
         assert progress is not None and (progress.epoch, progress.epochs) == (3, 3)
         assert progress.phase == "decoder" and progress.n_images == 48
         status = client.get("/models/t").json()
+        assert status["classes"] and status["class_names"] == [names[c] for c in status["classes"]]
         assert (status["n_latents"], status["dim"], status["published_version"] >= 1) == (
             48,
             2,

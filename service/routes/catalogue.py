@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from models import TrainPlan
+from models.options import DataOptions, TrainOptions, pick
 from service.bodies import JSONRoute
 from service.deps import (
     KeyRequired,
@@ -22,13 +23,11 @@ from service.deps import (
 from service.errors import Conflict, error_responses, redact_model
 from service.job_config import job_config
 from service.schemas import (
-    AccuracyOut,
     FitRequest,
     JobOut,
     ModelListResponse,
     ModelStatus,
     TrainRequest,
-    WorkerOut,
 )
 from service.serving import ServingIndex
 from service.settings import Settings
@@ -51,24 +50,26 @@ def _raw_status(
 ) -> ModelStatus:
     model = store.model(name)
     potential = store.potential_record(name)
-    status = ModelStatus.of(
-        model,
-        default=default_model(settings, store) == name,
-        served=serving.versions().get(name),
-        accuracy=potential.accuracy if potential else None,
-        job=store.active_job(name),
-        problem=serving.problem(name),
-    )
+    version = serving.versions().get(name)
+    status = {
+        **vars(model),
+        "default": default_model(settings, store) == name,
+        "served_version": version,
+        "ready": version is not None,
+        "accuracy": potential.accuracy if potential else None,
+        "job": store.active_job(name),
+        "problem": serving.problem(name),
+    }
     served = serving.served(name)
-    if served is None:
-        return status
-    return status.model_copy(
-        update={
-            "served_accuracy": AccuracyOut.of(served.accuracy),
-            "classes": served.classes,
-            "image_shape": list(served.bundle.config.image_shape),
-        }
-    )
+    if served is not None:
+        names = served.bundle.config.class_names
+        status.update(
+            served_accuracy=served.accuracy,
+            classes=served.classes,
+            class_names=None if names is None else [names[c] for c in served.classes],
+            image_shape=list(served.bundle.config.image_shape),
+        )
+    return ModelStatus.model_validate(status)
 
 
 @router.get(
@@ -83,12 +84,14 @@ def list_models(
     """Every model with its published potential and fit progress, and the worker's state."""
     serving.poll_if_due()
     models = [_status(m.name, settings, store, serving) for m in store.models()]
-    active = [JobOut.of(j) for j in store.jobs(limit=50) if j.status in ("queued", "running")]
-    body = ModelListResponse(
-        default_model=default_model(settings, store),
-        models=models,
-        jobs=active,
-        worker=WorkerOut.of(worker),
+    active = [j for j in store.jobs(limit=50) if j.status in ("queued", "running")]
+    body = ModelListResponse.model_validate(
+        {
+            "default_model": default_model(settings, store),
+            "models": models,
+            "jobs": active,
+            "worker": worker,
+        }
     )
     return redact_model(body, store.root)
 
@@ -168,7 +171,7 @@ def start_fit(name: NamePath, req: FitRequest, settings: SettingsDep, store: Sto
     job = store.enqueue_fit(name, config, replace=req.replace)
     if job is None:
         raise Conflict(f"model {name!r} already has an active job; pass replace=true")
-    return JobOut.of(job)
+    return JobOut.model_validate(job)
 
 
 @router.post(
@@ -186,29 +189,13 @@ def start_training(
     The worker trains (epoch and loss in ``/models``), registers the bundle and fits its OT
     map. 403 when the server has no data root, 409 when the name is taken or being trained.
     """
-    size = req.image_size
-    data = api_dataset(
-        settings.data_root,
-        req.dataset,
-        split=req.split,
-        image_size=None if size is None else (size[0], size[1]),
-        channels=req.channels,
-    )
-    plan = TrainPlan(
-        data=data,
-        subset=req.subset,
-        latent_dim=req.latent_dim,
-        arch=req.arch,
-        epochs=req.epochs,
-        decoder_epochs=req.decoder_epochs,
-        decoder_schedule=req.decoder_schedule,
-        seed=req.seed,
-        device=settings.device,
-    )
+    values = req.model_dump()
+    data = api_dataset(settings.data_root, req.dataset, DataOptions(**pick(DataOptions, values)))
+    plan = TrainPlan(data=data, **pick(TrainOptions, values), device=settings.device)
     job = queue_training(store, name, plan, job_config(settings))
     if job is None:
         raise Conflict(f"model {name!r} is already being trained")
-    return JobOut.of(job)
+    return JobOut.model_validate(job)
 
 
 @router.delete(

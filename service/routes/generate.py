@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from service import operations as ops
 from service.bodies import JSONRoute
@@ -20,6 +21,7 @@ from service.deps import ReadAccess, ServingDep, SettingsDep, StoreDep, resolve_
 from service.errors import error_responses
 from service.images import crossing_gaps
 from service.schemas import (
+    SCORE_UNITS,
     CrossingOut,
     DecodeRequest,
     EncodeRequest,
@@ -34,7 +36,6 @@ from service.schemas import (
     SampleResponse,
     SingularitiesQuery,
     SingularitiesResponse,
-    SingularPairOut,
 )
 from service.serving import Served
 
@@ -58,8 +59,31 @@ _PNG = {**_media("image/png"), **_ERRORS}
 _PNG_POST = {**_media("image/png"), **_POST_ERRORS}
 
 
-def _headers(served: Served) -> dict[str, str]:
-    return {"X-Model": served.name, "X-Potential-Version": str(served.version)}
+def _answer(
+    served: Served,
+    fmt: str,
+    body: Callable[[], BaseModel],
+    *,
+    npy: Callable[[], np.ndarray] | None = None,
+    png: Callable[[], bytes] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """The one format dispatch of the generation routes: ``json``, ``npy`` or ``png``.
+
+    Only the requested answer is computed (each is a callable); every answer names the model
+    and potential version it came from. The request models allow only the formats a route
+    gives, so the callable a format needs is there.
+    """
+    headers = {
+        "X-Model": served.name,
+        "X-Potential-Version": str(served.version),
+        **(headers or {}),
+    }
+    if fmt == "npy" and npy is not None:
+        return Response(ops.npy_bytes(npy()), media_type="application/x-npy", headers=headers)
+    if fmt == "png" and png is not None:
+        return Response(png(), media_type="image/png", headers=headers)
+    return JSONResponse(body().model_dump(), headers=headers)
 
 
 def _served(
@@ -78,21 +102,21 @@ def _sample(
 ) -> Response:
     served = _served(req.model, req.version, settings, store, serving)
     latents = ops.sample_latents(served, req, settings)
-    headers = _headers(served)
-    if req.format == "npy":
-        return Response(ops.npy_bytes(latents), media_type="application/x-npy", headers=headers)
-    if req.format == "png":
-        return Response(ops.images_png(served, latents), media_type="image/png", headers=headers)
-    body = SampleResponse(
-        model=served.name,
-        version=served.version,
-        seed=req.seed,
-        offset=req.offset,
-        extended=req.extended,
-        label=req.label,
-        latents=latents.tolist(),
+    return _answer(
+        served,
+        req.format,
+        lambda: SampleResponse(
+            model=served.name,
+            version=served.version,
+            seed=req.seed,
+            offset=req.offset,
+            extended=req.extended,
+            label=req.label,
+            latents=latents.tolist(),
+        ),
+        npy=lambda: latents,
+        png=lambda: ops.images_png(served, latents),
     )
-    return JSONResponse(body.model_dump(), headers=headers)
 
 
 @router.get("/sample", response_model=SampleResponse, responses=_SAMPLE)
@@ -127,22 +151,27 @@ def _interpolate(
         CrossingOut(t=c.t, from_cell=c.from_cell, to_cell=c.to_cell, angle=c.angle, gap=g)
         for c, g in zip(path.crossings, gaps, strict=True)
     ]
-    headers = _headers(served)
-    if req.format == "png":
-        headers["X-Crossings"] = ",".join(f"{c.t:.6g}" for c in crossings)
-        png = ops.interpolation_png(served, path)
-        return Response(png, media_type="image/png", headers=headers)
-    body = InterpolateResponse(
-        model=served.name,
-        version=served.version,
-        t=list(map(float, path.t)),
-        z=path.z.tolist(),
-        latents=path.latents.tolist(),
-        cells=list(map(int, path.cells)),
-        crossings=crossings,
-        strip_png=ops.strip_base64(served, path) if req.images else None,
+    frame = served.ext_map.singular_set.frame
+    return _answer(
+        served,
+        req.format,
+        lambda: InterpolateResponse(
+            model=served.name,
+            version=served.version,
+            t=list(map(float, path.t)),
+            z=path.z.tolist(),
+            latents=path.latents.tolist(),
+            cells=list(map(int, path.cells)),
+            crossings=crossings,
+            frame=frame,
+            unit=SCORE_UNITS[frame],
+            strip_png=ops.strip_base64(served, path) if req.images else None,
+        ),
+        png=lambda: ops.interpolation_png(served, path),
+        headers={"X-Crossings": ",".join(f"{c.t:.6g}" for c in crossings)}
+        if req.format == "png"
+        else None,
     )
-    return JSONResponse(body.model_dump(), headers=headers)
 
 
 @router.get("/interpolate", response_model=InterpolateResponse, responses=_PNG)
@@ -177,53 +206,18 @@ def singularities(
 ) -> Response:
     """Singular set summary: threshold and rule, counts, the most singular pairs.
 
-    ``format=png``: the power diagram in 2D; in higher d the angle histogram with the threshold
-    and the most singular pairs as decoded image pairs.
+    ``format=png``: the power diagram in 2D; in higher d the score histogram with the
+    threshold and the most singular pairs as decoded image pairs.
     """
     served = _served(req.model, req.version, settings, store, serving)
-    headers = _headers(served)
-    s = ops.singularities(served, req, settings)
-    if req.format == "png":
-        png = ops.singularities_png(served, s)
-        return Response(png, media_type="image/png", headers=headers)
-    no_images: list[str | None] = [None] * len(s.pairs)
-    pngs = ops.pair_pngs(served, s.pairs, settings) if req.images else no_images
-    body = SingularitiesResponse(
-        model=served.name,
-        version=served.version,
-        threshold=s.threshold,
-        rule=s.rule,
-        frame=s.frame,
-        clusters=s.clusters,
-        gap_ratio=s.gap_ratio,
-        reason=s.reason,
-        n_pairs=s.n_pairs,
-        n_singular=s.n_singular,
-        singular_fraction=s.n_singular / s.n_pairs if s.n_pairs else 0.0,
-        angle_quantiles=s.quantiles,
-        pairs=[
-            SingularPairOut(i=int(i), j=int(j), angle=float(a), pair_png=png)
-            for (i, j), a, png in zip(s.pairs, s.angles, pngs, strict=True)
-        ],
-        truncated=s.truncated,
+    summary = ops.singularities(served, req, settings)
+    return _answer(
+        served, req.format, lambda: summary, png=lambda: ops.singularities_png(served, summary)
     )
-    return JSONResponse(body.model_dump(), headers=headers)
 
 
 _NPY_POST = {**_media("application/x-npy"), **_POST_ERRORS}
 _IMAGES_POST = {**_media("application/x-npy", "image/png"), **_POST_ERRORS}
-
-
-def _images_answer(
-    served: Served, images: np.ndarray, fmt: str, png: Callable[[], bytes]
-) -> Response:
-    headers = _headers(served)
-    if fmt == "npy":
-        return Response(ops.npy_bytes(images), media_type="application/x-npy", headers=headers)
-    if fmt == "png":
-        return Response(png(), media_type="image/png", headers=headers)
-    body = ImagesResponse(model=served.name, version=served.version, images=images.tolist())
-    return JSONResponse(body.model_dump(), headers=headers)
 
 
 @autoencoder.post("/encode", response_model=LatentsResponse, responses=_NPY_POST)
@@ -233,11 +227,18 @@ def encode(
     """Encode images (nested arrays or base64 PNGs) to latent codes; JSON or ``.npy``."""
     served = _served(req.model, req.version, settings, store, serving)
     latents = ops.encode(served, ops.input_images(served, req, settings))
-    headers = _headers(served)
-    if req.format == "npy":
-        return Response(ops.npy_bytes(latents), media_type="application/x-npy", headers=headers)
-    body = LatentsResponse(model=served.name, version=served.version, latents=latents.tolist())
-    return JSONResponse(body.model_dump(), headers=headers)
+    return _answer(
+        served,
+        req.format,
+        lambda: LatentsResponse(
+            model=served.name, version=served.version, latents=latents.tolist()
+        ),
+        npy=lambda: latents,
+    )
+
+
+def _images(served: Served, images: np.ndarray) -> ImagesResponse:
+    return ImagesResponse(model=served.name, version=served.version, images=images.tolist())
 
 
 @autoencoder.post("/decode", response_model=ImagesResponse, responses=_IMAGES_POST)
@@ -247,7 +248,13 @@ def decode(
     """Decode latent codes to images; a PNG grid, JSON arrays or ``.npy``."""
     served = _served(req.model, req.version, settings, store, serving)
     images = ops.decode(served, req, settings)
-    return _images_answer(served, images, req.format, lambda: ops.grid_png(images))
+    return _answer(
+        served,
+        req.format,
+        lambda: _images(served, images),
+        npy=lambda: images,
+        png=lambda: ops.grid_png(images),
+    )
 
 
 @autoencoder.post("/reconstruct", response_model=ImagesResponse, responses=_IMAGES_POST)
@@ -258,4 +265,10 @@ def reconstruct(
     served = _served(req.model, req.version, settings, store, serving)
     images = ops.input_images(served, req, settings)
     out = served.bundle.decode(ops.encode(served, images))
-    return _images_answer(served, out, req.format, lambda: ops.comparison_png(images, out))
+    return _answer(
+        served,
+        req.format,
+        lambda: _images(served, out),
+        npy=lambda: out,
+        png=lambda: ops.comparison_png(images, out),
+    )

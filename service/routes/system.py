@@ -19,7 +19,7 @@ from service.deps import (
 )
 from service.errors import redact
 from service.process import WorkerState
-from service.schemas import HealthResponse, ReadyResponse, WorkerOut
+from service.schemas import HealthResponse, ReadyResponse
 from service.store import ModelStore
 
 router = APIRouter(tags=["system"])
@@ -45,12 +45,14 @@ def readyz(
     version = served.version if served else None
     reason = _reason(name, version, store, worker, serving.problem(name) if name else None)
     reason = reason and redact(reason, store.root)  # no absolute store path to clients
-    body = ReadyResponse(
-        ready=version is not None,
-        default_model=name,
-        version=version,
-        reason=reason,
-        worker=WorkerOut.of(worker),
+    body = ReadyResponse.model_validate(
+        {
+            "ready": version is not None,
+            "default_model": name,
+            "version": version,
+            "reason": reason,
+            "worker": worker,
+        }
     )
     headers = None if body.ready else {"Retry-After": "5"}
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503, headers=headers)

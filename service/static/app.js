@@ -118,14 +118,18 @@ function updateModels(data) {
   if (state.model) select.value = state.model;
 }
 
-function updateClasses(classes) {
-  const same = classes.join() === state.classes.join();
-  state.classes = classes;
+// The class selector: each label (the API's label=) with its name beside it when the bundle
+// names its classes ("7 Sneaker").
+function updateClasses(classes, names) {
+  const shown = classes.map((c, k) => (names ? `${c} ${names[k]}` : String(c)));
+  const same = shown.join() === state.classes.join();
+  state.classes = shown;
   $("class-control").hidden = classes.length === 0;
   $("interp-class-control").hidden = classes.length === 0;
   if (same) return;
   const select = $("label");
-  select.replaceChildren(new Option("any", ""), ...classes.map((c) => new Option(c, c)));
+  const options = classes.map((c, k) => new Option(shown[k], c));
+  select.replaceChildren(new Option("any", ""), ...options);
 }
 
 let refreshing = false;
@@ -158,7 +162,7 @@ async function refreshOnce() {
   setBadge(...badgeFor(model, data.jobs));
   if (model && model.ready && model.served_version !== state.version) {
     state.version = model.served_version;
-    updateClasses(model.classes || []);
+    updateClasses(model.classes || [], model.class_names);
     await Promise.all([showGallery(), showInterpolation(), showSingularities()]);
   }
 }
@@ -289,7 +293,7 @@ async function showSingularities() {
     return;
   }
   const q = s.angle_quantiles;
-  const unit = s.frame === "raw" || s.frame === "standard" ? " rad" : "";
+  const unit = ` ${s.unit}`; // rad, or what the frame's score is (diffusion distance)
   const clusters = s.clusters > 0 ? `, ${s.clusters} spectral clusters` : "";
   const p = document.createElement("p");
   p.innerHTML =
