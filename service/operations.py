@@ -50,8 +50,8 @@ class SingularSummary:
         rule: how the threshold was chosen (``fixed``, ``quantile``, ``gap`` or
             ``clusters``).
         frame: how pairs are scored (``standard``, ``raw``, ``valley`` or ``diffusion``).
-        clusters: spectral clusters found by the eigengap (diffusion frame, cluster rule),
-            else 0.
+        clusters: spectral clusters of the latents, the random walk's slow modes (diffusion
+            frame, cluster rule), else 0.
         gap_ratio: for the gap rule and the default choice, how clearly the largest angles
             stand apart; else ``None``.
         reason: how the rule was chosen, in words.
