@@ -12,9 +12,10 @@ float64 instead of float32 encoding, the cell index backend of the fit and the p
 
 Each variant prints one JSON line: the default rule's cluster count and how it was chosen,
 the flagged share of adjacent pairs and its precision and recall for "different labels"
-(labels judge, no rule sees them), the diffusion distance's ROC AUC, and the same figures
-for the previous count (the largest drop of the 3-step walk's spectrum). The last line is the
-spread of each over all variants.
+(labels judge, no rule sees them), the diffusion distance's ROC AUC, the share of T~ samples
+blending across labels (each fitted map), and the flag's figures for the previous count
+(the largest drop of the 3-step walk's spectrum). The last line is the spread of each over
+all variants.
 
     python bench/singular_stability.py                 # every variant (about 10 minutes)
     python bench/singular_stability.py --variants "seed 0" "MKL AVX2"
@@ -39,6 +40,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import emit, machine_info  # noqa: E402
+from bench.singular_quality import median_spacing, mixing  # noqa: E402
 from models import (  # noqa: E402
     DIGITS_AUTOENCODER,
     DIGITS_RECIPE,
@@ -48,8 +50,10 @@ from models import (  # noqa: E402
 from models.runtime import cpu_threads  # noqa: E402
 from models.train import train_and_save  # noqa: E402
 from solver import (  # noqa: E402
+    DEFAULT_BLEND_MARGIN,
     DEFAULT_RULE,
     Adjacency,
+    ExtendedMap,
     FitConfig,
     build_extended_map,
     cluster_share_threshold,
@@ -130,8 +134,20 @@ def _adjacency(pairs: np.ndarray) -> Adjacency:
     return Adjacency(pairs=pairs, counts=ones, facet_measures=ones * 0.0, n_samples=len(pairs))
 
 
+def default_mixing(ext: ExtendedMap, labels: np.ndarray) -> float:
+    """Share of T~ samples with more than 1 % of their blend weight on another label.
+
+    The extended map uses the default rule's singular set (seed 0) and blend margin;
+    20,000 samples, as in bench/singular_quality.py.
+    """
+    singular = find_singular_set(ext.targets, ext.adjacency, DEFAULT_RULE, seed=0)
+    var = ext.replace(singular_set=singular, blend_margin=DEFAULT_BLEND_MARGIN)
+    ns = argparse.Namespace(mix_samples=20000, seed=0, mix_weight=0.01)
+    return mixing(var, labels, ns, median_spacing(ext.targets))["mixing"]
+
+
 def fit_and_pass(latents: np.ndarray, labels: np.ndarray, args: argparse.Namespace, **kw) -> tuple:
-    """OT fit (seed 0) and one Monte Carlo pass (seed 1): targets, adjacent pairs, labels."""
+    """OT fit (seed 0) and one Monte Carlo pass (seed 1): the map and each target's label."""
     backend = kw.get("backend", "auto")
     problem = make_problem(latents)
     result = fit(problem, FitConfig(target_l1=0.1, time_budget=900, seed=0, backend=backend))
@@ -144,7 +160,7 @@ def fit_and_pass(latents: np.ndarray, labels: np.ndarray, args: argparse.Namespa
     )
     merged = np.empty(problem.n_targets, dtype=np.int64)
     merged[problem.inverse] = labels
-    return problem.targets, ext.adjacency.pairs, merged
+    return ext, merged
 
 
 def worker(name: str, args: argparse.Namespace) -> None:
@@ -160,9 +176,11 @@ def worker(name: str, args: argparse.Namespace) -> None:
         config = replace(DIGITS_RECIPE, seed=seed, threads=threads)
         bundle = train_and_save(data, DIGITS_AUTOENCODER, config, out / "bundle")
     labels = np.asarray(bundle.labels)
-    targets, pairs, merged = fit_and_pass(bundle.latents, labels, args)
+    ext, merged = fit_and_pass(bundle.latents, labels, args)
+    targets, pairs = ext.targets, ext.adjacency.pairs
     l2 = bundle.metrics.l2_after_freeze if bundle.metrics else None
     row = {**base, "l2_after_freeze": l2, **judge(targets, pairs, merged)}
+    row["mixing"] = default_mixing(ext, merged)
     emit({**row, "seconds": round(time.perf_counter() - t0, 1)})
     if name != "seed 0":
         return
@@ -174,11 +192,13 @@ def worker(name: str, args: argparse.Namespace) -> None:
     encoder = copy.deepcopy(bundle.model.encoder).double().eval()
     with torch.no_grad():
         z64 = encoder(torch.from_numpy(data.images.astype(np.float64))).numpy()
-    t64, p64, m64 = fit_and_pass(z64.astype(np.float32), labels, args)
-    emit({**base, "variant": "seed 0, float64 encoder", **judge(t64, p64, m64)})
+    e64, m64 = fit_and_pass(z64.astype(np.float32), labels, args)
+    row = judge(e64.targets, e64.adjacency.pairs, m64) | {"mixing": default_mixing(e64, m64)}
+    emit({**base, "variant": "seed 0, float64 encoder", **row})
     for backend in ("simd", "faiss"):
-        tb, pb, mb = fit_and_pass(bundle.latents, labels, args, backend=backend)
-        emit({**base, "variant": f"seed 0, {backend} fit and pass", **judge(tb, pb, mb)})
+        eb, mb = fit_and_pass(bundle.latents, labels, args, backend=backend)
+        row = judge(eb.targets, eb.adjacency.pairs, mb) | {"mixing": default_mixing(eb, mb)}
+        emit({**base, "variant": f"seed 0, {backend} fit and pass", **row})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,8 +228,10 @@ def summary(rows: list[dict]) -> dict:
         return [round(min(values), 4), round(max(values), 4)]
 
     out: dict = {"name": NAME, "kind": "summary", "variants": len(rows)}
-    for key in ("clusters", "flagged", "precision", "recall", "auc", "different_share"):
-        out[key] = spread([r[key] for r in rows])
+    for key in ("clusters", "flagged", "precision", "recall", "auc", "different_share", "mixing"):
+        values = [r[key] for r in rows if key in r]
+        if values:
+            out[key] = spread(values)
     for key in ("clusters", "flagged", "precision", "recall"):
         out[f"previous_{key}"] = spread([r["previous"][key] for r in rows])
     out["load_average"] = os.getloadavg()
