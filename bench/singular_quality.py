@@ -317,7 +317,8 @@ def spectrum_figures(latents: np.ndarray, labels: np.ndarray, seed: int) -> dict
     return {
         "n_latents": len(y),
         "clusters": emb.n_clusters,
-        "eigengap": emb.gap,
+        "clusters_chosen_by": emb.chosen_by,
+        "separation": emb.separation,
         "cluster_purity": float(majority / len(y)),
         "knn_pairs": int(pairs.shape[0]),
         "different_share": float(different.mean()),

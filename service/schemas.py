@@ -340,8 +340,8 @@ class SingularitiesResponse(BaseModel):
     frame: Frame = Field(description=_FRAME_DESC)
     unit: str = Field(description=_UNIT_DESC)
     clusters: int = Field(
-        description="spectral clusters of the latents found by the eigengap (diffusion frame "
-        "or cluster rule), else 0"
+        description="spectral clusters of the latents: the slow modes of a random walk on "
+        "their neighbour graph (diffusion frame or cluster rule), else 0"
     )
     gap_ratio: float | None = Field(
         description="ratio of the angles either side of the largest gap (gap rule and the "

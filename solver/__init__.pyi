@@ -49,6 +49,7 @@ from .fitting.driver import fit, follow_fit, release_followers
 from .measures import SourceMeasure
 from .potential.diffusion import (
     DiffusionEmbedding,
+    count_modes,
     diffusion_distances,
     diffusion_embedding,
 )
@@ -65,9 +66,11 @@ from .potential.singular import (
     AngleFrame,
     SingularSet,
     adjacency_from_estimate,
+    cluster_share_threshold,
     dihedral_angles,
     find_singular_set,
     frame_angles,
+    standardise_targets,
 )
 from .potential.threshold import (
     DEFAULT_BLEND_MARGIN,
@@ -111,6 +114,9 @@ __all__ = [
     "DiffusionEmbedding",
     "diffusion_embedding",
     "diffusion_distances",
+    "count_modes",
+    "cluster_share_threshold",
+    "standardise_targets",
     "RuleName",
     "ThresholdRule",
     "check_accuracy",

@@ -321,8 +321,9 @@ class SingularSet:
             alike; empty for the other frames.
         embedding: for the diffusion frame, each target's diffusion coordinates, shape
             ``(N, m)``, for the same reason; ``(0, 0)`` for the other frames.
-        clusters: the number of spectral clusters the eigengap chose (when the diffusion
-            frame or the cluster share was used), else 0.
+        clusters: the number of spectral clusters of the targets (when the diffusion frame
+            or the cluster share was used; :func:`solver.potential.diffusion.count_modes`),
+            else 0.
 
     """
 
@@ -516,9 +517,8 @@ def find_singular_set(
         if spectral.n_clusters > 1:
             value, share = cluster_share_threshold(angles, adjacency.pairs, spectral.partitions)
             detail = (
-                f"{spectral.n_clusters} spectral clusters (eigengap {spectral.gap:.3g}) join "
-                f"{100 * share:.1f} % of the pairs in {SEPARATION_QUORUM:.0%} of "
-                f"{len(spectral.partitions)} k-means starts"
+                f"{spectral.describe()} join {100 * share:.1f} % of the pairs in "
+                f"{SEPARATION_QUORUM:.0%} of {len(spectral.partitions)} k-means starts"
             )
         else:  # no cluster structure to count: the median, as the rule's own fallback
             applied = QuantileThreshold(q=FALLBACK_QUANTILE)

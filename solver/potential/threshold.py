@@ -90,8 +90,8 @@ class QuantileThreshold:
 class ClusterShare:
     """Flag the share of pairs that join two different spectral clusters of the targets.
 
-    The number of clusters is the eigengap's (:func:`solver.potential.diffusion.
-    diffusion_embedding`); with s the share of observed pairs whose ends lie in different
+    The number of clusters is read from the walk's time scales (:func:`solver.potential.
+    diffusion.count_modes`); with s the share of observed pairs whose ends lie in different
     clusters in 3/4 of the k-means starts, the threshold is the ``1 - s`` quantile
     of the pair scores, so the highest scores are flagged in that number. With one cluster
     there is nothing to count, and the median is used.
