@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,7 @@ def judge(targets: np.ndarray, pairs: np.ndarray, labels: np.ndarray, seed: int 
     different = labels[pairs[:, 0]] != labels[pairs[:, 1]]
     s = find_singular_set(targets, _adjacency(pairs), DEFAULT_RULE, seed=seed)
     emb = diffusion_embedding(standardise_targets(targets), seed=seed)
-    row = {"clusters": s.clusters, "chosen_by": emb.chosen_by, "frame": s.frame}
+    row: dict[str, Any] = {"clusters": s.clusters, "chosen_by": emb.chosen_by, "frame": s.frame}
     row |= _flag_figures(s.singular, different)
     row["auc"] = float(roc_auc_score(different, s.angles)) if s.frame == "diffusion" else 0.5
     row["different_share"] = float(different.mean())
