@@ -3,7 +3,7 @@
 Prints one JSON object per fit. Usage::
 
     python bench/large_fit.py --sizes 60000x32:0.1 200000x32:0.1 --budget 1800
-    python bench/large_fit.py --sizes 10000x16:0.01 --budget 3600      # memory at a tight target
+    python bench/large_fit.py --sizes 10000x16:0.01 --budget 3600 --memory-trace  # memory
     python bench/large_fit.py --sizes 1000000x64:0.1 --budget 1800     # how far in 30 minutes
     torchrun --standalone --nproc-per-node 2 bench/large_fit.py --sizes 200000x32:0.1 --shard
 
@@ -33,7 +33,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import clustered_latents, emit, machine_info  # noqa: E402
-from solver import FitConfig, fit, follow_fit, make_problem, release_followers  # noqa: E402
+from solver import (  # noqa: E402
+    FitConfig,
+    FitProgress,
+    fit,
+    follow_fit,
+    make_problem,
+    release_followers,
+)
 
 # Parts of a fit by the functions that do them (module path fragment, function name).
 PARTS = {
@@ -50,6 +57,15 @@ def _size(size: str) -> tuple[int, int, float]:
     shape, _, target = size.partition(":")
     n, d = shape.split("x")
     return int(n), int(d), float(target or 0.1)
+
+
+def resident_gb() -> float:
+    """This process's resident memory now, GB (Linux; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**30, 3)
 
 
 def split(profile: cProfile.Profile) -> dict[str, float]:
@@ -69,10 +85,15 @@ def run(n: int, d: int, target: float, args: argparse.Namespace, rank: int) -> N
     )
     problem = make_problem(clustered_latents(n, d, seed=1)) if rank == 0 else None
     profile = cProfile.Profile() if args.profile else None
+    trace: list[tuple[int, int, float]] = []  # (iteration, samples, resident GB) per iteration
+
+    def record(progress: FitProgress) -> None:
+        trace.append((progress.record.iteration, progress.record.n_samples, resident_gb()))
+
     wall, cpu = time.perf_counter(), time.process_time()
     if profile is not None:
         profile.enable()
-    result = fit(problem, config) if rank == 0 else follow_fit()  # type: ignore[arg-type]
+    result = fit(problem, config, callback=record) if rank == 0 else follow_fit()  # type: ignore[arg-type]
     if profile is not None:
         profile.disable()
     assert result is not None
@@ -97,6 +118,7 @@ def run(n: int, d: int, target: float, args: argparse.Namespace, rank: int) -> N
             "cpu_s": round(time.process_time() - cpu, 1),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
             **({"split_s": split(profile)} if profile is not None else {}),
+            **({"rss_by_iteration": trace} if args.memory_trace and rank == 0 else {}),
             "load": os.getloadavg(),
         }
     )
@@ -109,6 +131,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="report where the time goes")
     parser.add_argument(
         "--shard", action="store_true", help="under torchrun: split the targets over the ranks"
+    )
+    parser.add_argument(
+        "--memory-trace",
+        action="store_true",
+        help="record (iteration, samples, resident GB) after every iteration (lead only)",
     )
     args = parser.parse_args()
     ranks = int(os.environ.get("WORLD_SIZE", "1"))

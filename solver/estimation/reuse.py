@@ -52,6 +52,8 @@ _OUTLIER_SHARE = 0.01
 # A batch whose uncertified share exceeds this is re-searched whole at the new heights, which
 # then become its reference (later bounds are tighter).
 _REFRESH_SHARE = 0.5
+# Rows per chunk of entry storage (64 batches of 65,536 samples; 16 to 80 MB by K and N).
+_CHUNK_ROWS = 1 << 22
 
 
 @dataclass
@@ -62,6 +64,41 @@ class _Entry:
     reference: np.ndarray  # h0, shape (N,), float64, shared by the entries made at h0
     cells: np.ndarray  # (B, K) uint16 or int32, the K best cells at their search heights
     bound: np.ndarray  # (B,) float32 rounded up, s_{K+1} shifted to the reference h0
+
+
+class _Slab:
+    """Append-only storage of the entries' cells and bounds, in chunks of ``_CHUNK_ROWS`` rows.
+
+    Entries are views into a few large chunks (allocated outside the heap the per-batch
+    temporaries come from), not one allocation each: interleaved with those temporaries,
+    per-entry arrays kept the heap from shrinking (measured at N = 10,000, d = 16: RSS grew
+    by about twice the entries' bytes over a 16 M-sample pass, by their bytes with chunks).
+    """
+
+    def __init__(self, k: int, cells: np.dtype) -> None:
+        self._k, self._dtype = k, cells
+        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        self._used = _CHUNK_ROWS
+
+    def take(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fresh ``(cells (rows, K), bound (rows,))`` views, valid until :meth:`clear`."""
+        if rows > _CHUNK_ROWS:
+            return np.empty((rows, self._k), self._dtype), np.empty(rows, np.float32)
+        if self._used + rows > _CHUNK_ROWS:
+            chunk = (
+                np.empty((_CHUNK_ROWS, self._k), self._dtype),
+                np.empty(_CHUNK_ROWS, np.float32),
+            )
+            self._chunks.append(chunk)
+            self._used = 0
+        cells, bound = self._chunks[-1]
+        lo, self._used = self._used, self._used + rows
+        return cells[lo : self._used], bound[lo : self._used]
+
+    def clear(self) -> None:
+        """Drop every chunk."""
+        self._chunks.clear()
+        self._used = _CHUNK_ROWS
 
 
 def entry_bytes(n_targets: int, candidates: int) -> int:
@@ -117,6 +154,7 @@ class ReuseIndex:
         self._cells = _cell_dtype(n)
         self._outliers = int(_OUTLIER_SHARE * n) if n - int(_OUTLIER_SHARE * n) >= 2 else 0
         self._max_bytes = max_bytes
+        self._slab = _Slab(self._k, self._cells)
         self._kept = 0
         self._certified = self._searched = 0
 
@@ -167,6 +205,7 @@ class ReuseIndex:
     def clear(self) -> None:
         """Forget every batch (call when the sample set changes)."""
         self._entries.clear()
+        self._slab.clear()
         self._kept = 0
         self._certified = self._searched = 0
 
@@ -248,23 +287,27 @@ class ReuseIndex:
         Returns the top-k re-scored exactly, as a certified answer is: the index's own float32
         scores differ from those in the last bits, and a fit's next step depends on them, so
         returning them made a batch's first pass differ from its later ones, and a fit resumed
-        from a checkpoint (its entries gone) drift from the uninterrupted fit. Past
-        ``max_bytes`` the batch keeps no entry (an entry it had is dropped) but answers the
-        same way, so the answer never depends on what else the budget holds.
+        from a checkpoint (its entries gone) drifted from the uninterrupted fit. A batch that had
+        an entry gets it rewritten in place; a new one is kept only within ``max_bytes`` (past
+        it the batch answers the same way, so the answer never depends on what else the budget
+        holds).
         """
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._kept -= old.cells.nbytes + old.bound.nbytes
+        entry = self._entries.get(key)
         size = x.shape[0] * (self._k * self._cells.itemsize + 4)
         top_s, top_c = self._numpy_search(x, self._k + 1)
-        cells = np.ascontiguousarray(top_c[:, : self._k], dtype=self._cells)
-        if self._max_bytes is not None and self._kept + size > self._max_bytes:
+        if entry is None and self._max_bytes is not None and self._kept + size > self._max_bytes:
+            cells = np.ascontiguousarray(top_c[:, : self._k], dtype=self._cells)
             return self._rescore(x, cells, k)
-        bound = _round_up(top_s[:, self._k].astype(np.float64) + _GUARD)
+        if entry is None:
+            cells, bound = self._slab.take(x.shape[0])
+            entry = _Entry(key, self._h, cells, bound)
+            self._entries[key] = entry
+            self._kept += size
+        entry.cells[:] = top_c[:, : self._k]
+        entry.bound[:] = _round_up(top_s[:, self._k].astype(np.float64) + _GUARD)
         # self._h is replaced, never written, on new heights: the entries of one pass share it.
-        self._entries[key] = _Entry(key, self._h, cells, bound)
-        self._kept += size
-        return self._rescore(x, cells, k)
+        entry.reference = self._h
+        return self._rescore(x, entry.cells, k)
 
     def _numpy_search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The wrapped index's full search (numpy in, numpy out)."""
