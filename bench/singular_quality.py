@@ -23,7 +23,8 @@ Prints one JSON object per line and two markdown tables (written to ``--out`` to
     python bench/singular_quality.py --datasets mnist --models /path/with/bundle-mnist
 
 Without a ``bundle-<name>`` in ``--models`` the script trains a small autoencoder (on
-``--ae-subset`` images) and a classifier of its own into ``--out``.
+``--ae-subset`` images) and a classifier of its own (on ``--classifier-subset`` images, by
+default as many) into ``--out``.
 """
 
 from __future__ import annotations
@@ -141,6 +142,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default="bench/out", help="bundle-<name>/, classifier-<name>")
     p.add_argument("--subset", type=int, default=3000, help="latents the OT is fitted to")
     p.add_argument("--ae-subset", type=int, default=3000, help="images, without --models")
+    p.add_argument(
+        "--classifier-subset",
+        type=int,
+        help="images the judging classifier trains on when none is found (default: --ae-subset)",
+    )
     p.add_argument("--ae-epochs", type=int, default=12, help="joint epochs, without --models")
     p.add_argument("--target-l1", type=float, default=0.1)
     p.add_argument("--time-budget", type=float, default=900.0)
@@ -268,7 +274,8 @@ def image_case(args: argparse.Namespace, name: str, out: Path) -> Case:
     else:
         test = load_idx_dataset(directory, split="test", name=name)
         clf_config = ClassifierTrainConfig(epochs=2, seed=args.seed, progress=False)
-        clf = train_classifier(train.subset(args.ae_subset, args.seed), clf_config, test=test)
+        images = args.classifier_subset or args.ae_subset
+        clf = train_classifier(train.subset(images, args.seed), clf_config, test=test)
         save_classifier(out / f"classifier-{name}.safetensors", clf)
     z, labels = bundle.latents, np.asarray(bundle.labels)
     rows = np.random.default_rng(args.seed).permutation(len(z))[: args.subset]
