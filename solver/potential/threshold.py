@@ -28,10 +28,11 @@ RuleName = Literal["fixed", "quantile", "gap", "clusters"]
 
 # T~ (solver.potential.extended_map) blends a neighbour only when its pair's score is at most
 # this share of the singular threshold. Chosen with the labels of the benchmark datasets
-# (docs/singular.md, "the blend margin"): of 0.35, 0.4, 0.5, 0.7 and 1 (benchmarks.md, run 8),
-# the largest that keeps digits' T~ samples blending across labels under 2 % with the
-# consensus cluster count (1.5 %, against 2.1 % at 0.4 and 9.0 % at 1), for 21 % less novelty
-# (the mean distance from T~(z) to T(z)). 1.0 blends across every regular facet.
+# (docs/singular.md, "the blend margin"): of 0.35, 0.4, 0.5, 0.7 and 1 (docs/benchmarks.md,
+# singular set quality), the largest that keeps digits' T~ samples blending across labels
+# under 2 % with the consensus cluster count (1.5 %, against 2.1 % at 0.4 and 9.0 % at 1),
+# for 21 % less novelty (the mean distance from T~(z) to T(z)). 1.0 blends across every
+# regular facet.
 DEFAULT_BLEND_MARGIN = 0.35
 
 # Default quantile rule: the largest 10 % of observed adjacent-pair angles are singular.
