@@ -25,7 +25,7 @@ import numpy as np
 
 from solver import FitConfig, fit, make_problem, power_diagram
 
-# (problem, N, d, goal seconds or None) as in the engine issue's goals.
+# (problem, N, d, wall-time goal in seconds or None; docs/benchmarks.md, exact-geometry fits).
 CASES = [
     ("uniform", 256, 2, 0.2),
     ("clusters", 256, 2, None),

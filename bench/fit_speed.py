@@ -2,7 +2,7 @@
 
 Prints one JSON object per line. Usage::
 
-    python bench/fit_speed.py                 # the CPU sizes (takes a while on 2 cores)
+    python bench/fit_speed.py                 # full sizes, up to N = 60,000 (a while on 2 cores)
     python bench/fit_speed.py --quick         # small sizes, a minute or two
     python bench/fit_speed.py --only fit --sizes 10000x16
     python bench/fit_speed.py --only throughput --sizes 60000x32   # search shapes, every backend

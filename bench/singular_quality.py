@@ -1,4 +1,4 @@
-"""Is the singular set right? Labels of the training data as the judge (issue 13).
+"""Is the singular set right? Labels of the training data as the judge.
 
 For each dataset the OT map is fitted to labelled latents (the 25-Gaussian grid: the points
 themselves, modes as labels; digits: the embedded default model; MNIST, Fashion-MNIST: an
