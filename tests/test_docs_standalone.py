@@ -17,13 +17,14 @@ import typer
 ROOT = Path(__file__).resolve().parents[1]
 
 # Specific forms only, so ordinary words pass: "docker stop", "stops at", "round(x, 2)",
-# "clips in round r", "test session", "issues a warning".
+# "clips in round r", "test session", "issues a warning", an option such as "--rounds 3".
 WORK_ITEM = re.compile(
     r"""
-    \b(?:stop|issue|round|session|ticket)s?(?:[ ]|-|[ ]?\#)\d+\b  # "stop 22", "issue #7"
+    (?<!-)\b(?:stop|issue|round|session|ticket)s?(?:[ ]|-|[ ]?\#)\d+\b  # "stop 22", "issue #7"
     | \(issue\b                                              # "(issue 13)", "(issue: ...)"
     | \bthe[ ]issue'?s\b                                     # "the issue's goal"
-    | \b(?:this|that|previous|earlier|later|next)[ ](?:round|stop|session)\b
+    | \b(?:this|that|previous|earlier|later)[ ](?:stop|session)\b
+    | \b(?:this|the[ ]previous|an[ ]earlier|a[ ]later)[ ]round\b(?![ ]of)  # not "... round of"
     | benchmarks\.md,?[ ]runs?[ ]\d+                         # a run number of a lab notebook
     """,
     re.IGNORECASE | re.VERBOSE,
@@ -60,6 +61,7 @@ def hits(text: str) -> list[str]:
         "The issue's goal, p99 <= 50 ms",
         "stops 23 and 24",
         "left for a later round",
+        "figures of this round",
         "see issue #7",
         "(benchmarks.md, run 8)",
     ],
@@ -78,7 +80,10 @@ def test_the_pattern_catches_work_items(text: str) -> None:
         "a fitted store made once per test session",
         "it issues a warning",
         "most runs 116-130 s; ten runs",
+        "python bench/train_speed.py --rounds 3",
         "the lead's release; a round trip to the host",
+        "the poller rebuilds the catalogue at its next round",
+        "in the previous round of clipping",
     ],
 )
 def test_the_pattern_passes_ordinary_words(text: str) -> None:
