@@ -135,3 +135,23 @@ def test_the_openapi_schema_names_no_work_item(tmp_path: Path) -> None:
     schema = json.dumps(create_app(make_settings(tmp_path / "store")).openapi())
     assert "/sample" in schema
     assert not hits(schema), hits(schema)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_markdown_anchor_link_resolves() -> None:
+    """Links such as ``benchmarks.md#service-...`` point at a heading that exists."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    anchors = {
+        page: {_slug(m) for m in re.findall(r"^#+ (.+)$", page.read_text(), re.M)} for page in pages
+    }
+    broken = []
+    for page in pages:
+        for target, anchor in re.findall(r"\]\(([\w./-]*\.md)?#([^)\s]+)\)", page.read_text()):
+            linked = (page.parent / target).resolve() if target else page
+            if anchor not in anchors.get(linked, set()):
+                broken.append(f"{page.relative_to(ROOT)}: {target}#{anchor}")
+    assert not broken, broken
