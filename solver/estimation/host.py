@@ -311,9 +311,3 @@ def kantorovich_potential(index: CellIndex, x: np.ndarray) -> np.ndarray:
     scores, _ = index.search(np.asarray(x, dtype=np.float32), 1)
     x64 = np.asarray(x, dtype=np.float64)
     return 0.5 * np.square(x64).sum(axis=1) - scores[:, 0].astype(np.float64)
-
-
-def brenier_potential(index: CellIndex, x: np.ndarray) -> np.ndarray:
-    """u_h(x) = max_i <x, y_i> + h_i at points x (shape ``(M, d)``); shape ``(M,)``, float64."""
-    scores, _ = index.search(np.asarray(x, dtype=np.float32), 1)
-    return scores[:, 0].astype(np.float64)

@@ -368,11 +368,6 @@ class SingularSet:
         return self.pairs[self.singular]
 
     @property
-    def regular_pairs(self) -> np.ndarray:
-        """Adjacent pairs the extended map may interpolate across, shape ``(P - S, 2)``."""
-        return self.pairs[~self.singular]
-
-    @property
     def n_pairs(self) -> int:
         """Number P of observed adjacent pairs."""
         return int(self.pairs.shape[0])
@@ -405,10 +400,6 @@ class SingularSet:
         pos = np.minimum(np.searchsorted(self._codes, codes), self._codes.size - 1)
         found = (self._codes[pos] == codes) & (i != j)
         return np.where(found, self._order[pos], -1)
-
-    def is_adjacent(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Whether {i, j} was observed as adjacent (elementwise, bool)."""
-        return self.lookup(i, j) >= 0
 
     def is_singular(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Whether {i, j} is an observed adjacent pair with a singular facet (bool)."""
