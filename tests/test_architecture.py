@@ -67,7 +67,7 @@ def test_benchmark_peers_stay_in_bench(package):
         assert not peers, f"{path} imports {peers}"
 
 
-def test_only_the_index_module_loads_the_compiled_kernel():
+def test_only_the_kernel_module_loads_the_compiled_kernel():
     def loads_kernel(path: Path) -> bool:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import) and any(a.name.endswith("._simd") for a in node.names):
@@ -83,7 +83,7 @@ def test_only_the_index_module_loads_the_compiled_kernel():
         for path in (ROOT / package).rglob("*.py")
         if loads_kernel(path)
     }
-    assert loaders == {"solver/cells/index.py"}
+    assert loaders == {"solver/cells/simd_index.py"}
 
 
 def test_the_faiss_allow_list_is_real():

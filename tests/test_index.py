@@ -6,7 +6,7 @@ import torch
 from oracles import brute_force, dyadic_ties, ranked, unambiguous
 
 from solver import BACKENDS, CellIndex, available_backends, resolve_backend
-from solver.cells.index import simd_layout
+from solver.cells.simd_index import simd_layout
 
 CPU_BACKENDS = available_backends("cpu")
 
@@ -237,21 +237,21 @@ def test_ivf_recall_is_exact_when_every_list_is_probed(rng):
 
 def test_candidate_scores_match_numpy_with_and_without_the_kernel(rng, monkeypatch):
     """The kernel's float64 re-scoring of per-query candidates equals the numpy fallback."""
-    from solver.cells import index as index_module
+    from solver.cells import simd_index
 
     y = rng.standard_normal((50, 7)).astype(np.float32)
     h = rng.standard_normal(50)
     x = (rng.random((300, 7)) - 0.5).astype(np.float32)
     cand = rng.integers(0, 50, size=(300, 5)).astype(np.int32)
     cand[:, 4] = cand[:, 0]  # a repeated candidate ties with itself: first position wins
-    s_fast, c_fast = index_module.candidate_scores(x, y, h, cand, 3)
-    monkeypatch.setattr(index_module, "_simd", None)
-    s_ref, c_ref = index_module.candidate_scores(x, y, h, cand, 3)
+    s_fast, c_fast = simd_index.candidate_scores(x, y, h, cand, 3)
+    monkeypatch.setattr(simd_index, "_simd", None)
+    s_ref, c_ref = simd_index.candidate_scores(x, y, h, cand, 3)
     np.testing.assert_allclose(s_fast, s_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(c_fast, c_ref)
     direct = x.astype(np.float64) @ y.astype(np.float64).T + h
     np.testing.assert_allclose(s_ref[:, 0], direct[np.arange(300)[:, None], cand].max(axis=1))
     monkeypatch.undo()
-    if "simd" in index_module.available_backends("cpu"):  # the kernel checks its candidates
+    if "simd" in available_backends("cpu"):  # the kernel checks its candidates
         with pytest.raises(ValueError, match="out of range"):
-            index_module.candidate_scores(x, y, h, np.full((300, 5), 50, np.int32), 2)
+            simd_index.candidate_scores(x, y, h, np.full((300, 5), 50, np.int32), 2)

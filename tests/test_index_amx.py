@@ -9,7 +9,7 @@ import pytest
 from oracles import brute_force, separated
 
 from solver import CellIndex, available_backends
-from solver.cells.index import amx_error_bound, amx_layout
+from solver.cells.simd_index import amx_error_bound, amx_layout
 
 pytestmark = pytest.mark.skipif(
     "amx" not in available_backends("cpu"), reason="needs a CPU with AMX-BF16"

@@ -2,8 +2,8 @@
 
 With a_i = [y_i, h_i] and q(x) = [x, 1], the cell of x is argmax_i <q(x), a_i>: the Brenier
 potential u_h(x) = max_i <x, y_i> + h_i is attained there. This is the only module that imports
-FAISS or the compiled kernel. Backends share one small interface and are chosen once
-(``backend="auto"``):
+FAISS; the compiled kernel's backends live in :mod:`solver.cells.simd_index`. Backends share one
+small interface and are chosen once (``backend="auto"``):
 
 - ``simd``: the fused CPU kernel of ``solver/cells/_simd.c`` (compiled at install): scores
   stay in vector registers and each query keeps its k best cells, so a search costs the
@@ -11,9 +11,9 @@ FAISS or the compiled kernel. Backends share one small interface and are chosen 
   cell-query throughput). New heights are written into its padded copy.
 - ``amx``: on CPUs with AMX-BF16 tiles, the same kernel's bfloat16 tile screen keeps a few
   more candidates than asked, re-scores them in float64 and certifies each query with a
-  rounding bound (:func:`amx_error_bound`); uncertified queries are screened again in a
-  split precision, and the few still open go to ``simd``. The result is exact; at
-  N = 60,000, d = 32 it is 1.5 to 2.5x ``simd`` (docs/benchmarks.md).
+  rounding bound (:func:`~solver.cells.simd_index.amx_error_bound`); uncertified queries are
+  screened again in a split precision, and the few still open go to ``simd``. The result is
+  exact; at N = 60,000, d = 32 it is 1.5 to 2.5x ``simd`` (docs/benchmarks.md).
 - ``faiss``: FAISS ``IndexFlatIP`` on the CPU (the fallback when the kernel was not built);
   new heights are written in place into the index's stored vectors (only the last column
   changes).
@@ -31,17 +31,18 @@ numpy in, numpy out; a torch tensor in, tensors on the same device out.
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol, overload
 
 import numpy as np
 import torch
 
+from solver.cells import simd_index
+from solver.cells.search_pool import TASK_QUERIES, like_input, split_queries
+from solver.cells.simd_index import candidate_scores
 from solver.cells.ties import (
+    Array,
     check_finite,
     check_queries,
     lowest_index_first,
@@ -53,34 +54,8 @@ try:  # faiss-cpu or faiss-gpu; the torch backend works without either.
 except ImportError:  # pragma: no cover - exercised only on hosts without faiss
     faiss = None  # type: ignore[assignment]  # every use checks for a missing faiss first
 
-try:  # built by setup.py when the install had a C compiler; FAISS serves the CPU without it.
-    from solver.cells import _simd
-except ImportError:  # pragma: no cover - exercised only on installs without a compiler
-    _simd = None  # type: ignore[assignment]  # every use checks for a missing kernel first
-
-Array = np.ndarray | torch.Tensor
-
 # Score-matrix budget of the torch backend: 2^24 float32 = 64 MiB per chunk whatever M and N.
 _TORCH_CHUNK_ELEMENTS = 1 << 24
-# Queries per task of the CPU search pool (the simd kernel and FAISS). FAISS's own OpenMP split
-# of one search was slower with 2 threads than with 1 on the 2-core box (N = 10,000, d = 16:
-# 60-67k vs 110-130k queries/s); one single-threaded call per pool thread on its share of the
-# queries gave 157-165k (docs/benchmarks.md, cell-query throughput).
-_TASK_QUERIES = 8192
-# Cells per vector block of the simd kernel's layout, and the most candidates its re-scoring
-# takes per query (solver/cells/_simd.c).
-_SIMD_LANES = 16
-_SIMD_MAX_CANDIDATES = 64
-# Extra cells the AMX screen keeps per query beyond the k asked for, by precision mode, and
-# its switch from mode 1 to mode 3: after this many queries, if more than this share stayed
-# uncertified (each costs a second screen, in mode 3). Chosen on the clustered N = 60,000,
-# d = 32 benchmark targets and the MNIST latents (docs/benchmarks.md, cell-query throughput).
-_AMX_EXTRA = {1: 11, 3: 3}
-_AMX_MIN_QUERIES = 16384
-_AMX_OPEN_SHARE = 0.4
-# Below this N d the fixed costs per query (conversion, re-scoring, certificate) outweigh the
-# faster products: the exact kernel answers (at N = 10,000, d = 16 it was as fast as AMX).
-_AMX_MIN_WORK = 1 << 18
 
 
 class _Backend(Protocol):
@@ -156,8 +131,8 @@ def available_backends(device: DeviceKind | None = None) -> list[str]:
         "triton": lambda: torch.cuda.is_available() and _fused_available(),
         "faiss-gpu": lambda: torch.cuda.is_available() and faiss_gpu_count() > 0,
         "torch-cuda": torch.cuda.is_available,
-        "amx": lambda: _simd is not None and _simd.amx_available(),
-        "simd": lambda: _simd is not None,
+        "amx": simd_index.amx_available,
+        "simd": simd_index.kernel_available,
         "faiss": lambda: faiss is not None,
         "torch": lambda: True,
     }
@@ -217,49 +192,6 @@ def nearest_neighbours(points: np.ndarray, queries: np.ndarray, k: int) -> np.nd
     index = CellIndex(p, -0.5 * np.square(p).sum(axis=1))
     found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
     return np.asarray(found, dtype=np.int64)
-
-
-def candidate_scores(
-    x: np.ndarray, y: np.ndarray, h: np.ndarray, candidates: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Float64 scores of each query's own candidate cells; the best k of them, best first.
-
-    Args:
-        x: queries, shape ``(M, d)``, float32.
-        y: targets, shape ``(N, d)``, float32 (each product is formed in float64, so no
-            float64 copy of the targets is needed).
-        h: heights, shape ``(N,)``, float64.
-        candidates: cells per query, shape ``(M, K)``, integers, ``k <= K``.
-        k: how many to return.
-
-    Returns:
-        ``(scores, cells)``, shape ``(M, k)``: float64 scores and int64 cells (equal scores:
-        the lower cell first; a cell listed twice keeps its first place). The compiled kernel
-        computes them when it was built (no ``(M, K, d)`` gather), numpy otherwise; both sum
-        in float64.
-
-    """
-    m, kc = candidates.shape
-    if _simd is not None and kc <= _SIMD_MAX_CANDIDATES:
-        scores = np.empty((m, k), dtype=np.float64)
-        cells = np.empty((m, k), dtype=np.int64)
-        _simd.rescore(
-            np.ascontiguousarray(x, dtype=np.float32),
-            np.ascontiguousarray(y, dtype=np.float32),
-            np.ascontiguousarray(h, dtype=np.float64),
-            np.ascontiguousarray(candidates, dtype=np.int32),
-            m,
-            y.shape[1],
-            kc,
-            k,
-            scores,
-            cells,
-        )
-        return scores, cells
-    s = np.einsum("bd,bkd->bk", x.astype(np.float64), y[candidates].astype(np.float64))
-    s += h[candidates]
-    order = np.lexsort((candidates, -s))[:, :k]
-    return np.take_along_axis(s, order, axis=1), np.take_along_axis(candidates, order, axis=1)
 
 
 class CellIndex:
@@ -381,9 +313,9 @@ class CellIndex:
 
 def _make_backend(name: str, y: np.ndarray, h: np.ndarray) -> _Backend:
     if name == "amx":
-        return _AmxCPU(y, h)
+        return simd_index.AmxBackend(y, h)
     if name == "simd":
-        return _SimdCPU(y, h)
+        return simd_index.SimdBackend(y, h)
     if name == "faiss":
         return _FaissCPU(y, h)
     if name == "faiss-gpu":
@@ -411,287 +343,6 @@ def _as_numpy_queries(x: Array) -> np.ndarray:
     q[:, :-1] = x
     q[:, -1] = 1.0
     return q
-
-
-def _float32_queries(x: Array) -> np.ndarray:
-    """Queries as a contiguous float32 numpy array (the compiled kernel's input)."""
-    if isinstance(x, torch.Tensor):
-        return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _like(x: Array, scores: np.ndarray, cells: np.ndarray) -> tuple[Array, Array]:
-    if isinstance(x, torch.Tensor):
-        return (
-            torch.from_numpy(scores).to(x.device),
-            torch.from_numpy(cells.astype(np.int64)).to(x.device),
-        )
-    return scores, cells.astype(np.int64, copy=False)
-
-
-def search_threads() -> int:
-    """Threads of the CPU search pool: torch's intra-op thread count.
-
-    One setting for every CPU kernel of a process: torch takes it from ``OMP_NUM_THREADS``
-    (``torchrun`` sets 1 per rank, so ranks do not oversubscribe the cores) or the cores.
-    """
-    return max(1, torch.get_num_threads())
-
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _forget_pool() -> None:
-    """In a forked child the parent's pool threads do not exist: start a new pool on use."""
-    global _POOL  # noqa: PLW0603
-    _POOL = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _single_threaded_faiss() -> None:
-    if faiss is not None:
-        faiss.omp_set_num_threads(1)
-
-
-def _search_pool() -> ThreadPoolExecutor:
-    """One process-wide pool of CPU search threads (FAISS runs one OpenMP thread in each)."""
-    global _POOL  # noqa: PLW0603 - created on first use, shared by every index
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(
-            search_threads(), thread_name_prefix="cell-search", initializer=_single_threaded_faiss
-        )
-    return _POOL
-
-
-def _split(m: int, task: Callable[[int, int], None]) -> None:
-    """Run ``task(lo, hi)`` over the query ranges of the search pool's tasks.
-
-    One task runs in the caller's thread, so concurrent small searches (a server's requests)
-    run side by side instead of queueing for the pool.
-    """
-    if m <= _TASK_QUERIES:
-        task(0, m)
-        return
-    # list() waits for every task and re-raises the first error.
-    starts = range(0, m, _TASK_QUERIES)
-    list(_search_pool().map(lambda lo: task(lo, min(lo + _TASK_QUERIES, m)), starts))
-
-
-def simd_layout(y: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The kernel's block-major copy of targets y (N, d) and heights h (N,).
-
-    Returns ``(yb, hb)``: ``yb[b, c, l] = y[16 b + l, c]``, shape ``(ceil(N / 16), d, 16)``, and
-    ``hb``, shape ``(16 ceil(N / 16),)``, both float32; padding cells are zero with height -inf.
-    """
-    n, d = y.shape
-    blocks = -(-n // _SIMD_LANES)
-    padded = np.zeros((blocks * _SIMD_LANES, d), dtype=np.float32)
-    padded[:n] = y
-    yb = np.ascontiguousarray(padded.reshape(blocks, _SIMD_LANES, d).transpose(0, 2, 1))
-    hb = np.full(blocks * _SIMD_LANES, -np.inf, dtype=np.float32)
-    hb[:n] = h
-    return yb, hb
-
-
-class _SimdCPU:
-    """The fused kernel (``solver/cells/_simd.c``) over a block-major copy of the targets.
-
-    Cells are padded to a multiple of 16 (padding heights -inf, so they never win) and stored
-    as ``yb[b, c, l] = y[16 b + l, c]``: one vector load holds one coordinate of 16 cells.
-    The kernel follows the tie rule by itself: it meets each query's cells in index order, a
-    cell enters a list only by beating its last score, and it goes after the equal ones.
-    """
-
-    name = "simd"
-
-    def __init__(self, y: np.ndarray, h: np.ndarray) -> None:
-        if _simd is None:
-            raise ValueError(
-                "backend 'simd' needs the compiled kernel (reinstall with a C compiler)"
-            )
-        self._yb, self._hb = simd_layout(y, h)
-        self._n, self._d = y.shape
-
-    def set_heights(self, heights: np.ndarray) -> None:
-        self._hb[: self._n] = heights
-
-    def search(self, x: Array, k: int) -> tuple[Array, Array]:
-        q = _float32_queries(x)
-        m = q.shape[0]
-        scores = np.empty((m, k), dtype=np.float32)
-        cells = np.empty((m, k), dtype=np.int64)
-        assert _simd is not None  # checked in __init__
-
-        def task(lo: int, hi: int) -> None:
-            _simd.topk(
-                q[lo:hi], self._yb, self._hb, hi - lo, self._d, k, scores[lo:hi], cells[lo:hi]
-            )
-
-        _split(m, task)
-        return _like(x, scores, cells)
-
-
-def amx_layout(y: np.ndarray, mode: int) -> tuple[np.ndarray, int, int]:
-    """The AMX screen's tile copy of targets y (N, d) in precision ``mode`` (1 or 3).
-
-    Each cell's vector is expanded to bfloat16 values (mode 1: ``bf16(y)``; mode 3: the head
-    ``bf16(y)`` twice and the tail ``bf16(y - head)``, to meet the queries' ``[head, tail,
-    head]``), zero-padded to ``nk`` chunks of ``cw`` values (``cw`` even, at most 32), and
-    stored per 16-cell block in the tile multiply's pair-interleaved order. The number of
-    blocks is even (the kernel scores two blocks at a time); padding cells are zero.
-
-    Returns ``(ya, nk, cw)``: ``ya`` uint16 of shape ``(blocks, nk, cw / 2, 16, 2)``.
-    """
-    n, d = y.shape
-    head = _bf16(y)
-    parts = [head] if mode == 1 else [head, head, _bf16(y - _from_bf16(head))]
-    width = len(parts) * d
-    cw = min(32, width + width % 2)
-    nk = -(-width // cw)
-    blocks = -(-n // (2 * _SIMD_LANES)) * 2
-    expanded = np.zeros((blocks * _SIMD_LANES, nk * cw), dtype=np.uint16)
-    expanded[:n, :width] = np.concatenate(parts, axis=1)
-    tiles = expanded.reshape(blocks, _SIMD_LANES, nk, cw // 2, 2).transpose(0, 2, 3, 1, 4)
-    return np.ascontiguousarray(tiles), nk, cw
-
-
-def _bf16(a: np.ndarray) -> np.ndarray:
-    """float32 values rounded to bfloat16 (to nearest, ties to even), as uint16 bit patterns."""
-    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-    return ((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
-
-
-def _from_bf16(b: np.ndarray) -> np.ndarray:
-    return (b.astype(np.uint32) << 16).view(np.float32)
-
-
-def amx_error_bound(
-    x: np.ndarray, y_norm: float, h_norm: float, mode: int, width: int
-) -> np.ndarray:
-    """Per query, a bound on |AMX score - exact score| over all cells (score units).
-
-    For mode 1 each product x_c y_c carries the two bfloat16 roundings (unit roundoff
-    u = 2^-8): error <= (2 u + u^2) |x_c| |y_c|. For mode 3 the head and tail of each factor
-    leave a remainder of at most u^2 of it and the dropped tail product is at most u^2 (1 + u)^2
-    of it: error <= (3 u^2 + 4 u^3) |x_c| |y_c|. Summing over c (Cauchy-Schwarz:
-    sum |x_c| |y_c| <= |x| max_j |y_j|) and adding the float32 accumulation of ``width``
-    products and the height (gamma_{width+1} of the absolute sum), with 2 % to spare.
-
-    Args:
-        x: queries, shape ``(M, d)``.
-        y_norm: ``max_j |y_j|``.
-        h_norm: ``max_j |h_j|``.
-        mode: 1 or 3.
-        width: products per score (``nk cw``).
-
-    """
-    u = 2.0**-8
-    steps = (width + 1) * 2.0**-24
-    gamma = steps / (1.0 - steps)
-    rel = 2 * u + u * u if mode == 1 else 3 * u * u + 4 * u**3
-    s = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)) * y_norm
-    return 1.02 * (rel * s + gamma * (1.05 * s + h_norm)) + 1e-30
-
-
-class _AmxCPU:
-    """AMX tiles screen, float64 re-scoring certifies: exact top-k, faster than ``simd``.
-
-    The kernel's ``amx_topk`` returns each query's ``k + extra`` best cells by bfloat16
-    scores. Their exact (float64) scores are computed, and the query is certified when its
-    k-th best exact score beats the screen's last kept score plus the rounding bound of
-    :func:`amx_error_bound`: then no other cell can reach the top k. Queries the one-product
-    screen (mode 1) leaves uncertified are screened again in the split precision (mode 3,
-    three products, a bound about 170x tighter), and the few left after that are searched by
-    the exact float32 kernel (``simd``). The result is therefore the same as that backend's up
-    to float32 rounding of ties.
-
-    If more than ``_AMX_OPEN_SHARE`` of an index's queries stay uncertified in mode 1
-    (targets whose top scores crowd within its bound), the index screens in mode 3 from then
-    on: past that share the second screen costs more than screening once in mode 3.
-    """
-
-    name = "amx"
-
-    def __init__(self, y: np.ndarray, h: np.ndarray) -> None:
-        if _simd is None or not _simd.amx_available():
-            raise ValueError("backend 'amx' needs the compiled kernel and a CPU with AMX-BF16")
-        self._exact = _SimdCPU(y, h)
-        self._n, self._d = y.shape
-        self._y = y
-        self._y_norm = float(np.sqrt(np.square(y, dtype=np.float64).sum(axis=1).max()))
-        blocks = -(-self._n // (2 * _SIMD_LANES)) * 2
-        self._hb = np.full(blocks * _SIMD_LANES, -np.inf, dtype=np.float32)
-        self.set_heights(h)
-        self._layouts: dict[int, tuple[np.ndarray, int, int]] = {}
-        self.mode = 1
-        self.screened = self.opened = 0
-
-    def set_heights(self, heights: np.ndarray) -> None:
-        self._exact.set_heights(heights)
-        self._hb[: self._n] = heights
-        self._h = heights.astype(np.float64)
-        self._h_norm = float(np.abs(self._h).max())
-
-    def search(self, x: Array, k: int) -> tuple[Array, Array]:
-        q = _float32_queries(x)
-        if k + _AMX_EXTRA[3] >= self._n or self._n * self._d < _AMX_MIN_WORK:
-            return self._exact.search(x, k)
-        scores, cells, open_ = self._screen(q, k, self.mode)
-        rows = np.flatnonzero(open_)
-        self._account(q.shape[0], rows.size)
-        if rows.size and self.mode == 1:  # the split precision certifies nearly all of them
-            s3, c3, open3 = self._screen(q[rows], k, 3)
-            scores[rows], cells[rows] = s3, c3
-            rows = rows[open3]
-        if rows.size:
-            scores[rows], cells[rows] = self._exact.search(q[rows], k)
-        return _like(x, scores, cells)
-
-    def _screen(
-        self, q: np.ndarray, k: int, mode: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Screened, re-scored top-k of queries q in precision ``mode``, and which are open."""
-        kc = min(self._n, k + _AMX_EXTRA[mode], _SIMD_MAX_CANDIDATES)
-        m = q.shape[0]
-        ya, nk, cw = self._layout(mode)
-        scores = np.empty((m, k), dtype=np.float32)
-        cells = np.empty((m, k), dtype=np.int64)
-        open_ = np.zeros(m, dtype=bool)
-        assert _simd is not None  # checked in __init__
-
-        def task(lo: int, hi: int) -> None:
-            approx = np.empty((hi - lo, kc), dtype=np.float32)
-            cand = np.empty((hi - lo, kc), dtype=np.int64)
-            _simd.amx_topk(q[lo:hi], ya, self._hb, hi - lo, self._d, mode, nk, cw, kc, approx, cand)
-            best, top = candidate_scores(q[lo:hi], self._y, self._h, cand.astype(np.int32), k)
-            bound = approx[:, -1] + amx_error_bound(
-                q[lo:hi], self._y_norm, self._h_norm, mode, nk * cw
-            )
-            open_[lo:hi] = ~(best[:, -1] > bound)
-            scores[lo:hi] = best
-            cells[lo:hi] = top
-
-        _split(m, task)
-        return scores, cells, open_
-
-    def _layout(self, mode: int) -> tuple[np.ndarray, int, int]:
-        if mode not in self._layouts:
-            self._layouts[mode] = amx_layout(self._y, mode)
-        return self._layouts[mode]
-
-    def _account(self, m: int, opened: int) -> None:
-        self.screened += m
-        self.opened += opened
-        if (
-            self.mode == 1
-            and self.screened >= _AMX_MIN_QUERIES
-            and self.opened > _AMX_OPEN_SHARE * self.screened
-        ):
-            self.mode = 3
-            self.screened = self.opened = 0
 
 
 class _FaissCPU:
@@ -722,10 +373,10 @@ class _FaissCPU:
         scores, cells = lowest_index_first(
             scores, cells, k, lambda rows, width: self._search(q[rows], width), self._n
         )
-        return _like(x, np.ascontiguousarray(scores), np.ascontiguousarray(cells))
+        return like_input(x, np.ascontiguousarray(scores), np.ascontiguousarray(cells))
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if q.shape[0] <= _TASK_QUERIES:
+        if q.shape[0] <= TASK_QUERIES:
             # One task in the caller's thread, with one OpenMP thread as in the pool (the
             # setting is the calling thread's own, restored after).
             threads = faiss.omp_get_max_threads()
@@ -739,9 +390,10 @@ class _FaissCPU:
         cells = np.empty((q.shape[0], k), dtype=np.int64)
 
         def task(lo: int, hi: int) -> None:
+            faiss.omp_set_num_threads(1)  # this pool thread's own setting: one FAISS thread
             scores[lo:hi], cells[lo:hi] = self._index.search(q[lo:hi], k)
 
-        _split(q.shape[0], task)
+        split_queries(q.shape[0], task)
         return scores, cells
 
 
@@ -766,7 +418,7 @@ class _FaissGPU:  # pragma: no cover - needs faiss-gpu and CUDA
         scores, cells = lowest_index_first(
             scores, cells, k, lambda rows, width: self._index.search(q[rows], width), n
         )
-        return _like(x, np.ascontiguousarray(scores), np.ascontiguousarray(cells))
+        return like_input(x, np.ascontiguousarray(scores), np.ascontiguousarray(cells))
 
 
 class _Torch:

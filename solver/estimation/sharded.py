@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from solver.cells.index import CellIndex, candidate_scores
+from solver.cells.index import CellIndex
+from solver.cells.simd_index import candidate_scores
 from solver.cells.ties import check_finite, check_queries
 
 Array = np.ndarray | torch.Tensor
@@ -157,7 +158,7 @@ class ShardedIndex:
     def candidate_scores(
         self, x: np.ndarray, heights: np.ndarray, candidates: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`solver.cells.index.candidate_scores` over all shards (collective).
+        """:func:`solver.cells.simd_index.candidate_scores` over all shards (collective).
 
         Each rank scores the candidates it holds (float64, as the one-process function does);
         an all-reduce takes the maximum, so every rank gets every candidate's exact score.
