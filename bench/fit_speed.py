@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import clustered_latents, emit, machine_info  # noqa: E402
 from bench.exact_fit import PEER_CASES, exact_peer_rows, exact_rows  # noqa: E402
+from bench.ivf import ivf_rows  # noqa: E402
 from bench.peers import PEERS, PeerResult, run_peer, version  # noqa: E402
 from solver import (  # noqa: E402
     AdamConfig,
@@ -45,7 +46,6 @@ from solver import (  # noqa: E402
     available_backends,
     check_accuracy,
     fit,
-    ivf_recall,
     make_problem,
 )
 
@@ -69,30 +69,6 @@ def throughput(backend: str, n: int, d: int, k: int, queries: int) -> float:
         index.search(x, k)
         best = min(best, time.perf_counter() - start)
     return queries / best
-
-
-def ivf_rows(quick: bool) -> None:
-    """IVF recall and speed-up against exact top-2 search, at Voronoi-start heights."""
-    shapes = [(10000, 16)] if quick else [(10000, 16), (60000, 32)]
-    for n, d in shapes:
-        y = clustered_latents(n, d, seed=1).astype(np.float64)
-        y = (y - y.mean(axis=0)) / np.sqrt(np.square(y - y.mean(axis=0)).sum(axis=1).mean())
-        y *= np.sqrt(d / 12.0)  # the fit's frame: spread of the unit cube
-        h = -0.5 * np.square(y).sum(axis=1)
-        x = SourceMeasure(dim=d).sample(65536, seed=1)
-        base = round(np.sqrt(n))
-        for lists in (base, 4 * base):
-            for row in ivf_recall(y, h, x, lists, [1, 2, 4, 8, 16]):
-                emit(
-                    {
-                        "bench": "solver",
-                        "kind": "ivf",
-                        "n": n,
-                        "d": d,
-                        **row.__dict__,
-                        "load": os.getloadavg(),
-                    }
-                )
 
 
 def time_to_accuracy(n: int, d: int, target: float, args: argparse.Namespace) -> None:

@@ -52,7 +52,8 @@ def test_solver_is_entered_only_through_its_public_door(package):
 
 
 def test_only_the_index_modules_touch_faiss():
-    allowed = {"solver/cells/index.py"}
+    # bench/ivf.py measures FAISS's approximate index against the exact search; it is no backend.
+    allowed = {"solver/cells/index.py", "bench/ivf.py"}
     for package in ("solver", "models", "service", "bench"):
         for path, names in imported_modules(package).items():
             if "faiss" in top_level(names):

@@ -223,18 +223,6 @@ def test_the_kernel_refuses_buffers_of_the_wrong_size():
         simd.topk(x, yb, hb, 10, 4, 2, ro, cells)
 
 
-def test_ivf_recall_is_exact_when_every_list_is_probed(rng):
-    pytest.importorskip("faiss")
-    from solver import ivf_recall
-
-    y = rng.standard_normal((400, 4))
-    h = -0.5 * np.square(y).sum(axis=1)
-    x = rng.random((2000, 4)) - 0.5
-    few, every = ivf_recall(y, h, x, lists=10, probes=[1, 10])
-    assert every.top1 == 1.0 and every.top2 > 0.999  # float32 ties only
-    assert few.top1 <= every.top1 and few.speedup > 0
-
-
 def test_candidate_scores_match_numpy_with_and_without_the_kernel(rng, monkeypatch):
     """The kernel's float64 re-scoring of per-query candidates equals the numpy fallback."""
     from solver.cells import simd_index

@@ -31,7 +31,6 @@ numpy in, numpy out; a torch tensor in, tensors on the same device out.
 from __future__ import annotations
 
 import importlib.util
-import time
 from dataclasses import dataclass
 from typing import Literal, Protocol, overload
 
@@ -445,83 +444,3 @@ class _Torch:
         if isinstance(x, torch.Tensor):
             return scores.to(x.device), cells.to(x.device)
         return scores.cpu().numpy(), cells.cpu().numpy()
-
-
-@dataclass(frozen=True, kw_only=True)
-class IvfRecall:
-    """How an inverted-file index compares with the exact search (see :func:`ivf_recall`).
-
-    Attributes:
-        lists: inverted lists (k-means cells over the lifted targets).
-        probes: lists searched per query.
-        top1: share of queries whose best cell is the exact one.
-        top2: share whose two best cells are the exact two, in order.
-        speedup: exact search time over the inverted-file search time (same queries, one run).
-    """
-
-    lists: int
-    probes: int
-    top1: float
-    top2: float
-    speedup: float
-
-
-def ivf_recall(
-    targets: np.ndarray, heights: np.ndarray, queries: np.ndarray, lists: int, probes: list[int]
-) -> list[IvfRecall]:
-    """Recall and speed of FAISS ``IndexIVFFlat`` against exact top-2 cell queries.
-
-    The maximum inner product over ``[y_i, h_i]`` becomes a nearest-neighbour search over the
-    lifted points ``[y_i, h_i, sqrt(R^2 - |y_i|^2 - h_i^2)]`` (R the largest norm) for queries
-    ``[x, 1, 0]``, whose k-means lists an IVF index probes. Measures whether approximate search
-    could replace exact search in the fit's stages (docs/solver.md: it does not pay at d >= 16).
-
-    Args:
-        targets: y, shape ``(N, d)``.
-        heights: h, shape ``(N,)``.
-        queries: x, shape ``(M, d)``.
-        lists: inverted lists.
-        probes: lists searched per query, one result each.
-
-    Raises:
-        ValueError: without faiss.
-    """
-    if faiss is None:
-        raise ValueError("ivf_recall needs faiss-cpu")
-    a = _augmented(np.asarray(targets, np.float32), np.asarray(heights, np.float32))
-    a64 = a.astype(np.float64)
-    norms = np.square(a64).sum(axis=1)
-    lifted = np.hstack([a64, np.sqrt(norms.max() - norms)[:, None]]).astype(np.float32)
-    q = _as_numpy_queries(np.asarray(queries, np.float32))
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # both searches on one thread: a like-for-like ratio
-    try:
-        exact = faiss.IndexFlatIP(a.shape[1])
-        exact.add(a)
-        start = time.perf_counter()
-        _, best = exact.search(q, 2)
-        exact_s = time.perf_counter() - start
-        ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(a.shape[1] + 1), a.shape[1] + 1, lists)
-        ivf.train(lifted)
-        ivf.add(lifted)
-        lifted_q = np.hstack([q, np.zeros((q.shape[0], 1), np.float32)])
-        timed = []
-        for p in probes:
-            ivf.nprobe = p
-            start = time.perf_counter()
-            _, found = ivf.search(lifted_q, 2)
-            timed.append((p, found, time.perf_counter() - start))
-    finally:
-        faiss.omp_set_num_threads(threads)
-    out = []
-    for p, found, ivf_s in timed:
-        out.append(
-            IvfRecall(
-                lists=lists,
-                probes=p,
-                top1=float(np.mean(found[:, 0] == best[:, 0])),
-                top2=float(np.mean((found == best).all(axis=1))),
-                speedup=exact_s / ivf_s,
-            )
-        )
-    return out
