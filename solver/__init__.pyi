@@ -2,24 +2,15 @@
 
 from .cells.index import (
     BACKENDS,
-    BackendSpec,
     CellIndex,
-    DeviceKind,
     available_backends,
     backend_for_device,
     faiss_version,
     nearest_neighbours,
-    resolve_backend,
 )
 from .cells.power_diagram import PowerDiagram, power_diagram
 from .cells.triton_index import TritonBackend
-from .estimation.estimator import (
-    DistributedEstimator,
-    Estimator,
-    FusedEstimator,
-    HostEstimator,
-    resolve_estimator,
-)
+from .estimation.estimator import Estimator, resolve_estimator
 from .estimation.host import (
     AccuracyReport,
     MeasureEstimate,
@@ -27,16 +18,13 @@ from .estimation.host import (
     dual_value,
     estimate,
     kantorovich_potential,
-    samples_for_noise_floor,
 )
-from .estimation.names import ESTIMATOR_NAMES
 from .fitting.checkpoint import atomic_write_bytes, load_state, save_state
 from .fitting.config import (
     AdamConfig,
     ExactConfig,
     FitConfig,
     FitProgress,
-    FitRecord,
     FitResult,
     FitState,
     NewtonConfig,
@@ -51,7 +39,6 @@ from .potential.diffusion import (
     diffusion_embedding,
 )
 from .potential.extended_map import (
-    Crossing,
     ExtendedMap,
     Interpolation,
     build_extended_map,
@@ -62,7 +49,6 @@ from .potential.singular import (
     Adjacency,
     AngleFrame,
     SingularSet,
-    adjacency_from_estimate,
     cluster_share_threshold,
     dihedral_angles,
     find_singular_set,
@@ -76,21 +62,14 @@ from .potential.threshold import (
     FixedThreshold,
     GapThreshold,
     QuantileThreshold,
-    RuleName,
     ThresholdRule,
     parse_rule,
-    rule_from_dict,
-    rule_to_dict,
 )
 from .problem import OTProblem, make_problem
 from .seeding import derive_seed
 
 __all__ = [
-    "ESTIMATOR_NAMES",
-    "DistributedEstimator",
     "Estimator",
-    "FusedEstimator",
-    "HostEstimator",
     "resolve_estimator",
     "AccuracyReport",
     "AdamConfig",
@@ -114,19 +93,14 @@ __all__ = [
     "count_modes",
     "cluster_share_threshold",
     "standardise_targets",
-    "RuleName",
     "ThresholdRule",
     "check_accuracy",
     "parse_rule",
     "resolve_method",
     "nearest_neighbours",
-    "rule_from_dict",
-    "rule_to_dict",
-    "Crossing",
     "ExtendedMap",
     "Interpolation",
     "SingularSet",
-    "adjacency_from_estimate",
     "build_extended_map",
     "dihedral_angles",
     "find_singular_set",
@@ -134,7 +108,6 @@ __all__ = [
     "CellIndex",
     "FitConfig",
     "FitProgress",
-    "FitRecord",
     "FitResult",
     "FitState",
     "MeasureEstimate",
@@ -145,8 +118,6 @@ __all__ = [
     "atomic_write_bytes",
     "available_backends",
     "BACKENDS",
-    "BackendSpec",
-    "DeviceKind",
     "backend_for_device",
     "faiss_version",
     "TritonBackend",
@@ -159,7 +130,5 @@ __all__ = [
     "kantorovich_potential",
     "load_state",
     "make_problem",
-    "resolve_backend",
-    "samples_for_noise_floor",
     "save_state",
 ]

@@ -17,8 +17,6 @@ from solver import (
     diffusion_embedding,
     find_singular_set,
     parse_rule,
-    rule_from_dict,
-    rule_to_dict,
 )
 from solver.potential.diffusion import (
     KMEANS_RESTARTS,
@@ -29,6 +27,7 @@ from solver.potential.diffusion import (
     separated_pairs,
 )
 from solver.potential.singular import cluster_share_threshold
+from solver.potential.threshold import rule_from_dict, rule_to_dict
 
 
 def _blobs(rng, centres, n=100, spread=0.3):

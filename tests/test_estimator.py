@@ -8,14 +8,13 @@ import torch.distributed as dist
 from solver import (
     CellIndex,
     FitConfig,
-    FusedEstimator,
-    HostEstimator,
     SourceMeasure,
     estimate,
     fit,
     make_problem,
     resolve_estimator,
 )
+from solver.estimation.estimator import FusedEstimator, HostEstimator
 
 
 def test_auto_is_host_on_a_cpu_without_a_process_group():

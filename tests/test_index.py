@@ -5,7 +5,8 @@ import pytest
 import torch
 from oracles import brute_force, dyadic_ties, ranked, unambiguous
 
-from solver import BACKENDS, CellIndex, available_backends, resolve_backend
+from solver import BACKENDS, CellIndex, available_backends
+from solver.cells.index import resolve_backend
 from solver.cells.simd_index import simd_layout
 
 CPU_BACKENDS = available_backends("cpu")

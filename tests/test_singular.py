@@ -12,20 +12,19 @@ from solver import (
     GapThreshold,
     QuantileThreshold,
     SourceMeasure,
-    adjacency_from_estimate,
     dihedral_angles,
     estimate,
     find_singular_set,
-    rule_from_dict,
-    rule_to_dict,
 )
 from solver.potential.singular import (
+    adjacency_from_estimate,
     frame_angles,
     gap_threshold,
     neighbour_radii,
     standardise_targets,
     valley_ratios,
 )
+from solver.potential.threshold import rule_from_dict, rule_to_dict
 
 
 def _adjacency(pairs):
