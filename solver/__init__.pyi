@@ -19,6 +19,7 @@ from .estimation.host import (
     estimate,
     kantorovich_potential,
 )
+from .estimation.spec import PassSpec
 from .fitting.checkpoint import atomic_write_bytes, load_state, save_state
 from .fitting.config import (
     AdamConfig,
@@ -111,6 +112,7 @@ __all__ = [
     "FitResult",
     "FitState",
     "MeasureEstimate",
+    "PassSpec",
     "NewtonConfig",
     "OTProblem",
     "SourceMeasure",

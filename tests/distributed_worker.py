@@ -14,7 +14,7 @@ import numpy as np
 import torch.distributed as dist
 from oracles import dyadic_ties
 
-from solver import CellIndex, SourceMeasure
+from solver import CellIndex, PassSpec, SourceMeasure
 from solver.estimation.distributed import ShardedIndex, distributed_estimate
 from solver.estimation.host import DeadlineReached
 
@@ -42,7 +42,16 @@ def main(out: Path) -> None:
         source = SourceMeasure(dim=DIM, sampler=sampler)
         index = ShardedIndex(y, h, backend="torch") if sharded else CellIndex(y, h, "torch")
         est = distributed_estimate(
-            index, source, SAMPLES, 3, k=k, gap_width=gap, centres=centres, batch_size=BATCH
+            index,
+            PassSpec(
+                source=source,
+                n_samples=SAMPLES,
+                seed=3,
+                k=k,
+                gap_width=gap,
+                centres=centres,
+                batch_size=BATCH,
+            ),
         )
         np.savez(
             out / f"{name}-rank{rank}.npz",
@@ -61,11 +70,13 @@ def main(out: Path) -> None:
     try:
         distributed_estimate(
             CellIndex(y, h, "torch"),
-            SourceMeasure(dim=DIM),
-            SAMPLES,
-            3,
-            batch_size=BATCH,
-            deadline=time.perf_counter() - 1.0,
+            PassSpec(
+                source=SourceMeasure(dim=DIM),
+                n_samples=SAMPLES,
+                seed=3,
+                batch_size=BATCH,
+                deadline=time.perf_counter() - 1.0,
+            ),
         )
     except DeadlineReached:
         stopped = True

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from oracles import dyadic_ties
 
-from solver import SourceMeasure
+from solver import PassSpec, SourceMeasure
 from solver.cells.triton_index import MAX_K, TileConfig, TritonBackend, interpreting
 from solver.estimation.fused import fused_estimate
 
@@ -129,13 +129,15 @@ def run_estimate(out: Path) -> None:
     source = SourceMeasure(dim=3)
     fused = fused_estimate(
         TritonBackend(y, h, tiles=TileConfig(block_m=64, block_n=128)),
-        source,
-        1024,
-        11,
-        k=2,
-        gap_width=0.02,
-        centres=True,
-        batch_size=512,
+        PassSpec(
+            source=source,
+            n_samples=1024,
+            seed=11,
+            k=2,
+            gap_width=0.02,
+            centres=True,
+            batch_size=512,
+        ),
     )
     np.savez(
         out / "estimate.npz",

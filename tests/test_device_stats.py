@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from solver import CellIndex, SourceMeasure, available_backends, estimate
+from solver import CellIndex, PassSpec, SourceMeasure, available_backends, estimate
 from solver.estimation.fused import fused_estimate, search_device
 from solver.estimation.pairs import PairTable
 
@@ -28,8 +28,8 @@ def test_fused_estimate_equals_estimate(backend, k, gap_width, centres, sampler,
     index = CellIndex(y, h, backend=backend)
     source = SourceMeasure(dim=d, sampler=sampler)
     args = dict(k=k, gap_width=gap_width, centres=centres, batch_size=1000)
-    ref = estimate(index, source, 4500, 3, **args)
-    got = fused_estimate(index, source, 4500, 3, **args)
+    spec = PassSpec(source=source, n_samples=4500, seed=3, **args)
+    ref, got = estimate(index, spec), fused_estimate(index, spec)
     assert got.n_samples == ref.n_samples and got.gap_width == ref.gap_width
     for field in ("counts", "pairs", "pair_counts", "slab_counts"):
         np.testing.assert_array_equal(getattr(got, field), getattr(ref, field), err_msg=field)
@@ -57,14 +57,17 @@ def test_pair_table_merges_chunks_like_one_count():
     np.testing.assert_array_equal(slabs, [1, 1, 1, 0])
 
 
-def test_fused_estimate_refuses_bad_arguments():
+def test_a_pass_refuses_bad_settings_on_every_estimator():
     index = CellIndex(np.eye(3, dtype=np.float32), backend="torch")
-    with pytest.raises(ValueError, match="n_samples"):
-        fused_estimate(index, SourceMeasure(dim=3), 0, 0)
-    with pytest.raises(ValueError, match="dim"):
-        fused_estimate(index, SourceMeasure(dim=2), 10, 0)
-    with pytest.raises(ValueError, match="k must"):
-        fused_estimate(index, SourceMeasure(dim=3), 10, 0, k=0)
+    source = SourceMeasure(dim=3)
+    for field, value in (("n_samples", 0), ("k", 0), ("batch_size", 0)):
+        with pytest.raises(ValueError, match=f"{field} must be >= 1, got 0"):
+            PassSpec(**{"source": source, "n_samples": 10, "seed": 0, field: value})
+    other = PassSpec(source=SourceMeasure(dim=2), n_samples=10, seed=0)
+    for run in (estimate, fused_estimate):
+        with pytest.raises(ValueError, match="source dim 2 != index dim 3"):
+            run(index, other)
+    assert PassSpec(source=source, n_samples=10, seed=0, k=5).k_for(index) == 3  # clipped to N
 
 
 def test_host_backends_accumulate_on_the_cpu():
@@ -79,8 +82,8 @@ def test_cuda_estimate_equals_the_host_estimate_with_the_same_backend(rng):
     index = CellIndex(y, backend="torch-cuda")
     source = SourceMeasure(dim=d)
     assert search_device(index).type == "cuda"
-    ref = estimate(index, source, 200_000, 1, centres=True)
-    got = fused_estimate(index, source, 200_000, 1, centres=True)
+    spec = PassSpec(source=source, n_samples=200_000, seed=1, centres=True)
+    ref, got = estimate(index, spec), fused_estimate(index, spec)
     np.testing.assert_array_equal(got.counts, ref.counts)
     np.testing.assert_array_equal(got.pairs, ref.pairs)
     np.testing.assert_array_equal(got.slab_counts, ref.slab_counts)

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from oracles import ranked
 
-from solver import CellIndex, SourceMeasure, estimate
+from solver import CellIndex, PassSpec, SourceMeasure, estimate
 from solver.estimation.distributed import ShardedIndex, distributed_estimate, shard_bounds
 
 pytestmark = pytest.mark.skipif(
@@ -83,13 +83,15 @@ def test_two_ranks_equal_the_single_process_estimate(rank_results, case):
     y, h = worker.problem()
     ref = estimate(
         CellIndex(y, h, backend="torch"),
-        SourceMeasure(dim=worker.DIM, sampler=sampler),
-        worker.SAMPLES,
-        3,
-        k=k,
-        gap_width=gap,
-        centres=centres,
-        batch_size=worker.BATCH,
+        PassSpec(
+            source=SourceMeasure(dim=worker.DIM, sampler=sampler),
+            n_samples=worker.SAMPLES,
+            seed=3,
+            k=k,
+            gap_width=gap,
+            centres=centres,
+            batch_size=worker.BATCH,
+        ),
     )
     for got in rank_results[case]:
         np.testing.assert_array_equal(got["counts"], ref.counts)
@@ -132,7 +134,7 @@ def test_estimate_without_a_process_group_is_refused():
     assert not dist.is_initialized()
     index = CellIndex(np.eye(2, dtype=np.float32), backend="torch")
     with pytest.raises(ValueError, match="initialised"):
-        distributed_estimate(index, SourceMeasure(dim=2), 10, 0)
+        distributed_estimate(index, PassSpec(source=SourceMeasure(dim=2), n_samples=10, seed=0))
 
 
 @pytest.mark.slow
@@ -142,9 +144,10 @@ def test_single_rank_group_matches_the_host_estimate(tmp_path):
     try:
         y, h = worker.problem()
         source = SourceMeasure(dim=worker.DIM)
-        ref = estimate(CellIndex(y, h, backend="torch"), source, 3000, 5, batch_size=1000)
+        spec = PassSpec(source=source, n_samples=3000, seed=5, batch_size=1000)
+        ref = estimate(CellIndex(y, h, backend="torch"), spec)
         for index in (CellIndex(y, h, backend="torch"), ShardedIndex(y, h, backend="torch")):
-            got = distributed_estimate(index, source, 3000, 5, batch_size=1000)
+            got = distributed_estimate(index, spec)
             np.testing.assert_array_equal(got.counts, ref.counts)
             np.testing.assert_array_equal(got.pairs, ref.pairs)
             np.testing.assert_array_equal(got.slab_counts, ref.slab_counts)

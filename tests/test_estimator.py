@@ -8,6 +8,7 @@ import torch.distributed as dist
 from solver import (
     CellIndex,
     FitConfig,
+    PassSpec,
     SourceMeasure,
     estimate,
     fit,
@@ -38,9 +39,10 @@ def test_bad_names_are_refused():
 def test_every_estimator_gives_the_host_pass(estimator, rng):
     y = (0.3 * rng.standard_normal((50, 3))).astype(np.float32)
     index = CellIndex(y, (0.01 * rng.standard_normal(50)).astype(np.float32), backend="torch")
-    source = SourceMeasure(dim=3)
-    ref = estimate(index, source, 3000, 4, centres=True, batch_size=1000)
-    got = estimator.estimate(index, source, 3000, 4, centres=True, batch_size=1000)
+    spec = PassSpec(
+        source=SourceMeasure(dim=3), n_samples=3000, seed=4, centres=True, batch_size=1000
+    )
+    ref, got = estimate(index, spec), estimator.estimate(index, spec)
     for field in ("counts", "pairs", "pair_counts", "slab_counts"):
         np.testing.assert_array_equal(getattr(got, field), getattr(ref, field), err_msg=field)
     np.testing.assert_allclose(got.mass_sums, ref.mass_sums, rtol=1e-12, atol=1e-12)
@@ -126,10 +128,22 @@ def test_a_deadline_stops_a_pass_between_its_batches(rng):
     source = SourceMeasure(dim=3)
     deadline = time.perf_counter() + 0.1
     with pytest.raises(DeadlineReached):
-        estimate(slow, source, 100 * 64, 1, batch_size=64, deadline=deadline)
+        estimate(
+            slow,
+            PassSpec(source=source, n_samples=100 * 64, seed=1, batch_size=64, deadline=deadline),
+        )
     assert 2 <= slow.calls <= 8  # of 100: the pass stopped within a batch or two
     with pytest.raises(DeadlineReached):  # already passed: no batch is counted
-        estimate(slow, source, 640, 1, batch_size=64, deadline=time.perf_counter() - 1)
+        estimate(
+            slow,
+            PassSpec(
+                source=source,
+                n_samples=640,
+                seed=1,
+                batch_size=64,
+                deadline=time.perf_counter() - 1,
+            ),
+        )
 
 
 def test_a_fit_whose_passes_outlast_its_budget_stops_inside_them(rng):
@@ -170,8 +184,18 @@ def test_merged_estimates_add_up_their_samples(rng):
 
     index = CellIndex(rng.standard_normal((30, 3)) * 0.3, backend="torch")
     source = SourceMeasure(dim=3)
-    a = estimate(index, source, 3000, 1, gap_width=0.02, centres=True, batch_size=700)
-    b = estimate(index, source, 5000, 2, gap_width=0.02, centres=True, batch_size=700)
+    a = estimate(
+        index,
+        PassSpec(
+            source=source, n_samples=3000, seed=1, gap_width=0.02, centres=True, batch_size=700
+        ),
+    )
+    b = estimate(
+        index,
+        PassSpec(
+            source=source, n_samples=5000, seed=2, gap_width=0.02, centres=True, batch_size=700
+        ),
+    )
     both = merge_estimates([a, b])
     assert both.n_samples == 8000 and both.gap_width == 0.02
     np.testing.assert_array_equal(both.counts, a.counts + b.counts)
@@ -186,7 +210,7 @@ def test_merged_estimates_add_up_their_samples(rng):
     for (i, j), total, slab in zip(both.pairs, both.pair_counts, both.slab_counts, strict=True):
         assert pairs[(i, j)] == (total, slab)
     assert np.abs(both.facet_weights).sum() > 0
-    other = estimate(index, source, 1000, 3, gap_width=0.05)
+    other = estimate(index, PassSpec(source=source, n_samples=1000, seed=3, gap_width=0.05))
     with pytest.raises(ValueError, match="slab widths"):
         merge_estimates([a, other])
     assert merge_estimates([a]) is a

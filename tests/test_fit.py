@@ -7,6 +7,7 @@ from oracles import brute_force, laguerre_areas
 from solver import (
     CellIndex,
     FitConfig,
+    PassSpec,
     SourceMeasure,
     dual_value,
     estimate,
@@ -189,7 +190,10 @@ def test_adam_step_is_the_authors_update(rng):
     state = adam_method.initial_state(ctx)
     new, record, _ = adam_method.step(ctx, state)
     seed = adam_method.derive_seed(0, 2)
-    est = estimate(index, problem.source, config.adam.initial_samples, seed, k=1)
+    est = estimate(
+        index,
+        PassSpec(source=problem.source, n_samples=config.adam.initial_samples, seed=seed, k=1),
+    )
     g = est.cell_measures - problem.weights
     expected = -config.adam.lr * (0.1 * g) / (np.sqrt(0.001 * g * g) + 1e-8)
     np.testing.assert_allclose(new.heights, expected - expected.mean(), rtol=1e-9, atol=1e-12)
@@ -202,7 +206,7 @@ def test_duality_gap_closes_at_the_optimum(rng):
     index = CellIndex(problem.targets, result.heights)
     # Primal and dual are measured on the same samples, so their gap carries no sampling noise
     # of its own: 2^16 samples suffice for the 2e-3 tolerance.
-    est = estimate(index, problem.source, 1 << 16, seed=99, k=1)
+    est = estimate(index, PassSpec(source=problem.source, n_samples=1 << 16, seed=99, k=1))
     dual = dual_value(est, problem.source, problem.targets, result.heights, problem.weights)
     assert est.transport_cost == pytest.approx(dual, abs=2e-3)
     x = SourceMeasure(dim=2).sample(1000, seed=1)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from oracles import brute_force, ranked, unambiguous
 
-from solver import CellIndex, SourceMeasure, available_backends, estimate
+from solver import CellIndex, PassSpec, SourceMeasure, available_backends, estimate
 from solver.estimation.fused import fused_estimate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,13 +104,15 @@ def test_interpreted_fused_estimate_matches_the_host_estimate(interpreted):
     c = _case(interpreted, "estimate")
     ref = estimate(
         CellIndex(c["y"], c["h"], backend="torch"),
-        SourceMeasure(dim=3),
-        1024,
-        11,
-        k=2,
-        gap_width=0.02,
-        centres=True,
-        batch_size=512,
+        PassSpec(
+            source=SourceMeasure(dim=3),
+            n_samples=1024,
+            seed=11,
+            k=2,
+            gap_width=0.02,
+            centres=True,
+            batch_size=512,
+        ),
     )
     np.testing.assert_array_equal(c["counts"], ref.counts)
     np.testing.assert_array_equal(c["pairs"], ref.pairs)
@@ -187,8 +189,8 @@ def test_cuda_fused_estimate_with_triton_equals_estimate_with_triton(rng):
     y = (0.5 * rng.standard_normal((n, d))).astype(np.float32)
     backend = TritonBackend(y, np.zeros(n, np.float32))
     source = SourceMeasure(dim=d)
-    ref = estimate(backend, source, 200_000, 1, centres=True)
-    got = fused_estimate(backend, source, 200_000, 1, centres=True)
+    spec = PassSpec(source=source, n_samples=200_000, seed=1, centres=True)
+    ref, got = estimate(backend, spec), fused_estimate(backend, spec)
     np.testing.assert_array_equal(got.counts, ref.counts)
     np.testing.assert_array_equal(got.pairs, ref.pairs)
     np.testing.assert_array_equal(got.slab_counts, ref.slab_counts)

@@ -13,6 +13,7 @@ import solver.potential.potential as potential_module
 from solver import (
     CellIndex,
     FixedThreshold,
+    PassSpec,
     Potential,
     PotentialConfig,
     PotentialFormatError,
@@ -103,7 +104,7 @@ def test_accuracy_is_measured_on_an_independent_stream():
     pot = Potential.build(problem, h, seed=3, config=CONFIG, backend="torch")
     index = CellIndex(problem.targets, h, backend="torch")
     seed = derive_seed(3, potential_module.CHECK_STREAM)
-    est = estimate(index, problem.source, 6000, seed, k=1)
+    est = estimate(index, PassSpec(source=problem.source, n_samples=6000, seed=seed, k=1))
     assert pot.accuracy == accuracy(est.counts, 6000, problem.weights)
     again = check_accuracy(problem, h, n_samples=6000, seed=3, backend="torch")
     assert again == pot.accuracy  # stream 0 of the check is the stream build measures on

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from oracles import brute_force
 
-from solver import CellIndex, SourceMeasure, estimate
+from solver import CellIndex, PassSpec, SourceMeasure, estimate
 from solver.estimation.reuse import ReuseIndex
 
 
@@ -52,8 +52,8 @@ def test_a_whole_estimate_through_reuse_equals_the_plain_estimate(rng):
         h = scale * rng.standard_normal(n)
         index.set_heights(h)
         reuse.set_heights(h)
-        ref = estimate(index, source, 4000, 1, gap_width=0.01, batch_size=1000)
-        got = estimate(reuse, source, 4000, 1, gap_width=0.01, batch_size=1000)
+        spec = PassSpec(source=source, n_samples=4000, seed=1, gap_width=0.01, batch_size=1000)
+        ref, got = estimate(index, spec), estimate(reuse, spec)
         np.testing.assert_array_equal(got.counts, ref.counts)
         np.testing.assert_array_equal(got.pairs, ref.pairs)
         np.testing.assert_array_equal(got.slab_counts, ref.slab_counts)

@@ -10,6 +10,7 @@ from solver import (
     CellIndex,
     FixedThreshold,
     GapThreshold,
+    PassSpec,
     QuantileThreshold,
     SourceMeasure,
     dihedral_angles,
@@ -61,7 +62,9 @@ def test_adjacency_from_monte_carlo_top2_of_a_known_diagram():
     # x < -1/4, |x| < 1/4 and x > 1/4, adjacent 0-1 and 1-2.
     y = np.array([[-0.5, 0.0], [0.0, 0.0], [0.5, 0.0]])
     index = CellIndex(y, -0.5 * (y**2).sum(1), backend="faiss")
-    est = estimate(index, SourceMeasure(dim=2), 20000, 0, k=2, centres=True)
+    est = estimate(
+        index, PassSpec(source=SourceMeasure(dim=2), n_samples=20000, seed=0, k=2, centres=True)
+    )
     adj = adjacency_from_estimate(est, y)
     np.testing.assert_array_equal(adj.pairs, [[0, 1], [1, 2]])
     assert adj.counts.sum() == 20000 and adj.n_pairs == 2

@@ -26,30 +26,19 @@ import torch.distributed as dist
 from solver.estimation.fused import (
     Searcher,
     StatsAccumulator,
-    check_inputs,
     search_device,
     slab_width,
 )
 from solver.estimation.host import DeadlineReached, MeasureEstimate, past
 from solver.estimation.pairs import PairTable
 from solver.estimation.sharded import ShardedIndex, comm_device, shard_bounds
-from solver.measures import DEFAULT_BATCH, SourceMeasure
+from solver.estimation.spec import PassSpec
 
 __all__ = ["ShardedIndex", "comm_device", "distributed_estimate", "shard_bounds"]
 
 
 def distributed_estimate(
-    index: Searcher,
-    source: SourceMeasure,
-    n_samples: int,
-    seed: int,
-    *,
-    k: int = 2,
-    gap_width: float | None = None,
-    centres: bool = False,
-    group: dist.ProcessGroup | None = None,
-    batch_size: int = DEFAULT_BATCH,
-    deadline: float | None = None,
+    index: Searcher, spec: PassSpec, *, group: dist.ProcessGroup | None = None
 ) -> MeasureEstimate:
     """:func:`solver.estimation.host.estimate` split over the ranks of ``group``, same on all.
 
@@ -57,40 +46,37 @@ def distributed_estimate(
         index: this rank's index: a :class:`CellIndex` or backend over all targets
             (replicated mode), or a :class:`ShardedIndex` or a wrapper of one with
             ``sharded = True`` (sharded mode).
-        source: the source measure (its dim must equal the index's).
-        n_samples: M >= 1 in total over all ranks.
-        seed: sample stream seed (the same on every rank).
-        k: 1 for cell measures only; 2 adds adjacency and slab statistics.
-        gap_width: slab half-width delta; ``None`` takes the quantile of batch 0's gaps.
-        centres: also accumulate per-cell coordinate sums.
+        spec: the pass, the same on every rank: ``n_samples`` in total over the ranks, one
+            stream ``(seed, batch_size)``; a ``None`` slab width is the quantile of batch 0's
+            gaps, and the ranks agree (all-reduce) on the deadline before each batch, so all
+            stop at the same one.
         group: process group (default: the world).
-        batch_size: samples per batch, the same on every rank.
-        deadline: ``time.perf_counter`` value after which the pass stops between batches;
-            the ranks agree (all-reduce) before each batch, so all stop at the same one.
 
     Returns:
         The estimate of all ``n_samples`` samples, identical on every rank.
 
     Raises:
+        ValueError: no initialised process group, or the source's dim differs from the index's.
         DeadlineReached: the deadline passed before the last batch (on every rank).
 
     """
     if not dist.is_initialized():
         raise ValueError("distributed_estimate needs an initialised torch.distributed group")
-    k = check_inputs(index, source, n_samples, k)
+    k = spec.k_for(index)
+    n_samples, batch_size, gap_width = spec.n_samples, spec.batch_size, spec.gap_width
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     sharded = bool(getattr(index, "sharded", False))  # a ShardedIndex, or a wrapper of one
     comm = comm_device(group)
-    acc = StatsAccumulator(index, comm, centres=centres)
+    acc = StatsAccumulator(index, comm, centres=spec.centres)
     search_on = comm if sharded else search_device(index)
     for b in range(-(-n_samples // batch_size)):
-        if deadline is not None and _any_rank(past(deadline), comm, group):
+        if spec.deadline is not None and _any_rank(past(spec.deadline), comm, group):
             raise DeadlineReached(f"the deadline passed during a pass of {n_samples} samples")
         owner = b % world == rank
         if sharded or owner:  # a sharded search is collective: every rank joins every batch
             start = b * batch_size
-            x = torch.from_numpy(source.sample(min(batch_size, n_samples - start), seed, start))
-            x = x.to(search_on)
+            batch = spec.source.sample(min(batch_size, n_samples - start), spec.seed, start)
+            x = torch.from_numpy(batch).to(search_on)
             scores, cells = index.search(x, k)
         if b == 0 and k >= 2 and gap_width is None:  # rank 0 owns batch 0
             gap_width = _broadcast_width(slab_width(scores) if rank == 0 else 0.0, comm, group)

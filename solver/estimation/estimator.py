@@ -27,7 +27,7 @@ from solver.estimation.distributed import comm_device, distributed_estimate
 from solver.estimation.fused import Searcher, fused_estimate
 from solver.estimation.host import MeasureEstimate, estimate
 from solver.estimation.names import ESTIMATOR_NAMES
-from solver.measures import DEFAULT_BATCH, SourceMeasure
+from solver.estimation.spec import PassSpec
 
 T = TypeVar("T")
 
@@ -43,32 +43,12 @@ class Estimator(Protocol):
     def lead(self) -> bool:
         """Whether this process does the side effects (files, logs): rank 0, or the only one."""
 
-    def estimate(
-        self,
-        index: Searcher,
-        source: SourceMeasure,
-        n_samples: int,
-        seed: int,
-        *,
-        k: int = 2,
-        gap_width: float | None = None,
-        centres: bool = False,
-        batch_size: int = DEFAULT_BATCH,
-        deadline: float | None = None,
-    ) -> MeasureEstimate:
-        """One pass over samples ``0 .. n_samples - 1`` of the stream ``seed``.
+    def estimate(self, index: Searcher, spec: PassSpec) -> MeasureEstimate:
+        """One pass over samples ``0 .. spec.n_samples - 1`` of the stream ``spec.seed``.
 
         Args:
             index: the cell index at the current heights.
-            source: the source measure (its dim must equal the index's).
-            n_samples: M >= 1.
-            seed: sample stream seed.
-            k: 1 for cell measures only; 2 adds adjacency and slab statistics.
-            gap_width: slab half-width delta; ``None`` takes a quantile of the first batch's gaps.
-            centres: also accumulate per-cell coordinate sums.
-            batch_size: samples per batch.
-            deadline: ``time.perf_counter`` value after which the pass stops between batches
-                (every process of the estimator stops at the same batch).
+            spec: the samples, statistics, batches and deadline of the pass.
 
         Returns:
             The estimate (host arrays), identical on every process of the estimator.
@@ -122,31 +102,10 @@ class HostEstimator(_SingleProcess):
 
     name: str = "host"
 
-    def estimate(
-        self,
-        index: Searcher,
-        source: SourceMeasure,
-        n_samples: int,
-        seed: int,
-        *,
-        k: int = 2,
-        gap_width: float | None = None,
-        centres: bool = False,
-        batch_size: int = DEFAULT_BATCH,
-        deadline: float | None = None,
-    ) -> MeasureEstimate:
+    def estimate(self, index: Searcher, spec: PassSpec) -> MeasureEstimate:
         """See :meth:`Estimator.estimate`."""
-        return estimate(
-            index,  # type: ignore[arg-type]  # host estimate needs only the Searcher members
-            source,
-            n_samples,
-            seed,
-            k=k,
-            gap_width=gap_width,
-            centres=centres,
-            batch_size=batch_size,
-            deadline=deadline,
-        )
+        # the host estimate needs only the Searcher members
+        return estimate(index, spec)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,32 +120,9 @@ class FusedEstimator(_SingleProcess):
     name: str = "fused"
     device: str | None = None
 
-    def estimate(
-        self,
-        index: Searcher,
-        source: SourceMeasure,
-        n_samples: int,
-        seed: int,
-        *,
-        k: int = 2,
-        gap_width: float | None = None,
-        centres: bool = False,
-        batch_size: int = DEFAULT_BATCH,
-        deadline: float | None = None,
-    ) -> MeasureEstimate:
+    def estimate(self, index: Searcher, spec: PassSpec) -> MeasureEstimate:
         """See :meth:`Estimator.estimate`."""
-        return fused_estimate(
-            index,
-            source,
-            n_samples,
-            seed,
-            k=k,
-            gap_width=gap_width,
-            centres=centres,
-            batch_size=batch_size,
-            device=self.device,
-            deadline=deadline,
-        )
+        return fused_estimate(index, spec, device=self.device)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,31 +140,9 @@ class DistributedEstimator:
         """Rank 0 does the side effects."""
         return dist.get_rank() == 0
 
-    def estimate(
-        self,
-        index: Searcher,
-        source: SourceMeasure,
-        n_samples: int,
-        seed: int,
-        *,
-        k: int = 2,
-        gap_width: float | None = None,
-        centres: bool = False,
-        batch_size: int = DEFAULT_BATCH,
-        deadline: float | None = None,
-    ) -> MeasureEstimate:
+    def estimate(self, index: Searcher, spec: PassSpec) -> MeasureEstimate:
         """See :meth:`Estimator.estimate` (collective)."""
-        return distributed_estimate(
-            index,
-            source,
-            n_samples,
-            seed,
-            k=k,
-            gap_width=gap_width,
-            centres=centres,
-            batch_size=batch_size,
-            deadline=deadline,
-        )
+        return distributed_estimate(index, spec)
 
     def agree(self, flag: bool) -> bool:
         """All-reduce (max) of the flag over the ranks (collective)."""

@@ -28,7 +28,7 @@ from solver.estimation.host import (
     past,
 )
 from solver.estimation.pairs import PairTable
-from solver.measures import DEFAULT_BATCH, SourceMeasure
+from solver.estimation.spec import PassSpec
 
 Array = np.ndarray | torch.Tensor
 
@@ -146,62 +146,36 @@ def slab_width(scores: torch.Tensor) -> float:
     return float(np.quantile(gaps, DEFAULT_SLAB_FRACTION))
 
 
-def check_inputs(searcher: Searcher, source: SourceMeasure, n_samples: int, k: int) -> int:
-    """Validate an estimate's arguments; returns k clipped to N."""
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    if source.dim != searcher.dim:
-        raise ValueError(f"source dim {source.dim} != index dim {searcher.dim}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return min(k, searcher.n_targets)
-
-
 def fused_estimate(
-    searcher: Searcher,
-    source: SourceMeasure,
-    n_samples: int,
-    seed: int,
-    *,
-    k: int = 2,
-    gap_width: float | None = None,
-    centres: bool = False,
-    batch_size: int = DEFAULT_BATCH,
-    device: str | torch.device | None = None,
-    deadline: float | None = None,
+    searcher: Searcher, spec: PassSpec, *, device: str | torch.device | None = None
 ) -> MeasureEstimate:
     """:func:`solver.estimation.host.estimate` with every per-sample result kept on the device.
 
     Args:
         searcher: a :class:`CellIndex` or a backend with ``targets`` (e.g.
             :class:`solver.cells.triton_index.TritonBackend`), at the current heights.
-        source: the source measure (its dim must equal the searcher's).
-        n_samples: M >= 1.
-        seed: sample stream seed.
-        k: 1 for cell measures only; 2 adds adjacency and slab statistics.
-        gap_width: slab half-width delta; ``None`` takes the quantile of the first batch's gaps.
-        centres: also accumulate per-cell coordinate sums.
-        batch_size: samples per batch (the batches, hence the data-driven gap width, are those
-            of the host estimate with the same ``batch_size``).
+        spec: the samples, statistics, batches and deadline of the pass (the batches, hence
+            the data-driven slab width, are those of the host estimate).
         device: where to accumulate; by default where the searcher answers.
-        deadline: ``time.perf_counter`` value after which the pass stops between batches.
 
     Returns:
         The same :class:`MeasureEstimate` as the host estimate (see module docstring).
 
     Raises:
+        ValueError: the source's dim differs from the searcher's.
         DeadlineReached: the deadline passed before the last batch.
 
     """
-    k = check_inputs(searcher, source, n_samples, k)
+    k = spec.k_for(searcher)
+    gap_width = spec.gap_width
     dev = torch.device(device) if device is not None else search_device(searcher)
-    acc = StatsAccumulator(searcher, dev, centres=centres)
-    for batch in source.batches(n_samples, seed, batch_size):
-        if past(deadline):
-            raise DeadlineReached(f"the deadline passed during a pass of {n_samples} samples")
+    acc = StatsAccumulator(searcher, dev, centres=spec.centres)
+    for batch in spec.source.batches(spec.n_samples, spec.seed, spec.batch_size):
+        if past(spec.deadline):
+            raise DeadlineReached(f"the deadline passed during a pass of {spec.n_samples} samples")
         x = torch.from_numpy(batch).to(dev)
         scores, cells = searcher.search(x, k)
         if k >= 2 and gap_width is None:
             gap_width = slab_width(scores)
         acc.add(x, scores, cells, gap_width)
-    return acc.result(n_samples, gap_width)
+    return acc.result(spec.n_samples, gap_width)

@@ -25,7 +25,8 @@ import torch
 
 from solver.cells.index import CellIndex
 from solver.estimation.pairs import PairTable
-from solver.measures import DEFAULT_BATCH, SourceMeasure
+from solver.estimation.spec import PassSpec
+from solver.measures import SourceMeasure
 
 # Fraction of samples whose top-2 score gap falls in the facet slabs when the width is chosen
 # from the data: wide enough for many counts per facet, narrow enough that slabs stay near facets.
@@ -125,50 +126,29 @@ class AccuracyReport:
     n_samples: int
 
 
-def estimate(
-    index: CellIndex,
-    source: SourceMeasure,
-    n_samples: int,
-    seed: int,
-    *,
-    k: int = 2,
-    gap_width: float | None = None,
-    centres: bool = False,
-    batch_size: int = DEFAULT_BATCH,
-    deadline: float | None = None,
-) -> MeasureEstimate:
-    """One Monte Carlo pass over ``n_samples`` points of the source stream ``seed``.
+def estimate(index: CellIndex, spec: PassSpec) -> MeasureEstimate:
+    """One Monte Carlo pass on the host (numpy statistics): see :class:`PassSpec`.
 
     Args:
         index: the cell index at the current heights.
-        source: the source measure (its dim must equal ``index.dim``).
-        n_samples: M >= 1.
-        seed: sample stream seed.
-        k: 1 for cell measures only; 2 adds adjacency and slab statistics.
-        gap_width: slab half-width delta; ``None`` picks the quantile of the first batch's
-            top-2 gaps that puts ``DEFAULT_SLAB_FRACTION`` of the samples in slabs.
-        centres: also accumulate per-cell coordinate sums (for mass centres).
-        batch_size: samples per batch; memory is O(batch_size * (d + k) + N d + distinct
-            pairs), whatever ``n_samples``.
-        deadline: ``time.perf_counter`` value after which the pass stops between batches.
+        spec: the samples, statistics, batches and deadline of the pass.
 
     Raises:
+        ValueError: the source's dim differs from ``index.dim``.
         DeadlineReached: the deadline passed before the last batch.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    if source.dim != index.dim:
-        raise ValueError(f"source dim {source.dim} != index dim {index.dim}")
+    k = spec.k_for(index)
     n, d = index.n_targets, index.dim
-    k = min(k, n)
+    n_samples, gap_width = spec.n_samples, spec.gap_width
     y = index.targets
     counts = np.zeros(n, dtype=np.int64)
-    sums = np.zeros((n, d)) if centres else None
+    sums = np.zeros((n, d)) if spec.centres else None
     energy = cost = 0.0
     table = PairTable(n, torch.device("cpu"))
     medians: list[float] = []
-    for x, scores, cells in searched(index, source.batches(n_samples, seed, batch_size), k):
-        if past(deadline):
+    batches = spec.source.batches(n_samples, spec.seed, spec.batch_size)
+    for x, scores, cells in searched(index, batches, k):
+        if past(spec.deadline):
             raise DeadlineReached(f"the deadline passed during a pass of {n_samples} samples")
         top = cells[:, 0]
         counts += np.bincount(top, minlength=n)

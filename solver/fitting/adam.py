@@ -18,6 +18,7 @@ from solver.cells.index import CellIndex
 from solver.estimation.estimator import Estimator
 from solver.estimation.host import AccuracyReport, accuracy, samples_for_noise_floor
 from solver.estimation.sharded import ShardedIndex
+from solver.estimation.spec import PassSpec
 from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
 from solver.problem import OTProblem
@@ -90,15 +91,15 @@ def step(ctx: AdamContext, state: FitState) -> tuple[FitState, FitRecord, str | 
     cfg = ctx.config.adam
     n_samples = int(state.counters["n_samples"])
     ctx.index.set_heights(state.heights)
-    est = ctx.estimator.estimate(
-        ctx.index,
-        ctx.source,
-        n_samples,
-        derive_seed(state.seed, 2),
+    spec = PassSpec(
+        source=ctx.source,
+        n_samples=n_samples,
+        seed=derive_seed(state.seed, 2),
         k=1,
         batch_size=ctx.config.batch_size,
         deadline=ctx.deadline,
     )
+    est = ctx.estimator.estimate(ctx.index, spec)
     g = est.cell_measures - ctx.weights
     m = 0.9 * state.arrays["m"] + 0.1 * g
     v = 0.999 * state.arrays["v"] + 0.001 * g * g
@@ -140,13 +141,13 @@ def step(ctx: AdamContext, state: FitState) -> tuple[FitState, FitRecord, str | 
 def _timed_check(ctx: AdamContext, h: np.ndarray, iteration: int) -> AccuracyReport:
     start = time.perf_counter()
     ctx.index.set_heights(h)
-    est = ctx.estimator.estimate(
-        ctx.index,
-        ctx.source,
-        ctx.check_samples,
-        derive_seed(ctx.config.seed, 3, iteration),
+    spec = PassSpec(
+        source=ctx.source,
+        n_samples=ctx.check_samples,
+        seed=derive_seed(ctx.config.seed, 3, iteration),
         k=1,
         batch_size=ctx.config.batch_size,
     )
+    est = ctx.estimator.estimate(ctx.index, spec)
     ctx.excluded_seconds += time.perf_counter() - start
     return accuracy(est.counts, est.n_samples, ctx.weights)

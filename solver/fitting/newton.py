@@ -35,6 +35,7 @@ from solver.estimation.host import (
 )
 from solver.estimation.reuse import ReuseIndex, entry_bytes
 from solver.estimation.sharded import ShardedIndex
+from solver.estimation.spec import PassSpec
 from solver.fitting.config import FitConfig, FitRecord, FitState
 from solver.measures import SourceMeasure
 from solver.problem import OTProblem
@@ -237,16 +238,16 @@ def _warmup_step(ctx: NewtonContext, state: FitState) -> tuple[FitState, FitReco
     m = cfg.warmup_samples_per_cell * len(ctx.weights)
     it = state.iteration + 1
     ctx.index.set_heights(state.heights)
-    est = ctx.estimator.estimate(
-        ctx.index,
-        ctx.source,
-        m,
-        derive_seed(state.seed, _WARMUP_STREAM, it),
+    spec = PassSpec(
+        source=ctx.source,
+        n_samples=m,
+        seed=derive_seed(state.seed, _WARMUP_STREAM, it),
         k=2,
         gap_width=np.inf,
         batch_size=ctx.config.batch_size,
         deadline=ctx.deadline,
     )
+    est = ctx.estimator.estimate(ctx.index, spec)
     g = est.cell_measures - ctx.weights
     report = accuracy(est.counts, m, ctx.weights)
     done = (
@@ -385,17 +386,15 @@ def _estimate(
     parts: list[MeasureEstimate] = []
     for m, seed in sets:
         width = parts[0].gap_width if parts else None
-        parts.append(
-            ctx.estimator.estimate(
-                ctx.reuse,
-                ctx.source,
-                m,
-                seed,
-                gap_width=width,
-                batch_size=ctx.config.batch_size,
-                deadline=ctx.deadline,
-            )
+        spec = PassSpec(
+            source=ctx.source,
+            n_samples=m,
+            seed=seed,
+            gap_width=width,
+            batch_size=ctx.config.batch_size,
+            deadline=ctx.deadline,
         )
+        parts.append(ctx.estimator.estimate(ctx.reuse, spec))
     est = merge_estimates(parts)
     ctx.cache.clear()
     ctx.cache[key] = est
@@ -409,9 +408,15 @@ def _check_estimate(ctx: NewtonContext, h: np.ndarray, m: int, seed: int) -> Mea
     search that fills the certified-reuse entries (CPU kernel, N = 10,000, d = 16).
     """
     ctx.index.set_heights(h)
-    return ctx.estimator.estimate(
-        ctx.index, ctx.source, m, seed, k=1, batch_size=ctx.config.batch_size, deadline=ctx.deadline
+    spec = PassSpec(
+        source=ctx.source,
+        n_samples=m,
+        seed=seed,
+        k=1,
+        batch_size=ctx.config.batch_size,
+        deadline=ctx.deadline,
     )
+    return ctx.estimator.estimate(ctx.index, spec)
 
 
 def _rescue_empty(

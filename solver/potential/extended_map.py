@@ -37,6 +37,7 @@ import numpy as np
 from solver.cells.index import CellIndex
 from solver.cells.power_diagram import power_diagram
 from solver.estimation.estimator import Estimator, resolve_estimator
+from solver.estimation.spec import PassSpec
 from solver.measures import DEFAULT_BATCH, SourceMeasure
 from solver.potential.singular import (
     Adjacency,
@@ -590,9 +591,10 @@ def build_extended_map(
         adjacency, centres, counts = _exact_geometry(y, h, source)
     else:
         estimator = estimator or resolve_estimator("auto", collective=False)
-        est = estimator.estimate(
-            index, source, n_samples, seed, k=2, centres=True, batch_size=batch_size
+        spec = PassSpec(
+            source=source, n_samples=n_samples, seed=seed, k=2, centres=True, batch_size=batch_size
         )
+        est = estimator.estimate(index, spec)
         adjacency = adjacency_from_estimate(est, y)
         centres, counts = est.mass_centres(MIN_CENTRE_COUNT)[0], est.counts
     singular_set = find_singular_set(y, adjacency, rule, frame=frame, seed=seed)

@@ -19,6 +19,7 @@ import numpy as np
 from solver.cells.index import CellIndex
 from solver.estimation.estimator import resolve_estimator
 from solver.estimation.host import AccuracyReport, accuracy
+from solver.estimation.spec import PassSpec
 from solver.fitting.checkpoint import atomic_write_bytes
 from solver.measures import SourceMeasure
 from solver.potential import file_format
@@ -267,7 +268,8 @@ def check_accuracy(
 
 def _measure(index: CellIndex, problem: OTProblem, n: int, seed: int) -> AccuracyReport:
     # This process's own estimator: a check is made by one process, never collectively.
-    est = resolve_estimator("auto", collective=False).estimate(index, problem.source, n, seed, k=1)
+    spec = PassSpec(source=problem.source, n_samples=n, seed=seed, k=1)
+    est = resolve_estimator("auto", collective=False).estimate(index, spec)
     return accuracy(est.counts, n, problem.weights)
 
 
