@@ -9,6 +9,8 @@ and :func:`candidate_scores`, which re-scores each query's own candidate cells i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from solver.cells.search_pool import float32_queries, like_input, split_queries
@@ -33,6 +35,12 @@ _AMX_OPEN_SHARE = 0.4
 # Below this N d the fixed costs per query (conversion, re-scoring, certificate) outweigh the
 # faster products: the exact kernel answers (at N = 10,000, d = 16 it was as fast as AMX).
 _AMX_MIN_WORK = 1 << 18
+
+# The AMX screen's signature: amx_topk(x, ya, hb, m, d, mode, nk, cw, k, scores, cells).
+Screen = Callable[
+    [np.ndarray, np.ndarray, np.ndarray, int, int, int, int, int, int, np.ndarray, np.ndarray],
+    None,
+]
 
 
 def kernel_available() -> bool:
@@ -156,8 +164,8 @@ def amx_layout(y: np.ndarray, mode: int) -> tuple[np.ndarray, int, int]:
     Returns ``(ya, nk, cw)``: ``ya`` uint16 of shape ``(blocks, nk, cw / 2, 16, 2)``.
     """
     n, d = y.shape
-    head = _bf16(y)
-    parts = [head] if mode == 1 else [head, head, _bf16(y - _from_bf16(head))]
+    head = bf16(y)
+    parts = [head] if mode == 1 else [head, head, bf16(y - from_bf16(head))]
     width = len(parts) * d
     cw = min(32, width + width % 2)
     nk = -(-width // cw)
@@ -168,13 +176,14 @@ def amx_layout(y: np.ndarray, mode: int) -> tuple[np.ndarray, int, int]:
     return np.ascontiguousarray(tiles), nk, cw
 
 
-def _bf16(a: np.ndarray) -> np.ndarray:
+def bf16(a: np.ndarray) -> np.ndarray:
     """float32 values rounded to bfloat16 (to nearest, ties to even), as uint16 bit patterns."""
     u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
     return ((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
 
 
-def _from_bf16(b: np.ndarray) -> np.ndarray:
+def from_bf16(b: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) as float32 values."""
     return (b.astype(np.uint32) << 16).view(np.float32)
 
 
@@ -225,9 +234,21 @@ class AmxBackend:
 
     name = "amx"
 
-    def __init__(self, y: np.ndarray, h: np.ndarray) -> None:
-        if _simd is None or not _simd.amx_available():
-            raise ValueError("backend 'amx' needs the compiled kernel and a CPU with AMX-BF16")
+    def __init__(self, y: np.ndarray, h: np.ndarray, *, screen: Screen | None = None) -> None:
+        """Build the screen's layouts lazily; ``screen`` replaces the tile kernel (a model).
+
+        Args:
+            y: targets, shape ``(N, d)``, float32.
+            h: heights, shape ``(N,)``, float32.
+            screen: a function with the arguments and outputs of the kernel's ``amx_topk``;
+                ``None`` takes the kernel (which needs a CPU with AMX-BF16).
+
+        """
+        if screen is None:
+            if not amx_available():
+                raise ValueError("backend 'amx' needs the compiled kernel and a CPU with AMX-BF16")
+            screen = _simd.amx_topk
+        self._topk = screen
         self._exact = SimdBackend(y, h)
         self._n, self._d = y.shape
         self._y = y
@@ -272,12 +293,11 @@ class AmxBackend:
         scores = np.empty((m, k), dtype=np.float32)
         cells = np.empty((m, k), dtype=np.int64)
         open_ = np.zeros(m, dtype=bool)
-        assert _simd is not None  # checked in __init__
 
         def task(lo: int, hi: int) -> None:
             approx = np.empty((hi - lo, kc), dtype=np.float32)
             cand = np.empty((hi - lo, kc), dtype=np.int64)
-            _simd.amx_topk(q[lo:hi], ya, self._hb, hi - lo, self._d, mode, nk, cw, kc, approx, cand)
+            self._topk(q[lo:hi], ya, self._hb, hi - lo, self._d, mode, nk, cw, kc, approx, cand)
             best, top = candidate_scores(q[lo:hi], self._y, self._h, cand.astype(np.int32), k)
             bound = approx[:, -1] + amx_error_bound(
                 q[lo:hi], self._y_norm, self._h_norm, mode, nk * cw
