@@ -151,6 +151,51 @@ def test_cuda_backends_agree_with_cpu(problem):
         np.testing.assert_array_equal(cells.cpu().numpy()[ok], cpu[ok], err_msg=name)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("duplicates", [False, True], ids=["equal-scores", "duplicate-targets"])
+def test_cuda_tensors_follow_the_tie_rule_on_the_device(duplicates, rng):
+    x, y, h = dyadic_ties(rng, 50, 3, 400, duplicates=duplicates)
+    for name in available_backends("cuda"):
+        index = CellIndex(y, h, backend=name)
+        for k in (1, 2, 5):
+            ref_scores, ref_cells = ranked(x, y, h, k)
+            scores, cells = index.search(torch.from_numpy(x).cuda(), k)
+            assert cells.device.type == "cuda" and scores.device.type == "cuda", name
+            np.testing.assert_array_equal(cells.cpu().numpy(), ref_cells, err_msg=name)
+            np.testing.assert_array_equal(
+                scores.cpu().numpy(), ref_scores.astype(np.float32), err_msg=name
+            )
+
+
+@pytest.mark.parametrize("duplicates", [False, True], ids=["equal-scores", "duplicate-targets"])
+def test_faiss_tensor_search_follows_the_tie_rule(duplicates, rng):
+    """The faiss-gpu backend's path for CUDA tensors (FAISS writes the results through the
+    tensors' addresses; only rows with a tie are repaired on the host), run on a CPU index:
+    only the device is left out."""
+    faiss = pytest.importorskip("faiss")
+    from solver.cells.index import faiss_search_tensors, faiss_topk_tensors, tensor_queries
+
+    x, y, h = dyadic_ties(rng, 50, 3, 400, duplicates=duplicates)
+    index = faiss.IndexFlatIP(4)
+    index.add(np.hstack([y, h[:, None]]))
+    q = tensor_queries(torch.from_numpy(x), torch.device("cpu"))
+    for k in (1, 2, 5, 50):
+        ref_scores, ref_cells = ranked(x, y, h, k)
+        scores, cells = faiss_topk_tensors(index, q, k, 50)
+        assert isinstance(cells, torch.Tensor) and cells.dtype == torch.int64
+        np.testing.assert_array_equal(cells.numpy(), ref_cells, err_msg=f"k={k}")
+        np.testing.assert_array_equal(scores.numpy(), ref_scores.astype(np.float32))
+    top = ranked(x, y, h, 3)[0]
+    assert (top[:, 1] == top[:, 2]).sum() >= 8  # ties across the k-th place were repaired
+    offset = q[7:]  # a view: FAISS reads from its first row, not its storage's
+    np.testing.assert_array_equal(
+        faiss_search_tensors(index, offset, 3)[1].numpy(), index.search(offset.numpy(), 3)[1]
+    )
+    for bad in (q.double(), q[:, :3], q.T.contiguous().T):
+        with pytest.raises(ValueError, match="contiguous float32"):
+            faiss_search_tensors(index, bad, 1)
+
+
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "torch"])
 def test_pooled_search_is_the_same_across_tasks_and_after_a_fork(backend, rng):
     """Queries split over the search pool match the torch backend; a forked child searches."""

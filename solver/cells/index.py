@@ -17,7 +17,8 @@ small interface and are chosen once (``backend="auto"``):
 - ``faiss``: FAISS ``IndexFlatIP`` on the CPU (the fallback when the kernel was not built);
   new heights are written in place into the index's stored vectors (only the last column
   changes).
-- ``faiss-gpu``: FAISS ``GpuIndexFlatIP`` when FAISS sees a GPU; new heights are re-uploaded.
+- ``faiss-gpu``: FAISS ``GpuIndexFlatIP`` when FAISS sees a GPU; new heights are re-uploaded;
+  CUDA tensor queries are answered into tensors on their device (no host round trip).
 - ``torch``: chunked ``x @ y.T + h`` and ``topk`` on any torch device (CPU or CUDA).
 
 All backends compute the same float32 scores, so they return the same cells up to near-ties
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Literal, Protocol, overload
+from typing import Any, Literal, Protocol, overload
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from solver.cells.ties import (
     check_finite,
     check_queries,
     lowest_index_first,
+    lowest_index_first_tensors,
     topk_lowest_index,
 )
 
@@ -397,11 +399,21 @@ class _FaissCPU:
 
 
 class _FaissGPU:  # pragma: no cover - needs faiss-gpu and CUDA
+    """``GpuIndexFlatIP``: CUDA tensor queries are answered into tensors on their device.
+
+    numpy queries (and CPU tensors) take FAISS's host path, which copies them in and the
+    results out; a CUDA tensor's results are written by FAISS straight into device tensors
+    (:func:`faiss_search_tensors`), so a GPU caller's results never visit the host.
+    """
+
     name = "faiss-gpu"
 
     def __init__(self, y: np.ndarray, h: np.ndarray) -> None:
         self._resources = faiss.StandardGpuResources()
-        self._index = faiss.GpuIndexFlatIP(self._resources, y.shape[1] + 1)
+        config = faiss.GpuIndexFlatConfig()
+        config.device = torch.cuda.current_device()  # as every CUDA backend: torch's device
+        self._device = torch.device("cuda", config.device)
+        self._index = faiss.GpuIndexFlatIP(self._resources, y.shape[1] + 1, config)
         self._y = y
         self._index.add(_augmented(y, h))
 
@@ -411,13 +423,102 @@ class _FaissGPU:  # pragma: no cover - needs faiss-gpu and CUDA
         self._index.add(_augmented(self._y, heights))
 
     def search(self, x: Array, k: int) -> tuple[Array, Array]:
-        q = _as_numpy_queries(x)
         n = self._y.shape[0]
-        scores, cells = self._index.search(q, min(k + 1, n))
+        if isinstance(x, torch.Tensor) and x.is_cuda:
+            q = tensor_queries(x, self._device)
+            scores_t, cells_t = faiss_topk_tensors(self._index, q, k, n, self._resources)
+            return scores_t.to(x.device), cells_t.to(x.device)
+        q_np = _as_numpy_queries(x)
+        scores, cells = self._index.search(q_np, min(k + 1, n))
         scores, cells = lowest_index_first(
-            scores, cells, k, lambda rows, width: self._index.search(q[rows], width), n
+            scores, cells, k, lambda rows, width: self._index.search(q_np[rows], width), n
         )
         return like_input(x, np.ascontiguousarray(scores), np.ascontiguousarray(cells))
+
+
+def tensor_queries(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[x, 1] as a contiguous float32 tensor on ``device`` (the FAISS query form)."""
+    xt = x.detach().to(device, torch.float32)
+    return torch.cat([xt, xt.new_ones((xt.shape[0], 1))], dim=1).contiguous()
+
+
+def faiss_topk_tensors(
+    index: Any, q: torch.Tensor, k: int, n: int, resources: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k cells of queries q (``[x, 1]``, see :func:`tensor_queries`) by the tie rule.
+
+    FAISS orders equal scores its own way: it searches k + 1 cells and
+    :func:`solver.cells.ties.lowest_index_first_tensors` repairs the rows with a tie (on the
+    host; all other rows stay on q's device).
+
+    Returns:
+        ``(scores, cells)``, shape ``(M, k)``, float32 and int64 tensors on q's device.
+
+    """
+
+    def deeper(rows: np.ndarray, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return faiss_search_tensors(index, q[torch.from_numpy(rows).to(q.device)], width, resources)
+
+    found = faiss_search_tensors(index, q, min(k + 1, n), resources)
+    return lowest_index_first_tensors(*found, k, deeper, n)
+
+
+def faiss_search_tensors(
+    index: Any, q: torch.Tensor, k: int, resources: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of FAISS ``index`` for queries q, written straight into tensors on q's device.
+
+    The pointer hand-off of FAISS's ``contrib/torch_utils`` without importing that module
+    (which replaces the search methods of every FAISS index class when imported): FAISS reads
+    q and writes the scores and cells through the tensors' addresses. On a GPU it runs on
+    torch's current stream (``resources``: the index's ``StandardGpuResources``), so what
+    torch queued before is done first and what it queues after waits for the search. A CPU
+    index takes CPU tensors the same way.
+
+    Args:
+        index: a FAISS index of dimension ``q.shape[1]`` on q's device.
+        q: queries, shape ``(M, D)``, contiguous float32.
+        k: results per query.
+        resources: the GPU index's resources (needed for CUDA tensors).
+
+    Returns:
+        ``(scores, cells)``, shape ``(M, k)``: float32 and int64 tensors on q's device.
+
+    Raises:
+        ValueError: q is not a contiguous float32 matrix of the index's dimension, or a CUDA
+            tensor comes without the GPU resources.
+
+    """
+    if q.dtype != torch.float32 or q.ndim != 2 or not q.is_contiguous() or q.shape[1] != index.d:
+        raise ValueError(
+            f"queries must be a contiguous float32 (M, {index.d}) tensor, "
+            f"got {q.dtype} {tuple(q.shape)}"
+        )
+    m = q.shape[0]
+    scores = torch.empty((m, k), dtype=torch.float32, device=q.device)
+    cells = torch.empty((m, k), dtype=torch.int64, device=q.device)
+    args = (
+        m,
+        faiss.cast_integer_to_float_ptr(q.data_ptr()),
+        k,
+        faiss.cast_integer_to_float_ptr(scores.data_ptr()),
+        faiss.cast_integer_to_idx_t_ptr(cells.data_ptr()),
+    )
+    if not q.is_cuda:
+        index.search_c(*args)
+        return scores, cells
+    if resources is None:  # pragma: no cover - needs faiss-gpu and CUDA
+        raise ValueError("a CUDA search needs the index's GPU resources")
+    device = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    prior = resources.getDefaultStream(device)
+    cuda_stream = torch.cuda.current_stream(device).cuda_stream
+    stream = faiss.cast_integer_to_cudastream_t(cuda_stream)  # type: ignore[attr-defined]  # GPU builds only
+    resources.setDefaultStream(device, stream)
+    try:
+        index.search_c(*args)
+    finally:
+        resources.setDefaultStream(device, prior)
+    return scores, cells
 
 
 class _Torch:

@@ -114,6 +114,48 @@ def lowest_index_first(
     return scores[:, :k], cells[:, :k]
 
 
+def lowest_index_first_tensors(
+    scores: torch.Tensor,
+    cells: torch.Tensor,
+    k: int,
+    deeper: Callable[[np.ndarray, int], tuple[torch.Tensor, torch.Tensor]],
+    n: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lowest_index_first` for tensors on any device: only rows with a tie visit the host.
+
+    Rows without two equal scores (nearly all) are cut to k on their device; the tied rows are
+    repaired by :func:`lowest_index_first` on the host and written back.
+
+    Args:
+        scores: shape ``(M, K)``, best first, ``K = min(k + 1, N)``, float32.
+        cells: shape ``(M, K)``, int64, on the same device.
+        k: cells per query to return, ``k <= K``.
+        deeper: searches again the queries of the given rows (an int64 numpy array) for the
+            given number of cells, with the same backend; tensors on any device.
+        n: N, the number of cells.
+
+    Returns:
+        ``(scores, cells)``, shape ``(M, k)``, on the input's device.
+
+    """
+    tied = (scores[:, 1:] == scores[:, :-1]).any(dim=1).nonzero()[:, 0]
+    if tied.numel() == 0:
+        return scores[:, :k], cells[:, :k]
+    rows = tied.cpu().numpy()
+
+    def deeper_on_host(sub: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        s, c = deeper(rows[sub], width)
+        return s.cpu().numpy(), c.cpu().numpy()
+
+    s, c = lowest_index_first(
+        scores[tied].cpu().numpy(), cells[tied].cpu().numpy(), k, deeper_on_host, n
+    )
+    out_s, out_c = scores[:, :k].clone(), cells[:, :k].clone()
+    out_s[tied] = torch.from_numpy(np.ascontiguousarray(s)).to(scores.device)
+    out_c[tied] = torch.from_numpy(np.ascontiguousarray(c)).to(cells.device)
+    return out_s, out_c
+
+
 def topk_lowest_index(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of each row of a full score matrix ``block`` (shape ``(M, N)``) by the tie rule.
 
