@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, machine_info  # noqa: E402
+from bench.common import emit, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = {

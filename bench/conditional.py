@@ -25,16 +25,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, machine_info  # noqa: E402
-from models import (  # noqa: E402
+from bench.common import emit, machine_info
+from models import (
     Bundle,
     ClassifierTrainConfig,
     load_digits_dataset,
     train_classifier,
     train_default_digits,
 )
-from models.classifier import features_and_predictions  # noqa: E402
-from solver import FitConfig, Potential, fit, make_problem  # noqa: E402
+from models.classifier import features_and_predictions
+from solver import FitConfig, Potential, fit, make_problem
 
 
 def _fitted(root: Path, target_l1: float, seed: int) -> tuple[Bundle, Potential]:

@@ -28,15 +28,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, machine_info  # noqa: E402
-from models import (  # noqa: E402
+from bench.common import emit, machine_info
+from models import (
     AutoencoderConfig,
     ImageDataset,
     TrainPlan,
     dataset_config_for,
     load_plan_data,
 )
-from models.train import DECODER_SCHEDULES, TrainConfig, train_autoencoder  # noqa: E402
+from models.train import DECODER_SCHEDULES, TrainConfig, train_autoencoder
 
 
 def _joint_phase(

@@ -34,11 +34,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import clustered_latents, emit, machine_info  # noqa: E402
-from bench.exact_fit import PEER_CASES, exact_peer_rows, exact_rows  # noqa: E402
-from bench.ivf import ivf_rows  # noqa: E402
-from bench.peers import PEERS, PeerResult, run_peer, version  # noqa: E402
-from solver import (  # noqa: E402
+from bench.common import clustered_latents, emit, machine_info
+from bench.exact_fit import PEER_CASES, exact_peer_rows, exact_rows
+from bench.ivf import ivf_rows
+from bench.peers import PEERS, PeerResult, run_peer, version
+from solver import (
     AdamConfig,
     CellIndex,
     FitConfig,
@@ -199,7 +199,7 @@ def _peer_row(run: PeerResult) -> dict:
     }
 
 
-def _summary(result) -> dict:  # noqa: ANN001
+def _summary(result) -> dict:
     acc = result.accuracy
     return {
         "method": result.method,

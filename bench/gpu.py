@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from solver import CellIndex, FitConfig, available_backends, fit, make_problem  # noqa: E402
+from solver import CellIndex, FitConfig, available_backends, fit, make_problem
 
 if TYPE_CHECKING:
     from solver import TritonBackend

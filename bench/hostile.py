@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, machine_info  # noqa: E402
-from tests.hostile import ANONYMOUS, BUNDLE_LIMIT, KEYED, MIB, PeakRSS, warm_up  # noqa: E402
-from tests.service_helpers import (  # noqa: E402
+from bench.common import emit, machine_info
+from tests.hostile import ANONYMOUS, BUNDLE_LIMIT, KEYED, MIB, PeakRSS, warm_up
+from tests.service_helpers import (
     API_KEY,
     fit_store,
     live_server,

@@ -35,7 +35,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import (  # noqa: E402
+from models import (
     METRIC_NOTE,
     AutoencoderConfig,
     Bundle,
@@ -52,7 +52,7 @@ from models import (  # noqa: E402
     train_and_save,
     train_classifier,
 )
-from solver import (  # noqa: E402
+from solver import (
     ExtendedMap,
     FitConfig,
     atomic_write_bytes,
@@ -110,7 +110,7 @@ def machine(args: argparse.Namespace) -> dict:
     }
 
 
-def get_classifier(args, name, train, test, out: Path):  # noqa: ANN001, ANN201
+def get_classifier(args, name, train, test, out: Path):
     path = out / f"classifier-{name}.safetensors"
     if args.reuse and path.is_file():
         return load_classifier(path)
@@ -120,7 +120,7 @@ def get_classifier(args, name, train, test, out: Path):  # noqa: ANN001, ANN201
     return trained
 
 
-def get_bundle(args, data, out: Path) -> Bundle:  # noqa: ANN001
+def get_bundle(args, data, out: Path) -> Bundle:
     path = out / f"bundle-{data.name}"
     arch = AutoencoderConfig(image_shape=data.image_shape, latent_dim=args.latent_dim)
     config = TrainConfig(
@@ -133,7 +133,7 @@ def get_bundle(args, data, out: Path) -> Bundle:  # noqa: ANN001
     return train_and_save(data, arch, config, path, checkpoint=out / f"ae-{data.name}.pt")
 
 
-def fit_ot(args, latents: np.ndarray, cache: Path | None = None) -> tuple[ExtendedMap, dict]:  # noqa: ANN001
+def fit_ot(args, latents: np.ndarray, cache: Path | None = None) -> tuple[ExtendedMap, dict]:
     """Fit OT to the latents (or reuse the heights cached for exactly these latents)."""
     problem = make_problem(latents)
     digest = hashlib.sha256(np.ascontiguousarray(problem.targets).tobytes()).hexdigest()
@@ -169,7 +169,7 @@ def fit_ot(args, latents: np.ndarray, cache: Path | None = None) -> tuple[Extend
     return _extended(args, problem, result.heights, info)
 
 
-def _extended(args, problem, heights: np.ndarray, info: dict) -> tuple[ExtendedMap, dict]:  # noqa: ANN001
+def _extended(args, problem, heights: np.ndarray, info: dict) -> tuple[ExtendedMap, dict]:
     ext = build_extended_map(
         problem.targets,
         heights,
@@ -189,9 +189,9 @@ def _extended(args, problem, heights: np.ndarray, info: dict) -> tuple[ExtendedM
     return ext, info
 
 
-def sampler_latents(args, bundle: Bundle, ot: ExtendedMap, n: int) -> dict:  # noqa: ANN001
+def sampler_latents(args, bundle: Bundle, ot: ExtendedMap, n: int) -> dict:
     """Latents of every latent-space sampler (or the reason it is unavailable)."""
-    from sklearn.mixture import GaussianMixture  # noqa: PLC0415
+    from sklearn.mixture import GaussianMixture
 
     z = np.asarray(bundle.latents, dtype=np.float64)
     rng = np.random.default_rng(args.seed + 1)

@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import clustered_latents, emit, machine_info  # noqa: E402
-from solver import (  # noqa: E402
+from bench.common import clustered_latents, emit, machine_info
+from solver import (
     FitConfig,
     FitProgress,
     fit,
@@ -141,7 +141,7 @@ def main() -> None:
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
     rank = 0
     if ranks > 1:
-        import torch.distributed as dist  # noqa: PLC0415 - only under torchrun
+        import torch.distributed as dist  # only under torchrun
 
         dist.init_process_group("gloo")
         rank = dist.get_rank()

@@ -33,8 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, machine_info  # noqa: E402
-from solver import (  # noqa: E402
+from bench.common import emit, machine_info
+from solver import (
     FitConfig,
     GapThreshold,
     QuantileThreshold,
@@ -42,7 +42,7 @@ from solver import (  # noqa: E402
     fit,
     make_problem,
 )
-from solver.plots import power_diagram_png, samples_png  # noqa: E402
+from solver.plots import power_diagram_png, samples_png
 
 STD = 0.05
 MEANS = np.array([(-4 + 2 * i, -4 + 2 * j) for i in range(5) for j in range(5)], dtype=float)

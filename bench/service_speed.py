@@ -36,11 +36,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, machine_info  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from service.store import ModelStore  # noqa: E402
-from service.training import digits_plan, train_into_store  # noqa: E402
-from service.worker import Worker  # noqa: E402
+from bench.common import emit, machine_info
+from service.settings import Settings
+from service.store import ModelStore
+from service.training import digits_plan, train_into_store
+from service.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -250,7 +250,7 @@ def main() -> None:
 
 
 def _free_port() -> int:
-    import socket  # noqa: PLC0415
+    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

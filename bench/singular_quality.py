@@ -46,9 +46,9 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, machine_info  # noqa: E402
-from bench.mode_collapse import MEANS, grid_samples  # noqa: E402
-from models import (  # noqa: E402
+from bench.common import emit, machine_info
+from bench.mode_collapse import MEANS, grid_samples
+from models import (
     AutoencoderConfig,
     Bundle,
     ClassifierTrainConfig,
@@ -61,9 +61,9 @@ from models import (  # noqa: E402
     train_and_save,
     train_classifier,
 )
-from models.classifier import features_and_predictions  # noqa: E402
-from models.train import train_default_digits  # noqa: E402
-from solver import (  # noqa: E402
+from models.classifier import features_and_predictions
+from models.train import train_default_digits
+from solver import (
     DEFAULT_BLEND_MARGIN,
     DEFAULT_RULE,
     AngleFrame,
@@ -191,7 +191,7 @@ def fit_heights(args: argparse.Namespace, targets: np.ndarray, cache: Path) -> t
     return problem, result.heights, info
 
 
-def _merged_labels(problem, labels: np.ndarray) -> np.ndarray:  # noqa: ANN001
+def _merged_labels(problem, labels: np.ndarray) -> np.ndarray:
     """Label of each merged target (duplicates of one latent: the last row's label)."""
     out = np.empty(problem.n_targets, dtype=np.int64)
     out[problem.inverse] = labels
@@ -217,7 +217,7 @@ def grid_case(args: argparse.Namespace, out: Path) -> Case:
     )
 
 
-def _classifier_labeler(bundle: Bundle, clf) -> Labeler:  # noqa: ANN001
+def _classifier_labeler(bundle: Bundle, clf) -> Labeler:
     def labeler(z: np.ndarray) -> np.ndarray:
         images = bundle.decode(np.asarray(z, dtype=np.float32))
         return features_and_predictions(clf.model, images)[1]

@@ -40,17 +40,17 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, machine_info  # noqa: E402
-from bench.singular_quality import median_spacing, mixing  # noqa: E402
-from models import (  # noqa: E402
+from bench.common import emit, machine_info
+from bench.singular_quality import median_spacing, mixing
+from models import (
     DIGITS_AUTOENCODER,
     DIGITS_RECIPE,
     load_bundle,
     load_digits_dataset,
 )
-from models.runtime import cpu_threads  # noqa: E402
-from models.train import train_and_save  # noqa: E402
-from solver import (  # noqa: E402
+from models.runtime import cpu_threads
+from models.train import train_and_save
+from solver import (
     DEFAULT_BLEND_MARGIN,
     DEFAULT_RULE,
     Adjacency,

@@ -422,7 +422,7 @@ def _check_weight_shapes(path: Path, config: AutoencoderConfig) -> None:
         expected = {k: tuple(v.shape) for k, v in getattr(model, part).state_dict().items()}
         try:
             with safe_open(str(file), framework="pt") as f:
-                found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+                found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except (SafetensorError, OSError) as exc:
             raise ValueError(f"{file} does not hold weights for {config}: {exc}") from exc
         if found != expected:

@@ -222,7 +222,7 @@ def load_classifier(path: str | os.PathLike[str]) -> TrainedClassifier:
         ValueError: missing or corrupt file, or one of another format.
 
     """
-    from safetensors import safe_open  # noqa: PLC0415
+    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():

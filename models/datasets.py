@@ -454,7 +454,7 @@ def load_digits_dataset(*, split: Split = "all") -> ImageDataset:
         Images ``(N, 1, 8, 8)`` scaled from 0..16 to [0, 1], labels ``(N,)`` int64.
 
     """
-    from sklearn.datasets import load_digits  # noqa: PLC0415 - sklearn import is slow
+    from sklearn.datasets import load_digits  # sklearn import is slow
 
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")

@@ -94,7 +94,7 @@ def create_app(
             # refresh raced the first requests); a failed load only logs, as in the poller.
             try:
                 await asyncio.to_thread(serving.refresh)
-            except Exception:  # noqa: BLE001 - keep starting; the poller retries
+            except Exception:  # keep starting; the poller retries
                 log.exception("first catalogue load failed")
             poller.start()
         try:

@@ -94,10 +94,10 @@ def serve(
     ),
 ) -> None:
     """Serve the API and web page; an empty store trains digits (or --data) and fits it."""
-    import uvicorn  # noqa: PLC0415 - only this command needs the server
+    import uvicorn  # only this command needs the server
 
-    from service.app import create_app  # noqa: PLC0415
-    from service.logs import configure_logging  # noqa: PLC0415
+    from service.app import create_app
+    from service.logs import configure_logging
 
     if data is not None:
         overrides = queue_served_dataset(
@@ -110,8 +110,8 @@ def serve(
     if settings.web_workers > 1:
         _serve_processes(settings)
         return
-    from service.server import server_options  # noqa: PLC0415
-    from service.store import CatalogueLost  # noqa: PLC0415
+    from service.server import server_options
+    from service.store import CatalogueLost
 
     try:
         app_ = create_app(settings)
@@ -150,10 +150,10 @@ def _check_port(host: str, port: int) -> None:
 
 def _serve_processes(settings: Settings) -> None:
     """``web_workers`` uvicorn processes on one port, plus this process's one fit worker."""
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
-    from service.process import WorkerProcess  # noqa: PLC0415
-    from service.server import server_options  # noqa: PLC0415
+    from service.process import WorkerProcess
+    from service.server import server_options
 
     own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     metrics_dir = tempfile.mkdtemp(prefix="aeot-metrics-") if own_dir else None
@@ -188,9 +188,9 @@ def _serve_processes(settings: Settings) -> None:
 @settings_options
 def worker_cmd(overrides: dict[str, Any]) -> None:
     """Run a fit worker on the store (scale-out; several may share one store)."""
-    from service.logs import configure_logging  # noqa: PLC0415
-    from service.ranks import lead_or_follow  # noqa: PLC0415
-    from service.worker import run_worker  # noqa: PLC0415
+    from service.logs import configure_logging
+    from service.ranks import lead_or_follow
+    from service.worker import run_worker
 
     settings = build_settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
@@ -210,7 +210,7 @@ def fit_cmd(
 
     Under ``torchrun --nproc-per-node K`` the fit runs over K processes (see docs/solver.md).
     """
-    from service.ranks import lead_or_follow  # noqa: PLC0415
+    from service.ranks import lead_or_follow
 
     followed = lead_or_follow(lambda: _fit_foreground(name, overrides))
     if followed is not None:
@@ -219,10 +219,10 @@ def fit_cmd(
 
 def _fit_foreground(name: str, overrides: dict[str, Any]) -> None:
     """The fit command's body: queue a fit, run a worker here until it ends, show progress."""
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
-    from service.job_config import job_config  # noqa: PLC0415
-    from service.worker import Worker  # noqa: PLC0415
+    from service.job_config import job_config
+    from service.worker import Worker
 
     settings = build_settings(**{**overrides, "embedded_default": False})
     model_store = open_existing_store(settings.store)
@@ -282,7 +282,7 @@ def sample(
     with connect(url, api_key) as client:
         if out.suffix == ".npy":
             latents = client.sample(n, seed, **options)
-            import numpy as np  # noqa: PLC0415 - the client has just needed it
+            import numpy as np  # the client has just needed it
 
             np.save(out, latents)
         elif out.suffix == ".json":
@@ -412,10 +412,10 @@ def demo(
     seed: int = typer.Option(0, help="seed of the data and of the fit"),
 ) -> None:
     """Fit the OT map onto the 25-Gaussian grid of the paper's Table 2 and print accuracy/time."""
-    import numpy as np  # noqa: PLC0415
-    from tqdm import tqdm  # noqa: PLC0415
+    import numpy as np
+    from tqdm import tqdm
 
-    from solver import FitConfig, FitProgress, fit, make_problem  # noqa: PLC0415
+    from solver import FitConfig, FitProgress, fit, make_problem
 
     rng = np.random.default_rng(seed)
     means = np.array([(-4 + 2 * i, -4 + 2 * j) for i in range(5) for j in range(5)], float)

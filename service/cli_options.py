@@ -54,7 +54,7 @@ def _setting_parameters(name: str, field: FieldInfo) -> list[inspect.Parameter]:
     A boolean's two forms are two options, each on its own help row: as one ``--x/--no-x``
     option their names share a row and are cut at 80 columns.
     """
-    from pydantic import SecretStr  # noqa: PLC0415 - the server's package
+    from pydantic import SecretStr  # the server's package
 
     kind, values = _option_type(field.annotation)
     default = field.default
@@ -93,7 +93,7 @@ def settings_options(fn: F) -> F:
     """
     if server_missing() is not None:
         return fn
-    from service.settings import Settings  # noqa: PLC0415 - the server's settings
+    from service.settings import Settings  # the server's settings
 
     own = inspect.signature(fn, eval_str=True)
     params = [p for p in own.parameters.values() if p.name != "overrides"]

@@ -122,7 +122,7 @@ def explain(exc: BaseException, command: Callable[..., Any] | None = None) -> st
 
 def _is_validation_error(exc: BaseException) -> TypeGuard[ValidationError]:
     try:
-        from pydantic import ValidationError  # noqa: PLC0415 - the server's package
+        from pydantic import ValidationError  # the server's package
     except ModuleNotFoundError:
         return False
     return isinstance(exc, ValidationError)
@@ -138,7 +138,7 @@ def server_needed(command: str, missing: str | None) -> str:
 def server_missing() -> str | None:
     """The first module of the server's settings this install lacks (``None``: none)."""
     try:
-        import service.settings  # noqa: F401, PLC0415 - pydantic-settings, numpy, the solver
+        import service.settings  # noqa: F401 - pydantic-settings, numpy, the solver
     except ModuleNotFoundError as exc:
         return exc.name or "?"
     return None
@@ -302,7 +302,7 @@ def no_store_error(store: Path) -> CliError:
 
 def open_existing_store(store: Path) -> ModelStore:
     """Open the store at ``store`` without creating one (a missing store is a :class:`CliError`)."""
-    from service.store import ModelStore  # noqa: PLC0415 - imports torch, slow to load
+    from service.store import ModelStore  # imports torch, slow to load
 
     if not (store / "catalog.sqlite3").is_file():
         raise no_store_error(store)
@@ -311,6 +311,6 @@ def open_existing_store(store: Path) -> ModelStore:
 
 def build_settings(**overrides: Any) -> Settings:
     """``Settings`` from the ``AEOT_*`` variables, with the given (non-``None``) overrides."""
-    from service.settings import Settings  # noqa: PLC0415 - the server's settings
+    from service.settings import Settings  # the server's settings
 
     return Settings(**{k: v for k, v in overrides.items() if v is not None})

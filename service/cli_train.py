@@ -36,10 +36,10 @@ def train(
     store: Path = typer.Option(None, help="store directory (default: AEOT_STORE or ./store)"),  # noqa: B008
 ) -> None:
     """Train an autoencoder on a dataset into the store (resumable); its fit is queued."""
-    from models import TrainPlan, dataset_config_for, load_plan_data  # noqa: PLC0415
-    from service.names import sanitise_name  # noqa: PLC0415
-    from service.store import ModelStore  # noqa: PLC0415
-    from service.training import checkpoint_path  # noqa: PLC0415
+    from models import TrainPlan, dataset_config_for, load_plan_data
+    from service.names import sanitise_name
+    from service.store import ModelStore
+    from service.training import checkpoint_path
 
     plan = TrainPlan.of(train_options, dataset_config_for(data, data_options))
     images = load_plan_data(plan)
@@ -68,7 +68,7 @@ def train(
 
 def _resume_line(checkpoint: Path) -> str:
     """What the run resumes from: the epochs its checkpoint holds."""
-    from models.train import checkpoint_progress  # noqa: PLC0415
+    from models.train import checkpoint_progress
 
     try:
         epoch, phase = checkpoint_progress(checkpoint)
@@ -114,10 +114,10 @@ def _train_with_bars(
     store: ModelStore, name: str, plan: TrainPlan, images: ImageDataset, settings: Settings
 ) -> ModelRecord:
     """Run the training with an epoch bar (phase, loss) over the per-epoch batch bars."""
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
-    from service.job_config import job_config  # noqa: PLC0415
-    from service.training import train_into_store  # noqa: PLC0415
+    from service.job_config import job_config
+    from service.training import train_into_store
 
     _, recipe = plan.resolve(images.image_shape)
     total = recipe.max_joint_epochs + recipe.decoder_epochs
@@ -161,11 +161,11 @@ def queue_served_dataset(
     Returns the overrides with the model as the default and the embedded digits model off.
     Nothing is queued when the model is registered already or being trained.
     """
-    from models import TrainPlan, dataset_config_for  # noqa: PLC0415
-    from service.job_config import job_config  # noqa: PLC0415
-    from service.names import sanitise_name  # noqa: PLC0415
-    from service.store import ModelStore  # noqa: PLC0415
-    from service.training import queue_training  # noqa: PLC0415
+    from models import TrainPlan, dataset_config_for
+    from service.job_config import job_config
+    from service.names import sanitise_name
+    from service.store import ModelStore
+    from service.training import queue_training
 
     config = dataset_config_for(data, data_options)
     if config.path is not None:  # the worker may run in another directory

@@ -212,7 +212,7 @@ class Call(Generic[T]):
 Plan: TypeAlias = Generator[Call[Any], Any, None]
 
 
-class endpoint(Generic[P, T]):  # noqa: N801 - used as a decorator, like property
+class endpoint(Generic[P, T]):  # used as a decorator, like property
     """An API method written once as ``build(*args) -> Call``; a method of both clients.
 
     On :class:`AEOTClient` it returns the parsed result; on :class:`AsyncAEOTClient` an
@@ -250,7 +250,7 @@ class endpoint(Generic[P, T]):  # noqa: N801 - used as a decorator, like propert
         return bound
 
 
-class paged(Generic[P, T]):  # noqa: N801 - used as a decorator
+class paged(Generic[P, T]):  # used as a decorator
     """An API method of one request per page, written once as a plan (see :data:`Plan`).
 
     The plan yields calls and receives their results; the results of calls marked ``page``
@@ -300,7 +300,7 @@ def pages_of(kind: type[T]) -> Callable[[Callable[P, Plan]], paged[P, T]]:
     return make
 
 
-class joined(Generic[P, T, R]):  # noqa: N801 - used as a decorator
+class joined(Generic[P, T, R]):  # used as a decorator
     """An API method that joins every page of a :class:`paged` one into one result.
 
     Decorates ``join(pages) -> R``, which gives the method its name, docstring and result

@@ -44,7 +44,7 @@ def config(*, sharded: bool = False) -> FitConfig:
     )
 
 
-def index_bytes(build) -> int:  # noqa: ANN001
+def index_bytes(build) -> int:
     """Bytes of numpy memory an index keeps once built (tracemalloc counts numpy's buffers)."""
     tracemalloc.start()
     index = build()
@@ -73,7 +73,7 @@ def main(out: Path, sharded: bool) -> None:
         memory(out, rank, dist.get_world_size())
     calls = 0
 
-    def stop_at_three(progress) -> bool:  # noqa: ANN001
+    def stop_at_three(progress) -> bool:
         nonlocal calls
         calls += 1
         return progress.record.iteration < 3

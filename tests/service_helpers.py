@@ -145,7 +145,7 @@ def live_server(
             proc.wait()
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:  # noqa: ANN001
+def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until true or ``timeout`` seconds pass (bounded loop)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

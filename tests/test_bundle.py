@@ -110,7 +110,7 @@ def test_save_replaces_atomically_and_leaves_no_temp(tmp_path: Path) -> None:
         (lambda p: (p / "metrics.json").write_text("[1, 2"), "metrics.json"),
     ],
 )
-def test_corrupt_bundle_raises(bundle_copy: Path, damage, message: str) -> None:  # noqa: ANN001
+def test_corrupt_bundle_raises(bundle_copy: Path, damage, message: str) -> None:
     damage(bundle_copy)
     with pytest.raises(ValueError, match=message):
         load_bundle(bundle_copy)

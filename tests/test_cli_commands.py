@@ -42,7 +42,7 @@ from tests.service_helpers import (
 from tests.test_training import write_idx, write_npz
 
 
-def invoke(*args: str):  # noqa: ANN201
+def invoke(*args: str):
     return CliRunner().invoke(cli_app, list(args))
 
 
@@ -91,7 +91,7 @@ def test_options_override_the_environment(empty_cwd, monkeypatch):
     assert bad.stderr.startswith("error: invalid setting: target_l1: Input should be less than 2")
 
 
-def _option_names(command) -> set[str]:  # noqa: ANN001
+def _option_names(command) -> set[str]:
     return {p.name for p in command.params}
 
 
@@ -215,7 +215,7 @@ def test_declining_to_delete_is_no_error(empty_cwd):
     assert run.output.splitlines()[-1] == "not deleted: x" and "error" not in run.output
 
 
-def _interrupt_after(proc: subprocess.Popen[str], ready) -> tuple[str, str]:  # noqa: ANN001
+def _interrupt_after(proc: subprocess.Popen[str], ready) -> tuple[str, str]:
     """Send Ctrl-C (SIGINT) to ``proc`` once ``ready()`` holds; its output after it ends."""
     assert wait_for(lambda: ready() or proc.poll() is not None, timeout=120)
     assert proc.poll() is None, proc.communicate()
@@ -263,7 +263,7 @@ def test_ctrl_c_exits_130_and_the_rerun_names_the_epoch_it_resumes_after(empty_c
 SERVER_COMMANDS = {"serve", "worker", "fit", "train", "demo"}
 
 
-def _leaf_commands(group, prefix: tuple[str, ...] = ()):  # noqa: ANN001, ANN202
+def _leaf_commands(group, prefix: tuple[str, ...] = ()):
     for name, command in group.commands.items():
         if hasattr(command, "commands"):
             yield from _leaf_commands(command, (*prefix, name))

@@ -107,7 +107,7 @@ def test_read_idx_other_dtypes(tmp_path: Path) -> None:
         (lambda b: b"", "truncated"),
     ],
 )
-def test_corrupt_idx_file_raises(tmp_path: Path, mutate, message: str) -> None:  # noqa: ANN001
+def test_corrupt_idx_file_raises(tmp_path: Path, mutate, message: str) -> None:
     good = idx_bytes(np.zeros((3, 4, 4), dtype=np.uint8))
     path = tmp_path / "t10k-images-idx3-ubyte"
     path.write_bytes(mutate(good))

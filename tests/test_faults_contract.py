@@ -68,7 +68,7 @@ def bundle_dir(base):
     return write_bundle(base / "faults-bundle", n=30, d=4)
 
 
-def _tweaked(bundle_dir: Path, tmp: Path, edit) -> bytes:  # noqa: ANN001
+def _tweaked(bundle_dir: Path, tmp: Path, edit) -> bytes:
     copy = tmp / "tweaked"
     shutil.copytree(bundle_dir, copy)
     edit(copy)

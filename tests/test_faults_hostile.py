@@ -47,7 +47,7 @@ def bundle(base):
     return write_bundle(base / "hostile-bundle", n=30, d=4)
 
 
-def _run(case: Case, server, bundle, tmp_path) -> None:  # noqa: ANN001
+def _run(case: Case, server, bundle, tmp_path) -> None:
     url, pid = server
     send = case.make(bundle, tmp_path)
     with PeakRSS(pid) as probe:

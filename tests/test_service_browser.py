@@ -82,7 +82,7 @@ def _screens_dir(tmp_path: Path) -> Path:
     return out
 
 
-def _red_gap_columns(page) -> int:  # noqa: ANN001
+def _red_gap_columns(page) -> int:
     """Columns of the interpolation strip that are entirely the crossing red."""
     return page.evaluate(
         """() => {
@@ -105,7 +105,7 @@ def _red_gap_columns(page) -> int:  # noqa: ANN001
     )
 
 
-def _check_ready(page, url: str) -> None:  # noqa: ANN001
+def _check_ready(page, url: str) -> None:
     page.wait_for_selector("#ready.ready", timeout=WAIT_MS)
     for selector in ("#gallery img", "#strip img", "#singular-picture"):
         page.wait_for_function(_image_loaded(selector), timeout=WAIT_MS)
@@ -120,7 +120,7 @@ def _check_ready(page, url: str) -> None:  # noqa: ANN001
     assert page.locator("#singular-pairs figure img").count() >= 1
 
 
-def _check_no_overflow(page, width: int) -> None:  # noqa: ANN001
+def _check_no_overflow(page, width: int) -> None:
     """Nothing is wider than the viewport, and nothing needs a scroll bar inside its section."""
     page_width = page.evaluate("() => document.documentElement.scrollWidth")
     assert page_width <= width, f"the page is {page_width} px wide at a {width} px viewport"
@@ -142,7 +142,7 @@ def _check_no_overflow(page, width: int) -> None:  # noqa: ANN001
     assert wide == [], f"at {width} px these pictures stick out of their section: {wide}"
 
 
-def _check_badge_states(page) -> None:  # noqa: ANN001
+def _check_badge_states(page) -> None:
     """The badge's text for states a fitted store cannot show live, in the API's shapes."""
     train = {
         "kind": "train",
@@ -175,7 +175,7 @@ def _check_badge_states(page) -> None:  # noqa: ANN001
         assert page.evaluate("(a) => badgeFor(a[0], a[1])", args) == expected
 
 
-def _check_seed_count_class(page) -> None:  # noqa: ANN001
+def _check_seed_count_class(page) -> None:
     first = page.get_attribute("#gallery img", "src")
     page.fill("#count", "9")
     page.fill("#seed", "17")
@@ -205,7 +205,7 @@ def _check_seed_count_class(page) -> None:  # noqa: ANN001
     page.wait_for_function(_image_loaded("#gallery img"), timeout=WAIT_MS)
 
 
-def _check_downloads(page, tmp_path: Path) -> None:  # noqa: ANN001
+def _check_downloads(page, tmp_path: Path) -> None:
     with page.expect_download() as info:
         page.click("#download-png")
     png = tmp_path / info.value.suggested_filename
@@ -219,7 +219,7 @@ def _check_downloads(page, tmp_path: Path) -> None:  # noqa: ANN001
     assert npy.suffix == ".npy" and latents.shape == (9, 3)
 
 
-def _check_crossings(page) -> None:  # noqa: ANN001
+def _check_crossings(page) -> None:
     # Codes 0 and 30 lie in different clusters: the segment crosses a singular facet.
     page.fill("#from", "0")
     page.fill("#to", "30")

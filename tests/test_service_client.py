@@ -110,7 +110,7 @@ def test_sync_client_new_operations_match_the_async_ones(app):
     assert err.value.status_code == 422 and "no labels" in err.value.detail
 
 
-def _wsgi_free_transport(app) -> httpx.BaseTransport:  # noqa: ANN001
+def _wsgi_free_transport(app) -> httpx.BaseTransport:
     """A sync transport into the ASGI app (Starlette's test client transport)."""
     from fastapi.testclient import TestClient
 

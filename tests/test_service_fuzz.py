@@ -52,7 +52,7 @@ KNOWN_NAMES = {
 }
 
 
-def _fuzz_app(root):  # noqa: ANN001
+def _fuzz_app(root):
     store = copy_store(fitted_template(root), root / "fuzz-store")
     store.register("spare", store.bundle_dir("tiny"))
     data_root = root / "fuzz-data"  # an empty data root: training requests reach the handler
@@ -68,7 +68,7 @@ def fuzz_app(tmp_path_factory):
         yield app
 
 
-def _fuzz(app, headers: dict[str, str]) -> dict[GenerationMode, Counter[int]]:  # noqa: ANN001
+def _fuzz(app, headers: dict[str, str]) -> dict[GenerationMode, Counter[int]]:
     """Run every operation in both generation modes; the statuses seen in each mode."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -84,7 +84,7 @@ def _fuzz(app, headers: dict[str, str]) -> dict[GenerationMode, Counter[int]]:  
     return statuses
 
 
-def _run_operation(operation, mode, headers, statuses) -> None:  # noqa: ANN001
+def _run_operation(operation, mode, headers, statuses) -> None:
     """``EXAMPLES`` generated requests to one operation, their statuses counted."""
     known = KNOWN_NAMES.get((operation.method.upper(), operation.path))
     calls = itertools.count()

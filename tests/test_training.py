@@ -134,7 +134,7 @@ def test_training_resumes_from_its_checkpoint_and_keeps_labels(tmp_path):
     plan = tiny_plan(dataset_config_for(str(write_npz(tmp_path / "shapes.npz"))), subset=32)
     epochs: list[int] = []
 
-    def stop_after_first(record, report):  # noqa: ANN001, ANN202
+    def stop_after_first(record, report):
         epochs.append(report.epoch)
         assert report.n_images == 32 and report.epochs == 3 and report.loss > 0
         return report.epoch < 1

@@ -161,7 +161,7 @@ def _fused_available() -> bool:
     """Whether the fused Triton kernel module exists and can run here."""
     if importlib.util.find_spec("solver.cells.triton_index") is None:
         return False
-    from solver.cells import triton_index as fused  # noqa: PLC0415 - optional, needs triton and CUDA
+    from solver.cells import triton_index as fused  # optional, needs triton and CUDA
 
     return bool(fused.available())
 
@@ -326,7 +326,7 @@ def _make_backend(name: str, y: np.ndarray, h: np.ndarray) -> _Backend:
     if name == "torch-cuda":
         return _Torch(y, h, torch.device("cuda"))
     if name == "triton":
-        from solver.cells import triton_index as fused  # noqa: PLC0415
+        from solver.cells import triton_index as fused
 
         return fused.TritonBackend(y, h)
     raise ValueError(f"unknown backend {name!r}")

@@ -55,7 +55,7 @@ _POOL: ThreadPoolExecutor | None = None
 
 def _forget_pool() -> None:
     """In a forked child the parent's pool threads do not exist: start a new pool on use."""
-    global _POOL  # noqa: PLW0603
+    global _POOL
     _POOL = None
 
 
@@ -65,7 +65,7 @@ if hasattr(os, "register_at_fork"):
 
 def _search_pool() -> ThreadPoolExecutor:
     """One process-wide pool of CPU search threads, created on first use."""
-    global _POOL  # noqa: PLW0603 - created on first use, shared by every index
+    global _POOL  # created on first use, shared by every index
     if _POOL is None:
         _POOL = ThreadPoolExecutor(search_threads(), thread_name_prefix="cell-search")
     return _POOL

@@ -91,8 +91,8 @@ INTERPRETER_TILES = TileConfig(block_m=16, block_n=16, num_warps=1, num_stages=1
 _MIN_CAPABILITY = (8, 0)
 
 
-def _kernels():  # noqa: ANN202 - the module of triton kernels
-    from solver.cells import _triton_kernels as _fused_kernels  # noqa: PLC0415 - needs triton
+def _kernels():  # the module of triton kernels
+    from solver.cells import _triton_kernels as _fused_kernels  # needs triton
 
     return _fused_kernels
 
@@ -112,7 +112,7 @@ def interpreting() -> bool:
     """Whether triton was imported in interpreter mode (``TRITON_INTERPRET=1``: CPU tensors)."""
     if not triton_installed():
         return False
-    from triton.runtime.interpreter import InterpretedFunction  # noqa: PLC0415
+    from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(_kernels().topk_kernel, InterpretedFunction)
 

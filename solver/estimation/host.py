@@ -33,7 +33,7 @@ from solver.measures import SourceMeasure
 DEFAULT_SLAB_FRACTION = 0.2
 
 
-class DeadlineReached(Exception):  # noqa: N818 - a stop signal, not a fault
+class DeadlineReached(Exception):  # a stop signal, not a fault
     """A Monte Carlo pass stopped between batches because its deadline passed.
 
     Passes over millions of samples take minutes; the fit's time budget is checked between
