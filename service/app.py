@@ -76,7 +76,7 @@ def create_app(
     if serving.on_swap is None:
         serving.on_swap = metrics.on_swap
     if serving.on_damaged is None and not store.read_only:
-        serving.on_damaged = lambda name: queue_refit(store, settings, name)
+        serving.on_damaged = lambda name, version: queue_refit(store, settings, name, version)
     run_worker = settings.worker if start_worker is None else start_worker
 
     @asynccontextmanager
@@ -86,7 +86,7 @@ def create_app(
         worker = WorkerProcess(settings, store) if run_worker and not store.read_only else None
         app.state.worker = worker
         metrics.watch_worker(worker)
-        poller = Poller(serving, settings.poll_interval) if poll else None
+        poller = Poller(serving, settings.poll_interval, [store.heal_if_due]) if poll else None
         if worker is not None:
             worker.start()
         if poller is not None:
@@ -143,10 +143,18 @@ def create_app(
     return app
 
 
-def queue_refit(store: ModelStore, settings: Settings, name: str) -> None:
-    """Queue a fit of ``name`` with the server's settings (none if one is already active)."""
-    if store.enqueue_fit(name, job_config(settings)) is not None:
-        log.warning("model %s: refit queued to replace a damaged potential", name)
+def queue_refit(store: ModelStore, settings: Settings, name: str, version: int) -> None:
+    """Queue a refit of ``name`` to replace its damaged ``version`` (none if one is active).
+
+    The refit runs with the configuration of the job that fitted the damaged version (its
+    target, seed and method), so a deterministic fit reproduces it; with the server's
+    settings when that job is no longer known.
+    """
+    record = store.potential_record(name, version)
+    job = store.job(record.job_id) if record is not None and record.job_id is not None else None
+    config = job.config if job is not None and job.kind == "fit" else job_config(settings)
+    if store.enqueue_fit(name, config) is not None:
+        log.warning("model %s: refit queued to replace damaged potential v%d", name, version)
 
 
 def app_from_env() -> FastAPI:

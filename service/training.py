@@ -27,7 +27,7 @@ from models.datasets import DatasetConfig, dataset_config_for
 from models.options import DataOptions
 from service.catalog import JobRecord, JobStatus, ModelRecord, TrainProgress
 from service.job_config import JobConfig
-from service.store import ModelExists, ModelStore, check_name
+from service.store import ModelExists, ModelStore, TrainingCancelled, check_name
 
 log = logging.getLogger("aeot.training")
 
@@ -133,6 +133,7 @@ def train_into_store(
     data: ImageDataset | None = None,
     callback: TrainCallback | None = None,
     progress: bool = False,
+    job_id: int | None = None,
 ) -> ModelRecord | None:
     """Train ``plan`` (resuming its checkpoint) and register the bundle as ``name``.
 
@@ -145,9 +146,14 @@ def train_into_store(
         callback: after each epoch, with the epoch record and the job-level progress;
             returning ``False`` stops training (the checkpoint stays for a resume).
         progress: tqdm bars over each epoch's batches.
+        job_id: the train job running this (the worker's): the bundle is registered only
+            while that job still runs.
 
     Returns:
         The registered model, or ``None`` when the callback stopped training.
+
+    Raises:
+        TrainingCancelled: ``job_id`` was cancelled (its name deleted) as training ended.
 
     """
     check_name(name)
@@ -176,8 +182,10 @@ def train_into_store(
     )
     if bundle is None:
         return None
-    record = store.register(name, out, move=True, fit=fit)
-    checkpoint.unlink(missing_ok=True)
+    try:
+        record = store.register(name, out, move=True, fit=fit, job_id=job_id)
+    finally:
+        checkpoint.unlink(missing_ok=True)
     return record
 
 
@@ -220,11 +228,19 @@ def run_train_job(
     thread = threading.Thread(target=beat, name=f"train-{job.id}-heartbeat", daemon=True)
     thread.start()
     try:
-        record = train_into_store(store, job.model, plan, fit=job.config, callback=on_epoch)
+        record = train_into_store(
+            store, job.model, plan, fit=job.config, callback=on_epoch, job_id=job.id
+        )
+    except TrainingCancelled:
+        record, lost_now = None, True
+    else:
+        lost_now = False
     finally:
         beating.set()
         thread.join()
-    if lost.is_set():
+    if lost.is_set() or lost_now:
+        # Cancelled (its name deleted): the epoch checkpoint written since is no one's.
+        checkpoint_path(store, job.model, plan).unlink(missing_ok=True)
         return "cancelled", "cancelled"
     if record is None:
         return "queued", "worker stopped"

@@ -1,14 +1,13 @@
-"""Fault cases 5, 7 and 8 of the reliability review: a lost catalogue, a full or read-only
-disk, a deleted default model. Disk faults use a real tmpfs (skipped where mounting is not
-allowed); each test is small and bounded.
+"""Fault cases 3, 4, 7 and 8 of the reliability review: damaged potentials and bundles, a full
+or read-only disk, a deleted default model (a lost catalogue: ``test_faults_catalogue.py``).
+Disk faults use a real tmpfs (skipped where mounting is not allowed, failed under CI); each
+test is small and bounded.
 """
 
 from __future__ import annotations
 
-import errno
 import shutil
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,17 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.job_config import job_config
-from service.store import CatalogueLost, ModelStore
+from service.store import ModelStore
 from service.worker import Worker
 from solver import Potential, make_problem
 from tests.service_helpers import (
     API_KEY,
     bundle_archive,
     copy_store,
+    fill_disk,
     fitted_template,
     make_settings,
+    tmpfs,
     write_bundle,
 )
 
@@ -37,56 +38,6 @@ def base(tmp_path_factory):
     return tmp_path_factory.getbasetemp()
 
 
-@contextmanager
-def tmpfs(path: Path, size: str):
-    """A real small filesystem at ``path`` (needs the right to mount; skips otherwise)."""
-    path.mkdir(parents=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root)")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def _fill(directory: Path) -> None:
-    """Write a filler file until the filesystem has not one byte left."""
-    with open(directory / "filler", "wb", buffering=0) as f:
-        for chunk in (1 << 20, 4096, 1):
-            try:
-                while True:
-                    f.write(b"\0" * chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    shutil.disk_usage(directory)  # still readable
-
-
-# Case 5: an empty, missing or garbage catalogue beside model directories is never replaced.
-@pytest.mark.parametrize("damage", ["empty", "missing", "garbage"])
-def test_case5_lost_catalogue_is_refused_not_reinitialised(base, tmp_path, damage):
-    store = copy_store(fitted_template(base), tmp_path / "store")
-    path = store.root / "catalog.sqlite3"
-    for extra in ("-wal", "-shm"):
-        Path(f"{path}{extra}").unlink(missing_ok=True)
-    if damage == "empty":
-        path.write_bytes(b"")
-    elif damage == "missing":
-        path.unlink()
-    else:
-        path.write_bytes(b"this is not sqlite" * 64)
-    with pytest.raises(CatalogueLost) as err:
-        ModelStore(store.root)
-    message = str(err.value)
-    assert str(path) in message and "restore" in message and "tiny" in message
-    assert (store.root / "models" / "tiny" / "bundle" / "config.json").exists()
-    assert list((store.root / "trash").iterdir()) == []
-    if damage == "empty":
-        assert path.stat().st_size == 0  # untouched
-
-
 # Case 7: a full disk answers 507 on writes and every read keeps answering.
 def test_case7_disk_full_refuses_writes_and_serves_reads(base, tmp_path):
     with tmpfs(tmp_path / "fs", "24m") as fs:
@@ -95,7 +46,7 @@ def test_case7_disk_full_refuses_writes_and_serves_reads(base, tmp_path):
         app = create_app(make_settings(store.root), store=store, poll=False)
         with TestClient(app, raise_server_exceptions=False) as client:
             assert client.get("/sample", params={"n": 4}).status_code == 200
-            _fill(fs)
+            fill_disk(fs)
             for path in ("/readyz", "/models", "/models/tiny", "/healthz", "/singularities"):
                 assert client.get(path).status_code == 200, path
             assert client.get("/sample", params={"n": 8, "seed": 3}).status_code == 200
