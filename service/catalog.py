@@ -579,6 +579,40 @@ class Catalog:
             ).fetchone()
         return (int(row["version"]), row["reason"]) if row else None
 
+    def needs_repair(self, model: str) -> bool:
+        """Whether a withdrawn (damaged) version awaits a repair fit.
+
+        True when a version newer than the current was withdrawn and no fit has run since:
+        none queued or running, none finished after the damage was recorded.
+        """
+        with self._read() as con:
+            row = con.execute(
+                "SELECT MAX(d.created) AS at FROM damaged d JOIN models m ON m.name = d.model "
+                "WHERE d.model = ? AND d.version > m.published_version",
+                (model,),
+            ).fetchone()
+            if row is None or row["at"] is None:
+                return False
+            since = con.execute(
+                "SELECT 1 FROM jobs WHERE model = ? AND kind = 'fit' AND (status IN "
+                "('queued', 'running') OR (finished IS NOT NULL AND finished >= ?)) LIMIT 1",
+                (model, float(row["at"])),
+            ).fetchone()
+        return since is None
+
+    def resolve_damage(self, model: str) -> int:
+        """Close the damage records newer than the model's current version; returns how many.
+
+        For a repair fit that did not beat the version served instead: that version stays,
+        and the model is no longer reported as damaged.
+        """
+        with self._write() as con:
+            return con.execute(
+                "DELETE FROM damaged WHERE model = ? AND version > "
+                "(SELECT published_version FROM models WHERE name = ?)",
+                (model, model),
+            ).rowcount
+
     def published_versions(self) -> dict[str, int]:
         """``{model: published version}`` for every model (0: nothing published yet)."""
         with self._read() as con:
@@ -723,6 +757,34 @@ class Catalog:
                 (model, kind, bundle_hash),
             ).fetchall()
         return {r["status"]: int(r["n"]) for r in rows}
+
+    def active_job_ids(self) -> set[int]:
+        """Ids of the queued and running jobs."""
+        with self._read() as con:
+            rows = con.execute("SELECT id FROM jobs WHERE status IN ('queued', 'running')")
+            return {int(r["id"]) for r in rows.fetchall()}
+
+    def prune_jobs(self, keep: int) -> int:
+        """Delete finished job rows beyond the newest ``keep`` of each model; returns how many.
+
+        The rows of names without a model (deleted, or trainings that never registered) share
+        one allowance of ``keep``. Queued and running jobs are never touched.
+        """
+        with self._write() as con:
+            rows = con.execute(
+                "SELECT j.id, j.model, m.name IS NOT NULL AS registered FROM jobs j "
+                "LEFT JOIN models m ON m.name = j.model "
+                "WHERE j.status NOT IN ('queued', 'running') ORDER BY j.id DESC"
+            ).fetchall()
+            seen: dict[str | None, int] = {}
+            doomed = []
+            for row in rows:
+                group = row["model"] if row["registered"] else None
+                seen[group] = seen.get(group, 0) + 1
+                if seen[group] > keep:
+                    doomed.append((int(row["id"]),))
+            con.executemany("DELETE FROM jobs WHERE id = ?", doomed)
+        return len(doomed)
 
     def owns(self, job_id: int, worker: str) -> bool:
         """Whether ``worker`` holds the job's lease (it runs it and nobody took it over)."""

@@ -392,17 +392,21 @@ class ModelStore:
         return self._catalog.enqueue(name, "train", config, None, train_plan=plan)
 
     def ensure_fit_jobs(self, config: JobConfig) -> list[JobRecord]:
-        """Queue a fit for every model whose potential is missing or stale (other bundle).
+        """Queue a fit for every model whose potential is missing, stale or withdrawn.
 
+        Stale: fitted to another bundle. Withdrawn: a newer version was retracted as damaged.
         A fit that failed is queued again, ``FIT_ATTEMPTS`` times at most per bundle.
         """
         queued = []
         for model in self.models():
             current = self._catalog.potential(model.name)
-            if current is not None and current.bundle_hash == model.bundle_hash:
-                continue
             counts = self._catalog.job_counts(model.name, "fit", model.bundle_hash)
-            if any(counts.get(s, 0) for s in ("queued", "running", "done")):
+            if current is not None and current.bundle_hash == model.bundle_hash:
+                # Current, unless a newer version was withdrawn as damaged and no fit ran
+                # since (a rebuilt catalogue records damage without queueing a refit).
+                if not self._catalog.needs_repair(model.name):
+                    continue
+            elif any(counts.get(s, 0) for s in ("queued", "running", "done")):
                 continue
             if counts.get("failed", 0) >= FIT_ATTEMPTS:
                 continue
@@ -423,6 +427,10 @@ class ModelStore:
     def retract(self, name: str, version: int, reason: str) -> int | None:
         """Withdraw a damaged current version; returns the version now current (see Catalog)."""
         return self._catalog.retract(name, version, reason)
+
+    def resolve_damage(self, name: str) -> int:
+        """Stop reporting withdrawn versions newer than the current (a repair did not beat it)."""
+        return self._catalog.resolve_damage(name)
 
     def damage(self, name: str) -> tuple[int, str] | None:
         """The newest retracted version of ``name`` newer than its current, and why."""
@@ -572,6 +580,53 @@ class ModelStore:
         """Load model ``name``'s published potential (or a given version); ``None`` if none."""
         record = self.potential_record(name, version)
         return None if record is None else self.load_potential(record, backend=backend)
+
+    # Housekeeping -----------------------------------------------------------------------
+    def prune(self, *, keep_checkpoints: int, job_history: int) -> tuple[int, int]:
+        """Remove checkpoints of finished fit jobs and finished job rows beyond what is kept.
+
+        Checkpoints (``jobs/<id>.npz`` and ``<id>.prev.npz``) of queued and running jobs stay;
+        of the others, the newest ``keep_checkpoints`` jobs' per model stay. Job rows: see
+        :meth:`Catalog.prune_jobs`. Returns ``(checkpoint files, job rows)`` removed.
+        """
+        active = self._catalog.active_job_ids()
+        removed = 0
+        for directory in (self.root / "models").iterdir():
+            ids: dict[int, list[Path]] = {}
+            for path in (directory / "jobs").glob("*.npz") if directory.is_dir() else []:
+                match = _CHECKPOINT_RE.match(path.name)
+                if match and int(match.group(1)) not in active:
+                    ids.setdefault(int(match.group(1)), []).append(path)
+            for job_id in sorted(ids, reverse=True)[keep_checkpoints:]:
+                for path in ids[job_id]:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        rows = self._catalog.prune_jobs(job_history)
+        if removed or rows:
+            log.info("pruned %d checkpoint files and %d finished job rows", removed, rows)
+        return removed, rows
+
+    def refresh_mode(self) -> bool:
+        """Re-read whether the store takes writes; returns True when that changed.
+
+        A store that was served read-only and became writable (remounted) is opened for
+        writing again, without a restart; one that became read-only is reported so.
+        """
+        now = _read_only(self.root)
+        if now == self.read_only:
+            return False
+        with self._heal_lock:
+            if now:
+                self._catalog = Catalog(
+                    self.root / CATALOG_FILE, read_only=True, on_damage=self._on_damage
+                )
+            else:
+                self._catalog = Catalog(self.root / CATALOG_FILE, on_damage=self._on_damage)
+                for sub in ("models", "staging", "trash", "training"):
+                    (self.root / sub).mkdir(exist_ok=True)
+            self.read_only = now
+        log.warning("store %s is %s now", self.root, "read-only" if now else "writable again")
+        return True
 
     # Catalogue health -------------------------------------------------------------------
     def heal(self, *, force: bool = False) -> dict[str, Any] | None:

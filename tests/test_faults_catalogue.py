@@ -106,6 +106,8 @@ def test_rebuild_withdraws_an_unreadable_newest_potential(base, tmp_path):
     assert rebuilt.published_versions() == {"tiny": newest - 1}
     version, reason = rebuilt.damage("tiny")
     assert version == newest and "unreadable" in reason
+    queued = rebuilt.ensure_fit_jobs(JobConfig())  # the repair the worker queues
+    assert [j.model for j in queued] == ["tiny"] and rebuilt.ensure_fit_jobs(JobConfig()) == []
 
 
 # A catalogue that cannot be rebuilt here stops every command with status 2.

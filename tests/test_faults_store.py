@@ -6,8 +6,10 @@ test is small and bounded.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from tests.service_helpers import (
     fitted_template,
     make_settings,
     tmpfs,
+    wait_for,
     write_bundle,
 )
 
@@ -169,3 +172,100 @@ def test_case4_damaged_bundle_says_so_once(base, tmp_path, caplog):
         assert "bundle does not load" in client.get("/models/tiny").json()["problem"]
     logged = [rec for rec in caplog.records if "bundle does not load" in rec.getMessage()]
     assert len(logged) == 1
+
+
+# The served potential's file damaged under a running app: found at the next poll (its size,
+# time or inode changed, and it no longer loads), served around as at start-up, repaired.
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+def test_potential_damaged_while_serving_is_found_and_served_around(base, tmp_path, damage):
+    store = copy_store(fitted_template(base), tmp_path / "store")
+    _publish_again(store)
+    latest = store.published_versions()["tiny"]
+    settings = make_settings(store.root)
+    app = create_app(settings, store=store, poll=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/sample", params={"n": 4})
+        assert int(r.headers["x-potential-version"]) == latest
+        path = _potential_file(store, latest)
+        if damage == "truncated":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        elif damage == "garbage":
+            path.write_bytes(b"\x00garbage" * 100)
+        else:
+            path.unlink()
+        time.sleep(settings.poll_interval)
+        r = client.get("/sample", params={"n": 4})
+        assert r.status_code == 200 and int(r.headers["x-potential-version"]) == latest - 1
+        status = client.get("/models/tiny").json()
+        assert f"potential v{latest} is damaged" in status["problem"]
+        assert status["job"]["status"] == "queued"  # the repair
+        assert store.published_versions()["tiny"] == latest - 1  # withdrawn for every process
+        Worker(store, settings).run(idle_exit=True)
+        time.sleep(settings.poll_interval)
+        r = client.get("/sample", params={"n": 4})
+        assert int(r.headers["x-potential-version"]) > latest
+        assert client.get("/models/tiny").json()["problem"] is None
+
+
+def test_changed_but_sound_potential_file_is_kept(base, tmp_path):
+    store = copy_store(fitted_template(base), tmp_path / "store")
+    settings = make_settings(store.root)
+    app = create_app(settings, store=store, poll=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        first = client.get("/sample", params={"n": 4, "seed": 2})
+        path = _potential_file(store, int(first.headers["x-potential-version"]))
+        os.utime(path)  # touched (or restored from a backup): still the same potential
+        time.sleep(settings.poll_interval)
+        again = client.get("/sample", params={"n": 4, "seed": 2})
+        assert again.headers["x-potential-version"] == first.headers["x-potential-version"]
+        assert again.content == first.content
+        assert client.get("/models/tiny").json()["problem"] is None
+
+
+# A repair refit publishes though it only reproduces the withdrawn version's accuracy, which
+# is not 2 % better than the version served meanwhile; the problem clears.
+def test_repair_refit_publishes_without_beating_the_fallback(base, tmp_path):
+    store = copy_store(fitted_template(base), tmp_path / "store")
+    fitted = store.potential("tiny")
+    job = store.enqueue_fit("tiny", store.jobs("tiny")[0].config)
+    claimed = store.claim("w:1", 60.0)
+    assert claimed.id == job.id
+    copy = store.publish(claimed, fitted, 1)  # the same heights again: the same accuracy
+    store.finish(claimed, "w:1", "done", "target")
+    _potential_file(store, copy).write_bytes(b"torn")
+    settings = make_settings(store.root)
+    app = create_app(settings, store=store, poll=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/sample", params={"n": 4})
+        assert int(r.headers["x-potential-version"]) == copy - 1
+        assert f"v{copy} is damaged" in client.get("/models/tiny").json()["problem"]
+        Worker(store, settings).run(idle_exit=True)  # reproduces the same L1
+        time.sleep(settings.poll_interval)
+        r = client.get("/sample", params={"n": 4})
+        assert int(r.headers["x-potential-version"]) == copy + 1
+        assert client.get("/models/tiny").json()["problem"] is None
+    assert store.potential_record("tiny").accuracy.l1 == fitted.accuracy.l1
+
+
+# Read-only mode clears by itself when the store takes writes again (no restart).
+def test_read_only_store_becomes_writable_without_a_restart(base, tmp_path):
+    with tmpfs(tmp_path / "fs", "24m") as fs:
+        shutil.copytree(fitted_template(base), fs / "store")
+        subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
+        settings = make_settings(fs / "store", worker=True)
+        app = create_app(settings)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert app.state.worker is None
+            assert client.get("/readyz").json()["store"]["status"] == "read-only"
+            r = client.post("/models/tiny/fit", json={"replace": True}, headers=KEY)
+            assert r.status_code == 507
+            subprocess.run(["mount", "-o", "remount,rw", str(fs)], check=True)
+
+            def writable():
+                ready = client.get("/readyz").json()
+                return ready["store"]["status"] == "ok" and ready["reason"] is None
+
+            assert wait_for(writable, timeout=30, interval=0.2)
+            assert app.state.worker is not None  # started once the store took writes
+            r = client.post("/models/tiny/fit", json={"replace": True}, headers=KEY)
+            assert r.status_code == 202, r.text
