@@ -309,8 +309,8 @@ class Catalog:
     def check(self) -> str | None:
         """What is wrong with the file (missing, empty, corrupt, foreign), or ``None``.
 
-        Reads the whole file once (``PRAGMA quick_check``): about a millisecond for a
-        catalogue of a few hundred jobs.
+        Reads the whole file once (``PRAGMA quick_check``): 0.2 ms for a catalogue of 100 job
+        rows, 7 ms for 10,000 (``bench/catalogue.py``).
         """
         try:
             size = self.path.stat().st_size

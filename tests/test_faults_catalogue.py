@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -26,6 +29,7 @@ from tests.service_helpers import (
     API_KEY,
     copy_store,
     fitted_template,
+    live_server,
     make_settings,
     tmpfs,
     wait_for,
@@ -257,3 +261,59 @@ def test_store_rebuild_command(base, tmp_path):
     assert result.exit_code == 0 and "unreadable" in result.output, result.output
     assert "old catalogue is kept" in result.output
     assert ModelStore(store.root).published_versions() == published
+
+
+def _hundred_reads(http: httpx.Client) -> list[int]:
+    """100 reads of every kind a client makes; the status codes that were not 200."""
+    bad = []
+    for k in range(100):
+        path = READS[k % len(READS)]
+        r = http.get(path)
+        if r.status_code != 200:
+            bad.append(r.status_code)
+    return bad
+
+
+# Live damage: the catalogue emptied then garbled, the current potential emptied then garbled,
+# under a running `aeot serve` (real process, its worker included): every read answers 200 and
+# the store heals without a restart.
+@pytest.mark.slow
+def test_live_damage_is_served_around_and_healed_without_a_restart(base, tmp_path):
+    store = copy_store(fitted_template(base), tmp_path / "store")
+    settings = make_settings(store.root, worker=True, poll_interval=0.2)
+    catalogue = store.root / "catalog.sqlite3"
+    procs: list[subprocess.Popen[bytes]] = []
+    healed_in = {}
+    with live_server(settings, procs=procs) as url, httpx.Client(base_url=url, timeout=30) as http:
+
+        def healthy() -> bool:
+            ready = http.get("/readyz").json()
+            return ready["store"]["status"] == "ok" and ready["reason"] is None
+
+        def served() -> int:
+            return int(http.get("/sample", params={"n": 2}).headers["x-potential-version"])
+
+        assert wait_for(healthy, timeout=60, interval=0.2)
+        for how in ("truncated", "garbled"):
+            _damage(catalogue, how)
+            start = time.monotonic()
+            assert _hundred_reads(http) == [], how
+            assert wait_for(lambda: http.get("/readyz").json()["store"]["rebuilt"], timeout=30)
+            assert wait_for(healthy, timeout=30, interval=0.2), http.get("/readyz").text
+            healed_in[f"catalogue {how}"] = time.monotonic() - start
+            catalogue_rebuilt = http.get("/readyz").json()["store"]["rebuilt"]
+            assert catalogue_rebuilt is not None
+        for how in ("truncated", "garbled"):
+            version = served()
+            path = store.root / ModelStore(store.root).potential_record("tiny", version).path
+            _damage(path, how)
+            start = time.monotonic()
+            assert _hundred_reads(http) == [], how
+            # Withdrawn, served around, repaired by the worker: a newer version, no problem.
+            assert wait_for(lambda v=version: served() > v, timeout=120, interval=0.2)
+            assert wait_for(healthy, timeout=60, interval=0.2), http.get("/readyz").text
+            assert http.get("/models/tiny").json()["problem"] is None
+            healed_in[f"potential {how}"] = time.monotonic() - start
+        assert http.get("/readyz").json()["worker"]["restarts"] == 0
+        assert procs[0].poll() is None  # the same server process all along
+    print("healed in (s):", {k: round(v, 1) for k, v in healed_in.items()})
