@@ -172,6 +172,7 @@ class ModelStore:
         self.last_rebuild: dict[str, Any] | None = None
         self._heal_lock = threading.Lock()
         self._last_check = time.monotonic()
+        self._heal_error: str | None = None
         is_store = (self.root / "models").is_dir()
         if not self.read_only:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -674,10 +675,21 @@ class ModelStore:
         read) is found within ``CHECK_EVERY`` seconds.
         """
         now = time.monotonic()
-        if self.catalogue_problem is None and now - self._last_check < CHECK_EVERY:
+        due = now - self._last_check >= CHECK_EVERY
+        # Damage seen: at once; a rebuild that failed (no room): again every CHECK_EVERY.
+        if not due and (self.catalogue_problem is None or self._heal_error is not None):
             return None
         self._last_check = now
-        return self.heal()
+        try:
+            return self.heal()
+        except CatalogueLost:
+            return None  # read-only: reported (catalogue_problem), served from what is loaded
+        except (OSError, sqlite3.DatabaseError, CatalogueDamaged) as exc:
+            # No room for the new catalogue (full disk): the next round tries again.
+            if self._heal_error != str(exc):
+                log.error("the catalogue could not be rebuilt yet: %s", exc)
+            self._heal_error = str(exc)
+            return None
 
     def _on_damage(self, problem: str) -> None:
         said = f"the catalogue {CATALOG_FILE} is {problem}"
@@ -771,6 +783,7 @@ class ModelStore:
         self._prune_old_catalogues()
         self._catalog = Catalog(path, on_damage=self._on_damage)
         self.catalogue_problem = None
+        self._heal_error = None
         self.last_rebuild = record
         log.error(
             "the catalogue was %s: rebuilt from %d model directories (%s); %d potentials; "

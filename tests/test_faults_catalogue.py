@@ -28,6 +28,7 @@ from service.store import CatalogueLost, ModelStore
 from tests.service_helpers import (
     API_KEY,
     copy_store,
+    fill_disk,
     fitted_template,
     live_server,
     make_settings,
@@ -317,3 +318,23 @@ def test_live_damage_is_served_around_and_healed_without_a_restart(base, tmp_pat
         assert http.get("/readyz").json()["worker"]["restarts"] == 0
         assert procs[0].poll() is None  # the same server process all along
     print("healed in (s):", {k: round(v, 1) for k, v in healed_in.items()})
+
+
+# Damaged on a full disk: no room for a new catalogue; reads still answer; rebuilt once space
+# returns.
+def test_catalogue_damaged_on_a_full_disk_is_rebuilt_when_space_returns(base, tmp_path):
+    with tmpfs(tmp_path / "fs", "24m") as fs:
+        store = copy_store(fitted_template(base), fs / "store")
+        app = create_app(make_settings(store.root), store=store, poll=False)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            _reads_answer(client, 1)
+            fill_disk(fs)
+            _damage(store.root / "catalog.sqlite3", "garbled")
+            _reads_answer(client, 3)
+            assert store.heal_if_due() is None  # no room: tried, logged, tried again later
+            assert client.get("/readyz").json()["store"]["status"] == "degraded"
+            assert list(store.root.glob(".catalog.sqlite3.rebuild-*")) == []  # nothing left
+            (fs / "filler").unlink()
+            assert store.heal() is not None
+            assert client.get("/readyz").json()["store"]["status"] == "ok"
+            _reads_answer(client, 1)
