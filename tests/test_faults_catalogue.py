@@ -9,6 +9,7 @@ the same models and version numbers without a restart.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import subprocess
@@ -118,6 +119,10 @@ def test_rebuild_withdraws_an_unreadable_newest_potential(base, tmp_path):
 # A catalogue that cannot be rebuilt here stops every command with status 2.
 @pytest.mark.parametrize("command", ["serve", "worker"])
 def test_foreign_catalogue_outside_a_store_exits_2(tmp_path, command, monkeypatch):
+    # The commands configure the process's logging onto the runner's stream, closed after.
+    root_logger = logging.getLogger()
+    monkeypatch.setattr(root_logger, "handlers", list(root_logger.handlers))
+    monkeypatch.setattr(root_logger, "level", root_logger.level)
     root = tmp_path / "not-a-store"
     root.mkdir()
     (root / "catalog.sqlite3").write_bytes(b"this is not sqlite" * 64)
