@@ -18,7 +18,7 @@ from service.cli_support import friendly, server_command
 store_app = typer.Typer(help="Check and repair a model store (no server needed).")
 
 
-@server_command(store_app, name="rebuild")
+@server_command(store_app, name="rebuild", group="store")
 @friendly
 def rebuild(
     store: Path = typer.Option(  # noqa: B008

@@ -155,13 +155,16 @@ def server_missing() -> str | None:
     return None
 
 
-def server_command(app: typer.Typer, name: str | None = None) -> Callable[[F], F]:
+def server_command(
+    app: typer.Typer, name: str | None = None, *, group: str | None = None
+) -> Callable[[F], F]:
     """``app.command(name)`` for a command that runs the server (serve, worker, fit, train...).
 
     Where the server is not installed the command is declared all the same, taking any
     arguments and saying in one line which install it needs (exit code 1); ``aeot --help``
     marks it so. Apply it outermost: the decorators below it see no settings then
-    (:func:`settings_options` passes the command through).
+    (:func:`settings_options` passes the command through). ``group``: the name of the
+    command group ``app`` is (``store`` for ``aeot store rebuild``), for that line.
     """
     missing = server_missing()
     if missing is None:
@@ -172,7 +175,8 @@ def server_command(app: typer.Typer, name: str | None = None) -> Callable[[F], F
         summary = (inspect.getdoc(fn) or "").split("\n")[0]
 
         def unavailable() -> None:
-            typer.echo(f"error: {server_needed(f'`aeot {command}`', missing)}", err=True)
+            spelled = f"{group} {command}" if group else command
+            typer.echo(f"error: {server_needed(f'`aeot {spelled}`', missing)}", err=True)
             raise typer.Exit(1)
 
         app.command(

@@ -63,6 +63,8 @@ def store_state(store: ModelStore, serving: ServingIndex) -> StoreOut:
     """The store's health as ``/readyz`` reports it."""
     problem = store.catalogue_problem
     if problem is None and serving.catalogue_error is not None:
+        serving.try_refresh()  # the failed read may be past (rebuilt since): read again
+    if problem is None and serving.catalogue_error is not None:
         problem = f"the catalogue cannot be read ({serving.catalogue_error})"
     rebuilt = store.rebuilt()
     when = None
