@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -75,20 +76,37 @@ def create_app(
     serving = serving or ServingIndex(store, settings, on_swap=metrics.on_swap)
     if serving.on_swap is None:
         serving.on_swap = metrics.on_swap
-    if serving.on_damaged is None and not store.read_only:
-        serving.on_damaged = lambda name: queue_refit(store, settings, name)
+    if serving.on_damaged is None:
+        serving.on_damaged = lambda name, version: queue_refit(store, settings, name, version)
     run_worker = settings.worker if start_worker is None else start_worker
+    worker_lock = threading.Lock()
+
+    def start_fit_worker() -> None:
+        """Start the supervised worker, unless one runs or none is wanted.
+
+        Not on a read-only store: the store's watch starts it once it takes writes again.
+        """
+        with worker_lock:
+            if app.state.worker is not None or not run_worker or store.read_only:
+                return
+            worker = WorkerProcess(settings, store)
+            app.state.worker = worker
+            metrics.watch_worker(worker)
+            worker.start()
+
+    def watch_store() -> None:
+        """The poller's store checks: writable again (start the worker), catalogue health."""
+        if store.refresh_mode() and not store.read_only:
+            start_fit_worker()
+        store.heal_if_due()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if run_worker and store.read_only:
             log.warning("store %s is read-only: serving only, no fit worker", settings.store)
-        worker = WorkerProcess(settings, store) if run_worker and not store.read_only else None
-        app.state.worker = worker
-        metrics.watch_worker(worker)
-        poller = Poller(serving, settings.poll_interval) if poll else None
-        if worker is not None:
-            worker.start()
+        metrics.watch_worker(None)
+        start_fit_worker()
+        poller = Poller(serving, settings.poll_interval, [watch_store]) if poll else None
         if poller is not None:
             # Serve what is published from the first request on (the poller's own first
             # refresh raced the first requests); a failed load only logs, as in the poller.
@@ -105,6 +123,8 @@ def create_app(
         finally:
             if poller is not None:
                 poller.stop()
+            with worker_lock:
+                worker, app.state.worker = app.state.worker, None
             if worker is not None:
                 worker.stop()
 
@@ -143,10 +163,21 @@ def create_app(
     return app
 
 
-def queue_refit(store: ModelStore, settings: Settings, name: str) -> None:
-    """Queue a fit of ``name`` with the server's settings (none if one is already active)."""
-    if store.enqueue_fit(name, job_config(settings)) is not None:
-        log.warning("model %s: refit queued to replace a damaged potential", name)
+def queue_refit(store: ModelStore, settings: Settings, name: str, version: int) -> None:
+    """Queue a refit of ``name`` to replace its damaged ``version`` (none if one is active).
+
+    The refit runs with the configuration of the job that fitted the damaged version (its
+    target, seed and method), so a deterministic fit reproduces it; with the server's
+    settings when that job is no longer known. Nothing on a read-only store (the worker
+    queues the repair once the store takes writes again).
+    """
+    if store.read_only:
+        return
+    record = store.potential_record(name, version)
+    job = store.job(record.job_id) if record is not None and record.job_id is not None else None
+    config = job.config if job is not None and job.kind == "fit" else job_config(settings)
+    if store.enqueue_fit(name, config) is not None:
+        log.warning("model %s: refit queued to replace damaged potential v%d", name, version)
 
 
 def app_from_env() -> FastAPI:

@@ -1,10 +1,17 @@
 """The store's SQLite catalogue: models, published potentials and fit/train jobs.
 
-One file (``catalog.sqlite3``) in WAL mode, so the server reads while a worker writes. Every
-write is one ``BEGIN IMMEDIATE`` transaction: a crash leaves the previous consistent state.
-Jobs double as the work queue: a worker claims the oldest queued job, or a running one whose
-worker died (same host, dead pid) or stopped sending heartbeats, in one transaction, so several
+One file (``catalog.sqlite3``) with a rollback journal: no file beside it between writes.
+(SQLite's WAL mode keeps a ``-wal`` and a memory-mapped ``-shm`` file beside the database; a
+``-shm`` truncated by anyone kills every process that has it mapped with SIGBUS, and a deleted
+``-wal`` or ``-shm`` breaks every later connection, so the service does not use it.) Every write
+is one ``BEGIN IMMEDIATE`` transaction: a crash leaves the previous consistent state. Jobs
+double as the work queue: a worker claims the oldest queued job, or a running one whose worker
+died (same host, dead pid) or stopped sending heartbeats, in one transaction, so several
 workers can share a store.
+
+A catalogue that is missing, empty or corrupt raises :class:`CatalogueDamaged` from every
+operation (checked with :meth:`Catalog.check`, never guessed from one error); the store then
+rebuilds it from its model directories (:func:`write_rebuilt`).
 """
 
 from __future__ import annotations
@@ -14,16 +21,21 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from models import TrainPlan
 from service.job_config import JobConfig
 from solver import AccuracyReport
 
+CATALOG_FILE = "catalog.sqlite3"
+# SQLite's files beside the database: the rollback journal of a write in progress, and the WAL
+# files an older release (or another tool) may have left.
+SIDE_FILES = ("-journal", "-wal", "-shm")
 JobKind = Literal["fit", "train"]
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 ACTIVE = ("queued", "running")
@@ -79,7 +91,14 @@ CREATE TABLE IF NOT EXISTS damaged (
     created REAL NOT NULL,
     PRIMARY KEY (model, version)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+_TABLES = ("models", "potentials", "jobs", "damaged")
+# SQLite result codes that say nothing about the file's health (the caller's error stands).
+_NOT_DAMAGE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_READONLY", "SQLITE_INTERRUPT")
 # Columns added after the first release; a catalogue without them gets them on open (NULL).
 _ADDED_JOB_COLUMNS = {"train_plan": "TEXT", "train_progress": "TEXT"}
 
@@ -170,6 +189,47 @@ class Progress:
     checkpoint_iteration: int | None = None
 
 
+class CatalogueDamaged(RuntimeError):
+    """The catalogue file is missing, empty or corrupt; the message says which.
+
+    Raised instead of the SQLite error by every catalogue operation once :meth:`Catalog.check`
+    confirms the damage; the store rebuilds the file from its model directories.
+    """
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoundPotential:
+    """A potential file found in a model directory, for a rebuilt catalogue.
+
+    Attributes:
+        version: its version (from its name, or its place in publication order).
+        path: relative to the store. job_id, iteration: the job and iteration that wrote it.
+        accuracy: the check stored in the file. created: the file's modification time.
+        damaged: why the file does not read (``None``: it reads).
+
+    """
+
+    version: int
+    path: str
+    job_id: int | None
+    iteration: int
+    accuracy: AccuracyReport | None
+    created: float
+    damaged: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FoundModel:
+    """A model directory found in the store, for a rebuilt catalogue."""
+
+    name: str
+    bundle_hash: str
+    n_latents: int
+    dim: int
+    created: float
+    potentials: tuple[FoundPotential, ...]
+
+
 def worker_id() -> str:
     """``host:pid`` of this process: lets a worker on the same host detect a dead owner."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -179,43 +239,57 @@ class Catalog:
     """Typed access to the catalogue file; one short-lived connection per operation.
 
     Args:
-        path: the SQLite file (created with its schema when missing).
+        path: the SQLite file.
         read_only: open it for reading only (a store on a read-only filesystem); every write
             then fails with ``sqlite3.OperationalError`` (the API answers 507).
+        on_damage: called with the reason when an operation finds the file damaged (before
+            :class:`CatalogueDamaged` is raised), e.g. to schedule a rebuild.
 
     Raises:
-        sqlite3.DatabaseError: the file is not a SQLite database (or not this catalogue).
+        CatalogueDamaged: the file exists but is not a readable catalogue.
 
     """
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        read_only: bool = False,
+        on_damage: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = path
         self.read_only = read_only
-        self._uri = f"file:{path}?mode=ro" if read_only else None
+        self.on_damage = on_damage
+        mode = "ro" if read_only else "rw"
+        self._uri = f"file:{quote(str(path))}?mode={mode}"
         if read_only:
             try:
                 self._probe()
             except sqlite3.OperationalError:
-                # A WAL database on a read-only filesystem cannot create its shared-memory
-                # file; a cleanly closed one has no WAL left, so read it as immutable.
-                self._uri = f"file:{path}?immutable=1"
+                # A WAL database (older releases) on a read-only filesystem cannot create its
+                # shared-memory file; a cleanly closed one has no WAL left: read it as immutable.
+                self._uri = f"file:{quote(str(path))}?immutable=1"
                 self._probe()
             return
-        con = self._connect()
         try:
-            con.execute("PRAGMA journal_mode=WAL")
+            con = sqlite3.connect(f"file:{quote(str(path))}?mode=rwc", uri=True, timeout=30.0)
+        except sqlite3.DatabaseError as exc:
+            raise CatalogueDamaged(f"unreadable ({exc})") from exc
+        try:
+            con.isolation_level = None
+            con.row_factory = sqlite3.Row
+            _leave_wal(con)
             con.executescript(_SCHEMA)
             have = {r["name"] for r in con.execute("PRAGMA table_info(jobs)").fetchall()}
             for column, kind in _ADDED_JOB_COLUMNS.items():
                 if column not in have:
                     con.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        except sqlite3.DatabaseError as exc:
+            if _says_nothing(exc):
+                raise
+            raise CatalogueDamaged(f"unreadable ({exc})") from exc
         finally:
             con.close()
-        # One connection held open for the catalogue's lifetime keeps the WAL and its
-        # shared-memory file in place: when the last connection closes SQLite deletes them,
-        # and the next short-lived reader must create them again, which fails on a full disk.
-        self._keeper = self._connect(shared=True)
-        self._keeper.execute("SELECT count(*) FROM models").fetchone()
 
     def _probe(self) -> None:
         con = self._connect()
@@ -224,64 +298,160 @@ class Catalog:
         finally:
             con.close()
 
-    def _connect(self, shared: bool = False) -> sqlite3.Connection:
-        target, uri = (self._uri, True) if self._uri is not None else (str(self.path), False)
-        con = sqlite3.connect(
-            target, uri=uri, timeout=30.0, isolation_level=None, check_same_thread=not shared
-        )
+    def _connect(self) -> sqlite3.Connection:
+        # mode=rw: a missing file is an error here, never silently a new empty catalogue.
+        con = sqlite3.connect(self._uri, uri=True, timeout=30.0, isolation_level=None)
         con.row_factory = sqlite3.Row
-        if self._uri is None:
-            con.execute("PRAGMA synchronous=NORMAL")
+        if not self.read_only:
+            con.execute("PRAGMA synchronous=FULL")  # the safe level of a rollback journal
         return con
+
+    def check(self) -> str | None:
+        """What is wrong with the file (missing, empty, corrupt, foreign), or ``None``.
+
+        Reads the whole file once (``PRAGMA quick_check``): 0.2 ms for a catalogue of 100 job
+        rows, 7 ms for 10,000 (``bench/catalogue.py``).
+        """
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return "missing"
+        if size == 0:
+            return "empty (0 bytes)"
+        try:
+            con = self._connect()
+            try:
+                rows = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
+                names = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                tables = {r[0] for r in names.fetchall()}
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as exc:
+            return None if _says_nothing(exc) else f"unreadable ({exc})"
+        if rows != ["ok"]:
+            return f"corrupt ({'; '.join(rows[:3])})"
+        missing = [t for t in _TABLES if t not in tables]
+        if missing:
+            return f"not a catalogue of this service (no table {', '.join(missing)})"
+        return None
+
+    def _damaged(self, exc: sqlite3.DatabaseError) -> None:
+        """Raise :class:`CatalogueDamaged` if the file is damaged; else return (``exc`` stands)."""
+        if _says_nothing(exc):
+            return
+        problem = self.check()
+        if problem is None:
+            return
+        if self.on_damage is not None:
+            self.on_damage(problem)
+        raise CatalogueDamaged(f"the catalogue {self.path.name} is {problem}") from exc
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        con = self._connect()
+        try:
+            con = self._connect()
+        except sqlite3.DatabaseError as exc:
+            self._damaged(exc)
+            raise
         try:
             yield con
+        except sqlite3.DatabaseError as exc:
+            self._damaged(exc)
+            raise
         finally:
             con.close()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        con = self._connect()
         try:
-            con.execute("BEGIN IMMEDIATE")
+            con = self._connect()
+        except sqlite3.DatabaseError as exc:
+            self._damaged(exc)
+            raise
+        try:
             try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                except BaseException:
+                    if con.in_transaction:  # SQLite rolls back by itself on a full disk
+                        con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                self._damaged(exc)
                 raise
-            con.execute("COMMIT")
         finally:
             con.close()
 
-    # Models -----------------------------------------------------------------------------
-    def add_model(self, name: str, bundle_hash: str, n_latents: int, dim: int) -> ModelRecord:
-        """Insert a model row (the bundle directory must already be in place)."""
+    def set_meta(self, key: str, value: dict[str, Any]) -> None:
+        """Store a JSON record under ``key`` in the catalogue's own ``meta`` table."""
         with self._write() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
+            )
+
+    def get_meta(self, key: str) -> dict[str, Any] | None:
+        """The record stored under ``key``, or ``None`` (also for a read-only older catalogue)."""
+        with self._read() as con:
+            if not con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+            ).fetchone():
+                return None
+            row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row["value"]) if row else None
+
+    # Models -----------------------------------------------------------------------------
+    def add_model(
+        self,
+        name: str,
+        bundle_hash: str,
+        n_latents: int,
+        dim: int,
+        created: float,
+        *,
+        job_id: int | None = None,
+    ) -> ModelRecord | None:
+        """Insert a model row (the bundle directory must already be in place).
+
+        With ``job_id`` (the training that made the bundle) the row is written only while
+        that job is still running, checked in the same transaction: a training cancelled
+        (its model deleted) never registers afterwards. Returns ``None`` then.
+        """
+        with self._write() as con:
+            if job_id is not None and not _job_running(con, job_id):
+                return None
             con.execute(
                 "INSERT INTO models (name, bundle_hash, n_latents, dim, created) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (name, bundle_hash, n_latents, dim, time.time()),
+                (name, bundle_hash, n_latents, dim, created),
             )
         model = self.model(name)
         assert model is not None  # inserted above in a committed transaction
         return model
 
-    def delete_model(self, name: str) -> bool:
-        """Remove a model, its potentials and finished jobs (active ones are cancelled).
+    def delete_model(self, name: str) -> tuple[bool, list[int]]:
+        """Remove a model, its potentials and finished jobs; cancel its active jobs.
 
-        Returns False if the model is unknown.
+        Returns:
+            Whether a model of that name existed, and the ids of the jobs cancelled (a name
+            being trained has jobs but no model yet).
+
         """
+        now = time.time()
         with self._write() as con:
             gone = con.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount
             con.execute("DELETE FROM potentials WHERE model = ?", (name,))
             con.execute("DELETE FROM damaged WHERE model = ?", (name,))
+            active = con.execute(
+                "SELECT id FROM jobs WHERE model = ? AND status IN ('queued', 'running') "
+                "ORDER BY id",
+                (name,),
+            ).fetchall()
             con.execute(
                 "UPDATE jobs SET status = 'cancelled', finished = ?, reason = 'deleted' "
                 "WHERE model = ? AND status IN ('queued', 'running')",
-                (time.time(), name),
+                (now, name),
             )
             # Its finished jobs go with it: a model registered (or trained) again under this
             # name starts with no history that would say its training or fit already ran.
@@ -290,7 +460,7 @@ class Catalog:
                 " AND reason IS NOT 'deleted'",
                 (name,),
             )
-        return gone > 0
+        return gone > 0, [int(r["id"]) for r in active]
 
     def model(self, name: str) -> ModelRecord | None:
         """Return the model called ``name``, or ``None``."""
@@ -308,7 +478,7 @@ class Catalog:
     def publish(
         self,
         model: str,
-        path: str,
+        place: Callable[[int], str],
         bundle_hash: str,
         job_id: int | None,
         iteration: int,
@@ -316,9 +486,13 @@ class Catalog:
     ) -> int | None:
         """Record a potential file as the model's newest version; returns it.
 
-        ``None`` (nothing recorded) when the model was deleted, its bundle replaced, or the
-        publishing job is no longer running (cancelled by a refit) - checked in the same
-        transaction, so a cancelled job can never publish afterwards.
+        ``place(version)`` puts the file where its row will point (named after its version,
+        so a rebuilt catalogue numbers it the same) and returns that path relative to the
+        store; it runs inside the transaction, so no other publication takes the number.
+
+        ``None`` (nothing recorded, ``place`` not called) when the model was deleted, its
+        bundle replaced, or the publishing job is no longer running (cancelled by a refit) -
+        checked in the same transaction, so a cancelled job can never publish afterwards.
         """
         with self._write() as con:
             row = con.execute(
@@ -333,6 +507,7 @@ class Catalog:
                 "SELECT MAX(version) AS v FROM potentials WHERE model = ?", (model,)
             ).fetchone()["v"]
             version = max(int(row["published_version"]), int(newest or 0)) + 1
+            path = place(version)
             con.execute(
                 "INSERT INTO potentials (model, version, path, bundle_hash, job_id, iteration, "
                 "accuracy, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -403,6 +578,40 @@ class Catalog:
                 (model,),
             ).fetchone()
         return (int(row["version"]), row["reason"]) if row else None
+
+    def needs_repair(self, model: str) -> bool:
+        """Whether a withdrawn (damaged) version awaits a repair fit.
+
+        True when a version newer than the current was withdrawn and no fit has run since:
+        none queued or running, none finished after the damage was recorded.
+        """
+        with self._read() as con:
+            row = con.execute(
+                "SELECT MAX(d.created) AS at FROM damaged d JOIN models m ON m.name = d.model "
+                "WHERE d.model = ? AND d.version > m.published_version",
+                (model,),
+            ).fetchone()
+            if row is None or row["at"] is None:
+                return False
+            since = con.execute(
+                "SELECT 1 FROM jobs WHERE model = ? AND kind = 'fit' AND (status IN "
+                "('queued', 'running') OR (finished IS NOT NULL AND finished >= ?)) LIMIT 1",
+                (model, float(row["at"])),
+            ).fetchone()
+        return since is None
+
+    def resolve_damage(self, model: str) -> int:
+        """Close the damage records newer than the model's current version; returns how many.
+
+        For a repair fit that did not beat the version served instead: that version stays,
+        and the model is no longer reported as damaged.
+        """
+        with self._write() as con:
+            return con.execute(
+                "DELETE FROM damaged WHERE model = ? AND version > "
+                "(SELECT published_version FROM models WHERE name = ?)",
+                (model, model),
+            ).rowcount
 
     def published_versions(self) -> dict[str, int]:
         """``{model: published version}`` for every model (0: nothing published yet)."""
@@ -549,6 +758,34 @@ class Catalog:
             ).fetchall()
         return {r["status"]: int(r["n"]) for r in rows}
 
+    def active_job_ids(self) -> set[int]:
+        """Ids of the queued and running jobs."""
+        with self._read() as con:
+            rows = con.execute("SELECT id FROM jobs WHERE status IN ('queued', 'running')")
+            return {int(r["id"]) for r in rows.fetchall()}
+
+    def prune_jobs(self, keep: int) -> int:
+        """Delete finished job rows beyond the newest ``keep`` of each model; returns how many.
+
+        The rows of names without a model (deleted, or trainings that never registered) share
+        one allowance of ``keep``. Queued and running jobs are never touched.
+        """
+        with self._write() as con:
+            rows = con.execute(
+                "SELECT j.id, j.model, m.name IS NOT NULL AS registered FROM jobs j "
+                "LEFT JOIN models m ON m.name = j.model "
+                "WHERE j.status NOT IN ('queued', 'running') ORDER BY j.id DESC"
+            ).fetchall()
+            seen: dict[str | None, int] = {}
+            doomed = []
+            for row in rows:
+                group = row["model"] if row["registered"] else None
+                seen[group] = seen.get(group, 0) + 1
+                if seen[group] > keep:
+                    doomed.append((int(row["id"]),))
+            con.executemany("DELETE FROM jobs WHERE id = ?", doomed)
+        return len(doomed)
+
     def owns(self, job_id: int, worker: str) -> bool:
         """Whether ``worker`` holds the job's lease (it runs it and nobody took it over)."""
         with self._read() as con:
@@ -602,6 +839,89 @@ class Catalog:
                 (model, kind, bundle_hash),
             ).fetchone()
         return row is not None
+
+
+def _says_nothing(exc: sqlite3.DatabaseError) -> bool:
+    """Whether an error is the caller's or the disk's (busy, full, read-only, a constraint).
+
+    Such errors say nothing about the file's health.
+    """
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.DataError):
+        return True
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(_NOT_DAMAGE)
+
+
+def _leave_wal(con: sqlite3.Connection) -> None:
+    """Switch a catalogue of an older release from WAL mode to the rollback journal.
+
+    SQLite folds the WAL into the file and removes ``-wal`` and ``-shm``; it needs the file to
+    itself, so while a process of the older release still has it open the switch waits for
+    the next start (the catalogue works either way).
+    """
+    con.execute("PRAGMA busy_timeout = 2000")
+    try:
+        con.execute("PRAGMA journal_mode=DELETE").fetchone()
+    except sqlite3.OperationalError as exc:
+        if not _says_nothing(exc):
+            raise
+    finally:
+        con.execute("PRAGMA busy_timeout = 30000")
+
+
+def write_rebuilt(
+    path: Path, models: list[FoundModel], next_job_id: int, record: dict[str, Any]
+) -> None:
+    """Write a new catalogue at ``path`` (which must not exist) from what the store holds.
+
+    Each model's current version is its newest potential that reads; newer ones that do not
+    are recorded as damaged (retracted), so version numbers are never reused. Job ids continue
+    after ``next_job_id - 1``, so a new job never meets an older job's checkpoint file.
+    ``record`` is kept under the ``rebuilt`` key of the ``meta`` table.
+    """
+    if path.exists():
+        raise FileExistsError(path)
+    Catalog(path)  # the schema
+    con = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, isolation_level=None)
+    try:
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("BEGIN IMMEDIATE")
+        for m in models:
+            good = [p.version for p in m.potentials if p.damaged is None]
+            published = max(good, default=0)
+            con.execute(
+                "INSERT INTO models (name, bundle_hash, n_latents, dim, created, "
+                "published_version) VALUES (?, ?, ?, ?, ?, ?)",
+                (m.name, m.bundle_hash, m.n_latents, m.dim, m.created, published),
+            )
+            for p in m.potentials:
+                con.execute(
+                    "INSERT INTO potentials (model, version, path, bundle_hash, job_id, "
+                    "iteration, accuracy, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        m.name,
+                        p.version,
+                        p.path,
+                        m.bundle_hash,
+                        p.job_id,
+                        p.iteration,
+                        _dump_acc(p.accuracy),
+                        p.created,
+                    ),
+                )
+                if p.damaged is not None and p.version > published:
+                    con.execute(
+                        "INSERT INTO damaged (model, version, reason, created) VALUES (?, ?, ?, ?)",
+                        (m.name, p.version, p.damaged, time.time()),
+                    )
+        if next_job_id > 1:
+            con.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", (next_job_id - 1,)
+            )
+        con.execute("INSERT INTO meta (key, value) VALUES ('rebuilt', ?)", (json.dumps(record),))
+        con.execute("COMMIT")
+    finally:
+        con.close()
 
 
 def _job_running(con: sqlite3.Connection, job_id: int) -> bool:

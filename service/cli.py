@@ -1,7 +1,8 @@
 """Command line of the service: ``aeot serve`` (the main command) and its companions.
 
 Commands: serve, worker, train, fit, models (list, show, register, train, refit, delete),
-sample, interpolate, singularities, and ``demo`` (a 2D OT fit with accuracy and time).
+store (rebuild), sample, interpolate, singularities, and ``demo`` (a 2D OT fit with accuracy
+and time).
 
 Server-side commands (serve, worker, fit) take every ``AEOT_*`` setting as an option that
 overrides the variable; ``train`` trains into a store in the foreground; client commands
@@ -29,6 +30,7 @@ import typer
 from models.options import DataOptions, TrainOptions
 from service.cli_models import API_KEY, URL, models_app
 from service.cli_options import run_options, settings_options
+from service.cli_store import store_app
 from service.cli_support import (
     CliError,
     build_settings,
@@ -50,6 +52,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models_app, name="models")
+app.add_typer(store_app, name="store")
 server_command(app)(train)
 
 MODEL = typer.Option(None, "--model", help="model name (default: the server's default)")
@@ -111,14 +114,9 @@ def serve(
         _serve_processes(settings)
         return
     from service.server import server_options
-    from service.store import CatalogueLost
 
-    try:
-        app_ = create_app(settings)
-    except CatalogueLost as exc:  # never start over a store whose catalogue is gone
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    uvicorn.run(app_, **server_options(settings))
+    # A catalogue that cannot be read or rebuilt raises CatalogueLost: exit status 2.
+    uvicorn.run(create_app(settings), **server_options(settings))
 
 
 def _check_port(host: str, port: int) -> None:
@@ -154,6 +152,11 @@ def _serve_processes(settings: Settings) -> None:
 
     from service.process import WorkerProcess
     from service.server import server_options
+    from service.store import ModelStore
+
+    # Opened (checked, rebuilt if need be) once here, before any server process starts: a
+    # catalogue that cannot be read or rebuilt stops the command with status 2.
+    store = ModelStore(settings.store)
 
     own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     metrics_dir = tempfile.mkdtemp(prefix="aeot-metrics-") if own_dir else None
@@ -163,7 +166,7 @@ def _serve_processes(settings: Settings) -> None:
     if metrics_dir is not None:
         env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.environ.update(env)
-    fit_worker = WorkerProcess(settings) if settings.worker else None
+    fit_worker = WorkerProcess(settings, store) if settings.worker else None
     try:
         if fit_worker is not None:
             fit_worker.start()

@@ -204,10 +204,13 @@ def delete(
     url: str = URL,
     api_key: str = API_KEY,
 ) -> None:
-    """Delete a model, its potentials and checkpoints."""
+    """Delete a model, its potentials and checkpoints (or cancel its training)."""
     if not yes and not typer.confirm(f"delete model {name!r} and its potentials?"):
         typer.echo(f"not deleted: {name}")
         return
     with connect(url, api_key) as client:
-        client.delete(name)
-    typer.echo(f"deleted {name}")
+        cancelled = client.delete(name)
+    if cancelled is not None:
+        typer.echo(f"{name} was being trained: training job {cancelled['id']} cancelled")
+    else:
+        typer.echo(f"deleted {name}")

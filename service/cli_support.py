@@ -1,8 +1,8 @@
 """What every ``aeot`` command shares: errors for people, the client, server commands.
 
 - :func:`friendly` turns any failure into one line on stderr saying what went wrong and what to
-  do, with exit code 1 (130 when interrupted); ``aeot --debug ...`` (or ``AEOT_DEBUG=1``) shows
-  the traceback instead.
+  do, with exit code 1 (2 for a store whose catalogue cannot be read or rebuilt, 130 when
+  interrupted); ``aeot --debug ...`` (or ``AEOT_DEBUG=1``) shows the traceback instead.
 - :func:`connect` opens the commands' :class:`AEOTClient`, which does not retry a 503: a person
   sees at once why and when to try again.
 - :func:`server_command` declares a command that runs the server: on the client-only install
@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 # What installs the server: the `cpu` or `gpu` extra (each is `server` plus its FAISS).
 SERVER_INSTALL = "pip install 'aeot[cpu]' (or 'aeot[gpu]' on a CUDA host)"
+# Exit status of a command refused because its store's catalogue cannot be read or rebuilt.
+EXIT_CATALOGUE_LOST = 2
 
 
 class CliError(Exception):
@@ -74,9 +77,17 @@ def friendly(fn: F) -> F:
             if _debug():
                 raise
             typer.echo(f"error: {explain(exc, fn)}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(_exit_status(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _exit_status(exc: Exception) -> int:
+    # Only a command that opened a store can meet a lost catalogue; the others never load the
+    # store's module (it imports torch).
+    store = sys.modules.get("service.store")
+    lost = store is not None and isinstance(exc, store.CatalogueLost)
+    return EXIT_CATALOGUE_LOST if lost else 1
 
 
 # Set by the root command's ``--debug`` before any command runs (one CLI run per process).
@@ -144,13 +155,16 @@ def server_missing() -> str | None:
     return None
 
 
-def server_command(app: typer.Typer, name: str | None = None) -> Callable[[F], F]:
+def server_command(
+    app: typer.Typer, name: str | None = None, *, group: str | None = None
+) -> Callable[[F], F]:
     """``app.command(name)`` for a command that runs the server (serve, worker, fit, train...).
 
     Where the server is not installed the command is declared all the same, taking any
     arguments and saying in one line which install it needs (exit code 1); ``aeot --help``
     marks it so. Apply it outermost: the decorators below it see no settings then
-    (:func:`settings_options` passes the command through).
+    (:func:`settings_options` passes the command through). ``group``: the name of the
+    command group ``app`` is (``store`` for ``aeot store rebuild``), for that line.
     """
     missing = server_missing()
     if missing is None:
@@ -161,7 +175,8 @@ def server_command(app: typer.Typer, name: str | None = None) -> Callable[[F], F
         summary = (inspect.getdoc(fn) or "").split("\n")[0]
 
         def unavailable() -> None:
-            typer.echo(f"error: {server_needed(f'`aeot {command}`', missing)}", err=True)
+            spelled = f"{group} {command}" if group else command
+            typer.echo(f"error: {server_needed(f'`aeot {spelled}`', missing)}", err=True)
             raise typer.Exit(1)
 
         app.command(
@@ -301,10 +316,14 @@ def no_store_error(store: Path) -> CliError:
 
 
 def open_existing_store(store: Path) -> ModelStore:
-    """Open the store at ``store`` without creating one (a missing store is a :class:`CliError`)."""
+    """Open the store at ``store`` without creating one (a missing store is a :class:`CliError`).
+
+    A store whose catalogue is lost but whose model directories are there is one: opening it
+    rebuilds the catalogue from them.
+    """
     from service.store import ModelStore  # imports torch, slow to load
 
-    if not (store / "catalog.sqlite3").is_file():
+    if not (store / "catalog.sqlite3").is_file() and not (store / "models").is_dir():
         raise no_store_error(store)
     return ModelStore(store)
 

@@ -689,9 +689,17 @@ class _Api:
         return Call(method="POST", path=f"/models/{name}/train", json=body, parse=_json)
 
     @endpoint
-    def delete(name: str) -> Call[None]:
-        """Delete a model (needs the API key)."""
-        return Call(method="DELETE", path=f"/models/{name}", parse=lambda r: None)
+    def delete(name: str) -> Call[dict[str, Any] | None]:
+        """Delete a model (needs the API key).
+
+        Returns ``None`` when a model was deleted; the cancelled training job when the name
+        was only being trained (the server answered 202).
+        """
+        return Call(
+            method="DELETE",
+            path=f"/models/{name}",
+            parse=lambda r: r.json() if r.status_code == 202 else None,
+        )
 
     @endpoint
     def ready() -> Call[bool]:

@@ -94,19 +94,15 @@ def read_access(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
         check_key(settings, x_api_key)
 
 
-def default_model(settings: Settings, store: ModelStore) -> str | None:
-    """Pick the model answering when none is named: the configured one, else the oldest."""
-    models = store.models()
-    if any(m.name == settings.default_model for m in models):
-        return settings.default_model
-    return models[0].name if models else None
+def resolve_model(name: str | None, serving: ServingIndex) -> str:
+    """``name``, or the default model; a 503 when the store has no model yet.
 
-
-def resolve_model(name: str | None, settings: Settings, store: ModelStore) -> str:
-    """``name``, or the default model; a 503 when the store has no model yet."""
+    The default comes from the serving index's last catalogue read, so a request that names
+    no model never waits on (or fails with) the catalogue.
+    """
     if name is not None:
         return name
-    chosen = default_model(settings, store)
+    chosen = serving.default_model()
     if chosen is None:
         raise NotReady("no model registered yet (the default model may be training)", 10.0)
     return chosen

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -17,8 +16,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
+from service.catalog import CatalogueDamaged
 from service.schemas import ErrorResponse
-from service.store import ModelExists, StoreError, UnknownModel
+from service.store import ModelExists, StoreError, UnknownModel, storage_problem
 from service.training import DataRootError
 
 log = logging.getLogger("aeot.http")
@@ -76,28 +76,10 @@ _MEANING = {
     "body not UTF-8 JSON",
     429: "too many wrong API keys from this client (Retry-After says when to try again)",
     431: "request head (request line and headers) over 16 KiB; the connection closes",
-    503: "no fitted potential yet (Retry-After says when to try again)",
+    503: "no fitted potential yet, or the catalogue is being rebuilt (Retry-After says when "
+    "to try again)",
     507: "the store cannot be written (disk full or read-only); reads keep working",
 }
-
-_STORAGE_ERRNOS = {
-    errno.ENOSPC: "the store's disk is full",
-    errno.EDQUOT: "the store's disk quota is exhausted",
-    errno.EROFS: "the store is read-only",
-}
-
-
-def storage_problem(exc: BaseException) -> str | None:
-    """Say why a write failed when the store cannot take writes (full, read-only), else None."""
-    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
-        return _STORAGE_ERRNOS[exc.errno]
-    if isinstance(exc, sqlite3.OperationalError):
-        text = str(exc).lower()
-        if "disk is full" in text:
-            return _STORAGE_ERRNOS[errno.ENOSPC]
-        if "readonly" in text or "read-only" in text:
-            return _STORAGE_ERRNOS[errno.EROFS]
-    return None
 
 
 def _store_forms(root: Path) -> set[str]:
@@ -223,6 +205,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Throttled)
     async def _throttled(_: Request, exc: Throttled) -> JSONResponse:
         return auth_response(exc)
+
+    @app.exception_handler(CatalogueDamaged)
+    async def _catalogue(_: Request, exc: CatalogueDamaged) -> JSONResponse:
+        # Reads are answered from what is loaded; this is a write, or a read of something
+        # never loaded, while the catalogue is rebuilt from the model directories.
+        return _error(
+            503,
+            f"{exc}; it is being rebuilt from the model directories, try again",
+            {"Retry-After": "2"},
+        )
 
     @app.exception_handler(DataRootError)
     async def _no_data_root(_: Request, exc: DataRootError) -> JSONResponse:

@@ -11,6 +11,7 @@ served version the most recent one set by a live process).
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -18,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from service.catalog import CatalogueDamaged
 from service.process import WorkerProcess
 from service.store import ModelStore
 
@@ -38,9 +40,12 @@ class _FitCollector(Collector):
             n: GaugeMetricFamily(f"aeot_fit_{n}", f"newest fit job: {n}", labels=["model"])
             for n in names
         }
-        for model in self._store.models():
+        try:
+            progress = [(m, self._store.active_job(m.name)) for m in self._store.models()]
+        except (CatalogueDamaged, sqlite3.DatabaseError):
+            progress = []  # unknown while the catalogue is rebuilt: no fit gauges this scrape
+        for model, job in progress:
             fams["published_version"].add_metric([model.name], model.published_version)
-            job = self._store.active_job(model.name)
             if job is None:
                 continue
             fams["iteration"].add_metric([model.name], job.iteration)

@@ -5,8 +5,8 @@ The request models carry only static bounds; the limits that come from settings 
 GET query parameters, so a client generated from the schema stays inside what the server
 accepts. The answers of the middleware (400 bad Host, 408 stalled body, 413 body too large,
 429 throttled key), of the HTTP protocol (431 request head too large) and of a store that
-cannot be written (507, on the key-protected writes) are added to every operation that can
-give them.
+cannot be written (507) or whose catalogue is being rebuilt (503), on the key-protected
+writes, are added to every operation that can give them.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _write_gate_answers(
             if method.lower() in _BODY_METHODS:
                 codes += [408, 413, 422]
             if needs_key(route, settings) and method.lower() != "get":
-                codes += [401, 403, 429, 507]
+                codes += [401, 403, 429, 503, 507]
             elif needs_key(route, settings):
                 codes += [401, 403, 429]
             if needs_key(route, settings):  # reads too when the server requires the key

@@ -679,6 +679,20 @@ class WorkerOut(_Out):
     last_exit_at: float | None = Field(description="when (seconds since the epoch)")
 
 
+class StoreOut(BaseModel):
+    """The store's health: its catalogue, and whether it takes writes."""
+
+    status: Literal["ok", "degraded", "read-only"] = Field(
+        description="degraded: the catalogue cannot be read (reads are answered from what is "
+        "loaded while it is rebuilt from the model directories); read-only: writes answer 507"
+    )
+    problem: str | None = Field(default=None, description="what is wrong now, if anything")
+    rebuilt: str | None = Field(
+        default=None,
+        description="when and why the catalogue was last rebuilt from the model directories",
+    )
+
+
 class ReadyResponse(BaseModel):
     """Readiness: the default model serves a potential (and the worker's state, if any)."""
 
@@ -693,3 +707,4 @@ class ReadyResponse(BaseModel):
     worker: WorkerOut | None = Field(
         default=None, description="the supervised fit worker (null: none in this process)"
     )
+    store: StoreOut | None = Field(default=None, description="the store's health")

@@ -5,21 +5,30 @@ never changes after it is built. :class:`ServingIndex` keeps a dict of them; a r
 every new object completely and then replaces the dict with one assignment, so a request that
 took its ``Served`` at the start sees one potential version from start to end, whatever swaps
 happen meanwhile.
+
+The index also keeps the model list of its last catalogue read, so generation requests never
+touch the catalogue: while the catalogue is damaged (and rebuilt) they are answered from what
+is loaded. Each refresh also checks the files of the served versions (size, time, inode) and
+reads again one that changed: a file damaged under a running server is served around as at
+start-up.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 import threading
 import time
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from models import Bundle, resolve_device
-from service.catalog import ModelRecord
+from service.catalog import CatalogueDamaged, ModelRecord
 from service.errors import NotReady, UnknownVersion
 from service.settings import Settings
 from service.store import ModelStore, UnknownModel
@@ -32,6 +41,17 @@ log = logging.getLogger("aeot.serving")
 _BUNDLE_RETRY = 30.0
 # Potential versions pinned by requests (``version=``) kept loaded besides the served ones.
 PINNED_CACHE = 4
+# What a catalogue read can raise while the file is damaged or being replaced.
+CATALOGUE_ERRORS = (CatalogueDamaged, sqlite3.DatabaseError)
+
+
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """``(inode, size, mtime_ns)`` of a file, ``None`` when it is gone: a cheap change test."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class BundleDamaged(Exception):
@@ -55,6 +75,7 @@ class Served:
         cell_labels: the class of each cell (majority label of the training codes it holds),
             shape ``(N,)`` int64, ``-1`` for a cell without codes; ``None`` when the bundle
             has no labels.
+        path: the potential's file; stamp: its ``(inode, size, mtime_ns)`` when it was read.
 
     """
 
@@ -64,6 +85,8 @@ class Served:
     potential: Potential
     accuracy: AccuracyReport | None
     cell_labels: np.ndarray | None = None
+    path: Path | None = None
+    stamp: tuple[int, int, int] | None = None
 
     @property
     def ext_map(self) -> ExtendedMap:
@@ -98,11 +121,16 @@ class ServingIndex:
     good version) and calls ``on_damaged`` so a refit is queued. A bundle that does not load
     makes the model not ready with that reason instead of "no fitted potential yet".
 
+    A served version whose file changes on disk (size, time or inode: damaged, deleted,
+    replaced) is read again at the next refresh; if it no longer loads it is withdrawn in the
+    same way and the index falls back to the newest older version that loads. A version
+    withdrawn by another process is dropped here too.
+
     Args:
         store: the model store.
         settings: device and poll interval.
         on_swap: called with ``(model, version)`` after each swap (metrics).
-        on_damaged: called with the model name when its published version is damaged.
+        on_damaged: called with the model name and the damaged version (a refit is queued).
 
     """
 
@@ -111,7 +139,7 @@ class ServingIndex:
         store: ModelStore,
         settings: Settings,
         on_swap: Callable[[str, int], None] | None = None,
-        on_damaged: Callable[[str], None] | None = None,
+        on_damaged: Callable[[str, int], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -121,6 +149,9 @@ class ServingIndex:
         self._damaged: dict[tuple[str, int], str] = {}
         self._bad_bundles: dict[tuple[str, str], tuple[float, str]] = {}
         self._served: dict[str, Served] = {}
+        # The catalogue's models at the last read that worked, oldest first.
+        self._models: dict[str, ModelRecord] = {}
+        self._catalogue_error: str | None = None
         self._bundles: dict[tuple[str, str], Bundle] = {}
         self._refresh_lock = threading.Lock()
         self._pinned: dict[tuple[str, int], Served] = {}
@@ -148,7 +179,15 @@ class ServingIndex:
         served = self.current(name)
         if served is not None:
             return served
-        self.store.model(name)  # raises UnknownModel
+        if name not in self._models:
+            try:
+                self.store.model(name)  # raises UnknownModel (a model registered a moment ago)
+            except CATALOGUE_ERRORS as exc:
+                raise NotReady(
+                    f"model {name!r} is not loaded and the catalogue cannot be read ({exc}); it "
+                    "is being rebuilt from the model directories",
+                    retry_after=5.0,
+                ) from exc
         problem = self.problem(name)
         message = (
             f"model {name!r} cannot be served: {problem}"
@@ -166,9 +205,28 @@ class ServingIndex:
         self.poll_if_due()
         served = self._served.get(name)  # one read of one reference: a consistent version
         if served is None:
-            self.refresh(blocking=True)
+            self.try_refresh(blocking=True)
             served = self._served.get(name)
         return served
+
+    def models(self) -> list[ModelRecord]:
+        """The models of the last catalogue read that worked, oldest first."""
+        return list(self._models.values())
+
+    def default_model(self) -> str | None:
+        """The model answering when none is named: the configured one, else the oldest."""
+        self.poll_if_due()
+        if not self._models:  # nothing read yet, or no model yet: look now
+            self.try_refresh(blocking=True)
+        models = self._models
+        if self.settings.default_model in models:
+            return self.settings.default_model
+        return next(iter(models), None)
+
+    @property
+    def catalogue_error(self) -> str | None:
+        """Why the last catalogue read failed (``None``: it worked)."""
+        return self._catalogue_error
 
     def pinned(self, name: str, version: int) -> Served:
         """Model ``name`` at published potential ``version`` (the served one, or loaded for it).
@@ -218,9 +276,22 @@ class ServingIndex:
         return self._served.get(name)
 
     def poll_if_due(self) -> None:
-        """Refresh when the last poll is older than ``poll_interval`` (never waits on one)."""
+        """Refresh when the last poll is older than ``poll_interval`` (never waits on one).
+
+        A catalogue that cannot be read is noted (:attr:`catalogue_error`) and what is loaded
+        keeps being served.
+        """
         if time.monotonic() - self._last_poll >= self.settings.poll_interval:
-            self.refresh(blocking=False)
+            self.try_refresh(blocking=False)
+
+    def try_refresh(self, *, blocking: bool = True) -> None:
+        """:meth:`refresh`, noting (not raising) a catalogue that cannot be read."""
+        try:
+            self.refresh(blocking=blocking)
+        except CATALOGUE_ERRORS as exc:
+            if self._catalogue_error != str(exc):
+                log.error("catalogue read failed (serving what is loaded): %s", exc)
+            self._catalogue_error = str(exc)
 
     def versions(self) -> dict[str, int]:
         """``{model: served version}``."""
@@ -240,26 +311,60 @@ class ServingIndex:
             self._refresh_lock.release()
 
     def _refresh(self) -> list[tuple[str, int]]:
-        published = self.store.published_versions()
+        models = self.store.models()
+        self._models = {m.name: m for m in models}
+        self._catalogue_error = None
+        published = {m.name: m.published_version for m in models}
         current = self._served
         new = {k: v for k, v in current.items() if k in published}
         self._problems = {k: v for k, v in self._problems.items() if k in published}
         swaps = []
         for name, version in published.items():
-            old = current.get(name)
+            old = new.get(name)
+            if old is not None:
+                # Withdrawn (by another process, or a rebuilt catalogue) or damaged on disk.
+                old = None if old.version > version else self._checked(old)
+                if old is None:
+                    del new[name]
+                else:
+                    new[name] = old
             if version == 0 or (old is not None and old.version >= version):
                 continue
             served = self._newest_loadable(name, version, old.version if old else 0)
             if served is not None:
                 new[name] = served
                 swaps.append((name, served.version))
-        if swaps or len(new) != len(current):
+        if new.keys() != current.keys() or any(new[k] is not current[k] for k in new):
             self._served = new  # the atomic swap: one reference assignment
         for name, version in swaps:
             log.info("serving model %s potential v%d", name, version)
             if self.on_swap is not None:
                 self.on_swap(name, version)
         return swaps
+
+    def _checked(self, served: Served) -> Served | None:
+        """A served version, or ``None`` when its file changed on disk and no longer loads.
+
+        An unchanged file (same inode, size and time) is not read. A changed one that still
+        loads (restored, touched) is kept with its new stamp; one that does not is reported
+        as damaged (withdrawn, refit queued).
+        """
+        stamp = file_stamp(served.path) if served.path is not None else served.stamp
+        if stamp == served.stamp or served.path is None:
+            return served
+        try:
+            Potential.load(served.path, backend=self._backend)
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            if self.store.potential_record(served.name, served.version) is None:
+                return None  # deleted or replaced meanwhile, not damaged
+            self._report_damage(served.name, served.version, f"{type(exc).__name__}: {exc}")
+            return None
+        log.warning(
+            "model %s: potential v%d's file changed on disk and still loads; kept",
+            served.name,
+            served.version,
+        )
+        return replace(served, stamp=stamp)
 
     def _newest_loadable(self, name: str, published: int, served: int) -> Served | None:
         """The newest version in ``(served, published]`` that loads; damage is recorded once."""
@@ -298,7 +403,7 @@ class ServingIndex:
         try:
             self.store.retract(name, version, reason)
             if self.on_damaged is not None:
-                self.on_damaged(name)
+                self.on_damaged(name, version)
         except Exception:  # a full store cannot record it: keep serving what loads
             log.exception("model %s: could not retract v%d or queue a refit", name, version)
 
@@ -307,7 +412,10 @@ class ServingIndex:
         local = self._problems.get(name)
         if local is not None:
             return local
-        damage = self.store.damage(name)
+        try:
+            damage = self.store.damage(name)
+        except CATALOGUE_ERRORS:
+            return None  # the catalogue's own problem is reported with the store's state
         if damage is None:
             return None
         version, reason = damage
@@ -320,6 +428,8 @@ class ServingIndex:
         if record is None:
             return None
         bundle = self._bundle(self.store.model(name), record.bundle_hash)
+        path = self.store.root / record.path
+        stamp = file_stamp(path)
         potential = self.store.load_potential(record, backend=self._backend)
         labels = None
         if bundle.labels is not None:
@@ -331,6 +441,8 @@ class ServingIndex:
             potential=potential,
             accuracy=record.accuracy,
             cell_labels=labels,
+            path=path,
+            stamp=stamp,
         )
 
     def _bundle(self, model: ModelRecord, bundle_hash: str) -> Bundle:
@@ -354,11 +466,18 @@ class ServingIndex:
 
 
 class Poller:
-    """A daemon thread that refreshes a :class:`ServingIndex` every ``interval`` seconds."""
+    """A daemon thread that refreshes a :class:`ServingIndex` every ``interval`` seconds.
 
-    def __init__(self, index: ServingIndex, interval: float) -> None:
+    ``tasks`` run before each refresh (the store's health checks); a failing one is logged
+    and the loop goes on.
+    """
+
+    def __init__(
+        self, index: ServingIndex, interval: float, tasks: Sequence[Callable[[], object]] = ()
+    ) -> None:
         self._index = index
         self._interval = interval
+        self._tasks = tuple(tasks)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="aeot-poller", daemon=True)
 
@@ -373,8 +492,13 @@ class Poller:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            for task in self._tasks:
+                try:
+                    task()
+                except Exception:  # keep polling: the next round tries again
+                    log.exception("store check failed")
             try:
-                self._index.refresh()
+                self._index.try_refresh()
             except Exception:  # keep serving the current versions
                 log.exception("catalogue poll failed")
             self._stop.wait(self._interval)

@@ -169,6 +169,13 @@ class Settings(BaseSettings):
     stale_seconds: float = Field(
         default=30.0, gt=0, description="a running job with no heartbeat for this long is reclaimed"
     )
+    keep_checkpoints: int = Field(
+        default=2, ge=0, description="checkpoints of finished fit jobs kept per model"
+    )
+    # At least the fit attempts of one bundle (3): the retry count is read from these rows.
+    job_history: int = Field(
+        default=50, ge=3, description="finished jobs kept per model in the catalogue"
+    )
 
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "text"

@@ -27,13 +27,11 @@ from models.datasets import DatasetConfig, dataset_config_for
 from models.options import DataOptions
 from service.catalog import JobRecord, JobStatus, ModelRecord, TrainProgress
 from service.job_config import JobConfig
-from service.store import ModelExists, ModelStore, check_name
+from service.lease import Lease
+from service.store import ModelExists, ModelStore, TrainingCancelled, check_name
 
 log = logging.getLogger("aeot.training")
 
-# Seconds between liveness heartbeats of a running train job (an epoch can take minutes; the
-# catalogue reclaims a job whose heartbeat is older than ``stale_seconds``, 30 s by default).
-_HEARTBEAT_EVERY = 5.0
 # The embedded default: scikit-learn digits, all 1797 images, on one CPU thread.
 _DIGITS_DATA = DatasetConfig(source="digits", split="all")
 
@@ -133,6 +131,7 @@ def train_into_store(
     data: ImageDataset | None = None,
     callback: TrainCallback | None = None,
     progress: bool = False,
+    job_id: int | None = None,
 ) -> ModelRecord | None:
     """Train ``plan`` (resuming its checkpoint) and register the bundle as ``name``.
 
@@ -145,9 +144,14 @@ def train_into_store(
         callback: after each epoch, with the epoch record and the job-level progress;
             returning ``False`` stops training (the checkpoint stays for a resume).
         progress: tqdm bars over each epoch's batches.
+        job_id: the train job running this (the worker's): the bundle is registered only
+            while that job still runs.
 
     Returns:
         The registered model, or ``None`` when the callback stopped training.
+
+    Raises:
+        TrainingCancelled: ``job_id`` was cancelled (its name deleted) as training ended.
 
     """
     check_name(name)
@@ -176,8 +180,10 @@ def train_into_store(
     )
     if bundle is None:
         return None
-    record = store.register(name, out, move=True, fit=fit)
-    checkpoint.unlink(missing_ok=True)
+    try:
+        record = store.register(name, out, move=True, fit=fit, job_id=job_id)
+    finally:
+        checkpoint.unlink(missing_ok=True)
     return record
 
 
@@ -186,8 +192,12 @@ def run_train_job(
     job: JobRecord,
     worker: str,
     stop: threading.Event,
+    interval: float = 5.0,
 ) -> tuple[JobStatus, str]:
     """Run a claimed train job: train, register, queue its fit; epoch and loss to the catalogue.
+
+    The job's lease is kept from a thread every ``interval`` seconds (an epoch can take
+    minutes); each epoch's progress is written as it ends.
 
     Returns:
         ``("done", "trained")``; ``("queued", "worker stopped")`` when ``stop`` was set (the
@@ -196,13 +206,6 @@ def run_train_job(
 
     """
     plan = job.train_plan or digits_plan(job.config.seed)
-    lost = threading.Event()
-    beating = threading.Event()
-
-    def beat() -> None:  # liveness between epochs, which can take minutes
-        while not beating.wait(_HEARTBEAT_EVERY):
-            if not store.heartbeat(job, worker):
-                lost.set()
 
     def on_epoch(record: EpochRecord, report: TrainProgress) -> bool:
         log.info(
@@ -214,17 +217,20 @@ def run_train_job(
             record.loss,
         )
         if not store.train_heartbeat(job, worker, report):
-            lost.set()
-        return not (lost.is_set() or stop.is_set())
+            lease.lost.set()
+        return not (lease.lost.is_set() or stop.is_set())
 
-    thread = threading.Thread(target=beat, name=f"train-{job.id}-heartbeat", daemon=True)
-    thread.start()
-    try:
-        record = train_into_store(store, job.model, plan, fit=job.config, callback=on_epoch)
-    finally:
-        beating.set()
-        thread.join()
-    if lost.is_set():
+    with Lease(store, job, worker, interval) as lease:
+        try:
+            record = train_into_store(
+                store, job.model, plan, fit=job.config, callback=on_epoch, job_id=job.id
+            )
+        except TrainingCancelled:
+            record = None
+            lease.lost.set()
+    if lease.lost.is_set():
+        # Cancelled (its name deleted): the epoch checkpoint written since is no one's.
+        checkpoint_path(store, job.model, plan).unlink(missing_ok=True)
         return "cancelled", "cancelled"
     if record is None:
         return "queued", "worker stopped"

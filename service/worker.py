@@ -10,6 +10,12 @@ end: claim a job -> ``fit`` -> ``Potential.build`` -> ``store.publish``. The job
 that finds a checkpoint resumes from it (``fit(resume=...)``), so a
 worker killed at any moment loses at most ``checkpoint_every`` iterations. SIGTERM sets the
 stop event: the running fit checkpoints, hands its job back to the queue, and the worker exits.
+
+The job's heartbeat comes from a thread (:class:`service.lease.Lease`), so no iteration, however
+long, lets the lease lapse. A full disk, a read-only store or a damaged catalogue makes the
+worker hand its job back and wait (1 s doubling to a minute) instead of exiting; after each job
+it removes staging leftovers, checkpoints of finished jobs beyond ``keep_checkpoints`` and job
+rows beyond ``job_history``.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from models.runtime import cpu_threads, resolve_device
-from service.catalog import JobRecord, JobStatus, Progress, worker_id
+from service.catalog import CatalogueDamaged, JobRecord, JobStatus, Progress, worker_id
 from service.job_config import job_config
+from service.lease import Lease, beat_interval
 from service.process import watch_parent
 from service.settings import Settings
-from service.store import ModelStore
+from service.store import ModelStore, storage_problem
 from service.training import digits_plan, run_train_job
 from solver import (
     AccuracyReport,
@@ -44,10 +51,15 @@ from solver import (
 
 log = logging.getLogger("aeot.worker")
 
-# Heartbeats without a checkpoint or check are written at most this often (seconds).
-_HEARTBEAT_EVERY = 0.25
 # A new potential is published only when its L1 beats the published one by this factor.
 _IMPROVEMENT = 0.98
+# Seconds a worker waits after a full disk, read-only store or damaged catalogue (doubling).
+_WAIT_FIRST = 1.0
+_WAIT_MAX = 60.0
+
+
+class _Waiting(Exception):
+    """The store cannot take the job's writes now (full, read-only, catalogue damaged)."""
 
 
 @dataclass
@@ -57,7 +69,8 @@ class _FitRun:
     job: JobRecord
     problem: OTProblem
     best_l1: float
-    last_beat: float = 0.0
+    lease: Lease
+    repair: bool = False
     last_publish: float = field(default_factory=time.monotonic)
     checks: list[tuple[float, float]] = field(default_factory=list)
     published_iteration: int = -1
@@ -89,24 +102,60 @@ class Worker:
     def run(self, *, max_jobs: int | None = None, idle_exit: bool = False) -> int:
         """Claim and run jobs until stopped; returns the number of jobs run.
 
+        A store that cannot take writes (full disk, read-only, damaged catalogue) makes the
+        worker wait and try again, 1 s doubling to a minute, instead of failing: a supervised
+        worker would otherwise exit and be restarted in a loop. With ``idle_exit`` the error
+        is raised instead (a foreground ``aeot fit`` says what is wrong).
+
         Args:
             max_jobs: stop after this many jobs.
             idle_exit: return as soon as the queue is empty (for ``aeot fit`` and tests).
 
         """
         done = 0
+        wait = _WAIT_FIRST
         with cpu_threads(self.settings.worker_threads):
             while not self.stop.is_set() and (max_jobs is None or done < max_jobs):
-                self.schedule()
-                job = self.store.claim(self.id, self.settings.stale_seconds)
-                if job is None:
-                    if idle_exit:
-                        break
-                    self.stop.wait(self.settings.poll_interval)
+                try:
+                    self.store.refresh_mode()
+                    self.schedule()
+                    job = self.store.claim(self.id, self.settings.stale_seconds)
+                    if job is None:
+                        if idle_exit:
+                            break
+                        self.stop.wait(self.settings.poll_interval)
+                        continue
+                    self.run_job(job)
+                    done += 1
+                    self.tidy()
+                except Exception as exc:
+                    problem = _unwritable(exc)
+                    if problem is None or idle_exit:
+                        raise
+                    self._wait_out(problem, exc, wait)
+                    wait = min(2 * wait, _WAIT_MAX)
                     continue
-                self.run_job(job)
-                done += 1
+                wait = _WAIT_FIRST
         return done
+
+    def _wait_out(self, problem: str, exc: BaseException, seconds: float) -> None:
+        """Log why the store takes no writes, repair a damaged catalogue, wait ``seconds``."""
+        log.warning("%s (%s); waiting %.0f s before trying again", problem, exc, seconds)
+        if isinstance(exc, CatalogueDamaged) or (
+            isinstance(exc, _Waiting) and isinstance(exc.__cause__, CatalogueDamaged)
+        ):
+            try:
+                self.store.heal()
+            except Exception as heal_exc:
+                log.warning("catalogue not rebuilt yet: %s", heal_exc)
+        self.stop.wait(seconds)
+
+    def tidy(self) -> None:
+        """Remove what finished jobs leave: staging entries, old checkpoints, old job rows."""
+        self.store.sweep_staging()
+        self.store.prune(
+            keep_checkpoints=self.settings.keep_checkpoints, job_history=self.settings.job_history
+        )
 
     def schedule(self) -> None:
         """Queue the default model's training (empty store) and missing or stale fits."""
@@ -118,7 +167,14 @@ class Worker:
         self.store.ensure_fit_jobs(job_config(s))
 
     def run_job(self, job: JobRecord) -> None:
-        """Run one claimed job to its end (done, failed, or handed back when stopped)."""
+        """Run one claimed job to its end (done, failed, or handed back when stopped).
+
+        Raises:
+            _Waiting: the store took none of the job's writes (full disk, read-only store,
+                damaged catalogue); the job is handed back to the queue where possible, and
+                does not count as a failed attempt.
+
+        """
         log.info("job %d (%s %s) started", job.id, job.kind, job.model)
         try:
             if job.kind == "train":
@@ -126,6 +182,14 @@ class Worker:
             else:
                 status, reason = self._fit(job)
         except Exception as exc:  # a failed job must not take the worker down
+            problem = _unwritable(exc)
+            if problem is not None:
+                log.warning("job %d handed back: %s (%s)", job.id, problem, exc)
+                try:
+                    self.store.finish(job, self.id, "queued", f"{problem}; waits to run again")
+                except Exception:
+                    log.warning("job %d could not be handed back; its lease will lapse", job.id)
+                raise _Waiting(problem) from exc
             log.exception("job %d failed", job.id)
             self.store.finish(job, self.id, "failed", "error", f"{exc}")
             return
@@ -133,9 +197,14 @@ class Worker:
         log.info("job %d %s (%s)", job.id, status, reason)
 
     def _train(self, job: JobRecord) -> tuple[JobStatus, str]:
-        return run_train_job(self.store, job, self.id, self.stop)
+        interval = beat_interval(self.settings.stale_seconds)
+        return run_train_job(self.store, job, self.id, self.stop, interval)
 
     def _fit(self, job: JobRecord) -> tuple[JobStatus, str]:
+        with Lease(self.store, job, self.id, beat_interval(self.settings.stale_seconds)) as lease:
+            return self._fit_leased(job, lease)
+
+    def _fit_leased(self, job: JobRecord, lease: Lease) -> tuple[JobStatus, str]:
         bundle = self.store.load_bundle(job.model)
         problem = make_problem(bundle.latents)
         config = replace(job.config.fit, backend=self.backend)
@@ -151,12 +220,15 @@ class Worker:
             job=job,
             problem=problem,
             best_l1=best,
+            lease=lease,
+            # The served version was withdrawn (damaged): this fit repairs it.
+            repair=self.store.damage(job.model) is not None,
             checkpoint_iteration=resume.iteration if resume else None,
         )
         result = fit(problem, config, callback=lambda p: self._on_progress(run, p), resume=resume)
         # Only the lease holder writes the job's files: a worker that lost the job (cancelled,
         # or taken over after its lease expired) must not overwrite the new owner's checkpoint.
-        if run.lost or not self.store.owns(job, self.id):
+        if run.lost or lease.lost.is_set() or not self.store.owns(job, self.id):
             return "cancelled", "cancelled"
         if result.state.iteration != run.checkpoint_iteration:  # else it is on disk already
             self.store.save_checkpoint(job, result.state)
@@ -165,7 +237,7 @@ class Worker:
         if result.state.iteration != run.published_iteration:
             check = result.accuracy if result.converged else None
             self._maybe_publish(
-                run, result.state.iteration, result.state.elapsed, result.heights, check
+                run, result.state.iteration, result.state.elapsed, result.heights, check, last=True
             )
         return "done", result.reason
 
@@ -173,6 +245,9 @@ class Worker:
         """Fit callback: checkpoint, heartbeat, publish; False stops the fit."""
         record, state = progress.record, progress.state
         now = time.monotonic()
+        if run.lease.lost.is_set():
+            run.lost = True  # the files are no longer this worker's: write nothing
+            return False
         stopping = self.stop.is_set()
         checkpoint = state.iteration % self.settings.checkpoint_every == 0
         if checkpoint or stopping:
@@ -195,9 +270,9 @@ class Worker:
                 run.lost = True
                 return False
             self._maybe_publish(run, state.iteration, state.elapsed, progress.heights, check)
-        if checkpoint or stopping or check is not None or now - run.last_beat >= _HEARTBEAT_EVERY:
-            run.last_beat = now
-            beat = Progress(
+        # Progress goes to the catalogue with the lease's next heartbeat (its own thread).
+        run.lease.report(
+            Progress(
                 iteration=state.iteration,
                 elapsed=record.elapsed,
                 train_l1=record.train_l1,
@@ -205,9 +280,10 @@ class Worker:
                 eta=_eta(run.checks, progress.target_l1, record.elapsed),
                 checkpoint_iteration=run.checkpoint_iteration,
             )
-            if not self.store.heartbeat(run.job, self.id, beat):
-                run.lost = True  # cancelled or deleted meanwhile
-                return False
+        )
+        if run.lease.lost.is_set():
+            run.lost = True  # cancelled, deleted or taken over meanwhile
+            return False
         return not self.stop.is_set()
 
     def _maybe_publish(
@@ -217,8 +293,17 @@ class Worker:
         elapsed: float,
         heights: np.ndarray,
         check: AccuracyReport | None,
+        *,
+        last: bool = False,
     ) -> None:
-        """Publish the heights if an independent check shows they beat the published."""
+        """Publish the heights if an independent check shows they beat the published.
+
+        The ``last`` publication of a repair fit (its model's served version was withdrawn as
+        damaged) that published nothing yet needs only to be no worse than the version served
+        instead (within the 2 % margin): a deterministic refit reproduces the withdrawn
+        version's accuracy, which is not 2 % better than itself. A repair worse than that
+        publishes nothing and closes the damage record, so the problem is no longer reported.
+        """
         run.last_publish = time.monotonic()
         config, problem = run.job.config, run.problem
         if check is None:
@@ -232,7 +317,18 @@ class Worker:
             )
             run.checks.append((elapsed, check.l1))
         run.last_check = check
-        if check.l1 >= _IMPROVEMENT * run.best_l1:
+        repairing = last and run.repair and run.published_iteration < 0
+        bar = run.best_l1 / _IMPROVEMENT if repairing else _IMPROVEMENT * run.best_l1
+        if check.l1 >= bar:
+            if repairing:
+                self.store.resolve_damage(run.job.model)
+                log.warning(
+                    "model %s: the repair fit (L1 %.4f) does not match the served version "
+                    "(L1 %.4f), which stays",
+                    run.job.model,
+                    check.l1,
+                    run.best_l1,
+                )
             return
         potential = Potential.build(
             problem,
@@ -251,6 +347,15 @@ class Worker:
             iteration,
             check.l1,
         )
+
+
+def _unwritable(exc: BaseException) -> str | None:
+    """Why the store takes no writes now, when that is what ``exc`` says; else ``None``."""
+    if isinstance(exc, _Waiting):
+        return str(exc)
+    if isinstance(exc, CatalogueDamaged):
+        return f"{exc}; it is being rebuilt"
+    return storage_problem(exc)
 
 
 def _eta(checks: list[tuple[float, float]], target: float, elapsed: float) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import torch
 
 from models.autoencoder import Autoencoder, AutoencoderConfig
@@ -26,6 +28,7 @@ from service.worker import Worker
 
 API_KEY = "test-key-123"
 ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def tiny_latents(n: int = 200, d: int = 4, seed: int = 0) -> np.ndarray:
@@ -216,3 +219,43 @@ def labelled_template(base: Path) -> Path:
         Worker(store, make_settings(root, default_model="lab")).run(idle_exit=True)
         _TEMPLATES[key] = root
     return _TEMPLATES[key]
+
+
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real small filesystem mounted at ``path`` (unmounted after).
+
+    Where it cannot be mounted the test skips, saying why (not root, or root without the
+    right to mount, e.g. an unprivileged container); under ``CI=true`` it fails instead: CI
+    runs as root and must run the disk tests.
+    """
+    path.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if done.returncode != 0:
+        why = (
+            "not root"
+            if os.geteuid() != 0
+            else "root, but mounting is not permitted here (no CAP_SYS_ADMIN?): "
+            + done.stderr.decode(errors="replace").strip()
+        )
+        if IN_CI:
+            pytest.fail(f"CI=true but a tmpfs cannot be mounted ({why}); the disk tests need one")
+        pytest.skip(f"cannot mount a tmpfs here ({why})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(directory: Path) -> None:
+    """Write a filler file until the filesystem has not one byte left."""
+    with open(directory / "filler", "wb", buffering=0) as f:
+        for chunk in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    shutil.disk_usage(directory)  # still readable

@@ -107,8 +107,8 @@ def test_without_the_server_packages_the_client_commands_load_and_server_ones_sa
     listing = _light_cli("--help")
     assert listing.returncode == 0, listing.stderr
     assert "sample" in listing.stdout and "(needs the server install)" in listing.stdout
-    for command in ("serve", "worker", "fit", "train", "demo"):
-        run = _light_cli(command, "--port", "9000", "extra-argument")
+    for command in ("serve", "worker", "fit", "train", "demo", "store rebuild"):
+        run = _light_cli(*command.split(), "--port", "9000", "extra-argument")
         assert run.returncode == 1
         (line,) = run.stderr.splitlines()
         assert line.startswith(f"error: `aeot {command}` runs the server, which this install")

@@ -1,11 +1,13 @@
-"""Fault cases 1, 2, 6 and 9 of the reliability review: a killed worker, a killed server, a
-damaged checkpoint, a cancelled job that publishes. Real processes, each wait bounded.
+"""Fault cases of the worker: a killed worker, a killed server, a damaged checkpoint, a
+cancelled job that publishes, a step longer than the lease, a full disk, what jobs leave
+behind. Real processes and filesystems, each wait bounded.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,10 +18,19 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.catalog import _alive
+from service.process import WorkerProcess
 from service.store import FIT_ATTEMPTS, ModelStore
 from service.worker import Worker, job_config
 from solver import Potential, PotentialConfig, load_state, make_problem
-from tests.service_helpers import ROOT, env_for, make_settings, wait_for, write_bundle
+from tests.service_helpers import (
+    ROOT,
+    env_for,
+    fill_disk,
+    make_settings,
+    tmpfs,
+    wait_for,
+    write_bundle,
+)
 
 
 def _store_with_model(tmp_path, **overrides):
@@ -160,3 +171,96 @@ def test_case6_failed_fit_is_retried(tmp_path):
         store.finish(job, "w:1", "failed", "error", "boom")
         retried.append(len(store.ensure_fit_jobs(job_config(settings))))
     assert retried == [1] * (FIT_ATTEMPTS - 1) + [0]
+
+
+# A fit step longer than the lease: the heartbeat comes from its own thread, so no other
+# worker may take the job over meanwhile (it could when the heartbeat came from the step).
+@pytest.mark.slow
+def test_heartbeat_outlives_a_step_longer_than_the_lease(tmp_path):
+    # Every step ends with the worker's own independent check (publish_interval 0) on 18M
+    # samples: seconds per step, against a lease of one second.
+    settings, store = _store_with_model(
+        tmp_path, stale_seconds=1.0, publish_interval=0.0, check_samples_per_cell=60000
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.worker"], env=env_for(settings), cwd=ROOT
+    )
+    try:
+        assert wait_for(lambda: store.job(1).status == "running", timeout=60)
+        steps, taken = [], []
+        last = (store.job(1).iteration, time.monotonic())
+        deadline = time.monotonic() + 90
+        while len(steps) < 3 and time.monotonic() < deadline:
+            intruder = store.claim("intruder:1", stale_seconds=settings.stale_seconds)
+            if intruder is not None:
+                taken.append(intruder.iteration)
+                break
+            job = store.job(1)
+            assert job.status == "running"
+            if job.iteration != last[0]:
+                steps.append(time.monotonic() - last[1])
+                last = (job.iteration, time.monotonic())
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert taken == [], "another worker took the job over during a long step"
+    assert len(steps) >= 3 and max(steps) > 2 * settings.stale_seconds, steps
+
+
+# A full disk under a supervised worker: it waits with back-off, it does not exit and get
+# restarted in a loop; the fit resumes when space returns.
+@pytest.mark.slow
+def test_full_disk_makes_the_worker_wait_not_restart(tmp_path):
+    with tmpfs(tmp_path / "fs", "24m") as fs:
+        settings, store = _store_with_model(fs, worker=True, stale_seconds=2.0)
+        supervisor = WorkerProcess(settings, store)
+        supervisor.start()
+        try:
+            assert wait_for(lambda: _checkpointed(store), timeout=60)
+            fill_disk(fs)
+            assert wait_for(lambda: store.job(1).status == "queued", timeout=30)
+            assert "disk is full" in store.job(1).reason
+            time.sleep(4)  # several rounds of waiting
+            assert supervisor.state.status == "running" and supervisor.state.restarts == 0
+            (fs / "filler").unlink()
+
+            def resumed():
+                job = store.job(1)
+                return job.status == "running" and job.resumed_from is not None
+
+            assert wait_for(resumed, timeout=60)
+            assert supervisor.state.restarts == 0
+        finally:
+            supervisor.stop()
+
+
+# What jobs leave behind is removed after each job: staging entries of dead processes,
+# checkpoints of finished jobs beyond keep_checkpoints, job rows beyond job_history.
+def test_worker_tidies_staging_checkpoints_and_job_history(tmp_path):
+    settings, store = _store_with_model(
+        tmp_path, fit_max_iter=4, keep_checkpoints=1, job_history=3, fit_method="auto"
+    )
+    host = socket.gethostname()
+    staging = store.root / "staging"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    for name in (f"{host}-{dead}-x", f"{host}-{os.getpid()}-y", "tmpold", "tmpnew", "far-1-z"):
+        (staging / name).mkdir()
+    hour_ago = time.time() - 3600 - 60
+    os.utime(staging / "tmpold", (hour_ago, hour_ago))
+    worker = Worker(store, settings)
+    for _ in range(5):
+        store.enqueue_fit("tiny", job_config(settings), replace=True)
+        worker.run(idle_exit=True)
+    jobs = store.jobs("tiny")
+    assert [j.id for j in jobs] == [6, 5, 4] and {j.status for j in jobs} == {"done"}
+    files = sorted(p.name for p in (store.model_dir("tiny") / "jobs").iterdir())
+    assert files == ["6.npz", "6.prev.npz"]
+    assert sorted(p.name for p in staging.iterdir()) == sorted(
+        [f"{host}-{os.getpid()}-y", "tmpnew", "far-1-z"]
+    )

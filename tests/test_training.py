@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,14 +25,15 @@ from models import (
 )
 from service.app import create_app
 from service.names import sanitise_name
-from service.store import ModelStore
+from service.store import ModelStore, TrainingCancelled
 from service.training import (
     checkpoint_path,
     resolve_dataset,
+    run_train_job,
     train_into_store,
 )
 from service.worker import Worker
-from tests.service_helpers import API_KEY, make_settings
+from tests.service_helpers import API_KEY, make_settings, write_bundle
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -254,3 +256,37 @@ def test_api_training_needs_a_data_root(tmp_path):
     with TestClient(create_app(settings, poll=False)) as client:
         r = client.post("/models/t/train", json={"dataset": "mnist"}, headers=KEY)
     assert r.status_code == 403 and "AEOT_DATA_ROOT" in r.json()["detail"]
+
+
+def test_delete_while_training_cancels_it_with_202(tmp_path):
+    root = tmp_path / "data"
+    write_idx(root / "tiny-idx", n=48)
+    settings = make_settings(tmp_path / "store", data_root=root)
+    store = ModelStore(settings.store)
+    body = {"dataset": "tiny-idx", "epochs": 3, "decoder_epochs": 1, "latent_dim": 2}
+    with TestClient(create_app(settings, store=store, poll=False)) as client:
+        assert client.post("/models/t/train", json=body, headers=KEY).status_code == 202
+        job = store.claim("w:1", 30.0)  # a worker runs it
+        assert job is not None and job.kind == "train"
+        deleted = client.delete("/models/t", headers=KEY)
+        assert deleted.status_code == 202, deleted.text
+        assert (deleted.json()["id"], deleted.json()["status"]) == (job.id, "cancelled")
+        assert deleted.json()["reason"] == "deleted"
+        # The worker finds out at its first epoch: it stops, registers nothing and removes
+        # the epoch checkpoint it wrote.
+        assert run_train_job(store, job, "w:1", threading.Event()) == ("cancelled", "cancelled")
+        assert store.models() == [] and list((store.root / "training").iterdir()) == []
+        assert client.get("/models/t").status_code == 404
+        assert client.delete("/models/t", headers=KEY).status_code == 404
+        assert client.post("/models/t/train", json=body, headers=KEY).status_code == 202
+
+
+def test_training_cancelled_as_it_ends_never_registers(tmp_path):
+    settings = make_settings(tmp_path / "store")
+    store = ModelStore(settings.store)
+    job = store.enqueue_train("t")
+    store.delete("t")
+    bundle = write_bundle(tmp_path / "bundle", n=30, d=2)
+    with pytest.raises(TrainingCancelled):
+        store.register("t", bundle, job_id=job.id)
+    assert store.models() == [] and not store.model_dir("t").exists()

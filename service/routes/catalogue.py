@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from models import TrainPlan
@@ -17,7 +18,6 @@ from service.deps import (
     SettingsDep,
     StoreDep,
     WorkerDep,
-    default_model,
     upload_limits,
 )
 from service.errors import Conflict, error_responses, redact_model
@@ -29,8 +29,7 @@ from service.schemas import (
     ModelStatus,
     TrainRequest,
 )
-from service.serving import ServingIndex
-from service.settings import Settings
+from service.serving import CATALOGUE_ERRORS, ServingIndex
 from service.store import NAME_PATTERN, ModelStore
 from service.training import api_dataset, queue_training
 from solver import parse_rule, resolve_method
@@ -40,27 +39,36 @@ router = APIRouter(prefix="/models", tags=["models"], route_class=JSONRoute)
 NamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="model name", examples=["digits"])]
 
 
-def _status(name: str, settings: Settings, store: ModelStore, serving: ServingIndex) -> ModelStatus:
+def _status(name: str, store: ModelStore, serving: ServingIndex) -> ModelStatus:
     """The model's status; messages of damaged files name them inside ``<store>``."""
-    return redact_model(_raw_status(name, settings, store, serving), store.root)
+    return redact_model(_raw_status(name, store, serving), store.root)
 
 
-def _raw_status(
-    name: str, settings: Settings, store: ModelStore, serving: ServingIndex
-) -> ModelStatus:
-    model = store.model(name)
-    potential = store.potential_record(name)
+def _raw_status(name: str, store: ModelStore, serving: ServingIndex) -> ModelStatus:
+    """A model's status from the catalogue, or from what is loaded while it cannot be read."""
+    served = serving.served(name)
+    try:
+        model = store.model(name)
+        potential = store.potential_record(name)
+        accuracy = potential.accuracy if potential else None
+        job = store.active_job(name)
+        problem = serving.problem(name)
+    except CATALOGUE_ERRORS as exc:
+        known = {m.name: m for m in serving.models()}
+        if name not in known:
+            raise
+        model, accuracy, job = known[name], served.accuracy if served else None, None
+        problem = serving.problem(name) or f"{_unreadable(store, exc)}; fit progress unknown"
     version = serving.versions().get(name)
     status = {
         **vars(model),
-        "default": default_model(settings, store) == name,
+        "default": serving.default_model() == name,
         "served_version": version,
         "ready": version is not None,
-        "accuracy": potential.accuracy if potential else None,
-        "job": store.active_job(name),
-        "problem": serving.problem(name),
+        "accuracy": accuracy,
+        "job": job,
+        "problem": problem,
     }
-    served = serving.served(name)
     if served is not None:
         names = served.bundle.config.class_names
         status.update(
@@ -72,23 +80,32 @@ def _raw_status(
     return ModelStatus.model_validate(status)
 
 
+def _unreadable(store: ModelStore, exc: Exception) -> str:
+    return store.catalogue_problem or f"the catalogue cannot be read ({exc})"
+
+
 @router.get(
     "",
     response_model=ModelListResponse,
     dependencies=[ReadAccess],
-    responses=error_responses(401, 403, 422),
+    responses=error_responses(401, 403, 422, 503),
 )
-def list_models(
-    settings: SettingsDep, store: StoreDep, serving: ServingDep, worker: WorkerDep
-) -> ModelListResponse:
-    """Every model with its published potential and fit progress, and the worker's state."""
+def list_models(store: StoreDep, serving: ServingDep, worker: WorkerDep) -> ModelListResponse:
+    """Every model with its published potential and fit progress, and the worker's state.
+
+    While the catalogue cannot be read (it is rebuilt from the model directories), the
+    models the server has loaded are listed, without jobs.
+    """
     serving.poll_if_due()
-    models = [_status(m.name, settings, store, serving) for m in store.models()]
-    active = [j for j in store.jobs(limit=50) if j.status in ("queued", "running")]
+    try:
+        names = [m.name for m in store.models()]
+        active = [j for j in store.jobs(limit=50) if j.status in ("queued", "running")]
+    except CATALOGUE_ERRORS:
+        names, active = [m.name for m in serving.models()], []
     body = ModelListResponse.model_validate(
         {
-            "default_model": default_model(settings, store),
-            "models": models,
+            "default_model": serving.default_model(),
+            "models": [_status(name, store, serving) for name in names],
             "jobs": active,
             "worker": worker,
         }
@@ -100,14 +117,12 @@ def list_models(
     "/{name}",
     response_model=ModelStatus,
     dependencies=[ReadAccess],
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(401, 403, 404, 422, 503),
 )
-def model_status(
-    name: NamePath, settings: SettingsDep, store: StoreDep, serving: ServingDep
-) -> ModelStatus:
+def model_status(name: NamePath, store: StoreDep, serving: ServingDep) -> ModelStatus:
     """One model's status: published version, accuracy, fit progress (iteration, L1, ETA)."""
     serving.poll_if_due()
-    return _status(name, settings, store, serving)
+    return _status(name, store, serving)
 
 
 @router.post(
@@ -141,7 +156,7 @@ async def register_model(
     data = await bundle.read()
     limits = upload_limits(settings)
     await run_in_threadpool(store.register_archive, name, data, job_config(settings), limits)
-    return await run_in_threadpool(_status, name, settings, store, serving)
+    return await run_in_threadpool(_status, name, store, serving)
 
 
 @router.post(
@@ -202,9 +217,24 @@ def start_training(
     "/{name}",
     status_code=204,
     dependencies=[KeyRequired],
-    responses=error_responses(401, 403, 404, 422),
+    responses={
+        202: {
+            "model": JobOut,
+            "description": "the name was only being trained: its training is cancelled (the "
+            "worker stops at its next epoch and registers nothing); the body is the job",
+        },
+        204: {"description": "the model, its potentials and checkpoints are deleted"},
+        **error_responses(401, 403, 404, 422),
+    },
 )
 def delete_model(name: NamePath, store: StoreDep) -> Response:
-    """Delete the model, its potentials and checkpoints."""
-    store.delete(name)
-    return Response(status_code=204)
+    """Delete the model, its potentials and checkpoints (204); cancel its jobs.
+
+    A name that is being trained but not registered yet answers 202 with the cancelled
+    training job; 404 when there is neither a model nor a job of that name.
+    """
+    deletion = store.delete(name)
+    if deletion.deleted:
+        return Response(status_code=204)
+    training = next((j for j in deletion.cancelled if j.kind == "train"), deletion.cancelled[0])
+    return JSONResponse(JobOut.model_validate(training).model_dump(), status_code=202)

@@ -94,7 +94,7 @@ def _served(
     serving: ServingDep,
 ) -> Served:
     """The model (default one when unnamed) at the served or the pinned version."""
-    return serving.get(resolve_model(name, settings, store), version)
+    return serving.get(resolve_model(name, serving), version)
 
 
 def _sample(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 
 from fastapi import APIRouter, Response
@@ -9,17 +10,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.catalog import ACTIVE
-from service.deps import (
-    MetricsDep,
-    ServingDep,
-    SettingsDep,
-    StoreDep,
-    WorkerDep,
-    default_model,
-)
+from service.deps import MetricsDep, ServingDep, SettingsDep, StoreDep, WorkerDep
 from service.errors import redact
 from service.process import WorkerState
-from service.schemas import HealthResponse, ReadyResponse
+from service.schemas import HealthResponse, ReadyResponse, StoreOut
+from service.serving import CATALOGUE_ERRORS, ServingIndex
 from service.store import ModelStore
 
 router = APIRouter(tags=["system"])
@@ -37,13 +32,18 @@ def readyz(
 ) -> JSONResponse:
     """Ready (200) once the default model serves a published potential, else 503.
 
-    The body also reports the supervised worker: a dead worker does not stop serving, so it
-    does not make the server unready, but its state and last exit are shown here.
+    The body also reports the supervised worker and the store: a dead worker or a damaged
+    catalogue does not stop serving what is loaded, so neither makes the server unready, but
+    both are said here (``reason``, ``worker``, ``store``).
     """
-    name = default_model(settings, store)
-    served = serving.current(name) if name else None
+    served = None
+    name = serving.default_model()
+    if name is not None:
+        served = serving.current(name)
+        name = serving.default_model()  # the current() above may have read the catalogue
     version = served.version if served else None
-    reason = _reason(name, version, store, worker, serving.problem(name) if name else None)
+    state = store_state(store, serving)
+    reason = _reason(name, version, store, worker, serving.problem(name) if name else None, state)
     reason = reason and redact(reason, store.root)  # no absolute store path to clients
     body = ReadyResponse.model_validate(
         {
@@ -52,10 +52,30 @@ def readyz(
             "version": version,
             "reason": reason,
             "worker": worker,
+            "store": state,
         }
     )
     headers = None if body.ready else {"Retry-After": "5"}
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503, headers=headers)
+
+
+def store_state(store: ModelStore, serving: ServingIndex) -> StoreOut:
+    """The store's health as ``/readyz`` reports it."""
+    problem = store.catalogue_problem
+    if problem is None and serving.catalogue_error is not None:
+        serving.try_refresh()  # the failed read may be past (rebuilt since): read again
+    if problem is None and serving.catalogue_error is not None:
+        problem = f"the catalogue cannot be read ({serving.catalogue_error})"
+    rebuilt = store.rebuilt()
+    when = None
+    if rebuilt is not None:
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(rebuilt["at"])))
+        when = f"{at}: the catalogue was {rebuilt['why']}; job history before it is lost"
+    if problem is not None:
+        return StoreOut(status="degraded", problem=redact(problem, store.root), rebuilt=when)
+    if store.read_only:
+        return StoreOut(status="read-only", problem="the store is read-only", rebuilt=when)
+    return StoreOut(status="ok", rebuilt=when)
 
 
 def _reason(
@@ -64,22 +84,31 @@ def _reason(
     store: ModelStore,
     worker: WorkerState | None,
     problem: str | None,
+    state: StoreOut,
 ) -> str | None:
     """Why the server is not ready, and what is degraded (``None``: all is well)."""
     parts = []
     if name is not None and problem is not None:
         parts.append(f"model {name!r}: {problem}")
-    if name is None:
-        training = [j for j in store.jobs(limit=20) if j.kind == "train" and j.status in ACTIVE]
+    if state.status == "degraded":
         parts.append(
-            f"no model registered yet; the default model is training (job {training[0].id})"
-            if training
-            else "no model registered yet; upload one (POST /models)"
+            f"{state.problem}: serving what is loaded while it is rebuilt from the model "
+            "directories"
         )
-    elif version is None and problem is None:
-        job = store.active_job(name)
-        state = f"fit job {job.id} {job.status}" if job else "no fit job"
-        parts.append(f"model {name!r} has no fitted potential yet ({state})")
+    try:
+        if name is None:
+            training = [j for j in store.jobs(limit=20) if j.kind == "train" and j.status in ACTIVE]
+            parts.append(
+                f"no model registered yet; the default model is training (job {training[0].id})"
+                if training
+                else "no model registered yet; upload one (POST /models)"
+            )
+        elif version is None and problem is None:
+            job = store.active_job(name)
+            what = f"fit job {job.id} {job.status}" if job else "no fit job"
+            parts.append(f"model {name!r} has no fitted potential yet ({what})")
+    except CATALOGUE_ERRORS:
+        pass  # said above
     if store.read_only:
         parts.append("the store is read-only: serving only, no fits, writes answer 507")
     if worker is not None and worker.status == "restarting":

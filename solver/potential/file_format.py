@@ -153,6 +153,32 @@ def read(
         raise PotentialFormatError(f"{path}: inconsistent potential ({exc})") from exc
 
 
+def read_accuracy(path: str | os.PathLike[str]) -> AccuracyReport | None:
+    """The accuracy stored in a potential file, reading only its metadata entry.
+
+    Cheap whatever the file's size (one small member of the archive); the arrays are not
+    read or verified (:func:`read` does that).
+
+    Raises:
+        PotentialFormatError: not a potential file (torn, foreign, unknown version).
+        FileNotFoundError: no such file.
+
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            raw = {"meta": z["meta"]} if "meta" in z.files else {}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise PotentialFormatError(f"{path}: not a potential file ({exc})") from exc
+    meta = _meta(raw, path)
+    acc = meta.get("accuracy")
+    try:
+        return AccuracyReport(**acc) if isinstance(acc, dict) else None
+    except TypeError as exc:
+        raise PotentialFormatError(f"{path}: unreadable accuracy ({exc})") from exc
+
+
 def _meta(raw: dict[str, np.ndarray], path: str | os.PathLike[str]) -> dict[str, Any]:
     if "meta" not in raw or raw["meta"].shape != ():
         raise PotentialFormatError(f"{path}: no metadata entry, not a potential file")

@@ -234,6 +234,16 @@ class Potential:
         ext, inverse, acc = file_format.read(path, backend)
         return cls(extended_map=ext, inverse=inverse, accuracy=acc)
 
+    @staticmethod
+    def read_accuracy(path: str | os.PathLike[str]) -> AccuracyReport | None:
+        """The accuracy stored in a potential file, without reading or verifying its arrays.
+
+        Raises:
+            PotentialFormatError: not a potential file. FileNotFoundError: no such file.
+
+        """
+        return file_format.read_accuracy(path)
+
 
 def check_accuracy(
     problem: OTProblem,
