@@ -219,7 +219,10 @@ class TrainOptions(_Validated):
     )
     device: Device = _option("auto, cpu or cuda", default="auto", api=False)
     threads: int | None = _option(
-        "torch CPU threads while training (default: the recipe's)", minimum=1, api=False
+        "torch and BLAS threads while training (default: every core for the conv recipe, "
+        "the recipe's for the MLP)",
+        minimum=1,
+        api=False,
     )
 
 

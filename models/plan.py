@@ -18,12 +18,14 @@ from models.autoencoder import AutoencoderConfig
 from models.bundle import MAX_PARAMETERS, Bundle, load_bundle, parameter_count, save_bundle
 from models.datasets import DatasetConfig, ImageDataset, load_dataset
 from models.options import TrainOptions, values_of
+from models.runtime import available_cores
 from models.train import (
     DIGITS_AUTOENCODER,
     DIGITS_RECIPE,
     EpochCallback,
     TrainConfig,
     TrainResult,
+    checkpoint_configs,
     train_autoencoder,
 )
 
@@ -50,7 +52,8 @@ class TrainPlan(TrainOptions):
             (``None``: the recipe's, constant; see :class:`models.train.TrainConfig`).
         seed: seeds the subset, the initial weights and every epoch's shuffle.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        threads: torch CPU threads while training (``None``: the recipe's).
+        threads: torch and BLAS threads while training (``None``: every core for the conv
+            recipe, whose large steps gain from them; the caller's count for the small MLP).
 
     The options' allowed values and defaults are declared once in :mod:`models.options`;
     a bad value is a ``ValueError`` naming it.
@@ -106,9 +109,50 @@ class TrainPlan(TrainOptions):
             decoder_schedule=self.decoder_schedule or recipe.decoder_schedule,
             seed=self.seed,
             device=self.device,
-            threads=self.threads if self.threads is not None else recipe.threads,
+            threads=self._threads(arch, recipe),
         )
         return model, config
+
+    def _threads(self, arch: str, recipe: TrainConfig) -> int | None:
+        """This plan's threads, else the recipe's; the conv recipe's steps use every core."""
+        if self.threads is not None:
+            return self.threads
+        return available_cores() if arch == "conv" and recipe.threads is None else recipe.threads
+
+    def as_started(
+        self,
+        resolved: tuple[AutoencoderConfig, TrainConfig],
+        started: tuple[AutoencoderConfig, TrainConfig],
+    ) -> tuple[AutoencoderConfig, TrainConfig]:
+        """The architecture and recipe a resumed run of this plan continues with.
+
+        ``resolved`` is :meth:`resolve`'s answer today, ``started`` what the checkpoint was
+        started with (:func:`models.train.checkpoint_configs`). Defaults may have changed since
+        (a larger batch, bfloat16): the run goes on as it started, on today's device and
+        thread count. Only the options this plan sets must agree with the checkpoint.
+
+        Raises:
+            ValueError: an option set in this plan differs from the checkpoint's.
+
+        """
+        (_, recipe), (model, before) = resolved, started
+        explicit = {
+            "latent_dim": (self.latent_dim, model.latent_dim),
+            "arch": (self.arch, model.arch),
+            "epochs": (self.epochs, before.max_joint_epochs),
+            "decoder_epochs": (self.decoder_epochs, before.decoder_epochs),
+            "decoder_schedule": (self.decoder_schedule, before.decoder_schedule),
+            "seed": (self.seed, before.seed),
+        }
+        for option, (asked, was) in explicit.items():
+            if asked is not None and asked != was:
+                raise ValueError(
+                    f"the checkpoint was started with {option} {was!r}, this run asks for "
+                    f"{asked!r}: start over (a fresh run) or keep the option"
+                )
+        return model, replace(
+            before, device=recipe.device, threads=recipe.threads, progress=recipe.progress
+        )
 
 
 def load_plan_data(plan: TrainPlan) -> ImageDataset:
@@ -132,7 +176,8 @@ def train_plan(
         plan: the run.
         data: its images, from :func:`load_plan_data`.
         out_dir: bundle directory to write.
-        checkpoint: per-epoch checkpoint file; an existing one is resumed (same plan and data).
+        checkpoint: per-epoch checkpoint file; an existing one is resumed (same plan and data)
+            under the architecture and recipe it was started with (:meth:`TrainPlan.as_started`).
         callback: called after each epoch; returning ``False`` stops training.
         progress: show tqdm bars over each epoch's batches.
 
@@ -144,13 +189,16 @@ def train_plan(
 
     """
     model_config, config = plan.resolve(data.image_shape)
+    config = replace(config, progress=progress)
+    started = None if checkpoint is None else checkpoint_configs(checkpoint)
+    if started is not None:
+        model_config, config = plan.as_started((model_config, config), started)
     n_params = parameter_count(model_config)
     if n_params > MAX_PARAMETERS:  # a bundle this big would be refused when loaded
         raise ValueError(
             f"images of shape {data.image_shape} make an autoencoder of {n_params:,} "
             f"parameters, over the limit of {MAX_PARAMETERS:,}: use a smaller image size"
         )
-    config = replace(config, progress=progress)
     result = train_autoencoder(data, model_config, config, checkpoint=checkpoint, callback=callback)
     if not result.completed or result.latents is None:
         return None, result

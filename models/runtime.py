@@ -1,4 +1,4 @@
-"""Where and how work runs: device choice and CPU thread counts (torch, BLAS), shared by all."""
+"""Where and how work runs: device, arithmetic precision and CPU thread counts, shared by all."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 TorchDevice = Literal["cpu", "cuda"]
+Precision = Literal["auto", "float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 _OPENBLAS_ENV = "OPENBLAS_NUM_THREADS"
 
 
@@ -28,6 +30,40 @@ def resolve_device(device: str = "auto") -> TorchDevice:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
     return "cuda" if device == "cuda" else "cpu"
+
+
+def native_bfloat16(device: TorchDevice) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware.
+
+    CPU: AMX tiles or AVX-512-BF16 (as torch detects them; oneDNN then runs bfloat16
+    convolutions and matrix products on them). CUDA: a GPU that supports bfloat16 (Ampere on).
+    Elsewhere bfloat16 is emulated and slower than float32.
+    """
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def resolve_precision(precision: str, device: TorchDevice) -> Literal["float32", "bfloat16"]:
+    """``"auto"``: ``"bfloat16"`` where :func:`native_bfloat16` holds, else ``"float32"``.
+
+    Raises:
+        ValueError: for a precision other than ``"auto"``, ``"float32"``, ``"bfloat16"``.
+
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return "bfloat16" if precision == "bfloat16" else "float32"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 @contextmanager

@@ -11,7 +11,15 @@ import torch
 
 from models.autoencoder import AutoencoderConfig, build_autoencoder
 from models.datasets import ImageDataset, load_digits_dataset
-from models.train import TrainConfig, decoder_lr, train_autoencoder
+from models.runtime import native_bfloat16, resolve_precision
+from models.train import (
+    TrainConfig,
+    checkpoint_configs,
+    decoder_lr,
+    joint_lr,
+    train_and_save,
+    train_autoencoder,
+)
 
 MLP = AutoencoderConfig(arch="mlp", image_shape=(1, 8, 8), latent_dim=4, mlp_hidden=(32, 16))
 TINY = TrainConfig(
@@ -210,3 +218,102 @@ def test_checkpoints_from_before_the_schedule_resume_as_constant(
     resumed = train_autoencoder(digits, MLP, TINY, checkpoint=ckpt)
     reference = train_autoencoder(digits, MLP, TINY)
     assert [r.loss for r in resumed.metrics.history] == [r.loss for r in reference.metrics.history]
+
+
+# A conv autoencoder small enough for tests: 8x8 digits, two stride-2 convolutions.
+CONV = AutoencoderConfig(image_shape=(1, 8, 8), latent_dim=4, conv_channels=(8, 16), fc_hidden=32)
+
+
+def test_precision_resolves_by_what_the_device_computes_natively() -> None:
+    assert resolve_precision("float32", "cpu") == "float32"
+    assert resolve_precision("bfloat16", "cpu") == "bfloat16"
+    native = native_bfloat16("cpu")
+    assert resolve_precision("auto", "cpu") == ("bfloat16" if native else "float32")
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("half", "cpu")
+    with pytest.raises(ValueError, match="precision"):
+        replace(TINY, precision="half")  # type: ignore[arg-type]
+
+
+def test_bfloat16_training_tracks_float32_and_returns_a_float32_model(
+    digits: ImageDataset, tmp_path: Path
+) -> None:
+    config = replace(TINY, max_joint_epochs=4, decoder_epochs=2, batch_size=16)
+    runs = {
+        p: train_autoencoder(digits, CONV, replace(config, precision=p))
+        for p in ("float32", "bfloat16")
+    }
+    f32, bf16 = (runs[p].metrics for p in ("float32", "bfloat16"))
+    # The bfloat16 path is live (other losses), and lands where float32 does.
+    assert [r.loss for r in f32.history] != [r.loss for r in bf16.history]
+    assert bf16.l2_after_freeze == pytest.approx(f32.l2_after_freeze, rel=0.05)
+    assert bf16.l2_after_freeze < 0.7 * bf16.history[0].loss
+    model = runs["bfloat16"].model
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
+    bundle = train_and_save(digits, CONV, replace(config, precision="bfloat16"), tmp_path / "b")
+    np.testing.assert_array_equal(bundle.latents, runs["bfloat16"].latents)
+
+
+def test_checkpoints_from_before_the_precision_resume_in_float32(
+    digits: ImageDataset, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "ae.pt"
+    f32 = replace(TINY, precision="float32")
+    train_autoencoder(digits, MLP, f32, checkpoint=ckpt, callback=lambda r: False)
+    payload = torch.load(ckpt, weights_only=True)
+    del payload["train_config"]["precision"]
+    torch.save(payload, ckpt)
+    model_config, recipe = checkpoint_configs(ckpt)  # type: ignore[misc]
+    assert model_config == MLP and recipe == f32
+    with pytest.raises(ValueError, match="train config"):
+        train_autoencoder(digits, MLP, replace(TINY, precision="bfloat16"), checkpoint=ckpt)
+    resumed = train_autoencoder(digits, MLP, f32, checkpoint=ckpt)
+    reference = train_autoencoder(digits, MLP, f32)
+    assert [r.loss for r in resumed.metrics.history] == [r.loss for r in reference.metrics.history]
+    assert checkpoint_configs(tmp_path / "none.pt") is None
+
+
+@pytest.mark.gpu
+def test_cuda_training_lands_where_the_cpu_does(digits: ImageDataset) -> None:
+    # The GPU path (bfloat16 where the card has it, channels-last, fused Adam, losses summed
+    # on the device) trains the same recipe to the same error as float32 on the CPU.
+    config = replace(TINY, max_joint_epochs=4, decoder_epochs=2, batch_size=16)
+    cpu = train_autoencoder(digits, CONV, replace(config, precision="float32")).metrics
+    cuda = train_autoencoder(digits, CONV, replace(config, device="cuda", precision="auto"))
+    assert cuda.metrics.device == "cuda" and cuda.completed
+    assert cuda.metrics.l2_after_freeze == pytest.approx(cpu.l2_after_freeze, rel=0.05)
+    assert next(cuda.model.parameters()).device.type == "cpu"
+
+
+def test_joint_schedule_and_the_decoder_phases_first_step() -> None:
+    constant = replace(TINY, max_joint_epochs=4)
+    cosine = replace(constant, joint_schedule="cosine")
+    steps = [(e, s) for e in range(4) for s in range(10)]
+    assert {joint_lr(constant, e, s, 10) for e, s in steps} == {constant.lr}
+    lrs = [joint_lr(cosine, e, s, 10) for e, s in steps]
+    assert lrs[0] == cosine.lr and lrs[20] == pytest.approx(cosine.lr / 2)
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False)) and lrs[-1] > 0
+    low = replace(TINY, decoder_epochs=2, decoder_lr_factor=0.25, decoder_schedule="cosine")
+    assert decoder_lr(low, 0, 0, 10) == pytest.approx(0.25 * low.lr)
+    assert decoder_lr(replace(low, decoder_schedule="constant"), 1, 9, 10) == 0.25 * low.lr
+    with pytest.raises(ValueError, match="joint_schedule"):
+        replace(TINY, joint_schedule="step")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="decoder_lr_factor"):
+        replace(TINY, decoder_lr_factor=0)
+
+
+def test_decoder_phase_can_keep_the_batchnorm_statistics_of_the_freeze(
+    digits: ImageDataset,
+) -> None:
+    config = replace(TINY, max_joint_epochs=2, batch_size=16, precision="float32")
+
+    def norm_buffers(decoder_epochs: int, batch_stats: bool) -> dict[str, torch.Tensor]:
+        run = replace(config, decoder_epochs=decoder_epochs, decoder_batch_stats=batch_stats)
+        model = train_autoencoder(digits, CONV, run).model.decoder
+        return {k: v for k, v in model.state_dict().items() if "running" in k}
+
+    frozen_at = norm_buffers(0, True)
+    kept = norm_buffers(2, False)
+    moved = norm_buffers(2, True)
+    assert all(torch.equal(frozen_at[k], kept[k]) for k in frozen_at)
+    assert not all(torch.equal(frozen_at[k], moved[k]) for k in frozen_at)

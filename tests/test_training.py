@@ -21,8 +21,11 @@ from models import (
     dataset_config_for,
     detect_source,
     load_bundle,
+    load_plan_data,
+    train_autoencoder,
     train_plan,
 )
+from models.runtime import available_cores
 from service.app import create_app
 from service.names import sanitise_name
 from service.store import ModelStore, TrainingCancelled
@@ -153,6 +156,28 @@ def test_training_resumes_from_its_checkpoint_and_keeps_labels(tmp_path):
     bundle = load_bundle(store.bundle_dir("shapes"))
     assert bundle.labels is not None and bundle.labels.shape == (32,)
     assert set(bundle.labels.tolist()) <= {0, 1, 2, 3}
+
+
+def test_a_checkpoint_resumes_under_the_recipe_it_started_with(tmp_path):
+    plan = tiny_plan(dataset_config_for(str(write_npz(tmp_path / "shapes.npz"))), subset=32)
+    data = load_plan_data(plan)
+    model, recipe = plan.resolve(data.image_shape)
+    before = replace(recipe, batch_size=8, progress=False)  # as if the defaults changed since
+    ckpt = tmp_path / "run.pt"
+    train_autoencoder(data, model, before, checkpoint=ckpt, callback=lambda r: False)
+    _, resumed = train_plan(plan, data, tmp_path / "bundle", checkpoint=ckpt)
+    reference = train_autoencoder(data, model, before)
+    assert [r.loss for r in resumed.metrics.history] == [r.loss for r in reference.metrics.history]
+    np.testing.assert_array_equal(resumed.latents, reference.latents)
+    with pytest.raises(ValueError, match="started with epochs 2, this run asks for 3"):
+        train_plan(replace(plan, epochs=3), data, tmp_path / "other", checkpoint=ckpt)
+
+
+def test_conv_plans_train_on_every_core_unless_told(tmp_path):
+    plan = TrainPlan(data=DatasetConfig())
+    assert plan.resolve((1, 28, 28))[1].threads == available_cores()
+    assert replace(plan, threads=1).resolve((1, 28, 28))[1].threads == 1
+    assert plan.resolve((1, 8, 8))[1].threads is None  # small models: the caller's count
 
 
 def test_architectures_over_the_bundle_limit_are_refused_before_training(tmp_path):
