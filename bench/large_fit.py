@@ -6,6 +6,7 @@ Prints one JSON object per fit. Usage::
     python bench/large_fit.py --sizes 10000x16:0.01 --budget 3600 --memory-trace  # memory
     python bench/large_fit.py --sizes 1000000x64:0.1 --budget 1800     # how far in 30 minutes
     torchrun --standalone --nproc-per-node 2 bench/large_fit.py --sizes 200000x32:0.1 --shard
+    python bench/large_fit.py --sizes 200000x32:0.1 --budget 3600 --state runs/  # resumable
 
 The targets are the fit benchmark's clustered latents (10 Gaussian clusters, members spread
 0.3; ``bench/common.py``). Each record has the fit's outcome (L1 of its last independent check,
@@ -16,7 +17,10 @@ thread inside each part of the fit (cProfile, cumulative): the independent check
 passes (stages and line-search trials), the warm-up passes, the Hessian solves, the
 hierarchical start (coarse fit included) and the empty-cell rescue. The searches run in helper
 threads while the main thread waits inside these parts, so the parts hold the search time; the
-rest of the wall time is the driver's own Python.
+rest of the wall time is the driver's own Python. With ``--state DIR`` the fit's state is saved
+after every iteration (``DIR/large_fit_NxD_TARGET.npz``) and a later run with the same
+arguments continues from it (``resumed_at`` iterations; the fit's elapsed time and its
+``time_budget`` count both runs, so a larger ``--budget`` lets a stopped fit go on).
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from solver import (
     FitProgress,
     fit,
     follow_fit,
+    load_state,
     make_problem,
     release_followers,
+    save_state,
 )
 
 # Parts of a fit by the functions that do them (module path fragment, function name).
@@ -84,16 +90,24 @@ def run(n: int, d: int, target: float, args: argparse.Namespace, rank: int) -> N
         target_l1=target, time_budget=args.budget, seed=0, shard_targets=args.shard or None
     )
     problem = make_problem(clustered_latents(n, d, seed=1)) if rank == 0 else None
+    path = None if args.state is None else Path(args.state) / f"large_fit_{n}x{d}_{target:g}.npz"
+    resume = load_state(path) if path is not None and path.exists() and rank == 0 else None
     profile = cProfile.Profile() if args.profile else None
     trace: list[tuple[int, int, float]] = []  # (iteration, samples, resident GB) per iteration
 
     def record(progress: FitProgress) -> None:
         trace.append((progress.record.iteration, progress.record.n_samples, resident_gb()))
+        if path is not None:
+            save_state(path, progress.state)
 
     wall, cpu = time.perf_counter(), time.process_time()
     if profile is not None:
         profile.enable()
-    result = fit(problem, config, callback=record) if rank == 0 else follow_fit()  # type: ignore[arg-type]
+    result = (
+        fit(problem, config, callback=record, resume=resume)  # type: ignore[arg-type]
+        if rank == 0
+        else follow_fit()
+    )
     if profile is not None:
         profile.disable()
     assert result is not None
@@ -111,6 +125,7 @@ def run(n: int, d: int, target: float, args: argparse.Namespace, rank: int) -> N
             "converged": result.converged,
             "reason": result.reason,
             "iterations": result.iterations,
+            "resumed_at": None if resume is None else resume.iteration,
             "backend": result.backend,
             "estimator": result.estimator,
             "wall_s": round(time.perf_counter() - wall, 1),
@@ -137,7 +152,12 @@ def main() -> None:
         action="store_true",
         help="record (iteration, samples, resident GB) after every iteration (lead only)",
     )
+    parser.add_argument(
+        "--state", help="folder: save the fit's state after every iteration, resume from it"
+    )
     args = parser.parse_args()
+    if args.state is not None:
+        Path(args.state).mkdir(parents=True, exist_ok=True)
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
     rank = 0
     if ranks > 1:
