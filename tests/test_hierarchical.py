@@ -31,6 +31,22 @@ def test_kmeans_is_deterministic_under_a_seed(rng):
     assert np.array_equal(a, hierarchical.kmeans(points, 10, seed=1))
 
 
+def test_kmeans_plus_plus_draws_the_centres_squared_differences_would(rng):
+    # The seeding computes squared distances from norms and one product per centre; the
+    # draws must be those of the textbook form, sum((x - c)^2), for the same generator.
+    x = (rng.standard_normal((2_000, 6)) + 5.0 * rng.integers(0, 4, (2_000, 1))).astype(np.float64)
+    x[7] = x[3]  # an exact duplicate: its distance to a drawn twin is 0, never a rounding > 0
+    draws = np.random.default_rng(4)
+    first = int(draws.integers(x.shape[0]))
+    reference, nearest = [x[first]], np.square(x - x[first]).sum(axis=1)
+    for _ in range(1, 25):
+        pick = draws.choice(x.shape[0], p=nearest / nearest.sum())
+        reference.append(x[pick])
+        nearest = np.minimum(nearest, np.square(x - x[pick]).sum(axis=1))
+    centres = hierarchical._kmeans_plus_plus(x, 25, np.random.default_rng(4))
+    np.testing.assert_array_equal(centres, np.array(reference))
+
+
 def _empty_and_l1(targets, heights, n_samples=200_000):
     x = SourceMeasure(dim=targets.shape[1]).sample(n_samples, seed=11)
     counts = np.bincount(CellIndex(targets, heights).assign(x), minlength=len(targets))
