@@ -173,8 +173,10 @@ def queue_refit(store: ModelStore, settings: Settings, name: str, version: int) 
     """
     if store.read_only:
         return
-    record = store.potential_record(name, version)
-    job = store.job(record.job_id) if record is not None and record.job_id is not None else None
+    record = store.catalog.potential(name, version)
+    job = (
+        store.queue.job(record.job_id) if record is not None and record.job_id is not None else None
+    )
     config = job.config if job is not None and job.kind == "fit" else job_config(settings)
     if store.enqueue_fit(name, config) is not None:
         log.warning("model %s: refit queued to replace damaged potential v%d", name, version)

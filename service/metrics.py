@@ -41,7 +41,7 @@ class _FitCollector(Collector):
             for n in names
         }
         try:
-            progress = [(m, self._store.active_job(m.name)) for m in self._store.models()]
+            progress = [(m, self._store.queue.latest(m.name)) for m in self._store.catalog.models()]
         except (CatalogueDamaged, sqlite3.DatabaseError):
             progress = []  # unknown while the catalogue is rebuilt: no fit gauges this scrape
         for model, job in progress:
