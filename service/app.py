@@ -24,13 +24,14 @@ from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodyLimit, LatencyMetrics
 from service.openapi import set_limits
-from service.process import WorkerProcess
-from service.routes import catalogue, generate, system
+from service.routes import generate, system
+from service.routes import models as model_routes
 from service.routes.docs import install_docs
 from service.security import KeyThrottle, RequestGate
-from service.serving import Poller, ServingIndex
+from service.serving_index import Poller, ServingIndex
 from service.settings import Settings
 from service.store import ModelStore
+from service.worker_process import WorkerProcess
 
 log = logging.getLogger("aeot.server")
 
@@ -143,7 +144,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.worker = None  # the supervised worker while the lifespan runs (run_worker)
     install_error_handlers(app)
-    routers = (system.router, generate.router, generate.autoencoder, catalogue.router)
+    routers = (system.router, generate.router, generate.autoencoder, model_routes.router)
     for router in routers:
         app.include_router(router)
     # The API routes as declared (paths and dependencies): the gate and the schema read them.

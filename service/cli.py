@@ -113,7 +113,7 @@ def serve(
     if settings.web_workers > 1:
         _serve_processes(settings)
         return
-    from service.server import server_options
+    from service.http_server import server_options
 
     # A catalogue that cannot be read or rebuilt raises CatalogueLost: exit status 2.
     uvicorn.run(create_app(settings), **server_options(settings))
@@ -150,9 +150,9 @@ def _serve_processes(settings: Settings) -> None:
     """``web_workers`` uvicorn processes on one port, plus this process's one fit worker."""
     import uvicorn
 
-    from service.process import WorkerProcess
-    from service.server import server_options
+    from service.http_server import server_options
     from service.store import ModelStore
+    from service.worker_process import WorkerProcess
 
     # Opened (checked, rebuilt if need be) once here, before any server process starts: a
     # catalogue that cannot be read or rebuilt stops the command with status 2.

@@ -35,10 +35,10 @@ from service.catalog import CatalogueDamaged
 from service.job_config import job_config
 from service.jobs import JobRecord, JobStatus, Progress, worker_id
 from service.lease import Lease, beat_interval
-from service.process import watch_parent
 from service.settings import Settings
 from service.store import ModelStore, storage_problem
 from service.training import digits_plan, run_train_job
+from service.worker_process import watch_parent
 from solver import (
     AccuracyReport,
     FitProgress,

@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.jobs import _alive
-from service.process import WorkerProcess
 from service.store import FIT_ATTEMPTS, ModelStore
 from service.worker import Worker, job_config
+from service.worker_process import WorkerProcess
 from solver import Potential, PotentialConfig, load_state, make_problem
 from tests.service_helpers import (
     ROOT,
@@ -86,7 +86,7 @@ def test_case1_killed_worker_is_restarted_reported_and_resumes(tmp_path):
 
 _STAND_IN = """
 import time
-from service.process import WorkerProcess
+from service.worker_process import WorkerProcess
 from service.settings import Settings
 WorkerProcess(Settings()).start()
 time.sleep(600)

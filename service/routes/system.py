@@ -12,10 +12,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service.deps import MetricsDep, ServingDep, SettingsDep, StoreDep, WorkerDep
 from service.errors import redact
 from service.jobs import ACTIVE
-from service.process import WorkerState
 from service.schemas import HealthResponse, ReadyResponse, StoreOut
-from service.serving import CATALOGUE_ERRORS, ServingIndex
+from service.serving_index import CATALOGUE_ERRORS, ServingIndex
 from service.store import ModelStore
+from service.worker_process import WorkerState
 
 router = APIRouter(tags=["system"])
 

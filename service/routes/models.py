@@ -29,7 +29,7 @@ from service.schemas import (
     ModelStatus,
     TrainRequest,
 )
-from service.serving import CATALOGUE_ERRORS, ServingIndex
+from service.serving_index import CATALOGUE_ERRORS, ServingIndex
 from service.store import NAME_PATTERN, ModelStore
 from service.training import api_dataset, queue_training
 from solver import parse_rule, resolve_method
