@@ -40,6 +40,7 @@ from models.autoencoder import Autoencoder, AutoencoderConfig
 from models.bundle import save_bundle
 from service.catalog import Catalog
 from service.job_config import JobConfig
+from service.jobs import JobQueue
 from service.store import ModelStore
 from solver import Potential, PotentialConfig, make_problem
 
@@ -60,7 +61,7 @@ def _catalogue(path: Path, mode: str) -> tuple[Catalog, sqlite3.Connection | Non
     ``Catalog`` is made first (opening one switches a catalogue out of WAL mode).
     """
     catalog = Catalog(path)
-    catalog.enqueue("m", "fit", JobConfig(), "h")
+    JobQueue(catalog).enqueue("m", "fit", JobConfig(), "h")
     if mode != "wal":
         return catalog, None
     keeper = sqlite3.connect(path, isolation_level=None)
@@ -177,7 +178,7 @@ def bench_rebuild(root: Path, models: int, potentials: int, n: int, d: int) -> N
         start = time.perf_counter()
         store.heal(force=True)
         times.append(time.perf_counter() - start)
-    assert store.published_versions() == {f"m{m}": potentials for m in range(models)}
+    assert store.catalog.published_versions() == {f"m{m}": potentials for m in range(models)}
     emit(
         {
             "kind": "rebuild",

@@ -24,13 +24,14 @@ from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodyLimit, LatencyMetrics
 from service.openapi import set_limits
-from service.process import WorkerProcess
-from service.routes import catalogue, generate, system
+from service.routes import generate, system
+from service.routes import models as model_routes
 from service.routes.docs import install_docs
 from service.security import KeyThrottle, RequestGate
-from service.serving import Poller, ServingIndex
+from service.serving_index import Poller, ServingIndex
 from service.settings import Settings
 from service.store import ModelStore
+from service.worker_process import WorkerProcess
 
 log = logging.getLogger("aeot.server")
 
@@ -143,7 +144,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.worker = None  # the supervised worker while the lifespan runs (run_worker)
     install_error_handlers(app)
-    routers = (system.router, generate.router, generate.autoencoder, catalogue.router)
+    routers = (system.router, generate.router, generate.autoencoder, model_routes.router)
     for router in routers:
         app.include_router(router)
     # The API routes as declared (paths and dependencies): the gate and the schema read them.
@@ -173,8 +174,10 @@ def queue_refit(store: ModelStore, settings: Settings, name: str, version: int) 
     """
     if store.read_only:
         return
-    record = store.potential_record(name, version)
-    job = store.job(record.job_id) if record is not None and record.job_id is not None else None
+    record = store.catalog.potential(name, version)
+    job = (
+        store.queue.job(record.job_id) if record is not None and record.job_id is not None else None
+    )
     config = job.config if job is not None and job.kind == "fit" else job_config(settings)
     if store.enqueue_fit(name, config) is not None:
         log.warning("model %s: refit queued to replace damaged potential v%d", name, version)

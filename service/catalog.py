@@ -4,10 +4,10 @@ One file (``catalog.sqlite3``) with a rollback journal: no file beside it betwee
 (SQLite's WAL mode keeps a ``-wal`` and a memory-mapped ``-shm`` file beside the database; a
 ``-shm`` truncated by anyone kills every process that has it mapped with SIGBUS, and a deleted
 ``-wal`` or ``-shm`` breaks every later connection, so the service does not use it.) Every write
-is one ``BEGIN IMMEDIATE`` transaction: a crash leaves the previous consistent state. Jobs
-double as the work queue: a worker claims the oldest queued job, or a running one whose worker
-died (same host, dead pid) or stopped sending heartbeats, in one transaction, so several
-workers can share a store.
+is one ``BEGIN IMMEDIATE`` transaction: a crash leaves the previous consistent state. The
+``jobs`` table is the work queue, read and written through :class:`service.jobs.JobQueue`; this
+module keeps the few transactions that span models and jobs (a deletion cancels its jobs; a
+registration or publication checks its job still runs).
 
 A catalogue that is missing, empty or corrupt raises :class:`CatalogueDamaged` from every
 operation (checked with :meth:`Catalog.check`, never guessed from one error); the store then
@@ -17,28 +17,21 @@ rebuilds it from its model directories (:func:`write_rebuilt`).
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
-from models import TrainPlan
-from service.job_config import JobConfig
 from solver import AccuracyReport
 
 CATALOG_FILE = "catalog.sqlite3"
 # SQLite's files beside the database: the rollback journal of a write in progress, and the WAL
 # files an older release (or another tool) may have left.
 SIDE_FILES = ("-journal", "-wal", "-shm")
-JobKind = Literal["fit", "train"]
-JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
-ACTIVE = ("queued", "running")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -129,66 +122,6 @@ class PotentialRecord:
     created: float
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainProgress:
-    """Progress of a training job, written by the worker after each epoch.
-
-    Attributes:
-        epoch: epochs done (joint + decoder). epochs: planned epochs at most (the joint phase
-            may end earlier on a plateau). phase: ``"joint"`` or ``"decoder"`` (of the last
-            epoch). loss: that epoch's mean training L2 (MSE per pixel). n_images: training
-            images. elapsed: seconds of training.
-
-    """
-
-    epoch: int
-    epochs: int
-    phase: str
-    loss: float
-    n_images: int
-    elapsed: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class JobRecord:
-    """One fit or train job and its last reported progress."""
-
-    id: int
-    model: str
-    kind: JobKind
-    status: JobStatus
-    config: JobConfig
-    bundle_hash: str | None
-    created: float
-    started: float | None
-    updated: float | None
-    finished: float | None
-    worker: str | None
-    iteration: int
-    elapsed: float
-    train_l1: float | None
-    accuracy: AccuracyReport | None
-    eta: float | None
-    checkpoint_iteration: int | None
-    resumed_from: int | None
-    reason: str | None
-    error: str | None
-    train_plan: TrainPlan | None = None
-    train_progress: TrainProgress | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Progress:
-    """A progress report of a running fit, as the worker writes it with each heartbeat."""
-
-    iteration: int
-    elapsed: float
-    train_l1: float | None = None
-    accuracy: AccuracyReport | None = None
-    eta: float | None = None
-    checkpoint_iteration: int | None = None
-
-
 class CatalogueDamaged(RuntimeError):
     """The catalogue file is missing, empty or corrupt; the message says which.
 
@@ -230,11 +163,6 @@ class FoundModel:
     potentials: tuple[FoundPotential, ...]
 
 
-def worker_id() -> str:
-    """``host:pid`` of this process: lets a worker on the same host detect a dead owner."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 class Catalog:
     """Typed access to the catalogue file; one short-lived connection per operation.
 
@@ -258,8 +186,25 @@ class Catalog:
         on_damage: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
-        self.read_only = read_only
         self.on_damage = on_damage
+        self.read_only = read_only
+        self._uri = ""
+        self.reopen(read_only=read_only)
+
+    def reopen(self, *, read_only: bool | None = None) -> None:
+        """Open the file again: after a rebuild replaced it, or to switch reading/writing.
+
+        The store's job queue and its serving index keep this object, so it stays the same
+        across rebuilds and remounts.
+
+        Raises:
+            CatalogueDamaged: the file exists but is not a readable catalogue.
+
+        """
+        path = self.path
+        if read_only is not None:
+            self.read_only = read_only
+        read_only = self.read_only
         mode = "ro" if read_only else "rw"
         self._uri = f"file:{quote(str(path))}?mode={mode}"
         if read_only:
@@ -347,7 +292,8 @@ class Catalog:
         raise CatalogueDamaged(f"the catalogue {self.path.name} is {problem}") from exc
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A connection for reads; SQLite errors of a damaged file raise CatalogueDamaged."""
         try:
             con = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -362,7 +308,11 @@ class Catalog:
             con.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A connection in one ``BEGIN IMMEDIATE`` transaction, committed when the block ends.
+
+        An exception rolls it back; SQLite errors of a damaged file raise CatalogueDamaged.
+        """
         try:
             con = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -386,14 +336,14 @@ class Catalog:
 
     def set_meta(self, key: str, value: dict[str, Any]) -> None:
         """Store a JSON record under ``key`` in the catalogue's own ``meta`` table."""
-        with self._write() as con:
+        with self.write() as con:
             con.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
             )
 
     def get_meta(self, key: str) -> dict[str, Any] | None:
         """The record stored under ``key``, or ``None`` (also for a read-only older catalogue)."""
-        with self._read() as con:
+        with self.read() as con:
             if not con.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
             ).fetchone():
@@ -418,7 +368,7 @@ class Catalog:
         that job is still running, checked in the same transaction: a training cancelled
         (its model deleted) never registers afterwards. Returns ``None`` then.
         """
-        with self._write() as con:
+        with self.write() as con:
             if job_id is not None and not _job_running(con, job_id):
                 return None
             con.execute(
@@ -439,7 +389,7 @@ class Catalog:
 
         """
         now = time.time()
-        with self._write() as con:
+        with self.write() as con:
             gone = con.execute("DELETE FROM models WHERE name = ?", (name,)).rowcount
             con.execute("DELETE FROM potentials WHERE model = ?", (name,))
             con.execute("DELETE FROM damaged WHERE model = ?", (name,))
@@ -464,13 +414,13 @@ class Catalog:
 
     def model(self, name: str) -> ModelRecord | None:
         """Return the model called ``name``, or ``None``."""
-        with self._read() as con:
+        with self.read() as con:
             row = con.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
         return _model(row) if row else None
 
     def models(self) -> list[ModelRecord]:
         """All models, oldest first."""
-        with self._read() as con:
+        with self.read() as con:
             rows = con.execute("SELECT * FROM models ORDER BY created, name").fetchall()
         return [_model(r) for r in rows]
 
@@ -494,7 +444,7 @@ class Catalog:
         bundle replaced, or the publishing job is no longer running (cancelled by a refit) -
         checked in the same transaction, so a cancelled job can never publish afterwards.
         """
-        with self._write() as con:
+        with self.write() as con:
             row = con.execute(
                 "SELECT published_version, bundle_hash FROM models WHERE name = ?", (model,)
             ).fetchone()
@@ -518,7 +468,7 @@ class Catalog:
                     bundle_hash,
                     job_id,
                     iteration,
-                    _dump_acc(accuracy),
+                    dump_accuracy(accuracy),
                     time.time(),
                 ),
             )
@@ -527,7 +477,7 @@ class Catalog:
 
     def potential(self, model: str, version: int | None = None) -> PotentialRecord | None:
         """Return a model's potential ``version`` (default: the published one), or ``None``."""
-        with self._read() as con:
+        with self.read() as con:
             if version is None:
                 row = con.execute(
                     "SELECT p.* FROM potentials p JOIN models m ON m.name = p.model "
@@ -548,7 +498,7 @@ class Catalog:
             the current one (already retracted elsewhere, or a newer one published).
 
         """
-        with self._write() as con:
+        with self.write() as con:
             row = con.execute(
                 "SELECT published_version FROM models WHERE name = ?", (model,)
             ).fetchone()
@@ -570,7 +520,7 @@ class Catalog:
 
     def damage(self, model: str) -> tuple[int, str] | None:
         """The newest retracted version of ``model`` newer than its current, with the reason."""
-        with self._read() as con:
+        with self.read() as con:
             row = con.execute(
                 "SELECT d.version, d.reason FROM damaged d JOIN models m ON m.name = d.model "
                 "WHERE d.model = ? AND d.version > m.published_version "
@@ -585,7 +535,7 @@ class Catalog:
         True when a version newer than the current was withdrawn and no fit has run since:
         none queued or running, none finished after the damage was recorded.
         """
-        with self._read() as con:
+        with self.read() as con:
             row = con.execute(
                 "SELECT MAX(d.created) AS at FROM damaged d JOIN models m ON m.name = d.model "
                 "WHERE d.model = ? AND d.version > m.published_version",
@@ -606,7 +556,7 @@ class Catalog:
         For a repair fit that did not beat the version served instead: that version stays,
         and the model is no longer reported as damaged.
         """
-        with self._write() as con:
+        with self.write() as con:
             return con.execute(
                 "DELETE FROM damaged WHERE model = ? AND version > "
                 "(SELECT published_version FROM models WHERE name = ?)",
@@ -615,230 +565,9 @@ class Catalog:
 
     def published_versions(self) -> dict[str, int]:
         """``{model: published version}`` for every model (0: nothing published yet)."""
-        with self._read() as con:
+        with self.read() as con:
             rows = con.execute("SELECT name, published_version FROM models").fetchall()
         return {r["name"]: int(r["published_version"]) for r in rows}
-
-    # Jobs -------------------------------------------------------------------------------
-    def enqueue(
-        self,
-        model: str,
-        kind: JobKind,
-        config: JobConfig,
-        bundle_hash: str | None,
-        *,
-        replace: bool = False,
-        train_plan: TrainPlan | None = None,
-    ) -> JobRecord | None:
-        """Queue a job unless one of its kind is active for the model (``replace`` cancels it).
-
-        A train job carries its ``train_plan`` (none: the embedded digits model), and
-        ``config`` is the fit queued once the trained model is registered.
-
-        Returns:
-            The new job, or ``None`` when an active job exists and ``replace`` is false.
-
-        """
-        now = time.time()
-        with self._write() as con:
-            active = con.execute(
-                "SELECT id FROM jobs WHERE model = ? AND kind = ? "
-                "AND status IN ('queued', 'running')",
-                (model, kind),
-            ).fetchall()
-            if active and not replace:
-                return None
-            con.execute(
-                "UPDATE jobs SET status = 'cancelled', finished = ?, reason = 'replaced' "
-                "WHERE model = ? AND kind = ? AND status IN ('queued', 'running')",
-                (now, model, kind),
-            )
-            cur = con.execute(
-                "INSERT INTO jobs (model, kind, status, config, bundle_hash, created, updated, "
-                "train_plan) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (
-                    model,
-                    kind,
-                    config.to_json(),
-                    bundle_hash,
-                    now,
-                    now,
-                    None if train_plan is None else json.dumps(train_plan.to_dict()),
-                ),
-            )
-            job_id = int(cur.lastrowid or 0)
-        job = self.job(job_id)
-        assert job is not None
-        return job
-
-    def claim(self, worker: str, stale_seconds: float) -> JobRecord | None:
-        """Take the oldest queued job, or a running one whose worker is gone; None if idle."""
-        now = time.time()
-        with self._write() as con:
-            rows = con.execute(
-                "SELECT id, status, worker, heartbeat FROM jobs "
-                "WHERE status IN ('queued', 'running') ORDER BY id"
-            ).fetchall()
-            chosen = next((r["id"] for r in rows if _claimable(r, now, stale_seconds)), None)
-            if chosen is None:
-                return None
-            con.execute(
-                "UPDATE jobs SET status = 'running', worker = ?, heartbeat = ?, updated = ?, "
-                "started = COALESCE(started, ?) WHERE id = ?",
-                (worker, now, now, now, chosen),
-            )
-        return self.job(int(chosen))
-
-    def heartbeat(self, job_id: int, worker: str, progress: Progress | None = None) -> bool:
-        """Record progress; False when the job is no longer this worker's (cancelled)."""
-        now = time.time()
-        fields: dict[str, Any] = {"heartbeat": now, "updated": now}
-        if progress is not None:
-            fields.update(iteration=progress.iteration, elapsed=progress.elapsed, eta=progress.eta)
-            if progress.train_l1 is not None:
-                fields["train_l1"] = progress.train_l1
-            if progress.accuracy is not None:
-                fields["accuracy"] = _dump_acc(progress.accuracy)
-            if progress.checkpoint_iteration is not None:
-                fields["checkpoint_iteration"] = progress.checkpoint_iteration
-        return self._update_owned(job_id, worker, fields)
-
-    def train_heartbeat(self, job_id: int, worker: str, progress: TrainProgress) -> bool:
-        """Record a training job's epoch; False when the job is no longer this worker's."""
-        now = time.time()
-        fields: dict[str, Any] = {
-            "heartbeat": now,
-            "updated": now,
-            "elapsed": progress.elapsed,
-            "train_progress": json.dumps(progress.__dict__),
-        }
-        return self._update_owned(job_id, worker, fields)
-
-    def set_resumed(self, job_id: int, worker: str, iteration: int) -> bool:
-        """Note that the job resumed from a checkpoint at ``iteration``."""
-        return self._update_owned(job_id, worker, {"resumed_from": iteration})
-
-    def finish(
-        self,
-        job_id: int,
-        worker: str,
-        status: JobStatus,
-        reason: str | None,
-        error: str | None = None,
-    ) -> bool:
-        """Close a job (``done``/``failed``) or hand it back (``queued``)."""
-        now = time.time()
-        fields: dict[str, Any] = {
-            "status": status,
-            "reason": reason,
-            "error": error,
-            "updated": now,
-        }
-        if status == "queued":
-            fields["worker"] = None
-        else:
-            fields["finished"] = now
-        return self._update_owned(job_id, worker, fields)
-
-    def note(self, job_id: int, reason: str) -> None:
-        """Record why a job runs as it does (e.g. resumed from an older checkpoint)."""
-        with self._write() as con:
-            con.execute(
-                "UPDATE jobs SET reason = ?, updated = ? WHERE id = ?",
-                (reason, time.time(), job_id),
-            )
-
-    def job_counts(self, model: str, kind: JobKind, bundle_hash: str | None) -> dict[str, int]:
-        """``{status: jobs}`` of this kind for the model's bundle."""
-        with self._read() as con:
-            rows = con.execute(
-                "SELECT status, count(*) AS n FROM jobs WHERE model = ? AND kind = ? "
-                "AND bundle_hash IS ? GROUP BY status",
-                (model, kind, bundle_hash),
-            ).fetchall()
-        return {r["status"]: int(r["n"]) for r in rows}
-
-    def active_job_ids(self) -> set[int]:
-        """Ids of the queued and running jobs."""
-        with self._read() as con:
-            rows = con.execute("SELECT id FROM jobs WHERE status IN ('queued', 'running')")
-            return {int(r["id"]) for r in rows.fetchall()}
-
-    def prune_jobs(self, keep: int) -> int:
-        """Delete finished job rows beyond the newest ``keep`` of each model; returns how many.
-
-        The rows of names without a model (deleted, or trainings that never registered) share
-        one allowance of ``keep``. Queued and running jobs are never touched.
-        """
-        with self._write() as con:
-            rows = con.execute(
-                "SELECT j.id, j.model, m.name IS NOT NULL AS registered FROM jobs j "
-                "LEFT JOIN models m ON m.name = j.model "
-                "WHERE j.status NOT IN ('queued', 'running') ORDER BY j.id DESC"
-            ).fetchall()
-            seen: dict[str | None, int] = {}
-            doomed = []
-            for row in rows:
-                group = row["model"] if row["registered"] else None
-                seen[group] = seen.get(group, 0) + 1
-                if seen[group] > keep:
-                    doomed.append((int(row["id"]),))
-            con.executemany("DELETE FROM jobs WHERE id = ?", doomed)
-        return len(doomed)
-
-    def owns(self, job_id: int, worker: str) -> bool:
-        """Whether ``worker`` holds the job's lease (it runs it and nobody took it over)."""
-        with self._read() as con:
-            row = con.execute(
-                "SELECT 1 FROM jobs WHERE id = ? AND worker = ? AND status = 'running'",
-                (job_id, worker),
-            ).fetchone()
-        return row is not None
-
-    def release_worker(self, worker: str, reason: str) -> int:
-        """Queue again the running jobs of a worker known dead; returns how many."""
-        with self._write() as con:
-            return con.execute(
-                "UPDATE jobs SET status = 'queued', worker = NULL, heartbeat = NULL, "
-                "reason = ?, updated = ? WHERE worker = ? AND status = 'running'",
-                (reason, time.time(), worker),
-            ).rowcount
-
-    def _update_owned(self, job_id: int, worker: str, fields: dict[str, Any]) -> bool:
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        with self._write() as con:
-            n = con.execute(
-                f"UPDATE jobs SET {sets} WHERE id = ? AND worker = ? AND status = 'running'",
-                (*fields.values(), job_id, worker),
-            ).rowcount
-        return n > 0
-
-    def job(self, job_id: int) -> JobRecord | None:
-        """Return the job with this id, or ``None``."""
-        with self._read() as con:
-            row = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row else None
-
-    def jobs(self, model: str | None = None, limit: int = 20) -> list[JobRecord]:
-        """Newest jobs first, of one model or all."""
-        with self._read() as con:
-            if model is None:
-                rows = con.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
-            else:
-                rows = con.execute(
-                    "SELECT * FROM jobs WHERE model = ? ORDER BY id DESC LIMIT ?", (model, limit)
-                )
-            return [_job(r) for r in rows.fetchall()]
-
-    def has_job(self, model: str, kind: JobKind, bundle_hash: str | None) -> bool:
-        """Whether any job (any status) of this kind exists for the model's bundle."""
-        with self._read() as con:
-            row = con.execute(
-                "SELECT 1 FROM jobs WHERE model = ? AND kind = ? AND bundle_hash IS ? "
-                "AND status != 'cancelled' LIMIT 1",
-                (model, kind, bundle_hash),
-            ).fetchone()
-        return row is not None
 
 
 def _says_nothing(exc: sqlite3.DatabaseError) -> bool:
@@ -905,7 +634,7 @@ def write_rebuilt(
                         m.bundle_hash,
                         p.job_id,
                         p.iteration,
-                        _dump_acc(p.accuracy),
+                        dump_accuracy(p.accuracy),
                         p.created,
                     ),
                 )
@@ -929,40 +658,13 @@ def _job_running(con: sqlite3.Connection, job_id: int) -> bool:
     return row is not None and row["status"] == "running"
 
 
-def _claimable(row: sqlite3.Row, now: float, stale_seconds: float) -> bool:
-    if row["status"] == "queued":
-        return True
-    owner = row["worker"] or ""
-    host, _, pid = owner.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-        return True
-    return row["heartbeat"] is None or now - float(row["heartbeat"]) > stale_seconds
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """Tell a killed child not yet reaped by its parent (it still answers kill(pid, 0))."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
-
-
-def _dump_acc(acc: AccuracyReport | None) -> str | None:
+def dump_accuracy(acc: AccuracyReport | None) -> str | None:
+    """An accuracy report as the catalogue stores it (JSON text; ``None`` stays ``None``)."""
     return json.dumps(acc.__dict__) if acc is not None else None
 
 
-def _load_acc(text: str | None) -> AccuracyReport | None:
+def load_accuracy(text: str | None) -> AccuracyReport | None:
+    """The accuracy report stored as ``text`` by :func:`dump_accuracy`."""
     return AccuracyReport(**json.loads(text)) if text else None
 
 
@@ -985,37 +687,6 @@ def _potential(row: sqlite3.Row) -> PotentialRecord:
         bundle_hash=row["bundle_hash"],
         job_id=row["job_id"],
         iteration=int(row["iteration"]),
-        accuracy=_load_acc(row["accuracy"]),
+        accuracy=load_accuracy(row["accuracy"]),
         created=float(row["created"]),
-    )
-
-
-def _job(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
-        id=int(row["id"]),
-        model=row["model"],
-        kind=row["kind"],
-        status=row["status"],
-        config=JobConfig.from_json(row["config"]),
-        bundle_hash=row["bundle_hash"],
-        created=row["created"],
-        started=row["started"],
-        updated=row["updated"],
-        finished=row["finished"],
-        worker=row["worker"],
-        iteration=int(row["iteration"]),
-        elapsed=float(row["elapsed"]),
-        train_l1=row["train_l1"],
-        accuracy=_load_acc(row["accuracy"]),
-        eta=row["eta"],
-        checkpoint_iteration=row["checkpoint_iteration"],
-        resumed_from=row["resumed_from"],
-        reason=row["reason"],
-        error=row["error"],
-        train_plan=(
-            TrainPlan.from_dict(json.loads(row["train_plan"])) if row["train_plan"] else None
-        ),
-        train_progress=(
-            TrainProgress(**json.loads(row["train_progress"])) if row["train_progress"] else None
-        ),
     )

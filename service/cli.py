@@ -113,7 +113,7 @@ def serve(
     if settings.web_workers > 1:
         _serve_processes(settings)
         return
-    from service.server import server_options
+    from service.http_server import server_options
 
     # A catalogue that cannot be read or rebuilt raises CatalogueLost: exit status 2.
     uvicorn.run(create_app(settings), **server_options(settings))
@@ -150,9 +150,9 @@ def _serve_processes(settings: Settings) -> None:
     """``web_workers`` uvicorn processes on one port, plus this process's one fit worker."""
     import uvicorn
 
-    from service.process import WorkerProcess
-    from service.server import server_options
+    from service.http_server import server_options
     from service.store import ModelStore
+    from service.worker_process import WorkerProcess
 
     # Opened (checked, rebuilt if need be) once here, before any server process starts: a
     # catalogue that cannot be read or rebuilt stops the command with status 2.
@@ -229,7 +229,7 @@ def _fit_foreground(name: str, overrides: dict[str, Any]) -> None:
 
     settings = build_settings(**{**overrides, "embedded_default": False})
     model_store = open_existing_store(settings.store)
-    known = [m.name for m in model_store.models()]
+    known = [m.name for m in model_store.catalog.models()]
     if name not in known:
         listed = ", ".join(known) if known else "none yet (`aeot train` makes one)"
         raise CliError(f"unknown model {name!r} in {settings.store}; known models: {listed}")
@@ -241,13 +241,13 @@ def _fit_foreground(name: str, overrides: dict[str, Any]) -> None:
     with tqdm(desc=f"fit {name}", unit="it") as bar:
         while thread.is_alive():
             thread.join(0.5)
-            current = model_store.job(job.id)
+            current = model_store.queue.job(job.id)
             if current is not None:
                 bar.update(current.iteration - bar.n)
                 acc = current.accuracy
                 bar.set_postfix(l1=f"{acc.l1:.4f}" if acc else "-", status=current.status)
-    final = model_store.job(job.id)
-    potential = model_store.potential_record(name)
+    final = model_store.queue.job(job.id)
+    potential = model_store.catalog.potential(name)
     typer.echo(
         f"job {job.id}: {final.status if final else '?'} ({final.reason if final else ''})"
         f"; published version {potential.version if potential else 0}"

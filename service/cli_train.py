@@ -13,7 +13,8 @@ from service.cli_support import CliError, build_settings, friendly
 
 if TYPE_CHECKING:  # the runtime imports are inside the commands: torch loads slowly
     from models import EpochRecord, ImageDataset, TrainPlan
-    from service.catalog import ModelRecord, TrainProgress
+    from service.catalog import ModelRecord
+    from service.jobs import TrainProgress
     from service.settings import Settings
     from service.store import ModelStore
 
@@ -47,7 +48,7 @@ def train(
     typer.echo(f"{images.name}: {len(images)} images of {_shape(images)}{_classes(images)}")
     settings = build_settings(store=store)
     model_store = ModelStore(settings.store)
-    if any(m.name == model_name for m in model_store.models()):
+    if any(m.name == model_name for m in model_store.catalog.models()):
         raise CliError(
             f"model {model_name!r} already exists in {settings.store}: pass another --name, or "
             f"delete it (`aeot models delete {model_name}` on the running server)"
@@ -176,7 +177,7 @@ def queue_served_dataset(
     settings = build_settings(**{**overrides, "embedded_default": False})
     plan = TrainPlan.of(train_options, config, device=settings.device)
     store = ModelStore(settings.store)
-    if any(m.name == model_name for m in store.models()):
+    if any(m.name == model_name for m in store.catalog.models()):
         typer.echo(f"model {model_name} is in the store already: serving it")
     elif queue_training(store, model_name, plan, job_config(settings)) is None:
         typer.echo(f"model {model_name} is being trained already")

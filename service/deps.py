@@ -15,10 +15,10 @@ from fastapi.security import APIKeyHeader
 from service.archive import UploadLimits
 from service.errors import AuthError, NotReady
 from service.metrics import Metrics
-from service.process import WorkerProcess, WorkerState
-from service.serving import ServingIndex
+from service.serving_index import ServingIndex
 from service.settings import Settings
 from service.store import ModelStore
+from service.worker_process import WorkerProcess, WorkerState
 
 
 def get_settings(request: Request) -> Settings:

@@ -154,7 +154,7 @@ _KNOWN_LISTED = 20
 def _known_models(request: Request) -> str:
     """``"; known models: a, b"`` for a 404, or ``""`` when the catalogue cannot list them."""
     try:
-        names = [m.name for m in request.app.state.store.models()]
+        names = [m.name for m in request.app.state.store.catalog.models()]
     except Exception:  # a damaged catalogue must not turn the 404 into a 500
         return ""
     if not names:

@@ -15,8 +15,8 @@ import sqlite3
 import threading
 from types import TracebackType
 
-from service.catalog import CatalogueDamaged, JobRecord, Progress
-from service.store import ModelStore
+from service.catalog import CatalogueDamaged
+from service.jobs import JobQueue, JobRecord, Progress
 
 log = logging.getLogger("aeot.worker")
 
@@ -33,15 +33,15 @@ class Lease:
     """Heartbeats of one claimed job from a thread, while the ``with`` block runs.
 
     Args:
-        store: the model store.
+        queue: the store's job queue.
         job: the claimed job.
         worker: the worker id holding it.
         interval: seconds between heartbeats (:func:`beat_interval`).
 
     """
 
-    def __init__(self, store: ModelStore, job: JobRecord, worker: str, interval: float) -> None:
-        self.store = store
+    def __init__(self, queue: JobQueue, job: JobRecord, worker: str, interval: float) -> None:
+        self.queue = queue
         self.job = job
         self.worker = worker
         self.interval = interval
@@ -75,7 +75,7 @@ class Lease:
         with self._lock:
             progress, self._progress = self._progress, None
             try:
-                held = self.store.heartbeat(self.job, self.worker, progress)
+                held = self.queue.heartbeat(self.job.id, self.worker, progress)
             except (CatalogueDamaged, sqlite3.OperationalError) as exc:
                 # A damaged catalogue (rebuilt without this job) or a full disk: not a lost
                 # lease yet; the next heartbeat tells.

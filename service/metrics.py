@@ -20,8 +20,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from service.catalog import CatalogueDamaged
-from service.process import WorkerProcess
 from service.store import ModelStore
+from service.worker_process import WorkerProcess
 
 # Latency buckets (seconds): the /sample goal is p99 <= 50 ms, so resolve 1-100 ms finely.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -41,7 +41,7 @@ class _FitCollector(Collector):
             for n in names
         }
         try:
-            progress = [(m, self._store.active_job(m.name)) for m in self._store.models()]
+            progress = [(m, self._store.queue.latest(m.name)) for m in self._store.catalog.models()]
         except (CatalogueDamaged, sqlite3.DatabaseError):
             progress = []  # unknown while the catalogue is rebuilt: no fit gauges this scrape
         for model, job in progress:

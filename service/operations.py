@@ -24,7 +24,7 @@ from service.schemas import (
     SingularitiesResponse,
     SingularPairOut,
 )
-from service.serving import Served
+from service.serving_index import Served
 from service.settings import Settings
 from solver import Interpolation
 

@@ -11,7 +11,7 @@ One plain ASGI middleware, outermost, so that a request is judged on its head al
   further wrong keys answered 429 until the oldest failure leaves the window; the right key is
   always admitted, so nobody can lock the operator out by guessing from the same address. The
   client is the connection's peer (uvicorn rewrites it from ``X-Forwarded-For`` only for the
-  proxies named in ``forwarded_allow_ips``: :mod:`service.server`), an IPv6 peer counted by
+  proxies named in ``forwarded_allow_ips``: :mod:`service.http_server`), an IPv6 peer counted by
   its /64 (one host holds a whole /64);
 - every answer carries security headers (no sniffing, no framing, no referrer, a content
   security policy; the interactive docs set their own, which admits their inline start-up

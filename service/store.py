@@ -17,7 +17,9 @@ Layout (``root`` is ``Settings.store``)::
 Every file is written to a temporary name and renamed into place (bundles as whole directories),
 and the catalogue row that makes a file visible is written after the file, in one transaction;
 a crash at any moment leaves the store readable (at worst an unreferenced file or directory).
-The store is the only door to the catalogue: the worker, the routes and the CLI call its methods.
+The store opens the catalogue (:attr:`ModelStore.catalog`: models and potentials) and the job
+queue in it (:attr:`ModelStore.queue`), and heals them; readers and the worker use both directly,
+and the store's own methods are the operations that touch files as well as rows.
 
 The model directories hold everything the catalogue says about models and potentials, so a
 catalogue found missing, empty or corrupt (at open, or by any operation later) is rebuilt from
@@ -58,17 +60,12 @@ from service.catalog import (
     CatalogueDamaged,
     FoundModel,
     FoundPotential,
-    JobKind,
-    JobRecord,
-    JobStatus,
     ModelRecord,
     PotentialRecord,
-    Progress,
-    TrainProgress,
-    _alive,
     write_rebuilt,
 )
 from service.job_config import JobConfig, train_config
+from service.jobs import JobQueue, JobRecord, _alive
 from service.names import NAME_PATTERN, is_valid_name
 from solver import FitState, Potential, load_state, save_state
 
@@ -177,7 +174,10 @@ class ModelStore:
         if not self.read_only:
             self.root.mkdir(parents=True, exist_ok=True)
         # Nothing else is created before the catalogue opens: a refused directory stays as is.
-        self._catalog = self._open_catalog(is_store)
+        # Both stay the same objects for the store's life (a rebuild reopens the file), so the
+        # worker, the routes and the serving index hold them directly.
+        self.catalog = self._open_catalog(is_store)
+        self.queue = JobQueue(self.catalog)
         if not self.read_only:
             for sub in ("models", "staging", "trash", "training"):
                 (self.root / sub).mkdir(exist_ok=True)
@@ -237,13 +237,10 @@ class ModelStore:
         return removed
 
     # Models -----------------------------------------------------------------------------
-    def models(self) -> list[ModelRecord]:
-        """List registered models, oldest first."""
-        return self._catalog.models()
 
     def model(self, name: str) -> ModelRecord:
         """Return the model called ``name``; raises :class:`UnknownModel`."""
-        record = self._catalog.model(name)
+        record = self.catalog.model(name)
         if record is None:
             raise UnknownModel(name)
         return record
@@ -281,7 +278,7 @@ class ModelStore:
 
         """
         check_name(name)
-        if self._catalog.model(name) is not None:
+        if self.catalog.model(name) is not None:
             raise ModelExists(f"model {name!r} already exists; delete it first")
         try:
             max_parameters = (limits or self.limits).max_parameters
@@ -306,7 +303,7 @@ class ModelStore:
             _write_json(
                 target / "model.json", {"name": name, "bundle_hash": digest, "created": created}
             )
-            record = self._catalog.add_model(name, digest, int(n), int(d), created, job_id=job_id)
+            record = self.catalog.add_model(name, digest, int(n), int(d), created, job_id=job_id)
         except Exception:
             self._to_trash(target)
             raise
@@ -315,7 +312,7 @@ class ModelStore:
             self._empty_trash()
             raise TrainingCancelled(f"the training of {name!r} was cancelled; nothing registered")
         if fit is not None:
-            self._catalog.enqueue(name, "fit", fit, digest)
+            self.queue.enqueue(name, "fit", fit, digest)
         return record
 
     def register_archive(
@@ -356,8 +353,8 @@ class ModelStore:
             UnknownModel: neither a model nor an active job of that name.
 
         """
-        existed, cancelled = self._catalog.delete_model(check_name(name))
-        jobs = [j for j in (self._catalog.job(i) for i in cancelled) if j is not None]
+        existed, cancelled = self.catalog.delete_model(check_name(name))
+        jobs = [j for j in (self.queue.job(i) for i in cancelled) if j is not None]
         if not existed and not jobs:
             raise UnknownModel(name)
         target = self.model_dir(name)
@@ -374,7 +371,7 @@ class ModelStore:
     ) -> JobRecord | None:
         """Queue a fit of model ``name``; ``None`` when one is active and not ``replace``."""
         model = self.model(name)
-        return self._catalog.enqueue(name, "fit", config, model.bundle_hash, replace=replace)
+        return self.queue.enqueue(name, "fit", config, model.bundle_hash, replace=replace)
 
     def enqueue_train(
         self,
@@ -390,7 +387,7 @@ class ModelStore:
         """
         check_name(name)
         config = fit if fit is not None else train_config(seed)
-        return self._catalog.enqueue(name, "train", config, None, train_plan=plan)
+        return self.queue.enqueue(name, "train", config, None, train_plan=plan)
 
     def ensure_fit_jobs(self, config: JobConfig) -> list[JobRecord]:
         """Queue a fit for every model whose potential is missing, stale or withdrawn.
@@ -399,51 +396,22 @@ class ModelStore:
         A fit that failed is queued again, ``FIT_ATTEMPTS`` times at most per bundle.
         """
         queued = []
-        for model in self.models():
-            current = self._catalog.potential(model.name)
-            counts = self._catalog.job_counts(model.name, "fit", model.bundle_hash)
+        for model in self.catalog.models():
+            current = self.catalog.potential(model.name)
+            counts = self.queue.job_counts(model.name, "fit", model.bundle_hash)
             if current is not None and current.bundle_hash == model.bundle_hash:
                 # Current, unless a newer version was withdrawn as damaged and no fit ran
                 # since (a rebuilt catalogue records damage without queueing a refit).
-                if not self._catalog.needs_repair(model.name):
+                if not self.catalog.needs_repair(model.name):
                     continue
             elif any(counts.get(s, 0) for s in ("queued", "running", "done")):
                 continue
             if counts.get("failed", 0) >= FIT_ATTEMPTS:
                 continue
-            job = self._catalog.enqueue(model.name, "fit", config, model.bundle_hash)
+            job = self.queue.enqueue(model.name, "fit", config, model.bundle_hash)
             if job is not None:
                 queued.append(job)
         return queued
-
-    def jobs(self, name: str | None = None, limit: int = 20) -> list[JobRecord]:
-        """Newest jobs first (of one model or all)."""
-        return self._catalog.jobs(name, limit)
-
-    def active_job(self, name: str, kind: JobKind = "fit") -> JobRecord | None:
-        """Return the newest job of model ``name`` (any status), or ``None``."""
-        jobs = [j for j in self._catalog.jobs(name, limit=5) if j.kind == kind]
-        return jobs[0] if jobs else None
-
-    def retract(self, name: str, version: int, reason: str) -> int | None:
-        """Withdraw a damaged current version; returns the version now current (see Catalog)."""
-        return self._catalog.retract(name, version, reason)
-
-    def resolve_damage(self, name: str) -> int:
-        """Stop reporting withdrawn versions newer than the current (a repair did not beat it)."""
-        return self._catalog.resolve_damage(name)
-
-    def damage(self, name: str) -> tuple[int, str] | None:
-        """The newest retracted version of ``name`` newer than its current, and why."""
-        return self._catalog.damage(name)
-
-    def owns(self, job: JobRecord, worker: str) -> bool:
-        """Whether ``worker`` holds the job's lease (runs it; nobody took it over)."""
-        return self._catalog.owns(job.id, worker)
-
-    def release_worker(self, worker: str, reason: str) -> int:
-        """Queue again the running jobs of a worker known dead; returns how many."""
-        return self._catalog.release_worker(worker, reason)
 
     def save_checkpoint(self, job: JobRecord, state: FitState) -> None:
         """Write a fit job's resumable state atomically, keeping the previous one beside it."""
@@ -473,49 +441,14 @@ class ModelStore:
                 damaged.append(candidate.name)
                 continue
             if damaged:
-                self._catalog.note(
+                self.queue.note(
                     job.id, f"checkpoint damaged; resumed from the previous one ({candidate.name})"
                 )
             return state
         if damaged:
             log.warning("job %d: no readable checkpoint; the fit restarts from iteration 0", job.id)
-            self._catalog.note(job.id, "checkpoints damaged; restarted from iteration 0")
+            self.queue.note(job.id, "checkpoints damaged; restarted from iteration 0")
         return None
-
-    def claim(self, worker: str, stale_seconds: float) -> JobRecord | None:
-        """Take the oldest queued job, or a running one whose worker is gone; None if idle."""
-        return self._catalog.claim(worker, stale_seconds)
-
-    def job(self, job_id: int) -> JobRecord | None:
-        """Return the job with this id, or ``None``."""
-        return self._catalog.job(job_id)
-
-    def has_job(self, name: str, kind: JobKind, bundle_hash: str | None) -> bool:
-        """Whether a job of this kind (not cancelled) exists for the model's bundle."""
-        return self._catalog.has_job(name, kind, bundle_hash)
-
-    def heartbeat(self, job: JobRecord, worker: str, progress: Progress | None = None) -> bool:
-        """Record a running job's progress; False when it is no longer ``worker``'s."""
-        return self._catalog.heartbeat(job.id, worker, progress)
-
-    def train_heartbeat(self, job: JobRecord, worker: str, progress: TrainProgress) -> bool:
-        """Record a training job's epoch and loss; False when it is no longer ``worker``'s."""
-        return self._catalog.train_heartbeat(job.id, worker, progress)
-
-    def set_resumed(self, job: JobRecord, worker: str, iteration: int) -> bool:
-        """Note that the job resumed from its checkpoint at ``iteration``."""
-        return self._catalog.set_resumed(job.id, worker, iteration)
-
-    def finish(
-        self,
-        job: JobRecord,
-        worker: str,
-        status: JobStatus,
-        reason: str | None,
-        error: str | None = None,
-    ) -> bool:
-        """Close a job (done, failed, cancelled) or hand it back to the queue (queued)."""
-        return self._catalog.finish(job.id, worker, status, reason, error)
 
     # Potentials -------------------------------------------------------------------------
     def publish(self, job: JobRecord, potential: Potential, iteration: int) -> int | None:
@@ -546,7 +479,7 @@ class ModelStore:
             return str(final.relative_to(self.root))
 
         try:
-            version = self._catalog.publish(
+            version = self.catalog.publish(
                 job.model, place, job.bundle_hash, job.id, iteration, potential.accuracy
             )
         except BaseException:
@@ -556,14 +489,6 @@ class ModelStore:
         if version is None:
             pending.unlink(missing_ok=True)
         return version
-
-    def potential_record(self, name: str, version: int | None = None) -> PotentialRecord | None:
-        """Catalogue row of model ``name``'s published potential (or a version); or ``None``."""
-        return self._catalog.potential(name, version)
-
-    def published_versions(self) -> dict[str, int]:
-        """``{model: published version}`` for every model (0: nothing published yet)."""
-        return self._catalog.published_versions()
 
     def load_potential(self, record: PotentialRecord, *, backend: str = "auto") -> Potential:
         """Read the potential file of a catalogue row.
@@ -579,7 +504,7 @@ class ModelStore:
         self, name: str, version: int | None = None, *, backend: str = "auto"
     ) -> Potential | None:
         """Load model ``name``'s published potential (or a given version); ``None`` if none."""
-        record = self.potential_record(name, version)
+        record = self.catalog.potential(name, version)
         return None if record is None else self.load_potential(record, backend=backend)
 
     # Housekeeping -----------------------------------------------------------------------
@@ -590,7 +515,7 @@ class ModelStore:
         of the others, the newest ``keep_checkpoints`` jobs' per model stay. Job rows: see
         :meth:`Catalog.prune_jobs`. Returns ``(checkpoint files, job rows)`` removed.
         """
-        active = self._catalog.active_job_ids()
+        active = self.queue.active_job_ids()
         removed = 0
         for directory in (self.root / "models").iterdir():
             ids: dict[int, list[Path]] = {}
@@ -602,7 +527,7 @@ class ModelStore:
                 for path in ids[job_id]:
                     path.unlink(missing_ok=True)
                     removed += 1
-        rows = self._catalog.prune_jobs(job_history)
+        rows = self.queue.prune_jobs(job_history)
         if removed or rows:
             log.info("pruned %d checkpoint files and %d finished job rows", removed, rows)
         return removed, rows
@@ -617,12 +542,8 @@ class ModelStore:
         if now == self.read_only:
             return False
         with self._heal_lock:
-            if now:
-                self._catalog = Catalog(
-                    self.root / CATALOG_FILE, read_only=True, on_damage=self._on_damage
-                )
-            else:
-                self._catalog = Catalog(self.root / CATALOG_FILE, on_damage=self._on_damage)
+            self.catalog.reopen(read_only=now)
+            if not now:
                 for sub in ("models", "staging", "trash", "training"):
                     (self.root / sub).mkdir(exist_ok=True)
             self.read_only = now
@@ -648,7 +569,7 @@ class ModelStore:
         """
         with self._heal_lock:
             if self.read_only:
-                problem = self._catalog.check()
+                problem = self.catalog.check()
                 self.catalogue_problem = None
                 if problem is not None:
                     self._on_damage(problem)
@@ -662,11 +583,13 @@ class ModelStore:
                     )
                 return None
             with _locked(self.root / "catalog.lock"):
-                problem = "rebuilt on request" if force else self._catalog.check()
+                problem = "rebuilt on request" if force else self.catalog.check()
                 if problem is None:
                     self.catalogue_problem = None
                     return None
-                return self._rebuild(problem)
+                record = self._rebuild(problem)
+                self.catalog.reopen()
+                return record
 
     def heal_if_due(self) -> dict[str, Any] | None:
         """:meth:`heal` when damage was seen, or every ``CHECK_EVERY`` seconds; else nothing.
@@ -740,10 +663,13 @@ class ModelStore:
                     if again.check() is None:
                         return again
             self._rebuild(problem)
-        return self._catalog
+        return Catalog(path, on_damage=self._on_damage)
 
     def _rebuild(self, problem: str) -> dict[str, Any]:
-        """Write a catalogue from the model directories and swap it in (lock held)."""
+        """Write a catalogue from the model directories and swap it in (lock held).
+
+        The caller opens the new file (:meth:`Catalog.reopen` of the store's catalogue).
+        """
         path = self.root / CATALOG_FILE
         found, skipped, next_job = _scan(self.root)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -781,7 +707,6 @@ class ModelStore:
             with suppress(OSError):
                 aside.rmdir()  # nothing was set aside
         self._prune_old_catalogues()
-        self._catalog = Catalog(path, on_damage=self._on_damage)
         self.catalogue_problem = None
         self._heal_error = None
         self.last_rebuild = record
@@ -802,7 +727,7 @@ class ModelStore:
         if self.last_rebuild is not None:
             return self.last_rebuild
         with suppress(CatalogueDamaged, sqlite3.DatabaseError):
-            return self._catalog.get_meta("rebuilt")
+            return self.catalog.get_meta("rebuilt")
         return None
 
     def _prune_old_catalogues(self) -> None:

@@ -25,8 +25,9 @@ from pathlib import Path, PurePosixPath
 from models import EpochRecord, ImageDataset, TrainPlan, load_plan_data, train_plan
 from models.datasets import DatasetConfig, dataset_config_for
 from models.options import DataOptions
-from service.catalog import JobRecord, JobStatus, ModelRecord, TrainProgress
+from service.catalog import ModelRecord
 from service.job_config import JobConfig
+from service.jobs import JobRecord, JobStatus, TrainProgress
 from service.lease import Lease
 from service.store import ModelExists, ModelStore, TrainingCancelled, check_name
 
@@ -117,7 +118,7 @@ def queue_training(
 
     """
     check_name(name)
-    if any(m.name == name for m in store.models()):
+    if any(m.name == name for m in store.catalog.models()):
         raise ModelExists(f"model {name!r} already exists; delete it first")
     return store.enqueue_train(name, seed=plan.seed, plan=plan, fit=fit)
 
@@ -155,7 +156,7 @@ def train_into_store(
 
     """
     check_name(name)
-    if any(m.name == name for m in store.models()):
+    if any(m.name == name for m in store.catalog.models()):
         raise ModelExists(f"model {name!r} already exists; delete it first")
     data = load_plan_data(plan) if data is None else data
     _, config = plan.resolve(data.image_shape)
@@ -216,11 +217,11 @@ def run_train_job(
             record.phase,
             record.loss,
         )
-        if not store.train_heartbeat(job, worker, report):
+        if not store.queue.train_heartbeat(job.id, worker, report):
             lease.lost.set()
         return not (lease.lost.is_set() or stop.is_set())
 
-    with Lease(store, job, worker, interval) as lease:
+    with Lease(store.queue, job, worker, interval) as lease:
         try:
             record = train_into_store(
                 store, job.model, plan, fit=job.config, callback=on_epoch, job_id=job.id

@@ -31,13 +31,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from models.runtime import cpu_threads, resolve_device
-from service.catalog import CatalogueDamaged, JobRecord, JobStatus, Progress, worker_id
+from service.catalog import CatalogueDamaged
 from service.job_config import job_config
+from service.jobs import JobRecord, JobStatus, Progress, worker_id
 from service.lease import Lease, beat_interval
-from service.process import watch_parent
 from service.settings import Settings
 from service.store import ModelStore, storage_problem
 from service.training import digits_plan, run_train_job
+from service.worker_process import watch_parent
 from solver import (
     AccuracyReport,
     FitProgress,
@@ -93,6 +94,8 @@ class Worker:
         self, store: ModelStore, settings: Settings, stop: threading.Event | None = None
     ) -> None:
         self.store = store
+        self.queue = store.queue
+        self.catalog = store.catalog
         self.settings = settings
         self.stop = stop or threading.Event()
         self.id = worker_id()
@@ -119,7 +122,7 @@ class Worker:
                 try:
                     self.store.refresh_mode()
                     self.schedule()
-                    job = self.store.claim(self.id, self.settings.stale_seconds)
+                    job = self.queue.claim(self.id, self.settings.stale_seconds)
                     if job is None:
                         if idle_exit:
                             break
@@ -160,8 +163,8 @@ class Worker:
     def schedule(self) -> None:
         """Queue the default model's training (empty store) and missing or stale fits."""
         s = self.settings
-        if s.embedded_default and not self.store.models():
-            if not self.store.has_job(s.default_model, "train", None):
+        if s.embedded_default and not self.catalog.models():
+            if not self.queue.has_job(s.default_model, "train", None):
                 plan = digits_plan(s.fit_seed)
                 self.store.enqueue_train(s.default_model, plan=plan, fit=job_config(s))
         self.store.ensure_fit_jobs(job_config(s))
@@ -186,14 +189,14 @@ class Worker:
             if problem is not None:
                 log.warning("job %d handed back: %s (%s)", job.id, problem, exc)
                 try:
-                    self.store.finish(job, self.id, "queued", f"{problem}; waits to run again")
+                    self.queue.finish(job.id, self.id, "queued", f"{problem}; waits to run again")
                 except Exception:
                     log.warning("job %d could not be handed back; its lease will lapse", job.id)
                 raise _Waiting(problem) from exc
             log.exception("job %d failed", job.id)
-            self.store.finish(job, self.id, "failed", "error", f"{exc}")
+            self.queue.finish(job.id, self.id, "failed", "error", f"{exc}")
             return
-        self.store.finish(job, self.id, status, reason)
+        self.queue.finish(job.id, self.id, status, reason)
         log.info("job %d %s (%s)", job.id, status, reason)
 
     def _train(self, job: JobRecord) -> tuple[JobStatus, str]:
@@ -201,7 +204,7 @@ class Worker:
         return run_train_job(self.store, job, self.id, self.stop, interval)
 
     def _fit(self, job: JobRecord) -> tuple[JobStatus, str]:
-        with Lease(self.store, job, self.id, beat_interval(self.settings.stale_seconds)) as lease:
+        with Lease(self.queue, job, self.id, beat_interval(self.settings.stale_seconds)) as lease:
             return self._fit_leased(job, lease)
 
     def _fit_leased(self, job: JobRecord, lease: Lease) -> tuple[JobStatus, str]:
@@ -211,8 +214,8 @@ class Worker:
         resume = self.store.load_checkpoint(job)
         if resume is not None:
             log.info("job %d resumes from iteration %d", job.id, resume.iteration)
-            self.store.set_resumed(job, self.id, resume.iteration)
-        published = self.store.potential_record(job.model)
+            self.queue.set_resumed(job.id, self.id, resume.iteration)
+        published = self.catalog.potential(job.model)
         best = math.inf
         if published is not None and published.bundle_hash == job.bundle_hash:
             best = published.accuracy.l1 if published.accuracy else math.inf
@@ -222,13 +225,13 @@ class Worker:
             best_l1=best,
             lease=lease,
             # The served version was withdrawn (damaged): this fit repairs it.
-            repair=self.store.damage(job.model) is not None,
+            repair=self.catalog.damage(job.model) is not None,
             checkpoint_iteration=resume.iteration if resume else None,
         )
         result = fit(problem, config, callback=lambda p: self._on_progress(run, p), resume=resume)
         # Only the lease holder writes the job's files: a worker that lost the job (cancelled,
         # or taken over after its lease expired) must not overwrite the new owner's checkpoint.
-        if run.lost or lease.lost.is_set() or not self.store.owns(job, self.id):
+        if run.lost or lease.lost.is_set() or not self.queue.owns(job.id, self.id):
             return "cancelled", "cancelled"
         if result.state.iteration != run.checkpoint_iteration:  # else it is on disk already
             self.store.save_checkpoint(job, result.state)
@@ -251,7 +254,7 @@ class Worker:
         stopping = self.stop.is_set()
         checkpoint = state.iteration % self.settings.checkpoint_every == 0
         if checkpoint or stopping:
-            if not self.store.owns(run.job, self.id):
+            if not self.queue.owns(run.job.id, self.id):
                 run.lost = True  # cancelled, deleted or taken over: the files are not ours
                 return False
             self.store.save_checkpoint(run.job, state)
@@ -266,7 +269,7 @@ class Worker:
         if due and not stopping:
             # The exact fit (2D/3D) has a check at every iteration, so it may publish before
             # its first heartbeat: a job taken over must not publish.
-            if not self.store.owns(run.job, self.id):
+            if not self.queue.owns(run.job.id, self.id):
                 run.lost = True
                 return False
             self._maybe_publish(run, state.iteration, state.elapsed, progress.heights, check)
@@ -321,7 +324,7 @@ class Worker:
         bar = run.best_l1 / _IMPROVEMENT if repairing else _IMPROVEMENT * run.best_l1
         if check.l1 >= bar:
             if repairing:
-                self.store.resolve_damage(run.job.model)
+                self.catalog.resolve_damage(run.job.model)
                 log.warning(
                     "model %s: the repair fit (L1 %.4f) does not match the served version "
                     "(L1 %.4f), which stays",

@@ -149,7 +149,7 @@ def test_train_registers_the_bundle_with_labels_and_queues_its_fit(empty_cwd):
     assert "shapes: 40 images of 1x8x8, 4 classes (disc, ring, square, cross)" in run.stdout
     assert "model shapes: 40 latents in d=8" in run.stdout
     store = ModelStore(empty_cwd / "store")
-    assert [j.kind for j in store.jobs("shapes")] == ["fit"]
+    assert [j.kind for j in store.queue.jobs("shapes")] == ["fit"]
     bundle = load_bundle(store.bundle_dir("shapes"))
     assert bundle.labels is not None and bundle.labels.shape == (40,)
     assert bundle.config.class_names == ("disc", "ring", "square", "cross")
@@ -165,7 +165,7 @@ def test_serve_data_queues_the_training_once_and_serves_that_model(empty_cwd, ca
     options = {"train_options": TrainOptions(subset=20, epochs=1), "data_options": DataOptions()}
     served = queue_served_dataset(overrides, "data/mnist", name=None, **options)
     assert served["default_model"] == "mnist" and served["embedded_default"] is False
-    (job,) = ModelStore(empty_cwd / "store").jobs("mnist")
+    (job,) = ModelStore(empty_cwd / "store").queue.jobs("mnist")
     assert job.kind == "train" and job.train_plan is not None
     assert job.train_plan.data.path == str(empty_cwd / "data" / "mnist")  # absolute
     assert job.train_plan.subset == 20

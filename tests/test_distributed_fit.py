@@ -129,7 +129,9 @@ def test_aeot_fit_over_two_ranks_publishes(shard, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "done (target); published version" in run.stdout
     assert "rank 1 followed 1 fit(s)" in run.stdout  # the fit ran over both ranks
-    record = store.potential_record("tiny")
+    record = store.catalog.potential("tiny")
     assert record.version >= 1 and record.accuracy.l1 <= settings.target_l1
-    (done,) = [job for job in store.jobs("tiny") if job.kind == "fit" and job.status == "done"]
+    (done,) = [
+        job for job in store.queue.jobs("tiny") if job.kind == "fit" and job.status == "done"
+    ]
     assert done.config.fit.shard_targets is (True if shard else None)  # the setting reached it

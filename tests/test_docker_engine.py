@@ -312,7 +312,7 @@ def test_stop_or_kill_mid_fit_and_a_new_container_resumes_from_the_checkpoint(
 
 CHECKPOINT = (
     "from pathlib import Path; from service.store import ModelStore; "
-    "print(ModelStore(Path('/data')).job(%d).checkpoint_iteration)"
+    "print(ModelStore(Path('/data')).queue.job(%d).checkpoint_iteration)"
 )
 
 
@@ -431,7 +431,7 @@ import json
 from pathlib import Path
 from service.store import ModelStore
 store = ModelStore(Path("/data"))
-record = store.potential_record("digits")
+record = store.catalog.potential("digits")
 print(json.dumps({"version": record.version, "l1": record.accuracy.l1,
                   "heights": store.load_potential(record).heights.tolist()}))
 """

@@ -48,10 +48,10 @@ def base(tmp_path_factory):
 
 def _versions(store: ModelStore) -> dict[int, tuple[str, int | None, object]]:
     """Every potential row of model tiny: version -> (path, job, accuracy)."""
-    newest = max(store.published_versions()["tiny"], 1)
+    newest = max(store.catalog.published_versions()["tiny"], 1)
     rows = {}
     for version in range(1, newest + 3):
-        record = store.potential_record("tiny", version)
+        record = store.catalog.potential("tiny", version)
         if record is not None:
             rows[version] = (record.path, record.job_id, record.accuracy)
     return rows
@@ -71,11 +71,11 @@ def _damage(path: Path, how: str) -> None:
 @pytest.mark.parametrize("damage", ["truncated", "deleted", "garbled"])
 def test_lost_catalogue_at_start_is_rebuilt_from_the_model_directories(base, tmp_path, damage):
     store = copy_store(fitted_template(base), tmp_path / "store")
-    versions, published = _versions(store), store.published_versions()
+    versions, published = _versions(store), store.catalog.published_versions()
     path = store.root / "catalog.sqlite3"
     _damage(path, damage)
     rebuilt = ModelStore(store.root)
-    assert rebuilt.published_versions() == published
+    assert rebuilt.catalog.published_versions() == published
     assert _versions(rebuilt) == versions  # same numbers, files, jobs and accuracies
     record = rebuilt.last_rebuild
     assert record["models"] == ["tiny"] and record["skipped"] == []
@@ -105,12 +105,12 @@ def test_rebuild_numbers_potentials_named_before_versions_were(base, tmp_path):
 
 def test_rebuild_withdraws_an_unreadable_newest_potential(base, tmp_path):
     store = copy_store(fitted_template(base), tmp_path / "store")
-    newest = store.published_versions()["tiny"]
-    (store.root / store.potential_record("tiny", newest).path).write_bytes(b"garbage" * 9)
+    newest = store.catalog.published_versions()["tiny"]
+    (store.root / store.catalog.potential("tiny", newest).path).write_bytes(b"garbage" * 9)
     (store.root / "catalog.sqlite3").unlink()
     rebuilt = ModelStore(store.root)
-    assert rebuilt.published_versions() == {"tiny": newest - 1}
-    version, reason = rebuilt.damage("tiny")
+    assert rebuilt.catalog.published_versions() == {"tiny": newest - 1}
+    version, reason = rebuilt.catalog.damage("tiny")
     assert version == newest and "unreadable" in reason
     queued = rebuilt.ensure_fit_jobs(JobConfig())  # the repair the worker queues
     assert [j.model for j in queued] == ["tiny"] and rebuilt.ensure_fit_jobs(JobConfig()) == []
@@ -224,10 +224,10 @@ def test_stray_side_files_of_the_catalogue_break_nothing(base, tmp_path, side):
             _reads_answer(client, 3)
             r = client.post("/models/tiny/fit", json={"replace": True}, headers=KEY)
             assert r.status_code == 202, (how, r.text)
-            assert store._catalog.check() is None, how
+            assert store.catalog.check() is None, how
             assert client.get("/readyz").json()["store"]["status"] == "ok"
     assert _versions(store) == versions
-    assert len(store.jobs("tiny")) == 1 + 3  # the template's fit and the three refits
+    assert len(store.queue.jobs("tiny")) == 1 + 3  # the template's fit and the three refits
 
 
 def test_wal_catalogue_of_an_older_release_is_converted_without_losing_rows(base, tmp_path):
@@ -244,29 +244,29 @@ def test_wal_catalogue_of_an_older_release_is_converted_without_losing_rows(base
     for side, data in sides.items():
         Path(f"{path}{side}").write_bytes(data)
     reopened = ModelStore(store.root)
-    assert reopened.models()[0].created == 12345.0
+    assert reopened.catalog.models()[0].created == 12345.0
     assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
     assert reopened.last_rebuild is None
 
 
 def test_store_rebuild_command(base, tmp_path):
     store = copy_store(fitted_template(base), tmp_path / "store")
-    published = store.published_versions()
+    published = store.catalog.published_versions()
     runner = CliRunner()
     args = ["store", "rebuild", "--store", str(store.root)]
     result = runner.invoke(cli_app, args)
     assert result.exit_code == 0 and "nothing to do" in result.output
-    assert len(store.jobs()) == 1
+    assert len(store.queue.jobs()) == 1
     result = runner.invoke(cli_app, [*args, "--force"])
     assert result.exit_code == 0 and "rebuilt with 1 models (tiny)" in result.output
-    assert store.jobs() == [] and store.published_versions() == published
+    assert store.queue.jobs() == [] and store.catalog.published_versions() == published
     _damage(store.root / "catalog.sqlite3", "garbled")
     with pytest.raises(CatalogueDamaged):
-        store.models()
+        store.catalog.models()
     result = runner.invoke(cli_app, args)
     assert result.exit_code == 0 and "unreadable" in result.output, result.output
     assert "old catalogue is kept" in result.output
-    assert ModelStore(store.root).published_versions() == published
+    assert ModelStore(store.root).catalog.published_versions() == published
 
 
 def _hundred_reads(http: httpx.Client) -> list[int]:
@@ -311,7 +311,7 @@ def test_live_damage_is_served_around_and_healed_without_a_restart(base, tmp_pat
             assert catalogue_rebuilt is not None
         for how in ("truncated", "garbled"):
             version = served()
-            path = store.root / ModelStore(store.root).potential_record("tiny", version).path
+            path = store.root / ModelStore(store.root).catalog.potential("tiny", version).path
             _damage(path, how)
             start = time.monotonic()
             assert _hundred_reads(http) == [], how

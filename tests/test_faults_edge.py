@@ -29,9 +29,9 @@ from models.bundle import load_bundle
 from service.app import create_app
 from service.archive import ArchiveError, UploadLimits, extract_archive
 from service.errors import redact
+from service.http_server import MAX_HEAD_BYTES, HeadLimitedConnection, server_options
 from service.images import from_png
 from service.security import client_of
-from service.server import MAX_HEAD_BYTES, HeadLimitedConnection, server_options
 from service.settings import Settings
 from tests.hostile import (
     claim_latents,

@@ -91,11 +91,11 @@ def test_case8_deleted_default_model_is_trained_again(tmp_path):
     store = ModelStore(settings.store)
     store.enqueue_train("tiny")
     store.register("tiny", write_bundle(tmp_path / "bundle", n=50, d=2))
-    train = store.claim("w:1", 30.0)
-    store.finish(train, "w:1", "done", "trained")
+    train = store.queue.claim("w:1", 30.0)
+    store.queue.finish(train.id, "w:1", "done", "trained")
     store.delete("tiny")
     Worker(store, settings).schedule()
-    queued = [j for j in store.jobs("tiny") if j.status == "queued"]
+    queued = [j for j in store.queue.jobs("tiny") if j.status == "queued"]
     assert [j.kind for j in queued] == ["train"]
 
 
@@ -113,15 +113,15 @@ def _publish_again(store: ModelStore) -> None:
     assert fitted.accuracy is not None and worse.accuracy is not None
     assert worse.accuracy.l1 > fitted.accuracy.l1
     store.enqueue_fit("tiny", job_config(make_settings(store.root)))
-    job = store.claim("test-worker", stale_seconds=60.0)  # only a running job may publish
+    job = store.queue.claim("test-worker", stale_seconds=60.0)  # only a running job may publish
     assert job is not None
     assert store.publish(job, worse, 1) is not None
     assert store.publish(job, fitted, 2) is not None
-    store.finish(job, "test-worker", "done", "target")
+    store.queue.finish(job.id, "test-worker", "done", "target")
 
 
 def _potential_file(store: ModelStore, version: int) -> Path:
-    return store.root / store.potential_record("tiny", version).path
+    return store.root / store.catalog.potential("tiny", version).path
 
 
 # Cases 3 and 4: a torn, garbage or missing current potential falls back to the last good
@@ -130,7 +130,7 @@ def _potential_file(store: ModelStore, version: int) -> Path:
 def test_case3_4_damaged_potential_falls_back_and_refit_repairs(base, tmp_path, damage):
     store = copy_store(fitted_template(base), tmp_path / "store")
     _publish_again(store)  # the template's own version count depends on the fit's timing
-    latest = store.published_versions()["tiny"]
+    latest = store.catalog.published_versions()["tiny"]
     assert latest >= 2
     path = _potential_file(store, latest)
     if damage == "truncated":
@@ -150,7 +150,7 @@ def test_case3_4_damaged_potential_falls_back_and_refit_repairs(base, tmp_path, 
         ready = client.get("/readyz")
         assert ready.status_code == 200 and "damaged" in ready.json()["reason"]
         # Retracted in the catalogue: a restart (or another process) serves the good one.
-        assert store.published_versions()["tiny"] == latest - 1
+        assert store.catalog.published_versions()["tiny"] == latest - 1
         Worker(store, settings).run(idle_exit=True)  # the refit runs and publishes
         app.state.serving.refresh()
         r = client.get("/sample", params={"n": 4})
@@ -180,7 +180,7 @@ def test_case4_damaged_bundle_says_so_once(base, tmp_path, caplog):
 def test_potential_damaged_while_serving_is_found_and_served_around(base, tmp_path, damage):
     store = copy_store(fitted_template(base), tmp_path / "store")
     _publish_again(store)
-    latest = store.published_versions()["tiny"]
+    latest = store.catalog.published_versions()["tiny"]
     settings = make_settings(store.root)
     app = create_app(settings, store=store, poll=False)
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -199,7 +199,9 @@ def test_potential_damaged_while_serving_is_found_and_served_around(base, tmp_pa
         status = client.get("/models/tiny").json()
         assert f"potential v{latest} is damaged" in status["problem"]
         assert status["job"]["status"] == "queued"  # the repair
-        assert store.published_versions()["tiny"] == latest - 1  # withdrawn for every process
+        assert (
+            store.catalog.published_versions()["tiny"] == latest - 1
+        )  # withdrawn for every process
         Worker(store, settings).run(idle_exit=True)
         time.sleep(settings.poll_interval)
         r = client.get("/sample", params={"n": 4})
@@ -227,11 +229,11 @@ def test_changed_but_sound_potential_file_is_kept(base, tmp_path):
 def test_repair_refit_publishes_without_beating_the_fallback(base, tmp_path):
     store = copy_store(fitted_template(base), tmp_path / "store")
     fitted = store.potential("tiny")
-    job = store.enqueue_fit("tiny", store.jobs("tiny")[0].config)
-    claimed = store.claim("w:1", 60.0)
+    job = store.enqueue_fit("tiny", store.queue.jobs("tiny")[0].config)
+    claimed = store.queue.claim("w:1", 60.0)
     assert claimed.id == job.id
     copy = store.publish(claimed, fitted, 1)  # the same heights again: the same accuracy
-    store.finish(claimed, "w:1", "done", "target")
+    store.queue.finish(claimed.id, "w:1", "done", "target")
     _potential_file(store, copy).write_bytes(b"torn")
     settings = make_settings(store.root)
     app = create_app(settings, store=store, poll=False)
@@ -244,7 +246,7 @@ def test_repair_refit_publishes_without_beating_the_fallback(base, tmp_path):
         r = client.get("/sample", params={"n": 4})
         assert int(r.headers["x-potential-version"]) == copy + 1
         assert client.get("/models/tiny").json()["problem"] is None
-    assert store.potential_record("tiny").accuracy.l1 == fitted.accuracy.l1
+    assert store.catalog.potential("tiny").accuracy.l1 == fitted.accuracy.l1
 
 
 # Read-only mode clears by itself when the store takes writes again (no restart).

@@ -17,10 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.catalog import _alive
-from service.process import WorkerProcess
+from service.jobs import _alive
 from service.store import FIT_ATTEMPTS, ModelStore
 from service.worker import Worker, job_config
+from service.worker_process import WorkerProcess
 from solver import Potential, PotentialConfig, load_state, make_problem
 from tests.service_helpers import (
     ROOT,
@@ -50,7 +50,7 @@ def _store_with_model(tmp_path, **overrides):
 
 
 def _checkpointed(store, at_least=2):
-    job = store.job(1)
+    job = store.queue.job(1)
     return job.checkpoint_iteration is not None and job.checkpoint_iteration >= at_least
 
 
@@ -72,7 +72,7 @@ def test_case1_killed_worker_is_restarted_reported_and_resumes(tmp_path):
         assert not _alive(first)  # reaped: no zombie left behind
 
         def resumed():
-            job = store.job(1)
+            job = store.queue.job(1)
             return job.status == "running" and job.resumed_from is not None
 
         assert wait_for(resumed, timeout=30)
@@ -86,7 +86,7 @@ def test_case1_killed_worker_is_restarted_reported_and_resumes(tmp_path):
 
 _STAND_IN = """
 import time
-from service.process import WorkerProcess
+from service.worker_process import WorkerProcess
 from service.settings import Settings
 WorkerProcess(Settings()).start()
 time.sleep(600)
@@ -100,7 +100,7 @@ def test_case2_worker_never_outlives_its_server(tmp_path):
     server = subprocess.Popen([sys.executable, "-c", _STAND_IN], env=env_for(settings), cwd=ROOT)
     try:
         assert wait_for(lambda: _checkpointed(store), timeout=60)
-        worker_pid = int(store.job(1).worker.rsplit(":", 1)[1])
+        worker_pid = int(store.queue.job(1).worker.rsplit(":", 1)[1])
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=10)
         assert wait_for(lambda: not _alive(worker_pid), timeout=5)
@@ -110,7 +110,7 @@ def test_case2_worker_never_outlives_its_server(tmp_path):
             server.wait()
     # The orphan checkpointed and handed the job back, or died holding a lease of a dead pid:
     # either way a new worker takes it now, not after stale_seconds.
-    job = store.claim("new-host:1", stale_seconds=3600)
+    job = store.queue.claim("new-host:1", stale_seconds=3600)
     assert job is not None and job.id == 1
     mark = store.checkpoint_path(job).stat().st_mtime_ns
     time.sleep(0.5)
@@ -121,32 +121,32 @@ def test_case2_worker_never_outlives_its_server(tmp_path):
 def test_case2_lease_taken_over_is_never_shared(tmp_path):
     settings, store = _store_with_model(tmp_path)
     old = Worker(store, settings)
-    job = store.claim(old.id, 30.0)
-    assert store.claim("other:1", stale_seconds=-1.0).id == job.id  # lease expired
+    job = store.queue.claim(old.id, 30.0)
+    assert store.queue.claim("other:1", stale_seconds=-1.0).id == job.id  # lease expired
     old.run_job(job)
     assert not store.checkpoint_path(job).exists()
-    now = store.job(job.id)
+    now = store.queue.job(job.id)
     assert now.status == "running" and now.worker == "other:1"
-    assert store.potential_record("tiny") is None
+    assert store.catalog.potential("tiny") is None
 
 
 # Case 9: a job cancelled by a refit cannot publish afterwards.
 def test_case9_cancelled_job_never_publishes(tmp_path):
     settings, store = _store_with_model(tmp_path)
-    job = store.claim("w:1", 30.0)
+    job = store.queue.claim("w:1", 30.0)
     problem = make_problem(store.load_bundle("tiny").latents)
     config = PotentialConfig(samples_per_cell=8)
     potential = Potential.build(problem, np.zeros(problem.n_targets), seed=0, config=config)
     store.enqueue_fit("tiny", job_config(settings), replace=True)
     assert store.publish(job, potential, 7) is None
-    assert store.published_versions() == {"tiny": 0}
+    assert store.catalog.published_versions() == {"tiny": 0}
 
 
 # Case 6: a truncated or garbage checkpoint falls back to the previous one, and says so.
 def test_case6_damaged_checkpoint_falls_back_to_the_previous(tmp_path):
     settings, store = _store_with_model(tmp_path, fit_max_iter=6)
     worker = Worker(store, settings)
-    job = store.claim(worker.id, 30.0)
+    job = store.queue.claim(worker.id, 30.0)
     worker.run_job(job)
     path = store.checkpoint_path(job)
     previous = path.with_suffix(".prev.npz")
@@ -155,10 +155,10 @@ def test_case6_damaged_checkpoint_falls_back_to_the_previous(tmp_path):
     path.write_bytes(path.read_bytes()[:200])  # truncated
     state = store.load_checkpoint(job)
     assert state is not None and state.iteration == older
-    assert "resumed from the previous one" in store.job(job.id).reason
+    assert "resumed from the previous one" in store.queue.job(job.id).reason
     previous.write_bytes(b"not a checkpoint" * 8)  # garbage
     assert store.load_checkpoint(job) is None
-    assert "restarted from iteration 0" in store.job(job.id).reason
+    assert "restarted from iteration 0" in store.queue.job(job.id).reason
 
 
 # Case 6: a failed fit is queued again (a bounded number of times), not left failed for good.
@@ -166,9 +166,9 @@ def test_case6_failed_fit_is_retried(tmp_path):
     settings, store = _store_with_model(tmp_path)
     retried = []
     for _ in range(FIT_ATTEMPTS):
-        job = store.claim("w:1", 30.0)
+        job = store.queue.claim("w:1", 30.0)
         assert job is not None
-        store.finish(job, "w:1", "failed", "error", "boom")
+        store.queue.finish(job.id, "w:1", "failed", "error", "boom")
         retried.append(len(store.ensure_fit_jobs(job_config(settings))))
     assert retried == [1] * (FIT_ATTEMPTS - 1) + [0]
 
@@ -186,16 +186,16 @@ def test_heartbeat_outlives_a_step_longer_than_the_lease(tmp_path):
         [sys.executable, "-m", "service.worker"], env=env_for(settings), cwd=ROOT
     )
     try:
-        assert wait_for(lambda: store.job(1).status == "running", timeout=60)
+        assert wait_for(lambda: store.queue.job(1).status == "running", timeout=60)
         steps, taken = [], []
-        last = (store.job(1).iteration, time.monotonic())
+        last = (store.queue.job(1).iteration, time.monotonic())
         deadline = time.monotonic() + 90
         while len(steps) < 3 and time.monotonic() < deadline:
-            intruder = store.claim("intruder:1", stale_seconds=settings.stale_seconds)
+            intruder = store.queue.claim("intruder:1", stale_seconds=settings.stale_seconds)
             if intruder is not None:
                 taken.append(intruder.iteration)
                 break
-            job = store.job(1)
+            job = store.queue.job(1)
             assert job.status == "running"
             if job.iteration != last[0]:
                 steps.append(time.monotonic() - last[1])
@@ -219,14 +219,14 @@ def test_full_disk_makes_the_worker_wait_not_restart(tmp_path):
         try:
             assert wait_for(lambda: _checkpointed(store), timeout=60)
             fill_disk(fs)
-            assert wait_for(lambda: store.job(1).status == "queued", timeout=30)
-            assert "disk is full" in store.job(1).reason
+            assert wait_for(lambda: store.queue.job(1).status == "queued", timeout=30)
+            assert "disk is full" in store.queue.job(1).reason
             time.sleep(4)  # several rounds of waiting
             assert supervisor.state.status == "running" and supervisor.state.restarts == 0
             (fs / "filler").unlink()
 
             def resumed():
-                job = store.job(1)
+                job = store.queue.job(1)
                 return job.status == "running" and job.resumed_from is not None
 
             assert wait_for(resumed, timeout=60)
@@ -257,7 +257,7 @@ def test_worker_tidies_staging_checkpoints_and_job_history(tmp_path):
     for _ in range(5):
         store.enqueue_fit("tiny", job_config(settings), replace=True)
         worker.run(idle_exit=True)
-    jobs = store.jobs("tiny")
+    jobs = store.queue.jobs("tiny")
     assert [j.id for j in jobs] == [6, 5, 4] and {j.status for j in jobs} == {"done"}
     files = sorted(p.name for p in (store.model_dir("tiny") / "jobs").iterdir())
     assert files == ["6.npz", "6.prev.npz"]

@@ -187,7 +187,7 @@ def test_refit_takes_a_method_and_a_singular_rule(client, store, tmp_path):
     body = {"replace": True, "method": "exact", "singular_rule": "clusters"}
     r = client.post("/models/flat2/fit", json=body, headers=key)
     assert r.status_code == 202
-    config = store.job(r.json()["id"]).config
+    config = store.queue.job(r.json()["id"]).config
     assert config.fit.method == "exact" and config.potential.rule == ClusterShare()
     # Exact geometry needs d = 2 or 3; an unreadable rule names the accepted forms.
     bad = client.post("/models/deep4/fit", json=body, headers=key)

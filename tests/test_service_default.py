@@ -39,7 +39,7 @@ def test_serve_with_no_model_trains_fits_and_serves_digits(tmp_path):
     assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size[0] >= 4 * 32
     print(f"ready after {seconds_to_ready:.0f} s")
     # Server shutdown sent SIGTERM to its worker: the fit checkpointed and was handed back.
-    job = ModelStore(settings.store).active_job("digits")
+    job = ModelStore(settings.store).queue.latest("digits")
     assert job.status in ("queued", "done")
     if job.status == "queued":
         assert job.reason == "worker stopped" and job.checkpoint_iteration == job.iteration

@@ -50,7 +50,7 @@ def test_version_pins_a_published_potential(tiny):
     # Publish a different potential (shifted heights) as the next version.
     pot = store.potential("tiny")
     store.enqueue_fit("tiny", job_config(make_settings(store.root)))
-    job = store.claim("test-worker", stale_seconds=60.0)  # only a running job may publish
+    job = store.queue.claim("test-worker", stale_seconds=60.0)  # only a running job may publish
     problem = make_problem(pot.targets)
     shifted = pot.heights + np.random.default_rng(0).normal(0, 0.5, pot.heights.shape)
     other = Potential.build(problem, shifted, seed=0, accuracy=pot.accuracy)

@@ -76,5 +76,5 @@ def test_a_queued_job_keeps_its_config_when_the_settings_change(tmp_path):
     store = ModelStore(settings.store)
     store.register("tiny", write_bundle(tmp_path / "b", n=20, d=2), fit=job_config(settings))
     changed = make_settings(tmp_path / "store", singular_rule="auto", map_samples_per_cell=64)
-    (job,) = ModelStore(changed.store).jobs("tiny")
+    (job,) = ModelStore(changed.store).queue.jobs("tiny")
     assert job.config == job_config(settings) != job_config(changed)

@@ -141,7 +141,7 @@ def test_empty_store_schedules_the_default_training_once(tmp_path):
     worker = Worker(store, settings)
     worker.schedule()
     worker.schedule()
-    jobs = store.jobs()
+    jobs = store.queue.jobs()
     assert [(j.kind, j.model, j.status) for j in jobs] == [("train", "digits", "queued")]
 
 

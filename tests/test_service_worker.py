@@ -43,12 +43,12 @@ def _start_worker(settings):
 def test_worker_fits_publishes_and_reports_progress(tmp_path):
     settings, store = _store_with_model(tmp_path)
     assert Worker(store, settings).run(idle_exit=True) == 1
-    (job,) = store.jobs("tiny")
+    (job,) = store.queue.jobs("tiny")
     assert job.status == "done" and job.reason == "target"
     assert job.accuracy.l1 <= settings.target_l1 and job.accuracy.empty_cells == 0
     assert job.checkpoint_iteration is not None and job.elapsed > 0
     potential = store.potential("tiny")
-    record = store.potential_record("tiny")
+    record = store.catalog.potential("tiny")
     assert record.version >= 1 and record.accuracy.l1 <= 0.2
     assert potential.accuracy == record.accuracy
     assert potential.heights.shape == (200,) and potential.singular_set.n_pairs > 0
@@ -68,7 +68,7 @@ def test_sigkill_mid_fit_then_resume_continues_exactly(tmp_path):
     try:
 
         def checkpointed():
-            job = store.job(1)
+            job = store.queue.job(1)
             return job.checkpoint_iteration is not None and job.checkpoint_iteration >= 4
 
         assert wait_for(checkpointed, timeout=60)
@@ -78,17 +78,17 @@ def test_sigkill_mid_fit_then_resume_continues_exactly(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    killed = store.job(1)
+    killed = store.queue.job(1)
     assert killed.status == "running"  # the dead worker could not say anything
     saved = store.load_checkpoint(killed).iteration
     assert saved >= 4
     restarted = _start_worker(settings)
     try:
-        assert wait_for(lambda: store.job(1).status == "done", timeout=120)
+        assert wait_for(lambda: store.queue.job(1).status == "done", timeout=120)
     finally:
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(timeout=30)
-    job = store.job(1)
+    job = store.queue.job(1)
     assert job.resumed_from == saved and job.reason == "target"
     direct = _uninterrupted(store, settings)
     np.testing.assert_array_equal(store.load_checkpoint(job).heights, direct.state.heights)
@@ -102,14 +102,14 @@ def test_sigterm_checkpoints_and_hands_the_job_back(tmp_path):
     settings, store = _store_with_model(tmp_path, n=300, d=4, target_l1=0.02, checkpoint_every=50)
     proc = _start_worker(settings)
     try:
-        assert wait_for(lambda: store.job(1).iteration >= 5, timeout=60)
+        assert wait_for(lambda: store.queue.job(1).iteration >= 5, timeout=60)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    job = store.job(1)
+    job = store.queue.job(1)
     assert job.status == "queued" and job.reason == "worker stopped"
     state = store.load_checkpoint(job)
     assert state is not None and state.iteration >= job.iteration >= 5
@@ -119,10 +119,10 @@ def test_sigterm_checkpoints_and_hands_the_job_back(tmp_path):
 def test_cancelled_job_stops_the_fit(tmp_path, kind):
     settings, store = _store_with_model(tmp_path, n=300, d=4, target_l1=0.02)
     worker = Worker(store, settings)
-    job = store.claim(worker.id, 30.0)
+    job = store.queue.claim(worker.id, 30.0)
     calls = []
 
-    original = store.heartbeat
+    original = store.queue.heartbeat
 
     def heartbeat(*args, **kwargs):
         calls.append(1)
@@ -133,9 +133,9 @@ def test_cancelled_job_stops_the_fit(tmp_path, kind):
                 store.enqueue_fit("tiny", job_config(settings, target_l1=0.5), replace=True)
         return original(*args, **kwargs)
 
-    store.heartbeat = heartbeat
+    store.queue.heartbeat = heartbeat  # the queue the worker's lease writes to
     worker.run_job(job)
-    assert store.job(job.id).status == "cancelled"
+    assert store.queue.job(job.id).status == "cancelled"
     assert len(calls) == 3  # the fit stopped at the first heartbeat after cancellation
 
 
@@ -150,6 +150,6 @@ def test_cli_fit_runs_the_fit_in_the_foreground_and_publishes(tmp_path, monkeypa
     args = ["fit", "tiny", "--store", str(settings.store), "--target-l1", "0.1"]
     run = CliRunner().invoke(cli_app, args)
     assert run.exit_code == 0, run.output
-    potential = store.potential_record("tiny")
+    potential = store.catalog.potential("tiny")
     assert f"done (target); published version {potential.version}" in run.output
     assert potential.version >= 1 and potential.accuracy.l1 <= 0.1

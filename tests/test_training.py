@@ -146,7 +146,7 @@ def test_training_resumes_from_its_checkpoint_and_keeps_labels(tmp_path):
 
     assert train_into_store(store, "shapes", plan, fit=None, callback=stop_after_first) is None
     assert checkpoint_path(store, "shapes", plan).is_file()
-    assert store.models() == []
+    assert store.catalog.models() == []
     record = train_into_store(
         store, "shapes", plan, fit=None, callback=lambda r, p: epochs.append(p.epoch)
     )
@@ -258,7 +258,7 @@ def test_api_train_job_runs_in_the_worker_with_progress(tmp_path):
             refused = client.post("/models/u/train", json={"dataset": bad}, headers=KEY)
             assert refused.status_code == 422 and "relative to the data root" in refused.text
         Worker(store, settings).run(idle_exit=True)  # trains, registers, then fits
-        jobs = {j.kind: j for j in store.jobs("t")}
+        jobs = {j.kind: j for j in store.queue.jobs("t")}
         assert jobs["train"].status == "done" and jobs["fit"].status == "done"
         plan = jobs["train"].train_plan
         assert plan is not None and plan.decoder_schedule == "cosine"
@@ -291,7 +291,7 @@ def test_delete_while_training_cancels_it_with_202(tmp_path):
     body = {"dataset": "tiny-idx", "epochs": 3, "decoder_epochs": 1, "latent_dim": 2}
     with TestClient(create_app(settings, store=store, poll=False)) as client:
         assert client.post("/models/t/train", json=body, headers=KEY).status_code == 202
-        job = store.claim("w:1", 30.0)  # a worker runs it
+        job = store.queue.claim("w:1", 30.0)  # a worker runs it
         assert job is not None and job.kind == "train"
         deleted = client.delete("/models/t", headers=KEY)
         assert deleted.status_code == 202, deleted.text
@@ -300,7 +300,7 @@ def test_delete_while_training_cancels_it_with_202(tmp_path):
         # The worker finds out at its first epoch: it stops, registers nothing and removes
         # the epoch checkpoint it wrote.
         assert run_train_job(store, job, "w:1", threading.Event()) == ("cancelled", "cancelled")
-        assert store.models() == [] and list((store.root / "training").iterdir()) == []
+        assert store.catalog.models() == [] and list((store.root / "training").iterdir()) == []
         assert client.get("/models/t").status_code == 404
         assert client.delete("/models/t", headers=KEY).status_code == 404
         assert client.post("/models/t/train", json=body, headers=KEY).status_code == 202
@@ -314,4 +314,4 @@ def test_training_cancelled_as_it_ends_never_registers(tmp_path):
     bundle = write_bundle(tmp_path / "bundle", n=30, d=2)
     with pytest.raises(TrainingCancelled):
         store.register("t", bundle, job_id=job.id)
-    assert store.models() == [] and not store.model_dir("t").exists()
+    assert store.catalog.models() == [] and not store.model_dir("t").exists()

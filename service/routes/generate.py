@@ -37,7 +37,7 @@ from service.schemas import (
     SingularitiesQuery,
     SingularitiesResponse,
 )
-from service.serving import Served
+from service.serving_index import Served
 
 router = APIRouter(dependencies=[ReadAccess], tags=["generate"], route_class=JSONRoute)
 # Its own router, so Swagger lists each autoencoder route once (a route's tags add to its

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.catalog import ACTIVE
 from service.deps import MetricsDep, ServingDep, SettingsDep, StoreDep, WorkerDep
 from service.errors import redact
-from service.process import WorkerState
+from service.jobs import ACTIVE
 from service.schemas import HealthResponse, ReadyResponse, StoreOut
-from service.serving import CATALOGUE_ERRORS, ServingIndex
+from service.serving_index import CATALOGUE_ERRORS, ServingIndex
 from service.store import ModelStore
+from service.worker_process import WorkerState
 
 router = APIRouter(tags=["system"])
 
@@ -97,14 +97,16 @@ def _reason(
         )
     try:
         if name is None:
-            training = [j for j in store.jobs(limit=20) if j.kind == "train" and j.status in ACTIVE]
+            training = [
+                j for j in store.queue.jobs(limit=20) if j.kind == "train" and j.status in ACTIVE
+            ]
             parts.append(
                 f"no model registered yet; the default model is training (job {training[0].id})"
                 if training
                 else "no model registered yet; upload one (POST /models)"
             )
         elif version is None and problem is None:
-            job = store.active_job(name)
+            job = store.queue.latest(name)
             what = f"fit job {job.id} {job.status}" if job else "no fit job"
             parts.append(f"model {name!r} has no fitted potential yet ({what})")
     except CATALOGUE_ERRORS:

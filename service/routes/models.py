@@ -29,7 +29,7 @@ from service.schemas import (
     ModelStatus,
     TrainRequest,
 )
-from service.serving import CATALOGUE_ERRORS, ServingIndex
+from service.serving_index import CATALOGUE_ERRORS, ServingIndex
 from service.store import NAME_PATTERN, ModelStore
 from service.training import api_dataset, queue_training
 from solver import parse_rule, resolve_method
@@ -49,9 +49,9 @@ def _raw_status(name: str, store: ModelStore, serving: ServingIndex) -> ModelSta
     served = serving.served(name)
     try:
         model = store.model(name)
-        potential = store.potential_record(name)
+        potential = store.catalog.potential(name)
         accuracy = potential.accuracy if potential else None
-        job = store.active_job(name)
+        job = store.queue.latest(name)
         problem = serving.problem(name)
     except CATALOGUE_ERRORS as exc:
         known = {m.name: m for m in serving.models()}
@@ -98,8 +98,8 @@ def list_models(store: StoreDep, serving: ServingDep, worker: WorkerDep) -> Mode
     """
     serving.poll_if_due()
     try:
-        names = [m.name for m in store.models()]
-        active = [j for j in store.jobs(limit=50) if j.status in ("queued", "running")]
+        names = [m.name for m in store.catalog.models()]
+        active = [j for j in store.queue.jobs(limit=50) if j.status in ("queued", "running")]
     except CATALOGUE_ERRORS:
         names, active = [m.name for m in serving.models()], []
     body = ModelListResponse.model_validate(

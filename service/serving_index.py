@@ -311,7 +311,7 @@ class ServingIndex:
             self._refresh_lock.release()
 
     def _refresh(self) -> list[tuple[str, int]]:
-        models = self.store.models()
+        models = self.store.catalog.models()
         self._models = {m.name: m for m in models}
         self._catalogue_error = None
         published = {m.name: m.published_version for m in models}
@@ -355,7 +355,7 @@ class ServingIndex:
         try:
             Potential.load(served.path, backend=self._backend)
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-            if self.store.potential_record(served.name, served.version) is None:
+            if self.store.catalog.potential(served.name, served.version) is None:
                 return None  # deleted or replaced meanwhile, not damaged
             self._report_damage(served.name, served.version, f"{type(exc).__name__}: {exc}")
             return None
@@ -381,7 +381,7 @@ class ServingIndex:
                 self._problems[name] = str(exc)
                 return None
             except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-                if self.store.potential_record(name, version) is None:
+                if self.store.catalog.potential(name, version) is None:
                     return None  # deleted or replaced meanwhile, not damaged
                 self._report_damage(name, version, f"{type(exc).__name__}: {exc}")
                 continue
@@ -401,7 +401,7 @@ class ServingIndex:
             )
             return
         try:
-            self.store.retract(name, version, reason)
+            self.store.catalog.retract(name, version, reason)
             if self.on_damaged is not None:
                 self.on_damaged(name, version)
         except Exception:  # a full store cannot record it: keep serving what loads
@@ -413,7 +413,7 @@ class ServingIndex:
         if local is not None:
             return local
         try:
-            damage = self.store.damage(name)
+            damage = self.store.catalog.damage(name)
         except CATALOGUE_ERRORS:
             return None  # the catalogue's own problem is reported with the store's state
         if damage is None:
@@ -424,7 +424,7 @@ class ServingIndex:
         return f"potential v{version} is damaged ({reason}); {now}; a refit is queued"
 
     def _load(self, name: str, version: int) -> Served | None:
-        record = self.store.potential_record(name, version)
+        record = self.store.catalog.potential(name, version)
         if record is None:
             return None
         bundle = self._bundle(self.store.model(name), record.bundle_hash)

@@ -164,7 +164,7 @@ class WorkerProcess:
         log.error("worker process %d died (%s); restarting in %.1f s", proc.pid, how, backoff)
         reason = f"worker died ({how}); resumes from its checkpoint"
         try:
-            n = self.store.release_worker(f"{socket.gethostname()}:{proc.pid}", reason)
+            n = self.store.queue.release_worker(f"{socket.gethostname()}:{proc.pid}", reason)
         except Exception:  # the catalogue may be unreadable: the next worker reclaims anyway
             log.exception("could not hand the dead worker's jobs back")
             n = 0
