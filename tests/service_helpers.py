@@ -77,11 +77,14 @@ def make_settings(store: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def fit_store(root: Path, name: str = "tiny", n: int = 200, d: int = 4) -> ModelStore:
-    """A store with one registered model whose fit ran to the end in this process."""
+def fit_store(
+    root: Path, name: str = "tiny", n: int = 200, d: int = 4, **overrides: object
+) -> ModelStore:
+    """A store with one registered model whose fit ran to the end in this process
+    (``overrides``: settings of that fit, e.g. ``publish_interval``)."""
     store = ModelStore(root)
     store.register(name, write_bundle(root.parent / f"bundle-{name}", n=n, d=d))
-    Worker(store, make_settings(root)).run(idle_exit=True)
+    Worker(store, make_settings(root, **overrides)).run(idle_exit=True)
     return store
 
 
@@ -162,11 +165,15 @@ _TEMPLATES: dict[tuple[str, int, int], Path] = {}
 
 
 def fitted_template(base: Path, name: str = "tiny", n: int = 200, d: int = 4) -> Path:
-    """A fitted store made once per test session (callers copy it with :func:`copy_store`)."""
+    """A fitted store made once per test session (callers copy it with :func:`copy_store`).
+
+    Every check of its fit may publish (no publication interval), so the store holds the same
+    several versions on any machine, however fast its fit ran.
+    """
     key = (name, n, d)
     if key not in _TEMPLATES:
         root = base / f"template-{name}-{n}x{d}" / "store"
-        fit_store(root, name, n, d)
+        fit_store(root, name, n, d, publish_interval=0.0)
         _TEMPLATES[key] = root
     return _TEMPLATES[key]
 

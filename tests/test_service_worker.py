@@ -61,8 +61,11 @@ def test_worker_fits_publishes_and_reports_progress(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_mid_fit_then_resume_continues_exactly(tmp_path):
+    # Progress reaches the catalogue with the lease's heartbeat (at least once a second): the
+    # fit must outlast that beat after its fourth iteration, so it runs to L1 0.01 (28
+    # iterations, 3.2 s on an idle 2-vCPU box, most of them after the fourth).
     settings, store = _store_with_model(
-        tmp_path, target_l1=0.05, checkpoint_every=2, publish_interval=30.0
+        tmp_path, target_l1=0.01, checkpoint_every=2, publish_interval=30.0
     )
     proc = _start_worker(settings)
     try:
@@ -72,6 +75,7 @@ def test_sigkill_mid_fit_then_resume_continues_exactly(tmp_path):
             return job.checkpoint_iteration is not None and job.checkpoint_iteration >= 4
 
         assert wait_for(checkpointed, timeout=60)
+        assert store.queue.job(1).status == "running", "the fit ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -117,7 +121,9 @@ def test_sigterm_checkpoints_and_hands_the_job_back(tmp_path):
 
 @pytest.mark.parametrize("kind", ["delete", "replace"])
 def test_cancelled_job_stops_the_fit(tmp_path, kind):
-    settings, store = _store_with_model(tmp_path, n=300, d=4, target_l1=0.02)
+    # Heartbeats come from the lease's thread every stale_seconds / 4 (at most 1 s): a short
+    # lease makes the third one arrive well before the fit's end on any machine.
+    settings, store = _store_with_model(tmp_path, n=300, d=4, target_l1=0.02, stale_seconds=0.2)
     worker = Worker(store, settings)
     job = store.queue.claim(worker.id, 30.0)
     calls = []
