@@ -272,7 +272,10 @@ def test_stop_or_kill_mid_fit_and_a_new_container_resumes_from_the_checkpoint(
     record(figures, "docker_stop_mid_fit", seconds=seconds, exit_code=code)
     logs = server.logs()
     assert code == 0, logs[-3000:]
-    assert "checkpointing and stopping" in logs and f"job {job_id} queued (worker stopped)" in logs
+    assert "checkpointing and stopping" in logs
+    # Checkpointed at the iteration's end, or (an iteration longer than the worker's stop
+    # grace) handed back to resume from the last periodic checkpoint.
+    assert f"job {job_id} queued (worker stopped)" in logs or "handed back" in logs, logs[-3000:]
 
     resumed = run_server("resume", cpu_image, store=store)
     record(figures, "docker_cpu_ready", seconds=resumed.wait_ready(), store="kept")
