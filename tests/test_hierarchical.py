@@ -139,3 +139,28 @@ def test_fit_with_hierarchical_start_reaches_the_target_deterministically(rng):
 def test_negative_coarse_clusters_is_refused():
     with pytest.raises(ValueError, match="coarse_clusters"):
         NewtonConfig(coarse_clusters=-1)
+
+
+def test_the_clustering_stops_at_its_deadline_with_the_centres_drawn_so_far(rng):
+    points = rng.standard_normal((500, 4)).astype(np.float32)
+    past = -1.0  # any time.perf_counter() value is later
+    assert np.array_equal(hierarchical.kmeans(points, 10, seed=1, deadline=past), np.zeros(500))
+    seeded = hierarchical._kmeans_plus_plus(points, 10, np.random.default_rng(1), past)
+    assert seeded.shape == (1, 4)
+    # A deadline far away changes nothing.
+    np.testing.assert_array_equal(
+        hierarchical.kmeans(points, 10, seed=1, deadline=float("inf")),
+        hierarchical.kmeans(points, 10, seed=1),
+    )
+
+
+def test_a_start_past_the_deadline_is_still_a_start(rng):
+    problem = make_problem(rng.standard_normal((400, 5)))
+    h = hierarchical.start_heights(problem, FitConfig(), _fit_coarse, deadline=-1.0)
+    assert h is not None and h.shape == (400,) and np.isfinite(h).all()
+
+
+def test_a_budget_spent_in_the_start_ends_the_fit_with_heights(rng):
+    result = fit(make_problem(rng.standard_normal((400, 5))), FitConfig(time_budget=1e-9))
+    assert result.reason == "time_budget" and result.iterations == 0
+    assert np.isfinite(result.heights).all()

@@ -222,7 +222,8 @@ def _fit(
         # The lead computes the start (k-means needs every target) and shares it; the other
         # ranks join its coarse fit, if it has one.
         if estimator.lead and whole is not None:
-            start = hierarchical.start_heights(whole, config, fit_coarse)
+            deadline = None if config.time_budget is None else started + config.time_budget
+            start = hierarchical.start_heights(whole, config, fit_coarse, deadline=deadline)
         elif hierarchical.coarse_clusters(n, config):
             fit_coarse(None, None)
         start = estimator.broadcast(start)

@@ -23,6 +23,7 @@ samples): the start has L1 0.67 and 68 empty cells against the Voronoi start's 1
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -62,7 +63,11 @@ def coarse_clusters(n_targets: int, config: FitConfig) -> int:
 
 
 def start_heights(
-    problem: OTProblem, config: FitConfig, fit_coarse: FitCoarse
+    problem: OTProblem,
+    config: FitConfig,
+    fit_coarse: FitCoarse,
+    *,
+    deadline: float | None = None,
 ) -> np.ndarray | None:
     """The hierarchical start of a Monte Carlo fit (steps 1-3 of the module docstring).
 
@@ -73,6 +78,10 @@ def start_heights(
             needs no driver); it gets a Newton config without a hierarchical start of its own,
             a target of at least 0.1, its own iteration limit and a seed derived from the
             fit's (the time budget stays the fit's).
+        deadline: a ``time.perf_counter`` value (the fit's time budget) or ``None``. The
+            clustering checks it after every k-means++ centre and Lloyd iteration: past it,
+            the clusters found so far make the coarse problem, so a fit whose budget ends in
+            its start returns at once instead of finishing the clustering of N targets.
 
     Returns:
         h, shape ``(N,)``, float64, mean zero; ``None`` when K is 0 or too large for N.
@@ -83,7 +92,7 @@ def start_heights(
         return None
     targets = np.asarray(problem.targets, dtype=np.float32)  # the index's precision
     coarse_seed, region_seed = seeds(config.seed)
-    labels, mu, mass = coarse_problem(targets, problem.weights, k, coarse_seed)
+    labels, mu, mass = coarse_problem(targets, problem.weights, k, coarse_seed, deadline)
     coarse = OTProblem(
         targets=mu, weights=mass, source=problem.source, inverse=np.arange(mu.shape[0])
     )
@@ -109,19 +118,32 @@ def default_clusters(n_targets: int) -> int:
     return k if k >= 8 and n_targets >= 4 * k else 0
 
 
-def kmeans(points: np.ndarray, k: int, seed: int, *, iters: int = _KMEANS_ITERS) -> np.ndarray:
+def kmeans(
+    points: np.ndarray,
+    k: int,
+    seed: int,
+    *,
+    iters: int = _KMEANS_ITERS,
+    deadline: float | None = None,
+) -> np.ndarray:
     """Lloyd's k-means from a k-means++ start; each point's cluster label, shape ``(N,)``.
 
     k-means++ draws each new centre with probability proportional to the squared distance to
     the nearest centre so far (``seed`` drives the draws); an emptied cluster keeps its
-    centroid. Assignments are exact cell queries (backend ``"auto"``).
+    centroid. Assignments are exact cell queries (backend ``"auto"``). Past ``deadline`` (a
+    ``time.perf_counter`` value) the seeding stops with the centres drawn so far (at least
+    one) and the points get the labels of their nearest centre without further iterations.
     """
     x = np.asarray(points, dtype=np.float64)
-    centres = _kmeans_plus_plus(x, k, np.random.default_rng(seed))
+    centres = _kmeans_plus_plus(x, k, np.random.default_rng(seed), deadline)
+    k = centres.shape[0]
     labels = np.zeros(x.shape[0], dtype=np.int64)
+    x32 = x.astype(np.float32)
     for _ in range(iters):
         index = CellIndex(centres, -0.5 * np.square(centres).sum(axis=1))
-        new = index.assign(x.astype(np.float32))
+        new = index.assign(x32)
+        if _past(deadline):
+            return new
         counts = np.bincount(new, minlength=k)
         sums = np.zeros_like(centres)
         np.add.at(sums, new, x)
@@ -133,7 +155,13 @@ def kmeans(points: np.ndarray, k: int, seed: int, *, iters: int = _KMEANS_ITERS)
     return labels
 
 
-def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() >= deadline
+
+
+def _kmeans_plus_plus(
+    x: np.ndarray, k: int, rng: np.random.Generator, deadline: float | None = None
+) -> np.ndarray:
     # Squared distances from norms and one matrix-vector product per centre: an N x d
     # difference array per centre cost 0.5 GB and most of the start's time at N = 10^6, d = 64.
     norms = np.einsum("ij,ij->i", x, x)
@@ -149,6 +177,8 @@ def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
     centres[0] = x[first]
     nearest = squared_distance(first)
     for c in range(1, k):
+        if _past(deadline):
+            return centres[:c]
         total = nearest.sum()
         pick = rng.choice(x.shape[0], p=nearest / total) if total > 0 else rng.integers(x.shape[0])
         centres[c] = x[pick]
@@ -206,13 +236,18 @@ def hierarchical_heights(
 
 
 def coarse_problem(
-    targets: np.ndarray, weights: np.ndarray, k: int, seed: int
+    targets: np.ndarray,
+    weights: np.ndarray,
+    k: int,
+    seed: int,
+    deadline: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cluster the targets: labels ``(N,)``, centroids ``(K', d)`` and masses ``(K',)``.
 
-    Clusters that ended empty are dropped and the labels renumbered, so every centroid has mass.
+    Clusters that ended empty are dropped and the labels renumbered, so every centroid has mass
+    (fewer than ``k`` also when the clustering stopped at ``deadline``; see :func:`kmeans`).
     """
-    labels = kmeans(targets, k, derive_seed(seed, _KMEANS_STREAM))
+    labels = kmeans(targets, k, derive_seed(seed, _KMEANS_STREAM), deadline=deadline)
     used, labels = np.unique(labels, return_inverse=True)
     mass = np.bincount(labels, weights=weights, minlength=used.size)
     mu = np.zeros((used.size, targets.shape[1]))
