@@ -21,13 +21,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from solver import AccuracyReport
 
+R = TypeVar("R")
 CATALOG_FILE = "catalog.sqlite3"
 # SQLite's files beside the database: the rollback journal of a write in progress, and the WAL
 # files an older release (or another tool) may have left.
@@ -334,13 +335,6 @@ class Catalog:
         finally:
             con.close()
 
-    def set_meta(self, key: str, value: dict[str, Any]) -> None:
-        """Store a JSON record under ``key`` in the catalogue's own ``meta`` table."""
-        with self.write() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
-            )
-
     def get_meta(self, key: str) -> dict[str, Any] | None:
         """The record stored under ``key``, or ``None`` (also for a read-only older catalogue)."""
         with self.read() as con:
@@ -416,13 +410,13 @@ class Catalog:
         """Return the model called ``name``, or ``None``."""
         with self.read() as con:
             row = con.execute("SELECT * FROM models WHERE name = ?", (name,)).fetchone()
-        return _model(row) if row else None
+        return row_record(ModelRecord, row) if row else None
 
     def models(self) -> list[ModelRecord]:
         """All models, oldest first."""
         with self.read() as con:
             rows = con.execute("SELECT * FROM models ORDER BY created, name").fetchall()
-        return [_model(r) for r in rows]
+        return [row_record(ModelRecord, r) for r in rows]
 
     # Potentials -------------------------------------------------------------------------
     def publish(
@@ -488,7 +482,9 @@ class Catalog:
                 row = con.execute(
                     "SELECT * FROM potentials WHERE model = ? AND version = ?", (model, version)
                 ).fetchone()
-        return _potential(row) if row else None
+        if row is None:
+            return None
+        return row_record(PotentialRecord, row, accuracy=load_accuracy(row["accuracy"]))
 
     def retract(self, model: str, version: int, reason: str) -> int | None:
         """Withdraw a damaged version: the model's current becomes its newest older good one.
@@ -668,25 +664,7 @@ def load_accuracy(text: str | None) -> AccuracyReport | None:
     return AccuracyReport(**json.loads(text)) if text else None
 
 
-def _model(row: sqlite3.Row) -> ModelRecord:
-    return ModelRecord(
-        name=row["name"],
-        bundle_hash=row["bundle_hash"],
-        n_latents=int(row["n_latents"]),
-        dim=int(row["dim"]),
-        created=float(row["created"]),
-        published_version=int(row["published_version"]),
-    )
-
-
-def _potential(row: sqlite3.Row) -> PotentialRecord:
-    return PotentialRecord(
-        model=row["model"],
-        version=int(row["version"]),
-        path=row["path"],
-        bundle_hash=row["bundle_hash"],
-        job_id=row["job_id"],
-        iteration=int(row["iteration"]),
-        accuracy=load_accuracy(row["accuracy"]),
-        created=float(row["created"]),
-    )
+def row_record(cls: type[R], row: sqlite3.Row, **decoded: Any) -> R:
+    """The dataclass ``cls`` of a row: the columns its fields name, ``decoded`` ones replaced."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{**{k: row[k] for k in row.keys() if k in names}, **decoded})

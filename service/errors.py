@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -181,17 +182,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unknown(request: Request, exc: UnknownModel) -> JSONResponse:
         return _error(404, f"unknown model {exc.args[0]!r}{_known_models(request)}")
 
-    @app.exception_handler(UnknownVersion)
-    async def _unknown_version(request: Request, exc: UnknownVersion) -> JSONResponse:
-        return _error(404, public(request, exc))
+    def answer(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+        async def handler(request: Request, exc: Exception) -> JSONResponse:
+            return _error(status, public(request, exc))
 
-    @app.exception_handler(ModelExists)
-    async def _exists(request: Request, exc: ModelExists) -> JSONResponse:
-        return _error(409, public(request, exc))
+        return handler
 
-    @app.exception_handler(Conflict)
-    async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
-        return _error(409, public(request, exc))
+    # The message as it is (store path redacted); a subclass's entry wins over its base's.
+    plain = {UnknownVersion: 404, ModelExists: 409, Conflict: 409, StoreError: 422}
+    for kind, status in plain.items():
+        app.add_exception_handler(kind, answer(status))
 
     @app.exception_handler(NotReady)
     async def _not_ready(request: Request, exc: NotReady) -> JSONResponse:
@@ -199,11 +199,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(503, public(request, exc), {"Retry-After": retry})
 
     @app.exception_handler(AuthError)
-    async def _auth(_: Request, exc: AuthError) -> JSONResponse:
-        return auth_response(exc)
-
     @app.exception_handler(Throttled)
-    async def _throttled(_: Request, exc: Throttled) -> JSONResponse:
+    async def _auth(_: Request, exc: AuthError | Throttled) -> JSONResponse:
         return auth_response(exc)
 
     @app.exception_handler(CatalogueDamaged)
@@ -233,10 +230,6 @@ def install_error_handlers(app: FastAPI) -> None:
         if len(errors) > _MAX_PROBLEMS:
             parts.append(f"and {len(errors) - _MAX_PROBLEMS} more problems")
         return _error(422, "; ".join(parts) or "invalid request")
-
-    @app.exception_handler(StoreError)
-    async def _store(request: Request, exc: StoreError) -> JSONResponse:
-        return _error(422, public(request, exc))
 
     @app.exception_handler(OSError)
     @app.exception_handler(sqlite3.OperationalError)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from models import TrainPlan
-from service.catalog import Catalog, dump_accuracy, load_accuracy
+from service.catalog import Catalog, dump_accuracy, load_accuracy, row_record
 from service.job_config import JobConfig
 from solver import AccuracyReport
 
@@ -360,31 +360,12 @@ def _zombie(pid: int) -> bool:
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
-        id=int(row["id"]),
-        model=row["model"],
-        kind=row["kind"],
-        status=row["status"],
+    plan, progress = row["train_plan"], row["train_progress"]
+    return row_record(
+        JobRecord,
+        row,
         config=JobConfig.from_json(row["config"]),
-        bundle_hash=row["bundle_hash"],
-        created=row["created"],
-        started=row["started"],
-        updated=row["updated"],
-        finished=row["finished"],
-        worker=row["worker"],
-        iteration=int(row["iteration"]),
-        elapsed=float(row["elapsed"]),
-        train_l1=row["train_l1"],
         accuracy=load_accuracy(row["accuracy"]),
-        eta=row["eta"],
-        checkpoint_iteration=row["checkpoint_iteration"],
-        resumed_from=row["resumed_from"],
-        reason=row["reason"],
-        error=row["error"],
-        train_plan=(
-            TrainPlan.from_dict(json.loads(row["train_plan"])) if row["train_plan"] else None
-        ),
-        train_progress=(
-            TrainProgress(**json.loads(row["train_progress"])) if row["train_progress"] else None
-        ),
+        train_plan=TrainPlan.from_dict(json.loads(plan)) if plan else None,
+        train_progress=TrainProgress(**json.loads(progress)) if progress else None,
     )
