@@ -4,29 +4,22 @@
 catalogue; ``Worker`` fits OT maps in the background; ``AEOTClient`` talks to a server.
 """
 
+import importlib
+
 __all__ = ["AEOTClient", "AsyncAEOTClient", "ModelStore", "Settings", "Worker", "create_app"]
+
+# Lazy: `import service` must not pull FastAPI, torch models and the solver in at once.
+_MODULES = {
+    "create_app": "app",
+    "AEOTClient": "client",
+    "AsyncAEOTClient": "client",
+    "ModelStore": "store",
+    "Settings": "settings",
+    "Worker": "worker",
+}
 
 
 def __getattr__(name: str) -> object:
-    # Lazy: `import service` must not pull FastAPI, torch models and the solver in at once.
-    if name == "create_app":
-        from service.app import create_app
-
-        return create_app
-    if name in ("AEOTClient", "AsyncAEOTClient"):
-        from service import client
-
-        return getattr(client, name)
-    if name == "ModelStore":
-        from service.store import ModelStore
-
-        return ModelStore
-    if name == "Settings":
-        from service.settings import Settings
-
-        return Settings
-    if name == "Worker":
-        from service.worker import Worker
-
-        return Worker
-    raise AttributeError(name)
+    if name not in _MODULES:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(f"service.{_MODULES[name]}"), name)

@@ -7,7 +7,8 @@ so tests build an app around a temporary store without touching globals.
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Security
 from fastapi.security import APIKeyHeader
@@ -21,28 +22,13 @@ from service.store import ModelStore
 from service.worker_process import WorkerProcess, WorkerState
 
 
-def get_settings(request: Request) -> Settings:
-    """Return the app's settings."""
-    settings: Settings = request.app.state.settings
-    return settings
+def _state(name: str) -> Callable[[Request], Any]:
+    """A dependency returning the app's collaborator ``name`` (``app.state.<name>``)."""
 
+    def get(request: Request) -> Any:
+        return getattr(request.app.state, name)
 
-def get_store(request: Request) -> ModelStore:
-    """Return the app's model store."""
-    store: ModelStore = request.app.state.store
-    return store
-
-
-def get_serving(request: Request) -> ServingIndex:
-    """Return the app's serving index."""
-    serving: ServingIndex = request.app.state.serving
-    return serving
-
-
-def get_metrics(request: Request) -> Metrics:
-    """Return the app's metrics."""
-    metrics: Metrics = request.app.state.metrics
-    return metrics
+    return get
 
 
 def get_worker_state(request: Request) -> WorkerState | None:
@@ -51,10 +37,10 @@ def get_worker_state(request: Request) -> WorkerState | None:
     return worker.state if worker is not None else None
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[ModelStore, Depends(get_store)]
-ServingDep = Annotated[ServingIndex, Depends(get_serving)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+SettingsDep = Annotated[Settings, Depends(_state("settings"))]
+StoreDep = Annotated[ModelStore, Depends(_state("store"))]
+ServingDep = Annotated[ServingIndex, Depends(_state("serving"))]
+MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
 WorkerDep = Annotated[WorkerState | None, Depends(get_worker_state)]
 # The OpenAPI security scheme of the key-protected routes: Swagger UI's "Authorize" sends it as
 # X-API-Key. It never fails by itself (auto_error=False): check_key answers 401/403 with a

@@ -245,6 +245,11 @@ class ModelStore:
             raise UnknownModel(name)
         return record
 
+    def check_free(self, name: str) -> None:
+        """Raise :class:`StoreError` for an invalid name, :class:`ModelExists` for a taken one."""
+        if self.catalog.model(check_name(name)) is not None:
+            raise ModelExists(f"model {name!r} already exists; delete it first")
+
     def load_bundle(self, name: str, device: str = "cpu") -> Bundle:
         """Load model ``name``'s bundle (decoder on ``device``)."""
         self.model(name)
@@ -277,9 +282,7 @@ class ModelStore:
             TrainingCancelled: ``job_id`` was cancelled meanwhile (nothing is registered).
 
         """
-        check_name(name)
-        if self.catalog.model(name) is not None:
-            raise ModelExists(f"model {name!r} already exists; delete it first")
+        self.check_free(name)
         try:
             max_parameters = (limits or self.limits).max_parameters
             bundle = load_bundle(source, max_parameters=max_parameters)

@@ -29,7 +29,7 @@ from service.catalog import ModelRecord
 from service.job_config import JobConfig
 from service.jobs import JobRecord, JobStatus, TrainProgress
 from service.lease import Lease
-from service.store import ModelExists, ModelStore, TrainingCancelled, check_name
+from service.store import ModelStore, TrainingCancelled, check_name
 
 log = logging.getLogger("aeot.training")
 
@@ -117,9 +117,7 @@ def queue_training(
         ModelExists: a model called ``name`` is registered (delete it first).
 
     """
-    check_name(name)
-    if any(m.name == name for m in store.catalog.models()):
-        raise ModelExists(f"model {name!r} already exists; delete it first")
+    store.check_free(name)
     return store.enqueue_train(name, seed=plan.seed, plan=plan, fit=fit)
 
 
@@ -155,9 +153,7 @@ def train_into_store(
         TrainingCancelled: ``job_id`` was cancelled (its name deleted) as training ended.
 
     """
-    check_name(name)
-    if any(m.name == name for m in store.catalog.models()):
-        raise ModelExists(f"model {name!r} already exists; delete it first")
+    store.check_free(name)
     data = load_plan_data(plan) if data is None else data
     _, config = plan.resolve(data.image_shape)
     epochs = config.max_joint_epochs + config.decoder_epochs

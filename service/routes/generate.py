@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from service import operations as ops
 from service.bodies import JSONRoute
-from service.deps import ReadAccess, ServingDep, SettingsDep, StoreDep, resolve_model
+from service.deps import ReadAccess, ServingDep, SettingsDep, resolve_model
 from service.errors import error_responses
 from service.images import crossing_gaps
 from service.schemas import (
@@ -86,21 +86,13 @@ def _answer(
     return JSONResponse(body().model_dump(), headers=headers)
 
 
-def _served(
-    name: str | None,
-    version: int | None,
-    settings: SettingsDep,
-    store: StoreDep,
-    serving: ServingDep,
-) -> Served:
+def _served(name: str | None, version: int | None, serving: ServingDep) -> Served:
     """The model (default one when unnamed) at the served or the pinned version."""
     return serving.get(resolve_model(name, serving), version)
 
 
-def _sample(
-    req: SampleRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
-) -> Response:
-    served = _served(req.model, req.version, settings, store, serving)
+def _sample(req: SampleRequest, settings: SettingsDep, serving: ServingDep) -> Response:
+    served = _served(req.model, req.version, serving)
     latents = ops.sample_latents(served, req, settings)
     return _answer(
         served,
@@ -123,28 +115,23 @@ def _sample(
 def sample_get(
     req: Annotated[SampleQuery, Query()],
     settings: SettingsDep,
-    store: StoreDep,
     serving: ServingDep,
 ) -> Response:
     """Draw ``n`` samples (query parameters); JSON latents, ``.npy`` bytes or a PNG grid.
 
     ``label=`` samples only the cells of that class; ``version=`` pins a published potential.
     """
-    return _sample(req, settings, store, serving)
+    return _sample(req, settings, serving)
 
 
 @router.post("/sample", response_model=SampleResponse, responses=_SAMPLE_POST)
-def sample_post(
-    req: SampleRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
-) -> Response:
+def sample_post(req: SampleRequest, settings: SettingsDep, serving: ServingDep) -> Response:
     """Draw ``n`` samples (JSON body); JSON latents, ``.npy`` bytes or a PNG grid."""
-    return _sample(req, settings, store, serving)
+    return _sample(req, settings, serving)
 
 
-def _interpolate(
-    req: InterpolateRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
-) -> Response:
-    served = _served(req.model, req.version, settings, store, serving)
+def _interpolate(req: InterpolateRequest, settings: SettingsDep, serving: ServingDep) -> Response:
+    served = _served(req.model, req.version, serving)
     path = ops.interpolate(served, req, settings)
     gaps = crossing_gaps([c.t for c in path.crossings], len(path.t))
     crossings = [
@@ -178,7 +165,6 @@ def _interpolate(
 def interpolate_get(
     req: Annotated[InterpolateQuery, Query()],
     settings: SettingsDep,
-    store: StoreDep,
     serving: ServingDep,
 ) -> Response:
     """Interpolate between source points, training codes or two cells of a class (``label``).
@@ -186,22 +172,21 @@ def interpolate_get(
     JSON: frames, cells and the singular crossings; PNG: the decoded strip with a red bar
     between the frames where the segment crosses a singular facet.
     """
-    return _interpolate(req, settings, store, serving)
+    return _interpolate(req, settings, serving)
 
 
 @router.post("/interpolate", response_model=InterpolateResponse, responses=_PNG_POST)
 def interpolate_post(
-    req: InterpolateRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
+    req: InterpolateRequest, settings: SettingsDep, serving: ServingDep
 ) -> Response:
     """Interpolate between source points or training codes (JSON body)."""
-    return _interpolate(req, settings, store, serving)
+    return _interpolate(req, settings, serving)
 
 
 @router.get("/singularities", response_model=SingularitiesResponse, responses=_PNG)
 def singularities(
     req: Annotated[SingularitiesQuery, Query()],
     settings: SettingsDep,
-    store: StoreDep,
     serving: ServingDep,
 ) -> Response:
     """Singular set summary: threshold and rule, counts, the most singular pairs.
@@ -209,7 +194,7 @@ def singularities(
     ``format=png``: the power diagram in 2D; in higher d the score histogram with the
     threshold and the most singular pairs as decoded image pairs.
     """
-    served = _served(req.model, req.version, settings, store, serving)
+    served = _served(req.model, req.version, serving)
     summary = ops.singularities(served, req, settings)
     return _answer(
         served, req.format, lambda: summary, png=lambda: ops.singularities_png(served, summary)
@@ -221,11 +206,9 @@ _IMAGES_POST = {**_media("application/x-npy", "image/png"), **_POST_ERRORS}
 
 
 @autoencoder.post("/encode", response_model=LatentsResponse, responses=_NPY_POST)
-def encode(
-    req: EncodeRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
-) -> Response:
+def encode(req: EncodeRequest, settings: SettingsDep, serving: ServingDep) -> Response:
     """Encode images (nested arrays or base64 PNGs) to latent codes; JSON or ``.npy``."""
-    served = _served(req.model, req.version, settings, store, serving)
+    served = _served(req.model, req.version, serving)
     latents = ops.encode(served, ops.input_images(served, req, settings))
     return _answer(
         served,
@@ -242,11 +225,9 @@ def _images(served: Served, images: np.ndarray) -> ImagesResponse:
 
 
 @autoencoder.post("/decode", response_model=ImagesResponse, responses=_IMAGES_POST)
-def decode(
-    req: DecodeRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
-) -> Response:
+def decode(req: DecodeRequest, settings: SettingsDep, serving: ServingDep) -> Response:
     """Decode latent codes to images; a PNG grid, JSON arrays or ``.npy``."""
-    served = _served(req.model, req.version, settings, store, serving)
+    served = _served(req.model, req.version, serving)
     images = ops.decode(served, req, settings)
     return _answer(
         served,
@@ -258,11 +239,9 @@ def decode(
 
 
 @autoencoder.post("/reconstruct", response_model=ImagesResponse, responses=_IMAGES_POST)
-def reconstruct(
-    req: ReconstructRequest, settings: SettingsDep, store: StoreDep, serving: ServingDep
-) -> Response:
+def reconstruct(req: ReconstructRequest, settings: SettingsDep, serving: ServingDep) -> Response:
     """Encode and decode images: PNG (originals above reconstructions), JSON or ``.npy``."""
-    served = _served(req.model, req.version, settings, store, serving)
+    served = _served(req.model, req.version, serving)
     images = ops.input_images(served, req, settings)
     out = served.bundle.decode(ops.encode(served, images))
     return _answer(

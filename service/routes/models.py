@@ -40,12 +40,10 @@ NamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="model name", e
 
 
 def _status(name: str, store: ModelStore, serving: ServingIndex) -> ModelStatus:
-    """The model's status; messages of damaged files name them inside ``<store>``."""
-    return redact_model(_raw_status(name, store, serving), store.root)
+    """A model's status from the catalogue, or from what is loaded while it cannot be read.
 
-
-def _raw_status(name: str, store: ModelStore, serving: ServingIndex) -> ModelStatus:
-    """A model's status from the catalogue, or from what is loaded while it cannot be read."""
+    Messages of damaged files name them inside ``<store>``.
+    """
     served = serving.served(name)
     try:
         model = store.model(name)
@@ -58,7 +56,8 @@ def _raw_status(name: str, store: ModelStore, serving: ServingIndex) -> ModelSta
         if name not in known:
             raise
         model, accuracy, job = known[name], served.accuracy if served else None, None
-        problem = serving.problem(name) or f"{_unreadable(store, exc)}; fit progress unknown"
+        unreadable = store.catalogue_problem or f"the catalogue cannot be read ({exc})"
+        problem = serving.problem(name) or f"{unreadable}; fit progress unknown"
     version = serving.versions().get(name)
     status = {
         **vars(model),
@@ -77,11 +76,7 @@ def _raw_status(name: str, store: ModelStore, serving: ServingIndex) -> ModelSta
             class_names=None if names is None else [names[c] for c in served.classes],
             image_shape=list(served.bundle.config.image_shape),
         )
-    return ModelStatus.model_validate(status)
-
-
-def _unreadable(store: ModelStore, exc: Exception) -> str:
-    return store.catalogue_problem or f"the catalogue cannot be read ({exc})"
+    return redact_model(ModelStatus.model_validate(status), store.root)
 
 
 @router.get(
