@@ -115,11 +115,20 @@ def settings_options(fn: F) -> F:
                 overrides[n] = value
         return fn(overrides=overrides, **kwargs)
 
-    wrapper.__signature__ = own.replace(  # type: ignore[attr-defined]
-        parameters=[*(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params), *extra]
-    )
+    return _with_parameters(wrapper, own, params, extra)
+
+
+def _with_parameters(
+    wrapper: Callable[..., Any],
+    own: inspect.Signature,
+    params: list[inspect.Parameter],
+    extra: list[inspect.Parameter],
+) -> Any:
+    """``wrapper`` as typer sees it: the command's own ``params`` (keyword-only), then ``extra``."""
+    keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+    wrapper.__signature__ = own.replace(parameters=[*keyword, *extra])  # type: ignore[attr-defined]
     wrapper.__annotations__ = {}  # typer reads the types from the signature above
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _given(value: Any) -> Any:
@@ -205,10 +214,6 @@ def run_options(*, api: bool = False, panel: str | None = None) -> Callable[[F],
                 kwargs[key] = cls(**{o.name: _read(o, kwargs.pop(o.name)) for o in chosen[key]})
             return fn(**kwargs)
 
-        wrapper.__signature__ = own.replace(  # type: ignore[attr-defined]
-            parameters=[*(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params), *extra]
-        )
-        wrapper.__annotations__ = {}  # typer reads the types from the signature above
-        return wrapper  # type: ignore[return-value]
+        return _with_parameters(wrapper, own, params, extra)
 
     return decorate

@@ -61,9 +61,7 @@ def to_pil(images: np.ndarray, cols: int | None = None, pad: int = _PAD) -> Imag
 
 def to_png(images: np.ndarray, cols: int | None = None) -> bytes:
     """:func:`to_pil` encoded as PNG bytes (a strip when ``cols == n``)."""
-    buf = io.BytesIO()
-    to_pil(images, cols).save(buf, format="PNG")
-    return buf.getvalue()
+    return _encode(to_pil(images, cols))
 
 
 def crossing_gaps(t: Sequence[float], steps: int) -> list[int]:

@@ -118,11 +118,8 @@ def _write_gate_answers(
             codes = [400, 431]
             if method.lower() in _BODY_METHODS:
                 codes += [408, 413, 422]
-            if needs_key(route, settings) and method.lower() != "get":
-                codes += [401, 403, 429, 503, 507]
-            elif needs_key(route, settings):
-                codes += [401, 403, 429]
             if needs_key(route, settings):  # reads too when the server requires the key
+                codes += [401, 403, 429] if method.lower() == "get" else [401, 403, 429, 503, 507]
                 op.setdefault("security", [{API_KEY_SCHEME_NAME: []}])
             for code, answer in error_responses(*codes).items():
                 op["responses"].setdefault(str(code), _plain(answer))

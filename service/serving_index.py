@@ -20,7 +20,6 @@ import os
 import sqlite3
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +30,7 @@ from models import Bundle, resolve_device
 from service.catalog import CatalogueDamaged, ModelRecord
 from service.errors import NotReady, UnknownVersion
 from service.settings import Settings
-from service.store import ModelStore, UnknownModel
+from service.store import UNREADABLE, ModelStore, UnknownModel
 from solver import AccuracyReport, ExtendedMap, Potential, backend_for_device
 
 log = logging.getLogger("aeot.serving")
@@ -258,7 +257,7 @@ class ServingIndex:
             raise UnknownVersion(
                 f"model {name!r} potential v{version} was fitted to a bundle since replaced"
             ) from None
-        except (BundleDamaged, OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        except (BundleDamaged, *UNREADABLE) as exc:
             raise UnknownVersion(
                 f"model {name!r} potential v{version} does not load: {exc}"
             ) from exc
@@ -354,7 +353,7 @@ class ServingIndex:
             return served
         try:
             Potential.load(served.path, backend=self._backend)
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        except UNREADABLE as exc:
             if self.store.catalog.potential(served.name, served.version) is None:
                 return None  # deleted or replaced meanwhile, not damaged
             self._report_damage(served.name, served.version, f"{type(exc).__name__}: {exc}")
@@ -380,7 +379,7 @@ class ServingIndex:
                     log.error("model %s: %s", name, exc)
                 self._problems[name] = str(exc)
                 return None
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            except UNREADABLE as exc:
                 if self.store.catalog.potential(name, version) is None:
                     return None  # deleted or replaced meanwhile, not damaged
                 self._report_damage(name, version, f"{type(exc).__name__}: {exc}")

@@ -67,7 +67,7 @@ from service.catalog import (
 from service.job_config import JobConfig, train_config
 from service.jobs import JobQueue, JobRecord, _alive
 from service.names import NAME_PATTERN, is_valid_name
-from solver import FitState, Potential, load_state, save_state
+from solver import FitState, Potential, atomic_write_bytes, load_state, save_state
 
 log = logging.getLogger("aeot.store")
 
@@ -84,6 +84,8 @@ _FOREIGN_STAGING_AGE = 7 * 24 * 3600.0
 _LEGACY_STAGING_AGE = 3600.0
 # Seconds between health checks of a catalogue nobody has found damaged (a quick_check).
 CHECK_EVERY = 5.0
+# What reading a damaged potential or checkpoint file (torn, garbage, missing) raises.
+UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 _STORAGE_ERRNOS = {
     errno.ENOSPC: "the store's disk is full",
     errno.EDQUOT: "the store's disk quota is exhausted",
@@ -303,9 +305,8 @@ class ModelStore:
         created = time.time()
         try:
             # What a rebuilt catalogue needs that the bundle does not say: when it was added.
-            _write_json(
-                target / "model.json", {"name": name, "bundle_hash": digest, "created": created}
-            )
+            meta = {"name": name, "bundle_hash": digest, "created": created}
+            atomic_write_bytes(target / "model.json", json.dumps(meta).encode())
             record = self.catalog.add_model(name, digest, int(n), int(d), created, job_id=job_id)
         except Exception:
             self._to_trash(target)
@@ -439,7 +440,7 @@ class ModelStore:
                 state = load_state(candidate)
                 if not np.isfinite(state.heights).all():
                     raise ValueError("heights are not finite")
-            except (ValueError, OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            except (*UNREADABLE, TypeError) as exc:
                 log.warning("job %d: checkpoint %s is damaged: %s", job.id, candidate.name, exc)
                 damaged.append(candidate.name)
                 continue
@@ -796,20 +797,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write ``value`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -912,11 +899,8 @@ def _previous(path: Path) -> Path:
 
 
 def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _single_root(staged: Path) -> Path:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from service.settings import Settings
@@ -144,7 +144,7 @@ class WorkerProcess:
                 break
             backoff = min(2 * backoff, _BACKOFF_MAX)
         with self._lock:
-            self._state = _replace(self._state, status="stopped", pid=None)
+            self._state = replace(self._state, status="stopped", pid=None)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.settings.to_env()}
@@ -154,7 +154,7 @@ class WorkerProcess:
         self.proc = proc
         with self._lock:
             restarts = self._state.restarts + (self._state.status == "restarting")
-            self._state = _replace(self._state, status="running", pid=proc.pid, restarts=restarts)
+            self._state = replace(self._state, status="running", pid=proc.pid, restarts=restarts)
         log.info("worker process %d started", proc.pid)
         return proc
 
@@ -171,7 +171,7 @@ class WorkerProcess:
         if n:
             log.info("%d job(s) of worker %d queued again", n, proc.pid)
         with self._lock:
-            self._state = _replace(
+            self._state = replace(
                 self._state, status="restarting", pid=None, last_exit=how, last_exit_at=time.time()
             )
 
@@ -185,11 +185,6 @@ class WorkerProcess:
             log.warning("worker %d did not stop in %.0f s; killing", proc.pid, STOP_TIMEOUT)
             proc.kill()
             proc.wait()
-
-
-def _replace(state: WorkerState, **changes: object) -> WorkerState:
-    values = {**state.__dict__, **changes}
-    return WorkerState(**values)  # type: ignore[arg-type]
 
 
 def watch_parent(stop: threading.Event, grace: float = ORPHAN_GRACE) -> threading.Thread | None:
