@@ -407,57 +407,27 @@ _LIMIT_CALL: Call[int | None] = Call(
 )
 
 
-def _sample_call(
-    n: int,
-    seed: int,
-    extended: bool,
-    model: str | None,
-    fmt: str,
-    version: int | None,
-    label: int | None,
-    offset: int = 0,
-) -> dict[str, Any]:
-    return _params(
-        n=n,
-        seed=seed,
-        offset=offset or None,  # servers without paging take the first page
-        extended=extended,
-        model=model,
-        format=fmt,
-        version=version,
-        label=label,
-    )
-
-
-def _sample_pages(
-    n: int,
-    seed: int,
-    extended: bool,
-    model: str | None,
-    version: int | None,
-    label: int | None,
-    fmt: str,
-    start: int = 0,
-) -> Plan:
+def _sample_pages(fmt: str, n: int, start: int, query: dict[str, Any]) -> Plan:
     """The plan of a paged sample: the server's limit, then pages from consecutive offsets.
 
-    The samples are ``start .. start + n - 1`` of the seed's stream. Pages after the first are
-    pinned to the first one's model and potential version, so a publication or a change of
-    default model between pages cannot mix two maps.
+    The samples are ``start .. start + n - 1`` of the seed's stream; ``query``: the other
+    ``/sample`` parameters. Pages after the first are pinned to the first one's model and
+    potential version, so a publication or a change of default model between pages cannot
+    mix two maps.
     """
     limit = yield _LIMIT_CALL
     size = n if limit is None else min(n, limit)
     parse = _npy_sample if fmt == "npy" else _json
     offset = start
     while True:
-        params = _sample_call(size, seed, extended, model, fmt, version, label, offset)
+        # offset 0 is left out: servers without paging take the first page.
+        params = _params(n=size, offset=offset or None, format=fmt, **query)
         page = yield Call(method="GET", path="/sample", params=params, parse=parse, page=True)
         offset += size
         if offset >= start + n:
             return
-        model, version = (
-            (page.model, page.version) if fmt == "npy" else (page["model"], page["version"])
-        )
+        pinned = vars(page) if fmt == "npy" else page
+        query.update(model=pinned["model"], version=pinned["version"])
         size = min(size, start + n - offset)
 
 
@@ -508,7 +478,8 @@ class _Api:
         ``offset`` starts at that sample of the seed's stream.
         """
         _require(np, "numpy", "latent arrays")
-        yield from _sample_pages(n, seed, extended, model, version, label, "npy", offset)
+        query = dict(seed=seed, extended=extended, model=model, version=version, label=label)
+        yield from _sample_pages("npy", n, offset, query)
 
     @pages_of(dict)
     def iter_samples_json(
@@ -525,7 +496,8 @@ class _Api:
 
         Needs no numpy: what the light install's ``aeot sample out.json`` writes.
         """
-        yield from _sample_pages(n, seed, extended, model, version, label, "json", offset)
+        query = dict(seed=seed, extended=extended, model=model, version=version, label=label)
+        yield from _sample_pages("json", n, offset, query)
 
     @joined.of(iter_samples)
     def sample_with_version(pages: list[Sample]) -> Sample:
@@ -561,7 +533,8 @@ class _Api:
         offset: int = 0,
     ) -> Call[Image.Image]:
         """``n`` decoded samples as one PNG grid (at most the server's ``max_images``)."""
-        params = _sample_call(n, seed, extended, model, "png", version, label, offset)
+        query = dict(seed=seed, extended=extended, model=model, version=version, label=label)
+        params = _params(n=n, offset=offset or None, format="png", **query)
         return Call(method="GET", path="/sample", params=params, parse=_image)
 
     @endpoint
