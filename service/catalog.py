@@ -180,11 +180,7 @@ class Catalog:
     """
 
     def __init__(
-        self,
-        path: Path,
-        *,
-        read_only: bool = False,
-        on_damage: Callable[[str], None] | None = None,
+        self, path: Path, *, read_only: bool = False, on_damage: Callable[[str], None] | None = None
     ) -> None:
         self.path = path
         self.on_damage = on_damage

@@ -206,8 +206,7 @@ def worker_cmd(overrides: dict[str, Any]) -> None:
 @friendly
 @settings_options
 def fit_cmd(
-    overrides: dict[str, Any],
-    name: str = typer.Argument(..., help="model name in the store"),
+    overrides: dict[str, Any], name: str = typer.Argument(..., help="model name in the store")
 ) -> None:
     """Fit (or refit) a model's OT map in the foreground, with a progress bar.
 
@@ -315,14 +314,7 @@ def _endpoint(text: str | None, which: str) -> int | list[float] | None:
 
 @app.command()
 @friendly
-@calls(
-    "POST",
-    "/interpolate",
-    start_index="start",
-    end_index="end",
-    format="out",
-    images="out",
-)
+@calls("POST", "/interpolate", start_index="start", end_index="end", format="out", images="out")
 def interpolate(
     start: str = typer.Argument(
         None,

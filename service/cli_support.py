@@ -25,12 +25,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    TypeGuard,
-    TypeVar,
-)
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import httpx
 import typer

@@ -88,8 +88,7 @@ class MissingExtra(ModuleNotFoundError):
 def _require(module: object, package: str, what: str) -> None:
     if module is None:
         raise MissingExtra(
-            f"{what} need {package}, which this install lacks: {CLIENT_EXTRA}",
-            name=package,
+            f"{what} need {package}, which this install lacks: {CLIENT_EXTRA}", name=package
         )
 
 
@@ -681,12 +680,7 @@ class _Api:
 
 
 def _send_args(call: Call[Any]) -> dict[str, Any]:
-    return {
-        "params": call.params,
-        "json": call.json,
-        "data": call.data,
-        "files": call.files,
-    }
+    return {"params": call.params, "json": call.json, "data": call.data, "files": call.files}
 
 
 def _memo_key(call: Call[Any]) -> tuple[str, str]:
@@ -697,12 +691,7 @@ class _Client(_Api):
     """What both clients share: settings, the retry policy, the remembered answers."""
 
     def __init__(
-        self,
-        *,
-        api_key: str | None,
-        retries: int,
-        backoff: float,
-        max_backoff: float,
+        self, *, api_key: str | None, retries: int, backoff: float, max_backoff: float
     ) -> None:
         self._headers = {"X-API-Key": api_key} if api_key else {}
         self._retry = _Retry(retries, backoff, max_backoff)

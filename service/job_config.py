@@ -14,14 +14,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
-from solver import (
-    AdamConfig,
-    FitConfig,
-    NewtonConfig,
-    PotentialConfig,
-    ThresholdRule,
-    parse_rule,
-)
+from solver import AdamConfig, FitConfig, NewtonConfig, PotentialConfig, ThresholdRule, parse_rule
 
 if TYPE_CHECKING:
     from service.settings import Settings

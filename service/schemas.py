@@ -51,8 +51,7 @@ def _integral(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_integral)]
 FiniteFloat = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
 Seed = Annotated[
-    Int,
-    Field(ge=0, le=2**31 - 1, description="seed: same seed, same answer", examples=[1]),
+    Int, Field(ge=0, le=2**31 - 1, description="seed: same seed, same answer", examples=[1])
 ]
 ModelName = Annotated[
     str | None,
@@ -114,8 +113,7 @@ class SampleRequest(_Request):
     """Draw ``n`` latents from the OT map (and decode them for ``format=png``)."""
 
     model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"n": 16, "seed": 1, "format": "png"}]},
+        extra="forbid", json_schema_extra={"examples": [{"n": 16, "seed": 1, "format": "png"}]}
     )
 
     model: ModelName = None

@@ -185,11 +185,7 @@ def train_into_store(
 
 
 def run_train_job(
-    store: ModelStore,
-    job: JobRecord,
-    worker: str,
-    stop: threading.Event,
-    interval: float = 5.0,
+    store: ModelStore, job: JobRecord, worker: str, stop: threading.Event, interval: float = 5.0
 ) -> tuple[JobStatus, str]:
     """Run a claimed train job: train, register, queue its fit; epoch and loss to the catalogue.
 

@@ -113,9 +113,7 @@ def _sample(req: SampleRequest, settings: SettingsDep, serving: ServingDep) -> R
 
 @router.get("/sample", response_model=SampleResponse, responses=_SAMPLE)
 def sample_get(
-    req: Annotated[SampleQuery, Query()],
-    settings: SettingsDep,
-    serving: ServingDep,
+    req: Annotated[SampleQuery, Query()], settings: SettingsDep, serving: ServingDep
 ) -> Response:
     """Draw ``n`` samples (query parameters); JSON latents, ``.npy`` bytes or a PNG grid.
 
@@ -163,9 +161,7 @@ def _interpolate(req: InterpolateRequest, settings: SettingsDep, serving: Servin
 
 @router.get("/interpolate", response_model=InterpolateResponse, responses=_PNG)
 def interpolate_get(
-    req: Annotated[InterpolateQuery, Query()],
-    settings: SettingsDep,
-    serving: ServingDep,
+    req: Annotated[InterpolateQuery, Query()], settings: SettingsDep, serving: ServingDep
 ) -> Response:
     """Interpolate between source points, training codes or two cells of a class (``label``).
 
@@ -185,9 +181,7 @@ def interpolate_post(
 
 @router.get("/singularities", response_model=SingularitiesResponse, responses=_PNG)
 def singularities(
-    req: Annotated[SingularitiesQuery, Query()],
-    settings: SettingsDep,
-    serving: ServingDep,
+    req: Annotated[SingularitiesQuery, Query()], settings: SettingsDep, serving: ServingDep
 ) -> Response:
     """Singular set summary: threshold and rule, counts, the most singular pairs.
 

@@ -22,13 +22,7 @@ from service.deps import (
 )
 from service.errors import Conflict, error_responses, redact_model
 from service.job_config import job_config
-from service.schemas import (
-    FitRequest,
-    JobOut,
-    ModelListResponse,
-    ModelStatus,
-    TrainRequest,
-)
+from service.schemas import FitRequest, JobOut, ModelListResponse, ModelStatus, TrainRequest
 from service.serving_index import CATALOGUE_ERRORS, ServingIndex
 from service.store import NAME_PATTERN, ModelStore
 from service.training import api_dataset, queue_training
