@@ -98,11 +98,6 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def images_png(served: Served, latents: np.ndarray, cols: int | None = None) -> bytes:
-    """Decode latents and tile them into a PNG (a grid, or a strip with ``cols = n``)."""
-    return to_png(served.bundle.decode(latents), cols)
-
-
 def interpolate(served: Served, req: InterpolateRequest, settings: Settings) -> Interpolation:
     """Map a segment of the source cube (or between two training codes) with the map."""
     if req.steps > settings.max_steps:
@@ -287,11 +282,6 @@ def decode(served: Served, req: DecodeRequest, settings: Settings) -> np.ndarray
             f"has d={served.dim}"
         )
     return served.bundle.decode(np.asarray(req.latents, dtype=np.float32))
-
-
-def grid_png(images: np.ndarray) -> bytes:
-    """Images ``(n, C, H, W)`` as one near-square PNG grid."""
-    return to_png(images)
 
 
 def comparison_png(originals: np.ndarray, reconstructions: np.ndarray) -> bytes:

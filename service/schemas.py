@@ -106,14 +106,14 @@ class _Request(BaseModel):
 
 
 # The GET twins: query values are text, so they are parsed (``n=5``, ``extended=true``).
-_QUERY = ConfigDict(extra="forbid", strict=False)
+_QUERY = ConfigDict(strict=False)
 
 
 class SampleRequest(_Request):
     """Draw ``n`` latents from the OT map (and decode them for ``format=png``)."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"n": 16, "seed": 1, "format": "png"}]}
+        json_schema_extra={"examples": [{"n": 16, "seed": 1, "format": "png"}]}
     )
 
     model: ModelName = None
@@ -166,7 +166,6 @@ class InterpolateRequest(_Request):
     """A segment in the source cube mapped by the OT map, between points or training codes."""
 
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
                 {"start_index": 0, "end_index": 42, "steps": 12, "images": True},
@@ -372,7 +371,6 @@ class ImagesRequest(_Request):
     """Images to encode (or reconstruct): nested arrays or base64 PNGs, exactly one of them."""
 
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={"examples": [{"images": [[[[0.0] * 8] * 8]], "format": "json"}]},
     )
 
@@ -416,7 +414,6 @@ class DecodeRequest(_Request):
     """Decode latent codes to images with the model's decoder."""
 
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={"examples": [{"latents": [[0.0, 0.5, -0.5, 1.0]], "format": "png"}]},
     )
 
@@ -567,7 +564,6 @@ class FitRequest(_Request):
     """Start a refit of a model (defaults: the server's fit settings)."""
 
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={"examples": [{"target_l1": 0.03, "time_budget": 600, "replace": True}]},
     )
 

@@ -292,10 +292,6 @@ class ServingIndex:
                 log.error("catalogue read failed (serving what is loaded): %s", exc)
             self._catalogue_error = str(exc)
 
-    def versions(self) -> dict[str, int]:
-        """``{model: served version}``."""
-        return {name: s.version for name, s in self._served.items()}
-
     def refresh(self, *, blocking: bool = True) -> list[tuple[str, int]]:
         """Load newly published potentials and swap them in; returns ``(model, version)`` swaps.
 

@@ -76,6 +76,8 @@ FIT_ATTEMPTS = 3
 # A published potential's file name (``v<version>-`` since versions are part of the name).
 _POTENTIAL_RE = re.compile(r"^(?:v(\d+)-)?job(\d+)-it(\d+)\.npz$")
 _CHECKPOINT_RE = re.compile(r"^(\d+)(?:\.prev)?\.npz$")
+# The store's directories besides the catalogue (see the module docstring).
+_SUBDIRS = ("models", "staging", "trash", "training")
 # Catalogues set aside by rebuilds that are kept (older ones are removed).
 _KEEP_OLD_CATALOGUES = 5
 # Staging entries without a live owner on this host are removed at once; those of another
@@ -181,7 +183,7 @@ class ModelStore:
         self.catalog = self._open_catalog(is_store)
         self.queue = JobQueue(self.catalog)
         if not self.read_only:
-            for sub in ("models", "staging", "trash", "training"):
+            for sub in _SUBDIRS:
                 (self.root / sub).mkdir(exist_ok=True)
             self._empty_trash()
             self.sweep_staging()
@@ -548,7 +550,7 @@ class ModelStore:
         with self._heal_lock:
             self.catalog.reopen(read_only=now)
             if not now:
-                for sub in ("models", "staging", "trash", "training"):
+                for sub in _SUBDIRS:
                     (self.root / sub).mkdir(exist_ok=True)
             self.read_only = now
         log.warning("store %s is %s now", self.root, "read-only" if now else "writable again")

@@ -19,7 +19,7 @@ from service import operations as ops
 from service.bodies import JSONRoute
 from service.deps import ReadAccess, ServingDep, SettingsDep, resolve_model
 from service.errors import error_responses
-from service.images import crossing_gaps
+from service.images import crossing_gaps, to_png
 from service.schemas import (
     SCORE_UNITS,
     CrossingOut,
@@ -107,7 +107,7 @@ def _sample(req: SampleRequest, settings: SettingsDep, serving: ServingDep) -> R
             latents=latents.tolist(),
         ),
         npy=lambda: latents,
-        png=lambda: ops.images_png(served, latents),
+        png=lambda: to_png(served.bundle.decode(latents)),
     )
 
 
@@ -228,7 +228,7 @@ def decode(req: DecodeRequest, settings: SettingsDep, serving: ServingDep) -> Re
         req.format,
         lambda: _images(served, images),
         npy=lambda: images,
-        png=lambda: ops.grid_png(images),
+        png=lambda: to_png(images),
     )
 
 

@@ -52,7 +52,7 @@ def _status(name: str, store: ModelStore, serving: ServingIndex) -> ModelStatus:
         model, accuracy, job = known[name], served.accuracy if served else None, None
         unreadable = store.catalogue_problem or f"the catalogue cannot be read ({exc})"
         problem = serving.problem(name) or f"{unreadable}; fit progress unknown"
-    version = serving.versions().get(name)
+    version = served.version if served is not None else None
     status = {
         **vars(model),
         "default": serving.default_model() == name,
