@@ -290,7 +290,7 @@ class Catalog:
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        """A connection for reads; SQLite errors of a damaged file raise CatalogueDamaged."""
+        """A connection; SQLite errors of a damaged file raise CatalogueDamaged (also in write)."""
         try:
             con = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -310,26 +310,15 @@ class Catalog:
 
         An exception rolls it back; SQLite errors of a damaged file raise CatalogueDamaged.
         """
-        try:
-            con = self._connect()
-        except sqlite3.DatabaseError as exc:
-            self._damaged(exc)
-            raise
-        try:
+        with self.read() as con:
+            con.execute("BEGIN IMMEDIATE")
             try:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    yield con
-                except BaseException:
-                    if con.in_transaction:  # SQLite rolls back by itself on a full disk
-                        con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
-                self._damaged(exc)
+                yield con
+            except BaseException:
+                if con.in_transaction:  # SQLite rolls back by itself on a full disk
+                    con.execute("ROLLBACK")
                 raise
-        finally:
-            con.close()
+            con.execute("COMMIT")
 
     def get_meta(self, key: str) -> dict[str, Any] | None:
         """The record stored under ``key``, or ``None`` (also for a read-only older catalogue)."""
