@@ -64,12 +64,12 @@ def friendly(fn: F) -> F:
         except _TYPER_SIGNALS:
             raise
         except KeyboardInterrupt as exc:  # its message, when a command gives one, says what next
-            if _debug():
+            if _DEBUG["on"]:
                 raise
             typer.echo(f"error: {str(exc) or 'interrupted'}", err=True)
             raise typer.Exit(130) from None
         except Exception as exc:
-            if _debug():
+            if _DEBUG["on"]:
                 raise
             typer.echo(f"error: {explain(exc, fn)}", err=True)
             raise typer.Exit(_exit_status(exc)) from None
@@ -92,10 +92,6 @@ _DEBUG = {"on": False}
 def set_debug(on: bool) -> None:
     """Show tracebacks (``True``) or one-line errors (``False``) from now on."""
     _DEBUG["on"] = on
-
-
-def _debug() -> bool:
-    return _DEBUG["on"]
 
 
 def explain(exc: BaseException, command: Callable[..., Any] | None = None) -> str:

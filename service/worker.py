@@ -179,11 +179,13 @@ class Worker:
 
         """
         log.info("job %d (%s %s) started", job.id, job.kind, job.model)
+        interval = beat_interval(self.settings.stale_seconds)
         try:
             if job.kind == "train":
-                status, reason = self._train(job)
+                status, reason = run_train_job(self.store, job, self.id, self.stop, interval)
             else:
-                status, reason = self._fit(job)
+                with Lease(self.queue, job, self.id, interval) as lease:
+                    status, reason = self._fit(job, lease)
         except Exception as exc:  # a failed job must not take the worker down
             problem = _unwritable(exc)
             if problem is not None:
@@ -199,15 +201,7 @@ class Worker:
         self.queue.finish(job.id, self.id, status, reason)
         log.info("job %d %s (%s)", job.id, status, reason)
 
-    def _train(self, job: JobRecord) -> tuple[JobStatus, str]:
-        interval = beat_interval(self.settings.stale_seconds)
-        return run_train_job(self.store, job, self.id, self.stop, interval)
-
-    def _fit(self, job: JobRecord) -> tuple[JobStatus, str]:
-        with Lease(self.queue, job, self.id, beat_interval(self.settings.stale_seconds)) as lease:
-            return self._fit_leased(job, lease)
-
-    def _fit_leased(self, job: JobRecord, lease: Lease) -> tuple[JobStatus, str]:
+    def _fit(self, job: JobRecord, lease: Lease) -> tuple[JobStatus, str]:
         bundle = self.store.load_bundle(job.model)
         problem = make_problem(bundle.latents)
         config = replace(job.config.fit, backend=self.backend)
