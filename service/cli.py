@@ -22,6 +22,7 @@ import socket
 import tempfile
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -300,10 +301,8 @@ def _endpoint(text: str | None, which: str) -> int | list[float] | None:
     """``"7"`` -> 7 (a training index); ``"0.1,-0.4"`` -> ``[0.1, -0.4]`` (a source point)."""
     if text is None:
         return None
-    try:
+    with suppress(ValueError):
         return int(text)
-    except ValueError:
-        pass
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:

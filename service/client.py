@@ -46,6 +46,7 @@ import inspect
 import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeAlias, TypeVar, overload
 
@@ -128,10 +129,8 @@ def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if value is None:
         return None
-    try:
+    with suppress(ValueError):
         return max(0.0, float(value))
-    except ValueError:
-        pass
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -787,11 +786,9 @@ class AEOTClient(_Client):
         """Poll ``/readyz`` until ready; raises ``TimeoutError`` after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
+            with suppress(httpx.TransportError):  # the server is still starting
                 if self.ready():
                     return
-            except httpx.TransportError:
-                pass  # server still starting
             time.sleep(interval)
         raise TimeoutError(f"service not ready after {timeout:.0f} s")
 
@@ -874,10 +871,8 @@ class AsyncAEOTClient(_Client):
         """Poll ``/readyz`` until ready; raises ``TimeoutError`` after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
+            with suppress(httpx.TransportError):
                 if await self.ready():
                     return
-            except httpx.TransportError:
-                pass
             await asyncio.sleep(interval)
         raise TimeoutError(f"service not ready after {timeout:.0f} s")

@@ -762,11 +762,9 @@ def _read_only(root: Path) -> bool:
     """Whether the store directory exists and cannot be written (read-only mount or mode)."""
     if not root.is_dir():
         return False
-    try:
+    with suppress(OSError):
         if os.statvfs(root).f_flag & os.ST_RDONLY:
             return True
-    except OSError:
-        pass
     return not os.access(root, os.W_OK)
 
 

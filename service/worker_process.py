@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -70,11 +71,9 @@ class WorkerState:
 
 def _die_with_parent() -> None:
     """Ask Linux to send SIGTERM to this process when the thread that started it ends."""
-    try:
+    with suppress(OSError, AttributeError):  # not Linux: the worker's parent watch still applies
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the worker's parent watch still applies
-        pass
 
 
 def describe_exit(code: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from importlib import resources
 
 from fastapi import APIRouter, Response
@@ -95,7 +96,7 @@ def _reason(
             f"{state.problem}: serving what is loaded while it is rebuilt from the model "
             "directories"
         )
-    try:
+    with suppress(*CATALOGUE_ERRORS):  # said above
         if name is None:
             training = [
                 j for j in store.queue.jobs(limit=20) if j.kind == "train" and j.status in ACTIVE
@@ -109,8 +110,6 @@ def _reason(
             job = store.queue.latest(name)
             what = f"fit job {job.id} {job.status}" if job else "no fit job"
             parts.append(f"model {name!r} has no fitted potential yet ({what})")
-    except CATALOGUE_ERRORS:
-        pass  # said above
     if store.read_only:
         parts.append("the store is read-only: serving only, no fits, writes answer 507")
     if worker is not None and worker.status == "restarting":
