@@ -54,9 +54,11 @@ def _media(*types: str) -> dict[int | str, dict[str, Any]]:
 
 
 _SAMPLE = {**_media("application/x-npy", "image/png"), **_ERRORS}
-_SAMPLE_POST = {**_media("application/x-npy", "image/png"), **_POST_ERRORS}
+# The POST answers of /sample, /decode and /reconstruct: JSON, .npy or PNG.
+_IMAGES_POST = {**_media("application/x-npy", "image/png"), **_POST_ERRORS}
 _PNG = {**_media("image/png"), **_ERRORS}
 _PNG_POST = {**_media("image/png"), **_POST_ERRORS}
+_NPY_POST = {**_media("application/x-npy"), **_POST_ERRORS}
 
 
 def _answer(
@@ -122,7 +124,7 @@ def sample_get(
     return _sample(req, settings, serving)
 
 
-@router.post("/sample", response_model=SampleResponse, responses=_SAMPLE_POST)
+@router.post("/sample", response_model=SampleResponse, responses=_IMAGES_POST)
 def sample_post(req: SampleRequest, settings: SettingsDep, serving: ServingDep) -> Response:
     """Draw ``n`` samples (JSON body); JSON latents, ``.npy`` bytes or a PNG grid."""
     return _sample(req, settings, serving)
@@ -193,10 +195,6 @@ def singularities(
     return _answer(
         served, req.format, lambda: summary, png=lambda: ops.singularities_png(served, summary)
     )
-
-
-_NPY_POST = {**_media("application/x-npy"), **_POST_ERRORS}
-_IMAGES_POST = {**_media("application/x-npy", "image/png"), **_POST_ERRORS}
 
 
 @autoencoder.post("/encode", response_model=LatentsResponse, responses=_NPY_POST)
