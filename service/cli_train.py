@@ -45,7 +45,8 @@ def train(
     plan = TrainPlan.of(train_options, dataset_config_for(data, data_options))
     images = load_plan_data(plan)
     model_name = name or sanitise_name(images.name)
-    typer.echo(f"{images.name}: {len(images)} images of {_shape(images)}{_classes(images)}")
+    shape = "x".join(map(str, images.image_shape))
+    typer.echo(f"{images.name}: {len(images)} images of {shape}{_classes(images)}")
     settings = build_settings(store=store)
     model_store = ModelStore(settings.store)
     if any(m.name == model_name for m in model_store.catalog.models()):
@@ -79,11 +80,6 @@ def _resume_line(checkpoint: Path) -> str:
         f"resuming after epoch {epoch} ({phase} phase) from the checkpoint of an earlier run "
         "(--fresh starts over)"
     )
-
-
-def _shape(images: ImageDataset) -> str:
-    c, h, w = images.image_shape
-    return f"{c}x{h}x{w}"
 
 
 # Class names printed when training starts at most (a folder may hold a thousand classes).
