@@ -91,6 +91,10 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 _TABLES = ("models", "potentials", "jobs", "damaged")
+_ADD_POTENTIAL = (
+    "INSERT INTO potentials (model, version, path, bundle_hash, job_id, iteration, accuracy, "
+    "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 # SQLite result codes that say nothing about the file's health (the caller's error stands).
 _NOT_DAMAGE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_READONLY", "SQLITE_INTERRUPT")
 # Columns added after the first release; a catalogue without them gets them on open (NULL).
@@ -437,20 +441,8 @@ class Catalog:
             ).fetchone()["v"]
             version = max(int(row["published_version"]), int(newest or 0)) + 1
             path = place(version)
-            con.execute(
-                "INSERT INTO potentials (model, version, path, bundle_hash, job_id, iteration, "
-                "accuracy, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    model,
-                    version,
-                    path,
-                    bundle_hash,
-                    job_id,
-                    iteration,
-                    dump_accuracy(accuracy),
-                    time.time(),
-                ),
-            )
+            row = (model, version, path, bundle_hash, job_id, iteration)
+            con.execute(_ADD_POTENTIAL, (*row, dump_accuracy(accuracy), time.time()))
             con.execute("UPDATE models SET published_version = ? WHERE name = ?", (version, model))
         return version
 
@@ -591,11 +583,7 @@ def write_rebuilt(
     """
     if path.exists():
         raise FileExistsError(path)
-    Catalog(path)  # the schema
-    con = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, isolation_level=None)
-    try:
-        con.execute("PRAGMA synchronous=FULL")
-        con.execute("BEGIN IMMEDIATE")
+    with Catalog(path).write() as con:  # the schema, then the rows
         for m in models:
             good = [p.version for p in m.potentials if p.damaged is None]
             published = max(good, default=0)
@@ -605,20 +593,8 @@ def write_rebuilt(
                 (m.name, m.bundle_hash, m.n_latents, m.dim, m.created, published),
             )
             for p in m.potentials:
-                con.execute(
-                    "INSERT INTO potentials (model, version, path, bundle_hash, job_id, "
-                    "iteration, accuracy, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        m.name,
-                        p.version,
-                        p.path,
-                        m.bundle_hash,
-                        p.job_id,
-                        p.iteration,
-                        dump_accuracy(p.accuracy),
-                        p.created,
-                    ),
-                )
+                row = (m.name, p.version, p.path, m.bundle_hash, p.job_id, p.iteration)
+                con.execute(_ADD_POTENTIAL, (*row, dump_accuracy(p.accuracy), p.created))
                 if p.damaged is not None and p.version > published:
                     con.execute(
                         "INSERT INTO damaged (model, version, reason, created) VALUES (?, ?, ?, ?)",
@@ -629,9 +605,6 @@ def write_rebuilt(
                 "INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", (next_job_id - 1,)
             )
         con.execute("INSERT INTO meta (key, value) VALUES ('rebuilt', ?)", (json.dumps(record),))
-        con.execute("COMMIT")
-    finally:
-        con.close()
 
 
 def _job_running(con: sqlite3.Connection, job_id: int) -> bool:
