@@ -137,18 +137,11 @@ class JobQueue:
                 "WHERE model = ? AND kind = ? AND status IN ('queued', 'running')",
                 (now, model, kind),
             )
+            plan = None if train_plan is None else json.dumps(train_plan.to_dict())
             cur = con.execute(
                 "INSERT INTO jobs (model, kind, status, config, bundle_hash, created, updated, "
                 "train_plan) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (
-                    model,
-                    kind,
-                    config.to_json(),
-                    bundle_hash,
-                    now,
-                    now,
-                    None if train_plan is None else json.dumps(train_plan.to_dict()),
-                ),
+                (model, kind, config.to_json(), bundle_hash, now, now, plan),
             )
             job_id = int(cur.lastrowid or 0)
         job = self.job(job_id)
