@@ -106,11 +106,8 @@ def host_allowed(host_header: str, names: Sequence[str]) -> bool:
         host = host[1 : host.find("]")] if "]" in host else host
     elif host.count(":") == 1:
         host = host.split(":", 1)[0]
-    for name in names:
-        name = name.lower()
-        if host == name or (name.startswith("*.") and host.endswith(name[1:])):
-            return True
-    return False
+    wanted = [name.lower() for name in names]
+    return any(host == n or (n.startswith("*.") and host.endswith(n[1:])) for n in wanted)
 
 
 class RequestGate:
