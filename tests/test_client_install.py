@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -28,7 +29,6 @@ from tests.service_helpers import (
     API_KEY,
     ROOT,
     copy_store,
-    free_port,
     labelled_template,
     live_server,
     make_settings,
@@ -292,8 +292,11 @@ def test_the_wheel_installs_the_client_alone_which_drives_a_live_server(tmp_path
     expected.write_bytes(one_answer.content)
     bundle = write_bundle(tmp_path / "upload", n=30, d=3)
     aeot = str(env / "bin" / "aeot")
-    dead = f"http://127.0.0.1:{free_port()}"
-    with live_server(settings) as url:
+    # A port held bound but never listening refuses connections, and no server (the live one
+    # below included) can take it while the test runs: free_port() could hand both the same.
+    with socket.socket() as held, live_server(settings) as url:
+        held.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{held.getsockname()[1]}"
         run = in_env(aeot, "sample", "grid.png", "--n", "9", "--seed", "1", "--url", url)
         assert run.returncode == 0, run.stderr
         assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
