@@ -88,3 +88,34 @@ def test_cuda_estimate_equals_the_host_estimate_with_the_same_backend(rng):
     np.testing.assert_array_equal(got.pairs, ref.pairs)
     np.testing.assert_array_equal(got.slab_counts, ref.slab_counts)
     np.testing.assert_allclose(got.mass_sums, ref.mass_sums, rtol=1e-9, atol=1e-9)
+
+
+def test_pair_table_counts_every_sample_through_many_merges(monkeypatch, rng):
+    # Small merge thresholds: every path (sample keys, pre-counted chunks, sorted merges into
+    # the table, and the general merge when both wait) runs many times against a dict count.
+    monkeypatch.setattr("solver.estimation.pairs._MERGE_MIN", 50)
+    n = 30
+    table = PairTable(n, torch.device("cpu"))
+    truth: dict[tuple[int, int], list[int]] = {}
+    for batch in range(40):
+        size = int(rng.integers(0, 60))
+        first = rng.integers(0, n, size)
+        second = (first + 1 + rng.integers(0, n - 1, size)) % n
+        slab = rng.random(size) < 0.4
+        for a, b, s in zip(first.tolist(), second.tolist(), slab.tolist(), strict=True):
+            counts = truth.setdefault((min(a, b), max(a, b)), [0, 0])
+            counts[0] += 1
+            counts[1] += int(s)
+        if batch % 7 == 3:  # the same samples, pre-counted (as a rank's merged table arrives)
+            codes = torch.from_numpy(np.minimum(first, second) * n + np.maximum(first, second))
+            table.add_counts(codes, torch.ones_like(codes), torch.from_numpy(slab.astype(np.int64)))
+        else:
+            table.add_samples(
+                torch.from_numpy(first), torch.from_numpy(second), torch.from_numpy(slab)
+            )
+    pairs, totals, slabs = table.to_numpy()
+    keys = sorted(truth)
+    np.testing.assert_array_equal(pairs, np.array(keys).reshape(-1, 2))
+    np.testing.assert_array_equal(totals, [truth[k][0] for k in keys])
+    np.testing.assert_array_equal(slabs, [truth[k][1] for k in keys])
+    assert totals.dtype == slabs.dtype == np.int64
