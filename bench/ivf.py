@@ -1,19 +1,26 @@
-"""Approximate (IVF) cell search against the exact one: ``python bench/fit_speed.py --only ivf``.
+"""Approximate (IVF) cell search against the exact one.
 
 FAISS ``IndexIVFFlat`` could replace the exact search in the fit's early stages if its recall
 were high enough at a worthwhile speed-up; these rows measure both (docs/benchmarks.md,
-approximate search). The fit keeps exact search.
+approximate search). The fit keeps exact search. Usage::
+
+    python bench/ivf.py [--quick]            # or: python bench/fit_speed.py --only ivf
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from bench.common import clustered_latents, emit
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import clustered_latents, emit, machine_info
 from solver import SourceMeasure
 
 
@@ -119,3 +126,16 @@ def ivf_rows(quick: bool) -> None:
                         "load": os.getloadavg(),
                     }
                 )
+
+
+def main() -> None:
+    """Print the IVF rows as JSON lines (``--quick``: N = 10,000, d = 16 only)."""
+    parser = argparse.ArgumentParser(description="IVF recall and speed-up against exact search.")
+    parser.add_argument("--quick", action="store_true", help="N = 10,000, d = 16 only")
+    args = parser.parse_args()
+    emit({"bench": "solver", "kind": "machine", **machine_info()})
+    ivf_rows(args.quick)
+
+
+if __name__ == "__main__":
+    main()
