@@ -102,8 +102,11 @@ def test_sigkill_mid_fit_then_resume_continues_exactly(tmp_path):
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_hands_the_job_back(tmp_path):
     # d = 4: a Monte Carlo fit runs long enough to be interrupted (in d <= 3 the exact fit
-    # is done in a few iterations).
-    settings, store = _store_with_model(tmp_path, n=300, d=4, target_l1=0.02, checkpoint_every=50)
+    # is done in a few iterations). A short lease makes the worker report its iteration every
+    # 0.05 s: with the once-a-second beat, an idle machine finished the fit before the signal.
+    settings, store = _store_with_model(
+        tmp_path, n=300, d=4, target_l1=0.01, checkpoint_every=50, stale_seconds=0.2
+    )
     proc = _start_worker(settings)
     try:
         assert wait_for(lambda: store.queue.job(1).iteration >= 5, timeout=60)
