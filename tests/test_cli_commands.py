@@ -226,7 +226,9 @@ def _interrupt_after(proc: subprocess.Popen[str], ready) -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_ctrl_c_exits_130_and_the_rerun_names_the_epoch_it_resumes_after(empty_cwd):
-    data = write_npz(empty_cwd / "shapes.npz", n=40)
+    # 400 images: epochs long enough that the signal lands in the joint phase on any machine
+    # (with 40, an idle machine had reached the decoder phase by the time it was sent).
+    data = write_npz(empty_cwd / "shapes.npz", n=400)
     command = [sys.executable, "-m", "service.cli", "train", str(data), "--epochs", "5000"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
