@@ -98,15 +98,14 @@ def _count_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
         slabs = counts.new_zeros(codes.numel()).index_add_(0, inverse, counts * (distinct & 1))
         return codes, totals, slabs
     k = keys.numpy()
+    if k.size == 0:
+        return keys, keys.clone(), keys.clone()
     k.sort()
     runs = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
     counts = np.diff(runs, append=k.size).astype(np.int64)
     distinct = k[runs]
     codes = distinct >> 1
     first = np.flatnonzero(np.concatenate(([True], codes[1:] != codes[:-1])))
-    if first.size == 0:
-        empty = torch.zeros(0, dtype=torch.int64)
-        return empty, empty, empty
     totals = np.add.reduceat(counts, first)
     slabs = np.add.reduceat(counts * (distinct & 1), first)
     return torch.from_numpy(codes[first]), torch.from_numpy(totals), torch.from_numpy(slabs)
