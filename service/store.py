@@ -13,6 +13,7 @@ Layout (``root`` is ``Settings.store``)::
     staging/<host>-<pid>-<random>/      uploads and trainings being assembled
     training/<name>-<plan>.pt           per-epoch checkpoints of trainings (service.training)
     trash/                              deleted model directories awaiting removal
+    reserve                             space the worker frees to record a full disk
 
 Every file is written to a temporary name and renamed into place (bundles as whole directories),
 and the catalogue row that makes a file visible is written after the file, in one transaction;
@@ -88,6 +89,11 @@ _LEGACY_STAGING_AGE = 3600.0
 CHECK_EVERY = 5.0
 # What reading a damaged potential or checkpoint file (torn, garbage, missing) raises.
 UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+# The reserve (see the layout): a worker that finds the disk full deletes it, so the catalogue
+# can still take the few pages that hand its job back and say why; it is written again before
+# the next job is claimed, which is how the worker learns that space has returned.
+RESERVE_FILE = "reserve"
+_RESERVE_BYTES = 1 << 20
 _STORAGE_ERRNOS = {
     errno.ENOSPC: "the store's disk is full",
     errno.EDQUOT: "the store's disk quota is exhausted",
@@ -200,6 +206,24 @@ class ModelStore:
     def checkpoint_path(self, job: JobRecord) -> Path:
         """Checkpoint file of a fit job."""
         return self.model_dir(job.model) / "jobs" / f"{job.id}.npz"
+
+    def release_reserve(self) -> None:
+        """Free the reserve's space (the disk is full) so the catalogue can take a last write."""
+        (self.root / RESERVE_FILE).unlink(missing_ok=True)
+
+    def restore_reserve(self) -> None:
+        """Write the reserve where it is missing.
+
+        Raises:
+            OSError: there is no room for it (ENOSPC: the disk is still full), or the store
+                takes no writes.
+
+        """
+        path = self.root / RESERVE_FILE
+        if self.read_only or path.exists():
+            return
+        # Random bytes: a compressing filesystem would store zeros in next to nothing.
+        atomic_write_bytes(path, os.urandom(_RESERVE_BYTES))
 
     def staging_dir(self) -> Path:
         """Make a fresh directory on the store's filesystem for assembling a bundle.

@@ -108,7 +108,10 @@ class Worker:
         A store that cannot take writes (full disk, read-only, damaged catalogue) makes the
         worker wait and try again, 1 s doubling to a minute, instead of failing: a supervised
         worker would otherwise exit and be restarted in a loop. With ``idle_exit`` the error
-        is raised instead (a foreground ``aeot fit`` says what is wrong).
+        is raised instead (a foreground ``aeot fit`` says what is wrong). A job stopped by a
+        full disk is handed back in the space of the store's reserve file, freed for it; the
+        reserve is written again before the next claim, so the worker claims nothing until
+        space has returned.
 
         Args:
             max_jobs: stop after this many jobs.
@@ -121,6 +124,7 @@ class Worker:
             while not self.stop.is_set() and (max_jobs is None or done < max_jobs):
                 try:
                     self.store.refresh_mode()
+                    self.store.restore_reserve()  # fails while the disk is still full
                     self.schedule()
                     job = self.queue.claim(self.id, self.settings.stale_seconds)
                     if job is None:
@@ -191,6 +195,7 @@ class Worker:
             if problem is not None:
                 log.warning("job %d handed back: %s (%s)", job.id, problem, exc)
                 try:
+                    self.store.release_reserve()  # room for the hand-back on a full disk
                     self.queue.finish(job.id, self.id, "queued", f"{problem}; waits to run again")
                 except Exception:
                     log.warning("job %d could not be handed back; its lease will lapse", job.id)

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.jobs import _alive
-from service.store import FIT_ATTEMPTS, ModelStore
+from service.store import FIT_ATTEMPTS, RESERVE_FILE, ModelStore
 from service.worker import Worker, job_config
 from service.worker_process import WorkerProcess
 from solver import Potential, PotentialConfig, load_state, make_problem
@@ -231,6 +231,7 @@ def test_full_disk_makes_the_worker_wait_not_restart(tmp_path):
 
             assert wait_for(resumed, timeout=60)
             assert supervisor.state.restarts == 0
+            assert (store.root / RESERVE_FILE).stat().st_size > 0  # written again
         finally:
             supervisor.stop()
 
