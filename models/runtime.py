@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
@@ -98,3 +100,54 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
             os.environ.pop(_OPENBLAS_ENV, None)
         else:
             os.environ[_OPENBLAS_ENV] = previous_env
+
+
+# glibc's mallopt parameters (malloc.h) and the defaults a block restores.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_THRESHOLD_DEFAULT = 128 * 1024
+# The largest mmap threshold glibc accepts on 64-bit systems: blocks up to this size come
+# from the heap inside a ``retained_heap`` block.
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
+_TOP_PAD = 256 * 1024 * 1024
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+@contextmanager
+def retained_heap() -> Iterator[None]:
+    """Run a block whose freed memory glibc keeps for its next allocations, then give it back.
+
+    A training step allocates and frees the same activation buffers (up to tens of MB) every
+    step. glibc's defaults hand large blocks to the kernel on ``free`` (``mmap`` above a
+    threshold, heap trimming above 128 KiB), so the next step faults every page in again, zeroed
+    by the kernel: measured on a 2-vCPU AMD EPYC, a joint epoch of the conv recipe spent about 13 %
+    of its CPU time in the kernel with 1.4-1.8 M page faults per 12,800 images, and 9-20 % of its
+    wall time. Inside the block, blocks up to 32 MiB come from the heap and freed memory stays
+    there (up to the block's high-water mark, which the step reaches anyway); on exit the
+    thresholds return to glibc's static defaults and ``malloc_trim`` returns the free pages. A
+    no-op where the C library is not glibc.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    libc.mallopt(_M_TOP_PAD, _TOP_PAD)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_TOP_PAD, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, _THRESHOLD_DEFAULT)
+        libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD_DEFAULT)
+        libc.malloc_trim(0)

@@ -53,6 +53,7 @@ from models.runtime import (
     cpu_threads,
     resolve_device,
     resolve_precision,
+    retained_heap,
 )
 from solver import atomic_write_bytes
 
@@ -203,7 +204,7 @@ def train_autoencoder(
 
     """
     config = config or TrainConfig()
-    with cpu_threads(config.threads):
+    with cpu_threads(config.threads), retained_heap():
         return _train(data, model_config, config, checkpoint, callback)
 
 

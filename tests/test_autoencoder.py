@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -317,3 +319,45 @@ def test_decoder_phase_can_keep_the_batchnorm_statistics_of_the_freeze(
     moved = norm_buffers(2, True)
     assert all(torch.equal(frozen_at[k], kept[k]) for k in frozen_at)
     assert not all(torch.equal(frozen_at[k], moved[k]) for k in frozen_at)
+
+
+# The training loop frees and allocates the same activation buffers every step: inside
+# retained_heap glibc keeps them (no page faults on reuse); after it the memory goes back.
+_HEAP_PROBE = """
+import platform, resource, sys
+import numpy as np
+from models.runtime import retained_heap
+
+def faults(rounds):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):  # a step: buffers of several sizes alive together, then freed
+        step = [np.ones(size << 18, dtype=np.float32) for size in (24, 20, 28, 12, 2, 1)]
+        del step
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+with retained_heap():
+    faults(1)  # the heap grows to the high-water mark once
+    inside = faults(10)
+    np.ones(28 << 18, dtype=np.float32)
+    held = rss()
+after = rss()
+print(platform.libc_ver()[0], inside, held - after)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc (Linux)")
+def test_retained_heap_reuses_freed_buffers_and_returns_them_after() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _HEAP_PROBE], capture_output=True, text=True, check=True
+    ).stdout.split()
+    if out[0] != "glibc":
+        pytest.skip("the C library is not glibc: retained_heap is a no-op")
+    inside, returned = int(out[1]), int(out[2])
+    # Ten steps of 87 MiB are 223,000 pages; glibc's defaults fault about 23,000 of them in
+    # again (measured on the team's box), the retained heap none.
+    assert inside < 2000, inside
+    assert returned > 16 << 20, returned  # the freed buffers went back on exit
