@@ -14,7 +14,11 @@ Arms (``--arms``):
 - ``bfloat16-128``: the same with bfloat16 autocast;
 - ``recipe-float32``: today's conv recipe (``TrainPlan.resolve``) in float32, as on a CPU
   without native bfloat16;
-- ``recipe``: today's conv recipe as a plan resolves it (precision ``auto``).
+- ``recipe``: today's conv recipe as a plan resolves it (precision ``auto``);
+- ``recipe-glibc-heap``: the same with glibc's own heap thresholds instead of the trainer's
+  retained heap (``models.runtime.retained_heap``). Compare it with ``recipe`` in separate
+  processes (``--arms recipe-glibc-heap`` and ``--arms recipe``, taking turns): the first arm
+  to leave a retained heap sets the thresholds of the rest of its process.
 
 Every arm runs at each thread count of ``--threads``. ``--profile N`` first profiles N steps of
 each arm (after two warm-up steps) and splits a step's time into data (the batch gather),
@@ -22,7 +26,9 @@ forward (with the loss), backward and optimizer (Adam and clearing the gradients
 
 Prints one JSON object per line: the setup, the profiles, one row per window and arm (wall
 seconds of each epoch; ``cpu_seconds``, the process's CPU time for the whole window with model
-set-up and the trainer's evaluation passes, a check on wall times inflated by other jobs), and a
+set-up and the trainer's evaluation passes, a check on wall times inflated by other jobs, with
+``system_seconds`` and ``page_faults``, the part spent in the kernel and the minor page faults
+behind most of it), and a
 summary per arm (median seconds per epoch of 60,000 images and for the full recipe, and the
 speed-up over ``previous`` at the same thread count, overall and per round).
 
@@ -32,13 +38,16 @@ speed-up over ``previous`` at the same thread count, overall and per round).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import nn
@@ -58,10 +67,11 @@ from models import (
     load_plan_data,
     train_autoencoder,
 )
+from models import train as train_module
 from models.runtime import native_bfloat16, resolve_precision
 
 FULL_IMAGES = 60_000  # the recipe is timed on all of MNIST's training images
-ARMS = ("previous", "float32-128", "bfloat16-128", "recipe-float32", "recipe")
+ARMS = ("previous", "float32-128", "bfloat16-128", "recipe-float32", "recipe", "recipe-glibc-heap")
 
 Arm = Callable[[ImageDataset, AutoencoderConfig, TrainConfig, bool], tuple[float, float]]
 
@@ -114,6 +124,14 @@ def todays_trainer(
     return history[0].seconds, history[1].seconds
 
 
+def glibc_heap_trainer(
+    data: ImageDataset, model_config: AutoencoderConfig, config: TrainConfig, joint_only: bool
+) -> tuple[float, float]:
+    """:func:`todays_trainer` with glibc's heap thresholds left as they are."""
+    with mock.patch.object(train_module, "retained_heap", contextlib.nullcontext):
+        return todays_trainer(data, model_config, config, joint_only)
+
+
 def arm_config(name: str, recipe: TrainConfig) -> tuple[Arm, TrainConfig]:
     """The trainer and recipe of an arm."""
     paper = replace(
@@ -125,6 +143,7 @@ def arm_config(name: str, recipe: TrainConfig) -> tuple[Arm, TrainConfig]:
         "bfloat16-128": (todays_trainer, replace(paper, precision="bfloat16")),
         "recipe-float32": (todays_trainer, replace(recipe, precision="float32")),
         "recipe": (todays_trainer, recipe),
+        "recipe-glibc-heap": (glibc_heap_trainer, recipe),
     }
     if name not in arms:
         raise ValueError(f"unknown arm {name!r}; known: {ARMS}")
@@ -220,9 +239,11 @@ def main() -> None:
         for t in threads:
             for name, (run, config) in arms.items():
                 cpu = time.process_time()
+                usage = resource.getrusage(resource.RUSAGE_SELF)
                 with cpu_threads(t):
                     joint, decoder = run(window, model_config, config, False)
                 cpu = time.process_time() - cpu
+                after = resource.getrusage(resource.RUSAGE_SELF)
                 seconds.setdefault((name, t), []).append((joint, decoder))
                 emit(
                     {
@@ -233,6 +254,8 @@ def main() -> None:
                         "joint_seconds": round(joint, 3),
                         "decoder_seconds": round(decoder, 3),
                         "cpu_seconds": round(cpu, 3),
+                        "system_seconds": round(after.ru_stime - usage.ru_stime, 3),
+                        "page_faults": after.ru_minflt - usage.ru_minflt,
                         "load_average": os.getloadavg(),
                     }
                 )

@@ -102,11 +102,10 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
             os.environ[_OPENBLAS_ENV] = previous_env
 
 
-# glibc's mallopt parameters (malloc.h) and the defaults a block restores.
+# glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_THRESHOLD_DEFAULT = 128 * 1024
-# The largest mmap threshold glibc accepts on 64-bit systems: blocks up to this size come
-# from the heap inside a ``retained_heap`` block.
+# The largest mmap threshold glibc accepts on 64-bit systems (and the highest its adaptive
+# threshold reaches): blocks up to this size come from the heap.
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 _TOP_PAD = 256 * 1024 * 1024
 
@@ -129,13 +128,15 @@ def retained_heap() -> Iterator[None]:
 
     A training step allocates and frees the same activation buffers (up to tens of MB) every
     step. glibc's defaults hand large blocks to the kernel on ``free`` (``mmap`` above a
-    threshold, heap trimming above 128 KiB), so the next step faults every page in again, zeroed
-    by the kernel: measured on a 2-vCPU AMD EPYC, a joint epoch of the conv recipe spent about 13 %
-    of its CPU time in the kernel with 1.4-1.8 M page faults per 12,800 images, and 9-20 % of its
-    wall time. Inside the block, blocks up to 32 MiB come from the heap and freed memory stays
-    there (up to the block's high-water mark, which the step reaches anyway); on exit the
-    thresholds return to glibc's static defaults and ``malloc_trim`` returns the free pages. A
-    no-op where the C library is not glibc.
+    threshold, heap trimming above another), so the next step faults every page in again,
+    zeroed by the kernel: measured on a 2-vCPU AMD EPYC, a joint epoch of the conv recipe spent
+    about 13 % of its CPU time in the kernel with 1.4-1.8 M page faults per 12,800 images, and
+    9-20 % of its wall time. Inside the block, blocks up to 32 MiB come from the heap and freed
+    memory stays there (up to the block's high-water mark, which the step reaches anyway). On
+    exit the heap's free pages go back (``malloc_trim``) and the thresholds stay where glibc's
+    own adaptive ones end after large frees (``mmap`` above 32 MiB, trimming above 64 MiB), so
+    what runs after (a fit in the same worker) allocates as it would have. A no-op where the C
+    library is not glibc.
     """
     libc = _glibc()
     if libc is None:
@@ -148,6 +149,5 @@ def retained_heap() -> Iterator[None]:
         yield
     finally:
         libc.mallopt(_M_TOP_PAD, 0)
-        libc.mallopt(_M_TRIM_THRESHOLD, _THRESHOLD_DEFAULT)
-        libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD_DEFAULT)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
         libc.malloc_trim(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from bench import train_speed
+from models.runtime import retained_heap
 
 
 @pytest.mark.slow  # the full-size conv autoencoder, eight times
@@ -30,6 +32,8 @@ def test_arms_alternate_and_the_summary_scales_to_the_recipe(monkeypatch, capsys
         assert set(profile["ms_per_step"]) >= {"forward", "backward", "optimizer"}
         assert all(v >= 0 for v in profile["ms_per_step"].values())
     assert [r["arm"] for r in lines[3:7]] == ["previous", "recipe"] * 2  # taking turns
+    for window in lines[3:7]:
+        assert window["system_seconds"] >= 0 and window["page_faults"] >= 0
     previous, recipe = lines[7:9]
     scale = 60_000 / 128
     joint, decoder = setup["recipe_epochs"]
@@ -42,3 +46,16 @@ def test_arms_alternate_and_the_summary_scales_to_the_recipe(monkeypatch, capsys
     assert abs(recipe["full_recipe_minutes"] - minutes) <= 0.1 + 0.01 * minutes
     assert previous["speedup"] == 1.0 and len(recipe["speedup_per_round"]) == 2
     assert recipe["speedup"] > 0
+
+
+def test_the_glibc_heap_arm_trains_without_the_retained_heap(monkeypatch):
+    from models import train
+
+    seen = []
+    monkeypatch.setattr(
+        train_speed, "todays_trainer", lambda *a: seen.append(train.retained_heap) or (1.0, 2.0)
+    )
+    run, config = train_speed.arm_config("recipe-glibc-heap", train_speed.TrainConfig())
+    assert run(None, None, config, False) == (1.0, 2.0)
+    assert seen == [contextlib.nullcontext]
+    assert train.retained_heap is retained_heap  # put back
