@@ -164,3 +164,16 @@ def test_a_budget_spent_in_the_start_ends_the_fit_with_heights(rng):
     result = fit(make_problem(rng.standard_normal((400, 5))), FitConfig(time_budget=1e-9))
     assert result.reason == "time_budget" and result.iterations == 0
     assert np.isfinite(result.heights).all()
+
+
+def test_the_start_in_row_blocks_is_the_start_in_one_block(rng, monkeypatch):
+    # The float64 row arithmetic runs over blocks of rows to bound its memory; the heights
+    # must not depend on the block size, to the last bit.
+    centres = 0.4 * rng.standard_normal((5, 6))
+    points, _ = _blobs(rng, 80, centres, 0.05)
+    problem = make_problem(points)
+    config = FitConfig(newton=NewtonConfig(coarse_clusters=20))
+    whole = hierarchical.start_heights(problem, config, _fit_coarse)
+    monkeypatch.setattr(hierarchical, "_BLOCK_ROWS", 7)
+    blocks = hierarchical.start_heights(problem, config, _fit_coarse)
+    np.testing.assert_array_equal(blocks, whole)

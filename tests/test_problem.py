@@ -20,6 +20,15 @@ def test_duplicates_are_merged_with_summed_weight():
     np.testing.assert_array_equal(p.inverse, [0, 1, 0, 2])
 
 
+def test_rows_equal_in_float32_are_one_target():
+    # 1 and 1 + 1e-12 differ in float64; the fit's float32 targets could not tell them apart.
+    y = np.array([[1.0, 0.0], [1.0 + 1e-12, 0.0], [0.0, 1.0]])
+    p = make_problem(y)
+    np.testing.assert_array_equal(p.targets, [[1, 0], [0, 1]])
+    np.testing.assert_allclose(p.weights, [2 / 3, 1 / 3])
+    np.testing.assert_array_equal(p.inverse, [0, 0, 1])
+
+
 @pytest.mark.parametrize(
     ("targets", "weights", "message"),
     [
@@ -27,6 +36,7 @@ def test_duplicates_are_merged_with_summed_weight():
         (np.zeros(5), None, "shape"),
         (np.array([[0.0, np.nan], [1.0, 1.0]]), None, "NaN or inf"),
         (np.array([[0.0, np.inf], [1.0, 1.0]]), None, "NaN or inf"),
+        (np.array([[0.0, 0.0], [1e39, 1.0]]), None, "float32's range .* 1 rows .*row 1"),
         (np.eye(2), np.array([1.5, -0.5]), "> 0"),
         (np.eye(2), np.array([0.3, 0.3]), "sum to 1"),
         (np.eye(2), np.array([1.0]), "shape"),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -40,6 +40,8 @@ _SPREAD = 0.5
 # Samples per cluster of the pass that measures each region's mass centre and radius.
 _REGION_SAMPLES = 256
 _KMEANS_ITERS = 20
+# Rows per block of the start's float64 row arithmetic (32 MB at d = 64).
+_BLOCK_ROWS = 1 << 16
 _COARSE_STREAM, _REGION_STREAM, _KMEANS_STREAM = 7, 8, 9
 # Accuracy of the coarse fit (it only has to place the regions), and its own iteration limit:
 # the fit's max_iter counts the fit's iterations, so a resumed fit with another max_iter
@@ -138,7 +140,7 @@ def kmeans(
     centres = _kmeans_plus_plus(x, k, np.random.default_rng(seed), deadline)
     k = centres.shape[0]
     labels = np.zeros(x.shape[0], dtype=np.int64)
-    x32 = x.astype(np.float32)
+    x32 = np.asarray(points, dtype=np.float32)  # no copy for float32 points (a fit's targets)
     for _ in range(iters):
         index = CellIndex(centres, -0.5 * np.square(centres).sum(axis=1))
         new = index.assign(x32)
@@ -209,7 +211,6 @@ def hierarchical_heights(
     Returns:
         h, shape ``(N,)``, float64, mean zero.
     """
-    y = targets.astype(np.float64)
     k = coarse_heights.shape[0]
     mass = np.bincount(labels, weights=weights, minlength=k)
     mu = centroids.astype(np.float64)
@@ -223,16 +224,29 @@ def hierarchical_heights(
     centre[~seen] = mu[~seen]
     sq = np.square(x - centre[region]).sum(axis=1)
     region_r2 = np.bincount(region, weights=sq, minlength=k) / np.maximum(hits, 1)
-    delta = y - mu[labels]
-    offset2 = np.square(delta).sum(axis=1)
+    # Each target's squared offset from its centroid and the offset's product with its region
+    # centre, over blocks of rows: whole N x d float64 temporaries cost 0.5 GB each at
+    # N = 10^6, d = 64 (the row sums are the same either way).
+    offset2 = np.empty(labels.shape[0])
+    along = np.empty(labels.shape[0])
+    for rows in _row_blocks(labels.shape[0]):
+        delta = targets[rows].astype(np.float64) - mu[labels[rows]]
+        offset2[rows] = np.square(delta).sum(axis=1)
+        along[rows] = (delta * centre[labels[rows]]).sum(axis=1)
     member_s2 = np.bincount(labels, weights=weights * offset2, minlength=k) / np.maximum(
         mass, 1e-300
     )
     lam = np.ones(k)
     ok = seen & (member_s2 > 0) & (region_r2 > 0)
     lam[ok] = _SPREAD * np.sqrt(region_r2[ok] / member_s2[ok])
-    h = coarse_heights[labels] - (delta * centre[labels]).sum(axis=1) - 0.5 * lam[labels] * offset2
+    h = coarse_heights[labels] - along - 0.5 * lam[labels] * offset2
     return h - h.mean()
+
+
+def _row_blocks(n: int) -> Iterator[slice]:
+    """Slices of ``_BLOCK_ROWS`` rows covering ``range(n)`` in order."""
+    for lo in range(0, n, _BLOCK_ROWS):
+        yield slice(lo, min(lo + _BLOCK_ROWS, n))
 
 
 def coarse_problem(
@@ -251,7 +265,8 @@ def coarse_problem(
     used, labels = np.unique(labels, return_inverse=True)
     mass = np.bincount(labels, weights=weights, minlength=used.size)
     mu = np.zeros((used.size, targets.shape[1]))
-    np.add.at(mu, labels, weights[:, None] * targets.astype(np.float64))
+    for rows in _row_blocks(labels.shape[0]):  # in order: the same sums as all rows at once
+        np.add.at(mu, labels[rows], weights[rows, None] * targets[rows].astype(np.float64))
     return labels, (mu / mass[:, None]).astype(np.float32), mass / mass.sum()
 
 
