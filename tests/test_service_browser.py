@@ -260,6 +260,7 @@ def test_page_end_to_end(browser, tmp_path_factory, tmp_path):
             _check_seed_count_class(page)
             _check_downloads(page, tmp_path)
             _check_crossings(page)
+            page.fill("#seed", "2147483647")  # the widest seed the dice can draw
             for width in (1280, 1000, 400):
                 page.set_viewport_size({"width": width, "height": 900})
                 page.wait_for_timeout(300)
